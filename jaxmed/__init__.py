@@ -1,0 +1,7 @@
+"""jaxmed: reinforcement learning on 3D medical images, in JAX."""
+
+from jaxmed.errors import JaxmedError
+
+__version__ = "0.1.0"
+
+__all__ = ["JaxmedError", "__version__"]

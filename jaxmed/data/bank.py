@@ -1,0 +1,190 @@
+"""The :class:`VolumeBank`: many volumes stacked, padded and (optionally) pyramided, as one pytree.
+
+Jitted environments receive the bank as an *argument* (never a closed-over constant, which would
+inline hundreds of MB into the program and recompile per data set). Volumes of different shapes
+are zero-padded to one shape plus a margin of ``margin`` voxels on every side, so that a crop of up
+to ``2 * margin - 1`` voxels around any voxel inside a volume never makes ``lax.dynamic_slice``
+clamp (clamping silently shifts the crop). Unpadded voxel ``v`` of volume ``n`` at level ``l``
+lives at ``bank.levels[l][n, v + margin]``.
+
+Pyramid level ``l`` has an integer downsampling ``factors[l]`` (1, 2, 4, ...) made by average
+pooling; voxel ``j`` of a level with factor ``f`` covers level-0 voxels ``[j f, (j + 1) f)`` and
+its centre is level-0 voxel ``j f + (f - 1) / 2``; each level keeps its own voxel->world affine.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxmed.data import geometry
+from jaxmed.data.landmarks import Landmarks
+from jaxmed.data.volume import Volume
+from jaxmed.errors import ConfigError, LandmarkError
+
+STORAGE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "uint8": jnp.uint8}
+
+
+@struct.dataclass
+class VolumeBank:
+    """Stacked, padded volumes with per-level affines and landmarks.
+
+    Attributes (``N`` volumes, ``L`` levels, ``K`` landmarks, ``m`` = margin):
+      levels: ``L`` arrays, level ``l`` of shape ``(N, X_l + 2m, Y_l + 2m, Z_l + 2m)`` in the storage
+        dtype; ``X_l`` is the largest volume's extent at that level.
+      shapes: ``(L, N, 3)`` int32, each volume's unpadded extent (voxels) at each level.
+      affines: ``(L, N, 4, 4)`` float32, level voxel index -> world RAS mm.
+      landmarks_vox: ``(L, N, K, 3)`` float32, landmark positions in each level's voxel units.
+      landmarks_world: ``(N, K, 3)`` float32, world RAS mm.
+      intensity_scale: ``()`` float32; stored value times this = normalised intensity.
+      margin: static int, padding on every side (voxels, same at every level).
+      factors: static tuple of the levels' downsampling factors.
+      labels: static tuple of the ``K`` landmark labels.
+    """
+
+    levels: tuple[jax.Array, ...]
+    shapes: jax.Array
+    affines: jax.Array
+    landmarks_vox: jax.Array
+    landmarks_world: jax.Array
+    intensity_scale: jax.Array
+    margin: int = struct.field(pytree_node=False)
+    factors: tuple[int, ...] = struct.field(pytree_node=False)
+    labels: tuple[str, ...] = struct.field(pytree_node=False)
+
+    @property
+    def n_volumes(self) -> int:
+        return int(self.levels[0].shape[0])
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def n_landmarks(self) -> int:
+        return len(self.labels)
+
+    @property
+    def max_crop(self) -> int:
+        """Largest crop edge (voxels) that can never clamp: ``2 * margin - 1``."""
+        return 2 * self.margin - 1
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.size * a.dtype.itemsize for a in self.levels))
+
+    def label_index(self, label: str) -> int:
+        """Index of ``label`` among the bank's landmarks (:class:`LandmarkError` if absent)."""
+        if label not in self.labels:
+            raise LandmarkError(f"volume bank has no landmark {label!r}; available: {', '.join(self.labels)}")
+        return self.labels.index(label)
+
+    def to_intensity(self, stored: jax.Array) -> jax.Array:
+        """Stored values (any storage dtype) -> float32 normalised intensities."""
+        return stored.astype(jnp.float32) * self.intensity_scale
+
+    def crop(self, index, center, size, level: int = 0) -> jax.Array:
+        """Crop ``size`` voxels around integer voxel ``center`` ``(3,)`` of volume ``index`` at a static ``level``.
+
+        Returns the window in the storage dtype. ``center`` must lie inside that volume's grid.
+        """
+        from jaxmed.ops.crop import crop_from_stack
+
+        return crop_from_stack(self.levels[level], index, center, size, self.margin)
+
+
+def _avg_pool(data: np.ndarray, f: int) -> np.ndarray:
+    if f == 1:
+        return data
+    pad = [(0, (-n) % f) for n in data.shape]
+    d = np.pad(data, pad)
+    x, y, z = (n // f for n in d.shape)
+    return d.reshape(x, f, y, f, z, f).mean(axis=(1, 3, 5))
+
+
+def _level_affine(affine: np.ndarray, f: int) -> np.ndarray:
+    """Affine of a level downsampled by ``f`` from a level-0 affine."""
+    scale = np.eye(4)
+    scale[:3, :3] *= f
+    scale[:3, 3] = (f - 1) / 2.0
+    return affine @ scale
+
+
+def _as_pair(item) -> tuple[Volume, Landmarks]:
+    if isinstance(item, tuple) and len(item) == 2:
+        return item
+    if hasattr(item, "volume") and hasattr(item, "landmarks"):
+        return item.volume, item.landmarks
+    raise ConfigError(f"build_bank expects (Volume, Landmarks) pairs or Subject objects, got {type(item).__name__}")
+
+
+def build_bank(
+    subjects: Sequence,
+    labels: Sequence[str] | None = None,
+    *,
+    factors: Sequence[int] = (1,),
+    max_crop: int = 45,
+    dtype: str = "float32",
+) -> VolumeBank:
+    """Stack subjects into a :class:`VolumeBank`.
+
+    Args:
+      subjects: ``(Volume, Landmarks)`` pairs or objects with ``.volume`` / ``.landmarks``. Volumes
+        should be normalised (intensities ~[0, 1]) and are best resampled to a common isotropic
+        spacing (agents step in voxels).
+      labels: landmarks to carry (default: all labels of the first subject); every subject must
+        have them, inside its image.
+      factors: pyramid downsampling factors, strictly increasing, starting at 1.
+      max_crop: the largest crop edge (voxels, at any level) that will be taken; sets the margin
+        ``max_crop // 2 + 1``.
+      dtype: storage dtype, ``"float32"``, ``"bfloat16"`` or ``"uint8"`` (scaled to the bank's max).
+    """
+    if not subjects:
+        raise ConfigError("build_bank: no subjects given")
+    if dtype not in STORAGE_DTYPES:
+        raise ConfigError(f"build_bank: dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    factors = tuple(int(f) for f in factors)
+    if factors[0] != 1 or any(b <= a for a, b in zip(factors, factors[1:])):
+        raise ConfigError(f"build_bank: factors must start at 1 and increase strictly, got {factors}")
+    if max_crop < 1:
+        raise ConfigError(f"build_bank: max_crop must be >= 1, got {max_crop}")
+    pairs = [_as_pair(s) for s in subjects]
+    labels = tuple(labels) if labels is not None else pairs[0][1].labels
+    margin = max_crop // 2 + 1
+    vmax = max(float(v.data.max()) for v, _ in pairs) or 1.0
+    scale = vmax / 255.0 if dtype == "uint8" else 1.0
+
+    level_arrays, shapes, affines, lm_vox = [], [], [], []
+    lm_world = []
+    for v, lm in pairs:
+        sub = lm.select(labels)
+        sub.check_inside(v)
+        lm_world.append(sub.positions)
+    for f in factors:
+        pooled = [_avg_pool(v.data, f) for v, _ in pairs]
+        ext = np.max([p.shape for p in pooled], axis=0)
+        stack = np.zeros((len(pairs), *(ext + 2 * margin)), dtype=np.float32)
+        for n, p in enumerate(pooled):
+            stack[n, margin : margin + p.shape[0], margin : margin + p.shape[1], margin : margin + p.shape[2]] = p
+        if dtype == "uint8":
+            stack = np.clip(np.rint(stack / scale), 0, 255).astype(np.uint8)
+        level_arrays.append(jnp.asarray(stack, dtype=STORAGE_DTYPES[dtype]))
+        shapes.append([p.shape for p in pooled])
+        aff = [_level_affine(v.affine, f) for v, _ in pairs]
+        affines.append(aff)
+        lm_vox.append([geometry.world_to_voxel(a, w) for a, w in zip(aff, lm_world)])
+    return VolumeBank(
+        levels=tuple(level_arrays),
+        shapes=jnp.asarray(np.array(shapes), dtype=jnp.int32),
+        affines=jnp.asarray(np.array(affines), dtype=jnp.float32),
+        landmarks_vox=jnp.asarray(np.array(lm_vox), dtype=jnp.float32),
+        landmarks_world=jnp.asarray(np.array(lm_world), dtype=jnp.float32),
+        intensity_scale=jnp.asarray(scale, dtype=jnp.float32),
+        margin=margin,
+        factors=factors,
+        labels=labels,
+    )

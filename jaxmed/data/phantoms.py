@@ -1,0 +1,94 @@
+"""Small procedural volumes with known landmarks and boxes, for fast tests and examples.
+
+* :func:`blob_phantom` — a soft ellipsoidal "head" with bright blobs of distinct sizes and
+  elongations; each landmark sits at a blob centre, so an agent can see where to go.
+* :func:`organ_phantom` — a few ellipsoid "organs" of different brightness; each one's axis-aligned
+  bounding box (world RAS mm) is returned as a target box.
+
+Both are deterministic by seed and use an axis-aligned RAS affine centred on the world origin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxmed.data import geometry
+from jaxmed.data.landmarks import Landmarks
+from jaxmed.data.volume import Volume
+
+
+def _grid_world(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    return geometry.voxel_to_world(affine, idx)
+
+
+def _centred_affine(shape, spacing: float) -> np.ndarray:
+    origin = -(np.asarray(shape, dtype=np.float64) - 1) / 2 * spacing
+    return geometry.axis_aligned_affine(spacing, origin)
+
+
+def blob_phantom(
+    shape: tuple[int, int, int] = (48, 48, 48),
+    spacing: float = 2.0,
+    n_landmarks: int = 4,
+    seed: int = 0,
+    noise: float = 0.02,
+) -> tuple[Volume, Landmarks]:
+    """A head-like phantom with ``n_landmarks`` bright, distinctly shaped blobs.
+
+    Returns ``(volume, landmarks)``: data ``shape`` float32 in [0, 1], landmarks ``"L0".."L{n-1}"``
+    at the blob centres (world RAS mm), at least ~4 blob radii apart and inside the head.
+    """
+    rng = np.random.default_rng(seed)
+    affine = _centred_affine(shape, spacing)
+    world = _grid_world(shape, affine)
+    half = (np.asarray(shape) - 1) / 2 * spacing
+    head = np.exp(-np.sum((world / (0.8 * half)) ** 8, axis=-1))  # flat-topped ellipsoid
+    data = 0.25 * head
+    centres = []
+    for _ in range(10_000):
+        c = rng.uniform(-0.6, 0.6, size=3) * half
+        if all(np.linalg.norm(c - o) > 0.4 * half.min() for o in centres):
+            centres.append(c)
+        if len(centres) == n_landmarks:
+            break
+    else:
+        raise ValueError(f"blob_phantom: cannot place {n_landmarks} separated blobs in shape {shape}")
+    for i, c in enumerate(centres):
+        # Gaussian blobs of 1 to 2 voxels sigma, elongated along a different axis each
+        radii = spacing * (1.0 + 0.5 * ((i + np.arange(3)) % 3))
+        data = data + (0.5 + 0.5 * (i + 1) / n_landmarks) * np.exp(-0.5 * np.sum(((world - c) / radii) ** 2, axis=-1))
+    data = data + noise * rng.standard_normal(shape)
+    data = np.clip(data, 0.0, None).astype(np.float32)
+    data /= data.max()
+    volume = Volume(data, affine, source=f"blob_phantom(seed={seed})")
+    labels = tuple(f"L{i}" for i in range(n_landmarks))
+    return volume, Landmarks(labels, np.array(centres), source=volume.source)
+
+
+def organ_phantom(
+    shape: tuple[int, int, int] = (48, 48, 48),
+    spacing: float = 2.0,
+    n_organs: int = 3,
+    seed: int = 0,
+    noise: float = 0.02,
+) -> tuple[Volume, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Ellipsoid "organs" with known bounding boxes.
+
+    Returns ``(volume, boxes)`` where ``boxes[name] = (box_min, box_max)``, each ``(3,)`` world RAS
+    mm: the axis-aligned bounding box of the ellipsoid (centre ± semi-axes).
+    """
+    rng = np.random.default_rng(seed)
+    affine = _centred_affine(shape, spacing)
+    world = _grid_world(shape, affine)
+    half = (np.asarray(shape) - 1) / 2 * spacing
+    data = np.zeros(shape, dtype=np.float64)
+    boxes = {}
+    for i in range(n_organs):
+        semi = rng.uniform(0.12, 0.3, size=3) * half
+        centre = rng.uniform(-1, 1, size=3) * (half - semi) * 0.8
+        inside = np.sum(((world - centre) / semi) ** 2, axis=-1) <= 1.0
+        data[inside] = 0.4 + 0.6 * (i + 1) / n_organs
+        boxes[f"organ{i}"] = (centre - semi, centre + semi)
+    data = np.clip(data + noise * rng.standard_normal(shape), 0, None).astype(np.float32)
+    return Volume(data / data.max(), affine, source=f"organ_phantom(seed={seed})"), boxes
