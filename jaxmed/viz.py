@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxmed.data.image_io import reorient_to_ras
 from jaxmed.data.volume import Volume
 from jaxmed.errors import check_writable
 
@@ -43,10 +44,12 @@ def draw_orthogonal(
     ``points_world``: ``(n, 3)`` mm points projected onto every view (labelled when ``labels`` is
     given); ``paths_world``: polylines ``(t, 3)`` mm drawn in every view.
     """
+    volume = reorient_to_ras(volume)  # views are named for RAS voxel order
     c_vox = volume.world_to_voxel(np.asarray(centre_world))
     for ax, (cut, (h, v), title) in zip(ax_row, _VIEWS):
         img = _slice(volume.data, cut, c_vox[cut])
-        ax.imshow(img.T, cmap="gray", origin="lower", interpolation="nearest")
+        aspect = volume.spacing[v] / volume.spacing[h]  # square millimetres on screen
+        ax.imshow(img.T, cmap="gray", origin="lower", interpolation="nearest", aspect=aspect)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
         for path in paths_world:
@@ -72,6 +75,7 @@ def plot_landmarks(volume: Volume, landmarks, path: str | Path, *, overwrite: bo
     path = Path(path)
     check_writable(path, overwrite)
     plt = _pyplot()
+    volume = reorient_to_ras(volume)
     pts = landmarks.positions
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.5))
     # Show every landmark in every view: project onto slices through the centroid, thick slab.

