@@ -190,6 +190,14 @@ def normalise_intensity(volume: Volume, low_pct: float = 0.5, high_pct: float = 
     return volume.replace(data=data, normalisation=record)
 
 
+def conform(volume: Volume, spacing: float = 1.0) -> Volume:
+    """Reorient to RAS and resample onto an axis-aligned isotropic grid of ``spacing`` mm.
+
+    What agents need: one voxel step is the same distance along R, A and S in every volume.
+    """
+    return resample_isotropic(reorient_to_ras(volume), spacing)
+
+
 def load_image(
     path: str | Path,
     *,
@@ -205,9 +213,7 @@ def load_image(
     """
     path = Path(path)
     vol = read_dicom_series(path) if path.is_dir() else read_nifti(path)
-    vol = reorient_to_ras(vol)
-    if spacing is not None:
-        vol = resample_isotropic(vol, spacing)
+    vol = reorient_to_ras(vol) if spacing is None else conform(vol, spacing)
     if normalise:
         vol = normalise_intensity(vol, low_pct, high_pct)
     return vol

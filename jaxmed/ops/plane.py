@@ -1,0 +1,126 @@
+"""Planes in voxel space: in-plane axes, slab sampling, planes from points, plane distances.
+
+A plane is a unit normal ``n`` ``(3,)`` and an offset ``d`` with ``n . x = d`` (``d`` in the units
+of ``x``: voxels, or mm if the points are mm). ``(n, d)`` and ``(-n, -d)`` are the same plane.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+
+from jaxmed.ops.resample import trilinear, trilinear_from_stack
+
+_EPS = 1e-12
+
+
+def _unit(v):
+    v = jnp.asarray(v, jnp.float32)
+    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), _EPS)
+
+
+def plane_axes(normal):
+    """Two in-plane unit vectors ``(u, v)``, each ``(3,)`` float32, with ``(u, v, n)`` a
+    right-handed orthonormal basis (``u x v = n``).
+
+    ``u`` is built from the coordinate axis least aligned with ``n`` (``u = n x e / |n x e|``), so it
+    is well conditioned for every normal; it jumps when the least-aligned axis changes
+    (not continuous, not meant for differentiation). ``normal`` need not be unit length.
+    """
+    n = _unit(normal)
+    e = jnp.eye(3, dtype=jnp.float32)[jnp.argmin(jnp.abs(n))]
+    u = _unit(jnp.cross(n, e))
+    v = jnp.cross(n, u)
+    return u, v
+
+
+def plane_points(center, normal, size: Sequence[int] = (32, 32), n_slices: int = 1, spacing=1.0, slice_spacing=1.0):
+    """Voxel coordinates of a slab of ``n_slices`` planes perpendicular to ``normal``.
+
+    Sample ``[s, h, w]`` sits at
+    ``center + (h - (H-1)/2) * spacing * u + (w - (W-1)/2) * spacing * v + (s - (S-1)/2) * slice_spacing * n``
+    with ``(u, v) = plane_axes(normal)``: the grid is symmetric about ``center`` (for odd ``H``, ``W``
+    and ``S`` the middle sample is ``center`` itself; for even sizes the centre lies between two
+    samples) and slices are stacked along ``+n``.
+
+    Args:
+      center: ``(3,)`` float, voxel coordinates.
+      normal: ``(3,)`` float, need not be unit length.
+      size: static ``(H, W)`` ints.
+      n_slices: static int ``S >= 1``.
+      spacing, slice_spacing: float, in voxels (may be traced).
+
+    Returns:
+      ``(S, H, W, 3)`` float32.
+    """
+    h, w = (int(k) for k in size)
+    n = _unit(normal)
+    u, v = plane_axes(n)
+    c = jnp.asarray(center, jnp.float32)
+
+    def offsets(k, step):
+        return (jnp.arange(k, dtype=jnp.float32) - 0.5 * (k - 1)) * step
+
+    os_, oh, ow = offsets(int(n_slices), slice_spacing), offsets(h, spacing), offsets(w, spacing)
+    return (
+        c
+        + os_[:, None, None, None] * n
+        + oh[None, :, None, None] * u
+        + ow[None, None, :, None] * v
+    )
+
+
+def sample_plane(volume, center, normal, size: Sequence[int] = (32, 32), n_slices: int = 1, spacing=1.0, slice_spacing=1.0, fill: float = 0.0):
+    """Trilinearly sample a slab of planes through ``center`` perpendicular to ``normal``.
+
+    Args:
+      volume: ``(X, Y, Z)`` any real dtype.
+      center, normal, size, n_slices, spacing, slice_spacing: see :func:`plane_points`.
+      fill: value for samples outside the volume.
+
+    Returns:
+      ``(n_slices, H, W)`` float32.
+    """
+    return trilinear(volume, plane_points(center, normal, size, n_slices, spacing, slice_spacing), fill)
+
+
+def sample_plane_from_stack(stack, index, center, normal, size: Sequence[int] = (32, 32), n_slices: int = 1, spacing=1.0, slice_spacing=1.0, fill: float = 0.0, margin: int = 0):
+    """:func:`sample_plane` on the ``index``-th volume of a padded ``(N, ...)`` stack (``center`` in
+    unpadded voxel coordinates, ``margin`` the padding; see ``trilinear_from_stack``)."""
+    pts = plane_points(center, normal, size, n_slices, spacing, slice_spacing)
+    return trilinear_from_stack(stack, index, pts, fill, margin)
+
+
+def plane_from_points(p0, p1, p2):
+    """Plane through three points ``(3,)``: returns ``(normal, offset)``, ``normal`` ``(3,)``
+    float32 unit vector along ``(p1 - p0) x (p2 - p0)``, ``offset`` float32 scalar ``n . p0``.
+    Collinear points give a zero normal."""
+    p0 = jnp.asarray(p0, jnp.float32)
+    n = jnp.cross(jnp.asarray(p1, jnp.float32) - p0, jnp.asarray(p2, jnp.float32) - p0)
+    n = n / jnp.maximum(jnp.linalg.norm(n), _EPS)
+    return n, jnp.dot(n, p0)
+
+
+def plane_distance_angle(n1, d1, n2, d2):
+    """Angle and offset difference between planes ``n1 . x = d1`` and ``n2 . x = d2``.
+
+    Sign-invariant: ``(n, d)`` and ``(-n, -d)`` describe the same plane; plane 2 is flipped to the
+    side of ``n1`` before the offsets are compared. Normals need not be unit length (offsets are
+    rescaled with them).
+
+    Returns:
+      ``(angle, distance)``: float32 scalars; angle between the normals in degrees, ``[0, 90]``
+      (``atan2(|n1 x n2|, |n1 . n2|)``, accurate for small angles), and ``|d1 - d2|`` after
+      orienting both normals alike (units of the offsets).
+    """
+    n1 = jnp.asarray(n1, jnp.float32)
+    n2 = jnp.asarray(n2, jnp.float32)
+    l1 = jnp.maximum(jnp.linalg.norm(n1), _EPS)
+    l2 = jnp.maximum(jnp.linalg.norm(n2), _EPS)
+    n1, d1 = n1 / l1, jnp.asarray(d1, jnp.float32) / l1
+    n2, d2 = n2 / l2, jnp.asarray(d2, jnp.float32) / l2
+    dot = jnp.dot(n1, n2)
+    sign = jnp.where(dot < 0, -1.0, 1.0)
+    angle = jnp.rad2deg(jnp.arctan2(jnp.linalg.norm(jnp.cross(n1, n2)), jnp.abs(dot)))
+    return angle, jnp.abs(d1 - sign * d2)
