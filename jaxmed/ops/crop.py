@@ -18,11 +18,13 @@ and is *not* checked — environments clip agent positions to the grid before cr
 
 Cost: a crop reads and writes ``Dx * Dy * Dz`` elements of the volume's dtype (uint8/bfloat16 banks
 move 4x/2x fewer bytes than float32); it is memory-bound. Under ``vmap`` the slice becomes one
-XLA gather with ``slice_sizes = (1, Dx, Dy, Dz)``.
+XLA gather with ``slice_sizes = (1, Dx, Dy, Dz)``. bfloat16/float16 sources are sliced as uint16
+bit patterns (see :func:`_bits_view`: XLA:CPU would otherwise upcast the whole bank inside loops).
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence, Union
 
 import jax.numpy as jnp
@@ -64,7 +66,7 @@ def required_margin(size: Size, stride: Size = 1) -> int:
 
 def _check_margin(spatial_shape: Sequence[int], size, stride, margin) -> None:
     """Trace-time check that a static ``margin`` is large enough and fits in the array."""
-    if not isinstance(margin, int):
+    if not isinstance(margin, numbers.Integral):
         return  # traced margin: the caller is responsible
     need = required_margin(size, stride)
     if margin < need:
@@ -74,6 +76,26 @@ def _check_margin(spatial_shape: Sequence[int], size, stride, margin) -> None:
         )
     if min(spatial_shape) <= 2 * margin:
         raise ValueError(f"padded volume of spatial shape {tuple(spatial_shape)} is not larger than 2 * margin = {2 * margin}")
+
+
+def _bits_view(x, anchor):
+    """View a 2-byte float array (bfloat16, float16) as uint16, so slices and gathers move raw bits.
+
+    XLA:CPU has no native 2-byte-float slicing: inside loops (``scan``, ``fori_loop``) it converts
+    the *whole* source to float32 before the loop, rewriting a whole volume bank (hundreds of MB)
+    per call and reading twice the bytes per crop. Slicing uint16 bits avoids the conversion, but
+    the bitcast is loop-invariant too, and XLA would hoist it out of the loop as a full copy; tying
+    the source to ``anchor`` (the per-call centre/points, which vary inside the loop) with an
+    ``optimization_barrier`` keeps the bitcast next to the slice, where it fuses and is free.
+
+    Returns ``(view, restore)`` where ``restore`` maps sliced uint16 values back to ``x.dtype``.
+    Other dtypes are returned unchanged.
+    """
+    dtype = x.dtype
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize == 2:
+        x, _ = lax.optimization_barrier((x, anchor))
+        return lax.bitcast_convert_type(x, jnp.uint16), lambda y: lax.bitcast_convert_type(y, dtype)
+    return x, lambda y: y
 
 
 def _window_start(center, size, stride, margin):
@@ -101,7 +123,8 @@ def crop(volume, center, size: Size, margin: int):
     d = _size3(size)
     _check_margin(volume.shape, d, 1, margin)
     start = _window_start(center, d, (1, 1, 1), margin)
-    return lax.dynamic_slice(volume, (start[0], start[1], start[2]), d)
+    src, restore = _bits_view(volume, start)
+    return restore(lax.dynamic_slice(src, (start[0], start[1], start[2]), d))
 
 
 def crop_from_stack(stack, index, center, size: Size, margin: int):
@@ -121,8 +144,9 @@ def crop_from_stack(stack, index, center, size: Size, margin: int):
     _check_margin(stack.shape[1:], d, 1, margin)
     start = _window_start(center, d, (1, 1, 1), margin)
     index = jnp.asarray(index, jnp.int32)
-    out = lax.dynamic_slice(stack, (index, start[0], start[1], start[2]), (1,) + d)
-    return out[0]
+    src, restore = _bits_view(stack, (index, start))
+    out = lax.dynamic_slice(src, (index, start[0], start[1], start[2]), (1,) + d)
+    return restore(out[0])
 
 
 def _strided(source, lead, center, size, stride, margin):
@@ -130,9 +154,10 @@ def _strided(source, lead, center, size, stride, margin):
     _check_margin(source.shape[len(lead):], d, s, margin)
     start = _window_start(center, d, s, margin)
     extent = tuple((di - 1) * si + 1 for di, si in zip(d, s))
-    block = lax.dynamic_slice(source, tuple(lead) + (start[0], start[1], start[2]), (1,) * len(lead) + extent)
+    src, restore = _bits_view(source, (lead, start))
+    block = lax.dynamic_slice(src, tuple(lead) + (start[0], start[1], start[2]), (1,) * len(lead) + extent)
     block = block.reshape(extent)
-    return block[:: s[0], :: s[1], :: s[2]]
+    return restore(block[:: s[0], :: s[1], :: s[2]])
 
 
 def strided_crop(volume, center, size: Size, stride: Size, margin: int):

@@ -9,7 +9,9 @@ blending towards ``fill`` in the half voxel beyond the edge (that would be ``mod
 NaN coordinates count as outside.
 
 Interpolation runs in float32 whatever the input dtype (uint8 / bfloat16 / float16 are gathered in
-their own dtype, so memory traffic stays small, then converted). The result is float32.
+their own width, so memory traffic stays small, then converted; 2-byte floats are gathered as uint16
+bits because XLA:CPU would otherwise convert the whole source to float32 inside loops). The result
+is float32.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
-from jaxmed.ops.crop import Size, _size3
+from jaxmed.ops.crop import Size, _bits_view, _size3
 
 
 def _sample(gather, shape, points, fill, margin):
@@ -63,7 +65,8 @@ def trilinear(volume, points, fill: float = 0.0):
     """
     if volume.ndim != 3:
         raise ValueError(f"volume must be 3D, got shape {volume.shape}")
-    return _sample(lambda i, j, k: volume[i, j, k], volume.shape, points, fill, 0)
+    src, restore = _bits_view(volume, jnp.asarray(points))
+    return _sample(lambda i, j, k: restore(src[i, j, k]), volume.shape, points, fill, 0)
 
 
 def trilinear_from_stack(stack, index, points, fill: float = 0.0, margin: int = 0):
@@ -85,7 +88,8 @@ def trilinear_from_stack(stack, index, points, fill: float = 0.0, margin: int = 
         raise ValueError(f"stack must be (N, X, Y, Z), got shape {stack.shape}")
     shape = tuple(s - 2 * margin for s in stack.shape[1:])
     index = jnp.asarray(index, jnp.int32)
-    return _sample(lambda i, j, k: stack[index, i, j, k], shape, points, fill, margin)
+    src, restore = _bits_view(stack, (index, jnp.asarray(points)))
+    return _sample(lambda i, j, k: restore(src[index, i, j, k]), shape, points, fill, margin)
 
 
 def _affine34(affine):

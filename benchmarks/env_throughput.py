@@ -1,0 +1,392 @@
+"""Landmark environment throughput: agent-steps/s of a random policy against the number of agents.
+
+For each configuration (single-agent, 4 agents per env, multi-scale 3 levels; float32 and uint8
+banks; 45^3 crops with 4 frames, plus the single-frame 45^3 uint8 case) and each number of parallel
+agents ``n`` (1 ... 8192, as memory allows), this measures in one process on one device:
+
+* **jaxmed**: ``jit(lax.scan(vmap(env.step)))`` over ``--steps`` steps with uniformly random actions
+  drawn inside the scan (auto-reset included); the observation is carried through the scan so every
+  step's observation is really written. Compilation is timed separately (``lower().compile()``) and
+  excluded; one warm-up call; median of repeats.
+* **reference**: :class:`jaxmed.envs.reference.ReferenceLandmarkEnv` (NumPy, a Python loop over
+  environments and agents, as the published code) with the same random policy, reset by the caller
+  when an episode ends; ``n`` = 1, 16, 256 only, for a limited time.
+* **memcpy**: a large NumPy copy (GB/s). Each agent-step writes ``frames * D^3 * itemsize`` bytes of
+  observation (reported); the fraction of memcpy bandwidth reached is that output rate over memcpy.
+  With few agents the observations stay in the CPU caches, so more than 100 % is possible there.
+
+Bank: the AFIDs MNI template at 2 mm (97 x 115 x 97), repeated ``--n-volumes`` times as bank
+volumes, pyramid factors 1, 2, 4. It runs unchanged on a GPU (JAX picks the default device).
+
+Usage::
+
+    python benchmarks/env_throughput.py [--quick] [--out benchmarks/results/env_throughput.json]
+
+Writes the JSON, a PNG plot beside it, and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ops_throughput import machine_info, memcpy_bandwidth  # noqa: E402  (shared benchmark helpers)
+
+from jaxmed.data import afids  # noqa: E402
+from jaxmed.data.bank import build_bank  # noqa: E402
+from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig  # noqa: E402
+from jaxmed.envs.reference import ReferenceLandmarkEnv  # noqa: E402
+
+FACTORS = (1, 2, 4)
+MULTI_TARGETS = ("AC", "PC", "genu of CC", "splenium of CC")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmarked environment: a name, its targets (agents per env), levels, frames and bank dtype."""
+
+    name: str
+    targets: tuple[str, ...]
+    levels: tuple[int, ...]
+    frames: int
+    dtype: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.dtype} k={self.frames}"
+
+    def config(self, crop: int) -> LandmarkEnvConfig:
+        return LandmarkEnvConfig(targets=self.targets, crop_size=crop, frames=self.frames, levels=self.levels)
+
+
+def cases(dtypes) -> list[Case]:
+    """The configurations measured: three envs x bank dtypes with 4 frames, and single-frame uint8."""
+    out = []
+    for dtype in dtypes:
+        out += [
+            Case("single", ("AC",), (0,), 4, dtype),
+            Case("multi-agent x4", MULTI_TARGETS, (0,), 4, dtype),
+            Case("multi-scale 3 levels", ("AC",), (0, 1, 2), 4, dtype),
+        ]
+    if "uint8" in dtypes:
+        out.append(Case("single", ("AC",), (0,), 1, "uint8"))
+    return out
+
+
+# ------------------------------------------------------------------ data
+
+
+def afids_banks(n_volumes: int, spacing: float, crop: int, dtypes) -> dict:
+    """``{dtype: VolumeBank}``: the AFIDs template at ``spacing`` mm, ``n_volumes`` times, pyramid 1/2/4."""
+    subject = afids.load(spacing=spacing)
+    return {d: build_bank([subject] * n_volumes, labels=MULTI_TARGETS, factors=FACTORS, max_crop=crop, dtype=d) for d in dtypes}
+
+
+def available_memory_bytes() -> int:
+    """Memory the device can hold: the accelerator's ``bytes_limit``, else the host's physical RAM."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"])
+    except Exception:  # CPU backends may not implement memory_stats
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+# ------------------------------------------------------------------ jaxmed
+
+
+def make_rollout(env: LandmarkEnv, n_envs: int, n_steps: int):
+    """``rollout(key, state, obs, params, bank) -> (key, state, obs, n_episode_ends)``: ``n_steps``
+    random-policy steps of ``n_envs`` environments, jitted, with ``state`` and ``obs`` donated."""
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None, None))
+
+    def rollout(key, state, obs, params, bank):
+        def body(carry, _):
+            key, state, _, ends = carry
+            key, k_act, k_step = jax.random.split(key, 3)
+            actions = jax.random.randint(k_act, (n_envs, env.n_agents), 0, 6, dtype=jnp.int32)
+            obs, state, _, terminated, truncated, _ = step(jax.random.split(k_step, n_envs), state, actions, params, bank)
+            return (key, state, obs, ends + jnp.sum(terminated | truncated)), None
+
+        (key, state, obs, ends), _ = jax.lax.scan(body, (key, state, obs, jnp.zeros((), jnp.int32)), None, length=n_steps)
+        return key, state, obs, ends
+
+    return jax.jit(rollout, donate_argnums=(1, 2))
+
+
+def initial(env: LandmarkEnv, n_envs: int, params, bank, seed: int = 0):
+    """``(key, state, obs)`` of ``n_envs`` freshly reset environments."""
+    keys = jax.random.split(jax.random.key(seed), n_envs + 1)
+    obs, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None, None)))(keys[1:], params, bank)
+    return keys[0], state, obs
+
+
+def time_jax(env: LandmarkEnv, n_envs: int, params, bank, args) -> dict:
+    """Compile seconds, median seconds per ``args.steps``-step call, repeats and episode ends per call."""
+    key, state, obs = initial(env, n_envs, params, bank)
+    t0 = time.perf_counter()
+    compiled = make_rollout(env, n_envs, args.steps).lower(key, state, obs, params, bank).compile()
+    compile_s = time.perf_counter() - t0
+    key, state, obs, _ = jax.block_until_ready(compiled(key, state, obs, params, bank))  # warm-up
+    times, ends = [], []
+    while len(times) < args.min_reps or (sum(times) < args.min_time and len(times) < args.max_reps):
+        t = time.perf_counter()
+        key, state, obs, n_end = jax.block_until_ready(compiled(key, state, obs, params, bank))
+        times.append(time.perf_counter() - t)
+        ends.append(int(n_end))
+    del state, obs
+    return {"compile_s": compile_s, "seconds_per_call": float(np.median(times)), "repeats": len(times),
+            "episode_ends_per_call": float(np.mean(ends))}
+
+
+# ------------------------------------------------------------------ reference
+
+
+def time_reference(config, params, bank, n_envs: int, min_time: float, seed: int = 0) -> dict:
+    """Agent-steps/s of ``n_envs`` NumPy reference envs stepped in a Python loop with random actions
+    for about ``min_time`` seconds (at least 2 rounds); resets (when episodes end) are included."""
+    rng = np.random.default_rng(seed)
+    envs = [ReferenceLandmarkEnv(config, params, bank) for _ in range(n_envs)]
+    for e in envs:
+        e.reset(rng)
+    n_agents = envs[0].n_agents
+    rounds, t0 = 0, time.perf_counter()
+    while rounds < 2 or time.perf_counter() - t0 < min_time:
+        for e in envs:
+            _, _, terminated, truncated, _ = e.step(rng.integers(0, 6, n_agents))
+            if terminated or truncated:
+                e.reset(rng)
+        rounds += 1
+    elapsed = time.perf_counter() - t0
+    return {"reference_per_s": rounds * n_envs * n_agents / elapsed, "reference_steps": rounds}
+
+
+# ------------------------------------------------------------------ the sweep
+
+
+def measure_case(case: Case, bank, params, bw_GBps: float, mem_bytes: int, args) -> list[dict]:
+    """Rows for one configuration over ``args.agents`` (skipping what exceeds the memory/time caps)."""
+    config = case.config(args.crop)
+    env = LandmarkEnv(config, labels=bank.labels)
+    itemsize = np.dtype(bank.levels[0].dtype).itemsize
+    obs_bytes = case.frames * args.crop**3 * itemsize  # per agent-step
+    per_agent_step = None
+    rows = []
+    for n in args.agents:
+        n_envs = max(1, n // config.n_agents)
+        agents = n_envs * config.n_agents
+        row = {"config": case.name, "dtype": case.dtype, "frames": case.frames, "levels": list(case.levels),
+               "crop": args.crop, "agents_per_env": config.n_agents, "n_envs": n_envs, "agents": agents,
+               "obs_bytes_per_agent_step": obs_bytes}
+        need = agents * obs_bytes * args.obs_copies
+        if need > args.mem_fraction * mem_bytes:
+            rows.append({**row, "skipped": f"memory cap ({need / 1e9:.1f} GB of observations)"})
+            continue
+        if per_agent_step is not None and per_agent_step * agents * args.steps > args.max_call_s:
+            rows.append({**row, "skipped": f"time cap (predicted {per_agent_step * agents * args.steps:.1f} s per call)"})
+            continue
+        row.update(time_jax(env, n_envs, params, bank, args))
+        agent_steps = agents * args.steps
+        per_agent_step = row["seconds_per_call"] / agent_steps
+        row["jax_per_s"] = agent_steps / row["seconds_per_call"]
+        row["obs_GBps"] = row["jax_per_s"] * obs_bytes / 1e9
+        row["frac_memcpy"] = row["obs_GBps"] / bw_GBps
+        if n in args.reference_agents:
+            row.update(time_reference(config, params, bank, n_envs, args.reference_time))
+            row["speedup"] = row["jax_per_s"] / row["reference_per_s"]
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return rows
+
+
+def run(args) -> dict:
+    info = machine_info()
+    print(f"# machine: {info['cpu']}, {info['cores']} cores, {info['device']}, jax {info['jax']}", flush=True)
+    bw = memcpy_bandwidth(args.memcpy_mb * 2**20)
+    print(f"# memcpy (numpy copy of {args.memcpy_mb} MiB): {bw:.2f} GB/s", flush=True)
+    mem = available_memory_bytes()
+    banks = afids_banks(args.n_volumes, args.spacing, args.crop, args.dtypes)
+    params = EnvParams()
+    print(HEADER, flush=True)
+    rows = []
+    for case in cases(args.dtypes):
+        if args.only and case.name not in args.only:
+            continue
+        rows += measure_case(case, banks[case.dtype], params, bw, mem, args)
+    bank = banks[args.dtypes[0]]
+    info["load_avg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "machine": info,
+        "memcpy_GBps": bw,
+        "settings": {
+            "bank": f"AFIDs MNI152NLin2009cAsym T1 template at {args.spacing} mm, x{args.n_volumes} volumes, factors {FACTORS}",
+            "level0_shape": [int(s) for s in np.asarray(bank.shapes)[0, 0]],
+            "margin": bank.margin,
+            "crop": args.crop,
+            "steps_per_call": args.steps,
+            "agents": args.agents,
+            "reference_agents": args.reference_agents,
+            "reference_seconds": args.reference_time,
+            "policy": "uniform random actions; auto-reset (jaxmed) / caller reset (reference)",
+            "env_params": {f.name: float(getattr(params, f.name)) for f in dataclasses.fields(params)},
+            "memory_bytes": mem,
+            "mem_fraction": args.mem_fraction,
+            "max_call_s": args.max_call_s,
+            "quick": args.quick,
+        },
+        "rows": rows,
+    }
+
+
+# ------------------------------------------------------------------ output
+
+
+def _fmt(x, digits=3):
+    if x is None:
+        return "—"
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+HEADER = (
+    "| config | dtype | frames | agents | jaxmed agent-steps/s | obs KB / agent-step | obs GB/s | % of memcpy | compile s "
+    "| reference agent-steps/s | speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_row(r) -> str:
+    head = f"| {r['config']} | {r['dtype']} | {r['frames']} | {r['agents']} |"
+    if "skipped" in r:
+        return f"{head} skipped: {r['skipped']} | | | | | | |"
+    speed = f"{_fmt(r['speedup'], 2)}×" if r.get("speedup") else "—"
+    return (
+        f"{head} {_fmt(r['jax_per_s'])} | {r['obs_bytes_per_agent_step'] / 1e3:.0f} | {r['obs_GBps']:.2f} | "
+        f"{100 * r['frac_memcpy']:.1f} | {r['compile_s']:.1f} | {_fmt(r.get('reference_per_s'))} | {speed} |"
+    )
+
+
+def markdown(result) -> str:
+    m, s = result["machine"], result["settings"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; jax {m['jax']}; {m['date']}; commit {m['git_commit'] or 'n/a'}; "
+        f"memcpy {result['memcpy_GBps']:.1f} GB/s. Bank: {s['bank']}; crop {s['crop']}³; {s['steps_per_call']} steps per call.",
+        "",
+        HEADER,
+    ]
+    lines += [format_row(r) for r in result["rows"] if "skipped" not in r]
+    skipped = [r for r in result["rows"] if "skipped" in r]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"{r['config']} {r['dtype']} k={r['frames']} n={r['agents']} ({r['skipped']})" for r in skipped)]
+    return "\n".join(lines)
+
+
+def _series(rows, key):
+    """Rows grouped by (config, dtype, frames), in first-seen order."""
+    groups: dict = {}
+    for r in rows:
+        if "skipped" not in r and r.get(key) is not None:
+            groups.setdefault((r["config"], r["dtype"], r["frames"]), []).append(r)
+    return groups
+
+
+def plot(result, path: Path) -> None:
+    """Log-log agent-steps/s against agents, one panel per env (jaxmed solid, reference dashed), and
+    the fraction of memcpy bandwidth reached."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _series(result["rows"], "jax_per_s")
+    names = list(dict.fromkeys(cfg for cfg, _, _ in groups))
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(5 * (len(names) + 1), 4.8), squeeze=False)
+    styles = {}
+    for (cfg, dtype, frames), rr in groups.items():
+        color = styles.setdefault((dtype, frames), f"C{len(styles)}")
+        label = f"{dtype} k={frames}"
+        ax = axes[0, names.index(cfg)]
+        ax.plot([r["agents"] for r in rr], [r["jax_per_s"] for r in rr], "-o", color=color, ms=4, label=f"jaxmed {label}")
+        ref = [(r["agents"], r["reference_per_s"]) for r in rr if r.get("reference_per_s")]
+        if ref:
+            ax.plot(*zip(*ref), "--x", color=color, alpha=0.7, label=f"reference {label}")
+        axes[0, -1].plot([r["agents"] for r in rr], [100 * r["frac_memcpy"] for r in rr], "-", color=color, ms=4,
+                         marker="osD^v"[names.index(cfg) % 5], label=f"{cfg} {label}")
+    for ax, cfg in zip(axes[0], names):
+        ax.set(xscale="log", yscale="log", xlabel="parallel agents", ylabel="agent-steps / s", title=cfg)
+    axes[0, -1].set(xscale="log", xlabel="parallel agents", ylabel="% of memcpy (observation bytes written)",
+                    title=f"observation bandwidth, memcpy {result['memcpy_GBps']:.1f} GB/s")
+    for ax in axes[0]:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    m, s = result["machine"], result["settings"]
+    fig.suptitle(f"jaxmed landmark env, random policy, crop {s['crop']}³ — {m['cpu']}, {m['cores']} cores, {m['device']}, "
+                 f"jax {m['jax']}, {m['date'][:10]}, {m['git_commit'] or ''}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="few agent counts, short timing (smoke test)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "env_throughput.json")
+    p.add_argument("--agents", type=int, nargs="+", default=[1, 16, 256, 1024, 4096, 8192], help="parallel agents n")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "uint8"], choices=["float32", "bfloat16", "uint8"])
+    p.add_argument("--only", nargs="+", default=None, help="only these config names (e.g. single)")
+    p.add_argument("--crop", type=int, default=45, help="crop edge D (voxels)")
+    p.add_argument("--steps", type=int, default=32, help="steps per jitted lax.scan call")
+    p.add_argument("--spacing", type=float, default=2.0, help="template resampling (mm)")
+    p.add_argument("--n-volumes", type=int, default=4, help="bank volumes (copies of the template)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement")
+    p.add_argument("--min-reps", type=int, default=3)
+    p.add_argument("--max-reps", type=int, default=50)
+    p.add_argument("--max-call-s", type=float, default=6.0, help="skip agent counts predicted to take longer per call")
+    p.add_argument("--mem-fraction", type=float, default=0.25, help="skip agent counts whose observations exceed this fraction of memory")
+    p.add_argument("--obs-copies", type=int, default=2, help="observation buffers assumed live at once (memory cap)")
+    p.add_argument("--reference-agents", type=int, nargs="+", default=[1, 16, 256])
+    p.add_argument("--reference-time", type=float, default=1.0, help="seconds of reference stepping per measurement")
+    p.add_argument("--memcpy-mb", type=int, default=512)
+    p.add_argument("--replot", type=Path, default=None, help="only redraw the PNG and table from this JSON")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.agents = [a for a in args.agents if a <= 256][:3] or [16]
+        args.min_time, args.min_reps, args.reference_time, args.memcpy_mb = 0.2, 2, 0.3, 128
+        args.steps, args.n_volumes = 8, 2
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.replot is not None:
+        result = json.loads(args.replot.read_text())
+        plot(result, args.replot.with_suffix(".png"))
+        print(markdown(result))
+        return result
+    t0 = time.perf_counter()
+    result = run(args)
+    result["wall_seconds"] = time.perf_counter() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    png = args.out.with_suffix(".png")
+    plot(result, png)
+    print()
+    print(markdown(result))
+    print(f"\nwrote {args.out} and {png} ({result['wall_seconds']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

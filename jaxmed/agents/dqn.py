@@ -1,0 +1,294 @@
+"""DQN, Double DQN, Dueling DQN and Dueling-Double DQN for jaxmed environments (PureJaxRL style).
+
+Papers: Ghesu et al. 2016/2019 (DQN landmark agents), Alansary et al. 2019 (DQN variants for
+landmark detection: gamma 0.9, batch 48, epsilon-greedy, target network, 4-frame history).
+
+The whole loop — epsilon-greedy acting of ``n_envs`` vmapped environments, environment step with
+auto-reset, replay insertion, replay sampling, re-rendering of the sampled observations from the
+volume bank, the TD update and the target-network update — is one pure function of a
+:class:`RunnerState`, scanned ``chunk_steps`` times under ``jit``; the host only logs between chunks.
+
+The replay stores *observation states* (``env.obs_state``: volume index, ring of past positions,
+scale level: tens of bytes), never pixels; ``env.render`` re-renders them at sample time.
+
+Data parallelism (the pmap pattern): :func:`make_train` with ``axis_name`` set gives per-device
+functions whose gradients are averaged with ``lax.pmean`` over that axis; every device acts in its
+own environments (keys folded with the device index) and samples its own replay shard, while the
+network, optimiser and target parameters stay bit-identical across devices.
+:func:`make_parallel_train` wraps them in ``jax.pmap``.
+
+Variants: ``double`` selects the greedy next action with the online network (van Hasselt 2016);
+the dueling architecture is the network's ``head="dueling"`` (Wang 2016). :func:`variant` maps the
+published names to those two switches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+import rlax
+from flax import struct
+
+from jaxmed.agents.replay import BufferState, ReplayBuffer
+from jaxmed.errors import ConfigError
+
+VARIANTS = {"dqn": (False, "q"), "double": (True, "q"), "dueling": (False, "dueling"), "dueling-double": (True, "dueling")}
+
+
+def variant(name: str) -> tuple[bool, str]:
+    """``(double, head)`` for a published variant name: dqn | double | dueling | dueling-double."""
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown DQN variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class DQNConfig:
+    """Learner hyperparameters (the network and environment are configured separately).
+
+    Step counts are in *vector* environment steps (one step of all ``n_envs`` environments).
+    """
+
+    n_envs: int = 16
+    chunk_steps: int = 100
+    batch_size: int = 48
+    gamma: float = 0.9
+    learning_rate: float = 1e-4
+    lr_decay_steps: int = 0  # linear decay to lr_final_fraction * lr over this many updates (0: constant)
+    lr_final_fraction: float = 0.1
+    replay_capacity: int = 100_000
+    learning_starts: int = 1_000  # transitions in the replay (per device) before updates begin
+    updates_per_step: int = 1
+    eps_start: float = 1.0
+    eps_end: float = 0.1
+    eps_decay_steps: int = 10_000
+    target_update_period: int = 500  # updates between hard target copies (used when tau == 1)
+    tau: float = 1.0  # Polyak factor per update when < 1
+    double: bool = True
+    huber_delta: float = 1.0
+    max_grad_norm: float = 10.0
+
+    def __post_init__(self):
+        for name in ("n_envs", "chunk_steps", "batch_size", "replay_capacity", "updates_per_step", "target_update_period"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"DQNConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"DQNConfig.gamma must be in (0, 1], got {self.gamma}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"DQNConfig.tau must be in (0, 1], got {self.tau}")
+
+
+@struct.dataclass
+class RunnerState:
+    """Everything the training loop carries (a pytree; per device under pmap)."""
+
+    params: Any
+    target_params: Any
+    opt_state: Any
+    buffer: BufferState
+    env_state: Any
+    obs: jax.Array
+    key: jax.Array
+    steps: jax.Array  # vector env steps taken
+    updates: jax.Array  # gradient updates taken
+
+
+class TrainFns(NamedTuple):
+    """``init(key, bank) -> RunnerState``; ``run_chunk(state, bank) -> (state, metrics)``."""
+
+    init: Callable
+    run_chunk: Callable
+    network: nn.Module
+    optimizer: optax.GradientTransformation
+
+
+def epsilon(config: DQNConfig, steps) -> jax.Array:
+    """Linear epsilon schedule from ``eps_start`` to ``eps_end`` over ``eps_decay_steps`` vector steps."""
+    frac = jnp.clip(steps / max(config.eps_decay_steps, 1), 0.0, 1.0)
+    return config.eps_start + frac * (config.eps_end - config.eps_start)
+
+
+def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
+    """Adam with global-norm clipping and an optional linear learning-rate decay."""
+    lr = config.learning_rate
+    if config.lr_decay_steps > 0:
+        lr = optax.linear_schedule(lr, lr * config.lr_final_fraction, config.lr_decay_steps)
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr))
+
+
+def td_loss(network: nn.Module, params, target_params, obs, next_obs, batch, gamma: float, double: bool, huber_delta: float):
+    """Mean Huber TD loss over the valid (live) agents of a batch.
+
+    Shapes: ``obs``/``next_obs`` ``(B, A, k, D, D, D)``; ``batch["action"]`` ``(B, A)``; ``reward``,
+    ``terminal``, ``valid`` ``(B, A)``. Returns ``(loss, mean |TD error|)``.
+    """
+    q = network.apply(params, obs)  # (B, A, n_actions)
+    q_next_target = network.apply(target_params, next_obs)
+    q_next_select = network.apply(params, next_obs) if double else q_next_target
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731  (B, A, ...) -> (B*A, ...)
+    discount = gamma * (1.0 - flat(batch["terminal"]).astype(jnp.float32))
+    td = jax.vmap(rlax.double_q_learning)(
+        flat(q), flat(batch["action"]).astype(jnp.int32), flat(batch["reward"]), discount,
+        jax.lax.stop_gradient(flat(q_next_target)), jax.lax.stop_gradient(flat(q_next_select)),
+    )
+    valid = flat(batch["valid"]).astype(jnp.float32)
+    n = jnp.maximum(valid.sum(), 1.0)
+    loss = jnp.sum(rlax.huber_loss(td, huber_delta) * valid) / n
+    return loss, jnp.sum(jnp.abs(td) * valid) / n
+
+
+def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name: str | None = None) -> TrainFns:
+    """Build the pure training functions for ``env`` (a jaxmed environment with ``obs_state`` /
+    ``render``) and a Q-network mapping ``(..., A, k, D, D, D)`` to ``(..., A, n_actions)``.
+
+    With ``axis_name`` the functions must run under ``jax.pmap``/``shard_map`` with that axis:
+    gradients are ``lax.pmean``-ed over it and environment keys differ per device.
+    """
+    optimizer = make_optimizer(config)
+    n_envs = config.n_envs
+    v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
+    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None, None))
+    v_obs_state = jax.vmap(env.obs_state)
+    v_render = jax.vmap(env.render, in_axes=(0, None))
+
+    def device_key(key):
+        return key if axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+
+    def transition(state, action, reward, final_state):
+        return {
+            "obs_state": env.obs_state(state),
+            "next_obs_state": env.obs_state(final_state),
+            "action": action.astype(jnp.int8),
+            "reward": reward.astype(jnp.float32),
+            "terminal": final_state.done,
+            "valid": ~state.done,
+        }
+
+    def init(key, bank) -> RunnerState:
+        net_key, env_key = jax.random.split(key)  # the network key is shared by every device
+        obs, env_state = v_reset(jax.random.split(device_key(env_key), n_envs), env_params, bank)
+        params = network.init(net_key, obs[:1])
+        one_state = jax.tree.map(lambda x: x[0], env_state)
+        example = transition(one_state, jnp.zeros((env.n_agents,), jnp.int32), jnp.zeros((env.n_agents,)), one_state)
+        per_device_capacity = config.replay_capacity
+        return RunnerState(
+            params=params, target_params=params, opt_state=optimizer.init(params),
+            buffer=ReplayBuffer.init(example, per_device_capacity), env_state=env_state, obs=obs,
+            key=device_key(jax.random.fold_in(key, 1)), steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32),
+        )
+
+    def update(rs: RunnerState, key, bank):
+        batch = ReplayBuffer.sample(rs.buffer, key, config.batch_size)
+        obs, next_obs = v_render(batch["obs_state"], bank), v_render(batch["next_obs_state"], bank)
+        grad_fn = jax.value_and_grad(td_loss, argnums=1, has_aux=True)
+        (loss, abs_td), grads = grad_fn(network, rs.params, rs.target_params, obs, next_obs, batch, config.gamma, config.double, config.huber_delta)
+        if axis_name is not None:
+            grads, loss, abs_td = jax.lax.pmean((grads, loss, abs_td), axis_name)
+        upd, opt_state = optimizer.update(grads, rs.opt_state, rs.params)
+        params = optax.apply_updates(rs.params, upd)
+        updates = rs.updates + 1
+        if config.tau < 1.0:
+            target = optax.incremental_update(params, rs.target_params, config.tau)
+        else:
+            copy = updates % config.target_update_period == 0
+            target = jax.tree.map(lambda p, t: jnp.where(copy, p, t), params, rs.target_params)
+        return rs.replace(params=params, target_params=target, opt_state=opt_state, updates=updates), loss, abs_td
+
+    def step(rs: RunnerState, bank):
+        key, k_eps, k_act, k_env, k_upd = jax.random.split(rs.key, 5)
+        q = network.apply(rs.params, rs.obs)  # (n_envs, A, n_actions)
+        greedy = jnp.argmax(q, axis=-1)
+        explore = jax.random.uniform(k_eps, greedy.shape) < epsilon(config, rs.steps)
+        action = jnp.where(explore, jax.random.randint(k_act, greedy.shape, 0, env.num_actions), greedy).astype(jnp.int32)
+        obs, env_state, reward, terminated, truncated, info = v_step(jax.random.split(k_env, n_envs), rs.env_state, action, env_params, bank)
+        final = info["final_state"]
+        buffer = ReplayBuffer.add_batch(rs.buffer, jax.vmap(transition)(rs.env_state, action, reward, final))
+        rs = rs.replace(buffer=buffer, env_state=env_state, obs=obs, key=key, steps=rs.steps + 1)
+
+        def learn(rs):
+            losses = []
+            for k in jax.random.split(k_upd, config.updates_per_step):
+                rs, loss, abs_td = update(rs, k, bank)
+                losses.append((loss, abs_td))
+            return rs, jnp.mean(jnp.array(losses), axis=0)
+
+        can_learn = buffer.size >= config.learning_starts
+        rs, (loss, abs_td) = jax.lax.cond(can_learn, learn, lambda rs: (rs, jnp.full((2,), jnp.nan)), rs)
+        ended = terminated | truncated
+        metrics = {
+            "reward": reward.mean(),
+            "episodes": ended.sum(),
+            "final_distance_mm_sum": jnp.where(ended, jnp.nanmean(info["final_distance_mm"], axis=-1), 0.0).sum(),
+            "loss": loss,
+            "abs_td": abs_td,
+        }
+        return rs, metrics
+
+    def run_chunk(rs: RunnerState, bank):
+        rs, m = jax.lax.scan(lambda rs, _: step(rs, bank), rs, None, length=config.chunk_steps)
+        episodes = m["episodes"].sum()
+        metrics = {
+            "reward": m["reward"].mean(),
+            "episodes": episodes,
+            "final_distance_mm": m["final_distance_mm_sum"].sum() / jnp.maximum(episodes, 1),
+            "loss": jnp.nanmean(m["loss"]),
+            "abs_td": jnp.nanmean(m["abs_td"]),
+            "epsilon": epsilon(config, rs.steps),
+            "steps": rs.steps,
+            "updates": rs.updates,
+        }
+        if axis_name is not None:
+            metrics = {k: jax.lax.pmean(v.astype(jnp.float32), axis_name) for k, v in metrics.items()}
+        return rs, metrics
+
+    return TrainFns(init=init, run_chunk=run_chunk, network=network, optimizer=optimizer)
+
+
+def make_parallel_train(config: DQNConfig, env, env_params, network: nn.Module, n_devices: int | None = None, axis_name: str = "devices"):
+    """The same training functions data-parallel over ``n_devices`` local devices with ``jax.pmap``.
+
+    Returns ``(init, run_chunk)``: ``init(key, bank)`` gives a :class:`RunnerState` with a leading
+    device axis; ``run_chunk(state, bank)``. The bank is broadcast to every device.
+    """
+    n = n_devices or jax.local_device_count()
+    fns = make_train(config, env, env_params, network, axis_name=axis_name)
+    p_init = jax.pmap(lambda _, key, bank: fns.init(key, bank), axis_name=axis_name, in_axes=(0, None, None), devices=jax.local_devices()[:n])
+    p_chunk = jax.pmap(fns.run_chunk, axis_name=axis_name, in_axes=(0, None), devices=jax.local_devices()[:n])
+
+    def init(key, bank):
+        return p_init(jnp.arange(n), key, bank)
+
+    return init, p_chunk
+
+
+def greedy_rollout(network: nn.Module, params, env, env_params, bank, volumes, starts, max_steps: int | None = None):
+    """Evaluate the greedy policy from fixed start points, without auto-reset.
+
+    Args:
+      volumes: ``(E,)`` int bank indices; ``starts``: ``(E, A, 3)`` level-0 voxel start positions.
+    Returns:
+      dict with ``final_distance_mm`` ``(E, A)``, ``final_pos`` ``(E, A, 3)`` level-0 voxels,
+      ``path`` ``(T + 1, E, A, 3)`` and ``steps`` ``(E,)`` (steps until every agent was done).
+    """
+    max_steps = int(env_params.max_steps) if max_steps is None else max_steps
+    obs, state = jax.vmap(env.reset_at, in_axes=(None, None, 0, 0))(env_params, bank, volumes, starts)
+
+    def body(carry, _):
+        obs, state = carry
+        action = jnp.argmax(network.apply(params, obs), axis=-1).astype(jnp.int32)
+        state, *_ = jax.vmap(env.step_env, in_axes=(None, 0, 0, None, None))(jax.random.key(0), state, action, env_params, bank)
+        return (jax.vmap(env.get_obs, in_axes=(0, None, None))(state, env_params, bank), state), (state.pos, jnp.all(state.done, -1))
+
+    (_, state), (path, done) = jax.lax.scan(body, (obs, state), None, length=max_steps)
+    steps = jnp.where(done.any(0), jnp.argmax(done, axis=0) + 1, max_steps)
+    return {
+        "final_distance_mm": jax.vmap(env.distance_mm, in_axes=(0, None))(state, bank),
+        "final_pos": state.pos,
+        "path": jnp.concatenate([starts[None].astype(path.dtype), path], axis=0),
+        "steps": steps,
+    }

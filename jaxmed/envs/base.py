@@ -1,0 +1,206 @@
+"""The environment protocol shared by every jaxmed environment (in the spirit of gymnax 1.0).
+
+An environment object holds only *static* configuration (it fixes array shapes and is hashable);
+everything that changes lives in explicit arguments:
+
+* ``params``: numeric parameters, a flax.struct dataclass whose fields are pytree leaves (so a sweep
+  can ``vmap`` over them); ``None`` means :attr:`Environment.default_params`.
+* ``bank``: the data (for the image environments a :class:`jaxmed.data.bank.VolumeBank`), passed as
+  an argument, never closed over (closing over it would inline it as a constant and recompile per
+  data set).
+* ``state``: a flax.struct dataclass of small per-environment arrays.
+
+Public API (pure, jit-/vmap-/scan-friendly)::
+
+    obs, state = env.reset(key, params, bank)
+    obs, state, reward, terminated, truncated, info = env.step(key, state, action, params, bank)
+
+``step`` auto-resets: when ``terminated | truncated`` the returned ``state`` is a fresh reset state
+(drawn from the step key) and ``obs`` is its first observation. The observation is rendered *once*,
+from the selected state; ``info["final_state"]`` holds the state the episode ended in, so a learner
+can re-render the final observation (``env.get_obs(info["final_state"], params, bank)``) and
+bootstrap from it. ``terminated`` (the task ended: no bootstrapping) and ``truncated`` (time limit:
+bootstrap) are kept apart.
+
+Subclasses implement :meth:`reset_env` (``-> state``), :meth:`step_env` (``-> (state, reward,
+terminated, truncated, info)``, no observation, no reset), :meth:`get_obs`, :attr:`default_params`,
+:meth:`observation_space`, :meth:`action_space`; optionally the host-side checks :meth:`check_bank`
+and :meth:`check_action`, which :meth:`reset` / :meth:`step` call before tracing, so bad input fails
+with a clear :class:`jaxmed.errors.JaxmedError` before any compilation; and :meth:`obs_state` /
+:meth:`render` (``render(obs_state(s), bank) == get_obs(s, params, bank)``) so that a replay buffer
+can store a few bytes of state instead of pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Obs = jax.Array
+Info = dict[str, Any]
+
+
+def is_concrete(x) -> bool:
+    """Whether ``x`` has concrete values on the host (not a tracer inside jit / vmap / scan)."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+
+
+# ------------------------------------------------------------------ spaces
+
+
+@dataclasses.dataclass(frozen=True)
+class Discrete:
+    """``shape`` independent integer choices in ``0 .. n-1`` (e.g. one action per agent)."""
+
+    n: int
+    shape: tuple[int, ...] = ()
+    dtype: Any = jnp.int32
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        return jax.random.randint(key, self.shape, 0, self.n, dtype=self.dtype)
+
+    def contains(self, x) -> jax.Array:
+        """``()`` bool: right shape, integer and every entry in range."""
+        x = jnp.asarray(x)
+        if x.shape != tuple(self.shape) or not jnp.issubdtype(x.dtype, jnp.integer):
+            return jnp.asarray(False)
+        return jnp.all((x >= 0) & (x < self.n))
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """An array of ``shape`` and ``dtype`` with every entry in ``[low, high]`` (scalars, may be inf)."""
+
+    low: float
+    high: float
+    shape: tuple[int, ...]
+    dtype: Any = jnp.float32
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        """Uniform in ``[low, high]``; infinite bounds are replaced by ``[-1, 1]``-style unit ranges."""
+        lo = self.low if np.isfinite(self.low) else (self.high - 1.0 if np.isfinite(self.high) else -1.0)
+        hi = self.high if np.isfinite(self.high) else lo + 2.0
+        if jnp.issubdtype(self.dtype, jnp.integer):
+            return jax.random.randint(key, self.shape, int(lo), int(hi) + 1).astype(self.dtype)
+        return jax.random.uniform(key, self.shape, jnp.float32, lo, hi).astype(self.dtype)
+
+    def contains(self, x) -> jax.Array:
+        x = jnp.asarray(x)
+        if x.shape != tuple(self.shape):
+            return jnp.asarray(False)
+        xf = x.astype(jnp.float32)
+        return jnp.all((xf >= self.low) & (xf <= self.high))
+
+
+# ------------------------------------------------------------------ the protocol
+
+
+class Environment:
+    """Abstract jaxmed environment; see the module docstring for the protocol.
+
+    Instances are hashable by :meth:`_static_key` so that the internal ``jax.jit`` (with ``self``
+    static) caches one compiled program per distinct configuration.
+    """
+
+    # -------------------------------------------------------------- to implement
+
+    @property
+    def default_params(self):
+        raise NotImplementedError
+
+    def reset_env(self, key: jax.Array, params, bank):
+        """A fresh state (no observation rendered)."""
+        raise NotImplementedError
+
+    def step_env(self, key: jax.Array, state, action, params, bank):
+        """One transition without auto-reset: ``(state, reward, terminated, truncated, info)``."""
+        raise NotImplementedError
+
+    def get_obs(self, state, params, bank) -> Obs:
+        """Render the observation of ``state``."""
+        raise NotImplementedError
+
+    def observation_space(self, params=None) -> Box:
+        raise NotImplementedError
+
+    def action_space(self, params=None) -> Discrete:
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- replay without pixels (optional)
+
+    def obs_state(self, state):
+        """The part of ``state`` the observation is a function of (what a replay buffer stores);
+        default: the whole state. Override with something smaller."""
+        return state
+
+    def render(self, obs_state, bank) -> Obs:
+        """The observation of an :meth:`obs_state` (default: :meth:`get_obs` with default params)."""
+        return self.get_obs(obs_state, self.default_params, bank)
+
+    # -------------------------------------------------------------- host-side checks (optional)
+
+    def check_bank(self, bank) -> None:
+        """Raise a :class:`jaxmed.errors.JaxmedError` if ``bank`` cannot serve this env (host side)."""
+
+    def check_action(self, action):
+        """Validate ``action`` on the host (values only when concrete); returns it."""
+        return action
+
+    # -------------------------------------------------------------- generic API
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.action_space(self.default_params).n)
+
+    def reset(self, key: jax.Array, params=None, bank=None) -> tuple[Obs, Any]:
+        """``(obs, state)`` of a new episode drawn from ``key``."""
+        params = self.default_params if params is None else params
+        self.check_bank(bank)
+        return self._reset(key, params, bank)
+
+    def step(self, key: jax.Array, state, action, params=None, bank=None):
+        """``(obs, state, reward, terminated, truncated, info)`` with auto-reset (module docstring)."""
+        params = self.default_params if params is None else params
+        self.check_bank(bank)
+        action = self.check_action(action)
+        return self._step(key, state, action, params, bank)
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _reset(self, key, params, bank):
+        state = self.reset_env(key, params, bank)
+        return self.get_obs(state, params, bank), state
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _step(self, key, state, action, params, bank):
+        key_step, key_reset = jax.random.split(key)
+        final_state, reward, terminated, truncated, info = self.step_env(key_step, state, action, params, bank)
+        reset_state = self.reset_env(key_reset, params, bank)
+        done = jnp.logical_or(terminated, truncated)
+        state = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_state, final_state)
+        obs = self.get_obs(state, params, bank)
+        info = dict(info)
+        info["final_state"] = final_state
+        return obs, state, reward, terminated, truncated, info
+
+    # -------------------------------------------------------------- hashing for jit(static self)
+
+    def _static_key(self) -> tuple:
+        return (id(self),)
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._static_key()))
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self._static_key() == other._static_key()
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"

@@ -1,0 +1,454 @@
+"""Landmark search environments: single-agent, multi-agent and multi-scale, pure and jitted.
+
+One agent per target landmark moves through a 3D volume, one voxel step along one axis at a time,
+seeing a stack of cubic crops around its recent positions, and is rewarded for getting closer to its
+landmark. This is the formulation of
+
+* Ghesu et al., "An artificial agent for anatomical landmark detection in medical images",
+  MICCAI 2016 (the agent, the distance-decrease reward);
+* Ghesu et al., "Multi-scale deep reinforcement learning for real-time 3D-landmark detection in CT
+  scans", IEEE TPAMI 41(1), 2019 (coarse-to-fine search: start on a coarse pyramid level, go finer
+  when the agent oscillates, stop when it oscillates at the finest level);
+* Alansary et al., "Evaluating reinforcement learning agents for anatomical landmark detection",
+  Medical Image Analysis 53, 2019 (frame history, oscillation test, DQN variants, fixed evaluation
+  start points);
+* Vlontzos et al., "Multiple landmark detection using multi-agent reinforcement learning",
+  MICCAI 2019 (Collab-DQN: several agents, one per landmark, in the same volume).
+
+The dynamics follow ``/tmp/env_spec.md`` exactly (a NumPy re-implementation,
+:mod:`jaxmed.envs.reference`, is checked against this env step by step).
+
+Shapes and units (``A`` = ``n_agents`` = ``len(config.targets)``, ``k`` = ``config.frames``,
+``D`` = ``config.crop_size``, ``H`` = ``max(k, config.osc_window)``):
+
+* action: ``(A,)`` int32 in ``0..5`` (a single-agent env also takes a scalar); action ``a`` moves axis
+  ``a // 2`` by ``+f`` (``a`` even) or ``-f`` (odd) level-0 voxels, ``f`` = the pyramid factor of the
+  agent's current level; positions are clipped into the volume ``[0, extent - 1]``.
+* observation: ``(A, k, D, D, D)`` in the bank's storage dtype (float32 / bfloat16 / uint8; multiply by
+  ``bank.intensity_scale`` for intensities). Frame ``f`` is the crop around the agent's ``f``-th
+  newest position (frame 0 = now) at the agent's *current* level: level-``l`` voxel
+  ``history // factor_l``; voxel ``[D // 2]`` of the crop is that voxel.
+* positions: ``(A, 3)`` int32 level-0 voxel indices; distances and rewards in world RAS mm.
+* reward: ``(A,)`` float32, ``clip(prev_dist - new_dist, -reward_clip, reward_clip)`` mm, always with
+  the *current* step's distance; 0 for agents already done.
+* termination (per agent, ``done``): oscillation at the finest level (the new position occurs at least
+  ``osc_repeats`` times among the newest ``min(osc_window, since_switch + 1)`` positions), or, when
+  ``terminate_at_target_mm > 0`` and the agent moved at the finest level, ``new_dist <=
+  terminate_at_target_mm`` (uses ground truth: disable it for evaluation). Done agents freeze (no
+  move, no history push, reward 0). The episode is ``terminated`` when *all* agents are done and
+  ``truncated`` when ``t >= max_steps`` and not terminated: two separate ``()`` bool flags.
+* multi-scale (``len(config.levels) > 1``): agents start at the coarsest level; an oscillation at a
+  coarser level moves the agent one level finer (``since_switch`` restarts; the ring keeps its
+  positions, which are level-0 voxels at every level, for the frames).
+* auto-reset: :meth:`Environment.step` returns a fresh reset state when the episode ended; the ring of
+  past positions is refilled with the new start, so no previous-episode frame leaks into the new
+  episode. ``info["final_state"]`` is the state the episode ended in (``env.get_obs(info
+  ["final_state"], params, bank)`` renders its observation); ``info`` also holds ``distance_mm``
+  ``(A,)`` (after this step's move), ``final_distance_mm`` ``(A,)`` (the same where the episode
+  ended, NaN otherwise), ``oscillated`` ``(A,)`` bool and ``level`` ``(A,)`` int32 (index into
+  ``config.levels``), all of the pre-reset state.
+
+Replay without pixels: :meth:`LandmarkEnv.obs_state` extracts the few bytes an observation depends on
+(volume, the ``k`` newest positions, level) and :meth:`LandmarkEnv.render` re-renders it from the bank.
+
+Evaluation: :meth:`LandmarkEnv.reset_at` starts deterministically at given voxels and
+:meth:`LandmarkEnv.eval_start_points` gives the 27 grid starts at 25/50/75 % of the extent; agents
+report world positions with :meth:`LandmarkEnv.positions_world`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxmed.envs.base import Box, Discrete, Environment, is_concrete
+from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.ops.crop import crop_from_stack
+
+N_ACTIONS = 6
+
+# ------------------------------------------------------------------ configuration, params, state
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkEnvConfig:
+    """Static configuration (hashable; fixes the array shapes).
+
+    Attributes:
+      targets: one landmark label per agent (repeats allowed: several agents on one landmark).
+      crop_size: ``D``, crop edge in voxels (at every level); must be ``<= bank.max_crop``.
+      frames: ``k``, number of past positions rendered into the observation (frame 0 = now).
+      levels: bank pyramid levels used, finest first, strictly increasing; multi-scale when > 1.
+      osc_window: how many recent positions the oscillation test looks at.
+    """
+
+    targets: tuple[str, ...] = ("L0",)
+    crop_size: int = 45
+    frames: int = 4
+    levels: tuple[int, ...] = (0,)
+    osc_window: int = 8
+
+    def __post_init__(self):
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(str(t) for t in self.targets)
+        levels = (int(self.levels),) if np.ndim(self.levels) == 0 else tuple(int(l) for l in self.levels)
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "levels", levels)
+        if not targets:
+            raise ConfigError("LandmarkEnvConfig: targets is empty; give one landmark label per agent")
+        for name in ("crop_size", "frames", "osc_window"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"LandmarkEnvConfig: {name} must be a positive int, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if not levels or levels[0] < 0 or any(b <= a for a, b in zip(levels, levels[1:])):
+            raise ConfigError(f"LandmarkEnvConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.targets)
+
+    @property
+    def history_len(self) -> int:
+        """``H = max(frames, osc_window)``, length of the ring of past positions."""
+        return max(self.frames, self.osc_window)
+
+
+@struct.dataclass
+class EnvParams:
+    """Numeric parameters; every field is a pytree leaf (vmap over them for sweeps).
+
+    Attributes:
+      max_steps: episode length limit (truncation).
+      reward_clip: reward clip, mm.
+      terminate_at_target_mm: an agent at the finest level within this distance (mm) of its target
+        is done; ``<= 0`` disables it (evaluation: never use the ground truth).
+      start_radius_mm: ``0``: random starts uniform in the central 80 % of the volume per axis;
+        ``> 0``: uniform in a world cube of ± this many mm around each agent's target (clipped).
+      osc_repeats: how many occurrences of the new position among the recent ones is an oscillation.
+    """
+
+    max_steps: int = 200
+    reward_clip: float = 1.0
+    terminate_at_target_mm: float = 1.0
+    start_radius_mm: float = 0.0
+    osc_repeats: int = 3
+
+
+@struct.dataclass
+class EnvState:
+    """Per-environment state (``A`` agents, ``H`` ring length); a few hundred bytes, no pixels.
+
+    Attributes:
+      volume: ``()`` int32, bank index of the volume.
+      pos: ``(A, 3)`` int32, level-0 voxel position of each agent.
+      level: ``(A,)`` int32, index into ``config.levels`` (0 = finest).
+      history: ``(A, H, 3)`` int32, ring of past level-0 positions, newest first (``history[:, 0] == pos``).
+      since_switch: ``(A,)`` int32, steps since the reset or the agent's last level switch.
+      done: ``(A,)`` bool, the agent has finished.
+      t: ``()`` int32, steps taken in this episode.
+      prev_dist: ``(A,)`` float32, distance (mm) from ``pos`` to the agent's target.
+    """
+
+    volume: jax.Array
+    pos: jax.Array
+    level: jax.Array
+    history: jax.Array
+    since_switch: jax.Array
+    done: jax.Array
+    t: jax.Array
+    prev_dist: jax.Array
+
+
+@struct.dataclass
+class ObsState:
+    """What an observation is rendered from (:meth:`LandmarkEnv.obs_state`, :meth:`LandmarkEnv.render`):
+    ``volume`` ``()`` int32, ``history`` ``(A, k, 3)`` int16 level-0 voxels (the ``k`` newest positions),
+    ``level`` ``(A,)`` int8 index into ``config.levels``; ``4 + 7 k`` bytes per agent."""
+
+    volume: jax.Array
+    history: jax.Array
+    level: jax.Array
+
+
+# ------------------------------------------------------------------ the environment
+
+
+class LandmarkEnv(Environment):
+    """Single-agent, multi-agent and multi-scale landmark search (module docstring).
+
+    Args:
+      config: a :class:`LandmarkEnvConfig`.
+      labels: the landmark labels of the bank(s) this env will run on (``bank.labels``); when given,
+        every target is checked against them now (:class:`LandmarkError` naming the available
+        labels). Target indices are always resolved from the bank passed to ``reset`` / ``step``
+        (its ``labels`` are static), so banks with a different label order work too.
+      name: the name reported by :attr:`name` (the registry passes its name).
+    """
+
+    def __init__(self, config: LandmarkEnvConfig | None = None, labels: Sequence[str] | None = None, name: str = "landmark"):
+        self.config = config if config is not None else LandmarkEnvConfig()
+        if not isinstance(self.config, LandmarkEnvConfig):
+            raise ConfigError(f"LandmarkEnv: config must be a LandmarkEnvConfig, got {type(config).__name__}")
+        self.labels = tuple(labels) if labels is not None else None
+        self._name = name
+        if self.labels is not None:
+            missing = [t for t in self.config.targets if t not in self.labels]
+            if missing:
+                raise LandmarkError(
+                    f"{name}: unknown target landmark(s) {', '.join(map(repr, missing))}; available: {', '.join(self.labels)}"
+                )
+
+    # -------------------------------------------------------------- descriptions
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def n_agents(self) -> int:
+        return self.config.n_agents
+
+    @property
+    def default_params(self) -> EnvParams:
+        return EnvParams()
+
+    def observation_space(self, params=None, bank=None) -> Box:
+        """``(A, k, D, D, D)``; dtype of ``bank`` when given (float32 otherwise)."""
+        c = self.config
+        dtype = bank.levels[0].dtype if bank is not None else jnp.float32
+        low, high = (0.0, 255.0) if dtype == jnp.uint8 else (-np.inf, np.inf)
+        return Box(low, high, (c.n_agents, c.frames, c.crop_size, c.crop_size, c.crop_size), dtype)
+
+    def action_space(self, params=None) -> Discrete:
+        return Discrete(N_ACTIONS, (self.n_agents,))
+
+    def _static_key(self) -> tuple:
+        return (self.config, self.labels)
+
+    def __repr__(self) -> str:
+        return f"LandmarkEnv(name={self._name!r}, config={self.config})"
+
+    # -------------------------------------------------------------- host-side checks
+
+    def check_bank(self, bank) -> None:
+        """Check that ``bank`` can serve this env: crop size within the padded margin, levels present,
+        targets among its labels. Host side, static attributes only (works on a traced bank too)."""
+        c = self.config
+        if bank is None or not hasattr(bank, "levels") or not hasattr(bank, "margin"):
+            raise ConfigError(f"{self.name}: needs a VolumeBank (jaxmed.data.bank.build_bank), got {type(bank).__name__}")
+        if c.crop_size > bank.max_crop:
+            raise ConfigError(
+                f"{self.name}: crop_size {c.crop_size} is larger than the volume bank allows (max_crop {bank.max_crop}, "
+                f"margin {bank.margin} voxels); rebuild the bank with build_bank(..., max_crop={c.crop_size}) or use a smaller crop"
+            )
+        if max(c.levels) >= bank.n_levels:
+            raise ConfigError(
+                f"{self.name}: levels {c.levels} need {max(c.levels) + 1} pyramid levels but the volume bank has "
+                f"{bank.n_levels} (factors {bank.factors}); rebuild it with more factors or use fewer levels"
+            )
+        self._target_indices(bank)
+
+    def _target_indices(self, bank) -> np.ndarray:
+        return np.array([bank.label_index(t) for t in self.config.targets], np.int32)
+
+    def check_action(self, action):
+        """Raise :class:`ConfigError` unless ``action`` is ``(A,)`` integers in ``0..5`` (a scalar for one
+        agent). Shape and dtype are checked always; values only when ``action`` is concrete."""
+        shape = tuple(getattr(action, "shape", np.shape(action)))
+        allowed = [(self.n_agents,)] + ([()] if self.n_agents == 1 else [])
+        if shape not in allowed:
+            raise ConfigError(
+                f"{self.name}: expected {self.n_agents} action(s), an int array of shape ({self.n_agents},), got shape {shape}"
+            )
+        dtype = getattr(action, "dtype", None)
+        if dtype is None:
+            dtype = np.asarray(action).dtype
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise ConfigError(f"{self.name}: actions must be integers in 0..{N_ACTIONS - 1}, got dtype {dtype}")
+        if is_concrete(action):
+            a = np.asarray(action)
+            if a.size and (a.min() < 0 or a.max() >= N_ACTIONS):
+                raise ConfigError(f"{self.name}: actions must lie in 0..{N_ACTIONS - 1} (±x, ±y, ±z), got {a.tolist()}")
+            if not isinstance(action, jax.Array):
+                action = jnp.asarray(a, jnp.int32)  # a list / NumPy array: one array argument for jit
+        return action
+
+    # -------------------------------------------------------------- geometry helpers
+
+    def _factors(self, bank) -> jax.Array:
+        """``(len(levels),)`` int32, level-0 voxels per step at each configured level."""
+        return jnp.asarray([bank.factors[l] for l in self.config.levels], jnp.int32)
+
+    def _extent(self, bank, volume) -> jax.Array:
+        """``(3,)`` int32, the volume's unpadded level-0 extent."""
+        return bank.shapes[0, volume]
+
+    def _distance(self, bank, volume, pos) -> jax.Array:
+        """``(A,)`` float32 mm from level-0 voxels ``pos`` ``(A, 3)`` to each agent's target."""
+        aff = bank.affines[0, volume]
+        world = pos.astype(jnp.float32) @ aff[:3, :3].T + aff[:3, 3]
+        target = bank.landmarks_world[volume][jnp.asarray(self._target_indices(bank))]
+        diff = world - target
+        return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+
+    def positions_world(self, state: EnvState, bank) -> jax.Array:
+        """``(A, 3)`` float32, the agents' positions in world RAS mm (their answers)."""
+        aff = bank.affines[0, state.volume]
+        return state.pos.astype(jnp.float32) @ aff[:3, :3].T + aff[:3, 3]
+
+    def distance_mm(self, state: EnvState, bank) -> jax.Array:
+        """``(A,)`` float32, each agent's distance (mm) to its target."""
+        return self._distance(bank, state.volume, state.pos)
+
+    # -------------------------------------------------------------- reset
+
+    def _initial_state(self, bank, volume, start) -> EnvState:
+        c = self.config
+        volume = jnp.asarray(volume, jnp.int32)
+        start = jnp.broadcast_to(jnp.asarray(start), (c.n_agents, 3))
+        if not jnp.issubdtype(start.dtype, jnp.integer):
+            start = jnp.round(start)
+        start = jnp.clip(start.astype(jnp.int32), 0, self._extent(bank, volume) - 1)
+        return EnvState(
+            volume=volume,
+            pos=start,
+            level=jnp.full((c.n_agents,), len(c.levels) - 1, jnp.int32),
+            history=jnp.broadcast_to(start[:, None, :], (c.n_agents, c.history_len, 3)),
+            since_switch=jnp.zeros((c.n_agents,), jnp.int32),
+            done=jnp.zeros((c.n_agents,), bool),
+            t=jnp.zeros((), jnp.int32),
+            prev_dist=self._distance(bank, volume, start),
+        )
+
+    def reset_env(self, key, params: EnvParams, bank) -> EnvState:
+        """Random volume; random starts (central 80 % per axis, or ± ``start_radius_mm`` around the target)."""
+        c = self.config
+        n_volumes = bank.levels[0].shape[0]
+        # one uniform draw for everything (a single threefry call: cheaper to compile than three)
+        u = jax.random.uniform(key, (1 + 6 * c.n_agents,), jnp.float32)
+        volume = jnp.minimum(jnp.floor(u[0] * n_volumes).astype(jnp.int32), n_volumes - 1)
+        u_centre, u_radius = u[1:].reshape(2, c.n_agents, 3)
+        ext = self._extent(bank, volume).astype(jnp.float32)
+        lo = jnp.floor(0.1 * (ext - 1))
+        hi = jnp.ceil(0.9 * (ext - 1))
+        central = jnp.minimum(lo + jnp.floor(u_centre * (hi - lo + 1)), hi).astype(jnp.int32)
+        radius = jnp.asarray(params.start_radius_mm, jnp.float32)
+        offset = (2.0 * u_radius - 1.0) * radius
+        world = bank.landmarks_world[volume][jnp.asarray(self._target_indices(bank))] + offset
+        inv = jnp.linalg.inv(bank.affines[0, volume])
+        near = jnp.round(world @ inv[:3, :3].T + inv[:3, 3]).astype(jnp.int32)
+        start = jnp.where(radius > 0, near, central)
+        return self._initial_state(bank, volume, start)
+
+    def reset_at(self, params: EnvParams | None, bank, volume, start_pos) -> tuple[jax.Array, EnvState]:
+        """Deterministic reset: ``(obs, state)`` in bank volume ``volume`` with every agent at level-0 voxel
+        ``start_pos`` (``(3,)`` or ``(A, 3)``, clipped into the volume), at the coarsest level."""
+        params = self.default_params if params is None else params
+        self.check_bank(bank)
+        if is_concrete(volume) and not 0 <= int(volume) < bank.levels[0].shape[0]:
+            raise ConfigError(f"{self.name}: volume index {int(volume)} out of range: the bank holds {bank.levels[0].shape[0]} volumes")
+        shape = np.shape(start_pos)
+        if shape not in ((3,), (self.n_agents, 3)):
+            raise ConfigError(f"{self.name}: start_pos must have shape (3,) or ({self.n_agents}, 3), got {shape}")
+        return self._reset_at(params, bank, volume, start_pos)
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _reset_at(self, params, bank, volume, start_pos):
+        state = self._initial_state(bank, volume, start_pos)
+        return self.get_obs(state, params, bank), state
+
+    def eval_start_points(self, bank, volume: int, n_per_axis: int = 3) -> np.ndarray:
+        """``(n_per_axis**3, 3)`` int32 level-0 start voxels on a grid at fractions ``i / (n + 1)`` of the
+        volume's extent per axis (25 / 50 / 75 % for ``n = 3``: 27 points), host side."""
+        ext = np.asarray(bank.shapes)[0, int(volume)].astype(np.int64)
+        fractions = np.arange(1, n_per_axis + 1) / (n_per_axis + 1)
+        axes = [np.clip(np.floor(fractions * e), 0, e - 1).astype(np.int32) for e in ext]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+        return grid.reshape(-1, 3)
+
+    # -------------------------------------------------------------- step
+
+    def step_env(self, key, state: EnvState, action, params: EnvParams, bank):
+        """One transition of every agent, no auto-reset: ``(state, reward, terminated, truncated, info)``."""
+        del key  # the dynamics are deterministic
+        c = self.config
+        action = jnp.reshape(jnp.asarray(action, jnp.int32), (c.n_agents,))
+        live = ~state.done
+        factor = self._factors(bank)[state.level]  # (A,)
+        sign = jnp.where(action % 2 == 0, 1, -1).astype(jnp.int32)
+        delta = jax.nn.one_hot(action // 2, 3, dtype=jnp.int32) * (sign * factor)[:, None]
+        moved = jnp.clip(state.pos + delta, 0, self._extent(bank, state.volume) - 1)
+        pos = jnp.where(live[:, None], moved, state.pos)
+
+        dist = self._distance(bank, state.volume, pos)
+        clip = jnp.asarray(params.reward_clip, jnp.float32)
+        reward = jnp.where(live, jnp.clip(state.prev_dist - dist, -clip, clip), 0.0).astype(jnp.float32)
+
+        pushed = jnp.concatenate([pos[:, None, :], state.history[:, :-1]], axis=1)
+        since = state.since_switch + 1
+        window = jnp.minimum(c.osc_window, since + 1)  # (A,)
+        recent = jnp.arange(c.history_len)[None, :] < window[:, None]
+        repeats = jnp.sum(jnp.all(pushed == pos[:, None, :], axis=-1) & recent, axis=-1)
+        oscillated = live & (repeats >= params.osc_repeats)
+
+        at_finest = state.level == 0  # the level this step's move was made at
+        switch = oscillated & ~at_finest
+        thr = jnp.asarray(params.terminate_at_target_mm, jnp.float32)
+        reached = at_finest & (thr > 0) & (dist <= thr)
+        finished = live & ((oscillated & at_finest) | reached)
+
+        new_state = EnvState(
+            volume=state.volume,
+            pos=pos,
+            level=jnp.where(switch, state.level - 1, state.level),
+            history=jnp.where(live[:, None, None], pushed, state.history),
+            since_switch=jnp.where(switch, 0, jnp.where(live, since, state.since_switch)),
+            done=state.done | finished,
+            t=state.t + 1,
+            prev_dist=jnp.where(live, dist, state.prev_dist),
+        )
+        terminated = jnp.all(new_state.done)
+        truncated = (new_state.t >= params.max_steps) & ~terminated
+        ended = terminated | truncated
+        info = {
+            "distance_mm": new_state.prev_dist,
+            "final_distance_mm": jnp.where(ended, new_state.prev_dist, jnp.nan),
+            "oscillated": oscillated,
+            "level": new_state.level,
+        }
+        return new_state, reward, terminated, truncated, info
+
+    # -------------------------------------------------------------- observation
+
+    def get_obs(self, state: EnvState, params=None, bank=None) -> jax.Array:
+        """``(A, k, D, D, D)`` storage dtype: crops around ``history[:, :k]`` at each agent's current level."""
+        return self._render(bank, state.volume, state.history[:, : self.config.frames], state.level)
+
+    def obs_state(self, state: EnvState) -> ObsState:
+        """The few bytes the observation is a function of (what a replay buffer stores instead of pixels)."""
+        return ObsState(
+            volume=state.volume.astype(jnp.int32),
+            history=state.history[:, : self.config.frames].astype(jnp.int16),
+            level=state.level.astype(jnp.int8),
+        )
+
+    def render(self, obs_state: ObsState, bank) -> jax.Array:
+        """The observation of an :class:`ObsState`; ``render(obs_state(s), bank) == get_obs(s, params, bank)``."""
+        return self._render(bank, obs_state.volume, obs_state.history.astype(jnp.int32), obs_state.level.astype(jnp.int32))
+
+    def _render(self, bank, volume, centres, level) -> jax.Array:
+        """Crops around level-0 voxels ``centres`` ``(A, k, 3)`` at each agent's level index ``level`` ``(A,)``."""
+        c = self.config
+        obs = None
+        for i, lvl in enumerate(c.levels):
+            stack, f = bank.levels[lvl], bank.factors[lvl]
+            crop = functools.partial(crop_from_stack, stack, volume, size=c.crop_size, margin=bank.margin)
+            crops = jax.vmap(jax.vmap(crop))(centres // f)
+            obs = crops if obs is None else jnp.where((level == i)[:, None, None, None, None], crops, obs)
+        return obs

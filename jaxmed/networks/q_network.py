@@ -1,0 +1,190 @@
+"""Q-networks (trunk + head), single- and multi-agent, and the config factory.
+
+Shapes: a single agent maps stacked frames ``(..., k, X, Y, Z)`` (any dtype; integer frames are
+scaled by 1/255) to Q-values ``(..., n_actions)`` float32. The multi-agent network maps
+``(..., n_agents, k, X, Y, Z)`` to ``(..., n_agents, n_actions)``.
+
+Mixed precision: ``dtype`` is the compute dtype (``float32`` or ``bfloat16``); parameters are always
+float32 and Q-values always float32 (the last FC layer computes in float32).
+
+Parameter tree (``variables["params"]``): ``{"trunk": ..., "head": ...}``. In the multi-agent
+network the head's leaves carry a leading ``n_agents`` axis (one head per agent), and so do the
+trunk's when ``share_trunk=False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxmed.errors import ConfigError
+from jaxmed.networks.heads import HEADS
+from jaxmed.networks.trunks import TRUNKS
+
+Dtype = Any
+
+#: Name of the vmapped agent axis that CommNet communication averages over.
+AGENT_AXIS = "agents"
+
+# Fields set by the network itself, never through trunk_kwargs / head_kwargs.
+_RESERVED = ("parent", "name", "dtype", "n_actions", "comm_axis")
+
+
+def _lookup(kind: str, name: str, registry: Mapping[str, type], options: Optional[Mapping]):
+    """``(class, options dict)`` for ``registry[name]``; :class:`ConfigError` on unknown names/options."""
+    if not isinstance(name, str) or name not in registry:
+        raise ConfigError(f"unknown {kind} {name!r}; choose one of {sorted(registry)}")
+    cls = registry[name]
+    options = dict(options or {})
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in _RESERVED]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{kind} {name!r}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+    return cls, options
+
+
+class QNetwork(nn.Module):
+    """One agent's Q-network: ``(..., k, X, Y, Z)`` any dtype -> ``(..., n_actions)`` float32.
+
+    Attributes:
+      trunk: trunk name, ``"network3d"`` | ``"strided"`` | ``"patch"`` (see :mod:`.trunks`).
+      head: ``"q"`` (FC 256-128-n_actions) | ``"dueling"``.
+      n_actions: number of discrete actions (6 for landmark agents).
+      dtype: compute dtype, ``jnp.float32`` or ``jnp.bfloat16``.
+      trunk_kwargs: trunk options, e.g. ``{"patch_size": 5, "width": 0.5}``.
+      head_kwargs: head options, e.g. ``{"hidden": (256, 128)}``.
+    """
+
+    trunk: str = "patch"
+    head: str = "q"
+    n_actions: int = 6
+    dtype: Dtype = jnp.float32
+    trunk_kwargs: Optional[Mapping[str, Any]] = None
+    head_kwargs: Optional[Mapping[str, Any]] = None
+
+    def _trunk(self):
+        return _lookup("trunk", self.trunk, TRUNKS, self.trunk_kwargs)
+
+    def _head(self):
+        return _lookup("head", self.head, HEADS, self.head_kwargs)
+
+    def check_input(self, spatial) -> None:
+        """Raise :class:`ConfigError` if crops of size ``spatial`` (D or (X, Y, Z)) cannot be used."""
+        cls, options = self._trunk()
+        cls(**options, parent=None).check_input(spatial)  # a detached module, only for its check
+
+    @nn.compact
+    def __call__(self, frames: jnp.ndarray) -> jnp.ndarray:
+        trunk_cls, trunk_options = self._trunk()
+        head_cls, head_options = self._head()
+        features = trunk_cls(**trunk_options, dtype=self.dtype, name="trunk")(frames)
+        return head_cls(n_actions=self.n_actions, **head_options, dtype=self.dtype, name="head")(features)
+
+
+class MultiAgentQNetwork(QNetwork, kw_only=True):
+    """``n_agents`` agents: ``(..., n_agents, k, X, Y, Z)`` -> ``(..., n_agents, n_actions)`` float32.
+
+    Attributes (besides those of :class:`QNetwork`):
+      n_agents: number of agents (static; must equal the input's agent axis).
+      share_trunk: ``True``: one set of trunk parameters applied to every agent (the agent axis is
+        just another batch dimension, equivalent to ``nn.vmap`` with ``variable_axes={'params':
+        None}``); ``False``: independent trunks, parameters stacked along a leading agent axis.
+      communication: CommNet-style exchange between the head's FC layers: each agent's hidden state
+        is concatenated with the mean of the *other* agents' hidden states (Collab-DQN).
+
+    Heads are always per agent (``nn.vmap`` with ``variable_axes={'params': 0}`` and split
+    ``params`` RNGs), so agents given the same input still produce different Q-values.
+    """
+
+    n_agents: int
+    share_trunk: bool = True
+    communication: bool = False
+
+    @nn.compact
+    def __call__(self, frames: jnp.ndarray) -> jnp.ndarray:
+        if frames.ndim < 5 or frames.shape[-5] != self.n_agents:
+            raise ConfigError(f"MultiAgentQNetwork(n_agents={self.n_agents}) needs input "
+                              f"(..., {self.n_agents}, k, X, Y, Z), got shape {frames.shape}")
+        trunk_cls, trunk_options = self._trunk()
+        head_cls, head_options = self._head()
+        per_agent = dict(variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+                         in_axes=0, out_axes=0, axis_size=self.n_agents)
+        if self.share_trunk:
+            features = trunk_cls(**trunk_options, dtype=self.dtype, name="trunk")(frames)
+            features = jnp.moveaxis(features, -2, 0)  # (n_agents, ..., F)
+        else:
+            trunks = nn.vmap(trunk_cls, **per_agent)
+            features = trunks(**trunk_options, dtype=self.dtype, name="trunk")(jnp.moveaxis(frames, -5, 0))
+        heads = nn.vmap(head_cls, axis_name=AGENT_AXIS, **per_agent)
+        comm_axis = AGENT_AXIS if self.communication else None
+        q = heads(n_actions=self.n_actions, **head_options, dtype=self.dtype, comm_axis=comm_axis,
+                  name="head")(features)
+        return jnp.moveaxis(q, 0, -2)
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_CONFIG_KEYS = ("trunk", "head", "n_actions", "dtype", "n_agents", "share_trunk", "communication",
+                "crop_size")
+_MULTI_AGENT_KEYS = ("share_trunk", "communication")
+
+
+def _name_and_options(kind: str, value) -> tuple[str, dict]:
+    if isinstance(value, str):
+        return value, {}
+    if isinstance(value, Mapping) and "name" in value:
+        options = dict(value)
+        return options.pop("name"), options
+    raise ConfigError(f"network config: {kind} must be a name or a mapping with a 'name' key, "
+                      f"got {value!r}")
+
+
+def network_from_config(cfg: Mapping[str, Any]) -> nn.Module:
+    """Build a (multi-agent) Q-network from a plain config mapping, validating it first.
+
+    Keys (all optional):
+      trunk: name, or ``{"name": ..., **options}`` (default ``"patch"``).
+      head: name, or ``{"name": ..., **options}`` (default ``"q"``).
+      n_actions: int (default 6).
+      dtype: ``"float32"`` (default) or ``"bfloat16"``.
+      n_agents: int; when given, a :class:`MultiAgentQNetwork` is built.
+      share_trunk, communication: bools, only with ``n_agents``.
+      crop_size: int or 3 ints; when given, checked against the trunk now (e.g. divisibility for
+        the patch trunk) instead of at the first trace.
+
+    Raises :class:`ConfigError` on unknown keys, names or options, or an unusable crop size.
+    """
+    cfg = dict(cfg)
+    unknown = sorted(set(cfg) - set(_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"network config: unknown key(s) {unknown}; allowed: {list(_CONFIG_KEYS)}")
+    trunk, trunk_options = _name_and_options("trunk", cfg.get("trunk", "patch"))
+    head, head_options = _name_and_options("head", cfg.get("head", "q"))
+    dtype = cfg.get("dtype", "float32")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"network config: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    n_actions = cfg.get("n_actions", 6)
+    if not isinstance(n_actions, int) or n_actions < 1:
+        raise ConfigError(f"network config: n_actions must be a positive int, got {n_actions!r}")
+    common = dict(trunk=trunk, head=head, n_actions=n_actions, dtype=_DTYPES[dtype],
+                  trunk_kwargs=trunk_options, head_kwargs=head_options)
+    n_agents = cfg.get("n_agents")
+    if n_agents is None:
+        stray = [k for k in _MULTI_AGENT_KEYS if k in cfg]
+        if stray:
+            raise ConfigError(f"network config: {stray} need n_agents")
+        net: QNetwork = QNetwork(**common)
+    else:
+        if not isinstance(n_agents, int) or n_agents < 1:
+            raise ConfigError(f"network config: n_agents must be a positive int, got {n_agents!r}")
+        net = MultiAgentQNetwork(**common, n_agents=n_agents,
+                                 share_trunk=bool(cfg.get("share_trunk", True)),
+                                 communication=bool(cfg.get("communication", False)))
+    net._head()  # validates the head name and options
+    if "crop_size" in cfg:
+        net.check_input(cfg["crop_size"])
+    else:
+        net._trunk()
+    return net
