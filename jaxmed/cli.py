@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -102,6 +103,50 @@ def _cmd_quickstart(args) -> int:
     return 0
 
 
+def _experiment(args):
+    from jaxmed.config import apply_overrides, load_yaml
+    from jaxmed.experiment import ExperimentConfig
+
+    return ExperimentConfig.from_dict(apply_overrides(load_yaml(args.config), args.overrides), args.config)
+
+
+def _cmd_train(args) -> int:
+    from jaxmed.train import run_training
+
+    cfg = _experiment(args)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    summary = run_training(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, evaluate=not args.no_eval)
+    if "evaluation" in summary:
+        ev = summary["evaluation"]
+        print(f"\nheld-out test subjects: {cfg.data.n_test}, episodes: {ev['episodes']}, "
+              f"{ev['seconds_per_subject']:.2f} s per subject for all agents")
+        print(ev["table"])
+    print(f"\ntrained {summary['env_steps']:,} env steps in {summary['train_wall_s']:.0f} s; run directory: {run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from jaxmed.train import evaluate_run, load_params
+
+    cfg, _, params = load_params(args.run_dir)
+    if args.n_test:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_test=args.n_test))
+    ev = evaluate_run(cfg, params, args.run_dir)
+    print(ev["table"])
+    return 0
+
+
+def _cmd_detect(args) -> int:
+    from jaxmed.data import write_landmarks
+    from jaxmed.detect import detect
+
+    found = detect(args.checkpoint, args.image, labels=args.labels)
+    print(write_landmarks(found, args.out, overwrite=args.overwrite))
+    for label, p in zip(found.labels, found.positions):
+        print(f"{label}: {np.round(p, 2).tolist()} mm (RAS)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxmed", description="Reinforcement learning on 3D medical images, in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,6 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--n-subjects", type=int, default=3)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_cmd_quickstart)
+
+    t = sub.add_parser("train", help="train a landmark agent from a YAML config")
+    t.add_argument("config", help="experiment YAML (see configs/)")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. dqn.learning_rate=3e-4")
+    t.add_argument("--run-dir", help="output directory (default: runs/CONFIG_NAME)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a trained run on held-out subjects")
+    e.add_argument("run_dir")
+    e.add_argument("--n-test", type=int, help="number of held-out subjects (default: the run's data.n_test)")
+    e.set_defaults(func=_cmd_evaluate)
+
+    k = sub.add_parser("detect", help="find a trained run's landmarks in a new image, write a .fcsv")
+    k.add_argument("image", help="NIfTI image (any orientation / voxel size) or DICOM directory")
+    k.add_argument("--checkpoint", required=True, help="run directory of `jaxmed train`")
+    k.add_argument("-o", "--out", required=True, help="output landmark file (.fcsv, .mrk.json, .csv, .json)")
+    k.add_argument("--labels", nargs="*", help="subset of the trained landmarks")
+    k.add_argument("--overwrite", action="store_true")
+    k.set_defaults(func=_cmd_detect)
 
     d = sub.add_parser("data", help="data sets and synthetic populations").add_subparsers(dest="data_command", required=True)
     f = d.add_parser("fetch", help="download and verify a data set")

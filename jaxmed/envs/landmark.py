@@ -15,8 +15,9 @@ landmark. This is the formulation of
 * Vlontzos et al., "Multiple landmark detection using multi-agent reinforcement learning",
   MICCAI 2019 (Collab-DQN: several agents, one per landmark, in the same volume).
 
-The dynamics follow ``/tmp/env_spec.md`` exactly (a NumPy re-implementation,
-:mod:`jaxmed.envs.reference`, is checked against this env step by step).
+The dynamics below are the specification: a plain NumPy re-implementation,
+:mod:`jaxmed.envs.reference`, follows them independently and is checked against this env step by
+step (positions, levels, rewards, flags and observations).
 
 Shapes and units (``A`` = ``n_agents`` = ``len(config.targets)``, ``k`` = ``config.frames``,
 ``D`` = ``config.crop_size``, ``H`` = ``max(k, config.osc_window)``):

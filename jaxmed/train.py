@@ -1,0 +1,297 @@
+"""The outer training loop: run directory, progress, CSV/TensorBoard logs, orbax checkpoints, resume,
+and the final evaluation on held-out subjects.
+
+All math lives in the jitted learner (:mod:`jaxmed.agents.dqn`); this module only moves data
+between chunks. A run directory holds ``config.yaml``, ``metrics.csv``, TensorBoard events under
+``tb/``, ``checkpoints/`` and, after evaluation, ``eval.json`` / ``eval.md`` / ``trajectories.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from jaxmed import experiment as ex
+from jaxmed.config import to_dict
+from jaxmed.errors import ConfigError, OverwriteError
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def _host_tree(rs):
+    """RunnerState -> numpy pytree (typed PRNG keys stored as their raw key data)."""
+    rs = rs.replace(key=jax.random.key_data(rs.key))
+    return jax.tree.map(np.asarray, jax.device_get(rs))
+
+
+def _device_tree(tree, template):
+    rs = jax.tree.map(lambda x, t: jnp.asarray(x, dtype=t.dtype), tree, template.replace(key=jax.random.key_data(template.key)))
+    return rs.replace(key=jax.random.wrap_key_data(rs.key))
+
+
+class Checkpoints:
+    """Orbax checkpoints of the whole training state (network, optimiser, replay, envs, keys)."""
+
+    def __init__(self, directory: Path, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.manager = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+    def save(self, chunk: int, rs) -> None:
+        self.manager.save(chunk, args=self._ocp.args.StandardSave(_host_tree(rs)))
+        self.manager.wait_until_finished()
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore(self, chunk: int, template):
+        tree = self.manager.restore(chunk, args=self._ocp.args.StandardRestore(_host_tree(template)))
+        return _device_tree(tree, template)
+
+    def close(self):
+        self.manager.close()
+
+
+# ------------------------------------------------------------------ logging
+
+
+class MetricsLog:
+    """Appends one row per chunk to ``metrics.csv`` and to TensorBoard (``tb/``) when tensorboardX is installed."""
+
+    def __init__(self, run_dir: Path, resume_chunk: int = 0):
+        self.path = run_dir / "metrics.csv"
+        self._fields: list[str] | None = None
+        if self.path.exists():
+            with open(self.path) as f:
+                rows = list(csv.reader(f))
+            self._fields = rows[0] if rows else None
+            # rows written after the checkpoint we resume from are replayed: drop them
+            kept = [r for r in rows[1:] if r and int(float(r[0])) <= resume_chunk]
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerows(rows[:1] + kept)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        except ImportError:  # logging to TensorBoard is optional
+            self.tb = None
+
+    def write(self, row: dict[str, float]) -> None:
+        if self._fields is None:
+            self._fields = list(row)
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(self._fields)
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in self._fields])
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("chunk", "steps"):
+                    self.tb.add_scalar(k, v, int(row["steps"]))
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ------------------------------------------------------------------ run directory
+
+
+def prepare_run_dir(run_dir: Path, cfg: ex.ExperimentConfig, *, resume: bool, overwrite: bool) -> None:
+    """Create ``run_dir`` and write ``config.yaml``; never clobber a run without ``overwrite``.
+
+    ``resume``: the directory must exist and its config must match except ``train.chunks``.
+    """
+    cfg_path = run_dir / "config.yaml"
+    if resume:
+        if not cfg_path.exists():
+            raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
+        old = yaml.safe_load(cfg_path.read_text())
+        new = to_dict(cfg)
+        for d in (old, new):
+            d["train"].pop("chunks", None)
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ConfigError(f"{run_dir}: config differs from the run being resumed in section(s) {diff}")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise OverwriteError(f"{run_dir}: run directory exists; pass --overwrite to replace it or --resume to continue it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ------------------------------------------------------------------ training
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="chunk", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def run_training(
+    cfg: ex.ExperimentConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    evaluate: bool = True,
+    on_chunk: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train the configured DQN agent, checkpointing every ``train.checkpoint_every`` chunks.
+
+    ``on_chunk(chunk, metrics)`` is called after each chunk (tests use it to interrupt a run).
+    Returns a summary dict (and the evaluation when ``evaluate``).
+    """
+    from jaxmed.agents.dqn import make_parallel_train, make_train
+
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
+    bank, _, data_s = ex.make_bank(cfg, "train", cfg.data.n_train)
+    env, params, _ = ex.make_env(cfg, bank.labels)
+    env.check_bank(bank)
+    network = ex.make_network(cfg, env.n_agents)
+    key = jax.random.key(cfg.train.seed)
+    if cfg.train.devices > 1:
+        if jax.local_device_count() < cfg.train.devices:
+            raise ConfigError(f"train.devices={cfg.train.devices} but only {jax.local_device_count()} devices are visible")
+        init, chunk_fn = make_parallel_train(cfg.dqn, env, params, network, n_devices=cfg.train.devices)
+    else:
+        fns = make_train(cfg.dqn, env, params, network)
+        init, chunk_fn = jax.jit(fns.init), jax.jit(fns.run_chunk, donate_argnums=0)
+    t0 = time.perf_counter()
+    rs = init(key, bank)
+    ckpt = Checkpoints(run_dir / "checkpoints")
+    start = 0
+    if resume and ckpt.latest() is not None:
+        start = int(ckpt.latest())
+        rs = ckpt.restore(start, rs)
+    log = MetricsLog(run_dir, resume_chunk=start)
+    env_steps_per_chunk = cfg.dqn.chunk_steps * cfg.dqn.n_envs * max(cfg.train.devices, 1)
+    bar = _progress(cfg.train.chunks, start, progress)
+    compile_s = None
+    try:
+        for c in range(start, cfg.train.chunks):
+            tc = time.perf_counter()
+            rs, metrics = chunk_fn(rs, bank)
+            metrics = {k: float(np.mean(np.asarray(v))) for k, v in metrics.items()}
+            dt = time.perf_counter() - tc
+            compile_s = dt if compile_s is None else compile_s
+            row = {"chunk": c + 1, **metrics, "env_steps_per_s": env_steps_per_chunk / dt, "wall_s": time.perf_counter() - t0}
+            log.write(row)
+            bar.update(1)
+            bar.set_postfix(steps_s=f"{row['env_steps_per_s']:.0f}", reward=f"{metrics['reward']:.2f}", err_mm=f"{metrics['final_distance_mm']:.1f}")
+            if (c + 1) % cfg.train.checkpoint_every == 0 or c + 1 == cfg.train.chunks:
+                ckpt.save(c + 1, rs)
+                save_network(run_dir, rs.params if cfg.train.devices <= 1 else jax.tree.map(lambda x: x[0], rs.params))
+            if on_chunk is not None:
+                on_chunk(c + 1, metrics)
+    finally:
+        bar.close()
+        log.close()
+        ckpt.close()
+    summary = {"train_wall_s": time.perf_counter() - t0, "data_prep_s": data_s, "first_chunk_s_incl_compile": compile_s,
+               "env_steps": cfg.train.chunks * env_steps_per_chunk}
+    if evaluate:
+        single = rs if cfg.train.devices <= 1 else jax.tree.map(lambda x: x[0], rs)
+        summary["evaluation"] = evaluate_run(cfg, single.params, run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def save_network(run_dir: Path, params) -> None:
+    """Write the network parameters alone (``network.msgpack``), for evaluation and detection."""
+    from flax import serialization
+
+    tmp = run_dir / "network.msgpack.part"
+    tmp.write_bytes(serialization.to_bytes(jax.device_get(params)))
+    tmp.replace(run_dir / "network.msgpack")
+
+
+def load_params(run_dir: str | Path):
+    """``(config, network, params)`` of a run directory's latest checkpoint.
+
+    Raises :class:`ConfigError` when the directory is not a run, has no checkpoint, or its
+    parameters do not fit the configured network (a checkpoint from a different network).
+    """
+    from flax import serialization
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise ConfigError(f"{run_dir}: not a jaxmed run directory (no config.yaml)")
+    cfg = ex.ExperimentConfig.from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
+    blob = run_dir / "network.msgpack"
+    if not blob.exists():
+        raise ConfigError(f"{run_dir}: no trained network (network.msgpack) in this run directory")
+    e = cfg.env
+    network = ex.make_network(cfg, len(e.targets))
+    dtype = {"uint8": jnp.uint8, "bfloat16": jnp.bfloat16, "float32": jnp.float32}[cfg.data.dtype]
+    dummy = jnp.zeros((1, len(e.targets), e.frames) + (e.crop_size,) * 3, dtype)
+    template = jax.eval_shape(network.init, jax.random.key(0), dummy)
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+    try:
+        params = serialization.from_bytes(template, blob.read_bytes())
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{blob}: parameters do not fit the network configured in {cfg_path} ({err})") from None
+    for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(params)):
+        if np.shape(a) != np.shape(b):
+            raise ConfigError(f"{blob}: parameter shapes {np.shape(b)} do not fit the configured network ({np.shape(a)}): a checkpoint from a different network")
+    return cfg, network, jax.tree.map(jnp.asarray, params)
+
+
+def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | None = None) -> dict:
+    """Greedy agents from fixed start points on held-out test subjects; errors in mm per landmark,
+    beside the template prior (answer the template's coordinate)."""
+    from jaxmed.agents.dqn import greedy_rollout
+    from jaxmed.evaluation import format_table, landmark_stats
+
+    bank, subjects, _ = ex.make_bank(cfg, "test", cfg.data.n_test)
+    env, _, eval_params = ex.make_env(cfg, bank.labels)
+    network = ex.make_network(cfg, env.n_agents)
+    vols, starts = ex.eval_starts(env, bank, cfg.env.eval_starts, seed=cfg.train.seed)
+    t0 = time.perf_counter()
+    res = jax.jit(lambda p, b, v, s: greedy_rollout(network, p, env, eval_params, b, v, s))(net_params, bank, jnp.asarray(vols), jnp.asarray(starts))
+    errors = np.asarray(res["final_distance_mm"])
+    eval_s = time.perf_counter() - t0
+    stats = landmark_stats(errors, env.config.targets)
+    template, tpl_landmarks = ex._template(cfg.data)
+    prior = np.stack([np.linalg.norm(lm.positions - tpl_landmarks.select(lm.labels).positions, axis=1) for _, lm in subjects])
+    labels = list(subjects[0][1].labels)
+    prior_stats = landmark_stats(prior, labels)
+    table = format_table(stats, prior_stats)
+    result = {"stats": stats, "template_prior": prior_stats, "episodes": int(errors.shape[0]), "eval_s": eval_s,
+              "seconds_per_subject": eval_s / bank.n_volumes, "table": table}
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        (run_dir / "eval.md").write_text(table + "\n")
+        _plot_trajectories(env, bank, res, vols, run_dir / "trajectories.png")
+    return result
+
+
+def _plot_trajectories(env, bank, res, vols, path: Path) -> None:
+    from jaxmed.envs.viewer import bank_volume, render_episode, trajectory_world
+
+    v = int(vols[0])
+    idx = np.flatnonzero(np.asarray(vols) == v)[:1]
+    path_vox = np.asarray(res["path"])[:, idx[0]]  # (T+1, A, 3)
+    world = trajectory_world(bank, v, path_vox)
+    targets = np.asarray(bank.landmarks_world[v])[[bank.label_index(t) for t in env.config.targets]]
+    render_episode(bank_volume(bank, v), world, targets, path, overwrite=True)

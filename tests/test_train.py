@@ -1,0 +1,111 @@
+"""The outer loop: typed configs, run directories, checkpoints and exact resume, evaluate, detect."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from jaxmed.cli import main
+from jaxmed.config import apply_overrides, load_yaml
+from jaxmed.errors import ConfigError, OverwriteError
+from jaxmed.experiment import ExperimentConfig
+from jaxmed.train import load_params, run_training
+
+CONFIG = "configs/phantom_dqn.yaml"
+
+
+def _cfg(**train):
+    cfg = ExperimentConfig.from_dict(load_yaml(CONFIG), CONFIG)
+    small_dqn = dataclasses.replace(cfg.dqn, chunk_steps=10, learning_starts=32, n_envs=8, batch_size=16)
+    return dataclasses.replace(cfg, dqn=small_dqn, train=dataclasses.replace(cfg.train, **train))
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"config\.dqn: unknown key\(s\) learnin_rate; allowed: .*learning_rate"):
+        ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["dqn.learnin_rate=0.1"]))
+    with pytest.raises(ConfigError, match=r"config\.env\.crop_size: expected an integer, got 'big'"):
+        ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["env.crop_size=big"]))
+    with pytest.raises(ConfigError, match="data.source"):
+        ExperimentConfig.from_dict({"data": {"source": "mnist"}})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_yaml(tmp_path / "nope.yaml")
+    cfg = ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["dqn.learning_rate=3e-4", "env.targets=[L0, L1]"]))
+    assert cfg.dqn.learning_rate == 3e-4 and cfg.env.targets == ("L0", "L1")
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    full = tmp_path / "full"
+    run_training(_cfg(chunks=4, checkpoint_every=2), full, progress=False, evaluate=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_three(chunk, metrics):
+        if chunk == 3:  # after the checkpoint at chunk 2: chunk 3 is lost and replayed
+            raise Killed
+
+    part = tmp_path / "part"
+    with pytest.raises(Killed):
+        run_training(_cfg(chunks=4, checkpoint_every=2), part, progress=False, evaluate=False, on_chunk=kill_after_three)
+    run_training(_cfg(chunks=4, checkpoint_every=2), part, resume=True, progress=False, evaluate=False)
+    _, _, p_full = load_params(full)
+    _, _, p_part = load_params(part)
+    for a, b in zip(jax.tree.leaves(p_full), jax.tree.leaves(p_part)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rows = (part / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4  # header + one row per chunk, no duplicates after the resume
+
+
+def test_run_dir_is_not_clobbered_and_resume_checks_config(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(OverwriteError, match="--overwrite"):
+        run_training(_cfg(chunks=1), run, progress=False, evaluate=False)
+    assert (run / "notes.txt").read_text() == "mine"
+    run_training(_cfg(chunks=1), tmp_path / "r2", progress=False, evaluate=False)
+    other = dataclasses.replace(_cfg(chunks=2), env=dataclasses.replace(_cfg().env, crop_size=30))
+    with pytest.raises(ConfigError, match=r"differs .*\['env'\]"):
+        run_training(other, tmp_path / "r2", resume=True, progress=False, evaluate=False)
+
+
+def test_cli_train_evaluate_detect(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", CONFIG, "train.chunks=3", "dqn.chunk_steps=10", "data.n_test=1", "env.eval_starts=4", "--run-dir", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| L0 |" in out and "template prior" in out
+    assert (run / "trajectories.png").stat().st_size > 5000
+    assert main(["evaluate", str(run), "--n-test", "1"]) == 0
+    # detect on a synthetic subject written to disk (any orientation / voxel size)
+    assert main(["data", "synth", "-n", "1", "-o", str(tmp_path / "pop"), "--split", "test", "--template", str(_phantom_nifti(tmp_path)),
+                 "--landmarks", str(tmp_path / "tpl.fcsv")]) == 0
+    image = next((tmp_path / "pop").glob("*_T1w.nii.gz"))
+    out_fcsv = tmp_path / "found.fcsv"
+    assert main(["detect", str(image), "--checkpoint", str(run), "-o", str(out_fcsv)]) == 0
+    from jaxmed.data import read_landmarks
+
+    found = read_landmarks(out_fcsv)
+    assert found.labels == ("L0",) and np.all(np.isfinite(found.positions))
+    assert main(["detect", str(image), "--checkpoint", str(run), "-o", str(out_fcsv)]) == 2  # no clobbering
+    assert main(["detect", str(image), "--checkpoint", str(run), "-o", str(tmp_path / "x.fcsv"), "--labels", "AC"]) == 2
+    assert "trained for L0; it cannot detect AC" in capsys.readouterr().err
+
+
+def _phantom_nifti(tmp_path):
+    from jaxmed.data import blob_phantom, save_nifti, write_landmarks
+
+    vol, lm = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=0)
+    write_landmarks(lm, tmp_path / "tpl.fcsv")
+    return save_nifti(vol, tmp_path / "tpl.nii.gz")
+
+
+def test_checkpoint_from_a_different_network_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run_training(_cfg(chunks=1), run, progress=False, evaluate=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["network"]["head"]["hidden"] = [32, 16]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="do not fit"):
+        load_params(run)
