@@ -39,8 +39,11 @@ def _run_workers(out_dir: Path) -> list[str]:
     deadline = time.monotonic() + TIMEOUT_S
     failure = None
     try:
-        while any(p.poll() is None for p in procs):
-            if any(p.returncode not in (None, 0) for p in procs):
+        while True:
+            codes = [p.poll() for p in procs]  # poll every worker (no short-circuit)
+            if all(c is not None for c in codes):
+                break
+            if any(c not in (None, 0) for c in codes):
                 failure = "a worker failed"
                 break
             if time.monotonic() > deadline:

@@ -126,9 +126,17 @@ def initialize(
         jax.config.update("jax_num_cpu_devices", int(local_device_count))
     if "jax_cpu_collectives_implementation" in jax.config.values:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id, **kwargs
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id, **kwargs
+        )
+    except ValueError as e:
+        if coordinator_address is None:
+            raise ConfigError(
+                f"no multi-host cluster found ({e}): set {ENV_COORDINATOR}=host:port, {ENV_NUM_PROCESSES} and "
+                f"{ENV_PROCESS_ID} in every process (or pass them), or launch under SLURM / Open MPI"
+            ) from e
+        raise
     return info
 
 
