@@ -109,3 +109,12 @@ def test_checkpoint_from_a_different_network_is_refused(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="do not fit"):
         load_params(run)
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("configs").glob("*.yaml")))
+def test_every_shipped_config_is_valid(path):
+    from jaxmed.experiment import make_network
+
+    cfg = ExperimentConfig.from_dict(load_yaml(path), str(path))
+    make_network(cfg, len(cfg.env.targets))  # validates trunk / head / crop size
+    assert cfg.env.crop_size <= 2 * (cfg.env.crop_size // 2 + 1) - 1
