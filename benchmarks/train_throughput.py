@@ -230,33 +230,47 @@ def time_jaxmed(case: Case, env, env_params, bank, n: int, args) -> dict:
     if predicted_step * chunk_steps > args.max_call_s:
         return {**row, "skipped": f"time cap (predicted {predicted_step * chunk_steps:.0f} s per chunk > {args.max_call_s:.0f} s)"}
     config = dqn_config(args, n, chunk_steps)
+    # the same program that never learns (learning_starts above the capacity): act + env step + replay insert
+    no_learn = dataclasses.replace(config, learning_starts=config.replay_capacity + 1)
+    if not args.no_actor_program:
+        sec, _, _, c = time_run_chunk(no_learn, env, env_params, bank, network, min(args.min_time, 1.0), args)
+        row.update({"actor_program_ms": 1e3 * sec / chunk_steps, "actor_program_compile_s": c})
+    sec, vec_steps, updates, row["compile_s"] = time_run_chunk(config, env, env_params, bank, network, args.min_time, args, row)
+    row.update({
+        "env_steps_per_s": vec_steps * n / sec, "updates_per_s": updates / sec,
+        "seconds_per_update": sec / max(updates, 1), "vector_step_ms": 1e3 * sec / vec_steps,
+    })
+    row["other_ms"] = row["vector_step_ms"] - (row["env_ms"] + row["act_ms"] + row["update_ms"])
+    if "actor_program_ms" in row:
+        row["update_in_program_ms"] = (row["vector_step_ms"] - row["actor_program_ms"]) * vec_steps / max(updates, 1)
+    return row
+
+
+def time_run_chunk(config: DQNConfig, env, env_params, bank, network, min_time: float, args, row: dict | None = None):
+    """``(seconds, vector steps, updates, compile seconds)`` of timed ``run_chunk`` calls (median call
+    time times the number of calls) after one warm-up call, which also fills the replay."""
     fns = make_train(config, env, env_params, network)
     rs = jax.jit(fns.init)(jax.random.key(0), bank)
-    row["replay_bytes_per_transition"] = ReplayBuffer.bytes_per_transition(jax.tree.map(lambda x: x[0], rs.buffer.data))
-    chunk, row["compile_s"] = compile_timed(jax.jit(fns.run_chunk, donate_argnums=0), rs, bank)
+    if row is not None:
+        row["replay_bytes_per_transition"] = ReplayBuffer.bytes_per_transition(jax.tree.map(lambda x: x[0], rs.buffer.data))
+    chunk, compile_s = compile_timed(jax.jit(fns.run_chunk, donate_argnums=0), rs, bank)
     holder = [rs]
 
     def call():
         holder[0], m = chunk(holder[0], bank)
         jax.block_until_ready(m)
 
-    call()  # warm-up (first steps fill the replay)
+    call()  # warm-up
     u0, s0 = int(holder[0].updates), int(holder[0].steps)
-    times = []
-    while len(times) < args.min_reps or (sum(times) < args.min_time and len(times) < args.max_reps):
+    times: list[float] = []
+    while len(times) < args.min_reps or (sum(times) < min_time and len(times) < args.max_reps):
         t = time.perf_counter()
         call()
         times.append(time.perf_counter() - t)
     rs = holder[0]
-    vec_steps, updates = int(rs.steps) - s0, int(rs.updates) - u0
-    sec = float(np.median(times)) * len(times)  # median call time, scaled to the calls made
-    row.update({
-        "seconds_per_chunk": float(np.median(times)), "repeats": len(times),
-        "env_steps_per_s": vec_steps * n / sec, "updates_per_s": updates / sec,
-        "seconds_per_update": sec / max(updates, 1), "vector_step_ms": 1e3 * sec / vec_steps,
-    })
-    row["other_ms"] = row["vector_step_ms"] - (row["env_ms"] + row["act_ms"] + row["update_ms"])
-    return row
+    if row is not None:
+        row.update({"seconds_per_chunk": float(np.median(times)), "repeats": len(times)})
+    return float(np.median(times)) * len(times), int(rs.steps) - s0, int(rs.updates) - u0, compile_s
 
 
 # ------------------------------------------------------------------ the step-by-step Python loop
@@ -560,6 +574,7 @@ def parse_args(argv=None):
     p.add_argument("--py-time", type=float, default=5.0, help="seconds of python-loop training per point")
     p.add_argument("--py-min-steps", type=int, default=2, help="at least this many timed python-loop vector steps")
     p.add_argument("--py-replay-gb", type=float, default=1.5, help="memory of the python loop's pixel replay (caps its capacity)")
+    p.add_argument("--no-actor-program", action="store_true", help="skip timing run_chunk without updates")
     p.add_argument("--budget-s", type=float, default=1e9, help="skip remaining points once this many seconds have passed")
     p.add_argument("--replot", type=Path, default=None, help="only redraw the PNG and table from this JSON")
     args = p.parse_args(argv)

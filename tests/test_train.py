@@ -116,5 +116,6 @@ def test_every_shipped_config_is_valid(path):
     from jaxmed.experiment import make_network
 
     cfg = ExperimentConfig.from_dict(load_yaml(path), str(path))
-    make_network(cfg, len(cfg.env.targets))  # validates trunk / head / crop size
-    assert cfg.env.crop_size <= 2 * (cfg.env.crop_size // 2 + 1) - 1
+    net = make_network(cfg, len(cfg.env.targets))  # validates trunk / head / crop size (raises ConfigError)
+    assert net.n_actions == 6
+    assert set(cfg.env.levels) <= set(range(len(cfg.data.factors)))  # every env level exists in the bank
