@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,8 +46,10 @@ def main(argv=None) -> dict:
                     f"{100 * s['success_4mm']:.0f} % | {prior['mean']:.2f} ± {prior['std']:.2f} | {PUBLISHED_MM.get(label, '—')} |")
     table = "\n".join(rows)
     result = {"machine": machine_info(), "config": args.config, "overrides": args.overrides, "summary": summary, "table": table}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    shutil.copy(Path(args.run_dir) / "trajectories.png", out.with_name(out.stem + "_trajectories.png"))
     print(table)
     print(f"\ntraining: {summary['env_steps']:,} env steps in {summary['train_wall_s']:.0f} s "
           f"(data preparation {summary['data_prep_s']:.0f} s); evaluation {ev['seconds_per_subject']:.2f} s per subject, all agents, "
