@@ -6,8 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmed.agents.dqn import DQNConfig, greedy_rollout, make_parallel_train, make_train, td_loss, variant
-from jaxmed.agents.replay import bytes_per_transition
+from jaxmed.agents.dqn import DQNConfig, greedy_rollout, make_parallel_train, make_train, nstep_transition, td_loss, variant
 from jaxmed.data import blob_phantom, build_bank
 from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig
 from jaxmed.errors import ConfigError
@@ -37,13 +36,13 @@ def _eval_starts(bank, n=32, seed=1, radius_vox=8):
     return jnp.asarray(vols), jnp.asarray(starts[:, None, :])
 
 
-@pytest.mark.parametrize("name", ["dqn", "double", "dueling", "dueling-double"])
-def test_variant_learns_to_find_landmark(setup, name):
+@pytest.mark.parametrize("name,n_step", [("dqn", 1), ("double", 1), ("dueling", 1), ("dueling-double", 1), ("double", 3)])
+def test_variant_learns_to_find_landmark(setup, name, n_step):
     bank, env, params = setup
     double, head = variant(name)
     net = _network(head)
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
-                    eps_decay_steps=600, target_update_period=100, double=double)
+                    eps_decay_steps=600, target_update_period=100, double=double, n_step=n_step)
     fns = make_train(cfg, env, params, net)
     rs = jax.jit(fns.init)(jax.random.key(0), bank)
     chunk = jax.jit(fns.run_chunk)
@@ -92,13 +91,34 @@ def test_q_values_converge_to_known_values():
 
 def test_replay_stores_states_not_pixels(setup):
     bank, env, params = setup
+    cfg = DQNConfig(n_envs=2, replay_capacity=8, n_step=3)
+    rs = jax.jit(make_train(cfg, env, params, _network()).init)(jax.random.key(0), bank)
+    per = sum(x.dtype.itemsize * int(np.prod(x.shape[1:])) for x in jax.tree.leaves(rs.buffer.data))
+    assert per * 1_000_000 < 100e6, per  # 1e6 transitions in < 100 MB
     obs, state = env.reset(jax.random.key(0), params, bank)
-    os = env.obs_state(state)
-    example = {"obs_state": os, "next_obs_state": os, "action": jnp.zeros((1,), jnp.int8), "reward": jnp.zeros((1,)),
-               "terminal": jnp.zeros((1,), bool), "valid": jnp.zeros((1,), bool)}
-    per = bytes_per_transition(example)
-    assert per * 1_000_000 < 100e6, per
-    np.testing.assert_array_equal(np.asarray(env.render(os, bank)), np.asarray(obs))
+    np.testing.assert_array_equal(np.asarray(env.render(env.obs_state(state), bank)), np.asarray(obs))
+
+
+def test_nstep_aggregation_matches_hand_computation():
+    """Window of 4 steps, 2 agents; the episode ends (truncated) after step 2; agent 1 terminated at step 1."""
+    g = 0.9
+    r = np.array([[1.0, 0.5], [2.0, -1.0], [3.0, 0.0], [7.0, 7.0]], np.float32)
+    window = {
+        "obs_state": {"pos": jnp.arange(4)}, "next_obs_state": {"pos": jnp.arange(4) + 10},
+        "action": jnp.array([[1, 2], [3, 4], [5, 0], [1, 1]]), "reward": jnp.asarray(r),
+        "terminal": jnp.array([[False, False], [False, True], [False, True], [False, False]]),
+        "ended": jnp.array([False, False, True, False]), "valid": jnp.ones((4, 2), bool),
+    }
+    out = jax.jit(nstep_transition, static_argnums=1)(window, g)
+    np.testing.assert_allclose(out["reward"], [1 + g * 2 + g * g * 3, 0.5 - g], rtol=1e-6)
+    np.testing.assert_allclose(out["discount"], [g**3, 0.0], rtol=1e-6)  # truncation bootstraps, terminal does not
+    assert int(out["next_obs_state"]["pos"]) == 12 and int(out["obs_state"]["pos"]) == 0
+    np.testing.assert_array_equal(out["action"], [1, 2])
+    no_end = dict(window, ended=jnp.zeros(4, bool), terminal=jnp.zeros((4, 2), bool))
+    out = nstep_transition(no_end, g)
+    np.testing.assert_allclose(out["reward"], (r * g ** np.arange(4)[:, None]).sum(0), rtol=1e-6)
+    np.testing.assert_allclose(out["discount"], [g**4, g**4], rtol=1e-6)
+    assert int(out["next_obs_state"]["pos"]) == 13
 
 
 def _small_batch(env, bank, params, n, seed):
@@ -168,3 +188,5 @@ def test_bad_config():
         DQNConfig(gamma=1.5)
     with pytest.raises(ConfigError, match="batch_size"):
         DQNConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="n_step"):
+        DQNConfig(n_step=0)

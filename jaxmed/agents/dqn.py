@@ -17,6 +17,10 @@ own environments (keys folded with the device index) and samples its own replay 
 network, optimiser and target parameters stay bit-identical across devices.
 :func:`make_parallel_train` wraps them in ``jax.pmap``.
 
+n-step returns (``n_step > 1``): the last ``n_step`` one-step transitions of every environment are
+kept in the runner state and aggregated (:func:`nstep_transition`) before insertion, so the replay
+still stores two observation states per transition and the bootstrap factor ``gamma^n`` (or 0).
+
 Variants: ``double`` selects the greedy next action with the online network (van Hasselt 2016);
 the dueling architecture is the network's ``head="dueling"`` (Wang 2016). :func:`variant` maps the
 published names to those two switches.
@@ -70,11 +74,12 @@ class DQNConfig:
     target_update_period: int = 500  # updates between hard target copies (used when tau == 1)
     tau: float = 1.0  # Polyak factor per update when < 1
     double: bool = True
+    n_step: int = 1  # n-step returns, aggregated on the actor side before insertion
     huber_delta: float = 1.0
     max_grad_norm: float = 10.0
 
     def __post_init__(self):
-        for name in ("n_envs", "chunk_steps", "batch_size", "replay_capacity", "updates_per_step", "target_update_period"):
+        for name in ("n_envs", "chunk_steps", "batch_size", "replay_capacity", "updates_per_step", "target_update_period", "n_step"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"DQNConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.gamma <= 1:
@@ -91,6 +96,7 @@ class RunnerState:
     target_params: Any
     opt_state: Any
     buffer: BufferState
+    window: Any  # the last n_step one-step transitions of every env, (n_step, n_envs, ...), oldest first
     env_state: Any
     obs: jax.Array
     key: jax.Array
@@ -125,13 +131,18 @@ def td_loss(network: nn.Module, params, target_params, obs, next_obs, batch, gam
     """Mean Huber TD loss over the valid (live) agents of a batch.
 
     Shapes: ``obs``/``next_obs`` ``(B, A, k, D, D, D)``; ``batch["action"]`` ``(B, A)``; ``reward``,
-    ``terminal``, ``valid`` ``(B, A)``. Returns ``(loss, mean |TD error|)``.
+    ``valid`` and either ``discount`` (the bootstrap factor, e.g. ``gamma**n`` or 0 at a terminal) or
+    ``terminal`` (then the factor is ``gamma * (1 - terminal)``), all ``(B, A)``.
+    Returns ``(loss, mean |TD error|)``.
     """
     q = network.apply(params, obs)  # (B, A, n_actions)
     q_next_target = network.apply(target_params, next_obs)
     q_next_select = network.apply(params, next_obs) if double else q_next_target
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731  (B, A, ...) -> (B*A, ...)
-    discount = gamma * (1.0 - flat(batch["terminal"]).astype(jnp.float32))
+    if "discount" in batch:
+        discount = flat(batch["discount"]).astype(jnp.float32)
+    else:
+        discount = gamma * (1.0 - flat(batch["terminal"]).astype(jnp.float32))
     td = jax.vmap(rlax.double_q_learning)(
         flat(q), flat(batch["action"]).astype(jnp.int32), flat(batch["reward"]), discount,
         jax.lax.stop_gradient(flat(q_next_target)), jax.lax.stop_gradient(flat(q_next_select)),
@@ -140,6 +151,34 @@ def td_loss(network: nn.Module, params, target_params, obs, next_obs, batch, gam
     n = jnp.maximum(valid.sum(), 1.0)
     loss = jnp.sum(rlax.huber_loss(td, huber_delta) * valid) / n
     return loss, jnp.sum(jnp.abs(td) * valid) / n
+
+
+def nstep_transition(window, gamma: float):
+    """Aggregate a window of ``n`` consecutive one-step transitions of one environment into one.
+
+    ``window`` leaves have a leading time axis ``n`` (oldest first): ``obs_state``,
+    ``next_obs_state``, ``action`` ``(n, A)``, ``reward`` ``(n, A)``, ``terminal`` ``(n, A)`` (agent done
+    after the step), ``ended`` ``(n,)`` (the episode ended after the step: terminated or truncated),
+    ``valid`` ``(n, A)``. The result starts at the oldest step and runs to step ``j``, the first
+    step after which the episode ended (or ``n - 1``): reward ``sum_i gamma^i r_i`` over ``i <= j``,
+    ``next_obs_state`` of step ``j`` and bootstrap factor ``gamma^(j+1) * (1 - terminal_j)``. A
+    truncated episode still bootstraps (from its final state).
+    """
+    n = window["reward"].shape[0]
+    ended_before = jnp.concatenate([jnp.zeros((1,), bool), jnp.cumsum(window["ended"][:-1]) > 0])  # (n,)
+    alive = (~ended_before).astype(jnp.float32)
+    j = jnp.where(window["ended"].any(), jnp.argmax(window["ended"]), n - 1)
+    powers = gamma ** jnp.arange(n, dtype=jnp.float32)
+    reward = jnp.sum((powers * alive)[:, None] * window["reward"], axis=0)
+    last = jax.tree.map(lambda x: x[j], window)
+    return {
+        "obs_state": jax.tree.map(lambda x: x[0], window["obs_state"]),
+        "next_obs_state": last["next_obs_state"],
+        "action": window["action"][0],
+        "reward": reward,
+        "discount": gamma ** (j + 1.0) * (1.0 - last["terminal"].astype(jnp.float32)),
+        "valid": window["valid"][0],
+    }
 
 
 def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name: str | None = None) -> TrainFns:
@@ -159,26 +198,33 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
     def device_key(key):
         return key if axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(axis_name))
 
-    def transition(state, action, reward, final_state):
+    n_step = config.n_step
+
+    def transition(state, action, reward, final_state, ended):
+        """One environment's one-step transition (states, not pixels)."""
         return {
             "obs_state": env.obs_state(state),
             "next_obs_state": env.obs_state(final_state),
             "action": action.astype(jnp.int8),
             "reward": reward.astype(jnp.float32),
             "terminal": final_state.done,
+            "ended": ended,
             "valid": ~state.done,
         }
+
+    v_nstep = jax.vmap(nstep_transition, in_axes=(1, None))  # window leaves (n, n_envs, ...)
 
     def init(key, bank) -> RunnerState:
         net_key, env_key = jax.random.split(key)  # the network key is shared by every device
         obs, env_state = v_reset(jax.random.split(device_key(env_key), n_envs), env_params, bank)
         params = network.init(net_key, obs[:1])
-        one_state = jax.tree.map(lambda x: x[0], env_state)
-        example = transition(one_state, jnp.zeros((env.n_agents,), jnp.int32), jnp.zeros((env.n_agents,)), one_state)
-        per_device_capacity = config.replay_capacity
+        zero_action = jnp.zeros((n_envs, env.n_agents), jnp.int32)
+        one_step = jax.vmap(transition)(env_state, zero_action, zero_action.astype(jnp.float32), env_state, jnp.zeros((n_envs,), bool))
+        window = jax.tree.map(lambda x: jnp.zeros((n_step,) + x.shape, x.dtype), one_step)
+        example = jax.tree.map(lambda x: x[0], v_nstep(window, config.gamma))
         return RunnerState(
             params=params, target_params=params, opt_state=optimizer.init(params),
-            buffer=ReplayBuffer.init(example, per_device_capacity), env_state=env_state, obs=obs,
+            buffer=ReplayBuffer.init(example, config.replay_capacity), window=window, env_state=env_state, obs=obs,
             key=device_key(jax.random.fold_in(key, 1)), steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32),
         )
 
@@ -206,9 +252,14 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
         explore = jax.random.uniform(k_eps, greedy.shape) < epsilon(config, rs.steps)
         action = jnp.where(explore, jax.random.randint(k_act, greedy.shape, 0, env.num_actions), greedy).astype(jnp.int32)
         obs, env_state, reward, terminated, truncated, info = v_step(jax.random.split(k_env, n_envs), rs.env_state, action, env_params, bank)
-        final = info["final_state"]
-        buffer = ReplayBuffer.add_batch(rs.buffer, jax.vmap(transition)(rs.env_state, action, reward, final))
-        rs = rs.replace(buffer=buffer, env_state=env_state, obs=obs, key=key, steps=rs.steps + 1)
+        ended = terminated | truncated
+        new = jax.vmap(transition)(rs.env_state, action, reward, info["final_state"], ended)
+        window = jax.tree.map(lambda w, x: jnp.concatenate([w[1:], x[None]], axis=0), rs.window, new)
+        aggregated = v_nstep(window, config.gamma)
+        # the oldest window entry is a real transition only once n steps have been taken
+        aggregated["valid"] = aggregated["valid"] & (rs.steps + 1 >= n_step)
+        buffer = ReplayBuffer.add_batch(rs.buffer, aggregated)
+        rs = rs.replace(buffer=buffer, window=window, env_state=env_state, obs=obs, key=key, steps=rs.steps + 1)
 
         def learn(rs):
             losses = []
@@ -219,7 +270,6 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
 
         can_learn = buffer.size >= config.learning_starts
         rs, (loss, abs_td) = jax.lax.cond(can_learn, learn, lambda rs: (rs, jnp.full((2,), jnp.nan)), rs)
-        ended = terminated | truncated
         metrics = {
             "reward": reward.mean(),
             "episodes": ended.sum(),
