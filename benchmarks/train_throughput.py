@@ -66,7 +66,7 @@ from jaxmed.agents.dqn import DQNConfig, make_optimizer, make_train, td_loss  # 
 from jaxmed.agents.replay import ReplayBuffer  # noqa: E402
 from jaxmed.data import afids  # noqa: E402
 from jaxmed.data.bank import build_bank  # noqa: E402
-from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig  # noqa: E402
+from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig, ObsState  # noqa: E402
 from jaxmed.envs.reference import ReferenceLandmarkEnv  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
 
@@ -129,13 +129,20 @@ def compile_timed(fn, *example):
 
 
 def filled_buffer(env: LandmarkEnv, env_params, bank, buffer, n: int, seed: int = 1):
-    """``buffer`` with ``n`` transitions from random resets (what is stored does not change the cost,
-    but real positions make the re-render read real, different crops)."""
+    """``buffer`` with ``n`` transitions, shaped like the learner's own (whatever its fields): every
+    observation state comes from a random reset (what is stored does not change the cost, but real
+    positions make the re-render read real, different crops); booleans are True, numbers 0."""
     states = jax.jit(lambda keys: jax.vmap(env.reset, in_axes=(0, None, None))(keys, env_params, bank)[1])(
         jax.random.split(jax.random.key(seed), n))
-    os_ = jax.vmap(env.obs_state)(states)
-    trans = {"obs_state": os_, "next_obs_state": os_, "action": jnp.zeros((n, env.n_agents), jnp.int8),
-             "reward": jnp.zeros((n, env.n_agents), jnp.float32), "terminal": states.done, "valid": ~states.done}
+    obs_state = jax.vmap(env.obs_state)(states)
+
+    def leaf(x):
+        if isinstance(x, ObsState):
+            return jax.tree.map(lambda s, b: s.astype(b.dtype), obs_state, x)
+        fill = jnp.ones if x.dtype == jnp.bool_ else jnp.zeros
+        return fill((n,) + x.shape[1:], x.dtype)
+
+    trans = jax.tree.map(leaf, buffer.data, is_leaf=lambda x: isinstance(x, ObsState))
     return jax.jit(ReplayBuffer.add_batch)(buffer, trans)
 
 
@@ -233,8 +240,8 @@ def time_jaxmed(case: Case, env, env_params, bank, n: int, args) -> dict:
     # the same program that never learns (learning_starts above the capacity): act + env step + replay insert
     no_learn = dataclasses.replace(config, learning_starts=config.replay_capacity + 1)
     if not args.no_actor_program:
-        sec, _, _, c = time_run_chunk(no_learn, env, env_params, bank, network, min(args.min_time, 1.0), args)
-        row.update({"actor_program_ms": 1e3 * sec / chunk_steps, "actor_program_compile_s": c})
+        sec, steps, _, c = time_run_chunk(no_learn, env, env_params, bank, network, min(args.min_time, 1.0), args)
+        row.update({"actor_program_ms": 1e3 * sec / steps, "actor_program_compile_s": c})
     sec, vec_steps, updates, row["compile_s"] = time_run_chunk(config, env, env_params, bank, network, args.min_time, args, row)
     row.update({
         "env_steps_per_s": vec_steps * n / sec, "updates_per_s": updates / sec,
@@ -457,23 +464,24 @@ def _fmt(x, digits=3):
 HEADER = (
     "| config | loop | n envs | env-steps/s | updates/s | s / update | compile s | ms / vector step "
     "| env | act fwd | update (jaxmed: sample+re-render+TD+Adam) | replay (python: insert+sample; jaxmed: of which sample+re-render) "
-    "| other | jaxmed speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| other | jaxmed in program: act+env+insert / update | jaxmed speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def format_row(r) -> str:
     head = f"| {r['config']} | {r['impl']} | {r['n_envs']} |"
     if "skipped" in r:
-        return f"{head} skipped: {r['skipped']} |" + " |" * 10
+        return f"{head} skipped: {r['skipped']} |" + " |" * 11
     if r["impl"] == "jaxmed":
         replay = r.get("sample_render_ms")
     else:
         replay = r["insert_ms"] + r["sample_ms"]
     speed = f"{_fmt(r['jaxmed_speedup'], 2)}×" if r.get("jaxmed_speedup") else "—"
+    in_prog = f"{_fmt(r['actor_program_ms'])} / {_fmt(r['update_in_program_ms'])}" if "actor_program_ms" in r else "—"
     return (
         f"{head} {_fmt(r['env_steps_per_s'])} | {_fmt(r['updates_per_s'])} | {_fmt(r['seconds_per_update'])} | {r['compile_s']:.1f} | "
         f"{_fmt(r['vector_step_ms'])} | {_fmt(r['env_ms'])} | {_fmt(r['act_ms'])} | {_fmt(r['update_ms'])} | {_fmt(replay)} | "
-        f"{_fmt(r['other_ms'])} | {speed} |"
+        f"{_fmt(r['other_ms'])} | {in_prog} | {speed} |"
     )
 
 
@@ -494,13 +502,10 @@ def markdown(result) -> str:
     return "\n".join(lines)
 
 
-PHASES = {"jaxmed": (("env", "env_ms"), ("act fwd", "act_ms"), ("update", "update_ms"), ("other", "other_ms")),
-          "python loop": (("env", "env_ms"), ("act fwd", "act_ms"), ("update", "update_ms"), ("replay", None), ("other", "other_ms"))}
-
-
 def plot(result, path: Path) -> None:
     """Left: env-steps/s against parallel envs (log-log), jaxmed solid, python loop dashed. Right: where
-    the time of one vector step goes (fraction per phase), per config, loop and n."""
+    the time of one vector step goes (fraction per phase), per config, loop and n; for jaxmed from the
+    in-program figures (the same program without updates, and the difference) where they exist."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -519,13 +524,18 @@ def plot(result, path: Path) -> None:
            title="DQN training throughput")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    labels, bottoms = [], None
+    labels = []
     colors = {"env": "C0", "act fwd": "C1", "update": "C2", "replay": "C3", "other": "C7"}
     bars = {k: [] for k in colors}
     for r in rows:
         total = r["vector_step_ms"]
         parts = {"env": r["env_ms"], "act fwd": r["act_ms"], "update": r["update_ms"],
                  "replay": r.get("insert_ms", 0.0) + r.get("sample_ms", 0.0)}
+        if r.get("actor_program_ms") is not None and r.get("update_in_program_ms") is not None:
+            # jaxmed, in program: env piece, (act + insert) = the no-update program minus the env, update = the rest
+            steps_per_update = r["env_steps_per_s"] / r["n_envs"] / max(r["updates_per_s"], 1e-12)
+            parts = {"env": min(r["env_ms"], r["actor_program_ms"]), "act fwd": max(r["actor_program_ms"] - r["env_ms"], 0.0),
+                     "update": max(r["update_in_program_ms"], 0.0) / steps_per_update, "replay": 0.0}
         parts["other"] = max(total - sum(parts.values()), 0.0)
         norm = max(total, sum(parts.values()))
         for k in colors:
@@ -537,7 +547,8 @@ def plot(result, path: Path) -> None:
         bx.bar(x, bars[k], bottom=bottoms, color=c, label=k)
         bottoms += np.array(bars[k])
     bx.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
-    bx.set(ylabel="% of a vector step", title="where the time goes (jaxmed: separately jitted pieces; python: inline timers)")
+    bx.set(ylabel="% of a vector step", title="where the time goes (jaxmed: env piece, program without updates, rest = update;\n"
+                                             "python: inline timers; act fwd includes the replay insert for jaxmed)")
     bx.legend(fontsize=7)
     m = result["machine"]
     fig.suptitle(f"jaxmed DQN on AFIDs 2 mm, {result['settings']['network']} — {m['cpu']}, {m['cores']} cores, {m['device']}, "
