@@ -10,10 +10,18 @@ agents ``n`` (1 ... 8192, as memory allows), this measures in one process on one
   excluded; one warm-up call; median of repeats.
 * **reference**: :class:`jaxmed.envs.reference.ReferenceLandmarkEnv` (NumPy, a Python loop over
   environments and agents, as the published code) with the same random policy, reset by the caller
-  when an episode ends; ``n`` = 1, 16, 256 only, for a limited time.
+  when an episode ends; ``n`` up to 4096, for a limited time.
 * **memcpy**: a large NumPy copy (GB/s). Each agent-step writes ``frames * D^3 * itemsize`` bytes of
   observation (reported); the fraction of memcpy bandwidth reached is that output rate over memcpy.
   With few agents the observations stay in the CPU caches, so more than 100 % is possible there.
+
+Shared machines: other processes on a 2-core CPU change every figure by 2x or more (the first
+published table of this benchmark ran at a load average of 5-6 and reported a third of what the
+same code measures on a quiet machine). So the jaxmed calls and the reference's stepping are
+*interleaved* (one jitted call, then a slice of reference stepping, repeated), which keeps their
+ratio fair when the load drifts; memcpy is sampled after every jitted call too (``memcpy_GBps_row``,
+the median; a row's ``frac_memcpy`` is against it, ``frac_memcpy_run`` against the copy measured at
+the start) and each row records the 1-minute load average.
 
 Bank: the AFIDs MNI template at 2 mm (97 x 115 x 97), repeated ``--n-volumes`` times as bank
 volumes, pyramid factors 1, 2, 4. It runs unchanged on a GPU (JAX picks the default device).
@@ -54,13 +62,15 @@ MULTI_TARGETS = ("AC", "PC", "genu of CC", "splenium of CC")
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One benchmarked environment: a name, its targets (agents per env), levels, frames and bank dtype."""
+    """One benchmarked environment: a name, its targets (agents per env), levels, frames, bank dtype
+    and whether the bank holds the packed pyramid (``build_bank(packed=True)``)."""
 
     name: str
     targets: tuple[str, ...]
     levels: tuple[int, ...]
     frames: int
     dtype: str
+    packed: bool = False
 
     @property
     def label(self) -> str:
@@ -71,7 +81,9 @@ class Case:
 
 
 def cases(dtypes) -> list[Case]:
-    """The configurations measured: three envs x bank dtypes with 4 frames, and single-frame uint8."""
+    """The configurations measured: three envs x bank dtypes with 4 frames, the multi-scale env on a
+    packed uint8 bank (one crop per frame from the agent's level, instead of per-level crops fused
+    with a select), and single-frame uint8."""
     out = []
     for dtype in dtypes:
         out += [
@@ -80,6 +92,7 @@ def cases(dtypes) -> list[Case]:
             Case("multi-scale 3 levels", ("AC",), (0, 1, 2), 4, dtype),
         ]
     if "uint8" in dtypes:
+        out.append(Case("multi-scale 3 levels, packed bank", ("AC",), (0, 1, 2), 4, "uint8", packed=True))
         out.append(Case("single", ("AC",), (0,), 1, "uint8"))
     return out
 
@@ -133,44 +146,84 @@ def initial(env: LandmarkEnv, n_envs: int, params, bank, seed: int = 0):
     return keys[0], state, obs
 
 
-def time_jax(env: LandmarkEnv, n_envs: int, params, bank, args) -> dict:
-    """Compile seconds, median seconds per ``args.steps``-step call, repeats and episode ends per call."""
+def compile_rollout(env: LandmarkEnv, n_envs: int, params, bank, args):
+    """``(compiled, carry, compile_s)``: the rollout compiled for ``n_envs`` envs and its warmed-up
+    ``(key, state, obs)`` carry (one call done: warm-up)."""
     key, state, obs = initial(env, n_envs, params, bank)
     t0 = time.perf_counter()
     compiled = make_rollout(env, n_envs, args.steps).lower(key, state, obs, params, bank).compile()
     compile_s = time.perf_counter() - t0
     key, state, obs, _ = jax.block_until_ready(compiled(key, state, obs, params, bank))  # warm-up
-    times, ends = [], []
+    return compiled, (key, state, obs), compile_s
+
+
+class ReferenceStepper:
+    """``n_envs`` NumPy reference envs stepped in a Python loop with random actions, resumable in
+    slices (so it can be interleaved with the jitted calls); resets (when episodes end) included."""
+
+    def __init__(self, config, params, bank, n_envs: int, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.envs = [ReferenceLandmarkEnv(config, params, bank) for _ in range(n_envs)]
+        for e in self.envs:
+            e.reset(self.rng)
+        self.n_agents = self.envs[0].n_agents
+        self.rounds, self.seconds = 0, 0.0
+
+    def run(self, seconds: float, min_rounds: int = 1) -> None:
+        """Step every env round after round for about ``seconds`` (at least ``min_rounds`` rounds)."""
+        rounds, t0 = 0, time.perf_counter()
+        while rounds < min_rounds or time.perf_counter() - t0 < seconds:
+            for e in self.envs:
+                _, _, terminated, truncated, _ = e.step(self.rng.integers(0, 6, self.n_agents))
+                if terminated or truncated:
+                    e.reset(self.rng)
+            rounds += 1
+        self.rounds += rounds
+        self.seconds += time.perf_counter() - t0
+
+    @property
+    def per_s(self) -> float:
+        return self.rounds * len(self.envs) * self.n_agents / self.seconds
+
+
+class MemcpyProbe:
+    """One NumPy copy between two pre-touched buffers per :meth:`sample` (GB/s), to measure the
+    bandwidth available *while* a row is measured."""
+
+    def __init__(self, nbytes: int):
+        self.src = np.ones(nbytes, np.uint8)
+        self.dst = np.zeros_like(self.src)
+        np.copyto(self.dst, self.src)
+
+    def sample(self) -> float:
+        t = time.perf_counter()
+        np.copyto(self.dst, self.src)
+        return self.src.nbytes / (time.perf_counter() - t) / 1e9
+
+
+def time_interleaved(compiled, carry, params, bank, args, reference: ReferenceStepper | None, probe: MemcpyProbe) -> dict:
+    """Median seconds per jitted call (``args.min_reps`` .. ``args.max_reps`` calls, at least
+    ``args.min_time`` s), each followed by one memcpy sample and, when ``reference`` is given, by a
+    slice of reference stepping (``args.reference_time`` s in all, at least 2 rounds), so all three
+    see the same load."""
+    key, state, obs = carry
+    times, ends, copies = [], [], []
+    ref_slice = args.reference_time / args.min_reps
     while len(times) < args.min_reps or (sum(times) < args.min_time and len(times) < args.max_reps):
         t = time.perf_counter()
         key, state, obs, n_end = jax.block_until_ready(compiled(key, state, obs, params, bank))
         times.append(time.perf_counter() - t)
         ends.append(int(n_end))
+        copies.append(probe.sample())
+        if reference is not None and len(times) <= args.min_reps:
+            reference.run(ref_slice, min_rounds=2 if len(times) == 1 else 1)
     del state, obs
-    return {"compile_s": compile_s, "seconds_per_call": float(np.median(times)), "repeats": len(times),
-            "episode_ends_per_call": float(np.mean(ends))}
-
-
-# ------------------------------------------------------------------ reference
-
-
-def time_reference(config, params, bank, n_envs: int, min_time: float, seed: int = 0) -> dict:
-    """Agent-steps/s of ``n_envs`` NumPy reference envs stepped in a Python loop with random actions
-    for about ``min_time`` seconds (at least 2 rounds); resets (when episodes end) are included."""
-    rng = np.random.default_rng(seed)
-    envs = [ReferenceLandmarkEnv(config, params, bank) for _ in range(n_envs)]
-    for e in envs:
-        e.reset(rng)
-    n_agents = envs[0].n_agents
-    rounds, t0 = 0, time.perf_counter()
-    while rounds < 2 or time.perf_counter() - t0 < min_time:
-        for e in envs:
-            _, _, terminated, truncated, _ = e.step(rng.integers(0, 6, n_agents))
-            if terminated or truncated:
-                e.reset(rng)
-        rounds += 1
-    elapsed = time.perf_counter() - t0
-    return {"reference_per_s": rounds * n_envs * n_agents / elapsed, "reference_steps": rounds}
+    out = {"seconds_per_call": float(np.median(times)), "best_seconds_per_call": float(np.min(times)),
+           "repeats": len(times), "episode_ends_per_call": float(np.mean(ends)),
+           "memcpy_GBps_row": float(np.median(copies))}
+    if reference is not None:
+        out.update(reference_per_s=reference.per_s, reference_steps=reference.rounds)
+    return out
 
 
 # ------------------------------------------------------------------ the sweep
@@ -183,11 +236,12 @@ def measure_case(case: Case, bank, params, bw_GBps: float, mem_bytes: int, args)
     itemsize = np.dtype(bank.levels[0].dtype).itemsize
     obs_bytes = case.frames * args.crop**3 * itemsize  # per agent-step
     per_agent_step = None
+    probe = MemcpyProbe(args.row_memcpy_mb * 2**20)
     rows = []
     for n in args.agents:
         n_envs = max(1, n // config.n_agents)
         agents = n_envs * config.n_agents
-        row = {"config": case.name, "dtype": case.dtype, "frames": case.frames, "levels": list(case.levels),
+        row = {"config": case.name, "dtype": case.dtype, "frames": case.frames, "levels": list(case.levels), "packed_bank": case.packed,
                "crop": args.crop, "agents_per_env": config.n_agents, "n_envs": n_envs, "agents": agents,
                "obs_bytes_per_agent_step": obs_bytes}
         need = agents * obs_bytes * args.obs_copies
@@ -197,14 +251,18 @@ def measure_case(case: Case, bank, params, bw_GBps: float, mem_bytes: int, args)
         if per_agent_step is not None and per_agent_step * agents * args.steps > args.max_call_s:
             rows.append({**row, "skipped": f"time cap (predicted {per_agent_step * agents * args.steps:.1f} s per call)"})
             continue
-        row.update(time_jax(env, n_envs, params, bank, args))
+        compiled, carry, row["compile_s"] = compile_rollout(env, n_envs, params, bank, args)
+        reference = ReferenceStepper(config, params, bank, n_envs) if n in args.reference_agents else None
+        row["load_avg_1m"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        row.update(time_interleaved(compiled, carry, params, bank, args, reference, probe))
+        del compiled, carry, reference
         agent_steps = agents * args.steps
         per_agent_step = row["seconds_per_call"] / agent_steps
         row["jax_per_s"] = agent_steps / row["seconds_per_call"]
         row["obs_GBps"] = row["jax_per_s"] * obs_bytes / 1e9
-        row["frac_memcpy"] = row["obs_GBps"] / bw_GBps
-        if n in args.reference_agents:
-            row.update(time_reference(config, params, bank, n_envs, args.reference_time))
+        row["frac_memcpy"] = row["obs_GBps"] / row["memcpy_GBps_row"]
+        row["frac_memcpy_run"] = row["obs_GBps"] / bw_GBps
+        if "reference_per_s" in row:
             row["speedup"] = row["jax_per_s"] / row["reference_per_s"]
         rows.append(row)
         print(format_row(row), flush=True)
@@ -224,7 +282,15 @@ def run(args) -> dict:
     for case in cases(args.dtypes):
         if args.only and case.name not in args.only:
             continue
-        rows += measure_case(case, banks[case.dtype], params, bw, mem, args)
+        bank = banks[case.dtype]
+        if case.packed:
+            if not hasattr(bank, "packed"):  # a jaxmed without packed banks (comparison runs)
+                continue
+            from jaxmed.ops.crop import pack_levels
+
+            bank = bank.replace(packed=pack_levels(bank.levels))
+        rows += measure_case(case, bank, params, bw, mem, args)
+        del bank
     bank = banks[args.dtypes[0]]
     info["load_avg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
@@ -263,18 +329,19 @@ def _fmt(x, digits=3):
 
 HEADER = (
     "| config | dtype | frames | agents | jaxmed agent-steps/s | obs KB / agent-step | obs GB/s | % of memcpy | compile s "
-    "| reference agent-steps/s | speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "| reference agent-steps/s | speed-up | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def format_row(r) -> str:
     head = f"| {r['config']} | {r['dtype']} | {r['frames']} | {r['agents']} |"
     if "skipped" in r:
-        return f"{head} skipped: {r['skipped']} | | | | | | |"
+        return f"{head} skipped: {r['skipped']} | | | | | | | |"
     speed = f"{_fmt(r['speedup'], 2)}×" if r.get("speedup") else "—"
+    load = f"{r['load_avg_1m']:.1f}" if r.get("load_avg_1m") is not None else "—"
     return (
         f"{head} {_fmt(r['jax_per_s'])} | {r['obs_bytes_per_agent_step'] / 1e3:.0f} | {r['obs_GBps']:.2f} | "
-        f"{100 * r['frac_memcpy']:.1f} | {r['compile_s']:.1f} | {_fmt(r.get('reference_per_s'))} | {speed} |"
+        f"{100 * r['frac_memcpy']:.1f} | {r['compile_s']:.1f} | {_fmt(r.get('reference_per_s'))} | {speed} | {load} |"
     )
 
 
@@ -282,7 +349,8 @@ def markdown(result) -> str:
     m, s = result["machine"], result["settings"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; jax {m['jax']}; {m['date']}; commit {m['git_commit'] or 'n/a'}; "
-        f"memcpy {result['memcpy_GBps']:.1f} GB/s. Bank: {s['bank']}; crop {s['crop']}³; {s['steps_per_call']} steps per call.",
+        f"memcpy {result['memcpy_GBps']:.1f} GB/s at the start (% of memcpy: against copies interleaved with each row's calls). "
+        f"Bank: {s['bank']}; crop {s['crop']}³; {s['steps_per_call']} steps per call; load = 1-minute load average (2 cores).",
         "",
         HEADER,
     ]
@@ -353,17 +421,19 @@ def parse_args(argv=None):
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement")
     p.add_argument("--min-reps", type=int, default=3)
     p.add_argument("--max-reps", type=int, default=50)
-    p.add_argument("--max-call-s", type=float, default=6.0, help="skip agent counts predicted to take longer per call")
+    p.add_argument("--max-call-s", type=float, default=10.0, help="skip agent counts predicted to take longer per call")
     p.add_argument("--mem-fraction", type=float, default=0.25, help="skip agent counts whose observations exceed this fraction of memory")
     p.add_argument("--obs-copies", type=int, default=2, help="observation buffers assumed live at once (memory cap)")
-    p.add_argument("--reference-agents", type=int, nargs="+", default=[1, 16, 256])
-    p.add_argument("--reference-time", type=float, default=1.0, help="seconds of reference stepping per measurement")
+    p.add_argument("--reference-agents", type=int, nargs="+", default=[1, 16, 256, 1024, 4096])
+    p.add_argument("--reference-time", type=float, default=1.0, help="seconds of reference stepping per measurement "
+                   "(interleaved with the jitted calls)")
     p.add_argument("--memcpy-mb", type=int, default=512)
+    p.add_argument("--row-memcpy-mb", type=int, default=256, help="size of the memcpy sampled after each jitted call")
     p.add_argument("--replot", type=Path, default=None, help="only redraw the PNG and table from this JSON")
     args = p.parse_args(argv)
     if args.quick:
         args.agents = [a for a in args.agents if a <= 256][:3] or [16]
-        args.min_time, args.min_reps, args.reference_time, args.memcpy_mb = 0.2, 2, 0.3, 128
+        args.min_time, args.min_reps, args.reference_time, args.memcpy_mb, args.row_memcpy_mb = 0.2, 2, 0.3, 128, 64
         args.steps, args.n_volumes = 8, 2
     return args
 

@@ -101,3 +101,39 @@ def test_bad_input(subjects):
         build_bank([])
     with pytest.raises(LandmarkError, match="volume bank has no landmark 'AC'"):
         build_bank(subjects, max_crop=3).label_index("AC")
+
+
+def test_packed_pyramid_is_optional_derived_and_crops_every_level(subjects):
+    """``packed=True`` adds one (N, V) buffer holding every level (off by default); ``replace`` with
+    new levels rebuilds it; ``bank.crops`` at traced per-window levels equals NumPy slicing of each
+    window's level with and without it, and a static level crops that level."""
+    from jaxmed.ops.crop import pack_levels
+
+    plain = build_bank(subjects, factors=(1, 2, 4), max_crop=5)
+    packed = build_bank(subjects, factors=(1, 2, 4), max_crop=5, packed=True)
+    assert plain.packed is None and build_bank(subjects, max_crop=5).packed is None
+    np.testing.assert_array_equal(np.asarray(packed.packed), pack_levels([np.asarray(a) for a in packed.levels]))
+    assert packed.nbytes == 2 * plain.nbytes
+    assert packed.level_shapes == tuple(a.shape[1:] for a in packed.levels)
+    doubled = packed.replace(levels=tuple(a * 2 for a in packed.levels))
+    np.testing.assert_array_equal(np.asarray(doubled.packed), 2 * np.asarray(packed.packed))
+    assert plain.replace(levels=plain.levels).packed is None
+
+    rng = np.random.default_rng(0)
+    m, d = plain.margin, 5
+    lv = rng.integers(0, 3, size=(4, 6)).astype(np.int32)
+    vol = rng.integers(0, 2, size=(4, 6)).astype(np.int32)
+    ext = np.asarray(plain.shapes)[lv, vol]  # (4, 6, 3) each window's level extent
+    cen = np.minimum(rng.integers(0, 30, size=(4, 6, 3)), ext - 1).astype(np.int32)
+    cen[0, 0], cen[0, 1] = 0, ext[0, 1] - 1  # corners
+    crops = jax.jit(lambda b, l, i, c: b.crops(i, c, d, l))
+    for bank in (plain, packed):
+        out = np.asarray(crops(bank, lv, vol, cen))
+        assert out.shape == (4, 6, d, d, d)
+        for ij in np.ndindex(4, 6):
+            level = np.asarray(bank.levels[lv[ij]][vol[ij]])
+            lo = cen[ij] + m - d // 2
+            np.testing.assert_array_equal(out[ij], level[lo[0] : lo[0] + d, lo[1] : lo[1] + d, lo[2] : lo[2] + d])
+    static = np.asarray(jax.jit(lambda b, i, c: b.crops(i, c, d, 1))(packed, vol, np.minimum(cen, 4)))
+    single = np.asarray(jax.vmap(jax.vmap(lambda i, c: packed.crop(i, c, d, level=1)))(vol, np.minimum(cen, 4)))
+    np.testing.assert_array_equal(static, single)

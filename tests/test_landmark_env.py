@@ -164,6 +164,43 @@ def test_multiscale_switches_to_finer_level_on_oscillation(multiscale, bank):
     assert multiscale.obs_state(state).history.dtype == jnp.int16
 
 
+def test_multiscale_observation_is_one_crop_per_frame_at_each_agents_level(bank):
+    """Agents at different levels in one env: every frame is the crop at the agent's own level, the
+    same whether the bank renders from its packed pyramid (one row gather) or crops every level and
+    selects; rendering from the obs state agrees."""
+    from jaxmed.ops.crop import pack_levels
+
+    env = _env(bank, targets=("L0", "L1", "L2"), levels=(0, 1, 2), frames=3)
+    packed = bank.replace(packed=pack_levels(bank.levels))
+    params = EnvParams(max_steps=40, **NO_TARGET_STOP)
+    oscillate = [[0, 1, 2], [1, 0, 3], [0, 1, 2], [1, 0, 3]]  # every agent oscillates: all switch levels
+
+    @jax.jit
+    def rollout(b, key):
+        _, state = env.reset_at(None, b, 1, jnp.asarray([[3, 3, 3], [16, 12, 10], [29, 27, 25]]))
+
+        def body(carry, a):
+            state, key = carry
+            key, k = jax.random.split(key)
+            obs, state, *_ = env.step(k, state, a, params, b)
+            return (state, key), (obs, state.level, state.history[:, :3], state.volume, env.render(env.obs_state(state), b))
+
+        actions = jnp.concatenate([jnp.asarray(oscillate * 3, jnp.int32), jax.random.randint(key, (12, 3), 0, 6)])
+        return jax.lax.scan(body, (state, key), actions)[1]
+
+    obs_a, levels, history, volume, rendered = (np.asarray(x) for x in rollout(bank, jax.random.key(3)))
+    obs_b = np.asarray(rollout(packed, jax.random.key(3))[0])
+    np.testing.assert_array_equal(obs_a, obs_b)
+    np.testing.assert_array_equal(rendered, obs_a)
+    assert any(len(set(row.tolist())) > 1 for row in levels)  # mixed levels within one observation
+    for t in (0, 7, 13, 23):
+        for agent in range(3):
+            lvl = env.config.levels[levels[t, agent]]
+            for f in range(3):
+                want = crop(bank, int(volume[t]), history[t, agent, f] // bank.factors[lvl], level=lvl)
+                np.testing.assert_array_equal(obs_a[t, agent, f], want)
+
+
 # ------------------------------------------------------------------ auto-reset, flags
 
 

@@ -86,6 +86,98 @@ def test_crop_from_stack_vmapped_preserves_dtype(dtype):
         np.testing.assert_array_equal(o, _np_crop(stack[i], c, size, m))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, jnp.bfloat16, np.float32])
+def test_crop_batch_matches_numpy_slicing_any_batch_shape(dtype):
+    """crop_batch = vmap(crop_from_stack) over any batch shape: windows at corners, edges and inside,
+    the index broadcast (a scalar for one volume), dtype kept (bfloat16 moved as bits)."""
+    from jaxmed.ops.crop import crop_batch
+
+    rng = np.random.default_rng(5)
+    size, m = (5, 4, 3), 3
+    stack, _ = _padded(rng, m, dtype=dtype, n=3)
+    centres = _centres(rng, 8).reshape(3, 4, 3)
+    index = rng.integers(0, 3, size=(3, 4)).astype(np.int32)
+    f = jax.jit(crop_batch, static_argnums=(3, 4))
+    out = f(jnp.asarray(stack), index, centres, size, m)
+    assert out.dtype == jnp.dtype(dtype) and out.shape == (3, 4) + size
+    one = np.asarray(f(jnp.asarray(stack), 2, centres, size, m))
+    for ij in np.ndindex(3, 4):
+        np.testing.assert_array_equal(np.asarray(out[ij]), _np_crop(stack[index[ij]], centres[ij], size, m))
+        np.testing.assert_array_equal(one[ij], _np_crop(stack[2], centres[ij], size, m))
+
+
+def _pyramid(rng, margin, dtype, n=2):
+    """Three padded levels of different, anisotropic shapes (sentinel-free random contents)."""
+    inner = [(11, 9, 7), (6, 5, 4), (3, 3, 2)]
+    levels = [np.pad(rng.integers(1, 250, size=(n,) + sh), [(0, 0)] + [(margin, margin)] * 3).astype(dtype) for sh in inner]
+    return levels, inner
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, jnp.bfloat16, np.float32])
+def test_crop_packed_matches_numpy_slicing_at_every_level(dtype):
+    """Each window cropped from its own level of the packed pyramid equals NumPy slicing of that
+    level, for windows touching every border of every level, in every dtype."""
+    from jaxmed.ops.crop import crop_packed, pack_levels, packed_layout
+
+    rng = np.random.default_rng(6)
+    size, m = (5, 3, 4), 3
+    levels, inner = _pyramid(rng, m, dtype)
+    packed = pack_levels(levels)
+    shapes = tuple(a.shape[1:] for a in levels)
+    layout = packed_layout(shapes)
+    assert packed.shape == (2, sum(int(np.prod(s)) for s in shapes)) and packed.dtype == np.dtype(dtype)
+    assert [o for o, *_ in layout] == [0, int(np.prod(shapes[0])), int(np.prod(shapes[0])) + int(np.prod(shapes[1]))]
+    lv, vol, cen = [], [], []
+    for level, sh in enumerate(inner):
+        hi = np.asarray(sh) - 1
+        corners = np.array([[0, 0, 0], hi, [0, hi[1], 0], [hi[0], 0, hi[2]]])
+        rand = rng.integers(0, hi + 1, size=(6, 3))
+        for c in np.concatenate([corners, rand]):
+            lv.append(level), vol.append(rng.integers(0, 2)), cen.append(c)
+    lv, vol, cen = (np.asarray(a, np.int32) for a in (lv, vol, cen))
+    order = rng.permutation(len(lv))  # levels interleaved in the batch
+    lv, vol, cen = lv[order].reshape(5, 6), vol[order].reshape(5, 6), cen[order].reshape(5, 6, 3)
+    f = jax.jit(crop_packed, static_argnums=(1, 5, 6))
+    out = f(jnp.asarray(packed), shapes, lv, vol, cen, size, m)
+    assert out.dtype == jnp.dtype(dtype) and out.shape == (5, 6) + size
+    out = np.asarray(out)
+    for ij in np.ndindex(5, 6):
+        want = _np_crop(levels[lv[ij]][vol[ij]], cen[ij], size, m)
+        np.testing.assert_array_equal(out[ij], want)
+        assert out[ij][size[0] // 2, size[1] // 2, size[2] // 2] == levels[lv[ij]][vol[ij]][tuple(cen[ij] + m)]
+
+
+def test_crop_packed_equals_dynamic_slice_for_any_input():
+    """Out-of-grid centres and out-of-range volume indices give exactly what ``lax.dynamic_slice``
+    gives on that level (wrap negatives, clamp): the row gather never reads out of bounds."""
+    from jaxmed.ops.crop import crop_batch, crop_packed, pack_levels
+
+    rng = np.random.default_rng(7)
+    size, m = (5, 5, 5), 3
+    levels, _ = _pyramid(rng, m, np.float32)
+    shapes = tuple(a.shape[1:] for a in levels)
+    cen = rng.integers(-9, 20, size=(40, 3)).astype(np.int32)
+    vol = rng.integers(-3, 5, size=40).astype(np.int32)
+    lv = rng.integers(0, 3, size=40).astype(np.int32)
+    got = np.asarray(jax.jit(crop_packed, static_argnums=(1, 5, 6))(jnp.asarray(pack_levels(levels)), shapes, lv, vol, cen, size, m))
+    per_level = [np.asarray(jax.jit(crop_batch, static_argnums=(3, 4))(jnp.asarray(a), vol, cen, size, m)) for a in levels]
+    np.testing.assert_array_equal(got, np.choose(lv[:, None, None, None], per_level))
+
+
+def test_crop_packed_bad_input():
+    from jaxmed.ops.crop import crop_packed, pack_levels, packed_layout
+
+    levels, _ = _pyramid(np.random.default_rng(0), 3, np.float32)
+    shapes = tuple(a.shape[1:] for a in levels)
+    packed = jnp.asarray(pack_levels(levels))
+    with pytest.raises(ValueError, match="does not match"):
+        crop_packed(packed[:, :-1], shapes, 0, 0, jnp.zeros(3, jnp.int32), 5, 3)
+    with pytest.raises(ValueError, match="margin"):
+        crop_packed(packed, shapes, 0, 0, jnp.zeros(3, jnp.int32), 9, 3)
+    with pytest.raises(ValueError, match="int32"):
+        packed_layout([(1300, 1300, 1300)])
+
+
 def test_strided_crop_matches_numpy():
     rng = np.random.default_rng(2)
     size, stride = (3, 4, 3), (2, 1, 3)
@@ -395,5 +487,24 @@ def test_bfloat16_bank_is_not_converted_or_copied_inside_loops():
     hlo = jax.jit(rollout).lower(stack, 1, jnp.full((4, 3), 5, jnp.int32)).compile().as_text()
     entry = hlo[hlo.index("\nENTRY") :]
     assert "f32[2,30,31,32]" not in entry and "u16[2,30,31,32]" not in entry
+    # the same for the packed pyramid (one (N, V) row per volume) and its row gather
+    from jaxmed.ops.crop import crop_packed, pack_levels
+
+    levels = (stack, jnp.zeros((2, 20, 21, 22), jnp.bfloat16))
+    shapes = tuple(a.shape[1:] for a in levels)
+
+    def rollout_packed(p, idx, centres):
+        def body(r, acc):
+            c = crop_packed(p, shapes, r % 2, idx, centres[r], 5, 3)
+            return acc + c.astype(jnp.float32).sum()
+        return jax.lax.fori_loop(0, centres.shape[0], body, jnp.float32(0))
+
+    packed = pack_levels(levels)
+    n_v = packed.shape[1]
+    hlo = jax.jit(rollout_packed).lower(packed, 1, jnp.full((4, 3), 5, jnp.int32)).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY") :]
+    assert f"f32[2,{n_v}]" not in entry and f"u16[2,{n_v}]" not in entry
+    bright = pack_levels((stack.at[1, 8, 8, 8].set(2.0), levels[1]))
+    assert float(jax.jit(rollout_packed)(bright, 1, jnp.full((4, 3), 5, jnp.int32))) == 4.0  # level 0 at r = 0, 2
     # 4 iterations x (crop sum 2 + sample 2) of the one bright voxel (unpadded (5, 5, 5))
     assert float(jax.jit(rollout)(stack.at[1, 8, 8, 8].set(2.0), 1, jnp.full((4, 3), 5, jnp.int32))) == 16.0

@@ -70,7 +70,6 @@ from flax import struct
 
 from jaxmed.envs.base import Box, Discrete, Environment, is_concrete
 from jaxmed.errors import ConfigError, LandmarkError
-from jaxmed.ops.crop import crop_from_stack
 
 N_ACTIONS = 6
 
@@ -444,12 +443,17 @@ class LandmarkEnv(Environment):
         return self._render(bank, obs_state.volume, obs_state.history.astype(jnp.int32), obs_state.level.astype(jnp.int32))
 
     def _render(self, bank, volume, centres, level) -> jax.Array:
-        """Crops around level-0 voxels ``centres`` ``(A, k, 3)`` at each agent's level index ``level`` ``(A,)``."""
+        """Crops around level-0 voxels ``centres`` ``(A, k, 3)`` at each agent's level index ``level`` ``(A,)``.
+
+        All ``A * k`` windows in one call of :meth:`VolumeBank.crops` (one XLA gather): a single-level
+        env crops its level; a multi-scale env crops each agent at its own level, from the bank's
+        packed pyramid when it has one (``build_bank(packed=True)``: each window copied once), else by
+        cropping each configured level and selecting, which XLA:CPU fuses into one pass.
+        """
         c = self.config
-        obs = None
-        for i, lvl in enumerate(c.levels):
-            stack, f = bank.levels[lvl], bank.factors[lvl]
-            crop = functools.partial(crop_from_stack, stack, volume, size=c.crop_size, margin=bank.margin)
-            crops = jax.vmap(jax.vmap(crop))(centres // f)
-            obs = crops if obs is None else jnp.where((level == i)[:, None, None, None, None], crops, obs)
-        return obs
+        if len(c.levels) == 1:
+            lvl = c.levels[0]
+            return bank.crops(volume, centres // bank.factors[lvl], c.crop_size, lvl)
+        bank_level = jnp.asarray(c.levels, jnp.int32)[level]  # (A,)
+        factor = jnp.asarray(bank.factors, jnp.int32)[bank_level]
+        return bank.crops(volume, centres // factor[:, None, None], c.crop_size, bank_level[:, None], candidates=c.levels)

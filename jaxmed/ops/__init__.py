@@ -6,7 +6,11 @@ voxel); nothing reads files or holds state.
 
 from jaxmed.ops.crop import (
     crop,
+    crop_batch,
     crop_from_stack,
+    crop_packed,
+    pack_levels,
+    packed_layout,
     required_margin,
     strided_crop,
     strided_crop_from_stack,
@@ -45,7 +49,11 @@ __all__ = [
     "box_volume",
     "compose",
     "crop",
+    "crop_batch",
     "crop_from_stack",
+    "crop_packed",
+    "pack_levels",
+    "packed_layout",
     "invert_rigid",
     "matrix_to_params",
     "plane_axes",
