@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ops_throughput import machine_info  # noqa: E402
+from common import machine_info  # noqa: E402
 
 from jaxmed.config import apply_overrides, load_yaml  # noqa: E402
 from jaxmed.experiment import ExperimentConfig  # noqa: E402

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -49,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ops_throughput import machine_info, memcpy_bandwidth  # noqa: E402  (shared benchmark helpers)
+from common import fmt, machine_info, memcpy_bandwidth, replot, run_and_write  # noqa: E402  (shared benchmark helpers)
 
 from jaxmed.data import afids  # noqa: E402
 from jaxmed.data.bank import build_bank  # noqa: E402
@@ -58,7 +57,6 @@ from jaxmed.envs.reference import ReferenceLandmarkEnv  # noqa: E402
 
 FACTORS = (1, 2, 4)
 MULTI_TARGETS = ("AC", "PC", "genu of CC", "splenium of CC")
-
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -79,7 +77,6 @@ class Case:
     def config(self, crop: int) -> LandmarkEnvConfig:
         return LandmarkEnvConfig(targets=self.targets, crop_size=crop, frames=self.frames, levels=self.levels)
 
-
 def cases(dtypes) -> list[Case]:
     """The configurations measured: three envs x bank dtypes with 4 frames, the multi-scale env on a
     packed uint8 bank (one crop per frame from the agent's level, instead of per-level crops fused
@@ -96,15 +93,12 @@ def cases(dtypes) -> list[Case]:
         out.append(Case("single", ("AC",), (0,), 1, "uint8"))
     return out
 
-
 # ------------------------------------------------------------------ data
-
 
 def afids_banks(n_volumes: int, spacing: float, crop: int, dtypes) -> dict:
     """``{dtype: VolumeBank}``: the AFIDs template at ``spacing`` mm, ``n_volumes`` times, pyramid 1/2/4."""
     subject = afids.load(spacing=spacing)
     return {d: build_bank([subject] * n_volumes, labels=MULTI_TARGETS, factors=FACTORS, max_crop=crop, dtype=d) for d in dtypes}
-
 
 def available_memory_bytes() -> int:
     """Memory the device can hold: the accelerator's ``bytes_limit``, else the host's physical RAM."""
@@ -116,9 +110,7 @@ def available_memory_bytes() -> int:
         pass
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
-
 # ------------------------------------------------------------------ jaxmed
-
 
 def make_rollout(env: LandmarkEnv, n_envs: int, n_steps: int):
     """``rollout(key, state, obs, params, bank) -> (key, state, obs, n_episode_ends)``: ``n_steps``
@@ -138,13 +130,11 @@ def make_rollout(env: LandmarkEnv, n_envs: int, n_steps: int):
 
     return jax.jit(rollout, donate_argnums=(1, 2))
 
-
 def initial(env: LandmarkEnv, n_envs: int, params, bank, seed: int = 0):
     """``(key, state, obs)`` of ``n_envs`` freshly reset environments."""
     keys = jax.random.split(jax.random.key(seed), n_envs + 1)
     obs, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None, None)))(keys[1:], params, bank)
     return keys[0], state, obs
-
 
 def compile_rollout(env: LandmarkEnv, n_envs: int, params, bank, args):
     """``(compiled, carry, compile_s)``: the rollout compiled for ``n_envs`` envs and its warmed-up
@@ -155,7 +145,6 @@ def compile_rollout(env: LandmarkEnv, n_envs: int, params, bank, args):
     compile_s = time.perf_counter() - t0
     key, state, obs, _ = jax.block_until_ready(compiled(key, state, obs, params, bank))  # warm-up
     return compiled, (key, state, obs), compile_s
-
 
 class ReferenceStepper:
     """``n_envs`` NumPy reference envs stepped in a Python loop with random actions, resumable in
@@ -185,7 +174,6 @@ class ReferenceStepper:
     def per_s(self) -> float:
         return self.rounds * len(self.envs) * self.n_agents / self.seconds
 
-
 class MemcpyProbe:
     """One NumPy copy between two pre-touched buffers per :meth:`sample` (GB/s), to measure the
     bandwidth available *while* a row is measured."""
@@ -199,7 +187,6 @@ class MemcpyProbe:
         t = time.perf_counter()
         np.copyto(self.dst, self.src)
         return self.src.nbytes / (time.perf_counter() - t) / 1e9
-
 
 def time_interleaved(compiled, carry, params, bank, args, reference: ReferenceStepper | None, probe: MemcpyProbe) -> dict:
     """Median seconds per jitted call (``args.min_reps`` .. ``args.max_reps`` calls, at least
@@ -225,9 +212,7 @@ def time_interleaved(compiled, carry, params, bank, args, reference: ReferenceSt
         out.update(reference_per_s=reference.per_s, reference_steps=reference.rounds)
     return out
 
-
 # ------------------------------------------------------------------ the sweep
-
 
 def measure_case(case: Case, bank, params, bw_GBps: float, mem_bytes: int, args) -> list[dict]:
     """Rows for one configuration over ``args.agents`` (skipping what exceeds the memory/time caps)."""
@@ -267,7 +252,6 @@ def measure_case(case: Case, bank, params, bw_GBps: float, mem_bytes: int, args)
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
-
 
 def run(args) -> dict:
     info = machine_info()
@@ -315,23 +299,14 @@ def run(args) -> dict:
         "rows": rows,
     }
 
-
 # ------------------------------------------------------------------ output
 
-
-def _fmt(x, digits=3):
-    if x is None:
-        return "—"
-    if x >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.{digits}g}"
-
+_fmt = fmt
 
 HEADER = (
     "| config | dtype | frames | agents | jaxmed agent-steps/s | obs KB / agent-step | obs GB/s | % of memcpy | compile s "
     "| reference agent-steps/s | speed-up | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
-
 
 def format_row(r) -> str:
     head = f"| {r['config']} | {r['dtype']} | {r['frames']} | {r['agents']} |"
@@ -343,7 +318,6 @@ def format_row(r) -> str:
         f"{head} {_fmt(r['jax_per_s'])} | {r['obs_bytes_per_agent_step'] / 1e3:.0f} | {r['obs_GBps']:.2f} | "
         f"{100 * r['frac_memcpy']:.1f} | {r['compile_s']:.1f} | {_fmt(r.get('reference_per_s'))} | {speed} | {load} |"
     )
-
 
 def markdown(result) -> str:
     m, s = result["machine"], result["settings"]
@@ -360,7 +334,6 @@ def markdown(result) -> str:
         lines += ["", "Skipped: " + "; ".join(f"{r['config']} {r['dtype']} k={r['frames']} n={r['agents']} ({r['skipped']})" for r in skipped)]
     return "\n".join(lines)
 
-
 def _series(rows, key):
     """Rows grouped by (config, dtype, frames), in first-seen order."""
     groups: dict = {}
@@ -368,7 +341,6 @@ def _series(rows, key):
         if "skipped" not in r and r.get(key) is not None:
             groups.setdefault((r["config"], r["dtype"], r["frames"]), []).append(r)
     return groups
-
 
 def plot(result, path: Path) -> None:
     """Log-log agent-steps/s against agents, one panel per env (jaxmed solid, reference dashed), and
@@ -406,7 +378,6 @@ def plot(result, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few agent counts, short timing (smoke test)")
@@ -437,26 +408,11 @@ def parse_args(argv=None):
         args.steps, args.n_volumes = 8, 2
     return args
 
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.replot is not None:
-        result = json.loads(args.replot.read_text())
-        plot(result, args.replot.with_suffix(".png"))
-        print(markdown(result))
-        return result
-    t0 = time.perf_counter()
-    result = run(args)
-    result["wall_seconds"] = time.perf_counter() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    png = args.out.with_suffix(".png")
-    plot(result, png)
-    print()
-    print(markdown(result))
-    print(f"\nwrote {args.out} and {png} ({result['wall_seconds']:.0f} s)")
-    return result
-
+        return replot(args.replot, plot, markdown)
+    return run_and_write(run, args, plot, markdown)
 
 if __name__ == "__main__":
     main()

@@ -28,12 +28,8 @@ Writes the JSON, a PNG plot beside it, and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,53 +41,15 @@ import jax.numpy as jnp
 from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
-from jaxmed import ops
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import fmt, machine_info, memcpy_bandwidth, run_and_write  # noqa: E402
+
+from jaxmed import ops  # noqa: E402
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "uint8": np.uint8}
 
 
 # ------------------------------------------------------------------ machine
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    dev = jax.devices()[0]
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_avg_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "python": sys.version.split()[0],
-        "jax": jax.__version__,
-        "numpy": np.__version__,
-        "device": f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))}",
-        "n_devices": jax.device_count(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "git_commit": commit,
-    }
-
-
-def memcpy_bandwidth(nbytes: int, repeats: int = 5) -> float:
-    """GB/s (1e9 bytes copied per second) of ``np.copyto`` between two pre-touched arrays."""
-    src = np.ones(nbytes, np.uint8)
-    dst = np.zeros_like(src)
-    times = []
-    for _ in range(repeats + 1):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - t)
-    return nbytes / float(np.median(times[1:])) / 1e9
 
 
 # ------------------------------------------------------------------ timing helpers
@@ -260,12 +218,7 @@ def run(args) -> dict:
 # ------------------------------------------------------------------ output
 
 
-def _fmt(x, digits=3):
-    if x is None:
-        return "—"
-    if x >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.{digits}g}"
+_fmt = fmt
 
 
 HEADER = (
@@ -381,18 +334,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    t0 = time.perf_counter()
     print(HEADER, flush=True)
-    result = run(args)
-    result["wall_seconds"] = time.perf_counter() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    png = args.out.with_suffix(".png")
-    plot(result, png)
-    print()
-    print(markdown(result))
-    print(f"\nwrote {args.out} and {png} ({result['wall_seconds']:.0f} s)")
-    return result
+    return run_and_write(run, args, plot, markdown)
 
 
 if __name__ == "__main__":

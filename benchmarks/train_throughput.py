@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+
 import math
 import os
 import sys
@@ -60,7 +60,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from env_throughput import initial, make_rollout  # noqa: E402  (shared benchmark helpers)
-from ops_throughput import machine_info  # noqa: E402
+from common import machine_info, replot, run_and_write  # noqa: E402
 
 from jaxmed.agents.dqn import DQNConfig, make_optimizer, make_train, td_loss  # noqa: E402
 from jaxmed.agents.replay import ReplayBuffer  # noqa: E402
@@ -71,7 +71,6 @@ from jaxmed.envs.reference import ReferenceLandmarkEnv  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
 
 TARGET = "AC"
-
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -91,21 +90,17 @@ class Case:
     def env(self, labels) -> LandmarkEnv:
         return LandmarkEnv(LandmarkEnvConfig(targets=(TARGET,), crop_size=self.crop, frames=self.frames), labels=labels)
 
-
 def cases(trunk: str, crops) -> list[Case]:
     if trunk == "network3d":
         crops = [c for c in crops if c >= 34] or [45]  # the published network needs >= 34³
     return [Case(trunk, c) for c in crops]
-
 
 def dqn_config(args, n_envs: int, chunk_steps: int) -> DQNConfig:
     """The learner's settings: one update per vector step, learning from the first step."""
     return DQNConfig(n_envs=n_envs, chunk_steps=chunk_steps, batch_size=args.batch_size, replay_capacity=args.replay_capacity,
                      learning_starts=1, updates_per_step=1, double=True, target_update_period=500)
 
-
 # ------------------------------------------------------------------ timing helpers
-
 
 def timed_calls(call, min_time: float, min_reps: int, max_reps: int, max_total: float) -> tuple[float, int]:
     """Median seconds of ``call()`` (which must block), after one untimed warm-up call."""
@@ -117,16 +112,13 @@ def timed_calls(call, min_time: float, min_reps: int, max_reps: int, max_total: 
         times.append(time.perf_counter() - t)
     return float(np.median(times)), len(times)
 
-
 def compile_timed(fn, *example):
     """``(compiled, seconds)`` of ``fn.lower(*example).compile()``."""
     t0 = time.perf_counter()
     compiled = fn.lower(*example).compile()
     return compiled, time.perf_counter() - t0
 
-
 # ------------------------------------------------------------------ jaxmed: pieces and the whole program
-
 
 def filled_buffer(env: LandmarkEnv, env_params, bank, buffer, n: int, seed: int = 1):
     """``buffer`` with ``n`` transitions, shaped like the learner's own (whatever its fields): every
@@ -144,7 +136,6 @@ def filled_buffer(env: LandmarkEnv, env_params, bank, buffer, n: int, seed: int 
 
     trans = jax.tree.map(leaf, buffer.data, is_leaf=lambda x: isinstance(x, ObsState))
     return jax.jit(ReplayBuffer.add_batch)(buffer, trans)
-
 
 def make_update_scan(config: DQNConfig, env: LandmarkEnv, network, n_updates: int):
     """``jit(updates(params, target, opt_state, buffer, key, bank) -> (params, opt_state, losses))``:
@@ -168,7 +159,6 @@ def make_update_scan(config: DQNConfig, env: LandmarkEnv, network, n_updates: in
 
     return jax.jit(updates)
 
-
 def make_render_scan(config: DQNConfig, env: LandmarkEnv, n_reps: int):
     """``jit(render(buffer, key, bank) -> (obs, next_obs))``: ``n_reps`` replay samples of a batch and
     the re-render of their ``2 B`` observations, each written into the loop carry."""
@@ -183,7 +173,6 @@ def make_render_scan(config: DQNConfig, env: LandmarkEnv, n_reps: int):
         return jax.lax.fori_loop(1, n_reps, lambda i, _: one(keys[i]), one(keys[0]))
 
     return jax.jit(render)
-
 
 def jax_pieces(case: Case, env, env_params, bank, network, rs, config: DQNConfig, n: int, args) -> dict:
     """Per-vector-step milliseconds of the separately jitted pieces, and their compile seconds."""
@@ -224,7 +213,6 @@ def jax_pieces(case: Case, env, env_params, bank, network, rs, config: DQNConfig
     out["update_ms"] = 1e3 * sec / n_upd
     return out
 
-
 def time_jaxmed(case: Case, env, env_params, bank, n: int, args) -> dict:
     """The whole training program (``run_chunk``) and its pieces for ``n`` parallel environments."""
     network = case.network()
@@ -252,7 +240,6 @@ def time_jaxmed(case: Case, env, env_params, bank, n: int, args) -> dict:
         row["update_in_program_ms"] = (row["vector_step_ms"] - row["actor_program_ms"]) * vec_steps / max(updates, 1)
     return row
 
-
 def time_run_chunk(config: DQNConfig, env, env_params, bank, network, min_time: float, args, row: dict | None = None):
     """``(seconds, vector steps, updates, compile seconds)`` of timed ``run_chunk`` calls (median call
     time times the number of calls) after one warm-up call, which also fills the replay."""
@@ -279,9 +266,7 @@ def time_run_chunk(config: DQNConfig, env, env_params, bank, network, min_time: 
         row.update({"seconds_per_chunk": float(np.median(times)), "repeats": len(times)})
     return float(np.median(times)) * len(times), int(rs.steps) - s0, int(rs.updates) - u0, compile_s
 
-
 # ------------------------------------------------------------------ the step-by-step Python loop
-
 
 class HostReplay:
     """A NumPy ring buffer of pixel transitions, as the published implementations keep: stacked
@@ -312,7 +297,6 @@ class HostReplay:
         return {"obs": self.obs[idx], "next_obs": self.next_obs[idx], "action": self.action[idx], "reward": self.reward[idx],
                 "terminal": self.terminal[idx], "valid": np.ones_like(self.terminal[idx])}
 
-
 def make_host_update(config: DQNConfig, network):
     """``jit(update(params, target, opt_state, batch) -> (params, opt_state, loss))``: one TD update of
     the same loss and optimiser as the learner, on a host batch of pixel observations."""
@@ -326,7 +310,6 @@ def make_host_update(config: DQNConfig, network):
         return optax.apply_updates(params, upd), opt_state, loss
 
     return jax.jit(update), optimizer
-
 
 def time_python_loop(case: Case, env_cfg: LandmarkEnvConfig, env_params, bank, n: int, args) -> dict:
     """``n`` NumPy reference envs, host pixel replay and per-step jitted acting / update, for about
@@ -399,9 +382,7 @@ def time_python_loop(case: Case, env_cfg: LandmarkEnvConfig, env_params, bank, n
     row["other_ms"] = row["vector_step_ms"] - sum(row[f"{k}_ms"] for k in phases)
     return row
 
-
 # ------------------------------------------------------------------ the sweep
-
 
 def run(args) -> dict:
     info = machine_info()
@@ -449,9 +430,7 @@ def run(args) -> dict:
         "rows": rows,
     }
 
-
 # ------------------------------------------------------------------ output
-
 
 def _fmt(x, digits=3):
     if x is None:
@@ -460,13 +439,11 @@ def _fmt(x, digits=3):
         return f"{x:,.0f}"
     return f"{x:.{digits}g}"
 
-
 HEADER = (
     "| config | loop | n envs | env-steps/s | updates/s | s / update | compile s | ms / vector step "
     "| env | act fwd | update (jaxmed: sample+re-render+TD+Adam) | replay (python: insert+sample; jaxmed: of which sample+re-render) "
     "| other | jaxmed in program: act+env+insert / update | jaxmed speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
-
 
 def format_row(r) -> str:
     head = f"| {r['config']} | {r['impl']} | {r['n_envs']} |"
@@ -484,7 +461,6 @@ def format_row(r) -> str:
         f"{_fmt(r['other_ms'])} | {in_prog} | {speed} |"
     )
 
-
 def markdown(result) -> str:
     m, s = result["machine"], result["settings"]
     lines = [
@@ -500,7 +476,6 @@ def markdown(result) -> str:
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{r['config']} {r['impl']} n={r['n_envs']} ({r['skipped']})" for r in skipped)]
     return "\n".join(lines)
-
 
 def plot(result, path: Path) -> None:
     """Left: env-steps/s against parallel envs (log-log), jaxmed solid, python loop dashed. Right: where
@@ -557,7 +532,6 @@ def plot(result, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few env counts, short timing (smoke test)")
@@ -602,26 +576,11 @@ def parse_args(argv=None):
         args.py_envs = list(args.n_envs)
     return args
 
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.replot is not None:
-        result = json.loads(args.replot.read_text())
-        plot(result, args.replot.with_suffix(".png"))
-        print(markdown(result))
-        return result
-    t0 = time.perf_counter()
-    result = run(args)
-    result["wall_seconds"] = time.perf_counter() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    png = args.out.with_suffix(".png")
-    plot(result, png)
-    print()
-    print(markdown(result))
-    print(f"\nwrote {args.out} and {png} ({result['wall_seconds']:.0f} s)")
-    return result
-
+        return replot(args.replot, plot, markdown)
+    return run_and_write(run, args, plot, markdown)
 
 if __name__ == "__main__":
     main()

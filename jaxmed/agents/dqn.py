@@ -192,7 +192,6 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
     n_envs = config.n_envs
     v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
     v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None, None))
-    v_obs_state = jax.vmap(env.obs_state)
     v_render = jax.vmap(env.render, in_axes=(0, None))
 
     def device_key(key):
