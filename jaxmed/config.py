@@ -17,9 +17,29 @@ import yaml
 from jaxmed.errors import ConfigError
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; :class:`ConfigError` for a missing file, bad YAML or a non-mapping."""
-    path = Path(path)
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """Read a YAML mapping; :class:`ConfigError` for a missing file, bad YAML or a non-mapping.
+
+    A top-level ``base: OTHER.yaml`` (relative to this file) is loaded first and this file's
+    sections are merged into it key by key, so a variant config states only what it changes.
+    """
+    data = _read_yaml(Path(path))
+    if "base" in data:
+        base = Path(path).parent / str(data.pop("base"))
+        if base.resolve() in _seen:
+            raise ConfigError(f"{path}: circular 'base' chain through {base}")
+        data = _merge(load_yaml(base, _seen + (Path(path).resolve(),)), data)
+    return data
+
+
+def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     try:

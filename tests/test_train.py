@@ -111,7 +111,7 @@ def test_checkpoint_from_a_different_network_is_refused(tmp_path):
         load_params(run)
 
 
-@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("configs").glob("*.yaml")))
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("configs").rglob("*.yaml")))
 def test_every_shipped_config_is_valid(path):
     from jaxmed.experiment import make_network
 
@@ -119,3 +119,14 @@ def test_every_shipped_config_is_valid(path):
     net = make_network(cfg, len(cfg.env.targets))  # validates trunk / head / crop size (raises ConfigError)
     assert net.n_actions == 6
     assert set(cfg.env.levels) <= set(range(len(cfg.data.factors)))  # every env level exists in the bank
+
+
+def test_variant_configs_inherit_from_their_base(tmp_path):
+    cfg = ExperimentConfig.from_dict(load_yaml("configs/variants/afids_dueling_cpu.yaml"))
+    base = ExperimentConfig.from_dict(load_yaml("configs/afids_dqn_cpu.yaml"))
+    assert cfg.network["head"]["name"] == "dueling" and cfg.dqn.double is False
+    assert cfg.env == base.env and cfg.data == base.data and cfg.network["trunk"] == base.network["trunk"]
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_yaml(tmp_path / "a.yaml")
