@@ -9,6 +9,7 @@ are errors): ``data`` (which subjects), ``env`` (the landmark environment), ``ne
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -85,7 +86,10 @@ class ExperimentConfig:
         return build(ExperimentConfig, data, where)
 
 
-def _template(cfg: DataConfig):
+@functools.lru_cache(maxsize=4)
+def template(cfg: DataConfig):
+    """``(Volume, Landmarks)`` the subjects are made from; loaded once per process and data config
+    (training, evaluation and the template-prior baseline all use it). Callers must not mutate it."""
     from jaxmed.data import afids, blob_phantom
 
     if cfg.source == "afids":
@@ -97,11 +101,11 @@ def make_subjects(cfg: DataConfig, split: str, n: int, labels) -> list:
     """``n`` conformed ``(Volume, Landmarks)`` pairs of ``split`` (train / val / test)."""
     from jaxmed.data import conform, make_population
 
-    template, landmarks = _template(cfg)
+    volume, landmarks = template(cfg)
     missing = [l for l in labels if l not in landmarks.labels]
     if missing:
         raise ConfigError(f"env.targets {missing} are not landmarks of the {cfg.source} template; available: {', '.join(landmarks.labels)}")
-    subjects = make_population(template, landmarks.select(labels), n, split=split, base_seed=cfg.seed)
+    subjects = make_population(volume, landmarks.select(labels), n, split=split, base_seed=cfg.seed)
     return [(conform(s.volume, cfg.spacing), s.landmarks) for s in subjects]
 
 
