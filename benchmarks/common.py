@@ -67,6 +67,21 @@ def fmt(x, digits=3) -> str:
     return f"{x:.{digits}g}"
 
 
+def machine_line(m: dict) -> str:
+    """One line naming the machine of a result (for figure titles)."""
+    return f"{m['cpu']}, {m['cores']} cores, {m['device']}, jax {m['jax']}, {m['date'][:10]}, {m.get('git_commit') or ''}"
+
+
+def save_figure(fig, path: Path, title: str) -> None:
+    """Title, lay out, write (PNG, 110 dpi) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def replot(path: Path, plot: Callable, markdown: Callable) -> dict:
     """Redraw the PNG and reprint the table of a saved result JSON."""
     result = json.loads(Path(path).read_text())

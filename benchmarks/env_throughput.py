@@ -48,15 +48,17 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, machine_info, memcpy_bandwidth, replot, run_and_write  # noqa: E402  (shared benchmark helpers)
+from common import fmt, machine_info, machine_line, memcpy_bandwidth, replot, run_and_write, save_figure  # noqa: E402  (shared benchmark helpers)
 
 from jaxmed.data import afids  # noqa: E402
 from jaxmed.data.bank import build_bank  # noqa: E402
 from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig  # noqa: E402
 from jaxmed.envs.reference import ReferenceLandmarkEnv  # noqa: E402
 
+
 FACTORS = (1, 2, 4)
 MULTI_TARGETS = ("AC", "PC", "genu of CC", "splenium of CC")
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -77,6 +79,7 @@ class Case:
     def config(self, crop: int) -> LandmarkEnvConfig:
         return LandmarkEnvConfig(targets=self.targets, crop_size=crop, frames=self.frames, levels=self.levels)
 
+
 def cases(dtypes) -> list[Case]:
     """The configurations measured: three envs x bank dtypes with 4 frames, the multi-scale env on a
     packed uint8 bank (one crop per frame from the agent's level, instead of per-level crops fused
@@ -95,10 +98,12 @@ def cases(dtypes) -> list[Case]:
 
 # ------------------------------------------------------------------ data
 
+
 def afids_banks(n_volumes: int, spacing: float, crop: int, dtypes) -> dict:
     """``{dtype: VolumeBank}``: the AFIDs template at ``spacing`` mm, ``n_volumes`` times, pyramid 1/2/4."""
     subject = afids.load(spacing=spacing)
     return {d: build_bank([subject] * n_volumes, labels=MULTI_TARGETS, factors=FACTORS, max_crop=crop, dtype=d) for d in dtypes}
+
 
 def available_memory_bytes() -> int:
     """Memory the device can hold: the accelerator's ``bytes_limit``, else the host's physical RAM."""
@@ -111,6 +116,7 @@ def available_memory_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 # ------------------------------------------------------------------ jaxmed
+
 
 def make_rollout(env: LandmarkEnv, n_envs: int, n_steps: int):
     """``rollout(key, state, obs, params, bank) -> (key, state, obs, n_episode_ends)``: ``n_steps``
@@ -130,11 +136,13 @@ def make_rollout(env: LandmarkEnv, n_envs: int, n_steps: int):
 
     return jax.jit(rollout, donate_argnums=(1, 2))
 
+
 def initial(env: LandmarkEnv, n_envs: int, params, bank, seed: int = 0):
     """``(key, state, obs)`` of ``n_envs`` freshly reset environments."""
     keys = jax.random.split(jax.random.key(seed), n_envs + 1)
     obs, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None, None)))(keys[1:], params, bank)
     return keys[0], state, obs
+
 
 def compile_rollout(env: LandmarkEnv, n_envs: int, params, bank, args):
     """``(compiled, carry, compile_s)``: the rollout compiled for ``n_envs`` envs and its warmed-up
@@ -145,6 +153,7 @@ def compile_rollout(env: LandmarkEnv, n_envs: int, params, bank, args):
     compile_s = time.perf_counter() - t0
     key, state, obs, _ = jax.block_until_ready(compiled(key, state, obs, params, bank))  # warm-up
     return compiled, (key, state, obs), compile_s
+
 
 class ReferenceStepper:
     """``n_envs`` NumPy reference envs stepped in a Python loop with random actions, resumable in
@@ -174,6 +183,7 @@ class ReferenceStepper:
     def per_s(self) -> float:
         return self.rounds * len(self.envs) * self.n_agents / self.seconds
 
+
 class MemcpyProbe:
     """One NumPy copy between two pre-touched buffers per :meth:`sample` (GB/s), to measure the
     bandwidth available *while* a row is measured."""
@@ -187,6 +197,7 @@ class MemcpyProbe:
         t = time.perf_counter()
         np.copyto(self.dst, self.src)
         return self.src.nbytes / (time.perf_counter() - t) / 1e9
+
 
 def time_interleaved(compiled, carry, params, bank, args, reference: ReferenceStepper | None, probe: MemcpyProbe) -> dict:
     """Median seconds per jitted call (``args.min_reps`` .. ``args.max_reps`` calls, at least
@@ -213,6 +224,7 @@ def time_interleaved(compiled, carry, params, bank, args, reference: ReferenceSt
     return out
 
 # ------------------------------------------------------------------ the sweep
+
 
 def measure_case(case: Case, bank, params, bw_GBps: float, mem_bytes: int, args) -> list[dict]:
     """Rows for one configuration over ``args.agents`` (skipping what exceeds the memory/time caps)."""
@@ -252,6 +264,7 @@ def measure_case(case: Case, bank, params, bw_GBps: float, mem_bytes: int, args)
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
+
 
 def run(args) -> dict:
     info = machine_info()
@@ -303,10 +316,12 @@ def run(args) -> dict:
 
 _fmt = fmt
 
+
 HEADER = (
     "| config | dtype | frames | agents | jaxmed agent-steps/s | obs KB / agent-step | obs GB/s | % of memcpy | compile s "
     "| reference agent-steps/s | speed-up | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
 
 def format_row(r) -> str:
     head = f"| {r['config']} | {r['dtype']} | {r['frames']} | {r['agents']} |"
@@ -318,6 +333,7 @@ def format_row(r) -> str:
         f"{head} {_fmt(r['jax_per_s'])} | {r['obs_bytes_per_agent_step'] / 1e3:.0f} | {r['obs_GBps']:.2f} | "
         f"{100 * r['frac_memcpy']:.1f} | {r['compile_s']:.1f} | {_fmt(r.get('reference_per_s'))} | {speed} | {load} |"
     )
+
 
 def markdown(result) -> str:
     m, s = result["machine"], result["settings"]
@@ -334,6 +350,7 @@ def markdown(result) -> str:
         lines += ["", "Skipped: " + "; ".join(f"{r['config']} {r['dtype']} k={r['frames']} n={r['agents']} ({r['skipped']})" for r in skipped)]
     return "\n".join(lines)
 
+
 def _series(rows, key):
     """Rows grouped by (config, dtype, frames), in first-seen order."""
     groups: dict = {}
@@ -341,6 +358,7 @@ def _series(rows, key):
         if "skipped" not in r and r.get(key) is not None:
             groups.setdefault((r["config"], r["dtype"], r["frames"]), []).append(r)
     return groups
+
 
 def plot(result, path: Path) -> None:
     """Log-log agent-steps/s against agents, one panel per env (jaxmed solid, reference dashed), and
@@ -372,11 +390,8 @@ def plot(result, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     m, s = result["machine"], result["settings"]
-    fig.suptitle(f"jaxmed landmark env, random policy, crop {s['crop']}³ — {m['cpu']}, {m['cores']} cores, {m['device']}, "
-                 f"jax {m['jax']}, {m['date'][:10]}, {m['git_commit'] or ''}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"jaxmed landmark env, random policy, crop {s['crop']}³ — {machine_line(m)}")
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -408,11 +423,13 @@ def parse_args(argv=None):
         args.steps, args.n_volumes = 8, 2
     return args
 
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.replot is not None:
         return replot(args.replot, plot, markdown)
     return run_and_write(run, args, plot, markdown)
+
 
 if __name__ == "__main__":
     main()

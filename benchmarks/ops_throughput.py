@@ -42,9 +42,10 @@ from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, machine_info, memcpy_bandwidth, run_and_write  # noqa: E402
+from common import fmt, machine_info, machine_line, memcpy_bandwidth, run_and_write, save_figure  # noqa: E402
 
 from jaxmed import ops  # noqa: E402
+
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "uint8": np.uint8}
 
@@ -297,10 +298,7 @@ def plot(result, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     m = result["machine"]
-    fig.suptitle(f"jaxmed.ops throughput — {m['cpu']}, {m['cores']} cores, {m['device']}, jax {m['jax']}, {m['date'][:10]}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"jaxmed.ops throughput — {machine_line(m)}")
 
 
 def parse_args(argv=None):

@@ -60,7 +60,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from env_throughput import initial, make_rollout  # noqa: E402  (shared benchmark helpers)
-from common import machine_info, replot, run_and_write  # noqa: E402
+from common import machine_info, machine_line, replot, run_and_write, save_figure  # noqa: E402
 
 from jaxmed.agents.dqn import DQNConfig, make_optimizer, make_train, td_loss  # noqa: E402
 from jaxmed.agents.replay import ReplayBuffer  # noqa: E402
@@ -70,7 +70,9 @@ from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig, ObsS
 from jaxmed.envs.reference import ReferenceLandmarkEnv  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
 
+
 TARGET = "AC"
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -90,10 +92,12 @@ class Case:
     def env(self, labels) -> LandmarkEnv:
         return LandmarkEnv(LandmarkEnvConfig(targets=(TARGET,), crop_size=self.crop, frames=self.frames), labels=labels)
 
+
 def cases(trunk: str, crops) -> list[Case]:
     if trunk == "network3d":
         crops = [c for c in crops if c >= 34] or [45]  # the published network needs >= 34³
     return [Case(trunk, c) for c in crops]
+
 
 def dqn_config(args, n_envs: int, chunk_steps: int) -> DQNConfig:
     """The learner's settings: one update per vector step, learning from the first step."""
@@ -101,6 +105,7 @@ def dqn_config(args, n_envs: int, chunk_steps: int) -> DQNConfig:
                      learning_starts=1, updates_per_step=1, double=True, target_update_period=500)
 
 # ------------------------------------------------------------------ timing helpers
+
 
 def timed_calls(call, min_time: float, min_reps: int, max_reps: int, max_total: float) -> tuple[float, int]:
     """Median seconds of ``call()`` (which must block), after one untimed warm-up call."""
@@ -112,6 +117,7 @@ def timed_calls(call, min_time: float, min_reps: int, max_reps: int, max_total: 
         times.append(time.perf_counter() - t)
     return float(np.median(times)), len(times)
 
+
 def compile_timed(fn, *example):
     """``(compiled, seconds)`` of ``fn.lower(*example).compile()``."""
     t0 = time.perf_counter()
@@ -119,6 +125,7 @@ def compile_timed(fn, *example):
     return compiled, time.perf_counter() - t0
 
 # ------------------------------------------------------------------ jaxmed: pieces and the whole program
+
 
 def filled_buffer(env: LandmarkEnv, env_params, bank, buffer, n: int, seed: int = 1):
     """``buffer`` with ``n`` transitions, shaped like the learner's own (whatever its fields): every
@@ -136,6 +143,7 @@ def filled_buffer(env: LandmarkEnv, env_params, bank, buffer, n: int, seed: int 
 
     trans = jax.tree.map(leaf, buffer.data, is_leaf=lambda x: isinstance(x, ObsState))
     return jax.jit(ReplayBuffer.add_batch)(buffer, trans)
+
 
 def make_update_scan(config: DQNConfig, env: LandmarkEnv, network, n_updates: int):
     """``jit(updates(params, target, opt_state, buffer, key, bank) -> (params, opt_state, losses))``:
@@ -159,6 +167,7 @@ def make_update_scan(config: DQNConfig, env: LandmarkEnv, network, n_updates: in
 
     return jax.jit(updates)
 
+
 def make_render_scan(config: DQNConfig, env: LandmarkEnv, n_reps: int):
     """``jit(render(buffer, key, bank) -> (obs, next_obs))``: ``n_reps`` replay samples of a batch and
     the re-render of their ``2 B`` observations, each written into the loop carry."""
@@ -173,6 +182,7 @@ def make_render_scan(config: DQNConfig, env: LandmarkEnv, n_reps: int):
         return jax.lax.fori_loop(1, n_reps, lambda i, _: one(keys[i]), one(keys[0]))
 
     return jax.jit(render)
+
 
 def jax_pieces(case: Case, env, env_params, bank, network, rs, config: DQNConfig, n: int, args) -> dict:
     """Per-vector-step milliseconds of the separately jitted pieces, and their compile seconds."""
@@ -213,6 +223,7 @@ def jax_pieces(case: Case, env, env_params, bank, network, rs, config: DQNConfig
     out["update_ms"] = 1e3 * sec / n_upd
     return out
 
+
 def time_jaxmed(case: Case, env, env_params, bank, n: int, args) -> dict:
     """The whole training program (``run_chunk``) and its pieces for ``n`` parallel environments."""
     network = case.network()
@@ -239,6 +250,7 @@ def time_jaxmed(case: Case, env, env_params, bank, n: int, args) -> dict:
     if "actor_program_ms" in row:
         row["update_in_program_ms"] = (row["vector_step_ms"] - row["actor_program_ms"]) * vec_steps / max(updates, 1)
     return row
+
 
 def time_run_chunk(config: DQNConfig, env, env_params, bank, network, min_time: float, args, row: dict | None = None):
     """``(seconds, vector steps, updates, compile seconds)`` of timed ``run_chunk`` calls (median call
@@ -267,6 +279,7 @@ def time_run_chunk(config: DQNConfig, env, env_params, bank, network, min_time: 
     return float(np.median(times)) * len(times), int(rs.steps) - s0, int(rs.updates) - u0, compile_s
 
 # ------------------------------------------------------------------ the step-by-step Python loop
+
 
 class HostReplay:
     """A NumPy ring buffer of pixel transitions, as the published implementations keep: stacked
@@ -297,6 +310,7 @@ class HostReplay:
         return {"obs": self.obs[idx], "next_obs": self.next_obs[idx], "action": self.action[idx], "reward": self.reward[idx],
                 "terminal": self.terminal[idx], "valid": np.ones_like(self.terminal[idx])}
 
+
 def make_host_update(config: DQNConfig, network):
     """``jit(update(params, target, opt_state, batch) -> (params, opt_state, loss))``: one TD update of
     the same loss and optimiser as the learner, on a host batch of pixel observations."""
@@ -310,6 +324,7 @@ def make_host_update(config: DQNConfig, network):
         return optax.apply_updates(params, upd), opt_state, loss
 
     return jax.jit(update), optimizer
+
 
 def time_python_loop(case: Case, env_cfg: LandmarkEnvConfig, env_params, bank, n: int, args) -> dict:
     """``n`` NumPy reference envs, host pixel replay and per-step jitted acting / update, for about
@@ -384,6 +399,7 @@ def time_python_loop(case: Case, env_cfg: LandmarkEnvConfig, env_params, bank, n
 
 # ------------------------------------------------------------------ the sweep
 
+
 def run(args) -> dict:
     info = machine_info()
     print(f"# machine: {info['cpu']}, {info['cores']} cores, {info['device']}, jax {info['jax']}, "
@@ -432,6 +448,7 @@ def run(args) -> dict:
 
 # ------------------------------------------------------------------ output
 
+
 def _fmt(x, digits=3):
     if x is None:
         return "—"
@@ -439,11 +456,13 @@ def _fmt(x, digits=3):
         return f"{x:,.0f}"
     return f"{x:.{digits}g}"
 
+
 HEADER = (
     "| config | loop | n envs | env-steps/s | updates/s | s / update | compile s | ms / vector step "
     "| env | act fwd | update (jaxmed: sample+re-render+TD+Adam) | replay (python: insert+sample; jaxmed: of which sample+re-render) "
     "| other | jaxmed in program: act+env+insert / update | jaxmed speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
 
 def format_row(r) -> str:
     head = f"| {r['config']} | {r['impl']} | {r['n_envs']} |"
@@ -461,6 +480,7 @@ def format_row(r) -> str:
         f"{_fmt(r['other_ms'])} | {in_prog} | {speed} |"
     )
 
+
 def markdown(result) -> str:
     m, s = result["machine"], result["settings"]
     lines = [
@@ -476,6 +496,7 @@ def markdown(result) -> str:
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{r['config']} {r['impl']} n={r['n_envs']} ({r['skipped']})" for r in skipped)]
     return "\n".join(lines)
+
 
 def plot(result, path: Path) -> None:
     """Left: env-steps/s against parallel envs (log-log), jaxmed solid, python loop dashed. Right: where
@@ -526,11 +547,9 @@ def plot(result, path: Path) -> None:
                                              "python: inline timers; act fwd includes the replay insert for jaxmed)")
     bx.legend(fontsize=7)
     m = result["machine"]
-    fig.suptitle(f"jaxmed DQN on AFIDs 2 mm, {result['settings']['network']} — {m['cpu']}, {m['cores']} cores, {m['device']}, "
-                 f"jax {m['jax']}, {m['date'][:10]}, {m['git_commit'] or ''}, load {m['load_avg_1m_at_start']:.1f}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"jaxmed DQN on AFIDs 2 mm, {result['settings']['network']} — {machine_line(m)}, "
+                           f"load {m['load_avg_1m_at_start']:.1f}")
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -576,11 +595,13 @@ def parse_args(argv=None):
         args.py_envs = list(args.n_envs)
     return args
 
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.replot is not None:
         return replot(args.replot, plot, markdown)
     return run_and_write(run, args, plot, markdown)
+
 
 if __name__ == "__main__":
     main()
