@@ -1,5 +1,8 @@
 """The ``jaxmed`` command line.
 
+    jaxmed train CONFIG.yaml          train any learner on any env (see configs/), evaluate on held-out subjects
+    jaxmed evaluate RUN_DIR           evaluate a run again
+    jaxmed detect IMAGE --checkpoint RUN_DIR -o out.fcsv   all trained landmarks in one pass
     jaxmed quickstart                 fetch AFIDs, build a small synthetic population, write figures
     jaxmed data fetch afids           download and verify the AFIDs template + 32 landmarks
     jaxmed data synth -n 8 -o DIR     write synthetic subjects (NIfTI + .fcsv) made from a template
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 import time
@@ -18,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxmed.errors import JaxmedError
+
+#: Subcommand modules under ``jaxmed/commands`` (each has ``add_parser(subparsers)``).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _cmd_fetch(args) -> int:
@@ -114,6 +121,8 @@ def _cmd_train(args) -> int:
     from jaxmed.train import run_training
 
     cfg = _experiment(args)
+    if args.seeds is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=args.seeds))
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
     summary = run_training(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, evaluate=not args.no_eval)
     if "evaluation" in summary:
@@ -140,7 +149,7 @@ def _cmd_detect(args) -> int:
     from jaxmed.data import write_landmarks
     from jaxmed.detect import detect
 
-    found = detect(args.checkpoint, args.image, labels=args.labels)
+    found = detect(args.checkpoint, args.image, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate)
     print(write_landmarks(found, args.out, overwrite=args.overwrite))
     for label, p in zip(found.labels, found.positions):
         print(f"{label}: {np.round(p, 2).tolist()} mm (RAS)")
@@ -165,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--seeds", type=int, help="train this many seeds at once in one compiled program (train.seeds); "
+                   "the evaluation reports mean ± std across seeds")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a trained run on held-out subjects")
@@ -177,8 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--checkpoint", required=True, help="run directory of `jaxmed train`")
     k.add_argument("-o", "--out", required=True, help="output landmark file (.fcsv, .mrk.json, .csv, .json)")
     k.add_argument("--labels", nargs="*", help="subset of the trained landmarks")
+    k.add_argument("--starts", type=int, default=27, help="start points per agent (27: the 3x3x3 grid; default %(default)s)")
+    k.add_argument("--aggregate", choices=("median", "mean", "trimmed"), default="median",
+                   help="how the end points of all agents and starts of one landmark are combined (default %(default)s)")
     k.add_argument("--overwrite", action="store_true")
     k.set_defaults(func=_cmd_detect)
+
+    for name in COMMAND_MODULES:  # task commands (register, plane, ...) live in jaxmed.commands
+        importlib.import_module(f"jaxmed.commands.{name}").add_parser(sub)
 
     d = sub.add_parser("data", help="data sets and synthetic populations").add_subparsers(dest="data_command", required=True)
     f = d.add_parser("fetch", help="download and verify a data set")

@@ -1,36 +1,65 @@
-"""Find trained landmarks in a new image: load any NIfTI, run the greedy agents, write a Slicer .fcsv."""
+"""Find trained landmarks in a new image: load any NIfTI, run every trained agent in one pass, write a
+Slicer ``.fcsv``.
+
+All agents of the run (one per landmark, or several per landmark with ``agents_per_target``) start
+from ``n_starts`` fixed points and run greedily in one jitted, vmapped rollout; each landmark's answer
+aggregates the end points of every agent that hunts it, from every start (the "several agents, one
+landmark" estimate of multi-agent landmark detection).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmed import experiment as ex
-from jaxmed.errors import LandmarkError
+from jaxmed.errors import ConfigError, LandmarkError
+
+AGGREGATES = ("median", "mean", "trimmed")
 
 
-def robust_mean(points: np.ndarray) -> np.ndarray:
-    """Coordinate-wise median of end points ``(n, 3)`` -> ``(3,)``: ignores a minority of lost agents."""
-    return np.median(np.asarray(points), axis=0)
+def robust_mean(points: np.ndarray, method: str = "median", trim: float = 0.2) -> np.ndarray:
+    """Aggregate end points ``(n, 3)`` (mm) into one ``(3,)`` answer.
 
-
-def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, n_starts: int = 27):
-    """Detect the run's landmarks in ``image``.
-
-    Every agent starts from ``n_starts`` fixed points (27 = the 3x3x3 grid), the episodes run greedily
-    until oscillation or ``env.eval_max_steps``, and each landmark's answer is the robust mean of its
-    agents' end points. Returns :class:`jaxmed.data.Landmarks` in world RAS mm.
+    ``median``: coordinate-wise median (ignores a minority of lost agents); ``mean``: plain mean;
+    ``trimmed``: mean of the points within the ``1 - trim`` fraction closest to the median.
     """
-    from jaxmed.agents.dqn import greedy_rollout
-    from jaxmed.data import Landmarks, build_bank, conform, load_image
-    from jaxmed.train import load_params
+    points = np.asarray(points, np.float64)
+    if method == "median":
+        return np.median(points, axis=0)
+    if method == "mean":
+        return points.mean(axis=0)
+    if method == "trimmed":
+        d = np.linalg.norm(points - np.median(points, axis=0), axis=1)
+        keep = d <= np.quantile(d, 1.0 - trim)
+        return points[keep].mean(axis=0)
+    raise ConfigError(f"unknown aggregate {method!r}; choose one of {', '.join(AGGREGATES)}")
 
+
+def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, n_starts: int = 27,
+           aggregate: str = "median", seed: int = 0):
+    """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass.
+
+    Returns :class:`jaxmed.data.Landmarks` in world RAS mm.
+    """
+    import jax
+
+    from jaxmed.data import Landmarks, build_bank, conform, load_image
+    from jaxmed.envs.landmark import LandmarkEnv
+    from jaxmed.train import load_params, make_policy_rollout, seed_params
+
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
+    if n_starts < 1:
+        raise ConfigError(f"n_starts must be >= 1, got {n_starts}")
     cfg, network, params = load_params(run_dir)
-    trained = tuple(dict.fromkeys(cfg.env.targets))
+    env, _, eval_params = ex.make_env(cfg)
+    if not isinstance(env, LandmarkEnv):
+        raise ConfigError(f"{run_dir}: a {cfg.env_name} run does not detect landmarks (use the command for that task)")
+    targets = env.config.targets
+    trained = env.required_labels
     labels = tuple(labels) if labels else trained
     missing = [l for l in labels if l not in trained]
     if missing:
@@ -38,14 +67,11 @@ def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None 
     volume = conform(load_image(image), cfg.data.spacing)
     # The bank needs target positions; detection never reads them (no reward, no target stop).
     placeholder = Landmarks(trained, np.repeat(volume.voxel_to_world((np.array(volume.shape) - 1) / 2)[None], len(trained), 0), source=str(image))
-    bank = build_bank([(volume, placeholder)], trained, factors=cfg.data.factors, max_crop=cfg.env.crop_size, dtype=cfg.data.dtype)
-    env, _, eval_params = ex.make_env(cfg, bank.labels)
-    vols, starts = ex.eval_starts(env, bank, n_starts)
-    res = jax.jit(lambda p, b, v, s: greedy_rollout(network, p, env, eval_params, b, v, s))(params, bank, jnp.asarray(vols), jnp.asarray(starts))
-    final = np.asarray(res["final_pos"], dtype=np.float64)  # (E, A, 3) level-0 voxels
-    world = volume.voxel_to_world(final)
-    positions = []
-    for label in labels:
-        agents = [i for i, t in enumerate(cfg.env.targets) if t == label]
-        positions.append(robust_mean(world[:, agents].reshape(-1, 3)))
+    bank = build_bank([(volume, placeholder)], trained, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype)
+    env.check_bank(bank)
+    states = env.eval_states(eval_params, bank, n_starts, seed=seed)
+    rollout = make_policy_rollout(cfg, env, eval_params, network)
+    res = jax.device_get(rollout(seed_params(cfg, params, 0), bank, states))
+    world = volume.voxel_to_world(np.asarray(res["final_state"].pos, dtype=np.float64))  # (E, A, 3) mm
+    positions = [robust_mean(world[:, [i for i, t in enumerate(targets) if t == label]].reshape(-1, 3), aggregate) for label in labels]
     return Landmarks(labels, np.array(positions), source=f"jaxmed detect {image}")

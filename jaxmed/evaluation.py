@@ -1,4 +1,9 @@
-"""Accuracy statistics of landmark agents: per-landmark errors in mm, success rates, tables."""
+"""Evaluation statistics: per-label error metrics (mm, degrees, IoU), success rates, tables, seeds.
+
+A metric's name says its unit and direction: ``*_mm`` and ``*_deg`` are errors (lower is better,
+success = at most a threshold), ``iou`` is an overlap (higher is better, success = at least a
+threshold).
+"""
 
 from __future__ import annotations
 
@@ -7,39 +12,101 @@ from typing import Sequence
 import numpy as np
 
 THRESHOLDS_MM = (2.0, 4.0, 8.0)
+THRESHOLDS_DEG = (2.0, 5.0, 10.0)
+THRESHOLDS_IOU = (0.5, 0.7)
 
 
-def landmark_stats(errors_mm: np.ndarray, labels: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per-label statistics of final errors.
+def _success_thresholds(metric: str) -> tuple[str, tuple[float, ...], bool]:
+    """``(suffix, thresholds, higher_is_better)`` for a metric name."""
+    if metric.endswith("_mm"):
+        return "mm", THRESHOLDS_MM, False
+    if metric.endswith("_deg"):
+        return "deg", THRESHOLDS_DEG, False
+    if metric.endswith("iou"):
+        return "iou", THRESHOLDS_IOU, True
+    return "", (), False
+
+
+def _success_key(metric: str, t: float) -> str:
+    suffix, _, higher = _success_thresholds(metric)
+    return f"success_{suffix}{t:g}" if higher else f"success_{t:g}{suffix}"
+
+
+def metric_stats(values: np.ndarray, labels: Sequence[str], metric: str = "distance_mm") -> dict[str, dict[str, float]]:
+    """Per-label statistics of a final metric.
 
     Args:
-      errors_mm: ``(E, A)`` final distance of agent ``a`` to its target in episode ``e`` (mm).
-      labels: ``A`` target labels (repeats allowed: several agents on one landmark are pooled).
+      values: ``(E, A)``, the metric of agent ``a`` at the end of episode ``e``.
+      labels: ``A`` row labels (repeats allowed: agents sharing a label are pooled, e.g. several
+        agents on one landmark).
+      metric: its name (decides the success thresholds, see the module docstring).
     Returns:
-      ``{label: {n, mean, std, median, p90, max, success_2mm, success_4mm, success_8mm}}`` (mm / fractions).
+      ``{label: {n, mean, std, median, p90, max, success_*}}``; for ``*_mm`` metrics the success keys
+      are ``success_2mm``, ``success_4mm``, ``success_8mm`` (fractions).
     """
-    errors_mm = np.asarray(errors_mm, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != len(labels):
+        raise ValueError(f"metric_stats: values {values.shape} do not match {len(labels)} labels")
+    _, thresholds, higher = _success_thresholds(metric)
     out = {}
     for label in dict.fromkeys(labels):
-        e = errors_mm[:, [i for i, l in enumerate(labels) if l == label]].ravel()
+        e = values[:, [i for i, l in enumerate(labels) if l == label]].ravel()
         row = {"n": int(e.size), "mean": float(e.mean()), "std": float(e.std()), "median": float(np.median(e)),
                "p90": float(np.percentile(e, 90)), "max": float(e.max())}
-        for t in THRESHOLDS_MM:
-            row[f"success_{t:g}mm"] = float((e <= t).mean())
+        for t in thresholds:
+            row[_success_key(metric, t)] = float((e >= t).mean() if higher else (e <= t).mean())
         out[label] = row
     return out
 
 
-def format_table(stats: dict[str, dict[str, float]], extra: dict[str, dict[str, float]] | None = None) -> str:
-    """A Markdown table of :func:`landmark_stats` (optionally with a baseline column set, e.g. the template prior)."""
-    head = "| landmark | n | mean ± std (mm) | median | p90 | ≤2 mm | ≤4 mm | ≤8 mm |"
-    if extra:
-        head += " template prior mean (mm) |"
+def landmark_stats(errors_mm: np.ndarray, labels: Sequence[str]) -> dict[str, dict[str, float]]:
+    """:func:`metric_stats` of landmark distances (mm)."""
+    return metric_stats(errors_mm, labels, "distance_mm")
+
+
+def format_table(stats: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]] | None = None,
+                 metric: str = "distance_mm", baseline_name: str = "template prior") -> str:
+    """A Markdown table of one metric's :func:`metric_stats`, optionally beside a baseline's means."""
+    _, thresholds, higher = _success_thresholds(metric)
+    unit = " (mm)" if metric.endswith("_mm") else " (°)" if metric.endswith("_deg") else ""
+    succ = [(f"≥{t:g}" if higher else f"≤{t:g}{' mm' if unit == ' (mm)' else '°' if unit else ''}") for t in thresholds]
+    head = f"| {metric} | n | mean ± std{unit} | median | p90 |" + "".join(f" {s} |" for s in succ)
+    if baseline:
+        head += f" {baseline_name} mean{unit} |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for label, r in stats.items():
-        line = (f"| {label} | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} | {r['median']:.2f} | {r['p90']:.2f} | "
-                f"{100 * r['success_2mm']:.0f} % | {100 * r['success_4mm']:.0f} % | {100 * r['success_8mm']:.0f} % |")
-        if extra:
-            line += f" {extra[label]['mean']:.2f} |"
+        line = f"| {label} | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} | {r['median']:.2f} | {r['p90']:.2f} |"
+        line += "".join(f" {100 * r[_success_key(metric, t)]:.0f} % |" for t in thresholds)
+        if baseline:
+            line += f" {baseline[label]['mean']:.2f} |" if label in baseline else " — |"
         lines.append(line)
     return "\n".join(lines)
+
+
+def format_metric_tables(stats: dict[str, dict[str, dict[str, float]]],
+                         baselines: dict[str, dict[str, dict[str, dict[str, float]]]] | None = None) -> str:
+    """One Markdown table per metric of ``{metric: metric_stats(...)}``; ``baselines`` is
+    ``{baseline name: {metric: metric_stats(...)}}`` (its mean is shown beside the metric it has)."""
+    tables = []
+    for metric, st in stats.items():
+        base_name, base = None, None
+        for name, b in (baselines or {}).items():
+            if metric in b:
+                base_name, base = name, b[metric]
+        tables.append(format_table(st, base, metric, base_name or ""))
+    return "\n\n".join(tables)
+
+
+def seed_summary(per_seed: list[dict[str, dict[str, dict[str, float]]]]) -> dict:
+    """Across seeds: ``{metric: {label: {"mean": mean of the seeds' means, "std": their std}}}``
+    and a Markdown ``table``."""
+    out: dict = {}
+    lines = [f"| metric | label | mean over {len(per_seed)} seeds ± std across seeds |", "|---|---|---|"]
+    for metric, labels in per_seed[0].items():
+        out[metric] = {}
+        for label in labels:
+            means = np.array([s[metric][label]["mean"] for s in per_seed])
+            out[metric][label] = {"mean": float(means.mean()), "std": float(means.std()), "per_seed": means.tolist()}
+            lines.append(f"| {metric} | {label} | {means.mean():.2f} ± {means.std():.2f} |")
+    out["table"] = "\n".join(lines)
+    return out

@@ -1,9 +1,10 @@
 """Experiment configuration and set-up: data -> volume banks -> environment -> network -> learner.
 
-An experiment YAML has five sections, each a frozen dataclass here (unknown keys or wrong types
-are errors): ``data`` (which subjects), ``env`` (the landmark environment), ``network`` (passed to
-:func:`jaxmed.networks.network_from_config`), ``dqn`` (:class:`jaxmed.agents.dqn.DQNConfig`) and
-``train`` (the outer loop).
+An experiment YAML has these sections (unknown keys or wrong types are errors, raised before any
+data is built): ``data`` (which subjects), ``env`` (``name`` of a registered environment, its
+options, ``eval_starts`` / ``eval_max_steps``), ``network`` (the learner's network factory),
+``train`` (the outer loop; ``train.learner`` selects the learner) and the learner's own section
+(``dqn`` / ``a2c`` / ``ppo`` / ``grpo``, see :mod:`jaxmed.agents.learners`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import functools
 import time
 from typing import Any
 
-import numpy as np
-
-from jaxmed.agents.dqn import DQNConfig
 from jaxmed.config import build
 from jaxmed.errors import ConfigError
 
@@ -45,45 +43,85 @@ class DataConfig:
             raise ConfigError("data.n_train and data.n_test must be >= 1")
 
 
-@dataclasses.dataclass(frozen=True)
-class EnvSection:
-    """The landmark environment (:mod:`jaxmed.envs.landmark`): static shape fields and numeric params."""
-
-    targets: tuple[str, ...] = ("AC",)
-    crop_size: int = 45
-    frames: int = 4
-    levels: tuple[int, ...] = (0,)
-    osc_window: int = 8
-    max_steps: int = 200
-    reward_clip: float = 1.0
-    terminate_at_target_mm: float = 1.0
-    start_radius_mm: float = 0.0
-    osc_repeats: int = 3
-    eval_max_steps: int = 200
-    eval_starts: int = 27  # 27: the 3x3x3 grid at 25/50/75 % of each test volume's extent
+#: Keys of the ``env:`` section read by the experiment itself; every other key goes to the env.
+ENV_KEYS = {"name": "landmark-v0", "eval_starts": 27, "eval_max_steps": None}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
     """The outer loop."""
 
-    chunks: int = 100  # jitted chunks of dqn.chunk_steps vector steps each
+    learner: str = "dqn"  # dqn | a2c | ppo | grpo: the section of that name configures it
+    chunks: int = 100  # jitted run_chunk calls
     checkpoint_every: int = 10  # chunks
     seed: int = 0
+    seeds: int = 1  # > 1: that many seeds trained at once in one compiled (vmapped) program
     devices: int = 1  # data-parallel devices (pmap); 1 = no device axis
+
+    def __post_init__(self):
+        from jaxmed.agents import learners
+
+        learners.spec(self.learner)
+        if self.seeds < 1 or self.devices < 1 or self.chunks < 1 or self.checkpoint_every < 1:
+            raise ConfigError("train.seeds, train.devices, train.chunks and train.checkpoint_every must be >= 1")
+        if self.seeds > 1 and self.devices > 1:
+            raise ConfigError("train.seeds > 1 (vmapped seeds) and train.devices > 1 (pmap) cannot be combined; choose one")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
+    """A whole run. ``env`` is ``{name: <registered env>, eval_starts, eval_max_steps, ...}`` where
+    every other key is an option of that env (:func:`jaxmed.envs.make`); ``network`` goes to the
+    learner's network factory; the learner sections (``dqn``, ``a2c``, ``ppo``, ``grpo``) hold the
+    learner config dataclasses (only the one ``train.learner`` selects is required)."""
+
     data: DataConfig = DataConfig()
-    env: EnvSection = EnvSection()
+    env: dict = dataclasses.field(default_factory=dict)
     network: dict = dataclasses.field(default_factory=lambda: {"trunk": "patch", "head": "q"})
-    dqn: DQNConfig = DQNConfig()
     train: TrainSection = TrainSection()
+    dqn: Any = None
+    a2c: Any = None
+    ppo: Any = None
+    grpo: Any = None
+
+    @property
+    def learner(self):
+        """The selected learner's config dataclass."""
+        return getattr(self, self.train.learner)
+
+    @property
+    def env_name(self) -> str:
+        return self.env.get("name", ENV_KEYS["name"])
+
+    def env_options(self) -> dict:
+        """The env section without the experiment's own keys: options for :func:`jaxmed.envs.make`."""
+        return {k: v for k, v in self.env.items() if k not in ENV_KEYS}
+
+    @property
+    def eval_starts(self) -> int:
+        return int(self.env.get("eval_starts", ENV_KEYS["eval_starts"]))
+
+    def to_dict(self) -> dict:
+        """Plain YAML-able data (learner sections that are not set are left out)."""
+        from jaxmed.config import to_dict
+
+        return {k: v for k, v in to_dict(self).items() if v is not None}
 
     @staticmethod
     def from_dict(data: dict[str, Any], where: str = "config") -> "ExperimentConfig":
-        return build(ExperimentConfig, data, where)
+        from jaxmed.agents import learners
+
+        data = dict(data)
+        train = build(TrainSection, data.get("train"), f"{where}.train")
+        for name in learners.LEARNERS:
+            if data.get(name) is not None or name == train.learner:
+                data[name] = build(learners.config_class(name), data.get(name), f"{where}.{name}")
+        env = data.get("env") or {}
+        if not isinstance(env, dict):
+            raise ConfigError(f"{where}.env: expected a mapping, got {env!r}")
+        cfg = build(ExperimentConfig, data, where)
+        make_env(cfg)  # validates the env options now, before any data is built
+        return cfg
 
 
 @functools.lru_cache(maxsize=4)
@@ -110,50 +148,50 @@ def make_subjects(cfg: DataConfig, split: str, n: int, labels) -> list:
 
 
 def make_bank(cfg: ExperimentConfig, split: str, n: int):
+    """``(bank, subjects, seconds)``: ``n`` subjects of ``split`` with the landmarks the env reads."""
     from jaxmed.data import build_bank
 
-    labels = tuple(dict.fromkeys(cfg.env.targets))
+    env, _, _ = make_env(cfg)
+    labels = env.required_labels
     t0 = time.perf_counter()
     subjects = make_subjects(cfg.data, split, n, labels)
-    bank = build_bank(subjects, labels, factors=cfg.data.factors, max_crop=cfg.env.crop_size, dtype=cfg.data.dtype)
+    bank = build_bank(subjects, labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype)
     return bank, subjects, time.perf_counter() - t0
 
 
-def make_env(cfg: ExperimentConfig, labels):
-    from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig
+def make_env(cfg: ExperimentConfig, labels=None):
+    """``(env, params, eval_params)`` from the ``env:`` section (``jaxmed.make(name, labels, **options)``).
 
-    e = cfg.env
-    env = LandmarkEnv(LandmarkEnvConfig(targets=e.targets, crop_size=e.crop_size, frames=e.frames, levels=e.levels, osc_window=e.osc_window), labels=labels)
-    params = EnvParams(max_steps=e.max_steps, reward_clip=e.reward_clip, terminate_at_target_mm=e.terminate_at_target_mm,
-                       start_radius_mm=e.start_radius_mm, osc_repeats=e.osc_repeats)
-    eval_params = params.replace(max_steps=e.eval_max_steps, terminate_at_target_mm=0.0)
+    ``eval_params`` are the env's :meth:`eval_params` with ``max_steps = env.eval_max_steps`` when given.
+    """
+    from jaxmed.envs import make
+
+    env, params = make(cfg.env_name, labels, **cfg.env_options())
+    eval_params = env.eval_params(params)
+    eval_max = cfg.env.get("eval_max_steps")
+    if eval_max is not None:
+        eval_params = eval_params.replace(max_steps=int(eval_max))
     return env, params, eval_params
 
 
-def make_network(cfg: ExperimentConfig, n_agents: int):
-    from jaxmed.networks import network_from_config
+def make_network(cfg: ExperimentConfig, env):
+    """The selected learner's network for ``env`` (agents, actions and input size from the env)."""
+    from jaxmed.agents import learners
 
     net_cfg = dict(cfg.network)
-    net_cfg.setdefault("crop_size", cfg.env.crop_size)
-    if n_agents > 1 and "n_agents" not in net_cfg:
-        net_cfg["n_agents"] = n_agents
-    return network_from_config(net_cfg)
+    net_cfg.setdefault("n_actions", env.num_actions)
+    if env.n_agents > 1:
+        net_cfg.setdefault("n_agents", env.n_agents)
+    if "crop_size" not in net_cfg:
+        net_cfg["crop_size"] = tuple(int(d) for d in env.observation_space(env.default_params).shape[-3:])
+    return learners.network_from_config(cfg.train.learner, net_cfg)
 
 
-def eval_starts(env, bank, n_starts: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed evaluation start points: ``(volumes (E,), starts (E, A, 3))`` level-0 voxels.
+def dummy_observation(cfg: ExperimentConfig, env):
+    """A zero observation batch ``(1, A, ...)`` in the bank's storage dtype (for shape inference)."""
+    import jax.numpy as jnp
 
-    ``n_starts == 27``: every agent starts from each point of the 3x3x3 grid at 25/50/75 % of the
-    volume's extent; otherwise ``n_starts`` points drawn once (seeded) in the central 80 %.
-    """
-    vols, starts = [], []
-    rng = np.random.default_rng(seed)
-    for v in range(bank.n_volumes):
-        if n_starts == 27:
-            pts = np.asarray(env.eval_start_points(bank, v))
-        else:
-            ext = np.asarray(bank.shapes[0, v])
-            pts = np.rint(rng.uniform(0.1, 0.9, size=(n_starts, 3)) * (ext - 1)).astype(np.int32)
-        vols.append(np.full(len(pts), v, np.int32))
-        starts.append(np.repeat(pts[:, None, :], env.n_agents, axis=1))
-    return np.concatenate(vols), np.concatenate(starts).astype(np.int32)
+    from jaxmed.data.bank import STORAGE_DTYPES
+
+    shape = env.observation_space(env.default_params).shape
+    return jnp.zeros((1,) + tuple(shape), STORAGE_DTYPES[cfg.data.dtype])

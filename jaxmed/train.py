@@ -1,7 +1,7 @@
 """The outer training loop: run directory, progress, CSV/TensorBoard logs, orbax checkpoints, resume,
 and the final evaluation on held-out subjects.
 
-All math lives in the jitted learner (:mod:`jaxmed.agents.dqn`); this module only moves data
+All math lives in the jitted learner (:mod:`jaxmed.agents.learners`); this module only moves data
 between chunks. A run directory holds ``config.yaml``, ``metrics.csv``, TensorBoard events under
 ``tb/``, ``checkpoints/`` and, after evaluation, ``eval.json`` / ``eval.md`` / ``trajectories.png``.
 """
@@ -22,7 +22,6 @@ import numpy as np
 import yaml
 
 from jaxmed import experiment as ex
-from jaxmed.config import to_dict
 from jaxmed.errors import ConfigError, OverwriteError
 
 
@@ -118,7 +117,7 @@ def prepare_run_dir(run_dir: Path, cfg: ex.ExperimentConfig, *, resume: bool, ov
         if not cfg_path.exists():
             raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
         old = yaml.safe_load(cfg_path.read_text())
-        new = to_dict(cfg)
+        new = cfg.to_dict()
         for d in (old, new):
             d["train"].pop("chunks", None)
         if old != new:
@@ -129,7 +128,7 @@ def prepare_run_dir(run_dir: Path, cfg: ex.ExperimentConfig, *, resume: bool, ov
             raise OverwriteError(f"{run_dir}: run directory exists; pass --overwrite to replace it or --resume to continue it")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ------------------------------------------------------------------ training
@@ -139,6 +138,39 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="chunk", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def _trainer(cfg: ex.ExperimentConfig, env, params, network):
+    """``(init, run_chunk)``, jitted, for one device, ``train.devices`` devices (pmap) or
+    ``train.seeds`` seeds (vmapped: state leaves get a leading seed axis)."""
+    from jaxmed.agents import learners
+
+    learner = learners.module(cfg.train.learner)
+    if cfg.train.devices > 1:
+        if jax.local_device_count() < cfg.train.devices:
+            raise ConfigError(f"train.devices={cfg.train.devices} but only {jax.local_device_count()} devices are visible")
+        return learner.make_parallel_train(cfg.learner, env, params, network, n_devices=cfg.train.devices)
+    fns = learner.make_train(cfg.learner, env, params, network)
+    if cfg.train.seeds > 1:
+        init = jax.jit(jax.vmap(fns.init, in_axes=(0, None)))
+        return (lambda key, bank: init(jax.random.split(key, cfg.train.seeds), bank)), jax.jit(jax.vmap(fns.run_chunk, in_axes=(0, None)), donate_argnums=0)
+    return jax.jit(fns.init), jax.jit(fns.run_chunk, donate_argnums=0)
+
+
+def _summarise(metrics: dict) -> dict[str, float]:
+    """Metrics with a device or seed axis -> their mean, plus ``<name>_std`` across seeds."""
+    row = {}
+    for k, v in metrics.items():
+        v = np.asarray(v, np.float64)
+        row[k] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+        if v.ndim and v.size > 1 and k not in ("steps", "updates"):
+            row[k + "_std"] = float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")
+    return row
+
+
+def _first(tree, cfg: ex.ExperimentConfig):
+    """One replica / seed of a state with a leading device or seed axis (identity otherwise)."""
+    return jax.tree.map(lambda x: x[0], tree) if cfg.train.devices > 1 else tree
 
 
 def run_training(
@@ -151,63 +183,57 @@ def run_training(
     evaluate: bool = True,
     on_chunk: Callable[[int, dict], None] | None = None,
 ) -> dict:
-    """Train the configured DQN agent, checkpointing every ``train.checkpoint_every`` chunks.
+    """Train the configured learner on the configured env, checkpointing every
+    ``train.checkpoint_every`` chunks; with ``train.seeds > 1`` all seeds train in one program.
 
     ``on_chunk(chunk, metrics)`` is called after each chunk (tests use it to interrupt a run).
     Returns a summary dict (and the evaluation when ``evaluate``).
     """
-    from jaxmed.agents.dqn import make_parallel_train, make_train
-
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     bank, _, data_s = ex.make_bank(cfg, "train", cfg.data.n_train)
     env, params, _ = ex.make_env(cfg, bank.labels)
     env.check_bank(bank)
-    network = ex.make_network(cfg, env.n_agents)
-    key = jax.random.key(cfg.train.seed)
-    if cfg.train.devices > 1:
-        if jax.local_device_count() < cfg.train.devices:
-            raise ConfigError(f"train.devices={cfg.train.devices} but only {jax.local_device_count()} devices are visible")
-        init, chunk_fn = make_parallel_train(cfg.dqn, env, params, network, n_devices=cfg.train.devices)
-    else:
-        fns = make_train(cfg.dqn, env, params, network)
-        init, chunk_fn = jax.jit(fns.init), jax.jit(fns.run_chunk, donate_argnums=0)
+    network = ex.make_network(cfg, env)
+    init, chunk_fn = _trainer(cfg, env, params, network)
     t0 = time.perf_counter()
-    rs = init(key, bank)
+    rs = init(jax.random.key(cfg.train.seed), bank)
     ckpt = Checkpoints(run_dir / "checkpoints")
     start = 0
     if resume and ckpt.latest() is not None:
         start = int(ckpt.latest())
         rs = ckpt.restore(start, rs)
     log = MetricsLog(run_dir, resume_chunk=start)
-    env_steps_per_chunk = cfg.dqn.chunk_steps * cfg.dqn.n_envs * max(cfg.train.devices, 1)
+    env_steps_per_chunk = cfg.learner.env_steps_per_chunk * cfg.train.devices  # per seed
     bar = _progress(cfg.train.chunks, start, progress)
     compile_s = None
     try:
         for c in range(start, cfg.train.chunks):
             tc = time.perf_counter()
             rs, metrics = chunk_fn(rs, bank)
-            metrics = {k: float(np.mean(np.asarray(v))) for k, v in metrics.items()}
+            metrics = _summarise(jax.device_get(metrics))
             dt = time.perf_counter() - tc
             compile_s = dt if compile_s is None else compile_s
-            row = {"chunk": c + 1, **metrics, "env_steps_per_s": env_steps_per_chunk / dt, "wall_s": time.perf_counter() - t0}
+            row = {"chunk": c + 1, **metrics, "env_steps_per_s": env_steps_per_chunk * cfg.train.seeds / dt, "wall_s": time.perf_counter() - t0}
             log.write(row)
             bar.update(1)
-            bar.set_postfix(steps_s=f"{row['env_steps_per_s']:.0f}", reward=f"{metrics['reward']:.2f}", err_mm=f"{metrics['final_distance_mm']:.1f}")
+            shown = {"steps_s": f"{row['env_steps_per_s']:.0f}", "reward": f"{metrics['reward']:.3f}"}
+            shown.update({k[len("final_"):]: f"{v:.2f}" for k, v in metrics.items() if k.startswith("final_") and not k.endswith("_std")})
+            bar.set_postfix(shown)
             if (c + 1) % cfg.train.checkpoint_every == 0 or c + 1 == cfg.train.chunks:
                 ckpt.save(c + 1, rs)
-                save_network(run_dir, rs.params if cfg.train.devices <= 1 else jax.tree.map(lambda x: x[0], rs.params))
+                save_network(run_dir, _first(rs, cfg).params)
             if on_chunk is not None:
                 on_chunk(c + 1, metrics)
     finally:
         bar.close()
         log.close()
         ckpt.close()
-    summary = {"train_wall_s": time.perf_counter() - t0, "data_prep_s": data_s, "first_chunk_s_incl_compile": compile_s,
+    summary = {"learner": cfg.train.learner, "env": cfg.env_name, "seeds": cfg.train.seeds,
+               "train_wall_s": time.perf_counter() - t0, "data_prep_s": data_s, "first_chunk_s_incl_compile": compile_s,
                "env_steps": cfg.train.chunks * env_steps_per_chunk}
     if evaluate:
-        single = rs if cfg.train.devices <= 1 else jax.tree.map(lambda x: x[0], rs)
-        summary["evaluation"] = evaluate_run(cfg, single.params, run_dir)
+        summary["evaluation"] = evaluate_run(cfg, _first(rs, cfg).params, run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -216,7 +242,8 @@ def run_training(
 
 
 def save_network(run_dir: Path, params) -> None:
-    """Write the network parameters alone (``network.msgpack``), for evaluation and detection."""
+    """Write the network parameters alone (``network.msgpack``; with a leading seed axis when the run
+    trained several seeds), for evaluation and detection."""
     from flax import serialization
 
     tmp = run_dir / "network.msgpack.part"
@@ -225,10 +252,11 @@ def save_network(run_dir: Path, params) -> None:
 
 
 def load_params(run_dir: str | Path):
-    """``(config, network, params)`` of a run directory's latest checkpoint.
+    """``(config, network, params)`` of a run directory's latest saved network.
 
-    Raises :class:`ConfigError` when the directory is not a run, has no checkpoint, or its
-    parameters do not fit the configured network (a checkpoint from a different network).
+    ``params`` has a leading seed axis when the run trained ``train.seeds > 1`` seeds (see
+    :func:`seed_params`). Raises :class:`ConfigError` when the directory is not a run, has no saved
+    network, or its parameters do not fit the configured network (a checkpoint from a different one).
     """
     from flax import serialization
 
@@ -240,12 +268,11 @@ def load_params(run_dir: str | Path):
     blob = run_dir / "network.msgpack"
     if not blob.exists():
         raise ConfigError(f"{run_dir}: no trained network (network.msgpack) in this run directory")
-    e = cfg.env
-    network = ex.make_network(cfg, len(e.targets))
-    dtype = {"uint8": jnp.uint8, "bfloat16": jnp.bfloat16, "float32": jnp.float32}[cfg.data.dtype]
-    dummy = jnp.zeros((1, len(e.targets), e.frames) + (e.crop_size,) * 3, dtype)
-    template = jax.eval_shape(network.init, jax.random.key(0), dummy)
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+    env, _, _ = ex.make_env(cfg)
+    network = ex.make_network(cfg, env)
+    template = jax.eval_shape(network.init, jax.random.key(0), ex.dummy_observation(cfg, env))
+    seeds = cfg.train.seeds
+    template = jax.tree.map(lambda s: np.zeros(((seeds,) if seeds > 1 else ()) + s.shape, s.dtype), template)
     try:
         params = serialization.from_bytes(template, blob.read_bytes())
     except (ValueError, KeyError, TypeError) as err:
@@ -256,44 +283,78 @@ def load_params(run_dir: str | Path):
     return cfg, network, jax.tree.map(jnp.asarray, params)
 
 
+def seed_params(cfg: ex.ExperimentConfig, params, seed: int = 0):
+    """The parameters of one seed of a (possibly multi-seed) run."""
+    if cfg.train.seeds <= 1:
+        return params
+    if not 0 <= seed < cfg.train.seeds:
+        raise ConfigError(f"seed {seed} out of range: the run trained {cfg.train.seeds} seeds")
+    return jax.tree.map(lambda x: x[seed], params)
+
+
+def make_policy_rollout(cfg: ex.ExperimentConfig, env, eval_params, network, record=None):
+    """A jitted ``(params, bank, states) -> rollout`` of the learner's greedy policy
+    (:func:`jaxmed.agents.rollout.greedy_rollout`)."""
+    from jaxmed.agents import learners
+    from jaxmed.agents.rollout import greedy_rollout
+
+    act = learners.module(cfg.train.learner).greedy_action
+    return jax.jit(lambda p, b, s: greedy_rollout(lambda o: act(network, p, o), env, eval_params, b, s, record=record))
+
+
 def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | None = None) -> dict:
-    """Greedy agents from fixed start points on held-out test subjects; errors in mm per landmark,
-    beside the template prior (answer the template's coordinate)."""
-    from jaxmed.agents.dqn import greedy_rollout
-    from jaxmed.evaluation import format_table, landmark_stats
+    """Greedy agents from the env's fixed evaluation starts on held-out test subjects: per-agent
+    metrics (mm, degrees, IoU, ...) per label, beside the template prior for landmark envs.
+    A multi-seed run is evaluated per seed and summarised as mean ± std across seeds."""
+    from jaxmed.envs.landmark import LandmarkEnv
+    from jaxmed.evaluation import format_metric_tables, metric_stats, seed_summary
 
     bank, subjects, _ = ex.make_bank(cfg, "test", cfg.data.n_test)
     env, _, eval_params = ex.make_env(cfg, bank.labels)
-    network = ex.make_network(cfg, env.n_agents)
-    vols, starts = ex.eval_starts(env, bank, cfg.env.eval_starts, seed=cfg.train.seed)
-    args = (net_params, bank, jnp.asarray(vols), jnp.asarray(starts))
-    rollout = jax.jit(lambda p, b, v, s: greedy_rollout(network, p, env, eval_params, b, v, s)).lower(*args).compile()
-    t0 = time.perf_counter()  # timed without compilation
-    res = jax.block_until_ready(rollout(*args))
-    eval_s = time.perf_counter() - t0
-    errors = np.asarray(res["final_distance_mm"])
-    stats = landmark_stats(errors, env.config.targets)
-    _, tpl_landmarks = ex.template(cfg.data)
-    prior = np.stack([np.linalg.norm(lm.positions - tpl_landmarks.select(lm.labels).positions, axis=1) for _, lm in subjects])
-    labels = list(subjects[0][1].labels)
-    prior_stats = landmark_stats(prior, labels)
-    table = format_table(stats, prior_stats)
-    result = {"stats": stats, "template_prior": prior_stats, "episodes": int(errors.shape[0]), "eval_s": eval_s,
-              "seconds_per_subject": eval_s / bank.n_volumes, "table": table}
+    network = ex.make_network(cfg, env)
+    states = env.eval_states(eval_params, bank, cfg.eval_starts, seed=cfg.train.seed)
+    is_landmark = isinstance(env, LandmarkEnv)
+    rollout = make_policy_rollout(cfg, env, eval_params, network, record=(lambda s: s.pos) if is_landmark else None)
+    per_seed, eval_s, res = [], 0.0, None
+    for seed in range(cfg.train.seeds):
+        args = (seed_params(cfg, net_params, seed), bank, states)
+        compiled = rollout.lower(*args).compile()
+        t0 = time.perf_counter()  # timed without compilation
+        out = jax.block_until_ready(compiled(*args))
+        eval_s += time.perf_counter() - t0
+        res = out if res is None else res
+        per_seed.append({m: metric_stats(np.asarray(v), env.metric_labels, m) for m, v in out["metrics"].items()})
+    stats = per_seed[0]
+    baseline = None
+    if is_landmark:
+        _, tpl_landmarks = ex.template(cfg.data)
+        prior = np.stack([np.linalg.norm(lm.positions - tpl_landmarks.select(lm.labels).positions, axis=1) for _, lm in subjects])
+        baseline = {"template prior": {"distance_mm": metric_stats(prior, list(subjects[0][1].labels), "distance_mm")}}
+    table = format_metric_tables(stats, baseline)
+    result = {"env": cfg.env_name, "learner": cfg.train.learner, "stats": stats,
+              "episodes": int(np.asarray(next(iter(res["metrics"].values()))).shape[0]),
+              "eval_s": eval_s / cfg.train.seeds, "seconds_per_subject": eval_s / cfg.train.seeds / bank.n_volumes, "table": table}
+    if baseline:
+        result["baselines"] = baseline
+        result["template_prior"] = baseline["template prior"]["distance_mm"]
+    if cfg.train.seeds > 1:
+        result["per_seed"] = per_seed
+        result["seeds"] = seed_summary(per_seed)
+        result["table"] = table = table + "\n\n" + result["seeds"]["table"]
     if run_dir is not None:
         run_dir = Path(run_dir)
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
         (run_dir / "eval.md").write_text(table + "\n")
-        _plot_trajectories(env, bank, res, vols, run_dir / "trajectories.png")
+        if is_landmark:
+            _plot_trajectories(env, bank, res["record"], np.asarray(res["final_state"].volume), run_dir / "trajectories.png")
     return result
 
 
-def _plot_trajectories(env, bank, res, vols, path: Path) -> None:
+def _plot_trajectories(env, bank, path_vox, vols, path: Path) -> None:
     from jaxmed.envs.viewer import bank_volume, render_episode, trajectory_world
 
     v = int(vols[0])
     idx = np.flatnonzero(np.asarray(vols) == v)[:1]
-    path_vox = np.asarray(res["path"])[:, idx[0]]  # (T+1, A, 3)
-    world = trajectory_world(bank, v, path_vox)
+    world = trajectory_world(bank, v, np.asarray(path_vox)[:, idx[0]])  # (T+1, A, 3)
     targets = np.asarray(bank.landmarks_world[v])[[bank.label_index(t) for t in env.config.targets]]
     render_episode(bank_volume(bank, v), world, targets, path, overwrite=True)

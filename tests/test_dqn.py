@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmed.agents.dqn import DQNConfig, greedy_rollout, make_parallel_train, make_train, nstep_transition, td_loss, variant
+from jaxmed.agents.dqn import DQNConfig, greedy_action, make_parallel_train, make_train, nstep_transition, td_loss, variant
+from jaxmed.agents.rollout import greedy_rollout
 from jaxmed.data import blob_phantom, build_bank
 from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig
 from jaxmed.errors import ConfigError
@@ -51,9 +52,10 @@ def test_variant_learns_to_find_landmark(setup, name, n_step):
     assert np.isfinite(float(metrics["loss"]))
     eval_params = params.replace(terminate_at_target_mm=0.0)  # never use the ground truth at test time
     vols, starts = _eval_starts(bank)
-    trained = greedy_rollout(net, rs.params, env, eval_params, bank, vols, starts)
-    untrained = greedy_rollout(net, jax.jit(fns.init)(jax.random.key(9), bank).params, env, eval_params, bank, vols, starts)
-    err, err0 = np.asarray(trained["final_distance_mm"]), np.asarray(untrained["final_distance_mm"])
+    states = env.states_at(bank, vols, starts)
+    rollout = jax.jit(lambda p: greedy_rollout(lambda o: greedy_action(net, p, o), env, eval_params, bank, states))
+    trained, untrained = rollout(rs.params), rollout(jax.jit(fns.init)(jax.random.key(9), bank).params)
+    err, err0 = np.asarray(trained["metrics"]["distance_mm"]), np.asarray(untrained["metrics"]["distance_mm"])
     start_mm = np.linalg.norm((np.asarray(starts[:, 0]) - np.asarray(bank.landmarks_vox[0, :, 0])[np.asarray(vols)]) * 2.0, axis=-1)
     assert np.median(err) < 4.0, (name, np.median(err), start_mm.mean())
     assert (err < 4.0).mean() > 0.6 and (err < 4.0).mean() > (err0 < 4.0).mean() + 0.4

@@ -25,14 +25,22 @@ def _cfg(**train):
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"config\.dqn: unknown key\(s\) learnin_rate; allowed: .*learning_rate"):
         ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["dqn.learnin_rate=0.1"]))
-    with pytest.raises(ConfigError, match=r"config\.env\.crop_size: expected an integer, got 'big'"):
+    with pytest.raises(ConfigError, match=r"crop_size must be a positive int, got 'big'"):
         ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["env.crop_size=big"]))
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) crop; config options: .*crop_size"):
+        ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["env.crop=15"]))
+    with pytest.raises(ConfigError, match="unknown environment 'landmrk-v0'"):
+        ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["env.name=landmrk-v0"]))
+    with pytest.raises(ConfigError, match="unknown learner 'sarsa'"):
+        ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["train.learner=sarsa"]))
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["train.seeds=2", "train.devices=2"]))
     with pytest.raises(ConfigError, match="data.source"):
         ExperimentConfig.from_dict({"data": {"source": "mnist"}})
     with pytest.raises(ConfigError, match="config file not found"):
         load_yaml(tmp_path / "nope.yaml")
     cfg = ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["dqn.learning_rate=3e-4", "env.targets=[L0, L1]"]))
-    assert cfg.dqn.learning_rate == 3e-4 and cfg.env.targets == ("L0", "L1")
+    assert cfg.dqn.learning_rate == 3e-4 and tuple(cfg.env["targets"]) == ("L0", "L1")
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
@@ -66,7 +74,7 @@ def test_run_dir_is_not_clobbered_and_resume_checks_config(tmp_path):
         run_training(_cfg(chunks=1), run, progress=False, evaluate=False)
     assert (run / "notes.txt").read_text() == "mine"
     run_training(_cfg(chunks=1), tmp_path / "r2", progress=False, evaluate=False)
-    other = dataclasses.replace(_cfg(chunks=2), env=dataclasses.replace(_cfg().env, crop_size=30))
+    other = dataclasses.replace(_cfg(chunks=2), env={**_cfg().env, "crop_size": 30})
     with pytest.raises(ConfigError, match=r"differs .*\['env'\]"):
         run_training(other, tmp_path / "r2", resume=True, progress=False, evaluate=False)
 
@@ -113,12 +121,15 @@ def test_checkpoint_from_a_different_network_is_refused(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("configs").rglob("*.yaml")))
 def test_every_shipped_config_is_valid(path):
-    from jaxmed.experiment import make_network
+    from jaxmed.envs.landmark import LandmarkEnv
+    from jaxmed.experiment import make_env, make_network
 
     cfg = ExperimentConfig.from_dict(load_yaml(path), str(path))
-    net = make_network(cfg, len(cfg.env.targets))  # validates trunk / head / crop size (raises ConfigError)
-    assert net.n_actions == 6
-    assert set(cfg.env.levels) <= set(range(len(cfg.data.factors)))  # every env level exists in the bank
+    env, _, _ = make_env(cfg)
+    net = make_network(cfg, env)  # validates trunk / head / crop size (raises ConfigError)
+    assert net.n_actions == env.num_actions
+    if isinstance(env, LandmarkEnv):
+        assert set(env.config.levels) <= set(range(len(cfg.data.factors)))  # every env level exists in the bank
 
 
 def test_variant_configs_inherit_from_their_base(tmp_path):
@@ -130,3 +141,28 @@ def test_variant_configs_inherit_from_their_base(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="circular"):
         load_yaml(tmp_path / "a.yaml")
+
+
+def test_vmapped_seeds_train_in_one_program_and_report_mean_and_std(tmp_path):
+    """train.seeds=2: one compiled program; each seed equals a separate single-seed run with its key."""
+    import jax
+
+    from jaxmed.agents.dqn import make_train
+    from jaxmed.experiment import make_bank, make_env, make_network
+
+    cfg = _cfg(chunks=2, checkpoint_every=2, seeds=2)
+    summary = run_training(cfg, tmp_path / "seeds", progress=False, evaluate=True)
+    ev = summary["evaluation"]
+    assert len(ev["per_seed"]) == 2 and "mean over 2 seeds" in ev["table"]
+    header = (tmp_path / "seeds" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "reward_std" in header
+    _, _, stacked = load_params(tmp_path / "seeds")
+    # seed 1 of the vmapped run == a plain run started from the same split key
+    bank, _, _ = make_bank(cfg, "train", cfg.data.n_train)
+    env, params, _ = make_env(cfg, bank.labels)
+    fns = make_train(cfg.dqn, env, params, make_network(cfg, env))
+    rs = jax.jit(fns.init)(jax.random.split(jax.random.key(cfg.train.seed), 2)[1], bank)
+    for _ in range(2):
+        rs, _ = jax.jit(fns.run_chunk)(rs, bank)
+    for a, b in zip(jax.tree.leaves(rs.params), jax.tree.leaves(stacked)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b)[1], rtol=2e-5, atol=2e-6)

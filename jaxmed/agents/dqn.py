@@ -78,6 +78,11 @@ class DQNConfig:
     huber_delta: float = 1.0
     max_grad_norm: float = 10.0
 
+    @property
+    def env_steps_per_chunk(self) -> int:
+        """Single-environment steps one ``run_chunk`` takes (per device)."""
+        return self.chunk_steps * self.n_envs
+
     def __post_init__(self):
         for name in ("n_envs", "chunk_steps", "batch_size", "replay_capacity", "updates_per_step", "target_update_period", "n_step"):
             if int(getattr(self, name)) < 1:
@@ -181,6 +186,33 @@ def nstep_transition(window, gamma: float):
     }
 
 
+def episode_sums(info: dict, ended: jax.Array) -> dict:
+    """Per-step sums for logging: ``episodes`` (how many ended) and, for every ``info["final_<m>"]``
+    ``(n_envs, A)`` (NaN where the episode did not end), ``<m>_sum`` over ended episodes of the
+    agents' NaN-mean. Reduce a scan of them with :func:`episode_means`."""
+    out = {"episodes": ended.sum()}
+    for k, v in info.items():
+        if k.startswith("final_") and k != "final_state":
+            per_env = jnp.nanmean(v.reshape(v.shape[0], -1), axis=-1)
+            out[k[len("final_"):] + "_sum"] = jnp.where(ended, per_env, 0.0).sum()
+    return out
+
+
+def episode_means(m: dict) -> dict:
+    """``{"episodes": total, "final_<m>": mean over ended episodes}`` from stacked :func:`episode_sums`."""
+    episodes = m["episodes"].sum()
+    out = {"episodes": episodes}
+    for k, v in m.items():
+        if k.endswith("_sum"):
+            out["final_" + k[: -len("_sum")]] = jnp.where(episodes > 0, v.sum() / jnp.maximum(episodes, 1), jnp.nan)
+    return out
+
+
+def greedy_action(network: nn.Module, params, obs) -> jax.Array:
+    """``(..., A)`` int32: the action of highest Q-value for every agent."""
+    return jnp.argmax(network.apply(params, obs), axis=-1).astype(jnp.int32)
+
+
 def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name: str | None = None) -> TrainFns:
     """Build the pure training functions for ``env`` (a jaxmed environment with ``obs_state`` /
     ``render``) and a Q-network mapping ``(..., A, k, D, D, D)`` to ``(..., A, n_actions)``.
@@ -269,22 +301,14 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
 
         can_learn = buffer.size >= config.learning_starts
         rs, (loss, abs_td) = jax.lax.cond(can_learn, learn, lambda rs: (rs, jnp.full((2,), jnp.nan)), rs)
-        metrics = {
-            "reward": reward.mean(),
-            "episodes": ended.sum(),
-            "final_distance_mm_sum": jnp.where(ended, jnp.nanmean(info["final_distance_mm"], axis=-1), 0.0).sum(),
-            "loss": loss,
-            "abs_td": abs_td,
-        }
+        metrics = {"reward": reward.mean(), "loss": loss, "abs_td": abs_td, **episode_sums(info, ended)}
         return rs, metrics
 
     def run_chunk(rs: RunnerState, bank):
         rs, m = jax.lax.scan(lambda rs, _: step(rs, bank), rs, None, length=config.chunk_steps)
-        episodes = m["episodes"].sum()
         metrics = {
             "reward": m["reward"].mean(),
-            "episodes": episodes,
-            "final_distance_mm": m["final_distance_mm_sum"].sum() / jnp.maximum(episodes, 1),
+            **episode_means(m),
             "loss": jnp.nanmean(m["loss"]),
             "abs_td": jnp.nanmean(m["abs_td"]),
             "epsilon": epsilon(config, rs.steps),
@@ -313,31 +337,3 @@ def make_parallel_train(config: DQNConfig, env, env_params, network: nn.Module, 
         return p_init(jnp.arange(n), key, bank)
 
     return init, p_chunk
-
-
-def greedy_rollout(network: nn.Module, params, env, env_params, bank, volumes, starts, max_steps: int | None = None):
-    """Evaluate the greedy policy from fixed start points, without auto-reset.
-
-    Args:
-      volumes: ``(E,)`` int bank indices; ``starts``: ``(E, A, 3)`` level-0 voxel start positions.
-    Returns:
-      dict with ``final_distance_mm`` ``(E, A)``, ``final_pos`` ``(E, A, 3)`` level-0 voxels,
-      ``path`` ``(T + 1, E, A, 3)`` and ``steps`` ``(E,)`` (steps until every agent was done).
-    """
-    max_steps = int(env_params.max_steps) if max_steps is None else max_steps
-    obs, state = jax.vmap(env.reset_at, in_axes=(None, None, 0, 0))(env_params, bank, volumes, starts)
-
-    def body(carry, _):
-        obs, state = carry
-        action = jnp.argmax(network.apply(params, obs), axis=-1).astype(jnp.int32)
-        state, *_ = jax.vmap(env.step_env, in_axes=(None, 0, 0, None, None))(jax.random.key(0), state, action, env_params, bank)
-        return (jax.vmap(env.get_obs, in_axes=(0, None, None))(state, env_params, bank), state), (state.pos, jnp.all(state.done, -1))
-
-    (_, state), (path, done) = jax.lax.scan(body, (obs, state), None, length=max_steps)
-    steps = jnp.where(done.any(0), jnp.argmax(done, axis=0) + 1, max_steps)
-    return {
-        "final_distance_mm": jax.vmap(env.distance_mm, in_axes=(0, None))(state, bank),
-        "final_pos": state.pos,
-        "path": jnp.concatenate([starts[None].astype(path.dtype), path], axis=0),
-        "steps": steps,
-    }

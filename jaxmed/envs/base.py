@@ -22,6 +22,12 @@ can re-render the final observation (``env.get_obs(info["final_state"], params, 
 bootstrap from it. ``terminated`` (the task ended: no bootstrapping) and ``truncated`` (time limit:
 bootstrap) are kept apart.
 
+Training and evaluation of any env go through the task protocol: :attr:`n_agents`,
+:attr:`required_labels` (bank landmarks it reads), :attr:`metric_labels`, :meth:`eval_params`,
+:meth:`eval_states` (fixed evaluation starts) and :meth:`eval_metrics` (per-agent errors of a final
+state); ``step_env``'s ``info["final_<metric>"]`` holds a metric where the episode ended (NaN
+elsewhere), which learners log.
+
 Subclasses implement :meth:`reset_env` (``-> state``), :meth:`step_env` (``-> (state, reward,
 terminated, truncated, info)``, no observation, no reset), :meth:`get_obs`, :attr:`default_params`,
 :meth:`observation_space`, :meth:`action_space`; optionally the host-side checks :meth:`check_bank`
@@ -141,6 +147,42 @@ class Environment:
     def render(self, obs_state, bank) -> Obs:
         """The observation of an :meth:`obs_state` (default: :meth:`get_obs` with default params)."""
         return self.get_obs(obs_state, self.default_params, bank)
+
+    # -------------------------------------------------------------- task protocol (training / evaluation)
+
+    @property
+    def n_agents(self) -> int:
+        """``A``, agents acting at once in one environment (actions ``(A,)``, rewards ``(A,)``)."""
+        return 1
+
+    @property
+    def required_labels(self) -> tuple[str, ...]:
+        """The bank landmark labels this env reads (the experiment builds its bank with exactly these)."""
+        return ()
+
+    @property
+    def max_crop(self) -> int:
+        """The largest crop edge (voxels) this env cuts with ``dynamic_slice``: the bank it runs on
+        must be padded for it (``build_bank(..., max_crop=env.max_crop)``). Default: the static
+        config's ``crop_size`` if it has one, else 1 (an env that only resamples)."""
+        return int(getattr(getattr(self, "config", None), "crop_size", 1))
+
+    @property
+    def metric_labels(self) -> tuple[str, ...]:
+        """One row name per agent for result tables (e.g. the target landmark, the structure)."""
+        return tuple(f"agent{i}" for i in range(self.n_agents))
+
+    def eval_params(self, params):
+        """The parameters for evaluation: nothing that peeks at the ground truth (default: unchanged)."""
+        return params
+
+    def eval_states(self, params, bank, n_starts: int, seed: int = 0):
+        """A batch (leading axis ``E``) of deterministic evaluation start states over every bank volume."""
+        raise NotImplementedError(f"{self.name} does not define evaluation start states")
+
+    def eval_metrics(self, state, params, bank) -> dict[str, jax.Array]:
+        """Per-agent error metrics of a (final) state: ``{name: (A,) float32}``."""
+        raise NotImplementedError(f"{self.name} does not define evaluation metrics")
 
     # -------------------------------------------------------------- host-side checks (optional)
 

@@ -372,6 +372,65 @@ class LandmarkEnv(Environment):
         grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
         return grid.reshape(-1, 3)
 
+    # -------------------------------------------------------------- task protocol
+
+    @property
+    def required_labels(self) -> tuple[str, ...]:
+        """The target labels, each once."""
+        return tuple(dict.fromkeys(self.config.targets))
+
+    @property
+    def metric_labels(self) -> tuple[str, ...]:
+        return self.config.targets
+
+    def eval_params(self, params: EnvParams) -> EnvParams:
+        """No stop at the target (that would use the ground truth): agents run until they oscillate."""
+        return params.replace(terminate_at_target_mm=0.0)
+
+    def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> EnvState:
+        """``E = n_volumes * n_starts`` start states (leading axis ``E``).
+
+        Agents with different targets start at the same voxel; the copies of one target (several
+        agents on one landmark) start at different points of the list (:meth:`_start_shifts`).
+
+        ``n_starts == 27``: the 3x3x3 grid at 25/50/75 % of each volume's extent
+        (:meth:`eval_start_points`); otherwise ``n_starts`` points per volume drawn once (``seed``)
+        uniformly in the central 80 %.
+        """
+        self.check_bank(bank)
+        rng = np.random.default_rng(seed)
+        vols, starts = [], []
+        for v in range(bank.n_volumes):
+            if n_starts == 27:
+                pts = self.eval_start_points(bank, v)
+            else:
+                ext = np.asarray(bank.shapes)[0, v]
+                pts = np.rint(rng.uniform(0.1, 0.9, size=(n_starts, 3)) * (ext - 1)).astype(np.int32)
+            vols.append(np.full(len(pts), v, np.int32))
+            starts.append(pts[self._start_shifts(len(pts))])
+        return self.states_at(bank, np.concatenate(vols), np.concatenate(starts))
+
+    def _start_shifts(self, n_points: int) -> np.ndarray:
+        """``(n_points, A)`` start-point indices: agent copy ``c`` of a target (several agents on one
+        landmark) starts ``c * n_points // copies`` points further along the list than copy 0."""
+        targets = self.config.targets
+        copy = np.array([targets[:i].count(t) for i, t in enumerate(targets)])
+        copies = np.array([targets.count(t) for t in targets])
+        return (np.arange(n_points)[:, None] + copy[None, :] * n_points // copies[None, :]) % n_points
+
+    def states_at(self, bank, volumes, starts) -> EnvState:
+        """Deterministic start states, batched: ``volumes`` ``(E,)`` int, ``starts`` ``(E, A, 3)`` level-0
+        voxels (clipped into each volume), every agent at the coarsest level."""
+        return self._batch_initial_states(bank, jnp.asarray(volumes, jnp.int32), jnp.asarray(starts, jnp.int32))
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _batch_initial_states(self, bank, volumes, starts):
+        return jax.vmap(self._initial_state, in_axes=(None, 0, 0))(bank, volumes, starts)
+
+    def eval_metrics(self, state: EnvState, params, bank) -> dict[str, jax.Array]:
+        """``{"distance_mm": (A,)}``: each agent's distance to its target."""
+        return {"distance_mm": self.distance_mm(state, bank)}
+
     # -------------------------------------------------------------- step
 
     def step_env(self, key, state: EnvState, action, params: EnvParams, bank):

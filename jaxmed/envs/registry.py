@@ -5,6 +5,13 @@ Registered names (``registered()`` lists them):
 * ``"landmark-v0"``: one agent on one landmark (default: the first of ``bank_labels``), level 0.
 * ``"landmark-multiscale-v0"``: one agent, coarse-to-fine over pyramid levels ``(0, 1, 2)``.
 * ``"landmark-multiagent-v0"``: one agent per landmark (default: the first ``min(4, K)`` labels).
+* ``"registration-v0"``: rigid registration (:mod:`jaxmed.envs.registration`), coarse-to-fine over
+  levels ``(0, 1, 2)`` with steps ``(1, 2, 4)`` mm / degrees; TRE over ``landmarks`` (default: all
+  of ``bank_labels``).
+
+The landmark factories also take ``agents_per_target=n``: ``n`` agents hunt each target (targets
+``(AC, PC)`` become ``(AC, AC, AC, PC, PC, PC)`` for ``n = 3``); evaluation starts them from
+different points and detection answers the robust mean of their end points.
 
 ``overrides`` may name any field of the env's static config (e.g. ``targets``, ``crop_size``,
 ``frames``, ``levels``, ``osc_window``) or of its numeric ``EnvParams`` (``max_steps``,
@@ -65,6 +72,9 @@ def _landmark_factory(levels: tuple[int, ...], n_default_targets: int | None):
     def factory(name: str, bank_labels, **overrides):
         from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig
 
+        copies = overrides.pop("agents_per_target", 1)
+        if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
+            raise ConfigError(f"{name}: agents_per_target must be a positive int, got {copies!r}")
         config_kw, params_kw = _split_overrides(name, LandmarkEnvConfig, EnvParams, overrides)
         config_kw.setdefault("levels", levels)
         if "targets" not in config_kw:
@@ -72,6 +82,9 @@ def _landmark_factory(levels: tuple[int, ...], n_default_targets: int | None):
                 raise ConfigError(f"{name}: give targets=(label, ...) or bank_labels=bank.labels to choose the landmarks")
             n = len(bank_labels) if n_default_targets is None else min(n_default_targets, len(bank_labels))
             config_kw["targets"] = tuple(bank_labels[:n])
+        if copies > 1:  # several agents hunting each landmark: targets (AC, PC) -> (AC, AC, AC, PC, PC, PC)
+            targets = (config_kw["targets"],) if isinstance(config_kw["targets"], str) else tuple(config_kw["targets"])
+            config_kw["targets"] = tuple(t for t in targets for _ in range(copies))
         env = LandmarkEnv(LandmarkEnvConfig(**config_kw), labels=bank_labels, name=name)
         return env, EnvParams(**params_kw)
 
@@ -81,3 +94,20 @@ def _landmark_factory(levels: tuple[int, ...], n_default_targets: int | None):
 register("landmark-v0", _landmark_factory((0,), 1))
 register("landmark-multiscale-v0", _landmark_factory((0, 1, 2), 1))
 register("landmark-multiagent-v0", _landmark_factory((0,), 4))
+
+
+def _registration_factory(name: str, bank_labels, **overrides):
+    from jaxmed.envs.registration import EnvParams, RegistrationEnv, RegistrationEnvConfig
+
+    config_kw, params_kw = _split_overrides(name, RegistrationEnvConfig, EnvParams, overrides)
+    config_kw.setdefault("levels", (0, 1, 2))
+    config_kw.setdefault("steps", (1.0, 2.0, 4.0))
+    if "landmarks" not in config_kw:
+        if not bank_labels:
+            raise ConfigError(f"{name}: give landmarks=(label, ...) or bank_labels=bank.labels to choose the TRE landmarks")
+        config_kw["landmarks"] = tuple(bank_labels)
+    env = RegistrationEnv(RegistrationEnvConfig(**config_kw), labels=bank_labels, name=name)
+    return env, EnvParams(**params_kw)
+
+
+register("registration-v0", _registration_factory)

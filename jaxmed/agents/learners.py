@@ -1,0 +1,61 @@
+"""The learners a run can select (``train.learner``) and what each one needs from the outer loop.
+
+Every learner module provides the same interface:
+
+* a frozen config dataclass (the YAML section named after the learner, e.g. ``dqn:`` / ``ppo:``)
+  with ``n_envs`` and ``env_steps_per_chunk`` (single-env steps one ``run_chunk`` takes per device);
+* ``make_train(config, env, env_params, network, axis_name=None) -> TrainFns`` (``init(key, bank)``,
+  ``run_chunk(state, bank) -> (state, metrics)``), pure and vmappable over seeds;
+* ``make_parallel_train(config, env, env_params, network, n_devices)`` (data-parallel, ``pmap``);
+* ``greedy_action(network, params, obs) -> (..., A) int32`` for evaluation and detection.
+
+The network family differs: value learners use :func:`jaxmed.networks.network_from_config`
+(Q-values), policy-gradient learners an actor-critic network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from types import ModuleType
+
+from jaxmed.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerSpec:
+    module: str  # import path of the learner module
+    config_class: str  # name of its config dataclass
+    network: str  # "q" (network_from_config) or "actor_critic"
+
+
+LEARNERS: dict[str, LearnerSpec] = {
+    "dqn": LearnerSpec("jaxmed.agents.dqn", "DQNConfig", "q"),
+    "a2c": LearnerSpec("jaxmed.agents.a2c", "A2CConfig", "actor_critic"),
+    "ppo": LearnerSpec("jaxmed.agents.ppo", "PPOConfig", "actor_critic"),
+    "grpo": LearnerSpec("jaxmed.agents.grpo", "GRPOConfig", "actor_critic"),
+}
+
+
+def spec(name: str) -> LearnerSpec:
+    if name not in LEARNERS:
+        raise ConfigError(f"unknown learner {name!r}; choose one of {', '.join(LEARNERS)}")
+    return LEARNERS[name]
+
+
+def module(name: str) -> ModuleType:
+    """The learner's module (imported on first use)."""
+    return importlib.import_module(spec(name).module)
+
+
+def config_class(name: str) -> type:
+    return getattr(module(name), spec(name).config_class)
+
+
+def network_from_config(name: str, cfg: dict):
+    """Build learner ``name``'s network from a ``network:`` config mapping."""
+    if spec(name).network == "q":
+        from jaxmed.networks import network_from_config as build
+    else:
+        from jaxmed.networks.actor_critic import actor_critic_from_config as build
+    return build(cfg)
