@@ -7,6 +7,7 @@ truncated, info)`` with auto-reset.
 
 from jaxmed.envs.base import Box, Discrete, Environment
 from jaxmed.envs.landmark import EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig, ObsState
+from jaxmed.envs.registration import RegistrationEnv, RegistrationEnvConfig
 from jaxmed.envs.registry import make, register, registered
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "LandmarkEnv",
     "LandmarkEnvConfig",
     "ObsState",
+    "RegistrationEnv",
+    "RegistrationEnvConfig",
     "make",
     "register",
     "registered",

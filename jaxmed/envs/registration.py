@@ -1,0 +1,596 @@
+"""Rigid 3D registration as a sequence of discrete moves, pure and jitted.
+
+An agent aligns a *moving* image to a *fixed* image by changing a rigid transform one small step at a
+time, seeing both images on the same grid, and is rewarded for every millimetre the target
+registration error (TRE) over a set of landmarks decreases. This is the formulation of
+
+* Liao et al., "An artificial agent for robust image registration", AAAI 2017 (12 actions: ±1 mm /
+  ±1° per rigid parameter; reward = decrease of the distance to the ground-truth transform;
+  hierarchical coarse-to-fine registration), with the TRE of the issue as the distance;
+* its multimodal follow-ups (Sun et al., ACCV 2018; Hu et al., MedIA 2021), whose test-time
+  look-ahead lives in :mod:`jaxmed.agents.lookahead`.
+
+Pairs
+-----
+Every bank volume ``n`` is a *fixed* image ``F``. Its *moving* image is the same subject under a
+ground-truth rigid perturbation ``G`` (world -> world, drawn at reset): ``M(y) = r(F(G^{-1} y))``,
+where ``r`` is the optional intensity remap (``config.remap``, below). The anatomy at fixed world
+point ``x`` appears at moving world point ``G x``; the answer of the registration, the transform that
+maps fixed world coordinates to moving world coordinates, is ``G`` itself. The ground truth is
+therefore exact and no second volume is stored: the moving image is rendered on the fly by
+resampling the bank volume. ``G`` has uniform parameters in ``±max_translation_mm`` per axis and
+``±max_rotation_deg`` per Euler angle, about the registration centre ``c``.
+
+Registration centre ``c``: the world position of the centre of the fixed volume's voxel grid (level 0,
+``affine @ (shape - 1) / 2``); it needs no ground truth, so :mod:`jaxmed.commands.register` uses the
+same centre on a new image pair. Rotations (of ``G``, of the estimate, of the actions) are about
+``c``; the observation is centred on ``c``.
+
+Transforms and actions
+----------------------
+Parameters ``(6,)``: translations ``(tx, ty, tz)`` mm and Euler angles ``(rx, ry, rz)`` degrees about
+``c`` (:func:`jaxmed.ops.rigid.rigid_matrix`: ``x' = R (x - c) + c + t``, ``R = Rz Ry Rx``). The state
+holds the current estimate ``T`` (fixed world -> moving world; identity at reset) as such parameters.
+
+Action ``a`` in ``0..11`` is an increment ``d`` of one parameter: parameter ``a // 2`` (0-2 the
+translations, 3-5 the rotations) by ``+step`` (``a`` even) or ``-step`` (odd), ``step`` = mm or
+degrees of the current level. It is *composed in the fixed image's frame*: ``T <- T o D(d)`` with
+``D(d) = rigid_matrix(d, c)``. From the identity this changes exactly one parameter by ``±step``; in
+general the new parameters are ``matrix_to_params(T @ D(d), c)``. Deviation from adding ``d`` to the
+parameters, and why: the observation is a function of the residual ``W = G^{-1} T`` only (below);
+composing on the right gives ``W <- W o D(d)``, so an action's effect on the observation, and on the
+reward, does not depend on the unseen ``G``, and the process is Markov in what the agent sees.
+Additive increments would act as ``G^{-1} D(d) G``: a translation rotated by the unknown ``G``.
+
+Observation
+-----------
+``(1, 2, D, D, D)`` float32 normalised intensities (``A = 1`` agent, the two channels take the place
+of frames, so the Q-networks of :mod:`jaxmed.networks` apply unchanged): channel 0 the fixed crop of
+``D^3`` voxels of pyramid level ``config.levels[level]`` around the voxel nearest ``c``; channel 1
+the moving image resampled (trilinear, 0 outside the image) on exactly the same grid under the
+current estimate: ``M(T x) = r(F(W x))``, ``W = G^{-1} T``, one interpolation from the bank level.
+On a real pair (:meth:`RegistrationEnv.pair_state`, ``G = I``, ``moving`` another bank volume)
+channel 1 samples that volume at ``T x``.
+
+Reward, coarse-to-fine, termination
+-----------------------------------
+* TRE: mean over the landmarks ``L_i`` (``config.landmarks``, world mm of the fixed image) of
+  ``|T L_i - G L_i| = |W L_i - L_i|`` mm. Reward ``(1,)`` float32: ``clip(prev_tre - tre, ±reward_clip)``
+  mm with the *current* step's TRE; 0 once done.
+* Levels: ``config.levels`` (bank pyramid levels, finest first) with ``config.steps`` (mm and degrees
+  per action, same length, finest first), e.g. levels ``(0, 1, 2)`` with steps ``(1, 2, 4)``. The
+  agent starts at the coarsest; when it oscillates (the new estimate lies within ``0.25 step`` in
+  every parameter of at least ``osc_repeats`` of the newest ``min(osc_window, since_switch + 1)``
+  estimates, itself included) it moves one level finer; oscillation at the finest level ends the
+  episode (``terminated``). ``terminate_at_tre_mm > 0`` (training only: it reads the ground truth;
+  :meth:`RegistrationEnv.eval_params` disables it) also ends it when ``tre <= terminate_at_tre_mm``
+  after a move at the finest level. ``truncated`` when ``t >= max_steps`` and not terminated.
+* Auto-reset (:meth:`Environment.step`): ``info["final_state"]`` is the state the episode ended in;
+  ``info`` also holds ``tre_mm`` ``(1,)``, ``final_tre_mm``, ``final_rotation_error_deg``,
+  ``final_translation_error_mm`` ``(1,)`` (NaN unless the episode ended), ``oscillated`` ``(1,)`` bool
+  and ``level`` ``(1,)`` int32.
+
+Multimodal option (``config.remap``): ``"none"``; ``"monotone"`` (a fixed concave piecewise-linear
+curve: contrast changes, order kept); ``"nonmonotone"`` (a fixed piecewise-linear curve that folds
+the intensity range over itself, so dark, mid and bright tissue swap order: intensity matching such
+as cross-correlation fails, structure is kept). Both keep 0 at 0 (background stays background); see
+:data:`REMAP_KNOTS` and :func:`remap_intensity`.
+
+Evaluation: :meth:`RegistrationEnv.eval_states` (``n_starts`` fixed perturbations per volume drawn
+from a seeded generator, estimate = identity), :meth:`RegistrationEnv.eval_metrics` (``tre_mm``,
+``rotation_error_deg`` = angle of the residual rotation, ``translation_error_mm`` = displacement of
+the centre ``c``). Replay without pixels: :meth:`RegistrationEnv.obs_state` (volume and moving index,
+the residual as a ``(3, 4)`` matrix, the level: 57 bytes) and :meth:`RegistrationEnv.render`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxmed.envs.base import Box, Discrete, Environment, is_concrete
+from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.ops.resample import resample_window_from_stack
+from jaxmed.ops.rigid import invert_rigid, matrix_to_params, rigid_distance, rigid_matrix
+
+N_ACTIONS = 12
+N_PARAMS = 6
+
+#: Knots ``(x, y)`` of the piecewise-linear intensity remaps (normalised intensities; constant beyond
+#: the last knot). ``monotone``: concave and increasing. ``nonmonotone``: drawn once by hand to fold
+#: the range three times (0.3 -> 1.0, 0.5 -> 0.2, 0.7 -> 0.8, 0.9 -> 0.1), like a T1 -> T2 contrast
+#: swap between dark, mid and bright tissue.
+REMAP_KNOTS = {
+    "monotone": ((0.0, 0.25, 0.5, 0.75, 1.0), (0.0, 0.45, 0.65, 0.8, 1.0)),
+    "nonmonotone": ((0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0), (0.0, 0.6, 1.0, 0.2, 0.8, 0.1, 0.4)),
+}
+REMAPS = ("none",) + tuple(REMAP_KNOTS)
+
+
+def remap_intensity(values, kind: str):
+    """Apply the named intensity remap to normalised intensities ``values`` (any shape, float32).
+
+    ``"none"`` returns them unchanged; see :data:`REMAP_KNOTS` for the others. Works on NumPy and
+    JAX arrays (returns the same kind)."""
+    if kind == "none":
+        return values
+    if kind not in REMAP_KNOTS:
+        raise ConfigError(f"unknown intensity remap {kind!r}; choose one of {', '.join(REMAPS)}")
+    xs, ys = REMAP_KNOTS[kind]
+    if isinstance(values, np.ndarray):
+        return np.interp(values, xs, ys).astype(np.float32)
+    return jnp.interp(values, jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32))
+
+
+def action_increment(action, step):
+    """``(6,)`` float32 parameter increment of ``action`` (0..11) with step ``step`` (mm / degrees)."""
+    action = jnp.asarray(action, jnp.int32)
+    sign = jnp.where(action % 2 == 0, 1.0, -1.0)
+    return jax.nn.one_hot(action // 2, N_PARAMS, dtype=jnp.float32) * (sign * step)
+
+
+def compose_action(params, action, step, center):
+    """New estimate parameters ``(6,)`` after ``action``: ``T o D(d)`` (module docstring)."""
+    t = rigid_matrix(params, center) @ rigid_matrix(action_increment(action, step), center)
+    return matrix_to_params(t, center)
+
+
+def tre(residual, points):
+    """Mean distance (mm) between ``points`` ``(K, 3)`` and their images under ``residual`` ``(4, 4)``.
+
+    With ``residual = G^{-1} T`` (both rigid) this is ``mean_i |T p_i - G p_i|``. Returns ``()`` float32."""
+    moved = points @ residual[:3, :3].T + residual[:3, 3]
+    return jnp.mean(jnp.linalg.norm(moved - points, axis=-1))
+
+
+# ------------------------------------------------------------------ configuration, params, state
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistrationEnvConfig:
+    """Static configuration (hashable; fixes array shapes).
+
+    Attributes:
+      landmarks: bank landmark labels the TRE is measured over (at least one).
+      crop_size: ``D``, crop edge in voxels at every level; ``<= bank.max_crop``.
+      levels: bank pyramid levels, finest first, strictly increasing.
+      steps: action size per level (mm for translations, degrees for rotations), finest first,
+        positive and non-decreasing; ``len(steps) == len(levels)``.
+      osc_window: how many recent estimates the oscillation test looks at.
+      remap: moving-image intensity remap, ``"none" | "monotone" | "nonmonotone"``.
+    """
+
+    landmarks: tuple[str, ...] = ("L0",)
+    crop_size: int = 15
+    levels: tuple[int, ...] = (0,)
+    steps: tuple[float, ...] = (1.0,)
+    osc_window: int = 8
+    remap: str = "none"
+
+    def __post_init__(self):
+        landmarks = (self.landmarks,) if isinstance(self.landmarks, str) else tuple(str(t) for t in self.landmarks)
+        levels = (int(self.levels),) if np.ndim(self.levels) == 0 else tuple(int(l) for l in self.levels)
+        steps = (float(self.steps),) if np.ndim(self.steps) == 0 else tuple(float(s) for s in self.steps)
+        object.__setattr__(self, "landmarks", landmarks)
+        object.__setattr__(self, "levels", levels)
+        object.__setattr__(self, "steps", steps)
+        if not landmarks:
+            raise ConfigError("RegistrationEnvConfig: landmarks is empty; name the landmarks the TRE is measured over")
+        if len(set(landmarks)) != len(landmarks):
+            raise ConfigError(f"RegistrationEnvConfig: duplicate landmarks in {landmarks}")
+        for name in ("crop_size", "osc_window"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"RegistrationEnvConfig: {name} must be a positive int, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if not levels or levels[0] < 0 or any(b <= a for a, b in zip(levels, levels[1:])):
+            raise ConfigError(f"RegistrationEnvConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
+        if len(steps) != len(levels):
+            raise ConfigError(f"RegistrationEnvConfig: one step per level needed: levels {levels}, steps {steps}")
+        if any(not np.isfinite(s) or s <= 0 for s in steps) or any(b < a for a, b in zip(steps, steps[1:])):
+            raise ConfigError(f"RegistrationEnvConfig: steps must be positive and non-decreasing (finest first), got {steps}")
+        if self.remap not in REMAPS:
+            raise ConfigError(f"RegistrationEnvConfig: remap must be one of {', '.join(REMAPS)}, got {self.remap!r}")
+
+    @property
+    def history_len(self) -> int:
+        return self.osc_window
+
+
+@struct.dataclass
+class EnvParams:
+    """Numeric parameters (pytree leaves).
+
+    Attributes:
+      max_steps: episode length limit (truncation).
+      reward_clip: reward clip, mm.
+      max_translation_mm: ground-truth translations drawn uniformly in ± this per axis.
+      max_rotation_deg: ground-truth Euler angles drawn uniformly in ± this per axis.
+      terminate_at_tre_mm: ``> 0``: end the episode when the TRE after a move at the finest level is
+        at most this (reads the ground truth: training only); ``<= 0`` disables it.
+      osc_repeats: occurrences of the new estimate among the recent ones that count as oscillation.
+    """
+
+    max_steps: int = 100
+    reward_clip: float = 4.0
+    max_translation_mm: float = 20.0
+    max_rotation_deg: float = 20.0
+    terminate_at_tre_mm: float = 0.0
+    osc_repeats: int = 3
+
+
+@struct.dataclass
+class EnvState:
+    """Per-environment state (``H`` = ``osc_window``); about 300 bytes, no pixels.
+
+    Attributes:
+      volume: ``()`` int32, bank index of the fixed image.
+      moving: ``()`` int32, bank index of the volume the moving image is rendered from (``volume``
+        for synthetic pairs).
+      estimate: ``(6,)`` float32, current transform ``T`` (fixed world -> moving world) about ``c``.
+      gt: ``(6,)`` float32, ground-truth perturbation ``G`` about ``c`` (zero on a real pair).
+      level: ``()`` int32, index into ``config.levels`` (0 = finest).
+      history: ``(H, 6)`` float32, ring of recent estimates, newest first.
+      since_switch: ``()`` int32, steps since the reset or the last level switch.
+      done: ``(1,)`` bool, the agent has finished.
+      t: ``()`` int32, steps taken in this episode.
+      prev_tre: ``(1,)`` float32, TRE (mm) of ``estimate``.
+    """
+
+    volume: jax.Array
+    moving: jax.Array
+    estimate: jax.Array
+    gt: jax.Array
+    level: jax.Array
+    history: jax.Array
+    since_switch: jax.Array
+    done: jax.Array
+    t: jax.Array
+    prev_tre: jax.Array
+
+
+@struct.dataclass
+class ObsState:
+    """What an observation is rendered from: ``volume``, ``moving`` ``()`` int32, ``residual``
+    ``(3, 4)`` float32 (``G^{-1} T``, world -> world), ``level`` ``()`` int8."""
+
+    volume: jax.Array
+    moving: jax.Array
+    residual: jax.Array
+    level: jax.Array
+
+
+# ------------------------------------------------------------------ the environment
+
+
+class RegistrationEnv(Environment):
+    """Rigid registration of a moving image to a fixed image by 12 discrete moves (module docstring).
+
+    Args:
+      config: a :class:`RegistrationEnvConfig`.
+      labels: the bank's landmark labels (``bank.labels``); when given, ``config.landmarks`` is
+        checked against them now.
+      name: the name reported by :attr:`name` (the registry passes its name).
+    """
+
+    def __init__(self, config: RegistrationEnvConfig | None = None, labels: Sequence[str] | None = None, name: str = "registration"):
+        self.config = config if config is not None else RegistrationEnvConfig()
+        if not isinstance(self.config, RegistrationEnvConfig):
+            raise ConfigError(f"RegistrationEnv: config must be a RegistrationEnvConfig, got {type(config).__name__}")
+        self.labels = tuple(labels) if labels is not None else None
+        self._name = name
+        if self.labels is not None:
+            missing = [t for t in self.config.landmarks if t not in self.labels]
+            if missing:
+                raise LandmarkError(f"{name}: unknown TRE landmark(s) {', '.join(map(repr, missing))}; available: {', '.join(self.labels)}")
+
+    # -------------------------------------------------------------- descriptions
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def n_agents(self) -> int:
+        return 1
+
+    @property
+    def required_labels(self) -> tuple[str, ...]:
+        """The bank landmark labels this env reads (the TRE landmarks)."""
+        return self.config.landmarks
+
+    @property
+    def metric_labels(self) -> tuple[str, ...]:
+        return ("rigid",)
+
+    @property
+    def default_params(self) -> EnvParams:
+        return EnvParams()
+
+    def eval_params(self, params: EnvParams) -> EnvParams:
+        """``params`` without the ground-truth termination (``terminate_at_tre_mm = 0``)."""
+        return params.replace(terminate_at_tre_mm=0.0)
+
+    def observation_space(self, params=None, bank=None) -> Box:
+        d = self.config.crop_size
+        return Box(-np.inf, np.inf, (1, 2, d, d, d), jnp.float32)
+
+    def action_space(self, params=None) -> Discrete:
+        return Discrete(N_ACTIONS, (1,))
+
+    def _static_key(self) -> tuple:
+        return (self.config, self.labels)
+
+    def __repr__(self) -> str:
+        return f"RegistrationEnv(name={self._name!r}, config={self.config})"
+
+    # -------------------------------------------------------------- host-side checks
+
+    def check_bank(self, bank) -> None:
+        """Crop size within the margin, levels present, TRE landmarks among the bank's labels."""
+        c = self.config
+        if bank is None or not hasattr(bank, "levels") or not hasattr(bank, "margin"):
+            raise ConfigError(f"{self.name}: needs a VolumeBank (jaxmed.data.bank.build_bank), got {type(bank).__name__}")
+        if c.crop_size > bank.max_crop:
+            raise ConfigError(
+                f"{self.name}: crop_size {c.crop_size} is larger than the volume bank allows (max_crop {bank.max_crop}); "
+                f"rebuild the bank with build_bank(..., max_crop={c.crop_size}) or use a smaller crop"
+            )
+        if max(c.levels) >= bank.n_levels:
+            raise ConfigError(
+                f"{self.name}: levels {c.levels} need {max(c.levels) + 1} pyramid levels but the volume bank has "
+                f"{bank.n_levels} (factors {bank.factors}); rebuild it with more factors or use fewer levels"
+            )
+        self._landmark_indices(bank)
+
+    def _landmark_indices(self, bank) -> np.ndarray:
+        return np.array([bank.label_index(t) for t in self.config.landmarks], np.int32)
+
+    def check_action(self, action):
+        """:class:`ConfigError` unless ``action`` is ``(1,)`` or ``()`` integers in ``0..11``."""
+        shape = tuple(getattr(action, "shape", np.shape(action)))
+        if shape not in ((1,), ()):
+            raise ConfigError(f"{self.name}: expected one action, an int array of shape (1,), got shape {shape}")
+        dtype = getattr(action, "dtype", None)
+        if dtype is None:
+            dtype = np.asarray(action).dtype
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise ConfigError(f"{self.name}: actions must be integers in 0..{N_ACTIONS - 1}, got dtype {dtype}")
+        if is_concrete(action):
+            a = np.asarray(action)
+            if a.size and (a.min() < 0 or a.max() >= N_ACTIONS):
+                raise ConfigError(f"{self.name}: actions must lie in 0..{N_ACTIONS - 1} (±tx, ±ty, ±tz, ±rx, ±ry, ±rz), got {a.tolist()}")
+            if not isinstance(action, jax.Array):
+                action = jnp.asarray(a, jnp.int32)
+        return action
+
+    # -------------------------------------------------------------- geometry
+
+    def center(self, bank, volume) -> jax.Array:
+        """``(3,)`` float32 world mm: the registration centre of fixed volume ``volume``."""
+        aff = bank.affines[0, volume]
+        mid = (bank.shapes[0, volume].astype(jnp.float32) - 1.0) / 2.0
+        return aff[:3, :3] @ mid + aff[:3, 3]
+
+    def _steps(self) -> jax.Array:
+        return jnp.asarray(self.config.steps, jnp.float32)
+
+    def residual(self, state: EnvState, bank) -> jax.Array:
+        """``(4, 4)`` float32 ``G^{-1} T`` (world -> world of the fixed image)."""
+        c = self.center(bank, state.volume)
+        return invert_rigid(rigid_matrix(state.gt, c)) @ rigid_matrix(state.estimate, c)
+
+    def _landmarks(self, bank, volume) -> jax.Array:
+        return bank.landmarks_world[volume][jnp.asarray(self._landmark_indices(bank))]
+
+    def tre_mm(self, state: EnvState, bank) -> jax.Array:
+        """``(1,)`` float32, the TRE (mm) of the current estimate."""
+        return tre(self.residual(state, bank), self._landmarks(bank, state.volume))[None]
+
+    def transform_world(self, state: EnvState, bank) -> jax.Array:
+        """``(4, 4)`` float32, the current estimate ``T``: fixed world RAS mm -> moving world RAS mm."""
+        return rigid_matrix(state.estimate, self.center(bank, state.volume))
+
+    # -------------------------------------------------------------- reset
+
+    def initial_state(self, bank, volume, gt, moving=None) -> EnvState:
+        """The state at reset: estimate = identity, coarsest level, ground truth ``gt`` ``(6,)``.
+        ``moving`` (default ``volume``) is the bank volume the moving image is rendered from."""
+        c = self.config
+        volume = jnp.asarray(volume, jnp.int32)
+        moving = volume if moving is None else jnp.asarray(moving, jnp.int32)
+        gt = jnp.asarray(gt, jnp.float32).reshape(N_PARAMS)
+        estimate = jnp.zeros((N_PARAMS,), jnp.float32)
+        state = EnvState(
+            volume=volume,
+            moving=moving,
+            estimate=estimate,
+            gt=gt,
+            level=jnp.asarray(len(c.levels) - 1, jnp.int32),
+            history=jnp.zeros((c.history_len, N_PARAMS), jnp.float32),
+            since_switch=jnp.zeros((), jnp.int32),
+            done=jnp.zeros((1,), bool),
+            t=jnp.zeros((), jnp.int32),
+            prev_tre=jnp.zeros((1,), jnp.float32),
+        )
+        return state.replace(prev_tre=self.tre_mm(state, bank))
+
+    def reset_env(self, key, params: EnvParams, bank) -> EnvState:
+        """Random fixed volume; random perturbation, uniform in ``±max_translation_mm`` / ``±max_rotation_deg``."""
+        n_volumes = bank.levels[0].shape[0]
+        u = jax.random.uniform(key, (1 + N_PARAMS,), jnp.float32)
+        volume = jnp.minimum(jnp.floor(u[0] * n_volumes).astype(jnp.int32), n_volumes - 1)
+        scale = jnp.concatenate([jnp.full((3,), params.max_translation_mm, jnp.float32), jnp.full((3,), params.max_rotation_deg, jnp.float32)])
+        return self.initial_state(bank, volume, (2.0 * u[1:] - 1.0) * scale)
+
+    def draw_perturbations(self, params: EnvParams, n: int, seed: int) -> np.ndarray:
+        """``(n, 6)`` float32 ground-truth perturbations from ``numpy.random.default_rng(seed)`` (host side)."""
+        rng = np.random.default_rng(seed)
+        scale = np.array([float(params.max_translation_mm)] * 3 + [float(params.max_rotation_deg)] * 3, np.float32)
+        return (rng.uniform(-1.0, 1.0, size=(n, N_PARAMS)) * scale).astype(np.float32)
+
+    def eval_states(self, params: EnvParams | None, bank, n_starts: int, seed: int = 0) -> EnvState:
+        """``n_starts`` fixed ground-truth perturbations per bank volume (seeded; the same for the same
+        ``seed``), estimate = identity: a batched state with leading axis ``E = n_volumes * n_starts``,
+        volume-major."""
+        params = self.default_params if params is None else params
+        self.check_bank(bank)
+        if int(n_starts) < 1:
+            raise ConfigError(f"{self.name}: n_starts must be >= 1, got {n_starts}")
+        n_vol = bank.n_volumes
+        gts = self.draw_perturbations(params, n_vol * int(n_starts), seed)
+        vols = np.repeat(np.arange(n_vol, dtype=np.int32), int(n_starts))
+        return self.states_at(bank, vols, gts)
+
+    def states_at(self, bank, volumes, gts, moving=None) -> EnvState:
+        """Batched :meth:`initial_state` for ``volumes`` ``(E,)`` and perturbations ``gts`` ``(E, 6)``."""
+        self.check_bank(bank)
+        volumes = jnp.asarray(volumes, jnp.int32)
+        moving = volumes if moving is None else jnp.asarray(moving, jnp.int32)
+        return self._states_at(bank, volumes, jnp.asarray(gts, jnp.float32), moving)
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _states_at(self, bank, volumes, gts, moving):
+        return jax.vmap(self.initial_state, in_axes=(None, 0, 0, 0))(bank, volumes, gts, moving)
+
+    def pair_state(self, bank, fixed: int = 0, moving: int = 1) -> EnvState:
+        """Start state for registering bank volume ``moving`` to bank volume ``fixed`` (a real pair:
+        no ground truth, ``G = I``; rewards and TRE are then meaningless and only the estimate counts)."""
+        self.check_bank(bank)
+        for name, v in (("fixed", fixed), ("moving", moving)):
+            if not 0 <= int(v) < bank.n_volumes:
+                raise ConfigError(f"{self.name}: {name} volume index {int(v)} out of range: the bank holds {bank.n_volumes} volumes")
+        return self.initial_state(bank, fixed, jnp.zeros((N_PARAMS,)), moving)
+
+    # -------------------------------------------------------------- step
+
+    def step_env(self, key, state: EnvState, action, params: EnvParams, bank):
+        """One move, no auto-reset: ``(state, reward, terminated, truncated, info)``."""
+        del key  # deterministic dynamics
+        c = self.config
+        action = jnp.reshape(jnp.asarray(action, jnp.int32), ())
+        live = ~state.done[0]
+        step = self._steps()[state.level]
+        centre = self.center(bank, state.volume)
+        moved = compose_action(state.estimate, action, step, centre)
+        estimate = jnp.where(live, moved, state.estimate)
+        new = state.replace(estimate=estimate)
+        err = self.tre_mm(new, bank)
+        clip = jnp.asarray(params.reward_clip, jnp.float32)
+        reward = jnp.where(live, jnp.clip(state.prev_tre - err, -clip, clip), 0.0).astype(jnp.float32)
+
+        pushed = jnp.concatenate([estimate[None], state.history[:-1]], axis=0)
+        since = state.since_switch + 1
+        window = jnp.minimum(c.osc_window, since + 1)
+        recent = jnp.arange(c.history_len) < window
+        close = jnp.all(jnp.abs(pushed - estimate[None]) <= 0.25 * step, axis=-1)
+        repeats = jnp.sum(close & recent)
+        oscillated = live & (repeats >= params.osc_repeats)
+        at_finest = state.level == 0
+        switch = oscillated & ~at_finest
+        thr = jnp.asarray(params.terminate_at_tre_mm, jnp.float32)
+        reached = at_finest & (thr > 0) & (err[0] <= thr)
+        finished = live & ((oscillated & at_finest) | reached)
+
+        new = new.replace(
+            level=jnp.where(switch, state.level - 1, state.level),
+            history=jnp.where(live, pushed, state.history),
+            since_switch=jnp.where(switch, 0, jnp.where(live, since, state.since_switch)),
+            done=state.done | finished,
+            t=state.t + 1,
+            prev_tre=jnp.where(live, err, state.prev_tre),
+        )
+        terminated = jnp.all(new.done)
+        truncated = (new.t >= params.max_steps) & ~terminated
+        ended = terminated | truncated
+        metrics = self.eval_metrics(new, params, bank)
+        info = {
+            "tre_mm": new.prev_tre,
+            "oscillated": oscillated[None],
+            "level": new.level[None],
+        }
+        for k, v in metrics.items():
+            info[f"final_{k}"] = jnp.where(ended, v, jnp.nan)
+        return new, reward, terminated, truncated, info
+
+    # -------------------------------------------------------------- evaluation metrics
+
+    def eval_metrics(self, state: EnvState, params=None, bank=None) -> dict[str, jax.Array]:
+        """Errors of the estimate, each ``(1,)`` float32: ``tre_mm`` (mean over the landmarks),
+        ``rotation_error_deg`` (angle of the residual rotation ``R_G^T R_T``), ``translation_error_mm``
+        (``|T c - G c|``)."""
+        trans, angle = rigid_distance(state.estimate, state.gt)
+        return {
+            "tre_mm": self.tre_mm(state, bank),
+            "rotation_error_deg": angle[None].astype(jnp.float32),
+            "translation_error_mm": trans[None].astype(jnp.float32),
+        }
+
+    # -------------------------------------------------------------- observation
+
+    def obs_state(self, state: EnvState) -> ObsState:
+        """The few bytes the observation is a function of (what a replay buffer stores). The residual
+        is stored relative to the centre ``c`` (:func:`_residual_about_origin`), so no bank is needed
+        here; :meth:`render` puts ``c`` back."""
+        return ObsState(
+            volume=state.volume.astype(jnp.int32),
+            moving=state.moving.astype(jnp.int32),
+            residual=_residual_about_origin(state.estimate, state.gt),
+            level=state.level.astype(jnp.int8),
+        )
+
+    def get_obs(self, state: EnvState, params=None, bank=None) -> jax.Array:
+        """``(1, 2, D, D, D)`` float32: fixed crop and moving image under the current estimate."""
+        return self.render(self.obs_state(state), bank)
+
+    def render(self, obs_state: ObsState, bank) -> jax.Array:
+        """The observation of an :class:`ObsState`; ``render(obs_state(s), bank) == get_obs(s, params, bank)``."""
+        centre = self.center(bank, obs_state.volume)
+        residual = _about_center(obs_state.residual, centre)
+        level = obs_state.level.astype(jnp.int32)
+        out = None
+        for i, lvl in enumerate(self.config.levels):
+            pair = self.render_level(bank, obs_state.volume, obs_state.moving, residual, lvl)
+            out = pair if out is None else jnp.where(level == i, pair, out)
+        return out[None]
+
+    def render_level(self, bank, volume, moving, residual, bank_level: int) -> jax.Array:
+        """``(2, D, D, D)`` float32 at a static bank level: the fixed crop around the centre voxel and
+        the moving volume ``moving`` sampled at ``residual @ x`` for every crop voxel's world ``x``."""
+        d = self.config.crop_size
+        aff = bank.affines[bank_level, volume]
+        inv = jnp.linalg.inv(aff)
+        centre = self.center(bank, volume)
+        ext = bank.shapes[bank_level, volume]
+        centre_vox = jnp.clip(jnp.round(inv[:3, :3] @ centre + inv[:3, 3]).astype(jnp.int32), 0, ext - 1)
+        fixed = bank.to_intensity(bank.crop(volume, centre_vox, d, bank_level))
+        origin = (centre_vox - d // 2).astype(jnp.float32)
+        shift = jnp.eye(4, dtype=jnp.float32).at[:3, 3].set(origin)
+        moving_inv = jnp.linalg.inv(bank.affines[bank_level, moving])
+        grid = moving_inv @ residual @ aff @ shift  # crop voxel -> moving level voxel
+        sampled = resample_window_from_stack(bank.levels[bank_level], moving, grid, d, 0.0, bank.margin)
+        moving_img = remap_intensity(sampled * bank.intensity_scale, self.config.remap)
+        return jnp.stack([fixed, moving_img.astype(jnp.float32)])
+
+
+def _residual_about_origin(estimate, gt) -> jax.Array:
+    """``(3, 4)`` float32 ``G^{-1} T`` expressed with both transforms about the origin, i.e. the
+    residual *in coordinates relative to the centre*: ``x - c -> W(x) - c``. It does not depend on
+    ``c``, so the replay can store it without the bank."""
+    zero = jnp.zeros((3,), jnp.float32)
+    w = invert_rigid(rigid_matrix(gt, zero)) @ rigid_matrix(estimate, zero)
+    return w[:3]
+
+
+def _about_center(residual34, centre) -> jax.Array:
+    """``(4, 4)`` world -> world matrix of a centre-relative residual ``(3, 4)``: ``x -> c + W (x - c)``."""
+    r = residual34[:, :3]
+    t = residual34[:, 3] + centre - r @ centre
+    top = jnp.concatenate([r, t[:, None]], axis=1)
+    return jnp.concatenate([top, jnp.asarray([[0.0, 0.0, 0.0, 1.0]], jnp.float32)], axis=0)
