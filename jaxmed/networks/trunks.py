@@ -27,7 +27,8 @@ Trunks (selected by name through :data:`TRUNKS` / :func:`trunk_class`):
     Patch embedding: non-overlapping ``p³`` patches (default p = 5) → Dense(64) → activation, then
     ``g³`` neighbouring patch tokens (default g = 3) → Dense(128) → activation, flattened. Only
     reshapes and matmuls, ≈ 0.06 GFLOP at 45³: fast on CPU. Needs every spatial size divisible by
-    ``p · g`` (45 = 5 · 3 · 3 → 3³ × 128 = 3456 features).
+    ``p · g`` (45 = 5 · 3 · 3 → 3³ × 128 = 3456 features). ``p`` and ``g`` may be given per axis, so
+    non-cubic inputs such as a 3 × 64 × 64 slab of slices work (``p = (3, 8, 8)``, ``g = (1, 2, 2)``).
 
 ``width`` multiplies every channel count (rounded, at least 1).
 """
@@ -165,29 +166,45 @@ class StridedTrunk(_Trunk):
 _ACTIVATIONS: dict[str, Callable] = {"relu": nn.relu, "gelu": nn.gelu}
 
 
-def _blocks(x: jnp.ndarray, size: int) -> jnp.ndarray:
-    """``(B, X, Y, Z, C)`` -> ``(B, X/s, Y/s, Z/s, s³·C)``: non-overlapping ``s³`` blocks as tokens."""
+def _blocks(x: jnp.ndarray, size: int | Sequence[int]) -> jnp.ndarray:
+    """``(B, X, Y, Z, C)`` -> ``(B, X/sx, Y/sy, Z/sz, sx·sy·sz·C)``: non-overlapping blocks as tokens
+    (``size`` an int for cubes, or ``(sx, sy, sz)``)."""
+    sx, sy, sz = _spatial3(size)
     b, nx, ny, nz, c = x.shape
-    x = x.reshape(b, nx // size, size, ny // size, size, nz // size, size, c)
+    x = x.reshape(b, nx // sx, sx, ny // sy, sy, nz // sz, sz, c)
     x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
-    return x.reshape(b, nx // size, ny // size, nz // size, size**3 * c)
+    return x.reshape(b, nx // sx, ny // sy, nz // sz, sx * sy * sz * c)
+
+
+def _positive_ints(value, name: str) -> tuple[int, int, int]:
+    """An int or three ints, each >= 1, as a 3-tuple (:class:`ConfigError` otherwise)."""
+    items = (value,) * 3 if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        items = ()
+    if len(items) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items):
+        raise ConfigError(f"patch trunk: {name} must be a positive int or three positive ints, got {value!r}")
+    return items  # type: ignore[return-value]
 
 
 class PatchTrunk(_Trunk):
     """Patch embedding: ``p³`` patches -> Dense(embed) -> act; ``g³`` tokens -> Dense(hidden) -> act.
 
     Attributes:
-      patch_size: ``p``, voxels per patch side (default 5).
-      group: ``g``, patch tokens per group side (default 3); 1 disables grouping.
+      patch_size: ``p``, voxels per patch side (default 5), or ``(px, py, pz)`` per axis (e.g.
+        ``(3, 8, 8)`` for a slab of 3 slices of 64 x 64 from the view-plane env).
+      group: ``g``, patch tokens per group side (default 3), or ``(gx, gy, gz)``; 1 disables grouping.
       embed: patch embedding width (default 64, times ``width``).
       hidden: group embedding width (default 128, times ``width``).
       activation: ``"relu"`` or ``"gelu"``.
 
-    Every spatial input size must be divisible by ``p · g``. Output: ``(D / (p g))³ · hidden``.
+    Every spatial input size must be divisible by ``p · g`` on its axis. Output:
+    ``prod(D_i / (p_i g_i)) · hidden`` features.
     """
 
-    patch_size: int = 5
-    group: int = 3
+    patch_size: int | tuple[int, int, int] = 5
+    group: int | tuple[int, int, int] = 3
     embed: int = 64
     hidden: int = 128
     activation: str = "relu"
@@ -197,26 +214,28 @@ class PatchTrunk(_Trunk):
         if self.activation not in _ACTIVATIONS:
             raise ConfigError(f"patch trunk: unknown activation {self.activation!r}; "
                               f"choose one of {sorted(_ACTIVATIONS)}")
-        for name in ("patch_size", "group", "embed", "hidden"):
+        for name in ("embed", "hidden"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"patch trunk: {name} must be a positive int, got {value!r}")
-        block = self.patch_size * self.group
-        for s in _spatial3(spatial):
+        patch = _positive_ints(self.patch_size, "patch_size")
+        group = _positive_ints(self.group, "group")
+        for s, p, g in zip(_spatial3(spatial), patch, group):
+            block = p * g
             if s % block:
                 near = max(block, round(s / block) * block)
                 raise ConfigError(
                     f"patch trunk: crop size {s} is not divisible by patch_size * group = "
-                    f"{self.patch_size} * {self.group} = {block}; use a crop size such as {near}, "
+                    f"{p} * {g} = {block}; use a crop size such as {near}, "
                     "or change patch_size / group"
                 )
 
     def body(self, x):
         act = _ACTIVATIONS[self.activation]
         x = act(nn.Dense(scaled(self.embed, self.width), dtype=self.dtype, name="patch_embed")(
-            _blocks(x, self.patch_size)))
+            _blocks(x, _positive_ints(self.patch_size, "patch_size"))))
         x = act(nn.Dense(scaled(self.hidden, self.width), dtype=self.dtype, name="group_embed")(
-            _blocks(x, self.group)))
+            _blocks(x, _positive_ints(self.group, "group"))))
         return x.reshape(x.shape[0], -1)
 
 

@@ -54,9 +54,25 @@ def plane_points(center, normal, size: Sequence[int] = (32, 32), n_slices: int =
     Returns:
       ``(S, H, W, 3)`` float32.
     """
-    h, w = (int(k) for k in size)
     n = _unit(normal)
     u, v = plane_axes(n)
+    return slab_points(center, n, u, v, size, n_slices, spacing, slice_spacing)
+
+
+def slab_points(center, normal, u, v, size: Sequence[int] = (32, 32), n_slices: int = 1, spacing=1.0, slice_spacing=1.0):
+    """:func:`plane_points` with the in-plane axes given: sample ``[s, h, w]`` sits at
+    ``center + (h - (H-1)/2) * spacing * u + (w - (W-1)/2) * spacing * v + (s - (S-1)/2) * slice_spacing * normal``.
+
+    Units are those of ``center`` (voxels, or world mm for :func:`sample_plane_world_from_stack`).
+    ``normal``, ``u`` and ``v`` are used as given (pass unit vectors, e.g. from :func:`plane_basis`).
+
+    Returns:
+      ``(S, H, W, 3)`` float32.
+    """
+    h, w = (int(k) for k in size)
+    n = jnp.asarray(normal, jnp.float32)
+    u = jnp.asarray(u, jnp.float32)
+    v = jnp.asarray(v, jnp.float32)
     c = jnp.asarray(center, jnp.float32)
 
     def offsets(k, step):
@@ -90,6 +106,93 @@ def sample_plane_from_stack(stack, index, center, normal, size: Sequence[int] = 
     unpadded voxel coordinates, ``margin`` the padding; see ``trilinear_from_stack``)."""
     pts = plane_points(center, normal, size, n_slices, spacing, slice_spacing)
     return trilinear_from_stack(stack, index, pts, fill, margin)
+
+
+def plane_basis(normal, reference):
+    """In-plane unit vectors ``(u, v)`` (each ``(3,)`` float32) oriented by a reference direction.
+
+    ``u`` is ``reference`` projected onto the plane and normalised, ``v = n x u`` (so ``(u, v, n)`` is
+    right-handed, ``u x v = n``). Unlike :func:`plane_axes` this is continuous in ``normal`` as long
+    as ``reference`` stays away from it, so an image sampled on a slowly tilting plane keeps its
+    orientation (what a view-plane agent needs). When ``reference`` is within ~0.06 degrees of
+    ``normal`` it falls back to :func:`plane_axes`.
+
+    Args:
+      normal: ``(3,)`` float, need not be unit length.
+      reference: ``(3,)`` float, e.g. a world axis, need not be unit length.
+    """
+    n = _unit(normal)
+    r = _unit(reference)
+    p = r - jnp.dot(r, n) * n
+    norm = jnp.linalg.norm(p)
+    fallback, _ = plane_axes(n)
+    u = jnp.where(norm > 1e-3, p / jnp.maximum(norm, _EPS), fallback)
+    return u, jnp.cross(n, u)
+
+
+def sample_plane_world_from_stack(stack, index, world_to_voxel, center, normal, u, v, size: Sequence[int] = (32, 32),
+                                  n_slices: int = 1, spacing=1.0, slice_spacing=1.0, fill: float = 0.0, margin: int = 0):
+    """Sample a slab laid out in *world* units on the ``index``-th volume of a padded stack.
+
+    The sample points are :func:`slab_points` ``(center, normal, u, v, ...)`` in world mm
+    (``spacing`` / ``slice_spacing`` in mm), mapped to the volume's unpadded voxel coordinates by
+    ``world_to_voxel`` and sampled trilinearly (:func:`trilinear_from_stack`; outside the volume:
+    ``fill``). Works for any (oblique, anisotropic) voxel grid.
+
+    Args:
+      stack: ``(N, X + 2m, Y + 2m, Z + 2m)`` any real dtype.
+      index: int scalar, volume index.
+      world_to_voxel: ``(4, 4)`` float, world mm -> unpadded voxel coordinates of that volume.
+      center, normal, u, v: ``(3,)`` float, world mm / unit directions.
+      size: static ``(H, W)``; n_slices: static ``S``; margin: static padding ``m``.
+
+    Returns:
+      ``(S, H, W)`` float32.
+    """
+    pts = slab_points(center, normal, u, v, size, n_slices, spacing, slice_spacing)
+    a = jnp.asarray(world_to_voxel, jnp.float32)
+    vox = pts @ a[:3, :3].T + a[:3, 3]
+    return trilinear_from_stack(stack, index, vox, fill, margin)
+
+
+def canonical_plane(normal, offset):
+    """``(n, d)`` flipped if needed so that the largest-magnitude component of ``n`` is positive
+    (``(n, d)`` and ``(-n, -d)`` are the same plane; this picks one). ``normal`` ``(..., 3)``,
+    ``offset`` ``(...)``."""
+    n = jnp.asarray(normal, jnp.float32)
+    d = jnp.asarray(offset, jnp.float32)
+    big = jnp.take_along_axis(n, jnp.argmax(jnp.abs(n), axis=-1)[..., None], axis=-1)[..., 0]
+    sign = jnp.where(big < 0, -1.0, 1.0)
+    return n * sign[..., None], d * sign
+
+
+def fit_plane(points, weights=None):
+    """Least-squares plane through ``points`` ``(K, 3)`` (total least squares: minimises the sum of
+    squared perpendicular distances), optionally weighted ``(K,)``.
+
+    The plane passes through the (weighted) centroid; its normal is the eigenvector of the smallest
+    eigenvalue of the centred scatter matrix, i.e. the last right-singular vector of the centred
+    points (as ``numpy.linalg.svd``). Returned in :func:`canonical_plane` orientation.
+
+    Returns:
+      ``(normal (3,), offset ())`` float32 with ``normal . x = offset`` on the plane.
+    """
+    p = jnp.asarray(points, jnp.float32)
+    w = jnp.ones(p.shape[:-1], jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+    centroid = jnp.sum(w[:, None] * p, axis=0) / jnp.maximum(jnp.sum(w), _EPS)
+    q = p - centroid
+    scatter = (w[:, None] * q).T @ q
+    _, vecs = jnp.linalg.eigh(scatter)  # ascending eigenvalues
+    n, d = canonical_plane(vecs[:, 0], jnp.dot(vecs[:, 0], centroid))
+    return n, d
+
+
+def point_plane_distance(points, normal, offset):
+    """Signed distances ``(...)`` of ``points`` ``(..., 3)`` to the plane ``normal . x = offset``
+    (``normal`` need not be unit length; positive on the side ``normal`` points to)."""
+    n = jnp.asarray(normal, jnp.float32)
+    length = jnp.maximum(jnp.linalg.norm(n), _EPS)
+    return (jnp.asarray(points, jnp.float32) @ n - jnp.asarray(offset, jnp.float32)) / length
 
 
 def plane_from_points(p0, p1, p2):
