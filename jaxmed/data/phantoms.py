@@ -4,6 +4,8 @@
   elongations; each landmark sits at a blob centre, so an agent can see where to go.
 * :func:`organ_phantom` — a few ellipsoid "organs" of different brightness; each one's axis-aligned
   bounding box (world RAS mm) is returned as a target box.
+* :func:`ellipsoid_phantom` — one bright ellipsoid "organ" (plus dimmer distractors) whose surface
+  points are landmarks ``"organ#000"``, ... (the form in which the box environments read targets).
 
 Both are deterministic by seed and use an axis-aligned RAS affine centred on the world origin.
 """
@@ -92,3 +94,64 @@ def organ_phantom(
         boxes[f"organ{i}"] = (centre - semi, centre + semi)
     data = np.clip(data + noise * rng.standard_normal(shape), 0, None).astype(np.float32)
     return Volume(data / data.max(), affine, source=f"organ_phantom(seed={seed})"), boxes
+
+
+def sphere_directions(n: int) -> np.ndarray:
+    """``(n, 3)`` unit vectors: the 6 axis directions ``±x, ±y, ±z`` first, then a Fibonacci spiral
+    (nearly uniform on the sphere) for the remaining ``n - 6``; ``n >= 6``."""
+    if n < 6:
+        raise ValueError(f"sphere_directions: need n >= 6 (the six axis directions), got {n}")
+    axes = np.concatenate([np.eye(3), -np.eye(3)])[[0, 3, 1, 4, 2, 5]]
+    m = n - 6
+    i = np.arange(m) + 0.5
+    z = 1.0 - 2.0 * i / max(m, 1)
+    phi = np.pi * (1.0 + 5.0**0.5) * i
+    r = np.sqrt(np.clip(1.0 - z * z, 0.0, None))
+    spiral = np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=-1)
+    return np.concatenate([axes, spiral])
+
+
+def ellipsoid_phantom(
+    shape: tuple[int, int, int] = (32, 32, 32),
+    spacing: float = 2.0,
+    seed: int = 0,
+    n_points: int = 26,
+    n_distractors: int = 1,
+    semi_range: tuple[float, float] = (0.15, 0.35),
+    noise: float = 0.02,
+    name: str = "organ",
+) -> tuple[Volume, Landmarks]:
+    """One bright ellipsoid "organ" with surface points as landmarks, for the box environments.
+
+    The organ (intensity 1) has axis-aligned semi-axes drawn in ``semi_range`` times the half field
+    of view and a centre drawn so that it stays inside the image; ``n_distractors`` dimmer
+    ellipsoids (intensity 0.45, smaller) are placed elsewhere and a faint "body" fills the
+    background. Landmarks ``"<name>#000" ... "<name>#{n-1}"`` are ``centre + semi * d`` for the
+    directions ``d`` of :func:`sphere_directions` (the six axis extremes first), so their bounding
+    box is exactly the organ's: ``centre ± semi``.
+
+    Returns ``(volume, landmarks)``: data ``shape`` float32 in [0, 1], landmarks world RAS mm.
+    """
+    rng = np.random.default_rng(seed)
+    affine = _centred_affine(shape, spacing)
+    world = _grid_world(shape, affine)
+    half = (np.asarray(shape) - 1) / 2 * spacing
+    body = np.exp(-np.sum((world / (0.9 * half)) ** 6, axis=-1))
+    data = 0.15 * body
+    semi = rng.uniform(*semi_range, size=3) * half
+    centre = rng.uniform(-1, 1, size=3) * (half - semi) * 0.7
+    for _ in range(n_distractors):
+        d_semi = rng.uniform(0.08, 0.18, size=3) * half
+        for _ in range(1000):
+            d_centre = rng.uniform(-1, 1, size=3) * (half - d_semi) * 0.8
+            if np.any(np.abs(d_centre - centre) > semi + d_semi + spacing):
+                break
+        inside = np.sum(((world - d_centre) / d_semi) ** 2, axis=-1) <= 1.0
+        data[inside] = 0.45
+    inside = np.sum(((world - centre) / semi) ** 2, axis=-1) <= 1.0
+    data[inside] = 1.0
+    data = np.clip(data + noise * rng.standard_normal(shape), 0, None).astype(np.float32)
+    volume = Volume(data / data.max(), affine, source=f"ellipsoid_phantom(seed={seed})")
+    points = centre + semi * sphere_directions(n_points)
+    labels = tuple(f"{name}#{i:03d}" for i in range(n_points))
+    return volume, Landmarks(labels, points, source=volume.source)

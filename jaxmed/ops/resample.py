@@ -20,7 +20,7 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
-from jaxmed.ops.crop import Size, _bits_view, _size3
+from jaxmed.ops.crop import Size, _bits_view, _size3, packed_layout
 
 
 def _sample(gather, shape, points, fill, margin):
@@ -90,6 +90,56 @@ def trilinear_from_stack(stack, index, points, fill: float = 0.0, margin: int = 
     index = jnp.asarray(index, jnp.int32)
     src, restore = _bits_view(stack, (index, jnp.asarray(points)))
     return _sample(lambda i, j, k: restore(src[index, i, j, k]), shape, points, fill, margin)
+
+
+def trilinear_levels(levels, extents, index, level, points, margin: int, fill: float = 0.0,
+                     candidates: Sequence[int] | None = None, packed=None):
+    """:func:`trilinear` on volume ``index`` of a pyramid of padded stacks, at a (traced) level.
+
+    The pyramid is what :class:`jaxmed.data.bank.VolumeBank` holds: ``levels[l]`` is the padded
+    stack of level ``l``; ``extents[l]`` the volume's unpadded extent there. ``points`` are voxel
+    coordinates *of the chosen level*. Every sample equals ``scipy.ndimage.map_coordinates(
+    unpadded_level_volume, points.T, order=1, mode="constant", cval=fill)``.
+
+    Kernels: a static ``level`` (a Python int) samples that stack only. A traced ``level`` reads
+    from ``packed`` (:func:`jaxmed.ops.crop.pack_levels` of ``levels``) when given, one gather per
+    corner from the flat buffer whatever the level; otherwise it samples every level of
+    ``candidates`` (default: all) at the same points and selects (``len(candidates)`` times the
+    gathers: give only the levels that can occur).
+
+    Args:
+      levels: tuple of ``(N, X_l + 2m, Y_l + 2m, Z_l + 2m)`` stacks, any real dtype.
+      extents: ``(L, 3)`` int, the volume's unpadded extent at each level (traced is fine).
+      index: int scalar, the volume (traced, not checked).
+      level: static int, or int scalar (traced) in ``candidates``.
+      points: ``(..., 3)`` float, voxel coordinates at ``level``.
+      margin: static int, the stacks' padding ``m`` (>= 1).
+      fill: value outside ``[0, extent - 1]`` on any axis.
+      candidates: static levels a traced ``level`` can take (default: every level).
+      packed: optional ``(N, V)`` buffer of all levels (the bank's ``packed``).
+
+    Returns:
+      ``(...)`` float32.
+    """
+    extents = jnp.asarray(extents, jnp.int32)
+    index = jnp.asarray(index, jnp.int32)
+    if isinstance(level, int):
+        stack = levels[level]
+        src, restore = _bits_view(stack, (index, jnp.asarray(points)))
+        return _sample(lambda i, j, k: restore(src[index, i, j, k]), extents[level], points, fill, margin)
+    level = jnp.asarray(level, jnp.int32)
+    candidates = tuple(range(len(levels))) if candidates is None else tuple(int(c) for c in candidates)
+    if packed is not None:
+        table = jnp.asarray(packed_layout([a.shape[1:] for a in levels]), jnp.int32)  # (L, 4): offset, X, Y, Z
+        row = table[level]
+        off, ny, nz = row[0], row[2], row[3]
+        src, restore = _bits_view(packed, (index, level, jnp.asarray(points)))
+        return _sample(lambda i, j, k: restore(src[index, off + (i * ny + j) * nz + k]), extents[level], points, fill, margin)
+    out = None
+    for lvl in candidates:
+        value = trilinear_levels(levels, extents, index, lvl, points, margin, fill)
+        out = value if out is None else jnp.where(level == lvl, value, out)
+    return out
 
 
 def _affine34(affine):
@@ -165,6 +215,7 @@ def box_to_grid_affine(box_min, box_max, size: Size):
 __all__: Sequence[str] = [
     "trilinear",
     "trilinear_from_stack",
+    "trilinear_levels",
     "affine_grid",
     "resample_window",
     "resample_window_from_stack",
