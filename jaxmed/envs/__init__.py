@@ -6,12 +6,20 @@ truncated, info)`` with auto-reset.
 """
 
 from jaxmed.envs.base import Box, Discrete, Environment
+from jaxmed.envs.box import BoxEnv, BoxEnvConfig, BoxEnvParams
+from jaxmed.envs.corner_pair import CornerPairConfig, CornerPairEnv, CornerPairParams
 from jaxmed.envs.landmark import EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig, ObsState
 from jaxmed.envs.registration import RegistrationEnv, RegistrationEnvConfig
 from jaxmed.envs.registry import make, register, registered
 
 __all__ = [
     "Box",
+    "BoxEnv",
+    "BoxEnvConfig",
+    "BoxEnvParams",
+    "CornerPairConfig",
+    "CornerPairEnv",
+    "CornerPairParams",
     "Discrete",
     "EnvParams",
     "EnvState",

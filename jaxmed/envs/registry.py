@@ -8,6 +8,9 @@ Registered names (``registered()`` lists them):
 * ``"registration-v0"``: rigid registration (:mod:`jaxmed.envs.registration`), coarse-to-fine over
   levels ``(0, 1, 2)`` with steps ``(1, 2, 4)`` mm / degrees; TRE over ``landmarks`` (default: all
   of ``bank_labels``).
+* ``"box-v0"``: one box agent (:mod:`jaxmed.envs.box`, Navarro 2020); ``"corner-pair-v0"``: two corner
+  agents (:mod:`jaxmed.envs.corner_pair`, Zheng 2021); both take ``structure=NAME`` (points
+  ``"<structure>#<i>"`` in the bank; default: the first such group of ``bank_labels``).
 
 The landmark factories also take ``agents_per_target=n``: ``n`` agents hunt each target (targets
 ``(AC, PC)`` become ``(AC, AC, AC, PC, PC, PC)`` for ``n = 3``); evaluation starts them from
@@ -111,3 +114,31 @@ def _registration_factory(name: str, bank_labels, **overrides):
 
 
 register("registration-v0", _registration_factory)
+
+
+def _box_factory(kind: str):
+    """Factory of the box envs: ``kind`` ``"box"`` (:class:`jaxmed.envs.box.BoxEnv`) or ``"corner-pair"``
+    (:class:`jaxmed.envs.corner_pair.CornerPairEnv`); ``structure`` names the target (points
+    ``"<structure>#<i>"`` among ``bank_labels``; default: the first such group)."""
+
+    def factory(name: str, bank_labels, **overrides):
+        if kind == "box":
+            from jaxmed.envs.box import BoxEnv as Env, BoxEnvConfig as Config, BoxEnvParams as Params
+        else:
+            from jaxmed.envs.corner_pair import CornerPairConfig as Config, CornerPairEnv as Env, CornerPairParams as Params
+
+        config_kw, params_kw = _split_overrides(name, Config, Params, overrides)
+        if "structure" not in config_kw:
+            groups = [l.split("#", 1)[0] for l in (bank_labels or ()) if "#" in l]
+            if not groups:
+                raise ConfigError(f"{name}: give structure=NAME, or bank_labels with '<structure>#<i>' points "
+                                  "(jaxmed.data.anatomy.structure_landmarks)")
+            config_kw["structure"] = groups[0]
+        env = Env(Config(**config_kw), labels=bank_labels, name=name)
+        return env, Params(**params_kw)
+
+    return factory
+
+
+register("box-v0", _box_factory("box"))
+register("corner-pair-v0", _box_factory("corner-pair"))
