@@ -1,0 +1,94 @@
+"""Advantage actor-critic (A2C, the synchronous form of A3C: Mnih et al. 2016, "Asynchronous methods
+for deep reinforcement learning") for jaxmed environments.
+
+``n_envs`` vmapped environments advance ``num_steps`` steps under the sampled policy; the advantages
+are GAE(λ) (``gae_lambda = 1``: the classic n-step returns bootstrapped from the last value; a
+truncated episode bootstraps from its final observation, a terminated one does not); then *one*
+gradient step on the whole rollout:
+
+    loss = -mean(log π(a|s) · A) + vf_coef · 0.5 · mean((V - R)^2) - ent_coef · entropy
+
+(no importance ratio, no clipping). The program is PPO's (:mod:`jaxmed.agents.actor_critic_train`)
+with one epoch of one minibatch and the vanilla losses of :mod:`jaxmed.agents.pg_losses`. The
+optimiser is Adam with global-norm clipping (the A3C paper used shared RMSProp).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
+from jaxmed.agents.dqn import TrainFns
+from jaxmed.agents.rollout_pg import OPTIMIZER_FLOATS, check_optimizer_fields, check_range, greedy_action, make_parallel, validate_fields
+from jaxmed.errors import ConfigError
+
+__all__ = ["A2CConfig", "RunnerState", "greedy_action", "make_parallel_train", "make_train"]
+
+
+@dataclasses.dataclass(frozen=True)
+class A2CConfig:
+    """A2C hyperparameters (the network and environment are configured separately).
+
+    Attributes:
+      n_envs: environments per device.
+      num_steps: rollout length ``T`` (vector steps) per gradient step.
+      updates_per_chunk: rollouts (= gradient steps) per ``run_chunk`` call.
+      gamma, gae_lambda: discount and GAE λ (1.0: n-step returns).
+      vf_coef, ent_coef: weights of the value loss and of the entropy bonus.
+      normalize_advantages: normalise the advantages of each rollout (off in classic A2C).
+      learning_rate, adam_eps, lr_decay_steps, lr_final_fraction, max_grad_norm: as in
+        :class:`jaxmed.agents.ppo.PPOConfig` (one gradient step per rollout).
+    """
+
+    n_envs: int = 16
+    num_steps: int = 5
+    updates_per_chunk: int = 20
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    vf_coef: float = 0.5
+    ent_coef: float = 0.01
+    normalize_advantages: bool = False
+    learning_rate: float = 7e-4
+    lr_decay_steps: int = 0
+    lr_final_fraction: float = 0.0
+    max_grad_norm: float = 0.5
+    adam_eps: float = 1e-5
+
+    def __post_init__(self):
+        validate_fields(self, ints=("n_envs", "num_steps", "updates_per_chunk"), non_negative_ints=("lr_decay_steps",),
+                        floats=("gamma", "gae_lambda", "vf_coef", "ent_coef") + OPTIMIZER_FLOATS,
+                        bools=("normalize_advantages",))
+        check_range(self, "gamma", 0.0, 1.0, low_open=True)
+        check_range(self, "gae_lambda", 0.0, 1.0)
+        check_range(self, "vf_coef", 0.0, float("inf"))
+        check_range(self, "ent_coef", 0.0, float("inf"))
+        check_optimizer_fields(self)
+
+    # the shared actor-critic program reads these: one unclipped step on the whole rollout
+    update_epochs = 1
+    num_minibatches = 1
+    clip_eps = None
+    value_clip_eps = None
+
+    @property
+    def env_steps_per_chunk(self) -> int:
+        """Single-env steps one ``run_chunk`` call takes per device."""
+        return self.updates_per_chunk * self.num_steps * self.n_envs
+
+    @property
+    def grad_steps_per_chunk(self) -> int:
+        """Gradient (Adam) steps one ``run_chunk`` call takes."""
+        return self.updates_per_chunk
+
+
+def make_train(config: A2CConfig, env, env_params, network, axis_name: str | None = None) -> TrainFns:
+    """A2C training functions; same interface and metrics as :func:`jaxmed.agents.ppo.make_train`
+    (``clip_frac`` is 0)."""
+    if not isinstance(config, A2CConfig):
+        raise ConfigError(f"a2c.make_train needs an A2CConfig, got {type(config).__name__}")
+    return make_actor_critic_train(config, env, env_params, network, axis_name)
+
+
+def make_parallel_train(config: A2CConfig, env, env_params, network, n_devices: int | None = None, axis_name: str = "devices"):
+    """:func:`make_train` data-parallel over ``n_devices`` local devices with ``jax.pmap`` (as DQN's)."""
+    return make_parallel(make_train, config, env, env_params, network, n_devices, axis_name)

@@ -1,0 +1,126 @@
+"""The training program shared by A2C and PPO (PureJaxRL style): rollout, GAE, minibatch epochs.
+
+One *iteration* = a ``lax.scan`` rollout of ``num_steps`` steps of ``n_envs`` vmapped, auto-resetting
+environments under the sampled policy (:func:`jaxmed.agents.rollout_pg.make_collect`, GAE(λ) with
+truncation bootstrapped from the final observation), then ``update_epochs`` passes over the
+``num_steps * n_envs`` samples in ``num_minibatches`` shuffled minibatches, one Adam step each (global
+norm clipping, linear learning-rate annealing). ``run_chunk`` scans ``updates_per_chunk`` iterations
+under ``jit``; the host only logs between chunks.
+
+A2C and PPO differ only in the loss and the number of passes: A2C takes one gradient step per
+rollout with the vanilla policy gradient and an unclipped value loss; PPO takes several with the
+clipped surrogate and (optionally) the clipped value loss (:mod:`jaxmed.agents.pg_losses`). A learner
+config must provide ``n_envs``, ``num_steps``, ``updates_per_chunk``, ``update_epochs``,
+``num_minibatches``, ``gamma``, ``gae_lambda``, ``clip_eps`` (``None``: A2C), ``value_clip_eps``
+(``None``: unclipped), ``vf_coef``, ``ent_coef``, ``normalize_advantages`` and the optimiser fields
+of :func:`jaxmed.agents.rollout_pg.make_optimizer`.
+
+Data parallelism: with ``axis_name`` the functions run under ``jax.pmap`` / ``shard_map``: each
+device acts in its own environments (keys folded with the device index), gradients are
+``lax.pmean``-ed before every Adam step, so parameters and optimiser state stay identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxmed.agents.dqn import TrainFns
+from jaxmed.agents.pg_losses import policy_loss, value_loss
+from jaxmed.agents.rollout_pg import (
+    device_key,
+    entropy,
+    epochs_of_minibatches,
+    flatten_time,
+    log_prob,
+    make_collect,
+    make_optimizer,
+    normalize,
+    pmean_if,
+    policy_value,
+    reduce_chunk_metrics,
+)
+
+
+@struct.dataclass
+class RunnerState:
+    """Everything the A2C / PPO loop carries (a pytree; per device under pmap, per seed under vmap).
+
+    Attributes: ``params``, ``opt_state``; ``env_state`` (``N`` env states) and ``obs`` ``(N, A, ...)``,
+    the current observations; ``key``; ``steps``: vector env steps taken (one step of all ``N`` envs);
+    ``updates``: gradient steps taken.
+    """
+
+    params: Any
+    opt_state: Any
+    env_state: Any
+    obs: jax.Array
+    key: jax.Array
+    steps: jax.Array
+    updates: jax.Array
+
+
+def make_actor_critic_train(config, env, env_params, network, axis_name: str | None = None) -> TrainFns:
+    """Build ``TrainFns(init, run_chunk, network, optimizer)`` for A2C / PPO (module docstring)."""
+    optimizer = make_optimizer(config)
+    n_envs = config.n_envs
+    v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
+    v_render = jax.vmap(env.render, in_axes=(0, None))
+    collect = make_collect(env, env_params, network, n_envs, config.num_steps, config.gamma, config.gae_lambda)
+
+    def init(key, bank) -> RunnerState:
+        net_key, env_key = jax.random.split(key)  # the network key is shared by every device
+        obs, env_state = v_reset(jax.random.split(device_key(env_key, axis_name), n_envs), env_params, bank)
+        params = network.init(net_key, obs[:1])
+        return RunnerState(
+            params=params, opt_state=optimizer.init(params), env_state=env_state, obs=obs,
+            key=device_key(jax.random.fold_in(key, 1), axis_name),
+            steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32),
+        )
+
+    def loss_fn(params, obs, mb):
+        logits, value = policy_value(network, params, obs)
+        mask = mb["valid"]
+        advantage = mb["advantage"]
+        if config.normalize_advantages:
+            advantage = normalize(advantage, mask)
+        logp = log_prob(logits, mb["action"])
+        pg, stats = policy_loss(logp, mb["logp"], advantage, mask, config.clip_eps)
+        vl = value_loss(value, mb["value"], mb["target"], mask, config.value_clip_eps)
+        ent = jnp.sum(entropy(logits) * mask) / jnp.maximum(mask.sum(), 1)
+        loss = pg + config.vf_coef * vl - config.ent_coef * ent
+        return loss, {"loss": loss, "policy_loss": pg, "value_loss": vl, "entropy": ent, **stats}
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def iteration(rs: RunnerState, bank):
+        key, k_roll, k_upd = jax.random.split(rs.key, 3)
+        batch, env_state, obs, sums, reward_mean = collect(rs.params, rs.env_state, rs.obs, k_roll, bank)
+
+        def minibatch_step(carry, mb):
+            params, opt_state = carry
+            (_, aux), grads = grad_fn(params, v_render(mb["obs_state"], bank), mb)
+            grads = pmean_if(grads, axis_name)
+            upd, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, upd), opt_state), aux
+
+        (params, opt_state), aux = epochs_of_minibatches(
+            k_upd, flatten_time(batch), config.update_epochs, config.num_minibatches, minibatch_step, (rs.params, rs.opt_state))
+        rs = rs.replace(params=params, opt_state=opt_state, env_state=env_state, obs=obs, key=key,
+                        steps=rs.steps + config.num_steps, updates=rs.updates + config.update_epochs * config.num_minibatches)
+        means = {k: v.mean() for k, v in aux.items()}
+        means["reward"] = reward_mean
+        return rs, (sums, means)
+
+    def run_chunk(rs: RunnerState, bank):
+        env.check_bank(bank)
+        rs, (sums, means) = jax.lax.scan(lambda r, _: iteration(r, bank), rs, None, length=config.updates_per_chunk)
+        metrics = reduce_chunk_metrics(jax.tree.map(lambda x: x.sum(0), sums), jax.tree.map(lambda x: x.mean(0), means), axis_name)
+        metrics.update(steps=rs.steps, updates=rs.updates)
+        return rs, metrics
+
+    return TrainFns(init=init, run_chunk=run_chunk, network=network, optimizer=optimizer)

@@ -1,0 +1,258 @@
+"""Group-relative policy optimisation (GRPO) for episodic image tasks: no critic, advantages relative
+to a group of episodes from the same start.
+
+GRPO (Shao et al. 2024, "DeepSeekMath", and DeepSeek-R1, 2025) replaces PPO's learned value baseline
+by the statistics of a *group* of ``G`` outcomes sampled for the same prompt. Here a "prompt" is a
+start state: ``n_envs / G`` start states (volume and agent positions) are drawn with ``env.reset``
+and each is repeated ``G`` times; every copy runs one episode under the sampled policy (no
+auto-reset, up to ``max_steps`` steps; an env freezes once its episode ended; an episode still
+running at ``max_steps`` is cut there and keeps its accumulated reward). Per agent:
+
+* return ``R`` = the summed (shaped) reward of the episode, or with ``terminal_reward`` set (e.g.
+  ``"final_distance_mm"``) ``terminal_reward_scale * metric`` at the episode's end (``-distance``
+  with the default scale -1; use +1 for a metric to maximise, e.g. ``"final_iou"``). An episode cut
+  at ``max_steps`` takes the metric from ``env.eval_metrics`` of its last state;
+* advantage ``Â = (R - mean_G R) / (std_G R + eps)`` (population std; ``scale_by_std=False`` only
+  centres), the same for every step of the episode;
+* loss over the live steps of the batch (mean over steps, not per episode first):
+  ``-mean(min(ρ Â, clip(ρ, 1-ε, 1+ε) Â)) + kl_coef * KL(π || π_ref) - ent_coef * H(π)`` with
+  ``ρ = π(a|s) / π_old(a|s)`` (``π_old`` = the sampling policy), ``update_epochs`` passes of
+  ``num_minibatches`` shuffled minibatches of the ``max_steps * n_envs`` step samples. The KL term is
+  the exact categorical KL per visited state to the *reference policy*: the parameters at the start
+  of the current ``run_chunk`` call (a frozen copy for ``updates_per_chunk`` iterations, refreshed
+  every chunk; no extra state). ``kl_coef = 0`` (default) skips it.
+
+When it helps: when the task's reward is *sparse and terminal* — the final distance to a landmark,
+the final IoU of a box, the final registration error — a critic has to learn the value of every
+intermediate state from a single number at the end, which is slow and noisy; the group baseline
+needs no learning, compares outcomes on the *same* image from the *same* start (removing the large
+variance between volumes and starts) and credits the whole trajectory with how much better than
+its siblings it ended. With ``terminal_reward`` it optimises the evaluation metric itself rather
+than a shaped proxy. It costs ``G`` episodes per start (all run in parallel here) and full episodes
+before any update; with dense, well-shaped rewards (the landmark distance-decrease reward) PPO's
+per-step GAE credit assignment usually learns from fewer env steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxmed.agents.dqn import TrainFns
+from jaxmed.agents.pg_losses import policy_loss
+from jaxmed.agents.rollout_pg import (
+    OPTIMIZER_FLOATS,
+    categorical_kl,
+    check_optimizer_fields,
+    check_range,
+    device_key,
+    entropy,
+    epochs_of_minibatches,
+    flatten_time,
+    greedy_action,
+    group_advantages,
+    log_prob,
+    make_group_rollout,
+    make_optimizer,
+    make_parallel,
+    masked_mean,
+    pmean_if,
+    policy_value,
+    reduce_chunk_metrics,
+    validate_fields,
+    FINAL_PREFIX,
+)
+from jaxmed.errors import ConfigError
+
+__all__ = ["GRPOConfig", "RunnerState", "greedy_action", "make_parallel_train", "make_train"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO hyperparameters (module docstring).
+
+    Attributes:
+      n_envs: environments per device (``n_envs / group_size`` groups).
+      group_size: ``G``, episodes per start state.
+      max_steps: steps scanned per episode (set it to the env's ``max_steps``; longer episodes are cut).
+      updates_per_chunk: iterations (group rollout + update) per ``run_chunk`` call.
+      update_epochs, num_minibatches: passes over each rollout and minibatches per pass
+        (``num_minibatches`` must divide ``max_steps * n_envs``).
+      clip_eps: ratio clip ε.
+      kl_coef: weight of the KL penalty to the reference policy (0: none).
+      ent_coef: entropy bonus.
+      scale_by_std: divide the centred returns by the group std.
+      adv_eps: ``eps`` of the advantage denominator.
+      terminal_reward: ``""`` (summed reward) or the name of an ``info["final_<metric>"]`` key whose
+        value at the episode's end, times ``terminal_reward_scale``, is the return.
+      terminal_reward_scale: -1 for an error to minimise (distance), +1 for a score (IoU).
+      learning_rate, adam_eps, lr_decay_steps, lr_final_fraction, max_grad_norm: as in PPO.
+    """
+
+    n_envs: int = 64
+    group_size: int = 8
+    max_steps: int = 200
+    updates_per_chunk: int = 1
+    update_epochs: int = 2
+    num_minibatches: int = 4
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0
+    ent_coef: float = 0.0
+    scale_by_std: bool = True
+    adv_eps: float = 1e-6
+    terminal_reward: str = ""
+    terminal_reward_scale: float = -1.0
+    learning_rate: float = 3e-4
+    lr_decay_steps: int = 0
+    lr_final_fraction: float = 0.0
+    max_grad_norm: float = 0.5
+    adam_eps: float = 1e-5
+
+    def __post_init__(self):
+        validate_fields(self, ints=("n_envs", "group_size", "max_steps", "updates_per_chunk", "update_epochs", "num_minibatches"),
+                        non_negative_ints=("lr_decay_steps",),
+                        floats=("clip_eps", "kl_coef", "ent_coef", "adv_eps", "terminal_reward_scale") + OPTIMIZER_FLOATS,
+                        bools=("scale_by_std",), strings=("terminal_reward",))
+        check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
+        check_range(self, "kl_coef", 0.0, float("inf"))
+        check_range(self, "ent_coef", 0.0, float("inf"))
+        check_range(self, "adv_eps", 0.0, float("inf"), low_open=True)
+        check_optimizer_fields(self)
+        if self.group_size < 2:
+            raise ConfigError(f"GRPOConfig.group_size must be >= 2 (advantages are relative to the group), got {self.group_size}")
+        if self.n_envs % self.group_size:
+            raise ConfigError(f"GRPOConfig.n_envs ({self.n_envs}) must be a multiple of group_size ({self.group_size})")
+        if (self.n_envs * self.max_steps) % self.num_minibatches:
+            raise ConfigError(f"GRPOConfig.num_minibatches ({self.num_minibatches}) must divide n_envs * max_steps "
+                              f"({self.n_envs} * {self.max_steps} = {self.n_envs * self.max_steps})")
+        if self.terminal_reward and not self.terminal_reward.startswith(FINAL_PREFIX):
+            raise ConfigError(f"GRPOConfig.terminal_reward must name an info key 'final_<metric>' (e.g. "
+                              f"'final_distance_mm'), got {self.terminal_reward!r}")
+
+    @property
+    def env_steps_per_chunk(self) -> int:
+        """Single-env steps one ``run_chunk`` call scans per device (frozen steps after an episode's end included)."""
+        return self.updates_per_chunk * self.max_steps * self.n_envs
+
+    @property
+    def grad_steps_per_chunk(self) -> int:
+        """Gradient (Adam) steps one ``run_chunk`` call takes."""
+        return self.updates_per_chunk * self.update_epochs * self.num_minibatches
+
+
+@struct.dataclass
+class RunnerState:
+    """What the GRPO loop carries between chunks: ``params``, ``opt_state``, ``key``, ``steps`` (vector
+    env steps scanned) and ``updates`` (gradient steps). No env state: every iteration starts new groups."""
+
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    steps: jax.Array
+    updates: jax.Array
+
+
+def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | None = None) -> TrainFns:
+    """GRPO training functions ``TrainFns(init, run_chunk, network, optimizer)``, the interface of
+    :func:`jaxmed.agents.ppo.make_train`. ``network`` is an actor-critic whose value output is ignored
+    (build it policy-only with ``actor_critic_from_config(cfg, critic=False)``).
+
+    ``metrics``: ``reward`` (mean per agent-step over live steps), ``return`` (mean episode return used
+    for the advantages), ``episodes`` (episodes run), ``episodes_ended`` (ended by the env before the
+    horizon), ``episode_length``, every ``final_*`` env metric (mean over episodes), ``loss``,
+    ``policy_loss``, ``kl``, ``entropy``, ``approx_kl``, ``clip_frac``, ``steps``, ``updates``.
+    """
+    if not isinstance(config, GRPOConfig):
+        raise ConfigError(f"grpo.make_train needs a GRPOConfig, got {type(config).__name__}")
+    optimizer = make_optimizer(config)
+    n_envs = config.n_envs
+    rollout = make_group_rollout(env, env_params, network, n_envs, config.group_size, config.max_steps)
+    v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
+    v_render = jax.vmap(env.render, in_axes=(0, None))
+
+    def init(key, bank) -> RunnerState:
+        env.check_bank(bank)
+        net_key, env_key = jax.random.split(key)
+        obs, _ = v_reset(jax.random.split(env_key, 1), env_params, bank)
+        params = network.init(net_key, obs)
+        return RunnerState(params=params, opt_state=optimizer.init(params), key=device_key(jax.random.fold_in(key, 1), axis_name),
+                           steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32))
+
+    def episode_return(outcome):
+        if not config.terminal_reward:
+            return outcome["return"]
+        if config.terminal_reward not in outcome:
+            names = sorted(k for k in outcome if k.startswith(FINAL_PREFIX))
+            raise ConfigError(f"GRPOConfig.terminal_reward {config.terminal_reward!r}: the env {env.name} reports "
+                              f"{', '.join(names) or 'no final_* metrics'}")
+        return config.terminal_reward_scale * outcome[config.terminal_reward]
+
+    def loss_fn(params, ref_params, obs, mb):
+        logits, _ = policy_value(network, params, obs)
+        mask = mb["valid"]
+        logp = log_prob(logits, mb["action"])
+        pg, stats = policy_loss(logp, mb["logp"], mb["advantage"], mask, config.clip_eps)
+        ent = masked_mean(entropy(logits), mask)
+        loss = pg - config.ent_coef * ent
+        if config.kl_coef > 0:
+            ref_logits, _ = policy_value(network, jax.lax.stop_gradient(ref_params), obs)
+            kl = masked_mean(categorical_kl(logits, ref_logits), mask)
+            loss = loss + config.kl_coef * kl
+        else:
+            kl = jnp.zeros(())
+        return loss, {"loss": loss, "policy_loss": pg, "kl": kl, "entropy": ent, **stats}
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def iteration(rs: RunnerState, ref_params, bank):
+        key, k_roll, k_upd = jax.random.split(rs.key, 3)
+        traj, outcome = rollout(rs.params, k_roll, bank)
+        ret = episode_return(outcome)
+        ret = jnp.where(jnp.isfinite(ret), ret, 0.0)
+        advantage = group_advantages(ret, config.group_size, config.adv_eps, config.scale_by_std)  # (N, A)
+        batch = dict(traj, advantage=jnp.broadcast_to(advantage[None], traj["logp"].shape))
+
+        def minibatch_step(carry, mb):
+            params, opt_state = carry
+            (_, aux), grads = grad_fn(params, ref_params, v_render(mb["obs_state"], bank), mb)
+            grads = pmean_if(grads, axis_name)
+            upd, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, upd), opt_state), aux
+
+        (params, opt_state), aux = epochs_of_minibatches(
+            k_upd, flatten_time(batch), config.update_epochs, config.num_minibatches, minibatch_step, (rs.params, rs.opt_state))
+        rs = rs.replace(params=params, opt_state=opt_state, key=key, steps=rs.steps + config.max_steps,
+                        updates=rs.updates + config.update_epochs * config.num_minibatches)
+        valid = traj["valid"]
+        means = {k: v.mean() for k, v in aux.items()}
+        means["return"] = ret.mean()
+        means["episode_length"] = outcome["length"].mean()
+        sums = {"episodes": jnp.asarray(n_envs, jnp.float32), "episodes_ended": outcome["ended"].sum(),
+                "reward/sum": outcome["return"].sum(), "reward/count": valid.sum()}
+        for k in outcome:
+            if k.startswith(FINAL_PREFIX):
+                per_env = jnp.nanmean(outcome[k], axis=-1)
+                ok = jnp.isfinite(per_env)
+                sums[k + "/sum"] = jnp.where(ok, per_env, 0.0).sum()
+                sums[k + "/count"] = ok.sum()
+        return rs, (sums, means)
+
+    def run_chunk(rs: RunnerState, bank):
+        env.check_bank(bank)
+        ref_params = rs.params  # the reference policy of the KL penalty: frozen for this chunk
+        rs, (sums, means) = jax.lax.scan(lambda r, _: iteration(r, ref_params, bank), rs, None, length=config.updates_per_chunk)
+        metrics = reduce_chunk_metrics(jax.tree.map(lambda x: x.sum(0), sums), jax.tree.map(lambda x: x.mean(0), means), axis_name)
+        metrics.update(steps=rs.steps, updates=rs.updates)
+        return rs, metrics
+
+    return TrainFns(init=init, run_chunk=run_chunk, network=network, optimizer=optimizer)
+
+
+def make_parallel_train(config: GRPOConfig, env, env_params, network, n_devices: int | None = None, axis_name: str = "devices"):
+    """:func:`make_train` data-parallel over ``n_devices`` local devices with ``jax.pmap`` (as DQN's)."""
+    return make_parallel(make_train, config, env, env_params, network, n_devices, axis_name)

@@ -1,0 +1,121 @@
+"""Proximal policy optimisation (Schulman et al. 2017, "Proximal Policy Optimization Algorithms") for
+jaxmed environments, PureJaxRL style: the whole training iteration is one jitted pure function.
+
+Per iteration (see :mod:`jaxmed.agents.actor_critic_train`): ``num_steps`` steps of ``n_envs``
+vmapped environments under the sampled categorical policy; GAE(λ) advantages (a truncated episode
+bootstraps from its final observation, a terminated one does not); ``update_epochs`` passes of
+``num_minibatches`` shuffled minibatches, each one Adam step on
+
+    loss = clipped surrogate + vf_coef * (clipped) value loss - ent_coef * entropy
+
+with advantages normalised per minibatch (``normalize_advantages``), global-norm clipping and a
+linear learning-rate decay over ``lr_decay_steps`` gradient steps. Multi-agent envs: every agent is
+an independent actor with its own head (one shared trunk); agents that already finished inside a
+running episode are masked out of every loss.
+
+PPO was used in medical imaging for e.g. view/slice selection and classification agents; here it is
+offered for every jaxmed environment next to the DQN family (:mod:`jaxmed.agents.dqn`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
+from jaxmed.agents.dqn import TrainFns
+from jaxmed.agents.rollout_pg import OPTIMIZER_FLOATS, check_optimizer_fields, check_range, greedy_action, make_parallel, validate_fields
+from jaxmed.errors import ConfigError
+
+__all__ = ["PPOConfig", "RunnerState", "greedy_action", "make_parallel_train", "make_train"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters (the network and environment are configured separately).
+
+    Attributes:
+      n_envs: environments per device.
+      num_steps: rollout length ``T`` (vector steps) per iteration.
+      updates_per_chunk: iterations (rollout + update) per ``run_chunk`` call.
+      update_epochs: passes over each rollout.
+      num_minibatches: minibatches per pass; must divide ``n_envs * num_steps``.
+      gamma, gae_lambda: discount and GAE λ.
+      clip_eps: ratio clip ε of the surrogate.
+      clip_value: clip the value update to ± ``clip_eps`` around the rollout's value (PPO2 style).
+      vf_coef, ent_coef: weights of the value loss and of the entropy bonus.
+      normalize_advantages: normalise advantages per minibatch (mean 0, std 1 over live agents).
+      learning_rate, adam_eps: Adam.
+      lr_decay_steps: linear decay of the learning rate to ``lr_final_fraction * learning_rate`` over
+        this many gradient steps (0: constant); e.g. ``chunks * grad_steps_per_chunk`` anneals over a run.
+      max_grad_norm: global-norm gradient clipping.
+    """
+
+    n_envs: int = 16
+    num_steps: int = 128
+    updates_per_chunk: int = 1
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    clip_value: bool = True
+    vf_coef: float = 0.5
+    ent_coef: float = 0.01
+    normalize_advantages: bool = True
+    learning_rate: float = 3e-4
+    lr_decay_steps: int = 0
+    lr_final_fraction: float = 0.0
+    max_grad_norm: float = 0.5
+    adam_eps: float = 1e-5
+
+    def __post_init__(self):
+        validate_fields(self, ints=("n_envs", "num_steps", "updates_per_chunk", "update_epochs", "num_minibatches"),
+                        non_negative_ints=("lr_decay_steps",),
+                        floats=("gamma", "gae_lambda", "clip_eps", "vf_coef", "ent_coef") + OPTIMIZER_FLOATS,
+                        bools=("clip_value", "normalize_advantages"))
+        check_range(self, "gamma", 0.0, 1.0, low_open=True)
+        check_range(self, "gae_lambda", 0.0, 1.0)
+        check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
+        check_range(self, "vf_coef", 0.0, float("inf"))
+        check_range(self, "ent_coef", 0.0, float("inf"))
+        check_optimizer_fields(self)
+        if (self.n_envs * self.num_steps) % self.num_minibatches:
+            raise ConfigError(f"PPOConfig.num_minibatches ({self.num_minibatches}) must divide n_envs * num_steps "
+                              f"({self.n_envs} * {self.num_steps} = {self.n_envs * self.num_steps})")
+
+    @property
+    def value_clip_eps(self) -> float | None:
+        """The value-loss clip (``clip_eps`` when ``clip_value``, else ``None``)."""
+        return self.clip_eps if self.clip_value else None
+
+    @property
+    def env_steps_per_chunk(self) -> int:
+        """Single-env steps one ``run_chunk`` call takes per device."""
+        return self.updates_per_chunk * self.num_steps * self.n_envs
+
+    @property
+    def grad_steps_per_chunk(self) -> int:
+        """Gradient (Adam) steps one ``run_chunk`` call takes."""
+        return self.updates_per_chunk * self.update_epochs * self.num_minibatches
+
+
+def make_train(config: PPOConfig, env, env_params, network, axis_name: str | None = None) -> TrainFns:
+    """PPO training functions ``TrainFns(init(key, bank) -> RunnerState, run_chunk(rs, bank) -> (rs,
+    metrics), network, optimizer)`` for ``env`` and an actor-critic ``network``
+    (:func:`jaxmed.networks.actor_critic_from_config`). With ``axis_name`` the functions must run under
+    ``jax.pmap`` / ``shard_map`` with that axis (gradients and metrics ``lax.pmean``-ed).
+
+    ``metrics``: ``reward`` (mean per agent-step), ``episodes``, every ``final_*`` env metric (mean over
+    ended episodes, NaN if none ended), ``loss``, ``policy_loss``, ``value_loss``, ``entropy``,
+    ``approx_kl``, ``clip_frac`` (means over the chunk's minibatches), ``steps`` (vector env steps),
+    ``updates`` (gradient steps).
+    """
+    if not isinstance(config, PPOConfig):
+        raise ConfigError(f"ppo.make_train needs a PPOConfig, got {type(config).__name__}")
+    return make_actor_critic_train(config, env, env_params, network, axis_name)
+
+
+def make_parallel_train(config: PPOConfig, env, env_params, network, n_devices: int | None = None, axis_name: str = "devices"):
+    """:func:`make_train` data-parallel over ``n_devices`` local devices with ``jax.pmap``: ``(init, run_chunk)``
+    as :func:`jaxmed.agents.dqn.make_parallel_train`."""
+    return make_parallel(make_train, config, env, env_params, network, n_devices, axis_name)

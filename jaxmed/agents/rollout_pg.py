@@ -1,0 +1,452 @@
+"""Pieces shared by the policy-gradient learners (A2C, PPO, GRPO): acting, rollout bookkeeping,
+GAE(λ), group-relative advantages, minibatching, episode metrics, optimiser, device plumbing.
+
+Conventions (``T`` time steps, ``N`` environments, ``A`` agents per environment, ``n`` actions):
+
+* A network maps observations ``(..., A, k, X, Y, Z)`` to ``(logits (..., A, n), value (..., A))``
+  (:mod:`jaxmed.networks.actor_critic`); actions are ``(N, A)`` int32, one categorical draw per agent.
+* Rewards are per agent ``(N, A)`` (a scalar reward of a single-agent env is reshaped to ``(N, 1)``).
+* Agent liveness: an env state with a ``done`` field ``(A,)`` marks agents already finished inside a
+  running episode; their steps are *invalid* (masked out of every loss). Envs without it: all live.
+* Terminal vs truncated: an agent's step is *terminal* (no bootstrap) when the env reports
+  ``terminated`` or the agent became done in that step (``info["final_state"].done``); an episode that
+  ends only by ``truncated`` bootstraps from the value of its final observation
+  ``env.get_obs(info["final_state"], params, bank)``, not from the reset observation.
+* Rollouts store observation *states* (``env.obs_state``), never pixels; the update re-renders them
+  with ``env.render`` (as the DQN replay does), so a rollout of 4096 envs x 128 steps is megabytes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmed.errors import ConfigError
+
+FINAL_PREFIX = "final_"
+
+
+# ------------------------------------------------------------------ config validation
+
+
+def validate_fields(config, ints=(), non_negative_ints=(), floats=(), bools=(), strings=()) -> None:
+    """Type-check and coerce the fields of a frozen learner config (YAML gives ``1`` for ``1.0``).
+
+    ``ints`` must be ints >= 1, ``non_negative_ints`` ints >= 0, ``floats`` finite numbers (ints are
+    converted), ``bools`` bools, ``strings`` strings; anything else raises :class:`ConfigError`
+    naming the class and the field.
+    """
+    cls = type(config).__name__
+
+    def bad(name, what):
+        raise ConfigError(f"{cls}.{name} must be {what}, got {getattr(config, name)!r}")
+
+    for name in tuple(ints) + tuple(non_negative_ints):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            bad(name, "an int")
+        if value < (1 if name in ints else 0):
+            bad(name, "an int >= 1" if name in ints else "an int >= 0")
+        object.__setattr__(config, name, int(value))
+    for name in floats:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+            bad(name, "a finite number")
+        object.__setattr__(config, name, float(value))
+    for name in bools:
+        if not isinstance(getattr(config, name), (bool, np.bool_)):
+            bad(name, "true or false")
+        object.__setattr__(config, name, bool(getattr(config, name)))
+    for name in strings:
+        if not isinstance(getattr(config, name), str):
+            bad(name, "a string")
+
+
+def check_range(config, name: str, low: float, high: float, low_open=False, high_open=False) -> None:
+    """Raise :class:`ConfigError` unless ``low <(=) config.<name> <(=) high`` (after :func:`validate_fields`)."""
+    v = getattr(config, name)
+    ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ConfigError(f"{type(config).__name__}.{name} must be in {lo}{low}, {high}{hi}, got {v!r}")
+
+
+OPTIMIZER_FLOATS = ("learning_rate", "lr_final_fraction", "max_grad_norm", "adam_eps")
+
+
+def check_optimizer_fields(config) -> None:
+    """Ranges of the optimiser fields (``learning_rate``, ``lr_decay_steps``, ``lr_final_fraction``,
+    ``max_grad_norm``, ``adam_eps``), after :func:`validate_fields`."""
+    inf = float("inf")
+    check_range(config, "learning_rate", 0.0, inf, low_open=True)
+    check_range(config, "lr_final_fraction", 0.0, 1.0)
+    check_range(config, "max_grad_norm", 0.0, inf, low_open=True)
+    check_range(config, "adam_eps", 0.0, inf, low_open=True)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """Adam after global-norm clipping (``max_grad_norm``), with the learning rate annealed linearly
+    to ``lr_final_fraction * learning_rate`` over ``lr_decay_steps`` gradient steps (0: constant)."""
+    lr = config.learning_rate
+    if config.lr_decay_steps > 0:
+        lr = optax.linear_schedule(lr, lr * config.lr_final_fraction, config.lr_decay_steps)
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=config.adam_eps))
+
+
+# ------------------------------------------------------------------ acting
+
+
+def policy_value(network, params, obs):
+    """``(logits (..., A, n) float32, value (..., A) float32)`` of observations ``(..., A, ...)``."""
+    logits, value = network.apply(params, obs)
+    return logits.astype(jnp.float32), value.astype(jnp.float32)
+
+
+def log_prob(logits, action):
+    """Log-probability ``(...)`` of integer ``action`` ``(...)`` under categorical ``logits`` ``(..., n)``."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def entropy(logits):
+    """Entropy ``(...)`` (nats) of categorical ``logits`` ``(..., n)``."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def categorical_kl(logits_p, logits_q):
+    """``KL(p || q)`` ``(...)`` (nats) between categorical distributions given by logits ``(..., n)``."""
+    logp = jax.nn.log_softmax(logits_p, axis=-1)
+    logq = jax.nn.log_softmax(logits_q, axis=-1)
+    return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+
+
+def sample_actions(key, logits):
+    """``(action (..., A) int32, log-prob (..., A))``: one categorical draw per agent."""
+    action = jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    return action, log_prob(logits, action)
+
+
+def greedy_action(network, params, obs) -> jax.Array:
+    """``(..., A)`` int32: the most probable action of each agent's policy (argmax of the logits)."""
+    logits, _ = network.apply(params, obs)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def agent_live(state, n_envs: int, n_agents: int) -> jax.Array:
+    """``(N, A)`` bool: agents still acting in a batch of ``N`` env states (``~state.done`` when the
+    state has a ``done`` field, per agent ``(N, A)`` or per env ``(N,)``; else every agent is live)."""
+    done = getattr(state, "done", None)
+    if done is None:
+        return jnp.ones((n_envs, n_agents), bool)
+    return ~per_agent(jnp.asarray(done, bool), n_envs, n_agents)
+
+
+def per_agent(x, n: int, n_agents: int) -> jax.Array:
+    """Reshape a per-env quantity ``(n,)`` or ``(n, A)`` to ``(n, A)`` (broadcasting a scalar per env)."""
+    x = jnp.asarray(x).reshape(n, -1)
+    return jnp.broadcast_to(x, (n, n_agents))
+
+
+# ------------------------------------------------------------------ rollouts
+
+
+def make_collect(env, env_params, network, n_envs: int, num_steps: int, gamma: float, gae_lambda: float):
+    """Build ``collect(params, env_state, obs, key, bank) -> (batch, env_state, obs, sums, reward_mean)``:
+    ``num_steps`` steps of ``n_envs`` auto-resetting environments (``lax.scan``) under the sampled
+    policy, then GAE(λ) (:func:`gae`).
+
+    ``batch`` leaves are time-major ``(T, N, ...)``: ``obs_state`` (of the acting state), ``action``,
+    ``logp``, ``value``, ``advantage``, ``target`` (λ-return) and ``valid`` (agent live), all ``(T, N, A)``
+    besides ``obs_state``. ``sums`` are :func:`episode_sums` totals over the rollout. A truncated
+    episode bootstraps from its final observation's value (computed only in steps where some env
+    truncated); a terminated one (or an agent that finished) does not bootstrap.
+    """
+    n_agents = env.n_agents
+    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None, None))
+    v_obs = jax.vmap(env.get_obs, in_axes=(0, None, None))
+    v_obs_state = jax.vmap(env.obs_state)
+
+    def collect(params, env_state, obs, key, bank):
+        def step(carry, key):
+            env_state, obs = carry
+            k_act, k_env = jax.random.split(key)
+            logits, value = policy_value(network, params, obs)
+            action, logp = sample_actions(k_act, logits)
+            live = agent_live(env_state, n_envs, n_agents)
+            obs_next, state_next, reward, terminated, truncated, info = v_step(
+                jax.random.split(k_env, n_envs), env_state, action, env_params, bank)
+            final = info["final_state"]
+            ended = terminated | truncated
+            terminal = ~agent_live(final, n_envs, n_agents) | terminated[:, None]
+
+            def final_values():
+                return policy_value(network, params, v_obs(final, env_params, bank))[1]
+
+            final_value = jax.lax.cond(truncated.any(), final_values, lambda: jnp.zeros((n_envs, n_agents), jnp.float32))
+            reward = per_agent(reward, n_envs, n_agents).astype(jnp.float32)
+            out = {
+                "obs_state": v_obs_state(env_state), "action": action, "logp": logp, "value": value, "reward": reward,
+                "valid": live, "terminal": terminal, "ended": ended, "final_value": final_value,
+            }
+            return (state_next, obs_next), (out, episode_sums(info, ended))
+
+        (env_state, obs), (traj, sums) = jax.lax.scan(step, (env_state, obs), jax.random.split(key, num_steps))
+        _, last_value = policy_value(network, params, obs)
+        next_value = jnp.concatenate([traj["value"][1:], last_value[None]], axis=0)
+        ended = jnp.broadcast_to(traj["ended"][..., None], traj["terminal"].shape)
+        next_value = jnp.where(ended, traj["final_value"], next_value)
+        advantage, target = gae(traj["reward"], traj["value"], next_value, traj["terminal"], ended, gamma, gae_lambda)
+        batch = {k: traj[k] for k in ("obs_state", "action", "logp", "value", "valid")}
+        batch.update(advantage=advantage, target=target)
+        reward_mean = traj["reward"].mean()
+        return batch, env_state, obs, jax.tree.map(lambda x: x.sum(0), sums), reward_mean
+
+    return collect
+
+
+def make_group_rollout(env, env_params, network, n_envs: int, group_size: int, horizon: int):
+    """Build ``rollout(params, key, bank) -> (traj, outcome)`` for group-relative learning (GRPO).
+
+    ``n_envs // group_size`` start states are drawn with ``env.reset`` and each is repeated
+    ``group_size`` times (same volume, same start), then every env runs one episode under the sampled
+    policy, without auto-reset, for ``horizon`` steps (``lax.scan``); an env freezes once its episode
+    ended (``terminated | truncated``); an episode still running at the horizon counts as truncated
+    there.
+
+    Returns:
+      traj: time-major ``(T, N, ...)``: ``obs_state``, ``action``, ``logp``, ``valid`` (agent live and
+        episode not yet ended), each ``(T, N, A)`` besides ``obs_state``.
+      outcome: ``return`` ``(N, A)`` summed reward; ``ended`` ``(N,)`` the env ended the episode itself;
+        ``length`` ``(N,)`` steps taken; and every ``final_<metric>`` ``(N, A)``: the env's value where
+        the episode ended, and for episodes cut at the horizon ``env.eval_metrics(state)["<metric>"]``
+        when the env defines it (NaN otherwise).
+    """
+    n_agents = env.n_agents
+    if n_envs % group_size:
+        raise ConfigError(f"group rollout: n_envs {n_envs} is not a multiple of group_size {group_size}")
+    n_groups = n_envs // group_size
+    v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
+    v_step = jax.vmap(env.step_env, in_axes=(0, 0, 0, None, None))
+    v_obs = jax.vmap(env.get_obs, in_axes=(0, None, None))
+    v_obs_state = jax.vmap(env.obs_state)
+
+    def rollout(params, key, bank):
+        k_reset, k_steps = jax.random.split(key)
+        _, starts = v_reset(jax.random.split(k_reset, n_groups), env_params, bank)
+        state = jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), starts)
+        names = final_metric_names(jax.eval_shape(
+            lambda s: v_step(jax.random.split(k_steps, n_envs), s, jnp.zeros((n_envs, n_agents), jnp.int32),
+                             env_params, bank)[4], state))
+        nan = jnp.full((n_envs, n_agents), jnp.nan, jnp.float32)
+
+        def step(carry, key):
+            state, finished, total, length, finals = carry
+            k_act, k_env = jax.random.split(key)
+            logits, _ = policy_value(network, params, v_obs(state, env_params, bank))
+            action, logp = sample_actions(k_act, logits)
+            live = agent_live(state, n_envs, n_agents) & ~finished[:, None]
+            new, reward, terminated, truncated, info = v_step(jax.random.split(k_env, n_envs), state, action, env_params, bank)
+            ending = ~finished & (terminated | truncated)
+            out = {"obs_state": v_obs_state(state), "action": action, "logp": logp, "valid": live}
+            state = jax.tree.map(lambda old, nw: jnp.where(finished.reshape((-1,) + (1,) * (nw.ndim - 1)), old, nw), state, new)
+            total = total + jnp.where(live, per_agent(reward, n_envs, n_agents), 0.0)
+            finals = {k: jnp.where(ending[:, None], per_agent(info[k], n_envs, n_agents).astype(jnp.float32), finals[k])
+                      for k in names}
+            length = length + (~finished).astype(jnp.int32)
+            finished = finished | terminated | truncated
+            return (state, finished, total, length, finals), out
+
+        init = (state, jnp.zeros((n_envs,), bool), jnp.zeros((n_envs, n_agents), jnp.float32),
+                jnp.zeros((n_envs,), jnp.int32), {k: nan for k in names})
+        (state, finished, total, length, finals), traj = jax.lax.scan(step, init, jax.random.split(k_steps, horizon))
+        cut_metrics = _eval_metrics_or_none(env, state, env_params, bank)
+        for k in names:
+            at_cut = cut_metrics.get(k[len(FINAL_PREFIX):]) if cut_metrics else None
+            if at_cut is not None:
+                finals[k] = jnp.where(finished[:, None], finals[k], per_agent(at_cut, n_envs, n_agents).astype(jnp.float32))
+        outcome = {"return": total, "ended": finished, "length": length, **finals}
+        return traj, outcome
+
+    return rollout
+
+
+def _eval_metrics_or_none(env, state, env_params, bank):
+    """``env.eval_metrics`` of a batch of states, or ``None`` when the env does not define it."""
+    try:
+        return jax.vmap(env.eval_metrics, in_axes=(0, None, None))(state, env_params, bank)
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+# ------------------------------------------------------------------ advantages
+
+
+def gae(reward, value, next_value, terminal, ended, gamma: float, lam: float):
+    """Generalised advantage estimation over a time-major rollout.
+
+    Args (``(T, ...)``, any trailing shape shared by all):
+      reward: reward of step ``t``.
+      value: ``V(s_t)``.
+      next_value: the bootstrap value of step ``t``'s successor: ``V(s_{t+1})`` inside an episode,
+        ``V(final observation)`` where the episode ended by truncation (ignored where terminal).
+      terminal: bool, no bootstrap after step ``t`` (the task ended for this agent).
+      ended: bool, the episode ended after step ``t`` (terminated or truncated): the advantage
+        recursion does not run across it.
+      gamma, lam: discount and GAE λ.
+
+    Returns:
+      ``(advantages, returns)``, ``returns = advantages + value`` (the λ-return targets of the critic).
+      ``delta_t = r_t + γ (1 - terminal_t) next_value_t - V(s_t)``;
+      ``A_t = delta_t + γ λ (1 - (terminal_t | ended_t)) A_{t+1}``, ``A_T = 0``.
+    """
+    reward = reward.astype(jnp.float32)
+    not_terminal = 1.0 - terminal.astype(jnp.float32)
+    delta = reward + gamma * not_terminal * next_value - value
+    carry_on = gamma * lam * (1.0 - (terminal | ended).astype(jnp.float32))
+
+    def back(adv_next, x):
+        d, c = x
+        adv = d + c * adv_next
+        return adv, adv
+
+    _, adv = jax.lax.scan(back, jnp.zeros_like(delta[0]), (delta, carry_on), reverse=True)
+    return adv, adv + value
+
+
+def group_advantages(returns, group_size: int, eps: float = 1e-6, scale_by_std: bool = True):
+    """Group-relative advantages (GRPO): ``(returns - group mean) / (group std + eps)``.
+
+    Args:
+      returns: ``(N, ...)`` with ``N = n_groups * group_size`` and the ``group_size`` members of a group
+        consecutive (``jnp.repeat`` of the group starts).
+      scale_by_std: divide by the group's standard deviation (population std, ``ddof = 0``);
+        ``False`` only centres (as Dr. GRPO suggests, to avoid up-weighting near-unanimous groups).
+    Returns ``(N, ...)`` float32.
+    """
+    n = returns.shape[0]
+    if n % group_size:
+        raise ConfigError(f"group_advantages: {n} returns are not a multiple of group_size {group_size}")
+    r = returns.astype(jnp.float32).reshape((n // group_size, group_size) + returns.shape[1:])
+    centred = r - r.mean(axis=1, keepdims=True)
+    if scale_by_std:
+        centred = centred / (r.std(axis=1, keepdims=True) + eps)
+    return centred.reshape(returns.shape)
+
+
+def masked_mean(x, mask):
+    """Mean of ``x`` over the entries where ``mask`` (broadcast) is true; 0 if there are none."""
+    m = jnp.broadcast_to(mask, x.shape).astype(jnp.float32)
+    return jnp.sum(x * m) / jnp.maximum(m.sum(), 1.0)
+
+
+def normalize(x, mask, eps: float = 1e-8):
+    """``(x - mean) / (std + eps)`` with the mean and std taken over the ``mask``-ed entries."""
+    mean = masked_mean(x, mask)
+    std = jnp.sqrt(masked_mean((x - mean) ** 2, mask))
+    return (x - mean) / (std + eps)
+
+
+# ------------------------------------------------------------------ minibatching
+
+
+def shuffled_minibatches(key, batch, n_minibatches: int):
+    """Shuffle the leading axis ``B`` of every leaf of ``batch`` and split it into ``n_minibatches``:
+    leaves ``(B, ...) -> (n_minibatches, B // n_minibatches, ...)`` (``B`` must divide)."""
+    size = jax.tree.leaves(batch)[0].shape[0]
+    perm = jax.random.permutation(key, size)
+    return jax.tree.map(lambda x: x[perm].reshape((n_minibatches, size // n_minibatches) + x.shape[1:]), batch)
+
+
+def epochs_of_minibatches(key, batch, n_epochs: int, n_minibatches: int, step: Callable, carry):
+    """Run ``step(carry, minibatch) -> (carry, metrics)`` over ``n_epochs`` reshuffled passes of
+    ``n_minibatches`` minibatches of ``batch`` (leaves ``(B, ...)``); returns ``(carry, metrics)``
+    with metric leaves ``(n_epochs, n_minibatches)``."""
+
+    def epoch(carry, k):
+        return jax.lax.scan(step, carry, shuffled_minibatches(k, batch, n_minibatches))
+
+    return jax.lax.scan(epoch, carry, jax.random.split(key, n_epochs))
+
+
+def flatten_time(tree):
+    """Merge the leading ``(T, N)`` axes of every leaf into one ``T * N`` axis."""
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+
+
+# ------------------------------------------------------------------ episode metrics
+
+
+def final_metric_names(info) -> tuple[str, ...]:
+    """The ``info["final_<metric>"]`` keys an env reports (``final_state`` excluded), sorted."""
+    return tuple(sorted(k for k in info if k.startswith(FINAL_PREFIX) and k != "final_state"))
+
+
+def episode_sums(info, ended) -> dict:
+    """Per-step sums for the NaN-mean over ended episodes of every ``final_*`` metric.
+
+    Args: ``info`` of a vectorised step (leaves ``(N, ...)``), ``ended`` ``(N,)`` bool.
+    Returns ``{"episodes": ended count, "<key>/sum": ..., "<key>/count": ...}`` where an episode's value
+    is the NaN-mean over its agents (as the DQN logs ``final_distance_mm``).
+    """
+    n = ended.shape[0]
+    out = {"episodes": ended.sum().astype(jnp.float32)}
+    for name in final_metric_names(info):
+        per_env = jnp.nanmean(jnp.asarray(info[name], jnp.float32).reshape(n, -1), axis=-1)
+        ok = ended & jnp.isfinite(per_env)
+        out[name + "/sum"] = jnp.where(ok, per_env, 0.0).sum()
+        out[name + "/count"] = ok.sum().astype(jnp.float32)
+    return out
+
+
+def reduce_chunk_metrics(sums: dict, means: dict, axis_name: str | None) -> dict:
+    """Combine a chunk's metrics: ``sums`` (totals, incl. ``<key>/sum`` + ``<key>/count`` pairs, which
+    become ``<key>`` = sum / count, NaN if no episode ended) and ``means`` (already averaged); with
+    ``axis_name`` both are averaged over devices first (sums and counts separately)."""
+    sums = {k: jnp.asarray(v, jnp.float32) for k, v in sums.items()}
+    means = {k: jnp.asarray(v, jnp.float32) for k, v in means.items()}
+    if axis_name is not None:
+        sums, means = jax.lax.pmean((sums, means), axis_name)
+    out = dict(means)
+    for k, v in sums.items():
+        if k.endswith("/sum"):
+            name = k[: -len("/sum")]
+            count = sums[name + "/count"]
+            out[name] = jnp.where(count > 0, v / jnp.maximum(count, 1e-9), jnp.nan)
+        elif not k.endswith("/count"):
+            out[k] = v
+    return out
+
+
+# ------------------------------------------------------------------ devices
+
+
+def device_key(key, axis_name: str | None):
+    """``key`` folded with the device index along ``axis_name`` (unchanged without one)."""
+    return key if axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+
+
+def pmean_if(tree, axis_name: str | None):
+    """``lax.pmean`` over ``axis_name`` when given."""
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def make_parallel(make_train: Callable, config, env, env_params, network, n_devices: int | None = None,
+                  axis_name: str = "devices"):
+    """A learner's training functions data-parallel over ``n_devices`` local devices with ``jax.pmap``
+    (as :func:`jaxmed.agents.dqn.make_parallel_train`). Returns ``(init, run_chunk)``: ``init(key, bank)``
+    gives a runner state with a leading device axis; the bank is broadcast to every device."""
+    n = n_devices or jax.local_device_count()
+    fns = make_train(config, env, env_params, network, axis_name=axis_name)
+    devices = jax.local_devices()[:n]
+    p_init = jax.pmap(lambda _, key, bank: fns.init(key, bank), axis_name=axis_name, in_axes=(0, None, None), devices=devices)
+    p_chunk = jax.pmap(fns.run_chunk, axis_name=axis_name, in_axes=(0, None), devices=devices)
+
+    def init(key, bank):
+        return p_init(jnp.arange(n), key, bank)
+
+    return init, p_chunk

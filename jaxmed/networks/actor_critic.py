@@ -1,0 +1,215 @@
+"""Actor-critic networks for the policy-gradient learners (A2C, PPO, GRPO): trunk + policy/value heads.
+
+Shapes: a single agent maps stacked frames ``(..., k, X, Y, Z)`` (any dtype; integer frames are scaled
+by 1/255, see :mod:`.trunks`) to ``(logits, value)``: categorical policy logits ``(..., n_actions)``
+float32 and a state value ``(...)`` float32. The multi-agent network maps ``(..., n_agents, k, X, Y,
+Z)`` to logits ``(..., n_agents, n_actions)`` and values ``(..., n_agents)``.
+
+The trunks are those of the Q-networks (:data:`jaxmed.networks.trunks.TRUNKS`); the head
+(:class:`ActorCriticHead`) has two FC stacks (:class:`~jaxmed.networks.heads.HiddenStack`, PReLU,
+optional CommNet communication) on the trunk features, one for the policy and one for the value.
+The policy's last layer starts with small weights (LeCun normal x 0.01), so that the initial
+policy is close to uniform (PPO practice). With ``critic=False`` (GRPO: no value network) the value
+stack is not built and the value output is zeros.
+
+Parameter tree (``variables["params"]``): ``{"trunk": ..., "head": {"actor_hidden", "logits",
+"critic_hidden", "value"}}``; in the multi-agent network the head's leaves carry a leading
+``n_agents`` axis (one head per agent) and so do the trunk's when ``share_trunk=False``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxmed.errors import ConfigError
+from jaxmed.networks.heads import HiddenStack
+from jaxmed.networks.q_network import (
+    _CONFIG_KEYS,
+    _DTYPES,
+    _MULTI_AGENT_KEYS,
+    AGENT_AXIS,
+    _lookup,
+    _name_and_options,
+)
+from jaxmed.networks.trunks import TRUNKS
+
+Dtype = Any
+
+#: The one head name an actor-critic network accepts (``network: {head: {name: actor_critic, ...}}``).
+HEAD_NAME = "actor_critic"
+
+
+def _small_init(key, shape, dtype=jnp.float32):
+    """LeCun-normal weights scaled by 0.01: the initial policy is close to uniform."""
+    return 0.01 * nn.initializers.lecun_normal()(key, shape, dtype)
+
+
+class ActorCriticHead(nn.Module):
+    """Policy and value heads on trunk features: ``(..., F) -> (logits (..., n_actions), value (...))``.
+
+    Attributes:
+      n_actions: number of discrete actions.
+      hidden: FC widths of each of the two stacks (policy, value).
+      dtype: compute dtype of the hidden layers; the output layers compute in float32.
+      comm_axis: CommNet axis name (see :mod:`.heads`) or ``None``.
+      critic: build the value stack; ``False`` returns zeros for the value (policy-only, GRPO).
+    """
+
+    n_actions: int = 6
+    hidden: Sequence[int] = (256, 128)
+    dtype: Dtype = jnp.float32
+    comm_axis: Optional[str] = None
+    critic: bool = True
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray):
+        h = HiddenStack(tuple(self.hidden), self.dtype, self.comm_axis, name="actor_hidden")(features)
+        logits = nn.Dense(self.n_actions, dtype=jnp.float32, kernel_init=_small_init,
+                          name="logits")(h)
+        if not self.critic:
+            return logits, jnp.zeros(logits.shape[:-1], jnp.float32)
+        hv = HiddenStack(tuple(self.hidden), self.dtype, self.comm_axis, name="critic_hidden")(features)
+        value = nn.Dense(1, dtype=jnp.float32, name="value")(hv)[..., 0]
+        return logits, value
+
+
+_HEADS = {HEAD_NAME: ActorCriticHead}
+
+
+class ActorCritic(nn.Module):
+    """One agent's actor-critic: ``(..., k, X, Y, Z)`` -> ``(logits (..., n_actions), value (...))``.
+
+    Attributes:
+      trunk: trunk name, ``"network3d"`` | ``"strided"`` | ``"patch"`` (see :mod:`.trunks`).
+      n_actions: number of discrete actions (6 for landmark agents).
+      dtype: compute dtype, ``jnp.float32`` or ``jnp.bfloat16``.
+      trunk_kwargs: trunk options, e.g. ``{"patch_size": 5, "width": 0.5}``.
+      head_kwargs: head options, e.g. ``{"hidden": (256, 128)}``.
+      critic: build the value head (``False``: policy only, the value output is zeros).
+    """
+
+    trunk: str = "patch"
+    n_actions: int = 6
+    dtype: Dtype = jnp.float32
+    trunk_kwargs: Optional[Mapping[str, Any]] = None
+    head_kwargs: Optional[Mapping[str, Any]] = None
+    critic: bool = True
+
+    def _trunk(self):
+        return _lookup("trunk", self.trunk, TRUNKS, self.trunk_kwargs)
+
+    def _head(self):
+        options = dict(self.head_kwargs or {})
+        if "critic" in options:
+            raise ConfigError("actor-critic head: set critic on the network (actor_critic_from_config(..., critic=...)), "
+                              "not in the head options")
+        return _lookup("head", HEAD_NAME, _HEADS, options)
+
+    def check_input(self, spatial) -> None:
+        """Raise :class:`ConfigError` if crops of size ``spatial`` (D or (X, Y, Z)) cannot be used."""
+        cls, options = self._trunk()
+        cls(**options, parent=None).check_input(spatial)
+
+    @nn.compact
+    def __call__(self, frames: jnp.ndarray):
+        trunk_cls, trunk_options = self._trunk()
+        head_cls, head_options = self._head()
+        features = trunk_cls(**trunk_options, dtype=self.dtype, name="trunk")(frames)
+        return head_cls(n_actions=self.n_actions, **head_options, dtype=self.dtype, critic=self.critic,
+                        name="head")(features)
+
+
+class MultiAgentActorCritic(ActorCritic, kw_only=True):
+    """``n_agents`` agents: ``(..., n_agents, k, X, Y, Z)`` -> ``(logits (..., n_agents, n_actions), value
+    (..., n_agents))``.
+
+    Attributes (besides those of :class:`ActorCritic`): ``n_agents``, ``share_trunk`` (one trunk for
+    every agent, else independent trunks stacked along a leading agent axis) and ``communication``
+    (CommNet between the head's FC layers), exactly as :class:`~jaxmed.networks.MultiAgentQNetwork`.
+    Heads are always per agent (``nn.vmap`` over the agent axis with split parameter RNGs).
+    """
+
+    n_agents: int
+    share_trunk: bool = True
+    communication: bool = False
+
+    @nn.compact
+    def __call__(self, frames: jnp.ndarray):
+        if frames.ndim < 5 or frames.shape[-5] != self.n_agents:
+            raise ConfigError(f"MultiAgentActorCritic(n_agents={self.n_agents}) needs input "
+                              f"(..., {self.n_agents}, k, X, Y, Z), got shape {frames.shape}")
+        trunk_cls, trunk_options = self._trunk()
+        head_cls, head_options = self._head()
+        per_agent = dict(variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0, out_axes=0,
+                         axis_size=self.n_agents)
+        if self.share_trunk:
+            features = trunk_cls(**trunk_options, dtype=self.dtype, name="trunk")(frames)
+            features = jnp.moveaxis(features, -2, 0)  # (n_agents, ..., F)
+        else:
+            trunks = nn.vmap(trunk_cls, **per_agent)
+            features = trunks(**trunk_options, dtype=self.dtype, name="trunk")(jnp.moveaxis(frames, -5, 0))
+        heads = nn.vmap(head_cls, axis_name=AGENT_AXIS, **per_agent)
+        comm_axis = AGENT_AXIS if self.communication else None
+        logits, value = heads(n_actions=self.n_actions, **head_options, dtype=self.dtype, comm_axis=comm_axis,
+                              critic=self.critic, name="head")(features)
+        return jnp.moveaxis(logits, 0, -2), jnp.moveaxis(value, 0, -1)
+
+
+def actor_critic_from_config(cfg: Mapping[str, Any], critic: bool = True) -> ActorCritic:
+    """Build a (multi-agent) actor-critic network from the same config mapping as
+    :func:`jaxmed.networks.network_from_config`, validating it first.
+
+    Keys (all optional): ``trunk`` (name or ``{"name": ..., **options}``, default ``"patch"``),
+    ``head`` (``"actor_critic"`` or a mapping of head options such as ``{"hidden": [64, 32]}``, its
+    ``name`` optional; the Q heads ``"q"`` / ``"dueling"`` are refused), ``n_actions`` (default 6),
+    ``dtype`` (``"float32"`` | ``"bfloat16"``), ``n_agents`` (a :class:`MultiAgentActorCritic` when
+    given), ``share_trunk`` / ``communication`` (only with ``n_agents``), ``crop_size`` (checked
+    against the trunk now).
+
+    Args:
+      critic: ``False`` builds a policy-only network (GRPO); its value output is zeros.
+
+    Raises :class:`ConfigError` on unknown keys, names or options, or an unusable crop size.
+    """
+    cfg = dict(cfg)
+    unknown = sorted(set(cfg) - set(_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"network config: unknown key(s) {unknown}; allowed: {list(_CONFIG_KEYS)}")
+    trunk, trunk_options = _name_and_options("trunk", cfg.get("trunk", "patch"))
+    head = cfg.get("head", HEAD_NAME)
+    if isinstance(head, Mapping) and "name" not in head:
+        head = {"name": HEAD_NAME, **head}
+    head, head_options = _name_and_options("head", head)
+    if head != HEAD_NAME:
+        raise ConfigError(f"network config: head {head!r} is a Q-value head; policy-gradient learners use "
+                          f"head {HEAD_NAME!r} (options: hidden)")
+    dtype = cfg.get("dtype", "float32")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"network config: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    n_actions = cfg.get("n_actions", 6)
+    if not isinstance(n_actions, int) or isinstance(n_actions, bool) or n_actions < 1:
+        raise ConfigError(f"network config: n_actions must be a positive int, got {n_actions!r}")
+    if "hidden" in head_options:
+        head_options["hidden"] = tuple(head_options["hidden"])
+    common = dict(trunk=trunk, n_actions=n_actions, dtype=_DTYPES[dtype], trunk_kwargs=trunk_options,
+                  head_kwargs=head_options, critic=bool(critic))
+    n_agents = cfg.get("n_agents")
+    if n_agents is None:
+        stray = [k for k in _MULTI_AGENT_KEYS if k in cfg]
+        if stray:
+            raise ConfigError(f"network config: {stray} need n_agents")
+        net: ActorCritic = ActorCritic(**common)
+    else:
+        if not isinstance(n_agents, int) or isinstance(n_agents, bool) or n_agents < 1:
+            raise ConfigError(f"network config: n_agents must be a positive int, got {n_agents!r}")
+        net = MultiAgentActorCritic(**common, n_agents=n_agents, share_trunk=bool(cfg.get("share_trunk", True)),
+                                    communication=bool(cfg.get("communication", False)))
+    net._head()  # validates the head options
+    if "crop_size" in cfg:
+        net.check_input(cfg["crop_size"])
+    else:
+        net._trunk()
+    return net
