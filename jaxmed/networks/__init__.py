@@ -5,11 +5,16 @@ scaled by 1/255). Output: Q-values ``(..., n_actions)`` float32. See :mod:`.trun
 each trunk (the network, not the environment, decides the speed).
 """
 
+from jaxmed.networks.actor_critic import ActorCritic, ActorCriticHead, MultiAgentActorCritic, actor_critic_from_config
 from jaxmed.networks.heads import HEADS, DuelingHead, QHead
 from jaxmed.networks.q_network import MultiAgentQNetwork, QNetwork, network_from_config
 from jaxmed.networks.trunks import TRUNKS, Network3DTrunk, PatchTrunk, StridedTrunk, prepare_frames
 
 __all__ = [
+    "ActorCritic",
+    "ActorCriticHead",
+    "MultiAgentActorCritic",
+    "actor_critic_from_config",
     "HEADS",
     "TRUNKS",
     "DuelingHead",
