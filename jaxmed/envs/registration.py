@@ -111,6 +111,8 @@ REMAP_KNOTS = {
     "nonmonotone": ((0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0), (0.0, 0.6, 1.0, 0.2, 0.8, 0.1, 0.4)),
 }
 REMAPS = ("none",) + tuple(REMAP_KNOTS)
+CENTRES = ("fov", "landmarks")
+REWARDS = ("tre", "pose")
 
 
 def remap_intensity(values, kind: str):
@@ -164,6 +166,10 @@ class RegistrationEnvConfig:
         positive and non-decreasing; ``len(steps) == len(levels)``.
       osc_window: how many recent estimates the oscillation test looks at.
       remap: moving-image intensity remap, ``"none" | "monotone" | "nonmonotone"``.
+      centre: registration centre ``c`` of each fixed volume: ``"fov"`` (the centre of its voxel
+        grid) or ``"landmarks"`` (the centroid of its TRE landmarks); see the module docstring.
+      reward: the error whose decrease is the reward: ``"tre"`` (mm) or ``"pose"``
+        (``translation_error_mm + rotation_error_deg``, 1 mm per degree, Liao's parameter distance).
     """
 
     landmarks: tuple[str, ...] = ("L0",)
@@ -172,6 +178,8 @@ class RegistrationEnvConfig:
     steps: tuple[float, ...] = (1.0,)
     osc_window: int = 8
     remap: str = "none"
+    centre: str = "fov"
+    reward: str = "tre"
 
     def __post_init__(self):
         landmarks = (self.landmarks,) if isinstance(self.landmarks, str) else tuple(str(t) for t in self.landmarks)
@@ -197,6 +205,10 @@ class RegistrationEnvConfig:
             raise ConfigError(f"RegistrationEnvConfig: steps must be positive and non-decreasing (finest first), got {steps}")
         if self.remap not in REMAPS:
             raise ConfigError(f"RegistrationEnvConfig: remap must be one of {', '.join(REMAPS)}, got {self.remap!r}")
+        if self.centre not in CENTRES:
+            raise ConfigError(f"RegistrationEnvConfig: centre must be one of {', '.join(CENTRES)}, got {self.centre!r}")
+        if self.reward not in REWARDS:
+            raise ConfigError(f"RegistrationEnvConfig: reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
 
     @property
     def history_len(self) -> int:
@@ -240,7 +252,7 @@ class EnvState:
       since_switch: ``()`` int32, steps since the reset or the last level switch.
       done: ``(1,)`` bool, the agent has finished.
       t: ``()`` int32, steps taken in this episode.
-      prev_tre: ``(1,)`` float32, TRE (mm) of ``estimate``.
+      prev_error: ``(1,)`` float32, the error the reward decreases (:meth:`RegistrationEnv.error`) of ``estimate``.
     """
 
     volume: jax.Array
@@ -252,7 +264,7 @@ class EnvState:
     since_switch: jax.Array
     done: jax.Array
     t: jax.Array
-    prev_tre: jax.Array
+    prev_error: jax.Array
 
 
 @struct.dataclass
@@ -374,6 +386,8 @@ class RegistrationEnv(Environment):
 
     def center(self, bank, volume) -> jax.Array:
         """``(3,)`` float32 world mm: the registration centre of fixed volume ``volume``."""
+        if self.config.centre == "landmarks":
+            return jnp.mean(self._landmarks(bank, volume), axis=0)
         aff = bank.affines[0, volume]
         mid = (bank.shapes[0, volume].astype(jnp.float32) - 1.0) / 2.0
         return aff[:3, :3] @ mid + aff[:3, 3]
@@ -392,6 +406,14 @@ class RegistrationEnv(Environment):
     def tre_mm(self, state: EnvState, bank) -> jax.Array:
         """``(1,)`` float32, the TRE (mm) of the current estimate."""
         return tre(self.residual(state, bank), self._landmarks(bank, state.volume))[None]
+
+    def error(self, state: EnvState, bank) -> jax.Array:
+        """``(1,)`` float32, the error whose decrease is the reward: the TRE (mm, ``config.reward ==
+        "tre"``) or the pose error ``translation_error_mm + rotation_error_deg`` (``"pose"``)."""
+        if self.config.reward == "tre":
+            return self.tre_mm(state, bank)
+        trans, angle = rigid_distance(state.estimate, state.gt)
+        return (trans + angle)[None].astype(jnp.float32)
 
     def transform_world(self, state: EnvState, bank) -> jax.Array:
         """``(4, 4)`` float32, the current estimate ``T``: fixed world RAS mm -> moving world RAS mm."""
@@ -417,9 +439,9 @@ class RegistrationEnv(Environment):
             since_switch=jnp.zeros((), jnp.int32),
             done=jnp.zeros((1,), bool),
             t=jnp.zeros((), jnp.int32),
-            prev_tre=jnp.zeros((1,), jnp.float32),
+            prev_error=jnp.zeros((1,), jnp.float32),
         )
-        return state.replace(prev_tre=self.tre_mm(state, bank))
+        return state.replace(prev_error=self.error(state, bank))
 
     def reset_env(self, key, params: EnvParams, bank) -> EnvState:
         """Random fixed volume; random perturbation, uniform in ``±max_translation_mm`` / ``±max_rotation_deg``."""
@@ -481,9 +503,9 @@ class RegistrationEnv(Environment):
         moved = compose_action(state.estimate, action, step, centre)
         estimate = jnp.where(live, moved, state.estimate)
         new = state.replace(estimate=estimate)
-        err = self.tre_mm(new, bank)
+        err = self.error(new, bank)
         clip = jnp.asarray(params.reward_clip, jnp.float32)
-        reward = jnp.where(live, jnp.clip(state.prev_tre - err, -clip, clip), 0.0).astype(jnp.float32)
+        reward = jnp.where(live, jnp.clip(state.prev_error - err, -clip, clip), 0.0).astype(jnp.float32)
 
         pushed = jnp.concatenate([estimate[None], state.history[:-1]], axis=0)
         since = state.since_switch + 1
@@ -495,7 +517,8 @@ class RegistrationEnv(Environment):
         at_finest = state.level == 0
         switch = oscillated & ~at_finest
         thr = jnp.asarray(params.terminate_at_tre_mm, jnp.float32)
-        reached = at_finest & (thr > 0) & (err[0] <= thr)
+        metrics = self.eval_metrics(new, params, bank)
+        reached = at_finest & (thr > 0) & (metrics["tre_mm"][0] <= thr)
         finished = live & ((oscillated & at_finest) | reached)
 
         new = new.replace(
@@ -504,14 +527,13 @@ class RegistrationEnv(Environment):
             since_switch=jnp.where(switch, 0, jnp.where(live, since, state.since_switch)),
             done=state.done | finished,
             t=state.t + 1,
-            prev_tre=jnp.where(live, err, state.prev_tre),
+            prev_error=jnp.where(live, err, state.prev_error),
         )
         terminated = jnp.all(new.done)
         truncated = (new.t >= params.max_steps) & ~terminated
         ended = terminated | truncated
-        metrics = self.eval_metrics(new, params, bank)
         info = {
-            "tre_mm": new.prev_tre,
+            "tre_mm": metrics["tre_mm"],
             "oscillated": oscillated[None],
             "level": new.level[None],
         }

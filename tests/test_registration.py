@@ -1,0 +1,297 @@
+"""Registration env: resampling vs SciPy, TRE and action maths vs NumPy, dynamics, remaps, bad
+inputs, a learning test on a phantom; the optax baseline; the ``jaxmed register`` command."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from jaxmed.data import blob_phantom, build_bank, geometry
+from jaxmed.envs import make
+from jaxmed.envs.registration import (
+    N_ACTIONS,
+    REMAP_KNOTS,
+    EnvParams,
+    RegistrationEnv,
+    RegistrationEnvConfig,
+    remap_intensity,
+)
+from jaxmed.errors import ConfigError, LandmarkError
+
+LABELS = ("L0", "L1", "L2", "L3")
+D = 15
+
+
+def _np_rigid(params, c):
+    """NumPy ``(4, 4)``: ``x -> R (x - c) + c + t`` with ``R = Rz Ry Rx`` (degrees)."""
+    m = np.eye(4)
+    r = geometry.rotation_matrix(np.asarray(params[3:], np.float64))
+    m[:3, :3] = r
+    m[:3, 3] = np.asarray(c) + np.asarray(params[:3], np.float64) - r @ np.asarray(c)
+    return m
+
+
+@pytest.fixture(scope="module")
+def bank():
+    subjects = [blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=s) for s in range(4)]
+    return build_bank(subjects, labels=LABELS, factors=(1, 2), max_crop=D, dtype="uint8")
+
+
+@pytest.fixture(scope="module")
+def float_bank():
+    subjects = [blob_phantom(shape=(28, 30, 26), spacing=2.0, n_landmarks=4, seed=s) for s in (5, 6)]
+    return build_bank(subjects, labels=LABELS, factors=(1, 2), max_crop=D, dtype="float32")
+
+
+def _env(**kw):
+    cfg = dict(landmarks=LABELS, crop_size=D, levels=(0, 1), steps=(1.0, 2.0))
+    cfg.update(kw)
+    return RegistrationEnv(RegistrationEnvConfig(**cfg), labels=LABELS)
+
+
+# ---------------------------------------------------------------- geometry vs NumPy / SciPy
+
+
+@pytest.mark.parametrize("centre", ["fov", "landmarks"])
+def test_observation_matches_scipy_affine_transform(float_bank, centre):
+    """Both channels at both levels: the fixed crop is plain slicing, the moving channel is
+    ``scipy.ndimage.affine_transform(order=1, cval=0)`` of the level volume under ``G^{-1} T``."""
+    env = _env(centre=centre)
+    rng = np.random.default_rng(0)
+    for volume in range(2):
+        gt = rng.uniform(-1, 1, 6) * [8, 8, 8, 12, 12, 12]
+        est = rng.uniform(-1, 1, 6) * [3, 3, 3, 4, 4, 4]
+        state = env.initial_state(float_bank, volume, gt).replace(estimate=jnp.asarray(est, jnp.float32))
+        aff0 = np.asarray(float_bank.affines[0, volume], np.float64)
+        shape0 = np.asarray(float_bank.shapes[0, volume])
+        lms = np.asarray(float_bank.landmarks_world[volume], np.float64)
+        c = lms.mean(0) if centre == "landmarks" else aff0[:3, :3] @ ((shape0 - 1) / 2) + aff0[:3, 3]
+        np.testing.assert_allclose(np.asarray(env.center(float_bank, volume)), c, atol=1e-4)
+        w = np.linalg.inv(_np_rigid(gt, c)) @ _np_rigid(est, c)
+        for idx, lvl in enumerate((0, 1)):
+            obs = np.asarray(env.get_obs(state.replace(level=jnp.int32(idx)), None, float_bank))
+            assert obs.shape == (1, 2, D, D, D) and obs.dtype == np.float32
+            m = float_bank.margin
+            ext = np.asarray(float_bank.shapes[lvl, volume])
+            vol = np.asarray(float_bank.levels[lvl][volume])[m : m + ext[0], m : m + ext[1], m : m + ext[2]]
+            aff = np.asarray(float_bank.affines[lvl, volume], np.float64)
+            centre_vox = np.clip(np.rint(np.linalg.solve(aff, np.append(c, 1.0))[:3]), 0, ext - 1).astype(int)
+            origin = centre_vox - D // 2
+            padded = np.pad(vol, D)
+            fixed = padded[tuple(slice(o + D, o + 2 * D) for o in origin)]
+            np.testing.assert_allclose(obs[0, 0], fixed, atol=1e-6)
+            shift = np.eye(4)
+            shift[:3, 3] = origin
+            grid = np.linalg.inv(aff) @ w @ aff @ shift
+            expected = ndimage.affine_transform(vol.astype(np.float64), grid[:3, :3], grid[:3, 3], output_shape=(D, D, D), order=1, mode="constant", cval=0.0)
+            np.testing.assert_allclose(obs[0, 1], expected, atol=2e-4)
+            assert np.abs(expected).sum() > 1.0  # the crop holds anatomy
+
+
+def test_tre_and_errors_match_numpy(bank):
+    env = _env()
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        volume = int(rng.integers(0, 4))
+        gt, est = rng.uniform(-20, 20, 6), rng.uniform(-20, 20, 6)
+        state = env.initial_state(bank, volume, gt).replace(estimate=jnp.asarray(est, jnp.float32))
+        c = np.asarray(env.center(bank, volume), np.float64)
+        lms = np.asarray(bank.landmarks_world[volume], np.float64)
+        t, g = _np_rigid(est, c), _np_rigid(gt, c)
+        hom = np.c_[lms, np.ones(len(lms))]
+        tre = np.linalg.norm((hom @ t.T)[:, :3] - (hom @ g.T)[:, :3], axis=1).mean()
+        m = jax.jit(env.eval_metrics)(state, None, bank)
+        np.testing.assert_allclose(float(m["tre_mm"][0]), tre, rtol=1e-4)
+        np.testing.assert_allclose(float(m["translation_error_mm"][0]), np.linalg.norm(t[:3, 3] + t[:3, :3] @ c - g[:3, 3] - g[:3, :3] @ c), rtol=1e-4)
+        rel = g[:3, :3].T @ t[:3, :3]
+        angle = np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1, 1)))
+        np.testing.assert_allclose(float(m["rotation_error_deg"][0]), angle, atol=2e-3)
+        pose = float(jax.jit(_env(reward="pose").error)(state, bank)[0])
+        np.testing.assert_allclose(pose, float(m["translation_error_mm"][0]) + float(m["rotation_error_deg"][0]), rtol=1e-5)
+
+
+def test_every_action_changes_its_parameter(bank):
+    """From the identity, action ``a`` moves parameter ``a // 2`` by ``±step`` and nothing else; from any
+    estimate the new transform is ``T @ D(±step)`` (composition in the fixed frame, NumPy)."""
+    env = _env()
+    params = EnvParams(max_steps=50)
+    step = jax.jit(env.step_env)
+    start = env.initial_state(bank, 1, jnp.asarray([5.0, -3.0, 2.0, 4.0, -6.0, 8.0]))
+    level_step = 2.0  # start at the coarsest level: steps[1]
+    c = np.asarray(env.center(bank, 1), np.float64)
+    for a in range(N_ACTIONS):
+        new, reward, *_ = step(jax.random.key(0), start, jnp.array([a]), params, bank)
+        expected = np.zeros(6)
+        expected[a // 2] = level_step if a % 2 == 0 else -level_step
+        np.testing.assert_allclose(np.asarray(new.estimate), expected, atol=1e-4)
+        np.testing.assert_allclose(float(reward[0]), float(start.prev_error[0] - new.prev_error[0]), rtol=1e-5)
+    est = np.array([3.0, -2.0, 1.0, 10.0, -5.0, 7.0])
+    state = start.replace(estimate=jnp.asarray(est, jnp.float32))
+    for a in range(N_ACTIONS):
+        new, *_ = step(jax.random.key(0), state, jnp.array([a]), params, bank)
+        d = np.zeros(6)
+        d[a // 2] = level_step if a % 2 == 0 else -level_step
+        np.testing.assert_allclose(_np_rigid(np.asarray(new.estimate, np.float64), c), _np_rigid(est, c) @ _np_rigid(d, c), atol=2e-4)
+        # the observation depends on G^{-1} T only: the moving image moves by D(d), whatever G is
+        other_gt = start.replace(gt=jnp.zeros(6), estimate=jnp.zeros(6))
+        moved, *_ = step(jax.random.key(0), other_gt, jnp.array([a]), params, bank)
+        np.testing.assert_allclose(np.asarray(moved.estimate), d, atol=1e-4)
+
+
+def test_render_of_obs_state_equals_get_obs_and_is_small(bank):
+    env = _env(remap="nonmonotone")
+    _, states = jax.vmap(env.reset, in_axes=(0, None, None))(jax.random.split(jax.random.key(3), 6), None, bank)
+    obs = jax.jit(jax.vmap(env.get_obs, in_axes=(0, None, None)))(states, None, bank)
+    os_ = jax.vmap(env.obs_state)(states)
+    again = jax.jit(jax.vmap(env.render, in_axes=(0, None)))(os_, bank)
+    np.testing.assert_allclose(np.asarray(again), np.asarray(obs), atol=1e-6)
+    per = sum(x.dtype.itemsize * int(np.prod(x.shape[1:])) for x in jax.tree.leaves(os_))
+    assert per <= 64, per
+
+
+# ---------------------------------------------------------------- dynamics
+
+
+def test_reset_draws_within_bounds_and_starts_at_identity(bank):
+    env = _env()
+    params = EnvParams(max_translation_mm=7.0, max_rotation_deg=3.0)
+    _, s = jax.vmap(env.reset, in_axes=(0, None, None))(jax.random.split(jax.random.key(0), 64), params, bank)
+    gt = np.asarray(s.gt)
+    assert np.all(np.abs(gt[:, :3]) <= 7.0) and np.all(np.abs(gt[:, 3:]) <= 3.0)
+    assert np.abs(gt[:, :3]).max() > 5.0 and np.abs(gt[:, 3:]).max() > 2.0
+    assert np.all(np.asarray(s.estimate) == 0) and set(np.asarray(s.volume).tolist()) == {0, 1, 2, 3}
+    assert np.all(np.asarray(s.level) == 1) and not np.asarray(s.done).any()
+    tre = np.asarray(jax.vmap(env.tre_mm, in_axes=(0, None))(s, bank))
+    np.testing.assert_allclose(np.asarray(s.prev_error), tre, rtol=1e-6)
+
+
+def test_oscillation_refines_then_terminates_and_auto_reset(bank):
+    """+x, -x, +x, -x oscillates (3 visits): coarse level -> fine level; again -> terminated. The
+    auto-reset returns a fresh state; info['final_state'] and the final_* metrics are the ended one's."""
+    env = _env()
+    params = EnvParams(max_steps=100)
+    obs, state = env.reset(jax.random.key(1), params, bank)
+    actions = [0, 1, 0, 1]
+    for i, a in enumerate(actions):
+        obs, state, r, term, trunc, info = env.step(jax.random.key(2), state, jnp.array([a]), params, bank)
+        assert not bool(term) and not bool(trunc)
+        assert np.isnan(np.asarray(info["final_tre_mm"])).all()
+    assert int(state.level) == 0 and int(state.since_switch) == 0  # switched to the finest level after the 4th step
+    assert bool(info["oscillated"][0])
+    np.testing.assert_allclose(np.asarray(state.estimate), 0.0, atol=1e-5)
+    for a in actions[:3]:
+        obs, state, r, term, trunc, info = env.step(jax.random.key(2), state, jnp.array([a]), params, bank)
+        assert not bool(term)
+    obs, new_state, r, term, trunc, info = env.step(jax.random.key(2), state, jnp.array([1]), params, bank)
+    assert bool(term) and not bool(trunc)
+    final = info["final_state"]
+    assert bool(final.done[0]) and int(final.t) == 8
+    assert int(new_state.t) == 0 and not bool(new_state.done[0]) and int(new_state.level) == 1
+    np.testing.assert_allclose(np.asarray(info["final_tre_mm"]), np.asarray(env.tre_mm(final, bank)), rtol=1e-6)
+    assert np.isfinite(np.asarray(info["final_rotation_error_deg"])).all()
+    np.testing.assert_allclose(np.asarray(obs), np.asarray(env.get_obs(new_state, params, bank)), atol=1e-6)
+    # a done state is frozen: no move, no reward
+    frozen, reward, *_ = jax.jit(env.step_env)(jax.random.key(0), final, jnp.array([4]), params, bank)
+    np.testing.assert_array_equal(np.asarray(frozen.estimate), np.asarray(final.estimate))
+    assert float(reward[0]) == 0.0
+
+
+def test_truncation_and_ground_truth_termination(bank):
+    env = _env()
+    _, state = env.reset(jax.random.key(4), EnvParams(max_steps=2), bank)
+    _, state, _, term, trunc, info = env.step(jax.random.key(0), state, jnp.array([2]), EnvParams(max_steps=2), bank)
+    assert not bool(trunc)
+    _, state, _, term, trunc, info = env.step(jax.random.key(0), state, jnp.array([2]), EnvParams(max_steps=2), bank)
+    assert bool(trunc) and not bool(term) and int(info["final_state"].t) == 2 and int(state.t) == 0
+    # terminate_at_tre_mm: a move at the finest level that lands within the threshold ends the episode
+    single = _env(levels=(0,), steps=(1.0,))
+    s = single.initial_state(bank, 0, jnp.asarray([1.0, 0, 0, 0, 0, 0]))
+    params = EnvParams(terminate_at_tre_mm=0.5)
+    new, _, term, *_ = single.step_env(jax.random.key(0), s, jnp.array([0]), params, bank)
+    assert bool(term) and float(new.prev_error[0]) < 1e-4
+    new, _, term, *_ = single.step_env(jax.random.key(0), s, jnp.array([0]), single.eval_params(params), bank)
+    assert not bool(term)
+
+
+def test_eval_states_are_seeded_and_metrics_batch(bank):
+    env = _env()
+    params = EnvParams(max_translation_mm=20.0, max_rotation_deg=20.0)
+    a = env.eval_states(params, bank, 3, seed=5)
+    b = env.eval_states(params, bank, 3, seed=5)
+    c = env.eval_states(params, bank, 3, seed=6)
+    assert np.asarray(a.gt).shape == (12, 6)
+    np.testing.assert_array_equal(np.asarray(a.gt), np.asarray(b.gt))
+    assert not np.allclose(np.asarray(a.gt), np.asarray(c.gt))
+    np.testing.assert_array_equal(np.asarray(a.volume), np.repeat(np.arange(4), 3))
+    m = jax.vmap(env.eval_metrics, in_axes=(0, None, None))(a, params, bank)
+    assert set(m) == {"tre_mm", "rotation_error_deg", "translation_error_mm"} and m["tre_mm"].shape == (12, 1)
+    np.testing.assert_allclose(np.asarray(m["translation_error_mm"][:, 0]), np.linalg.norm(np.asarray(a.gt)[:, :3], axis=1), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- remaps
+
+
+def test_remaps_are_what_they_claim(bank):
+    x = np.linspace(0.0, 1.0, 201, dtype=np.float32)
+    np.testing.assert_array_equal(remap_intensity(x, "none"), x)
+    mono = remap_intensity(x, "monotone")
+    assert np.all(np.diff(mono) > 0) and mono[0] == 0.0
+    non = np.asarray(remap_intensity(jnp.asarray(x), "nonmonotone"))
+    assert (np.diff(non) < 0).sum() > 50 and (np.diff(non) > 0).sum() > 50 and non[0] == 0.0
+    np.testing.assert_allclose(non[::20], np.interp(x[::20], *REMAP_KNOTS["nonmonotone"]), atol=1e-6)
+    # at the ground truth the moving channel is the remapped fixed channel
+    for kind in ("none", "monotone", "nonmonotone"):
+        env = _env(remap=kind)
+        s = env.initial_state(bank, 2, jnp.asarray([4.0, 1.0, -2.0, 5.0, 0.0, -3.0]))
+        s = s.replace(estimate=s.gt)
+        obs = np.asarray(env.get_obs(s, None, bank))[0]
+        np.testing.assert_allclose(obs[1], remap_intensity(obs[0], kind), atol=2e-3)
+    # non-monotone: inside the head the aligned images no longer correlate (intensity matching fails)
+    inside = obs[0] > 0.1
+    assert inside.sum() > 500 and np.corrcoef(obs[0][inside], obs[1][inside])[0, 1] < 0.5
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_clear_errors(bank):
+    with pytest.raises(ConfigError, match="one step per level"):
+        RegistrationEnvConfig(levels=(0, 1), steps=(1.0,))
+    with pytest.raises(ConfigError, match="non-decreasing"):
+        RegistrationEnvConfig(levels=(0, 1), steps=(2.0, 1.0))
+    with pytest.raises(ConfigError, match="remap"):
+        RegistrationEnvConfig(remap="ct")
+    with pytest.raises(ConfigError, match="centre"):
+        RegistrationEnvConfig(centre="middle")
+    with pytest.raises(ConfigError, match="reward"):
+        RegistrationEnvConfig(reward="ncc")
+    with pytest.raises(ConfigError, match="landmarks is empty"):
+        RegistrationEnvConfig(landmarks=())
+    with pytest.raises(LandmarkError, match="AC"):
+        RegistrationEnv(RegistrationEnvConfig(landmarks=("AC",)), labels=LABELS)
+    env = _env(levels=(0, 1, 2), steps=(1.0, 2.0, 4.0))
+    with pytest.raises(ConfigError, match="pyramid levels"):
+        env.reset(jax.random.key(0), None, bank)
+    with pytest.raises(ConfigError, match="max_crop"):
+        _env(crop_size=21).reset(jax.random.key(0), None, bank)
+    env = _env()
+    _, s = env.reset(jax.random.key(0), None, bank)
+    for bad, match in ((jnp.array([12]), "0..11"), (jnp.array([-1]), "0..11"), (jnp.array([0.5]), "integers"), (jnp.array([1, 2]), "one action")):
+        with pytest.raises(ConfigError, match=match):
+            env.step(jax.random.key(0), s, bad, None, bank)
+    with pytest.raises(ConfigError, match="n_starts"):
+        env.eval_states(None, bank, 0)
+    with pytest.raises(ConfigError, match="unknown option"):
+        make("registration-v0", LABELS, crop=15)
+    with pytest.raises(ConfigError, match="landmarks"):
+        make("registration-v0")
+    with pytest.raises(ConfigError, match="out of range"):
+        env.pair_state(bank, 0, 9)
+
+
+def test_registry_builds_the_env():
+    env, params = make("registration-v0", LABELS, crop_size=9, max_steps=30, remap="monotone")
+    assert isinstance(env, RegistrationEnv) and env.required_labels == LABELS
+    assert env.config.levels == (0, 1, 2) and env.config.steps == (1.0, 2.0, 4.0) and params.max_steps == 30
+    assert env.num_actions == 12 and env.n_agents == 1 and env.eval_params(params.replace(terminate_at_tre_mm=2.0)).terminate_at_tre_mm == 0.0
