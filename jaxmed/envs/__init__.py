@@ -9,6 +9,7 @@ from jaxmed.envs.base import Box, Discrete, Environment
 from jaxmed.envs.box import BoxEnv, BoxEnvConfig, BoxEnvParams
 from jaxmed.envs.corner_pair import CornerPairConfig, CornerPairEnv, CornerPairParams
 from jaxmed.envs.landmark import EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig, ObsState
+from jaxmed.envs.plane import PlaneEnv, PlaneEnvConfig
 from jaxmed.envs.registration import RegistrationEnv, RegistrationEnvConfig
 from jaxmed.envs.registry import make, register, registered
 
@@ -27,6 +28,8 @@ __all__ = [
     "LandmarkEnv",
     "LandmarkEnvConfig",
     "ObsState",
+    "PlaneEnv",
+    "PlaneEnvConfig",
     "RegistrationEnv",
     "RegistrationEnvConfig",
     "make",

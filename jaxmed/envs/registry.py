@@ -11,6 +11,9 @@ Registered names (``registered()`` lists them):
 * ``"box-v0"``: one box agent (:mod:`jaxmed.envs.box`, Navarro 2020); ``"corner-pair-v0"``: two corner
   agents (:mod:`jaxmed.envs.corner_pair`, Zheng 2021); both take ``structure=NAME`` (points
   ``"<structure>#<i>"`` in the bank; default: the first such group of ``bank_labels``).
+* ``"plane-v0"``: view-plane search (:mod:`jaxmed.envs.plane`, Alansary 2018); ``target=NAME`` a
+  registered plane (:data:`jaxmed.data.planes.PLANES`, default ``"acpc_axial"``), multi-scale over
+  ``levels`` / ``angle_steps`` / ``offset_steps``.
 
 The landmark factories also take ``agents_per_target=n``: ``n`` agents hunt each target (targets
 ``(AC, PC)`` become ``(AC, AC, AC, PC, PC, PC)`` for ``n = 3``); evaluation starts them from
@@ -142,3 +145,16 @@ def _box_factory(kind: str):
 
 register("box-v0", _box_factory("box"))
 register("corner-pair-v0", _box_factory("corner-pair"))
+
+
+def _plane_factory(name: str, bank_labels, **overrides):
+    """The view-plane env (:class:`jaxmed.envs.plane.PlaneEnv`); ``target`` names a registered plane
+    (:data:`jaxmed.data.planes.PLANES`, default ``"acpc_axial"``)."""
+    from jaxmed.envs.plane import EnvParams, PlaneEnv, PlaneEnvConfig
+
+    config_kw, params_kw = _split_overrides(name, PlaneEnvConfig, EnvParams, overrides)
+    env = PlaneEnv(PlaneEnvConfig(**config_kw), labels=bank_labels, name=name)
+    return env, EnvParams(**params_kw)
+
+
+register("plane-v0", _plane_factory)
