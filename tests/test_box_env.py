@@ -358,16 +358,143 @@ def test_dqn_learns_to_fit_the_box():
     eval_params = params.replace(osc_repeats=3)
     states = env.eval_states(eval_params, b, 4, seed=1)
 
-    def rollout(policy):
-        return jax.jit(lambda: greedy_rollout(policy, env, eval_params, b, states, 30)["metrics"])()
+    def policy(use_random):  # a random action per env and step (seeded by the observation), or greedy
+        def act(obs):
+            keys = jax.vmap(jax.random.key)(obs.reshape(obs.shape[0], -1).astype(jnp.int32).sum(-1))
+            random = jax.vmap(lambda k: jax.random.randint(k, (1,), 0, 11))(keys)
+            return jnp.where(use_random, random, jnp.argmax(net.apply(rs.params, obs), -1))
+        return act
 
-    trained = rollout(lambda obs: jnp.argmax(net.apply(rs.params, obs), -1))
-    def random_policy(obs):  # a different (deterministic) draw per env and step
-        keys = jax.vmap(jax.random.key)(obs.reshape(obs.shape[0], -1).astype(jnp.int32).sum(-1))
-        return jax.vmap(lambda k: jax.random.randint(k, (1,), 0, 11))(keys)
-
-    rand = rollout(random_policy)
+    run = jax.jit(lambda use_random: greedy_rollout(policy(use_random), env, eval_params, b, states, 30)["metrics"])
+    trained, rand = run(False), run(True)
     start = jax.vmap(env.eval_metrics, in_axes=(0, None, None))(states, eval_params, b)
     iou, iou_rand, iou0 = (float(m["iou"].mean()) for m in (trained, rand, start))
     assert iou > 0.4 and iou > iou_rand + 0.3 and iou > iou0 + 0.3, (iou, iou_rand, iou0)
     assert float(trained["centre_error_mm"].mean()) < 0.5 * float(start["centre_error_mm"].mean())
+
+
+# ------------------------------------------------------------------ corner pair (Zheng 2021)
+
+from jaxmed.envs.corner_pair import CornerPairConfig, CornerPairEnv, CornerPairParams  # noqa: E402
+
+
+def _corner_env(bank, **kw):
+    kw.setdefault("crop_size", G)
+    return CornerPairEnv(CornerPairConfig(**kw), labels=bank.labels)
+
+
+def _world(bank, volume, vox):
+    aff = np.asarray(bank.affines[0, volume], np.float64)
+    return np.asarray(vox, np.float64) @ aff[:3, :3].T + aff[:3, 3]
+
+
+def test_corner_pair_moves_both_corners_with_a_shared_iou_reward(bank):
+    env = _corner_env(bank)
+    params = CornerPairParams(terminate_at_target_mm=0.0, distance_weight=0.5, reward_clip=10.0)
+    t_lo, t_hi = (np.asarray(x) for x in env.target_box(bank, 2))
+    start = np.array([[4, 5, 6], [25, 24, 26]])
+    state = jax.tree.map(lambda x: x[0], env.corner_states(bank, [2], start[None]))
+    np.testing.assert_allclose(np.asarray(state.prev_dist), np.linalg.norm(_world(bank, 2, start) - [t_lo, t_hi], axis=-1), rtol=1e-5)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        action = rng.integers(0, 6, 2)
+        new, reward, term, trunc, info = _step(env, state, jnp.asarray(action), params, bank)
+        want = np.asarray(state.pos).copy()
+        for i, a in enumerate(action):
+            want[i, a // 2] += 1 if a % 2 == 0 else -1
+        np.testing.assert_array_equal(np.asarray(new.pos), want)
+        iou = [_np_iou(np.minimum(*w), np.maximum(*w), t_lo, t_hi) for w in (_world(bank, 2, state.pos), _world(bank, 2, want))]
+        dist = np.linalg.norm(_world(bank, 2, want) - [t_lo, t_hi], axis=-1)
+        expect = np.sign(np.float32(iou[1]) - np.float32(iou[0])) + 0.5 * (np.asarray(state.prev_dist) - dist)
+        np.testing.assert_allclose(np.asarray(reward), expect, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(info["iou"]), [iou[1]] * 2, rtol=1e-5)
+        assert not bool(term) and not bool(trunc)
+        state = new
+    m = env.eval_metrics(state, params, bank)
+    np.testing.assert_allclose(np.asarray(m["corner_error_mm"]), dist, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(m["iou"]), [iou[1]] * 2, rtol=1e-5)
+
+
+def test_corner_pair_coarse_to_fine_termination_and_observation(bank):
+    env = _corner_env(bank, levels=(0, 1), frames=2, osc_window=4)
+    params = CornerPairParams(terminate_at_target_mm=0.0, osc_repeats=2, max_steps=50)
+    state = jax.tree.map(lambda x: x[0], env.corner_states(bank, [1], np.array([[[6, 8, 10], [24, 22, 20]]])))
+    assert state.level.tolist() == [1, 1]
+    # corner 0 oscillates (+x, -x) at the coarse level -> finer; corner 1 keeps going +y
+    state, *_ = _step(env, state, jnp.array([0, 2]), params, bank)
+    assert state.pos.tolist() == [[8, 8, 10], [24, 24, 20]]  # 2-voxel steps at level 1 (factor 2)
+    state, *_ = _step(env, state, jnp.array([1, 2]), params, bank)
+    assert state.level.tolist() == [0, 1]
+    state, *_ = _step(env, state, jnp.array([0, 2]), params, bank)
+    state, r, term, _, info = _step(env, state, jnp.array([1, 2]), params, bank)
+    assert state.done.tolist() == [True, False] and not bool(term)  # oscillation at the finest level ends corner 0
+    frozen = np.asarray(state.pos[0])
+    state, r, term, _, _ = _step(env, state, jnp.array([0, 3]), params, bank)
+    np.testing.assert_array_equal(np.asarray(state.pos[0]), frozen)
+    assert float(r[0]) == 0.0
+    obs = np.asarray(_obs(env, state, bank))
+    assert obs.shape == (2, 2, G, G, G)
+    m, h = bank.margin, G // 2
+    for agent in range(2):
+        for f in range(2):
+            lvl = int(state.level[agent])
+            c = np.asarray(state.history[agent, f]) // (2**lvl) + m
+            want = np.asarray(bank.levels[lvl][1])[c[0] - h:c[0] + h + 1, c[1] - h:c[1] + h + 1, c[2] - h:c[2] + h + 1]
+            np.testing.assert_array_equal(obs[agent, f], want)
+
+
+def test_corner_pair_eval_states_and_bad_inputs(bank):
+    env = _corner_env(bank, levels=(0, 1))
+    params = env.eval_params(CornerPairParams())
+    assert params.terminate_at_target_mm == 0.0
+    states = env.eval_states(params, bank, 3, seed=0)
+    assert states.pos.shape == (12, 2, 3) and states.level.tolist() == [[1, 1]] * 12
+    np.testing.assert_array_equal(np.asarray(states.pos[0]), [[8, 8, 8], [23, 23, 23]])  # centred, half the extent
+    assert env.required_labels == tuple(f"organ#{i:03d}" for i in range(26))
+    assert env.metric_labels == ("organ min corner", "organ max corner")
+    state = jax.tree.map(lambda x: x[0], states)
+    with pytest.raises(ConfigError, match="2 action"):
+        env.step(jax.random.key(0), state, jnp.array(1), params, bank)
+    with pytest.raises(ConfigError, match="0..5"):
+        env.step(jax.random.key(0), state, jnp.array([1, 6]), params, bank)
+    with pytest.raises(ConfigError, match="crop_size 31 is larger"):
+        _corner_env(bank, crop_size=31).reset(jax.random.key(0), None, bank)
+    with pytest.raises(LandmarkError, match="unknown structure 'brain'"):
+        CornerPairEnv(CornerPairConfig(structure="brain"), labels=bank.labels)
+    env2, p2 = jaxmed.make("corner-pair-v0", bank.labels, crop_size=G, distance_weight=0.25)
+    assert isinstance(env2, CornerPairEnv) and env2.corner_config.structure == "organ" and p2.distance_weight == 0.25
+
+
+def test_collab_dqn_learns_the_corner_pair():
+    """Shared-trunk two-head DQN: the greedy corners' final IoU from fixed starts is far above a random policy's."""
+    from jaxmed.agents.dqn import DQNConfig, make_train
+    from jaxmed.agents.rollout import greedy_rollout
+    from jaxmed.networks import MultiAgentQNetwork
+
+    b = build_bank([ellipsoid_phantom(seed=s) for s in range(8)], factors=(1, 2), max_crop=G, dtype="uint8")
+    env = _corner_env(b, levels=(0, 1))
+    params = CornerPairParams(max_steps=40, terminate_at_target_mm=0.0)
+    net = MultiAgentQNetwork(trunk="patch", n_actions=6, n_agents=2, share_trunk=True,
+                             trunk_kwargs={"patch_size": 5, "width": 0.5}, head_kwargs={"hidden": (64, 32)})
+    cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
+                    eps_decay_steps=300, target_update_period=100)
+    fns = make_train(cfg, env, params, net)
+    rs = jax.jit(fns.init)(jax.random.key(0), b)
+    chunk = jax.jit(fns.run_chunk)
+    for _ in range(10):
+        rs, metrics = chunk(rs, b)
+    eval_params = env.eval_params(params)
+    states = env.eval_states(eval_params, b, 4, seed=1)
+
+    def policy(use_random):
+        def act(obs):
+            keys = jax.vmap(jax.random.key)(obs.reshape(obs.shape[0], -1).astype(jnp.int32).sum(-1))
+            random = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, 6))(keys)
+            return jnp.where(use_random, random, jnp.argmax(net.apply(rs.params, obs), -1))
+        return act
+
+    run = jax.jit(lambda use_random: greedy_rollout(policy(use_random), env, eval_params, b, states, 40)["metrics"])
+    trained, rand = run(False), run(True)
+    start = jax.vmap(env.eval_metrics, in_axes=(0, None, None))(states, eval_params, b)
+    iou, iou_rand, iou0 = (float(m["iou"].mean()) for m in (trained, rand, start))
+    assert iou > 0.3 and iou > iou_rand + 0.25 and iou > iou0 + 0.25, (iou, iou_rand, iou0)

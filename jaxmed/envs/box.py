@@ -86,6 +86,37 @@ def structure_labels(labels: Sequence[str], structure: str) -> tuple[str, ...]:
     return tuple(l for l in labels if l.startswith(prefix))
 
 
+def target_point_labels(env_name: str, structure: str, n_points: int, labels: Sequence[str] | None) -> tuple[str, ...]:
+    """The bank labels a box env reads for ``structure``.
+
+    ``n_points > 0``: exactly ``"<structure>#000" ... "<structure>#{n-1}"``; ``n_points == 0``: every
+    ``"<structure>#<i>"`` among ``labels``, or, without ``labels``, the point count of the anatomy
+    definition (:data:`jaxmed.data.anatomy.STRUCTURES`). Checked against ``labels`` when given:
+    :class:`LandmarkError` naming the structures the labels have points for.
+    """
+    from jaxmed.data.anatomy import STRUCTURES, point_labels
+
+    if n_points > 0:
+        wanted = point_labels(structure, n_points)
+    elif labels is not None:
+        wanted = structure_labels(labels, structure)
+    elif structure in STRUCTURES:
+        wanted = point_labels(structure, STRUCTURES[structure].n_points)
+    else:
+        raise ConfigError(f"{env_name}: structure {structure!r} is not one of jaxmed.data.anatomy.STRUCTURES "
+                          f"({', '.join(STRUCTURES)}): give n_points or the bank labels")
+    if labels is not None:
+        missing = [l for l in wanted if l not in labels]
+        if len(wanted) < 2 or missing:
+            groups = sorted({l.split("#", 1)[0] for l in labels if "#" in l})
+            raise LandmarkError(
+                f"{env_name}: unknown structure {structure!r}: the bank lacks its points "
+                f"({len(wanted) - len(missing)} of {max(len(wanted), 2)} labelled '{structure}#<i>'); structures with "
+                f"points: {', '.join(groups) or 'none'} (see jaxmed.data.anatomy.structure_landmarks)"
+            )
+    return wanted
+
+
 # ------------------------------------------------------------------ configuration, params, state
 
 
@@ -95,6 +126,8 @@ class BoxEnvConfig:
 
     Attributes:
       structure: the target structure; its points are the bank labels ``"<structure>#<i>"``.
+      n_points: how many points (labels ``#000 .. #{n-1}``); 0: all of the bank's, or the anatomy
+        definition's count (:func:`target_point_labels`).
       grid_size: ``G``, samples per side of the resampled observation.
       frames: ``k``, boxes rendered into the observation (frame 0 = now).
       context: margin added on every side of the box before resampling, as a fraction of its size.
@@ -105,6 +138,7 @@ class BoxEnvConfig:
     """
 
     structure: str = "organ"
+    n_points: int = 0
     grid_size: int = 32
     frames: int = 1
     context: float = 0.25
@@ -118,7 +152,7 @@ class BoxEnvConfig:
         object.__setattr__(self, "levels", levels)
         if not isinstance(self.structure, str) or not self.structure or "#" in self.structure:
             raise ConfigError(f"BoxEnvConfig: structure must be a non-empty name without '#', got {self.structure!r}")
-        for name, low in (("grid_size", 2), ("frames", 1), ("osc_window", 1)):
+        for name, low in (("n_points", 0), ("grid_size", 2), ("frames", 1), ("osc_window", 1)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"BoxEnvConfig: {name} must be an int >= {low}, got {value!r}")
@@ -307,9 +341,7 @@ class BoxEnv(Environment):
 
     @property
     def required_labels(self) -> tuple[str, ...]:
-        """The target structure's point labels ``"<structure>#<i>"`` (needs ``labels`` at construction)."""
-        if self.labels is None:
-            raise ConfigError(f"{self.name}: construct the env with labels=bank labels to know which '{self.config.structure}#i' points it reads")
+        """The target structure's point labels ``"<structure>#<i>"`` (:func:`target_point_labels`)."""
         return self._point_labels(self.labels)
 
     @property
@@ -318,16 +350,8 @@ class BoxEnv(Environment):
 
     # -------------------------------------------------------------- host-side checks
 
-    def _point_labels(self, labels: Sequence[str]) -> tuple[str, ...]:
-        found = structure_labels(labels, self.config.structure)
-        if len(found) < 2:
-            groups = sorted({l.split("#", 1)[0] for l in labels if "#" in l})
-            raise LandmarkError(
-                f"{self.name}: unknown structure {self.config.structure!r}: the bank has {len(found)} points labelled "
-                f"'{self.config.structure}#<i>' (need >= 2); structures with points: {', '.join(groups) or 'none'} "
-                "(see jaxmed.data.anatomy.structure_landmarks)"
-            )
-        return found
+    def _point_labels(self, labels: Sequence[str] | None) -> tuple[str, ...]:
+        return target_point_labels(self.name, self.config.structure, self.config.n_points, labels)
 
     def _point_indices(self, bank) -> np.ndarray:
         return np.array([bank.labels.index(l) for l in self._point_labels(bank.labels)], np.int32)

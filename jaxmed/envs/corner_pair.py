@@ -54,9 +54,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.box import REWARDS, start_box, structure_labels, volume_world_bounds
+from jaxmed.envs.box import REWARDS, start_box, target_point_labels, volume_world_bounds
 from jaxmed.envs.landmark import EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig
-from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.errors import ConfigError
 from jaxmed.ops.iou import box_iou
 
 
@@ -66,6 +66,8 @@ class CornerPairConfig:
 
     Attributes:
       structure: the target structure; its points are the bank labels ``"<structure>#<i>"``.
+      n_points: how many points; 0: all of the bank's, or the anatomy definition's count
+        (:func:`jaxmed.envs.box.target_point_labels`).
       crop_size: ``D``, crop edge in voxels around each corner (``<= bank.max_crop``).
       frames: ``k``, past positions rendered per corner.
       levels: bank pyramid levels, finest first; coarse-to-fine when more than one.
@@ -74,6 +76,7 @@ class CornerPairConfig:
     """
 
     structure: str = "organ"
+    n_points: int = 0
     crop_size: int = 15
     frames: int = 1
     levels: tuple[int, ...] = (0,)
@@ -83,6 +86,8 @@ class CornerPairConfig:
     def __post_init__(self):
         if not isinstance(self.structure, str) or not self.structure or "#" in self.structure:
             raise ConfigError(f"CornerPairConfig: structure must be a non-empty name without '#', got {self.structure!r}")
+        if not isinstance(self.n_points, int) or isinstance(self.n_points, bool) or self.n_points < 0:
+            raise ConfigError(f"CornerPairConfig: n_points must be an int >= 0, got {self.n_points!r}")
         if self.reward not in REWARDS:
             raise ConfigError(f"CornerPairConfig: reward must be one of {REWARDS}, got {self.reward!r}")
         lm = self.landmark_config()  # validates the shared fields
@@ -150,26 +155,16 @@ class CornerPairEnv(LandmarkEnv):
 
     @property
     def required_labels(self) -> tuple[str, ...]:
-        if self.labels is None:
-            raise ConfigError(f"{self.name}: construct the env with labels=bank labels to know which "
-                              f"'{self.corner_config.structure}#i' points it reads")
+        """The structure's point labels (:func:`jaxmed.envs.box.target_point_labels`)."""
         return self._point_labels(self.labels)
 
     @property
     def metric_labels(self) -> tuple[str, ...]:
         return self.config.targets
 
-    def _point_labels(self, labels: Sequence[str]) -> tuple[str, ...]:
-        structure = self.corner_config.structure
-        found = structure_labels(labels, structure)
-        if len(found) < 2:
-            groups = sorted({l.split("#", 1)[0] for l in labels if "#" in l})
-            raise LandmarkError(
-                f"{self.name}: unknown structure {structure!r}: the bank has {len(found)} points labelled "
-                f"'{structure}#<i>' (need >= 2); structures with points: {', '.join(groups) or 'none'} "
-                "(see jaxmed.data.anatomy.structure_landmarks)"
-            )
-        return found
+    def _point_labels(self, labels: Sequence[str] | None) -> tuple[str, ...]:
+        c = self.corner_config
+        return target_point_labels(self.name, c.structure, c.n_points, labels)
 
     def _target_indices(self, bank) -> np.ndarray:
         """Indices of the structure's points in ``bank.labels`` (what :meth:`check_bank` validates)."""
