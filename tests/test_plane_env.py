@@ -307,7 +307,7 @@ def test_reward_info_and_metrics_follow_numpy_along_a_walk(env, bank, step):
         np.testing.assert_allclose(float(info["angle_deg"][0]), np_angle(n, nt), atol=0.05)
         np.testing.assert_allclose(float(info["distance_mm"][0]), abs(n @ ref - d_world), atol=1e-3)
         assert np.isnan(float(info["final_angle_deg"][0])) and np.isnan(float(info["final_distance_mm"][0]))
-    m = env.eval_metrics(state, p, bank)
+    m = jax.jit(env.eval_metrics)(state, p, bank)
     n = np.asarray(state.normal[0], np.float64)
     d_world = float(state.offset[0]) + n @ np_pivot(bank, v)
     pts = np.asarray(bank.landmarks_world[v])[[bank.label_index(l) for l in LABELS]]
@@ -368,17 +368,18 @@ def test_auto_reset_returns_a_fresh_episode_and_the_final_state(env, bank):
     np.testing.assert_array_equal(ring, np.broadcast_to(ring[:1], ring.shape))
     np.testing.assert_allclose(ring[0, :3], np.asarray(new.normal[0]))
     assert int(new.scale[0]) == 1 and not bool(new.done[0])
-    np.testing.assert_allclose(np.asarray(obs), np.asarray(env.get_obs(new, p, bank)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(obs), np.asarray(jax.jit(env.get_obs)(new, p, bank)), atol=1e-6)
 
 
 def test_observation_matches_scipy_at_every_scale_and_render_roundtrip(env, bank, step):
     p = env.default_params
     state = jax.tree.map(lambda x: x[1], env.eval_states(p, bank, 1, seed=5))  # the oblique volume
     state, *_ = step(jax.random.key(0), state, jnp.array([2]), p, bank)  # frames 0 and 1 differ
+    get_obs, render = jax.jit(env.get_obs), jax.jit(env.render)
     for scale in (1, 0):
         s = state.replace(scale=jnp.array([scale], jnp.int32))
-        obs = np.asarray(env.get_obs(s, p, bank))
-        np.testing.assert_array_equal(obs, np.asarray(env.render(env.obs_state(s), bank)))
+        obs = np.asarray(get_obs(s, p, bank))
+        np.testing.assert_array_equal(obs, np.asarray(render(env.obs_state(s), bank)))
         level = CONFIG["levels"][scale]
         v = int(s.volume)
         m = bank.margin
@@ -397,8 +398,8 @@ def test_observation_matches_scipy_at_every_scale_and_render_roundtrip(env, bank
                                                                 bank.margin:-bank.margin]), np.asarray(bank.affines[0, 0], np.float64)),
                          Landmarks(LABELS, np.asarray(bank.landmarks_world[0])))], LABELS, factors=(1, 2), max_crop=3, dtype="uint8")
     s8 = _one(env.eval_states(p, bank8, 1, seed=0))
-    o8 = np.asarray(env.get_obs(s8, p, bank8))
-    of = np.asarray(env.get_obs(s8, p, bank8.replace(levels=tuple(l.astype(jnp.float32) for l in bank8.levels))))
+    o8 = np.asarray(get_obs(s8, p, bank8))
+    of = np.asarray(get_obs(s8, p, bank8.replace(levels=tuple(l.astype(jnp.float32) for l in bank8.levels))))
     assert o8.dtype == np.uint8 and np.abs(o8.astype(np.float32) - np.clip(np.round(of), 0, 255)).max() <= 1
 
 
@@ -409,7 +410,7 @@ def test_eval_states_are_fixed_perturbations_within_bounds(env, bank):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert not np.allclose(np.asarray(a.normal), np.asarray(c.normal))
-    m = jax.vmap(env.eval_metrics, in_axes=(0, None, None))(a, p, bank)
+    m = jax.jit(jax.vmap(env.eval_metrics, in_axes=(0, None, None)))(a, p, bank)
     ang = np.asarray(m["angle_deg"])[:, 0]
     assert ang.max() <= 15.0 + 1e-3 and ang.std() > 1.0
     for i in range(12):
@@ -419,11 +420,17 @@ def test_eval_states_are_fixed_perturbations_within_bounds(env, bank):
         ot = dt - nt @ np_pivot(bank, v)
         assert abs(float(a.offset[i, 0]) - ot) <= 5.0 + 1e-3
     assert np.all(np.asarray(a.scale) == 1) and not np.asarray(a.done).any()
-    ax = env.axis_states(bank, 4, seed=0, max_angle_deg=10.0)
+    ax = env.prior_states(bank, 4, seed=0, max_angle_deg=10.0)  # the world S axis through the pivot
     np.testing.assert_allclose(np.asarray(ax.normal[0, 0]), [0, 0, 1], atol=1e-6)
     np.testing.assert_allclose(np.asarray(ax.offset[:, 0]), 0.0, atol=1e-5)
     tilts = [np_angle(np.asarray(ax.normal[i, 0]), [0, 0, 1]) for i in range(1, 4)]
     assert max(tilts) <= 10.0 + 1e-3 and min(tilts) > 0
+    prior = np_unit(np.array([0.2, 0.1, 1.0]))
+    pr = env.prior_states(bank, 2, seed=0, max_angle_deg=5.0, normal=prior, offset=-4.0)
+    np.testing.assert_allclose(np.asarray(pr.normal[0, 0]), prior, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pr.offset[:, 0]), -4.0, atol=1e-5)
+    with pytest.raises(ConfigError, match="prior normal"):
+        env.prior_states(bank, 2, normal=[0.0, 0.0, 0.0])
 
 
 # ---------------------------------------------------------------- bad input

@@ -2,9 +2,10 @@
 
 Loads any NIfTI / DICOM image, conforms it to the run's voxel size, runs the trained greedy
 view-plane agent (:mod:`jaxmed.envs.plane`) from fixed starts that use no ground truth
-(:meth:`PlaneEnv.axis_states`: the world-axis plane through the image centre, plus seeded tilts), and
-answers the robust mean of the planes the episodes end on: the coordinate-wise median of the unit
-normals (renormalised) and the median of the world offsets. Writes a JSON file with the normal, the
+(:meth:`PlaneEnv.prior_states`: the run's template plane placed relative to the image centre, see
+:func:`template_prior`, or the world-axis plane through the centre when the run has no template;
+plus seeded tilts), and answers the robust mean of the planes the episodes end on: the
+coordinate-wise median of the unit normals (renormalised) and the median of the world offsets. Writes a JSON file with the normal, the
 offset and a point on the plane (world RAS mm), and optionally a PNG of the image resliced on the
 found plane beside a perpendicular slice showing the plane's trace.
 """
@@ -89,10 +90,27 @@ def robust_plane(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, 
     return n, float(np.median(np.asarray(offsets, np.float64)))
 
 
+def template_prior(data_cfg, env) -> tuple[np.ndarray, float] | None:
+    """The start prior of a run: the env's plane on the run's template (``data.source``), as
+    ``(normal (3,), offset about the template's grid centre)`` in the env's orientation; ``None`` when
+    the data config names no template (then the world-axis plane is the prior)."""
+    if getattr(data_cfg, "source", None) is None:
+        return None
+    from jaxmed import experiment as ex
+
+    volume, landmarks = ex.template(data_cfg)
+    n, d = env.definition.from_landmarks(landmarks)
+    if n[env.definition.normal_axis_index] < 0:
+        n, d = -n, -d
+    centre = volume.voxel_to_world((np.array(volume.shape) - 1) / 2)
+    return n, float(d - n @ centre)
+
+
 def find_plane(volume, env, env_params, policy, *, factors=(1,), dtype: str = "float32", n_starts: int = 9,
-               max_steps: int | None = None, seed: int = 0) -> dict:
+               max_steps: int | None = None, seed: int = 0, prior: tuple[np.ndarray, float] | None = None) -> dict:
     """Run a greedy view-plane ``policy`` (``obs (E, 1, ...) -> actions (E, 1)``) on ``volume`` (a
-    conformed :class:`jaxmed.data.Volume`).
+    conformed :class:`jaxmed.data.Volume`) from ``n_starts`` starts around ``prior`` (``(normal,
+    offset about the image centre)``; default: the world-axis plane through the centre).
 
     Returns ``{"normal" (3,), "offset", "point" (3,), "pivot" (3,), "normals" (E, 3), "offsets" (E,),
     "steps" (E,)}`` (NumPy, world RAS mm): the robust mean plane, the projection of the image centre
@@ -108,7 +126,8 @@ def find_plane(volume, env, env_params, policy, *, factors=(1,), dtype: str = "f
     bank = build_bank([(volume, placeholder)], labels, factors=factors, max_crop=3, dtype=dtype)
     eval_params = env.eval_params(env_params)
     max_tilt = min(10.0, 0.5 * float(env_params.max_start_angle_deg))
-    states = env.axis_states(bank, n_starts, seed=seed, max_angle_deg=max_tilt)
+    normal, offset = (None, 0.0) if prior is None else prior
+    states = env.prior_states(bank, n_starts, seed=seed, max_angle_deg=max_tilt, normal=normal, offset=offset)
     steps = int(eval_params.max_steps) if max_steps is None else int(max_steps)
     res = jax.jit(lambda s, b: greedy_rollout(policy, env, eval_params, b, s, max_steps=steps))(states, bank)
     final = res["final_state"]
@@ -225,7 +244,8 @@ def plane_command(image: str | Path, checkpoint: str | Path, out: str | Path, pn
     env, env_params, eval_max_steps = make_plane_env(_env_section(cfg))
     volume = conform(load_image(image), cfg.data.spacing)
     result = find_plane(volume, env, env_params, lambda obs: greedy_action(network, params, obs),
-                        factors=tuple(cfg.data.factors), dtype=cfg.data.dtype, n_starts=n_starts, max_steps=eval_max_steps)
+                        factors=tuple(cfg.data.factors), dtype=cfg.data.dtype, n_starts=n_starts, max_steps=eval_max_steps,
+                        prior=template_prior(cfg.data, env))
     doc = plane_json(result, env.definition, str(image), str(checkpoint))
     _write_atomic(out, json.dumps(doc, indent=2) + "\n")
     if png is not None:

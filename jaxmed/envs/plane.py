@@ -53,8 +53,9 @@ The dynamics below are the specification (``A = 1`` agent; ``k`` = ``config.fram
 * starts (training): the target plane tilted by an angle uniform in ``[0, max_start_angle_deg]``
   about a uniformly random in-plane direction, its offset shifted by a uniform ``±
   max_start_offset_mm``, at the coarsest scale. Evaluation (:meth:`PlaneEnv.eval_states`) uses fixed
-  seeded perturbations of the same kind; :meth:`PlaneEnv.axis_states` starts from the world-axis plane
-  through the pivot (no ground truth: what detection in a new image does).
+  seeded perturbations of the same kind; :meth:`PlaneEnv.prior_states` starts from a prior plane (a
+  template's plane about the pivot, or the world-axis plane through it: no ground truth, what
+  ``jaxmed plane`` does on a new image).
 * metrics (:meth:`PlaneEnv.eval_metrics`, ``(A,)`` float32): ``angle_deg`` (between the normals),
   ``distance_mm`` (distance of the target's reference point, the centroid of its reference landmarks
   projected onto the target plane, to the found plane), ``landmark_distance_mm`` (mean distance of the
@@ -464,27 +465,36 @@ class PlaneEnv(Environment):
     def _batch_perturbed(self, bank, volumes, tilt, direction, shift):
         return jax.vmap(self._perturbed_state, in_axes=(None, 0, 0, 0, 0))(bank, volumes, tilt, direction, shift)
 
-    def axis_states(self, bank, n_starts: int = 1, seed: int = 0, max_angle_deg: float = 10.0) -> EnvState:
-        """Start states that need no ground truth: per volume, the plane through the pivot whose normal
-        is the definition's world ``normal_axis`` (start 0), and ``n_starts - 1`` copies tilted by
-        ``U(0, max_angle_deg)`` in seeded directions. What :mod:`jaxmed.commands.plane` uses on a new image."""
+    def prior_states(self, bank, n_starts: int = 1, seed: int = 0, max_angle_deg: float = 10.0, normal=None, offset: float = 0.0) -> EnvState:
+        """Start states that need no ground truth: per volume, a prior plane (start 0) and ``n_starts - 1``
+        copies tilted by ``U(0, max_angle_deg)`` in seeded directions, at the coarsest scale.
+
+        The prior is ``normal`` ``(3,)`` (world; default: the definition's ``normal_axis``) at ``offset`` mm
+        about each volume's pivot (e.g. a template's plane placed relative to its grid centre).
+        What :mod:`jaxmed.commands.plane` uses on a new image.
+        """
         self.check_bank(bank)
+        if not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
+            raise ConfigError(f"{self.name}: n_starts must be a positive int, got {n_starts!r}")
+        prior = np.eye(3)[self.definition.normal_axis_index] if normal is None else np.asarray(normal, np.float64)
+        if prior.shape != (3,) or not np.all(np.isfinite(prior)) or np.linalg.norm(prior) < 1e-6:
+            raise ConfigError(f"{self.name}: the prior normal must be a finite non-zero 3-vector, got {normal!r}")
         rng = np.random.default_rng(seed)
         tilt = np.concatenate([[0.0], rng.uniform(0.0, max_angle_deg, n_starts - 1)])
         direction = np.concatenate([[0.0], rng.uniform(0.0, 2 * np.pi, n_starts - 1)])
         n_vol = bank.n_volumes
         vols = np.repeat(np.arange(n_vol, dtype=np.int32), n_starts)
         tile = lambda x: jnp.asarray(np.tile(x, n_vol), jnp.float32)  # noqa: E731
-        return self._batch_axis(bank, jnp.asarray(vols), tile(tilt), tile(direction))
+        return self._batch_prior(bank, jnp.asarray(vols), tile(tilt), tile(direction), jnp.asarray(prior / np.linalg.norm(prior), jnp.float32),
+                                 jnp.asarray(offset, jnp.float32))
 
     @functools.partial(jax.jit, static_argnums=(0,))
-    def _batch_axis(self, bank, volumes, tilt, direction):
-        axis = jnp.eye(3, dtype=jnp.float32)[self.definition.normal_axis_index]
-        u, v = plane_basis(axis, jnp.eye(3, dtype=jnp.float32)[self.definition.in_plane_axis_index])
+    def _batch_prior(self, bank, volumes, tilt, direction, prior, offset):
+        u, v = plane_basis(prior, jnp.eye(3, dtype=jnp.float32)[self.definition.in_plane_axis_index])
 
         def one(volume, tilt, direction):
-            normal, offset = perturbed_plane(axis, jnp.zeros(()), u, v, tilt, direction, 0.0)
-            return self._initial_state(bank, volume, normal, offset)
+            normal, o = perturbed_plane(prior, offset, u, v, tilt, direction, 0.0)
+            return self._initial_state(bank, volume, normal, o)
 
         return jax.vmap(one)(volumes, tilt, direction)
 
