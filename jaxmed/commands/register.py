@@ -1,0 +1,238 @@
+"""``jaxmed register FIXED MOVING -o transform.txt (--checkpoint RUN_DIR | --method optax)``: rigid registration.
+
+Loads both images (NIfTI or DICOM, any orientation and voxel size; :func:`jaxmed.data.load_image`
+reorients them to RAS, resamples them to isotropic voxels and normalises intensities) and finds the
+rigid transform that aligns MOVING to FIXED, either
+
+* with a trained registration agent (``--checkpoint``, a run of ``registration-v0``): greedy episode
+  (or look-ahead search, ``--lookahead K``, :mod:`jaxmed.agents.lookahead`) from the identity, coarse
+  to fine, on images conformed to the run's voxel size; or
+* with the classical optax baseline (``--method optax``, :mod:`jaxmed.registration_baseline`).
+
+Output ``transform.txt``: a 4x4 homogeneous matrix (``#`` comment lines, then 4 rows) that maps
+**fixed world RAS mm -> moving world RAS mm**: the anatomy at fixed-image point ``x`` is at
+moving-image point ``T x``. (To bring the moving image onto the fixed grid, sample it at ``T x`` for
+every fixed voxel position ``x``; that is what ``--resampled`` writes.) ``--resampled OUT.nii.gz``
+writes the moving image (original intensities, trilinear, 0 outside) resampled on the fixed image's
+own grid (its RAS-reoriented voxels and affine, original voxel size).
+
+Rotation centre ``c`` (world mm of the fixed image): ``--centre X Y Z`` or, by default, the centre of
+the fixed image's voxel grid. The agent's observation is centred there (a run trained with
+``env.centre: landmarks`` expects the centroid of its TRE landmarks: give ``--centre`` for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import yaml
+
+from jaxmed.errors import ConfigError, ImageError, check_writable
+
+ENV_NAME = "registration-v0"
+TRANSFORM_HEADER = (
+    "jaxmed rigid transform: 4x4 matrix mapping FIXED world RAS mm -> MOVING world RAS mm (x_moving = T @ [x_fixed, 1])\n"
+    "fixed: {fixed}\nmoving: {moving}\nmethod: {method}"
+)
+
+
+# ------------------------------------------------------------------ checks and files
+
+
+def check_registration_run(run_dir) -> dict:
+    """The ``env:`` section of ``RUN_DIR/config.yaml`` if that run trained ``registration-v0``; else a
+    :class:`ConfigError` (checked before anything is loaded)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a jaxmed run directory (no config.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    env = data.get("env") if isinstance(data, dict) else None
+    name = env.get("name") if isinstance(env, dict) else None
+    if name != ENV_NAME:
+        trained = f"environment {name!r}" if name else "a landmark environment (no env.name)"
+        raise ConfigError(f"{run_dir}: this run trained {trained}, not {ENV_NAME!r}; `jaxmed register --checkpoint` needs a "
+                          "registration run (or use --method optax)")
+    return env
+
+
+def write_transform(path, matrix, *, fixed: str, moving: str, method: str, overwrite: bool = False) -> Path:
+    """Write a 4x4 matrix as text (header comments, 4 rows); refuses to overwrite unless asked."""
+    path = Path(path)
+    check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savetxt(path, np.asarray(matrix, np.float64).reshape(4, 4), fmt="%.8f",
+               header=TRANSFORM_HEADER.format(fixed=fixed, moving=moving, method=method))
+    return path
+
+
+def read_transform(path) -> np.ndarray:
+    """Read a transform written by :func:`write_transform`: ``(4, 4)`` float64."""
+    path = Path(path)
+    try:
+        m = np.loadtxt(path, comments="#")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not a transform file ({e})") from None
+    if m.shape != (4, 4):
+        raise ConfigError(f"{path}: expected a 4x4 matrix, got shape {m.shape}")
+    return m
+
+
+def resample_moving(fixed, moving, matrix, chunk: int = 1 << 20) -> np.ndarray:
+    """``fixed.shape`` float32: ``moving`` sampled (trilinear, 0 outside) at ``matrix @ x`` for the world
+    position ``x`` of every voxel of ``fixed`` (both :class:`~jaxmed.data.Volume`)."""
+    from scipy import ndimage
+
+    grid = np.linalg.inv(moving.affine) @ np.asarray(matrix, np.float64) @ fixed.affine  # fixed voxel -> moving voxel
+    idx = np.indices(fixed.shape).reshape(3, -1).astype(np.float64)
+    out = np.empty(idx.shape[1], np.float32)
+    data = np.asarray(moving.data, np.float32)
+    for s in range(0, idx.shape[1], chunk):
+        pts = grid[:3, :3] @ idx[:, s : s + chunk] + grid[:3, 3:4]
+        out[s : s + chunk] = ndimage.map_coordinates(data, pts, order=1, mode="constant", cval=0.0)
+    return out.reshape(fixed.shape)
+
+
+def _load(path, spacing: float):
+    from jaxmed.data import load_image
+
+    if not Path(path).exists():
+        raise ImageError(f"{path}: image not found")
+    return load_image(path, spacing=spacing)
+
+
+# ------------------------------------------------------------------ the agent
+
+
+def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, depth: int = 2, max_steps: int | None = None):
+    """Register ``moving`` to ``fixed`` (conformed :class:`~jaxmed.data.Volume` s at the run's voxel
+    size) with a trained ``registration-v0`` run ``run = (cfg, network, params)``
+    (:func:`jaxmed.train.load_params`): ``(matrix (4, 4) fixed world -> moving world, seconds of the
+    episode incl. compilation, steps taken)``."""
+    import jax
+
+    from jaxmed.agents.lookahead import lookahead_rollout
+    from jaxmed.data import Landmarks, build_bank
+    from jaxmed.envs.registry import make
+    from jaxmed.registration_baseline import grid_centre
+    from jaxmed.train import seed_params
+
+    cfg, network, params = run
+    section = dict(cfg.env)
+    if section.pop("name", None) != ENV_NAME:
+        raise ConfigError(f"this run trained {cfg.env.get('name')!r}, not {ENV_NAME!r}")
+    params = seed_params(cfg, params, 0)
+    section.pop("eval_starts", None)
+    eval_max_steps = section.pop("eval_max_steps", None)
+    labels = tuple(section.get("landmarks") or ("centre",))
+    section["landmarks"] = labels
+    section["centre"] = "landmarks"  # the stand-in landmarks below sit at the chosen centre
+    env, env_params = make(ENV_NAME, labels, **section)
+    steps = int(max_steps or eval_max_steps or env_params.max_steps)
+    env_params = env.eval_params(env_params).replace(max_steps=steps)
+    c = grid_centre(fixed) if centre is None else np.asarray(centre, np.float64).reshape(3)
+    if not fixed.contains(c[None])[0]:
+        raise ConfigError(f"--centre {np.round(c, 1).tolist()} mm lies outside the fixed image {fixed.source}")
+    stand_in = Landmarks(labels, np.repeat(c[None], len(labels), axis=0), source="registration centre")
+    moving_lm = Landmarks(labels, np.repeat(grid_centre(moving)[None], len(labels), axis=0), source="moving image centre (unused)")
+    bank = build_bank([(fixed, stand_in), (moving, moving_lm)], labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype)
+    state = jax.tree.map(lambda x: x[None], env.pair_state(bank, 0, 1))
+    t0 = time.perf_counter()
+    res = jax.jit(lambda p, b, s: lookahead_rollout(network, p, env, env_params, b, s, top_k=lookahead, depth=depth))(params, bank, state)
+    final = jax.tree.map(lambda x: x[0], res["final_state"])
+    matrix = np.asarray(env.transform_world(final, bank), np.float64)
+    return matrix, time.perf_counter() - t0, int(res["steps"][0])
+
+
+# ------------------------------------------------------------------ the command
+
+
+def register_command(fixed_path, moving_path, out, *, checkpoint=None, method: str | None = None, loss: str = "ncc",
+                     spacing: float | None = None, centre: Sequence[float] | None = None, lookahead: int = 1, depth: int = 2,
+                     resampled=None, overwrite: bool = False) -> dict:
+    """Run ``jaxmed register`` (module docstring); returns a summary dict."""
+    from jaxmed.data import Volume, load_image, save_nifti
+
+    if (checkpoint is None) == (method is None):
+        raise ConfigError("give either --checkpoint RUN_DIR (a trained registration agent) or --method optax")
+    if method is not None and method != "optax":
+        raise ConfigError(f"unknown --method {method!r}; available: optax")
+    check_writable(out, overwrite)
+    if resampled is not None:
+        if not str(resampled).endswith((".nii", ".nii.gz")):
+            raise ImageError(f"{resampled}: --resampled must end in .nii or .nii.gz")
+        check_writable(resampled, overwrite)
+    if lookahead < 1 or depth < 0:
+        raise ConfigError(f"--lookahead must be >= 1 and --depth >= 0, got {lookahead}, {depth}")
+    run = None
+    if checkpoint is not None:
+        check_registration_run(checkpoint)  # fail before reading anything else
+        from jaxmed.train import load_params
+
+        run = load_params(checkpoint)
+        run_spacing = float(run[0].data.spacing)
+        if spacing is not None and float(spacing) != run_spacing:
+            raise ConfigError(f"--spacing {spacing} differs from the run's voxel size {run_spacing} mm; the agent needs the latter")
+        spacing = run_spacing
+    spacing = 2.0 if spacing is None else float(spacing)
+    fixed, moving = _load(fixed_path, spacing), _load(moving_path, spacing)
+    if run is not None:
+        matrix, seconds, steps = agent_transform(run, fixed, moving, centre=centre, lookahead=lookahead, depth=depth)
+        how = f"agent {checkpoint}" + (f" with look-ahead top_k={lookahead} depth={depth}" if lookahead > 1 else " (greedy)")
+    else:
+        from jaxmed.registration_baseline import BaselineConfig, register_volumes
+
+        res = register_volumes(fixed, moving, BaselineConfig(loss=loss), centre=centre)
+        matrix, seconds, steps = res.matrix, res.seconds, None
+        how = f"optax baseline ({loss}, {spacing} mm)"
+    write_transform(out, matrix, fixed=str(fixed_path), moving=str(moving_path), method=how, overwrite=overwrite)
+    summary = {"transform": str(out), "matrix": matrix.tolist(), "seconds": seconds, "method": how, "steps": steps}
+    if resampled is not None:
+        fixed_native = load_image(fixed_path, normalise=False)
+        moving_native = load_image(moving_path, normalise=False)
+        data = resample_moving(fixed_native, moving_native, matrix)
+        save_nifti(Volume(data, fixed_native.affine, source=str(resampled)), resampled, overwrite=overwrite)
+        summary["resampled"] = str(resampled)
+    return summary
+
+
+def _run(args) -> int:
+    s = register_command(args.fixed, args.moving, args.out, checkpoint=args.checkpoint, method=args.method, loss=args.loss,
+                         spacing=args.spacing, centre=args.centre, lookahead=args.lookahead, depth=args.depth,
+                         resampled=args.resampled, overwrite=args.overwrite)
+    print(s["transform"])
+    if "resampled" in s:
+        print(s["resampled"])
+    m = np.asarray(s["matrix"])
+    print(f"{s['method']}: {s['seconds']:.2f} s" + (f", {s['steps']} steps" if s["steps"] is not None else ""))
+    print("fixed world RAS mm -> moving world RAS mm:")
+    for row in m:
+        print("  " + " ".join(f"{v:10.4f}" for v in row))
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``register`` subcommand to an ``argparse`` subparsers object (handler in ``func``)."""
+    p = subparsers.add_parser("register", help="rigidly register MOVING to FIXED (trained agent or optax baseline), write a 4x4 transform")
+    p.add_argument("fixed", help="fixed image (NIfTI or DICOM directory)")
+    p.add_argument("moving", help="moving image (NIfTI or DICOM directory)")
+    p.add_argument("-o", "--out", required=True, help="output transform text file (4x4, fixed world RAS mm -> moving world RAS mm)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--checkpoint", help="run directory of `jaxmed train` with env registration-v0")
+    how.add_argument("--method", choices=("optax",), help="classical intensity-based registration instead of an agent")
+    p.add_argument("--loss", choices=("ncc", "mi"), default="ncc", help="optax similarity: ncc (same modality) or mi (multimodal); default %(default)s")
+    p.add_argument("--spacing", type=float, help="voxel size (mm) images are conformed to (agent: the run's; optax default 2)")
+    p.add_argument("--centre", type=float, nargs=3, metavar=("X", "Y", "Z"), help="rotation centre, fixed world RAS mm (default: the fixed image's grid centre)")
+    p.add_argument("--lookahead", type=int, default=1, help="agent: look-ahead candidates per step (1 = greedy)")
+    p.add_argument("--depth", type=int, default=2, help="agent: steps simulated per look-ahead candidate (default %(default)s)")
+    p.add_argument("--resampled", help="also write the moving image resampled on the fixed grid (.nii / .nii.gz)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_run)
+    return p
