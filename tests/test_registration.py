@@ -295,3 +295,140 @@ def test_registry_builds_the_env():
     assert isinstance(env, RegistrationEnv) and env.required_labels == LABELS
     assert env.config.levels == (0, 1, 2) and env.config.steps == (1.0, 2.0, 4.0) and params.max_steps == 30
     assert env.num_actions == 12 and env.n_agents == 1 and env.eval_params(params.replace(terminate_at_tre_mm=2.0)).terminate_at_tre_mm == 0.0
+
+
+# ---------------------------------------------------------------- learning
+
+
+def test_dqn_learns_to_register_phantoms(bank):
+    """DQN (code unchanged) on translated blob phantoms, all 12 actions: the greedy agent ends far
+    closer than it started and than an untrained network (rotations: see the AFIDs benchmark)."""
+    from jaxmed.agents.dqn import DQNConfig, greedy_action, make_train
+    from jaxmed.agents.rollout import greedy_rollout
+    from jaxmed.networks import QNetwork
+
+    env = _env(levels=(1,), steps=(2.0,))
+    params = EnvParams(max_steps=30, max_translation_mm=10.0, max_rotation_deg=0.0, reward_clip=2.0)
+    net = QNetwork(trunk="patch", n_actions=N_ACTIONS, trunk_kwargs={"patch_size": 5, "width": 0.5}, head_kwargs={"hidden": (64, 32)})
+    cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
+                    eps_decay_steps=600, target_update_period=100, double=True)
+    fns = make_train(cfg, env, params, net)
+    rs = jax.jit(fns.init)(jax.random.key(0), bank)
+    chunk = jax.jit(fns.run_chunk)
+    for _ in range(14):
+        rs, metrics = chunk(rs, bank)
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["final_tre_mm"]))
+    eval_params = env.eval_params(params).replace(max_steps=40)
+    states = env.eval_states(eval_params, bank, 8, seed=1)
+    start = np.asarray(jax.vmap(env.tre_mm, in_axes=(0, None))(states, bank))
+    roll = jax.jit(lambda p: greedy_rollout(lambda o: greedy_action(net, p, o), env, eval_params, bank, states))
+    trained = np.asarray(roll(rs.params)["metrics"]["tre_mm"])
+    untrained = np.asarray(roll(jax.jit(fns.init)(jax.random.key(9), bank).params)["metrics"]["tre_mm"])
+    assert np.median(trained) < 0.3 * start.mean() and trained.mean() < 0.4 * start.mean(), (trained, start.mean())
+    assert (trained < 3.0).mean() > 0.7 and trained.mean() < 0.3 * untrained.mean()
+
+
+# ---------------------------------------------------------------- the optax baseline
+
+
+def test_optax_baseline_registers_phantom_pairs(float_bank):
+    from jaxmed.ops.rigid import rigid_matrix
+    from jaxmed.registration_baseline import BaselineConfig, pair_from_env, register_volumes, tre_of_matrix
+
+    for remap, loss in (("none", "ncc"), ("nonmonotone", "mi")):
+        env = _env(remap=remap)
+        state = env.initial_state(float_bank, 0, jnp.asarray([6.0, -5.0, 4.0, 8.0, -6.0, 5.0]))
+        fixed, moving, c = pair_from_env(env, float_bank, state)
+        assert fixed.shape == moving.shape == tuple(np.asarray(float_bank.shapes[0, 0]))
+        gt = np.asarray(rigid_matrix(state.gt, c), np.float64)
+        lms = np.asarray(float_bank.landmarks_world[0])
+        before = tre_of_matrix(np.eye(4), gt, lms)
+        np.testing.assert_allclose(before, float(env.tre_mm(state, float_bank)[0]), rtol=1e-4)
+        res = register_volumes(fixed, moving, BaselineConfig(loss=loss, factors=(2, 1), iterations=(40, 20)), centre=c)
+        after = tre_of_matrix(res.matrix, gt, lms)
+        assert after < 0.15 * before and res.seconds > 0, (remap, loss, before, after)
+        np.testing.assert_allclose(res.matrix[:3, :3] @ res.matrix[:3, :3].T, np.eye(3), atol=1e-5)
+    with pytest.raises(ConfigError, match="loss"):
+        BaselineConfig(loss="ssd")
+    with pytest.raises(ConfigError, match="one entry per level"):
+        BaselineConfig(factors=(4, 2), iterations=(10,))
+    with pytest.raises(ConfigError, match="pad_to"):
+        register_volumes(fixed, moving, pad_to=(4, 4, 4))
+
+
+# ---------------------------------------------------------------- jaxmed register
+
+
+def _cli(argv):
+    import argparse
+
+    from jaxmed.commands import register
+
+    parser = argparse.ArgumentParser(prog="jaxmed")
+    register.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["register"] + argv)
+    return args.func(args)
+
+
+def test_register_command_optax_agent_and_errors(tmp_path, float_bank):
+    """`jaxmed register` on a phantom pair written to NIfTI: the optax transform recovers the ground
+    truth (direction: fixed world -> moving world), the resampled image matches the fixed one; an
+    (untrained) agent run writes a rigid transform; bad inputs give clear errors."""
+    import nibabel as nib
+    import yaml
+
+    from jaxmed.commands.register import read_transform, resample_moving
+    from jaxmed.data import Volume, save_nifti
+    from jaxmed.errors import ImageError, OverwriteError
+    from jaxmed.ops.rigid import rigid_matrix
+
+    fixed, _ = blob_phantom(shape=(30, 28, 26), spacing=2.0, n_landmarks=4, seed=7)
+    c = fixed.voxel_to_world((np.asarray(fixed.shape) - 1) / 2)
+    gt = np.asarray(rigid_matrix(np.array([5.0, -3.0, 4.0, 0.0, 6.0, -4.0]), c), np.float64)
+    moving = Volume(resample_moving(fixed, fixed, np.linalg.inv(gt)), fixed.affine)  # moving(y) = fixed(G^-1 y)
+    fp, mp = save_nifti(fixed, tmp_path / "fixed.nii.gz"), save_nifti(moving, tmp_path / "moving.nii.gz")
+    out, res = tmp_path / "t.txt", tmp_path / "res.nii.gz"
+    assert _cli([str(fp), str(mp), "-o", str(out), "--method", "optax", "--resampled", str(res)]) == 0
+    t = read_transform(out)
+    corners = fixed.voxel_to_world(np.array([[0, 0, 0], [29, 27, 25], [29, 0, 12], [0, 27, 25]]))
+    hom = np.c_[corners, np.ones(4)]
+    assert np.abs(hom @ t.T - hom @ gt.T).max() < 0.5
+    back = nib.load(str(res))
+    np.testing.assert_allclose(back.affine, fixed.affine, atol=1e-5)
+    inner = (slice(4, -4),) * 3
+    assert np.abs(np.asarray(back.dataobj)[inner] - fixed.data[inner]).mean() < 0.02
+    with pytest.raises(OverwriteError):
+        _cli([str(fp), str(mp), "-o", str(out), "--method", "optax"])
+    with pytest.raises(ImageError):
+        _cli([str(tmp_path / "missing.nii.gz"), str(mp), "-o", str(tmp_path / "u.txt"), "--method", "optax"])
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), str(flat))
+    with pytest.raises(ImageError, match="3D"):
+        _cli([str(flat), str(mp), "-o", str(tmp_path / "u.txt"), "--method", "optax"])
+    with pytest.raises(ImageError, match="nii"):
+        _cli([str(fp), str(mp), "-o", str(tmp_path / "u.txt"), "--method", "optax", "--resampled", str(tmp_path / "r.png")])
+
+    # a registration run directory with an untrained network (the CLI path, not the accuracy)
+    from jaxmed.config import load_yaml
+    from jaxmed.experiment import ExperimentConfig, dummy_observation, make_env, make_network
+    from jaxmed.train import save_network
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = ExperimentConfig.from_dict(load_yaml("configs/phantom_registration_dqn.yaml"))
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    env, _, _ = make_env(cfg)
+    net = make_network(cfg, env)
+    save_network(run, net.init(jax.random.key(0), dummy_observation(cfg, env)))
+    out2 = tmp_path / "agent.txt"
+    assert _cli([str(fp), str(mp), "-o", str(out2), "--checkpoint", str(run)]) == 0
+    t2 = read_transform(out2)
+    np.testing.assert_allclose(t2[:3, :3] @ t2[:3, :3].T, np.eye(3), atol=1e-5)
+    np.testing.assert_allclose(t2[3], [0, 0, 0, 1])
+    landmark_run = tmp_path / "landmark_run"
+    landmark_run.mkdir()
+    (landmark_run / "config.yaml").write_text(open("configs/phantom_dqn.yaml").read())
+    with pytest.raises(ConfigError, match="registration"):
+        _cli([str(fp), str(mp), "-o", str(tmp_path / "u.txt"), "--checkpoint", str(landmark_run)])
+    with pytest.raises(ConfigError, match="not a jaxmed run"):
+        _cli([str(fp), str(mp), "-o", str(tmp_path / "u.txt"), "--checkpoint", str(tmp_path)])
