@@ -7,7 +7,7 @@ the template prior (answering the template's coordinate) and the published figur
 wall time and environment steps. Several configs (e.g. independent vs Collab-DQN vs communicating
 agents, or DQN vs PPO) are compared side by side with the same data and budget.
 
-    python benchmarks/accuracy_afids.py [--configs A.yaml B.yaml ...] [--name NAME] [overrides ...]
+    python benchmarks/accuracy_afids.py [--configs A.yaml B.yaml ...] [--name NAME] [--set section.key=value ...]
 
 Writes ``benchmarks/results/<name>.json`` (and the first run's trajectories PNG).
 """
@@ -62,7 +62,8 @@ def comparison_table(runs: dict[str, dict]) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["configs/afids_dqn_cpu.yaml"])
-    p.add_argument("overrides", nargs="*", help="section.key=value, applied to every config")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="section.key=value overrides applied to every config (e.g. train.seeds=4)")
     p.add_argument("--name", default="accuracy_afids", help="result name (JSON under benchmarks/results/)")
     p.add_argument("--run-root", default="runs/accuracy")
     p.add_argument("--results", default="benchmarks/results")

@@ -126,25 +126,32 @@ def main(argv=None):
     template, landmarks = afids.load()
     subjects = make_population(template, landmarks.select(LABELS), 4, split="train")
     bank = build_bank([(conform(s.volume, 2.0), s.landmarks) for s in subjects], LABELS, factors=(1, 2, 4), max_crop=args.crop, dtype="uint8")
-    rows = []
+    rows, info = [], machine_info()
     for n_envs in args.n_envs:
         for a in args.agents:
             for variant in (args.variants if a > 1 else ["shared"]):
                 row = measure(bank, a, n_envs, variant, args)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    info = machine_info()
+                write(args, info, rows)  # after every row: a killed run keeps what it measured
+    write(args, info, rows)
+    plot(rows, args.out.with_suffix(".png"), f"multi-agent DQN throughput ({info.get('device', '')})")
+    print(table(rows))
+
+
+def table(rows) -> str:
     lines = ["| agents/image | images | variant | params | train env-steps/s | train agent-steps/s | updates/s | env-only agent-steps/s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['agents']} | {r['n_envs']} | {r['variant']} | {r['params']:,} | {r['train_env_steps_per_s']:,.0f} | "
                      f"{r['train_agent_steps_per_s']:,.0f} | {r['updates_per_s']:,.1f} | {r['env_only_agent_steps_per_s']:,.0f} |")
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def write(args, info, rows) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                                    "rows": rows, "table": table}, indent=2))
-    plot(rows, args.out.with_suffix(".png"), f"multi-agent DQN throughput ({info.get('device', '')})")
-    print(table)
+                                    "rows": rows, "table": table(rows)}, indent=2))
 
 
 if __name__ == "__main__":
