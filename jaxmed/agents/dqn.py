@@ -213,12 +213,17 @@ def greedy_action(network: nn.Module, params, obs) -> jax.Array:
     return jnp.argmax(network.apply(params, obs), axis=-1).astype(jnp.int32)
 
 
-def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name: str | None = None) -> TrainFns:
+def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name: str | None = None,
+               batch_transform: Callable | None = None) -> TrainFns:
     """Build the pure training functions for ``env`` (a jaxmed environment with ``obs_state`` /
     ``render``) and a Q-network mapping ``(..., A, k, D, D, D)`` to ``(..., A, n_actions)``.
 
     With ``axis_name`` the functions must run under ``jax.pmap``/``shard_map`` with that axis:
     gradients are ``lax.pmean``-ed over it and environment keys differ per device.
+
+    ``batch_transform(batch, key, bank) -> batch``, when given, rewrites every sampled replay batch
+    before it is rendered (e.g. hindsight goal relabelling: new goals in the observation states, new
+    ``reward`` / ``discount``); it must keep the batch's structure and shapes.
     """
     optimizer = make_optimizer(config)
     n_envs = config.n_envs
@@ -260,7 +265,10 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
         )
 
     def update(rs: RunnerState, key, bank):
+        key, k_transform = jax.random.split(key)
         batch = ReplayBuffer.sample(rs.buffer, key, config.batch_size)
+        if batch_transform is not None:
+            batch = batch_transform(batch, k_transform, bank)
         obs, next_obs = v_render(batch["obs_state"], bank), v_render(batch["next_obs_state"], bank)
         grad_fn = jax.value_and_grad(td_loss, argnums=1, has_aux=True)
         (loss, abs_td), grads = grad_fn(network, rs.params, rs.target_params, obs, next_obs, batch, config.gamma, config.double, config.huber_delta)
@@ -322,14 +330,15 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
     return TrainFns(init=init, run_chunk=run_chunk, network=network, optimizer=optimizer)
 
 
-def make_parallel_train(config: DQNConfig, env, env_params, network: nn.Module, n_devices: int | None = None, axis_name: str = "devices"):
+def make_parallel_train(config: DQNConfig, env, env_params, network: nn.Module, n_devices: int | None = None, axis_name: str = "devices",
+                        batch_transform: Callable | None = None):
     """The same training functions data-parallel over ``n_devices`` local devices with ``jax.pmap``.
 
     Returns ``(init, run_chunk)``: ``init(key, bank)`` gives a :class:`RunnerState` with a leading
     device axis; ``run_chunk(state, bank)``. The bank is broadcast to every device.
     """
     n = n_devices or jax.local_device_count()
-    fns = make_train(config, env, env_params, network, axis_name=axis_name)
+    fns = make_train(config, env, env_params, network, axis_name=axis_name, batch_transform=batch_transform)
     p_init = jax.pmap(lambda _, key, bank: fns.init(key, bank), axis_name=axis_name, in_axes=(0, None, None), devices=jax.local_devices()[:n])
     p_chunk = jax.pmap(fns.run_chunk, axis_name=axis_name, in_axes=(0, None), devices=jax.local_devices()[:n])
 
