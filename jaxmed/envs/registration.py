@@ -21,10 +21,13 @@ therefore exact and no second volume is stored: the moving image is rendered on 
 resampling the bank volume. ``G`` has uniform parameters in ``±max_translation_mm`` per axis and
 ``±max_rotation_deg`` per Euler angle, about the registration centre ``c``.
 
-Registration centre ``c``: the world position of the centre of the fixed volume's voxel grid (level 0,
-``affine @ (shape - 1) / 2``); it needs no ground truth, so :mod:`jaxmed.commands.register` uses the
-same centre on a new image pair. Rotations (of ``G``, of the estimate, of the actions) are about
-``c``; the observation is centred on ``c``.
+Registration centre ``c`` (``config.centre``): ``"fov"`` (default), the world position of the centre of
+the fixed volume's voxel grid (level 0, ``affine @ (shape - 1) / 2``), which needs no ground truth, so
+:mod:`jaxmed.commands.register` uses the same centre on a new image pair; or ``"landmarks"``, the
+centroid of the fixed image's TRE landmarks (then a rotation about ``c`` does not move the landmarks'
+centroid, which decouples rotation from translation in the TRE; on a new pair the command takes
+``--centre``). Rotations (of ``G``, of the estimate, of the actions) are about ``c``; the observation
+is centred on ``c``.
 
 Transforms and actions
 ----------------------
@@ -55,8 +58,11 @@ channel 1 samples that volume at ``T x``.
 Reward, coarse-to-fine, termination
 -----------------------------------
 * TRE: mean over the landmarks ``L_i`` (``config.landmarks``, world mm of the fixed image) of
-  ``|T L_i - G L_i| = |W L_i - L_i|`` mm. Reward ``(1,)`` float32: ``clip(prev_tre - tre, ±reward_clip)``
-  mm with the *current* step's TRE; 0 once done.
+  ``|T L_i - G L_i| = |W L_i - L_i|`` mm. Reward ``(1,)`` float32: ``clip(prev_err - err, ±reward_clip)``
+  with the *current* step's error ``err``: the TRE in mm (``config.reward == "tre"``, default) or
+  Liao's weighted parameter distance ``translation_error_mm + rotation_error_deg`` (``"pose"``: 1 mm
+  per degree, so rotations are rewarded as strongly as translations even when the landmarks lie
+  close to ``c``); 0 once done.
 * Levels: ``config.levels`` (bank pyramid levels, finest first) with ``config.steps`` (mm and degrees
   per action, same length, finest first), e.g. levels ``(0, 1, 2)`` with steps ``(1, 2, 4)``. The
   agent starts at the coarsest; when it oscillates (the new estimate lies within ``0.25 step`` in
