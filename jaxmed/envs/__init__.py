@@ -8,6 +8,7 @@ truncated, info)`` with auto-reset.
 from jaxmed.envs.base import Box, Discrete, Environment
 from jaxmed.envs.box import BoxEnv, BoxEnvConfig, BoxEnvParams
 from jaxmed.envs.corner_pair import CornerPairConfig, CornerPairEnv, CornerPairParams
+from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv
 from jaxmed.envs.landmark import EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig, ObsState
 from jaxmed.envs.plane import PlaneEnv, PlaneEnvConfig
 from jaxmed.envs.registration import RegistrationEnv, RegistrationEnvConfig
@@ -25,6 +26,8 @@ __all__ = [
     "EnvParams",
     "EnvState",
     "Environment",
+    "GoalLandmarkConfig",
+    "GoalLandmarkEnv",
     "LandmarkEnv",
     "LandmarkEnvConfig",
     "ObsState",

@@ -14,6 +14,9 @@ Registered names (``registered()`` lists them):
 * ``"plane-v0"``: view-plane search (:mod:`jaxmed.envs.plane`, Alansary 2018); ``target=NAME`` a
   registered plane (:data:`jaxmed.data.planes.PLANES`, default ``"acpc_axial"``), multi-scale over
   ``levels`` / ``angle_steps`` / ``offset_steps``.
+* ``"goal-landmark-v0"``: goal-conditioned landmark navigation (:mod:`jaxmed.envs.goal_landmark`,
+  Amadou 2024): one agent, the goal image of ``goals`` (default: all of ``bank_labels``) in an
+  extra observation channel.
 
 The landmark factories also take ``agents_per_target=n``: ``n`` agents hunt each target (targets
 ``(AC, PC)`` become ``(AC, AC, AC, PC, PC, PC)`` for ``n = 3``); evaluation starts them from
@@ -158,3 +161,21 @@ def _plane_factory(name: str, bank_labels, **overrides):
 
 
 register("plane-v0", _plane_factory)
+
+
+def _goal_landmark_factory(name: str, bank_labels, **overrides):
+    """Goal-conditioned landmark navigation (:mod:`jaxmed.envs.goal_landmark`); ``goals`` default:
+    every label of ``bank_labels``."""
+    from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv
+    from jaxmed.envs.landmark import EnvParams
+
+    config_kw, params_kw = _split_overrides(name, GoalLandmarkConfig, EnvParams, overrides)
+    if "goals" not in config_kw:
+        if not bank_labels:
+            raise ConfigError(f"{name}: give goals=(label, ...) or bank_labels=bank.labels to choose the goal landmarks")
+        config_kw["goals"] = tuple(bank_labels)
+    env = GoalLandmarkEnv(GoalLandmarkConfig(**config_kw), labels=bank_labels, name=name)
+    return env, EnvParams(**params_kw)
+
+
+register("goal-landmark-v0", _goal_landmark_factory)

@@ -1,0 +1,151 @@
+"""Goal-conditioned AFIDs navigation: seen-goal and unseen-goal errors against per-landmark specialists.
+
+One goal-conditioned DQN agent (:mod:`jaxmed.envs.goal_landmark`, goal image = the MNI template's
+crop around the landmark; the template is bank volume 0, the reference) is trained on ``--train``
+landmarks and then asked, by goal image only, for ``--held-out`` landmarks it never saw. Baselines,
+measured in the same script on the same held-out test subjects:
+
+* per-landmark specialists (plain :class:`jaxmed.envs.landmark.LandmarkEnv` agents, same network,
+  same learner config) trained with the same budget per landmark as the goal agent spends per
+  training landmark (``total env steps / n_train_goals``), on the held-out landmarks and on
+  ``--specialist-seen`` training landmarks;
+* the template prior (answer the template's coordinate).
+
+Usage (2 CPU cores, about 10 minutes)::
+
+    python benchmarks/goal_afids.py --chunks 40 --out benchmarks/results/goal_afids.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info  # noqa: E402
+
+from jaxmed.agents.dqn import DQNConfig, greedy_action, make_train  # noqa: E402
+from jaxmed.agents.her import transform_for  # noqa: E402
+from jaxmed.agents.rollout import greedy_rollout  # noqa: E402
+from jaxmed.data import build_bank, conform  # noqa: E402
+from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv, goal_metric_stats  # noqa: E402
+from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig  # noqa: E402
+from jaxmed.evaluation import metric_stats  # noqa: E402
+from jaxmed.experiment import DataConfig, make_subjects, template  # noqa: E402
+from jaxmed.networks import QNetwork  # noqa: E402
+
+TRAIN = ("AC", "PC", "infracollicular sulcus", "culmen", "genu of CC", "splenium of CC", "R LV at AC", "L superior LMS")
+HELD_OUT = ("pineal gland", "intermammillary sulcus", "L LV at PC", "R AL temporal horn")
+SEEN_SPECIALISTS = ("AC", "genu of CC")
+
+
+def banks(data: DataConfig, labels, crop: int):
+    """Train and test banks ``[template] + subjects`` (the template is the goal reference, volume 0)."""
+    vol, lms = template(data)
+    tpl = (conform(vol, data.spacing), lms.select(labels))
+    out = []
+    for split, n in (("train", data.n_train), ("test", data.n_test)):
+        subjects = make_subjects(data, split, n, labels)
+        out.append(build_bank([tpl] + subjects, labels, factors=data.factors, max_crop=crop, dtype=data.dtype))
+    return out[0], out[1], lms
+
+
+def train(env, params, net, cfg: DQNConfig, bank, chunks: int, seed: int = 0, batch_transform=None):
+    fns = make_train(cfg, env, params, net, batch_transform=batch_transform)
+    rs = jax.jit(fns.init)(jax.random.key(seed), bank)
+    chunk = jax.jit(fns.run_chunk, donate_argnums=0)
+    t0 = time.perf_counter()
+    for _ in range(chunks):
+        rs, m = chunk(rs, bank)
+    jax.block_until_ready(rs.params)
+    return rs.params, time.perf_counter() - t0, {k: float(v) for k, v in m.items()}
+
+
+def rollout_errors(env, eval_params, net, net_params, bank, states):
+    """``((E, A) mm errors, seconds incl. compile)``."""
+    t0 = time.perf_counter()
+    res = jax.jit(lambda p: greedy_rollout(lambda o: greedy_action(net, p, o), env, eval_params, bank, states))(net_params)
+    err = np.asarray(jax.device_get(res["metrics"]["distance_mm"]))
+    return err, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chunks", type=int, default=40, help="goal agent run_chunk calls (n_envs * chunk_steps env steps each)")
+    ap.add_argument("--n-train", type=int, default=8)
+    ap.add_argument("--n-test", type=int, default=4)
+    ap.add_argument("--eval-starts", type=int, default=8)
+    ap.add_argument("--her", type=float, default=0.3, help="hindsight relabelling fraction of the goal agent")
+    ap.add_argument("--out", default="benchmarks/results/goal_afids.json")
+    args = ap.parse_args(argv)
+
+    data = DataConfig(source="afids", spacing=2.0, n_train=args.n_train, n_test=args.n_test, seed=0, dtype="uint8", factors=(1, 2, 4))
+    labels = TRAIN + HELD_OUT
+    crop, frames, levels = 15, 2, (0, 1, 2)
+    t0 = time.perf_counter()
+    train_bank, test_bank, tpl_lms = banks(data, labels, crop)
+    data_s = time.perf_counter() - t0
+    env_params = EnvParams(max_steps=150, start_radius_mm=0.0, terminate_at_target_mm=2.0)
+    eval_params = env_params.replace(terminate_at_target_mm=0.0)
+    net = QNetwork(trunk="patch", head="dueling", trunk_kwargs={"patch_size": 5}, head_kwargs={"hidden": (128, 64)})
+    cfg = DQNConfig(n_envs=64, chunk_steps=50, batch_size=128, gamma=0.9, learning_rate=5e-4, learning_starts=2000,
+                    replay_capacity=200_000, eps_end=0.05, eps_decay_steps=3000, target_update_period=500, double=True)
+    total_steps = args.chunks * cfg.env_steps_per_chunk
+    result = {"machine": machine_info(), "args": vars(args), "train_goals": TRAIN, "held_out_goals": HELD_OUT,
+              "data": {"n_train_subjects": data.n_train, "n_test_subjects": data.n_test, "spacing_mm": data.spacing,
+                       "reference": "MNI152NLin2009cAsym template (AFIDs), bank volume 0", "data_prep_s": data_s},
+              "budget_env_steps_goal_agent": total_steps, "budget_env_steps_per_specialist": total_steps // len(TRAIN)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        out.write_text(json.dumps(result, indent=2))
+
+    # ---- the goal-conditioned agent
+    goal_cfg = GoalLandmarkConfig(goals=TRAIN, crop_size=crop, frames=frames, levels=levels, her_fraction=args.her, her_radius_mm=16.0)
+    genv = GoalLandmarkEnv(goal_cfg, labels=train_bank.labels, name="goal-landmark-v0")
+    gparams, gwall, gmetrics = train(genv, env_params, net, cfg, train_bank, args.chunks, batch_transform=transform_for(genv, env_params, cfg))
+    result["goal_agent"] = {"train_wall_s": gwall, "last_chunk": gmetrics}
+    for name, goals in (("seen", TRAIN), ("unseen", HELD_OUT)):
+        env = GoalLandmarkEnv(GoalLandmarkConfig(goals=goals, crop_size=crop, frames=frames, levels=levels), labels=test_bank.labels)
+        states = env.eval_states(eval_params, test_bank, args.eval_starts, seed=1)
+        err, sec = rollout_errors(env, eval_params, net, gparams, test_bank, states)
+        result["goal_agent"][name] = {"per_goal": goal_metric_stats(env, states, err), "all": metric_stats(err.reshape(-1, 1), ["all"])["all"],
+                                      "eval_s_incl_compile": sec}
+        print(name, {g: round(v["median"], 2) for g, v in result["goal_agent"][name]["per_goal"].items()}, flush=True)
+    save()
+
+    # ---- per-landmark specialists, same budget per landmark
+    spec_chunks = max(1, args.chunks // len(TRAIN))
+    result["specialists"] = {}
+    for label in HELD_OUT + SEEN_SPECIALISTS:
+        env = LandmarkEnv(LandmarkEnvConfig(targets=(label,), crop_size=crop, frames=frames, levels=levels), labels=train_bank.labels)
+        sparams, swall, _ = train(env, env_params, net, cfg, train_bank, spec_chunks)
+        tenv = LandmarkEnv(env.config, labels=test_bank.labels)
+        states = tenv.eval_states(eval_params, test_bank, args.eval_starts, seed=1)
+        keep = np.asarray(states.volume) != 0  # not in the template (the goal agent never runs there either)
+        states = jax.tree.map(lambda x: x[keep], states)
+        err, _ = rollout_errors(tenv, eval_params, net, sparams, test_bank, states)
+        result["specialists"][label] = {"train_wall_s": swall, "env_steps": spec_chunks * cfg.env_steps_per_chunk,
+                                        **metric_stats(err, [label])[label]}
+        print("specialist", label, round(result["specialists"][label]["median"], 2), flush=True)
+        save()
+
+    # ---- template prior: the template's coordinate in each test subject
+    tw = np.asarray(test_bank.landmarks_world)[1:]
+    prior = {l: metric_stats(np.linalg.norm(tw[:, [test_bank.label_index(l)]] - tpl_lms.select([l]).positions[None], axis=-1), [l])[l]
+             for l in labels}
+    result["template_prior"] = prior
+    save()
+    print(json.dumps({k: result[k] for k in ("budget_env_steps_goal_agent", "budget_env_steps_per_specialist")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
