@@ -93,6 +93,43 @@ class DQNConfig:
             raise ConfigError(f"DQNConfig.tau must be in (0, 1], got {self.tau}")
 
 
+#: DQNConfig fields that are pytree leaves of the runner state (sweepable inside one compiled program).
+HPARAM_FIELDS = ("learning_rate", "lr_final_fraction", "gamma", "eps_start", "eps_end", "eps_decay_steps",
+                 "target_update_period", "tau", "huber_delta", "learning_starts")
+_INT_HPARAMS = ("target_update_period", "learning_starts")
+
+
+@struct.dataclass
+class Hparams:
+    """The numeric hyperparameters carried in the runner state (scalars; a leading population axis
+    when vmapped). Same meaning and units as the :class:`DQNConfig` fields of the same names."""
+
+    learning_rate: jax.Array
+    lr_final_fraction: jax.Array
+    gamma: jax.Array
+    eps_start: jax.Array
+    eps_end: jax.Array
+    eps_decay_steps: jax.Array  # vector env steps (float32)
+    target_update_period: jax.Array  # int32, updates between hard target copies
+    tau: jax.Array  # Polyak factor (used when the config's tau < 1)
+    huber_delta: jax.Array
+    learning_starts: jax.Array  # int32, transitions in the replay before updates begin
+
+
+def default_hparams(config: "DQNConfig", **overrides) -> Hparams:
+    """The config's hyperparameters as an :class:`Hparams` of scalars, with ``overrides`` applied."""
+    unknown = set(overrides) - set(HPARAM_FIELDS)
+    if unknown:
+        raise ConfigError(f"not DQN hyperparameter leaves: {sorted(unknown)}; sweepable: {', '.join(HPARAM_FIELDS)}")
+    values = {f: overrides.get(f, getattr(config, f)) for f in HPARAM_FIELDS}
+    return Hparams(**{f: jnp.asarray(v, jnp.int32 if f in _INT_HPARAMS else jnp.float32) for f, v in values.items()})
+
+
+def stack_hparams(hps) -> Hparams:
+    """A population ``(P,)`` of :class:`Hparams` from a sequence of scalar ones."""
+    return jax.tree.map(lambda *x: jnp.stack(x), *hps)
+
+
 @struct.dataclass
 class RunnerState:
     """Everything the training loop carries (a pytree; per device under pmap)."""
@@ -107,10 +144,11 @@ class RunnerState:
     key: jax.Array
     steps: jax.Array  # vector env steps taken
     updates: jax.Array  # gradient updates taken
+    hparams: Hparams  # the numeric hyperparameters of this run (leaves; see :class:`Hparams`)
 
 
 class TrainFns(NamedTuple):
-    """``init(key, bank) -> RunnerState``; ``run_chunk(state, bank) -> (state, metrics)``."""
+    """``init(key, bank, hparams=None) -> RunnerState``; ``run_chunk(state, bank) -> (state, metrics)``."""
 
     init: Callable
     run_chunk: Callable
@@ -118,18 +156,36 @@ class TrainFns(NamedTuple):
     optimizer: optax.GradientTransformation
 
 
-def epsilon(config: DQNConfig, steps) -> jax.Array:
-    """Linear epsilon schedule from ``eps_start`` to ``eps_end`` over ``eps_decay_steps`` vector steps."""
-    frac = jnp.clip(steps / max(config.eps_decay_steps, 1), 0.0, 1.0)
+def epsilon(config, steps) -> jax.Array:
+    """Linear epsilon schedule from ``eps_start`` to ``eps_end`` over ``eps_decay_steps`` vector steps
+    (``config``: a :class:`DQNConfig` or the :class:`Hparams` of a runner state)."""
+    frac = jnp.clip(steps / jnp.maximum(config.eps_decay_steps, 1), 0.0, 1.0)
     return config.eps_start + frac * (config.eps_end - config.eps_start)
 
 
+def learning_rate(config: DQNConfig, hp: Hparams, updates) -> jax.Array:
+    """The learning rate of update number ``updates`` (0-based): ``hp.learning_rate``, decayed linearly
+    to ``hp.lr_final_fraction`` of it over ``config.lr_decay_steps`` updates when that is > 0."""
+    if config.lr_decay_steps <= 0:
+        return hp.learning_rate
+    frac = jnp.clip(updates / config.lr_decay_steps, 0.0, 1.0)
+    return hp.learning_rate * (1.0 + frac * (hp.lr_final_fraction - 1.0))
+
+
 def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
-    """Adam with global-norm clipping and an optional linear learning-rate decay."""
+    """Adam with global-norm clipping and an optional linear learning-rate decay (the config's
+    fixed learning rate; :func:`make_train` uses :func:`make_direction` and the runner state's
+    :class:`Hparams` learning rate instead, which gives the same updates)."""
     lr = config.learning_rate
     if config.lr_decay_steps > 0:
         lr = optax.linear_schedule(lr, lr * config.lr_final_fraction, config.lr_decay_steps)
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr))
+
+
+def make_direction(config: DQNConfig) -> optax.GradientTransformation:
+    """Global-norm clipping and Adam's scaling without the learning rate: the update direction that
+    :func:`make_train` multiplies by ``-learning_rate(config, hparams, updates)``."""
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.scale_by_adam())
 
 
 def td_loss(network: nn.Module, params, target_params, obs, next_obs, batch, gamma: float, double: bool, huber_delta: float):
@@ -225,7 +281,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
     before it is rendered (e.g. hindsight goal relabelling: new goals in the observation states, new
     ``reward`` / ``discount``); it must keep the batch's structure and shapes.
     """
-    optimizer = make_optimizer(config)
+    optimizer = make_direction(config)
     n_envs = config.n_envs
     v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
     v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None, None))
@@ -250,7 +306,8 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
 
     v_nstep = jax.vmap(nstep_transition, in_axes=(1, None))  # window leaves (n, n_envs, ...)
 
-    def init(key, bank) -> RunnerState:
+    def init(key, bank, hparams: Hparams | None = None) -> RunnerState:
+        hparams = default_hparams(config) if hparams is None else hparams
         net_key, env_key = jax.random.split(key)  # the network key is shared by every device
         obs, env_state = v_reset(jax.random.split(device_key(env_key), n_envs), env_params, bank)
         params = network.init(net_key, obs[:1])
@@ -262,6 +319,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
             params=params, target_params=params, opt_state=optimizer.init(params),
             buffer=ReplayBuffer.init(example, config.replay_capacity), window=window, env_state=env_state, obs=obs,
             key=device_key(jax.random.fold_in(key, 1)), steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32),
+            hparams=hparams,
         )
 
     def update(rs: RunnerState, key, bank):
@@ -271,16 +329,18 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
             batch = batch_transform(batch, k_transform, bank)
         obs, next_obs = v_render(batch["obs_state"], bank), v_render(batch["next_obs_state"], bank)
         grad_fn = jax.value_and_grad(td_loss, argnums=1, has_aux=True)
-        (loss, abs_td), grads = grad_fn(network, rs.params, rs.target_params, obs, next_obs, batch, config.gamma, config.double, config.huber_delta)
+        hp = rs.hparams
+        (loss, abs_td), grads = grad_fn(network, rs.params, rs.target_params, obs, next_obs, batch, hp.gamma, config.double, hp.huber_delta)
         if axis_name is not None:
             grads, loss, abs_td = jax.lax.pmean((grads, loss, abs_td), axis_name)
-        upd, opt_state = optimizer.update(grads, rs.opt_state, rs.params)
-        params = optax.apply_updates(rs.params, upd)
+        direction, opt_state = optimizer.update(grads, rs.opt_state, rs.params)
+        lr = learning_rate(config, hp, rs.updates)
+        params = optax.apply_updates(rs.params, jax.tree.map(lambda d: (-lr * d).astype(d.dtype), direction))
         updates = rs.updates + 1
         if config.tau < 1.0:
-            target = optax.incremental_update(params, rs.target_params, config.tau)
+            target = optax.incremental_update(params, rs.target_params, hp.tau)
         else:
-            copy = updates % config.target_update_period == 0
+            copy = updates % hp.target_update_period == 0
             target = jax.tree.map(lambda p, t: jnp.where(copy, p, t), params, rs.target_params)
         return rs.replace(params=params, target_params=target, opt_state=opt_state, updates=updates), loss, abs_td
 
@@ -288,13 +348,13 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
         key, k_eps, k_act, k_env, k_upd = jax.random.split(rs.key, 5)
         q = network.apply(rs.params, rs.obs)  # (n_envs, A, n_actions)
         greedy = jnp.argmax(q, axis=-1)
-        explore = jax.random.uniform(k_eps, greedy.shape) < epsilon(config, rs.steps)
+        explore = jax.random.uniform(k_eps, greedy.shape) < epsilon(rs.hparams, rs.steps)
         action = jnp.where(explore, jax.random.randint(k_act, greedy.shape, 0, env.num_actions), greedy).astype(jnp.int32)
         obs, env_state, reward, terminated, truncated, info = v_step(jax.random.split(k_env, n_envs), rs.env_state, action, env_params, bank)
         ended = terminated | truncated
         new = jax.vmap(transition)(rs.env_state, action, reward, info["final_state"], ended)
         window = jax.tree.map(lambda w, x: jnp.concatenate([w[1:], x[None]], axis=0), rs.window, new)
-        aggregated = v_nstep(window, config.gamma)
+        aggregated = v_nstep(window, rs.hparams.gamma)
         # the oldest window entry is a real transition only once n steps have been taken
         aggregated["valid"] = aggregated["valid"] & (rs.steps + 1 >= n_step)
         buffer = ReplayBuffer.add_batch(rs.buffer, aggregated)
@@ -307,7 +367,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
                 losses.append((loss, abs_td))
             return rs, jnp.mean(jnp.array(losses), axis=0)
 
-        can_learn = buffer.size >= config.learning_starts
+        can_learn = buffer.size >= rs.hparams.learning_starts
         rs, (loss, abs_td) = jax.lax.cond(can_learn, learn, lambda rs: (rs, jnp.full((2,), jnp.nan)), rs)
         metrics = {"reward": reward.mean(), "loss": loss, "abs_td": abs_td, **episode_sums(info, ended)}
         return rs, metrics
@@ -319,7 +379,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
             **episode_means(m),
             "loss": jnp.nanmean(m["loss"]),
             "abs_td": jnp.nanmean(m["abs_td"]),
-            "epsilon": epsilon(config, rs.steps),
+            "epsilon": epsilon(rs.hparams, rs.steps),
             "steps": rs.steps,
             "updates": rs.updates,
         }

@@ -1,0 +1,44 @@
+"""``jaxmed sweep CONFIG.yaml --space SPACE.yaml [--out DIR] [--resume]``: hyperparameter search.
+
+A population of trials trains inside one jitted, vmapped program per compiled group; successive
+halving (or Hyperband brackets) stops the worse trials at every rung and the rest continue from
+their state. See :mod:`jaxmed.sweep.space` for the space file and :mod:`jaxmed.sweep.runner` for
+the output directory (``results.csv`` / ``results.md``, ``best.yaml``, ``curves.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _run(args) -> int:
+    from jaxmed.config import apply_overrides, load_yaml
+    from jaxmed.sweep import Space, run_sweep
+
+    base = apply_overrides(load_yaml(args.config), args.overrides)
+    space = Space.from_dict(load_yaml(args.space), args.space)
+    out = Path(args.out) if args.out else Path("sweeps") / Path(args.config).stem
+    summary = run_sweep(base, space, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print((out / "results.md").read_text())
+    if "best_trial" in summary:
+        print(f"best trial {summary['best_trial']}: {summary['metric']} ({summary['split']}) = {summary['best_metric']:.4g} "
+              f"with {summary['best_values']}")
+    if summary.get("default_metric") is not None:
+        print(f"default config (trial 0): {summary['metric']} = {summary['default_metric']:.4g}")
+    print(f"{summary['trials']} trials, {summary['env_steps']:,} env steps in {summary['wall_s']:.0f} s; "
+          f"train the best config with: jaxmed train {out / 'best.yaml'}")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("sweep", help="hyperparameter search: vmapped trial populations + successive halving / Hyperband")
+    p.add_argument("config", help="base experiment YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides of the base config")
+    p.add_argument("--space", required=True, help="search space YAML (see configs/sweeps/)")
+    p.add_argument("--out", help="output directory (default: sweeps/CONFIG_NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep in --out from its last completed rung")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing sweep directory")
+    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    p.set_defaults(func=_run)
+    return p

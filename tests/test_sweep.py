@@ -1,0 +1,209 @@
+"""jaxmed sweep: successive halving / Hyperband on a toy objective, vmapped DQN populations equal
+separate runs, resume after a kill, the result files and the best config."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from jaxmed.config import apply_overrides, load_yaml
+from jaxmed.errors import ConfigError, OverwriteError
+from jaxmed.experiment import ExperimentConfig
+from jaxmed.sweep import Space, halving, run_sweep
+from jaxmed.sweep.space import make_trial, sample
+
+TINY = ["data.n_train=2", "data.n_test=1", "data.phantom_shape=[24,24,24]", "env.max_steps=12", "env.eval_max_steps=10",
+        "env.crop_size=9", "network.trunk.patch_size=3", "network.trunk.width=0.25", "network.head.hidden=[16]",
+        "dqn.n_envs=4", "dqn.chunk_steps=8", "dqn.batch_size=8", "dqn.learning_starts=16", "dqn.replay_capacity=256",
+        "dqn.eps_decay_steps=40", "dqn.target_update_period=10", "train.chunks=4"]
+
+
+def _base() -> dict:
+    return apply_overrides(load_yaml("configs/phantom_dqn.yaml"), TINY)
+
+
+def _space(**kw) -> Space:
+    data = {"method": "halving", "trials": 3, "eta": 2, "min_chunks": 1, "max_chunks": 2, "seed": 3,
+            "metric": {"name": "distance_mm", "split": "val", "n_val": 1, "eval_starts": 2},
+            "params": {"dqn.learning_rate": {"log_uniform": [3e-4, 3e-3]}, "dqn.gamma": {"uniform": [0.8, 0.95]},
+                       "dqn.target_update_period": {"choice": [5, 10]}}}
+    data.update(kw)
+    return Space.from_dict(data)
+
+
+# ------------------------------------------------------------------ halving on a toy objective
+
+
+def test_successive_halving_keeps_the_trials_nearest_the_optimum():
+    """f(x, budget) = (x - 0.3)^2 + noise / budget: the survivors of every rung are the best of
+    that rung, and the last survivor is the trial nearest the optimum."""
+    rng = np.random.default_rng(0)
+    xs = {i: float(x) for i, x in enumerate(rng.uniform(0, 1, 16))}
+    noise = {i: float(e) for i, e in enumerate(rng.normal(0, 0.01, 16))}
+    rungs = halving.successive_halving(16, 1, 8, eta=2)
+    assert rungs == [halving.Rung(16, 1), halving.Rung(8, 2), halving.Rung(4, 4), halving.Rung(2, 8)]
+    calls = []
+
+    def train_to(ids, budget):
+        calls.append((sorted(ids), budget))
+        return {i: (xs[i] - 0.3) ** 2 + noise[i] / budget for i in ids}
+
+    alive = halving.run_bracket(list(xs), rungs, train_to, mode="min")
+    assert [len(ids) for ids, _ in calls] == [16, 8, 4, 2] and [b for _, b in calls] == [1, 2, 4, 8]
+    for (ids, budget), (nxt, _) in zip(calls, calls[1:]):  # the kept half is the best half by the rung's metric
+        scores = sorted(ids, key=lambda i: (xs[i] - 0.3) ** 2 + noise[i] / budget)
+        assert sorted(scores[: len(nxt)]) == nxt
+    final = {i: (xs[i] - 0.3) ** 2 + noise[i] / 8 for i in alive}
+    assert min(final, key=final.get) == min(xs, key=lambda i: abs(xs[i] - 0.3))
+    # maximising keeps the other end
+    assert halving.select({0: 1.0, 1: 3.0, 2: float("nan"), 3: 2.0}, 2, "max") == [1, 3]
+    assert halving.select({0: 1.0, 1: float("nan"), 2: 0.5}, 2, "min") == [0, 2]
+
+
+def test_hyperband_brackets_and_bad_settings():
+    br = halving.hyperband(1, 8, eta=2)
+    assert [r[0] for r in br] == [halving.Rung(8, 1), halving.Rung(6, 2), halving.Rung(4, 4), halving.Rung(4, 8)]  # ceil(4 / (s + 1) * 2^s)
+    assert all(r[-1].budget == 8 for r in br)
+    assert br[0] == [halving.Rung(8, 1), halving.Rung(4, 2), halving.Rung(2, 4), halving.Rung(1, 8)]
+    with pytest.raises(ConfigError):
+        halving.successive_halving(4, 3, 2)
+    with pytest.raises(ConfigError):
+        halving.select({0: 1.0}, 1, "best")
+
+
+def test_space_validation_and_sampling():
+    s = _space()
+    vals = sample(s, 50, np.random.default_rng(0))
+    lrs = np.array([v["dqn.learning_rate"] for v in vals])
+    assert lrs.min() >= 3e-4 and lrs.max() <= 3e-3 and {v["dqn.target_update_period"] for v in vals} == {5, 10}
+    with pytest.raises(ConfigError, match="log_uniform"):
+        _space(params={"dqn.learning_rate": {"log_uniform": [0.0, 1.0]}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        Space.from_dict({"params": {"dqn.gamma": 0.9}, "bogus": 1})
+    with pytest.raises(ConfigError, match="split"):
+        _space(metric={"split": "test"})
+    with pytest.raises(ConfigError):  # a bad value fails in the trial's config, before anything is built
+        make_trial(_base(), {"dqn.gamma": 1.5}, 0, 0)
+    with pytest.raises(ConfigError, match="tau"):
+        make_trial(_base(), {"dqn.tau": 0.5}, 0, 0)
+    # leaves share a group; a static choice (trunk width) makes another one
+    a = make_trial(_base(), {"dqn.gamma": 0.8, "network.trunk.width": 0.25}, 0, 0)
+    b = make_trial(_base(), {"dqn.gamma": 0.9, "network.trunk.width": 0.25}, 0, 1)
+    c = make_trial(_base(), {"dqn.gamma": 0.9, "network.trunk.width": 0.5}, 0, 2)
+    assert a.group == b.group != c.group and a.config.dqn.gamma == 0.8
+
+
+# ------------------------------------------------------------------ vmapped population == separate runs
+
+
+def test_vmapped_population_equals_separate_runs():
+    """P=2 trials with different learning rates, gammas and target periods trained in one vmapped
+    program give the same parameters and metrics as two runs of make_train with those configs."""
+    from jaxmed.agents.dqn import make_train
+    from jaxmed.experiment import make_bank, make_env, make_network
+    from jaxmed.sweep.population import Population
+
+    base = _base()
+    trials = [make_trial(base, {"dqn.learning_rate": 2e-3, "dqn.gamma": 0.8, "dqn.target_update_period": 5}, 0, 0),
+              make_trial(base, {"dqn.learning_rate": 5e-4, "dqn.gamma": 0.95, "dqn.target_update_period": 10}, 0, 1)]
+    cfg0 = ExperimentConfig.from_dict(base)
+    bank, _, _ = make_bank(cfg0, "train", cfg0.data.n_train)
+    pop = Population(cfg0, bank)
+    key = jax.random.key(7)
+    keys = jax.random.wrap_key_data(np.stack([np.asarray(jax.random.key_data(key))] * 2))
+    state = pop.init(keys, pop.hparams([t.config for t in trials]))
+    state, metrics, _ = pop.run(state, 2)
+    for row, t in enumerate(trials):
+        env, params, _ = make_env(t.config, bank.labels)
+        fns = make_train(t.config.dqn, env, params, make_network(t.config, env))
+        rs = jax.jit(fns.init)(key, bank)
+        chunk = jax.jit(fns.run_chunk)
+        for _ in range(2):
+            rs, m = chunk(rs, bank)
+        assert int(rs.updates) > 0
+        for a, b in zip(jax.tree.leaves(rs.params), jax.tree.leaves(state.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b)[row], rtol=2e-4, atol=2e-5)
+        for k in ("loss", "reward", "steps", "updates"):
+            np.testing.assert_allclose(float(m[k]), metrics[k][row], rtol=2e-4, atol=1e-5)
+    assert not np.allclose(np.asarray(jax.tree.leaves(state.params)[0][0]), np.asarray(jax.tree.leaves(state.params)[0][1]))
+
+
+# ------------------------------------------------------------------ the whole sweep, resume, results
+
+
+@pytest.fixture(scope="module")
+def full_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "full"
+    summary = run_sweep(_base(), _space(), out, progress=False)
+    return out, summary
+
+
+def test_sweep_writes_tables_figure_and_a_trainable_best_config(full_sweep):
+    out, summary = full_sweep
+    prog = json.loads((out / "progress.json").read_text())
+    rec = prog["trials"]
+    assert len(rec) == 3 and prog["brackets"][0]["done"] == 2
+    assert all("1" in r["metrics"] for r in rec)  # every trial measured at rung 0
+    finished = [r for r in rec if "2" in r["metrics"]]
+    assert len(finished) == 1  # floor(3 / 2) survivors trained on to the full budget
+    survivor = finished[0]
+    rung0 = {r["id"]: np.nan if r["metrics"]["1"] is None else r["metrics"]["1"] for r in rec}
+    assert [survivor["id"]] == halving.select(rung0, 1, "min")
+    assert survivor["env_steps"] == 2 * 8 * 4 and survivor["seconds"] > 0
+    assert summary["best_trial"] == survivor["id"] and summary["default_trial"] == 0
+    # trial 0 is the base config
+    assert rec[0]["values"]["dqn.learning_rate"] == _base()["dqn"]["learning_rate"]
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["trial", "bracket", "dqn.learning_rate", "dqn.gamma", "dqn.target_update_period"]
+    assert "distance_mm@1" in header and "env_steps" in header and "seconds" in header
+    assert "(best)" in (out / "results.md").read_text()
+    assert (out / "curves.png").stat().st_size > 1000
+    text = (out / "best.yaml").read_text()
+    cfg = ExperimentConfig.from_dict(yaml.safe_load(text), "best.yaml")
+    assert cfg.train.chunks == 2
+    for path, v in survivor["values"].items():
+        section, field = path.split(".")
+        assert getattr(getattr(cfg, section), field) == v
+
+
+def test_sweep_resumes_after_a_kill_with_the_same_results(full_sweep, tmp_path):
+    out_full, _ = full_sweep
+    out = tmp_path / "killed"
+
+    class Killed(Exception):
+        pass
+
+    def kill(bracket, rung):
+        if rung == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_sweep(_base(), _space(), out, progress=False, on_rung=kill)
+    assert json.loads((out / "progress.json").read_text())["brackets"][0]["done"] == 1
+    with pytest.raises(OverwriteError):
+        run_sweep(_base(), _space(), out, progress=False)
+    with pytest.raises(ConfigError, match="differs"):
+        run_sweep(_base(), _space(seed=4), out, progress=False, resume=True)
+    run_sweep(_base(), _space(), out, progress=False, resume=True)
+    a = json.loads((out_full / "progress.json").read_text())["trials"]
+    b = json.loads((out / "progress.json").read_text())["trials"]
+    assert [r["values"] for r in a] == [r["values"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["metrics"].keys() == rb["metrics"].keys() and ra["stopped_at"] == rb["stopped_at"]
+        for k in ra["metrics"]:
+            np.testing.assert_allclose(ra["metrics"][k], rb["metrics"][k], rtol=1e-5)
+
+
+def test_sweep_cli_bad_space(tmp_path):
+    from jaxmed.commands import sweep as cmd
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cmd.add_parser(parser.add_subparsers())
+    (tmp_path / "space.yaml").write_text("params: {dqn.gamma: {normal: [0, 1]}}\n")
+    args = parser.parse_args(["sweep", "configs/phantom_dqn.yaml", "--space", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "o")])
+    with pytest.raises(ConfigError, match="expected one of"):
+        args.func(args)
+    assert not (tmp_path / "o").exists()
