@@ -20,6 +20,7 @@ from jaxmed.data.planes import BILATERAL_AFIDS, MIDLINE_AFIDS, PLANES, get_plane
 from jaxmed.envs import make
 from jaxmed.envs.plane import N_ACTIONS, EnvParams, PlaneEnv, PlaneEnvConfig
 from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.ops.crop import pack_levels
 from jaxmed.ops.plane import (
     canonical_plane,
     fit_plane,
@@ -401,6 +402,11 @@ def test_observation_matches_scipy_at_every_scale_and_render_roundtrip(env, bank
     o8 = np.asarray(get_obs(s8, p, bank8))
     of = np.asarray(get_obs(s8, p, bank8.replace(levels=tuple(l.astype(jnp.float32) for l in bank8.levels))))
     assert o8.dtype == np.uint8 and np.abs(o8.astype(np.float32) - np.clip(np.round(of), 0, 255)).max() <= 1
+    # a packed bank (one buffer for every level) renders each slab once, at its own level: same values
+    packed = bank.replace(packed=pack_levels(bank.levels))
+    for scale in (1, 0):
+        s = state.replace(scale=jnp.array([scale], jnp.int32))
+        np.testing.assert_allclose(np.asarray(get_obs(s, p, packed)), np.asarray(get_obs(s, p, bank)), atol=1e-4)
 
 
 def test_eval_states_are_fixed_perturbations_within_bounds(env, bank):

@@ -32,7 +32,10 @@ The dynamics below are the specification (``A = 1`` agent; ``k`` = ``config.fram
   between samples and ``slice_gap * h`` between slices; slices stacked along ``+n``, the middle
   slice (odd ``S``) on the plane; centred on the projection ``c + o n`` of the pivot; rows along the
   definition's ``in_plane_axis`` projected onto the plane (:func:`jaxmed.ops.plane.plane_basis`:
-  continuous while the plane tilts), columns along ``n x u``. Outside the volume: 0.
+  continuous while the plane tilts), columns along ``n x u``. Outside the volume: 0. With several
+  distinct levels a bank built with ``packed=True`` lets each slab be sampled once, at its own level
+  (:attr:`PlaneEnv.wants_packed_bank`); without it every level is sampled and selected (about twice
+  the work for two levels, the same values).
 * target: the definition (:mod:`jaxmed.data.planes`) applied to the bank's landmarks of the episode's
   volume, at reset (pure jnp).
 * reward: ``(A,)`` float32, ``clip(E_prev - E_new, -reward_clip, reward_clip)`` with the plane error
@@ -82,7 +85,13 @@ from flax import struct
 from jaxmed.data.planes import PlaneDefinition, get_plane
 from jaxmed.envs.base import Box, Discrete, Environment, is_concrete
 from jaxmed.errors import ConfigError, LandmarkError
-from jaxmed.ops.plane import plane_basis, plane_distance_angle, point_plane_distance, sample_plane_world_from_stack
+from jaxmed.ops.plane import (
+    plane_basis,
+    plane_distance_angle,
+    point_plane_distance,
+    sample_plane_world_from_stack,
+    sample_plane_world_packed,
+)
 
 N_ACTIONS = 8
 ACTION_NAMES = ("+theta_x", "-theta_x", "+theta_y", "-theta_y", "+theta_z", "-theta_z", "+offset", "-offset")
@@ -299,6 +308,12 @@ class PlaneEnv(Environment):
     @property
     def metric_labels(self) -> tuple[str, ...]:
         return (self.config.target,)
+
+    @property
+    def wants_packed_bank(self) -> bool:
+        """Whether a bank built with ``build_bank(..., packed=True)`` renders faster (several distinct
+        pyramid levels: each slab is then sampled once, from its own level)."""
+        return len(set(self.config.levels)) > 1
 
     def observation_space(self, params=None, bank=None) -> Box:
         """``(A, k, S, H, W)``; dtype of ``bank`` when given (float32 otherwise)."""
@@ -624,24 +639,38 @@ class PlaneEnv(Environment):
 
     def _render(self, bank, volume, planes, scale) -> jax.Array:
         """Slabs for ``planes`` ``(A, k, 4)`` (normal, offset about the pivot) at scale indices ``scale``
-        ``(A,)``: every distinct configured level is sampled and the agent's own is selected."""
+        ``(A,)``. One configured level: sampled directly. Several: from the bank's packed buffer when it
+        has one (``build_bank(packed=True)``: each slab sampled once, at its own level), else every
+        distinct level is sampled and the agent's own selected (several times the work)."""
         c = self.config
         pivot = self.pivot(bank, volume)
         ref_axis = jnp.eye(3, dtype=jnp.float32)[self.definition.in_plane_axis_index]
         normals, offsets = planes[..., :3], planes[..., 3]
         u, v = jax.vmap(jax.vmap(lambda n: plane_basis(n, ref_axis)))(normals)
         centres = pivot + offsets[..., None] * normals
-        agent_level = jnp.asarray(c.levels, jnp.int32)[scale]  # (A,)
-        out = None
-        for level in sorted(set(c.levels)):
-            to_voxel = jnp.linalg.inv(bank.affines[level, volume])
-            h = self.level_spacing(bank, volume, level)
-            sample = functools.partial(
-                sample_plane_world_from_stack, bank.levels[level], volume, to_voxel,
-                size=(c.size, c.size), n_slices=c.n_slices, spacing=h, slice_spacing=c.slice_gap * h, margin=bank.margin,
-            )
-            slab = jax.vmap(jax.vmap(sample))(centres, normals, u, v)  # (A, k, S, H, W)
-            out = slab if out is None else jnp.where((agent_level == level)[:, None, None, None, None], slab, out)
+        distinct = sorted(set(c.levels))
+        slab_kw = dict(size=(c.size, c.size), n_slices=c.n_slices, margin=bank.margin)
+        if len(distinct) > 1 and bank.packed is not None:
+            agent_level = jnp.asarray(c.levels, jnp.int32)[scale]  # (A,) bank levels
+
+            def one_agent(level, centres, normals, u, v):
+                aff = bank.affines[level, volume]
+                h = jnp.mean(jnp.linalg.norm(aff[:3, :3], axis=0))
+                sample = functools.partial(sample_plane_world_packed, bank.packed, bank.level_shapes, level, volume,
+                                           jnp.linalg.inv(aff), spacing=h, slice_spacing=c.slice_gap * h, **slab_kw)
+                return jax.vmap(sample)(centres, normals, u, v)
+
+            out = jax.vmap(one_agent)(agent_level, centres, normals, u, v)  # (A, k, S, H, W)
+        else:
+            agent_level = jnp.asarray(c.levels, jnp.int32)[scale]
+            out = None
+            for level in distinct:
+                to_voxel = jnp.linalg.inv(bank.affines[level, volume])
+                h = self.level_spacing(bank, volume, level)
+                sample = functools.partial(sample_plane_world_from_stack, bank.levels[level], volume, to_voxel,
+                                           spacing=h, slice_spacing=c.slice_gap * h, **slab_kw)
+                slab = jax.vmap(jax.vmap(sample))(centres, normals, u, v)  # (A, k, S, H, W)
+                out = slab if out is None else jnp.where((agent_level == level)[:, None, None, None, None], slab, out)
         dtype = bank.levels[0].dtype
         if dtype == jnp.uint8:
             return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)

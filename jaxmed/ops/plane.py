@@ -10,7 +10,7 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
-from jaxmed.ops.resample import trilinear, trilinear_from_stack
+from jaxmed.ops.resample import _sample, trilinear, trilinear_from_stack
 
 _EPS = 1e-12
 
@@ -153,6 +153,41 @@ def sample_plane_world_from_stack(stack, index, world_to_voxel, center, normal, 
     a = jnp.asarray(world_to_voxel, jnp.float32)
     vox = pts @ a[:3, :3].T + a[:3, 3]
     return trilinear_from_stack(stack, index, vox, fill, margin)
+
+
+def sample_plane_world_packed(packed, level_shapes, level, index, world_to_voxel, center, normal, u, v,
+                              size: Sequence[int] = (32, 32), n_slices: int = 1, spacing=1.0, slice_spacing=1.0,
+                              fill: float = 0.0, margin: int = 0):
+    """:func:`sample_plane_world_from_stack` on pyramid level ``level`` (traced) of a packed bank buffer.
+
+    ``packed`` is ``(N, V)`` from :func:`jaxmed.ops.crop.pack_levels` (``VolumeBank.packed``): every
+    padded level of each volume flattened one after another, so a slab at any level is one set of
+    gathers from one array (no sampling of every level and selecting). Equal to sampling
+    ``levels[level]`` with :func:`sample_plane_world_from_stack`: the same grid convention (the
+    unpadded grid is each level's padded shape minus ``2 margin``; outside it, ``fill``).
+
+    Args:
+      packed: ``(N, V)`` any real dtype.
+      level_shapes: static padded spatial shapes of the levels, ``((X_0 + 2m, ...), ...)``.
+      level: int scalar, index into ``level_shapes`` (traced; clipped to the valid range).
+      index: int scalar, volume index.
+      world_to_voxel: ``(4, 4)``, world mm -> unpadded voxel coordinates *of that level*.
+      other arguments: as :func:`sample_plane_world_from_stack`.
+
+    Returns:
+      ``(S, H, W)`` float32.
+    """
+    from jaxmed.ops.crop import packed_layout
+
+    table = jnp.asarray(packed_layout(level_shapes), jnp.int32)  # (L, 4): offset, X, Y, Z (padded)
+    row = table[jnp.clip(jnp.asarray(level, jnp.int32), 0, table.shape[0] - 1)]
+    offset, ny, nz = row[0], row[2], row[3]
+    pts = slab_points(center, normal, u, v, size, n_slices, spacing, slice_spacing)
+    a = jnp.asarray(world_to_voxel, jnp.float32)
+    vox = pts @ a[:3, :3].T + a[:3, 3]
+    index = jnp.asarray(index, jnp.int32)
+    gather = lambda i, j, k: packed[index, offset + (i * ny + j) * nz + k]  # noqa: E731
+    return _sample(gather, row[1:] - 2 * margin, vox, fill, margin)
 
 
 def canonical_plane(normal, offset):
