@@ -102,7 +102,7 @@ from flax import struct
 
 from jaxmed.envs.base import Box, Discrete, Environment, is_concrete
 from jaxmed.errors import ConfigError, LandmarkError
-from jaxmed.ops.resample import resample_window_from_stack
+from jaxmed.ops.resample import affine_grid, trilinear_levels
 from jaxmed.ops.rigid import invert_rigid, matrix_to_params, rigid_distance, rigid_matrix
 
 N_ACTIONS = 12
@@ -578,33 +578,34 @@ class RegistrationEnv(Environment):
         return self.render(self.obs_state(state), bank)
 
     def render(self, obs_state: ObsState, bank) -> jax.Array:
-        """The observation of an :class:`ObsState`; ``render(obs_state(s), bank) == get_obs(s, params, bank)``."""
-        centre = self.center(bank, obs_state.volume)
-        residual = _about_center(obs_state.residual, centre)
-        level = obs_state.level.astype(jnp.int32)
-        out = None
-        for i, lvl in enumerate(self.config.levels):
-            pair = self.render_level(bank, obs_state.volume, obs_state.moving, residual, lvl)
-            out = pair if out is None else jnp.where(level == i, pair, out)
-        return out[None]
+        """The observation of an :class:`ObsState`; ``render(obs_state(s), bank) == get_obs(s, params, bank)``.
 
-    def render_level(self, bank, volume, moving, residual, bank_level: int) -> jax.Array:
-        """``(2, D, D, D)`` float32 at a static bank level: the fixed crop around the centre voxel and
-        the moving volume ``moving`` sampled at ``residual @ x`` for every crop voxel's world ``x``."""
-        d = self.config.crop_size
+        The level is traced: with one configured level it is static; with several, the fixed crop
+        and the moving samples come from the bank's packed pyramid when it has one
+        (``build_bank(packed=True)``: one gather whatever the level), else every configured level is
+        sampled and the right one selected (:func:`jaxmed.ops.resample.trilinear_levels`)."""
+        c = self.config
+        volume, moving = obs_state.volume, obs_state.moving
+        centre = self.center(bank, volume)
+        residual = _about_center(obs_state.residual, centre)
+        if len(c.levels) == 1:
+            bank_level = c.levels[0]
+        else:
+            bank_level = jnp.asarray(c.levels, jnp.int32)[obs_state.level.astype(jnp.int32)]
+        d = c.crop_size
         aff = bank.affines[bank_level, volume]
         inv = jnp.linalg.inv(aff)
-        centre = self.center(bank, volume)
         ext = bank.shapes[bank_level, volume]
         centre_vox = jnp.clip(jnp.round(inv[:3, :3] @ centre + inv[:3, 3]).astype(jnp.int32), 0, ext - 1)
-        fixed = bank.to_intensity(bank.crop(volume, centre_vox, d, bank_level))
+        fixed = bank.to_intensity(bank.crops(volume, centre_vox, d, bank_level, candidates=c.levels))
         origin = (centre_vox - d // 2).astype(jnp.float32)
         shift = jnp.eye(4, dtype=jnp.float32).at[:3, 3].set(origin)
-        moving_inv = jnp.linalg.inv(bank.affines[bank_level, moving])
-        grid = moving_inv @ residual @ aff @ shift  # crop voxel -> moving level voxel
-        sampled = resample_window_from_stack(bank.levels[bank_level], moving, grid, d, 0.0, bank.margin)
-        moving_img = remap_intensity(sampled * bank.intensity_scale, self.config.remap)
-        return jnp.stack([fixed, moving_img.astype(jnp.float32)])
+        grid = jnp.linalg.inv(bank.affines[bank_level, moving]) @ residual @ aff @ shift  # crop voxel -> moving level voxel
+        points = affine_grid(grid, d)
+        sampled = trilinear_levels(bank.levels, bank.shapes[:, moving], moving, bank_level, points, bank.margin, 0.0,
+                                   candidates=c.levels, packed=bank.packed)
+        moving_img = remap_intensity(sampled * bank.intensity_scale, c.remap).astype(jnp.float32)
+        return jnp.stack([fixed, moving_img])[None]
 
 
 def _residual_about_origin(estimate, gt) -> jax.Array:
