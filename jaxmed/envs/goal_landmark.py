@@ -385,3 +385,27 @@ def goal_metric_stats(env: GoalLandmarkEnv, states: GoalEnvState, values, metric
     for label in dict.fromkeys(names.tolist()):
         out.update(metric_stats(values[names == label][:, None], [label], metric))
     return out
+
+
+def goal_example(patch, spacing: float, edge: int, label: str = "goal"):
+    """A user's goal image as a bank subject: ``(Volume, Landmarks)`` with the goal at voxel ``edge // 2``.
+
+    Args:
+      patch: ``(edge, edge, edge)`` intensities at ``spacing`` mm (RAS voxel order), centred on the goal.
+      edge: the expected edge in voxels: ``crop_size * f`` with ``f`` the pyramid factor of the
+        coarsest level the env uses (every level's goal crop must fit in the patch).
+    Raises:
+      ConfigError: wrong shape or non-finite values.
+    """
+    from jaxmed.data import Landmarks, Volume
+
+    arr = np.asarray(patch)
+    if arr.shape != (edge,) * 3:
+        raise ConfigError(f"goal patch has shape {arr.shape}; expected {(edge,) * 3} voxels at {spacing} mm "
+                          "(the env's crop_size times the pyramid factor of its coarsest level), centred on the goal")
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+        raise ConfigError("goal patch must hold finite numbers")
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    centre = np.full(3, edge // 2, np.float64)
+    volume = Volume(arr.astype(np.float32), affine, source="goal patch")
+    return volume, Landmarks((label,), (centre * spacing)[None], source="goal patch")
