@@ -75,3 +75,55 @@ def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None 
     world = volume.voxel_to_world(np.asarray(res["final_state"].pos, dtype=np.float64))  # (E, A, 3) mm
     positions = [robust_mean(world[:, [i for i, t in enumerate(targets) if t == label]].reshape(-1, 3), aggregate) for label in labels]
     return Landmarks(labels, np.array(positions), source=f"jaxmed detect {image}")
+
+
+def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None, goal_patch: str | Path | None = None,
+                n_starts: int = 27, aggregate: str = "median", seed: int = 0):
+    """Walk a goal-conditioned run's agent (``goal-landmark-v0``) to a goal in ``image``.
+
+    The goal is given by example, never by training: ``goal`` names a landmark of the run's template
+    (any of its labels, trained or not; its goal image is the template's crop there) or
+    ``goal_patch`` is a ``.npy`` cube of ``crop_size * f`` voxels at the run's spacing centred on
+    the goal (``f``: pyramid factor of the coarsest level used). Returns
+    :class:`jaxmed.data.Landmarks` with one point (label ``goal`` or ``"goal"``), world RAS mm.
+    """
+    import jax
+
+    from jaxmed.data import Landmarks, build_bank, conform, load_image
+    from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv, goal_example
+    from jaxmed.train import load_params, make_policy_rollout, seed_params
+
+    if (goal is None) == (goal_patch is None):
+        raise ConfigError("give exactly one of a goal label (--goal) or a goal patch file (--goal-patch)")
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
+    cfg, network, params = load_params(run_dir)
+    env, _, eval_params = ex.make_env(cfg)
+    if not isinstance(env, GoalLandmarkEnv):
+        raise ConfigError(f"{run_dir}: a {cfg.env_name} run is not goal-conditioned; --goal / --goal-patch need a goal-landmark-v0 run")
+    label = goal if goal is not None else "goal"
+    if goal is not None:
+        tpl_volume, tpl_landmarks = ex.template(cfg.data)
+        if goal not in tpl_landmarks.labels:
+            raise LandmarkError(f"unknown goal {goal!r}: the template of this run has {', '.join(tpl_landmarks.labels)}")
+        reference = (conform(tpl_volume, cfg.data.spacing), tpl_landmarks.select([goal]))
+    else:
+        path = Path(goal_patch)
+        try:
+            patch = np.load(path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path}: cannot read a goal patch (.npy array): {err}") from None
+        edge = env.config.crop_size * max(cfg.data.factors[l] for l in env.config.levels)
+        reference = goal_example(patch, cfg.data.spacing, edge, label)
+    volume = conform(load_image(image), cfg.data.spacing)
+    # the subject's goal position is unknown and never read (no reward, no target stop)
+    placeholder = Landmarks((label,), volume.voxel_to_world((np.array(volume.shape) - 1) / 2)[None], source=str(image))
+    bank = build_bank([reference, (volume, placeholder)], (label,), factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype)
+    c = env.config
+    denv = GoalLandmarkEnv(GoalLandmarkConfig(goals=(label,), n_agents=c.n_agents, crop_size=c.crop_size, frames=c.frames,
+                                              levels=c.levels, osc_window=c.osc_window, reference_volume=0), labels=bank.labels, name=env.name)
+    states = denv.eval_states(eval_params, bank, n_starts, seed=seed)
+    rollout = make_policy_rollout(cfg, denv, eval_params, network)
+    res = jax.device_get(rollout(seed_params(cfg, params, 0), bank, states))
+    world = volume.voxel_to_world(np.asarray(res["final_state"].nav.pos, dtype=np.float64).reshape(-1, 3))
+    return Landmarks((label,), robust_mean(world, aggregate)[None], source=f"jaxmed detect --goal {label} {image}")
