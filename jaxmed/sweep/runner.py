@@ -47,6 +47,12 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+#: Compiled populations of this process, by group config and validation set: a sweep resumed (or
+#: run again) in the same process reuses their compiled programs. Oldest dropped beyond 4 entries.
+_POPULATIONS: dict[str, Population] = {}
+_MAX_CACHED = 4
+
+
 class _Groups:
     """Compiled populations and banks, shared by every bracket (one per distinct static config)."""
 
@@ -54,6 +60,17 @@ class _Groups:
         self.base, self.space = base, space
         self.pops: dict[str, Population] = {}
         self._banks: dict[str, object] = {}
+
+    def _build(self, cfg) -> Population:
+        m = self.space.metric
+        key = json.dumps({"cfg": cfg.to_dict(), "val": [m.split, m.n_val, m.eval_starts]}, sort_keys=True, default=str)
+        if key not in _POPULATIONS:
+            bank = self._cached("train", cfg, lambda: ex.make_bank(cfg, "train", cfg.data.n_train)[0])
+            val = self._cached("val", cfg, lambda: val_data(cfg, m.n_val, m.eval_starts, cfg.train.seed)) if m.split == "val" else None
+            while len(_POPULATIONS) >= _MAX_CACHED:
+                _POPULATIONS.pop(next(iter(_POPULATIONS)))
+            _POPULATIONS[key] = Population(cfg, bank, val)
+        return _POPULATIONS[key]
 
     def _cached(self, kind: str, cfg, build):
         key = kind + json.dumps({"data": cfg.to_dict()["data"], "env": cfg.env}, sort_keys=True, default=str)
@@ -63,11 +80,7 @@ class _Groups:
 
     def population(self, trial: Trial) -> Population:
         if trial.group not in self.pops:
-            cfg = group_config(trial, self.base)
-            bank = self._cached("train", cfg, lambda: ex.make_bank(cfg, "train", cfg.data.n_train)[0])
-            m = self.space.metric
-            val = self._cached("val", cfg, lambda: val_data(cfg, m.n_val, m.eval_starts, cfg.train.seed)) if m.split == "val" else None
-            self.pops[trial.group] = Population(cfg, bank, val)
+            self.pops[trial.group] = self._build(group_config(trial, self.base))
         return self.pops[trial.group]
 
 
