@@ -24,7 +24,7 @@ import numpy as np
 from jaxmed.errors import JaxmedError
 
 #: Subcommand modules under ``jaxmed/commands`` (each has ``add_parser(subparsers)``).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("sweep", "bench")
 
 
 def _cmd_fetch(args) -> int:
