@@ -13,7 +13,7 @@ measured in the same script on the same held-out test subjects:
 
 Usage (2 CPU cores, about 10 minutes)::
 
-    python benchmarks/goal_afids.py --chunks 40 --out benchmarks/results/goal_afids.json
+    python benchmarks/goal_afids.py --chunks 64 --out benchmarks/results/goal_afids.json
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def rollout_errors(env, eval_params, net, net_params, bank, states):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--chunks", type=int, default=40, help="goal agent run_chunk calls (n_envs * chunk_steps env steps each)")
+    ap.add_argument("--chunks", type=int, default=64, help="goal agent run_chunk calls (n_envs * chunk_steps env steps each)")
     ap.add_argument("--n-train", type=int, default=8)
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--eval-starts", type=int, default=8)
@@ -94,8 +94,12 @@ def main(argv=None) -> int:
     env_params = EnvParams(max_steps=150, start_radius_mm=0.0, terminate_at_target_mm=2.0)
     eval_params = env_params.replace(terminate_at_target_mm=0.0)
     net = QNetwork(trunk="patch", head="dueling", trunk_kwargs={"patch_size": 5}, head_kwargs={"hidden": (128, 64)})
-    cfg = DQNConfig(n_envs=64, chunk_steps=50, batch_size=128, gamma=0.9, learning_rate=5e-4, learning_starts=2000,
-                    replay_capacity=200_000, eps_end=0.05, eps_decay_steps=3000, target_update_period=500, double=True)
+    def dqn(chunks: int) -> DQNConfig:
+        # one update per vector step: 16 envs give 1 update per 16 env steps; epsilon decays over half the run
+        return DQNConfig(n_envs=16, chunk_steps=100, batch_size=128, gamma=0.9, learning_rate=5e-4, learning_starts=1000,
+                         replay_capacity=200_000, eps_end=0.05, eps_decay_steps=max(200, chunks * 100 // 2), target_update_period=500, double=True)
+
+    cfg = dqn(args.chunks)
     total_steps = args.chunks * cfg.env_steps_per_chunk
     result = {"machine": machine_info(), "args": vars(args), "train_goals": TRAIN, "held_out_goals": HELD_OUT,
               "data": {"n_train_subjects": data.n_train, "n_test_subjects": data.n_test, "spacing_mm": data.spacing,
@@ -126,13 +130,13 @@ def main(argv=None) -> int:
     result["specialists"] = {}
     for label in HELD_OUT + SEEN_SPECIALISTS:
         env = LandmarkEnv(LandmarkEnvConfig(targets=(label,), crop_size=crop, frames=frames, levels=levels), labels=train_bank.labels)
-        sparams, swall, _ = train(env, env_params, net, cfg, train_bank, spec_chunks)
+        sparams, swall, _ = train(env, env_params, net, dqn(spec_chunks), train_bank, spec_chunks)
         tenv = LandmarkEnv(env.config, labels=test_bank.labels)
         states = tenv.eval_states(eval_params, test_bank, args.eval_starts, seed=1)
         keep = np.asarray(states.volume) != 0  # not in the template (the goal agent never runs there either)
         states = jax.tree.map(lambda x: x[keep], states)
         err, _ = rollout_errors(tenv, eval_params, net, sparams, test_bank, states)
-        result["specialists"][label] = {"train_wall_s": swall, "env_steps": spec_chunks * cfg.env_steps_per_chunk,
+        result["specialists"][label] = {"train_wall_s": swall, "env_steps": spec_chunks * dqn(spec_chunks).env_steps_per_chunk,
                                         **metric_stats(err, [label])[label]}
         print("specialist", label, round(result["specialists"][label]["median"], 2), flush=True)
         save()
