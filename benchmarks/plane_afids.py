@@ -12,7 +12,11 @@ subjects (disjoint seeds: different pose, voxel size, orientation, intensity):
   starts around the template's plane placed relative to each image centre
   (:func:`jaxmed.commands.plane.template_prior`), one robust-mean answer per subject;
 * **template plane (no model)**: the template's plane in world coordinates, carried by nothing;
-* **prior start**: the template plane about the image centre, the start of the agent above.
+* **prior start**: the template plane about the image centre, the start of the agent above;
+* **oracle affine (no model)**: the template's plane carried by the subject's *true* global affine
+  (known for synthetic subjects): what a perfect affine registration to the template would answer.
+  Its error is the part of the target that the elastic warp moves independently of the global
+  pose (for ACPC, mostly the AC-PC line, 28 mm long, tilted by the warp's local displacements).
 
 Errors: ``angle_deg`` (between the normals), ``distance_mm`` (the target's reference point, on the
 target plane, to the found plane) and ``landmark_distance_mm`` (mean distance of the plane's reference
@@ -101,7 +105,29 @@ def train_plane(cfg, bank, budget_s: float, log) -> dict:
             "chunks": len(history), "env_steps": steps, "train_s": train_s, "compile_s": compile_s, "env_steps_per_s": steps / train_s}
 
 
-def evaluate_plane(cfg, trained: dict, bank, n_prior_starts: int) -> dict:
+def make_subjects(data_cfg, split: str, n: int, labels):
+    """As :func:`jaxmed.experiment.make_subjects` (conformed ``(Volume, Landmarks)`` pairs), also
+    returning each subject's template -> subject world affine ``(n, 4, 4)`` (its global pose)."""
+    from jaxmed import experiment as ex
+    from jaxmed.data import conform, make_population
+
+    volume, landmarks = ex.template(data_cfg)
+    population = make_population(volume, landmarks.select(labels), n, split=split, base_seed=data_cfg.seed)
+    pairs = [(conform(s.volume, data_cfg.spacing), s.landmarks) for s in population]
+    return pairs, np.array([s.params["template_to_subject_affine"] for s in population], np.float64)
+
+
+def carried_plane(normal, offset, affine) -> tuple[np.ndarray, float]:
+    """The plane ``normal . x = offset`` mapped by the affine ``x -> L x + t``: ``(n', d')`` with ``n'``
+    along ``L^-T n``."""
+    lin, t = affine[:3, :3], affine[:3, 3]
+    n = np.linalg.solve(lin.T, normal)
+    scale = np.linalg.norm(n)
+    n = n / scale
+    return n, float(offset / scale + n @ t)
+
+
+def evaluate_plane(cfg, trained: dict, bank, n_prior_starts: int, affines=None) -> dict:
     """Every method's per-subject (or per-start) errors on the test ``bank``."""
     from jaxmed import experiment as ex
     from jaxmed.agents.dqn import greedy_action
@@ -148,6 +174,10 @@ def evaluate_plane(cfg, trained: dict, bank, n_prior_starts: int) -> dict:
     n_tpl, d_tpl = env.definition.from_landmarks(tpl_landmarks)
     out["template plane (no model)"] = metrics_of_planes(env, eval_params, bank, vols, np.repeat(n_tpl[None], len(vols), 0),
                                                          np.full(len(vols), d_tpl))
+    if affines is not None:  # an oracle: the template plane carried by each subject's true global affine
+        carried = [carried_plane(n_tpl, d_tpl, a) for a in affines]
+        out["oracle affine (no model)"] = metrics_of_planes(env, eval_params, bank, vols, np.array([c[0] for c in carried]),
+                                                            np.array([c[1] for c in carried]))
     table = {method: {m: stats(v[m]) for m in METRICS} for method, v in out.items()}
     return {"stats": table, "eval_seconds_perturbed": perturbed_s, "eval_seconds_prior": prior_s,
             "seconds_per_subject_prior": prior_s / bank.n_volumes, "prior_starts_per_subject": n_prior_starts,
@@ -192,9 +222,9 @@ def run(args) -> dict:
     env0, _, _ = ex.make_env(first)
     labels = env0.required_labels  # the same AFIDs for every registered AFIDs plane
     t0 = time.perf_counter()
-    banks = {}
+    banks, affines = {}, {}
     for split, n in (("train", first.data.n_train), ("test", first.data.n_test)):
-        subjects = ex.make_subjects(first.data, split, n, labels)
+        subjects, affines[split] = make_subjects(first.data, split, n, labels)
         # packed: every slab is sampled once, at its own pyramid level (not every level, then selected)
         banks[split] = build_bank(subjects, labels, factors=first.data.factors, max_crop=env0.max_crop, dtype=first.data.dtype,
                                   packed=env0.wants_packed_bank)
@@ -204,7 +234,7 @@ def run(args) -> dict:
         cfg = load_config(args.config, args.overrides, plane)
         print(f"{plane}: training (at most {cfg.train.chunks} chunks, {args.budget_s:.0f} s)", flush=True)
         trained = train_plane(cfg, banks["train"], args.budget_s, lambda s: print(s, flush=True))
-        ev = evaluate_plane(cfg, trained, banks["test"], args.prior_starts)
+        ev = evaluate_plane(cfg, trained, banks["test"], args.prior_starts, affines["test"])
         result["planes"][plane] = {
             "description": trained["env"].definition.description,
             "env": {k: v for k, v in cfg.env.items()}, "dqn": dataclasses.asdict(cfg.dqn),
@@ -228,7 +258,10 @@ def markdown_plane(plane: str, r: dict) -> str:
              f"{r['prior_starts_per_subject']} starts)", "",
              "| method | angle (°) mean ± std | median | distance (mm) mean ± std | median | landmark distance (mm) mean ± std | median | n |",
              "|---|---|---|---|---|---|---|---|"]
-    for method in ("agent, perturbed starts", "perturbed start (no model)", "agent, template prior", "prior start", "template plane (no model)"):
+    for method in ("agent, perturbed starts", "perturbed start (no model)", "agent, template prior", "prior start",
+                   "template plane (no model)", "oracle affine (no model)"):
+        if method not in r["stats"]:
+            continue
         s = r["stats"][method]
         a, d, l_ = s["angle_deg"], s["distance_mm"], s["landmark_distance_mm"]
         lines.append(f"| {method} | {a['mean']:.2f} ± {a['std']:.2f} | {a['median']:.2f} | {d['mean']:.2f} ± {d['std']:.2f} | "

@@ -138,3 +138,24 @@ def test_png_and_json_of_a_known_plane(tmp_path):
     assert png.stat().st_size > 5000
     with pytest.raises(OverwriteError):
         command.plot_plane(volume, result, definition, tmp_path / "p.png")
+
+
+@pytest.mark.parametrize("name", ["phantom_plane_dqn.yaml", "afids_plane_dqn_cpu.yaml"])
+def test_shipped_plane_configs_build(name):
+    """The shipped view-plane configs parse, name registered planes and pyramid levels their data has,
+    and give a network that accepts the env's observation shape."""
+    from jaxmed import experiment as ex
+    from jaxmed.config import load_yaml
+    from jaxmed.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.from_dict(load_yaml(REPO / "configs" / name), name)
+    env, params, eval_params = ex.make_env(cfg)
+    assert cfg.env_name == "plane-v0" and isinstance(env, PlaneEnv)
+    assert max(env.config.levels) < len(cfg.data.factors)
+    assert int(eval_params.max_steps) == cfg.env["eval_max_steps"] and float(eval_params.terminate_at_target) == 0.0
+    net = ex.make_network(cfg, env)
+    net.check_input(env.observation_space(params).shape[-3:])
+    for plane in ("midsagittal", "coronal_ac"):  # the AFIDs config serves every AFIDs plane by target
+        if cfg.data.source == "afids":
+            other, _, _ = command.make_plane_env({**cfg.env, "target": plane})
+            assert other.required_labels == env.required_labels
