@@ -93,10 +93,13 @@ def _keys(trials: list[Trial], common_seed: bool):
 
 
 def run_sweep(base: dict, space: Space, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-              progress: bool = True, on_rung: Callable[[int, int], None] | None = None) -> dict:
+              progress: bool = True, on_rung: Callable[[int, int], None] | None = None, vmapped: bool = True) -> dict:
     """Run (or resume) the sweep of ``space`` around the base experiment config ``base`` (a YAML
     mapping) into ``out``; returns the summary. ``on_rung(bracket, rung)`` is called after each
-    rung has been checkpointed (tests use it to interrupt a sweep)."""
+    rung has been checkpointed (tests use it to interrupt a sweep).
+
+    ``vmapped=False`` trains every trial as its own population of one, one after another (the
+    same schedule, compiled programs shared): the baseline the vmapped sweep is timed against."""
     from jaxmed.train import Checkpoints
 
     out = Path(out)
@@ -123,6 +126,9 @@ def run_sweep(base: dict, space: Space, out: str | Path, *, resume: bool = False
     per_bracket: list[list[Trial]] = []
     for b, rungs in enumerate(plan):
         ts = make_trials(space, base, rungs[0].n, b, len(trials), rng, with_default=space.include_default and b == 0)
+        if not vmapped:
+            for t in ts:
+                t.group = f"{t.group}#trial{t.id}"
         per_bracket.append(ts)
         trials += ts
     prog_path = out / "progress.json"
