@@ -261,63 +261,58 @@ def _eval_states(env, bank, n=32, seed=1, radius_vox=8):
     return env.states_at(bank, vols, starts[:, None, :])
 
 
-def _final_distance(env, env_params, bank, states, action_fn, max_steps=40):
-    """``(E,)`` mm: distance after running ``action_fn(obs, key) -> (E, A)`` from ``states`` without
-    auto-reset, freezing each episode once it ends."""
-    v_step = jax.vmap(env.step_env, in_axes=(None, 0, 0, None, None))
-    v_obs = jax.vmap(env.get_obs, in_axes=(0, None, None))
-
-    @jax.jit
-    def run(states, bank):
-        def body(carry, key):
-            state, finished = carry
-            new, _, term, trunc, _ = v_step(key, state, action_fn(v_obs(state, env_params, bank), key), env_params, bank)
-            state = jax.tree.map(lambda o, n_: jnp.where(finished.reshape((-1,) + (1,) * (n_.ndim - 1)), o, n_), state, new)
-            return (state, finished | term | trunc), None
-
-        n = jax.tree.leaves(states)[0].shape[0]
-        (final, _), _ = jax.lax.scan(body, (states, jnp.zeros((n,), bool)), jax.random.split(jax.random.key(7), max_steps))
-        return jax.vmap(env.distance_mm, in_axes=(0, None))(final, bank)[:, 0]
-
-    return np.asarray(run(states, bank))
+_EVALS: dict = {}
 
 
-_PROGRAMS: dict = {}
+def _final_distance(env, env_params, bank, states, net, params, random: bool, max_steps=40):
+    """``(E,)`` mm: distance after running the greedy policy of ``net`` (or, with ``random``, uniformly
+    random actions) from ``states`` without auto-reset, freezing each episode once it ends. One
+    compiled program per network kind (``random`` is a traced flag)."""
+    if net.critic not in _EVALS:
+        v_step = jax.vmap(env.step_env, in_axes=(None, 0, 0, None, None))
+        v_obs = jax.vmap(env.get_obs, in_axes=(0, None, None))
 
+        @jax.jit
+        def run(params, states, bank, random):
+            def body(carry, key):
+                state, finished = carry
+                obs = v_obs(state, env_params, bank)
+                greedy = ppo.greedy_action(net, params, obs)
+                action = jnp.where(random, jax.random.randint(key, greedy.shape, 0, 6), greedy)
+                new, _, term, trunc, _ = v_step(key, state, action, env_params, bank)
+                state = jax.tree.map(lambda o, n_: jnp.where(finished.reshape((-1,) + (1,) * (n_.ndim - 1)), o, n_), state, new)
+                return (state, finished | term | trunc), None
 
-def _program(module, config, phantom, critic=True):
-    """``(network, jitted init, jitted run_chunk)`` for a learner config on the phantom, compiled once
-    per test session (the vmapped-seeds test reuses the PPO learning test's program)."""
-    key = (module.__name__, config, critic)
-    if key not in _PROGRAMS:
-        bank, env, params = phantom
-        net = _network(critic)
-        fns = module.make_train(config, env, params, net)
-        _PROGRAMS[key] = (net, fns, jax.jit(fns.init), jax.jit(fns.run_chunk))
-    return _PROGRAMS[key]
+            n = jax.tree.leaves(states)[0].shape[0]
+            (final, _), _ = jax.lax.scan(body, (states, jnp.zeros((n,), bool)), jax.random.split(jax.random.key(7), max_steps))
+            return jax.vmap(env.distance_mm, in_axes=(0, None))(final, bank)[:, 0]
+
+        _EVALS[net.critic] = run
+    return np.asarray(_EVALS[net.critic](params, states, bank, jnp.asarray(random)))
 
 
 def _train_and_evaluate(module, config, phantom, chunks, critic=True):
     bank, env, params = phantom
-    net, _, init, chunk = _program(module, config, phantom, critic)
-    rs = init(jax.random.key(0), bank)
+    net = _network(critic)
+    fns = module.make_train(config, env, params, net)
+    rs = jax.jit(fns.init)(jax.random.key(0), bank)
+    chunk = jax.jit(fns.run_chunk)
     for _ in range(chunks):
         rs, metrics = chunk(rs, bank)
     assert np.isfinite(float(metrics["loss"])) and int(rs.updates) == chunks * config.grad_steps_per_chunk
     eval_params = env.eval_params(params)  # no stop at the target: never use the ground truth at test time
     assert float(eval_params.terminate_at_target_mm) == 0.0
     states = _eval_states(env, bank)
-    trained = _final_distance(env, eval_params, bank, states, lambda obs, key: module.greedy_action(net, rs.params, obs))
-    random = _final_distance(env, eval_params, bank, states, lambda obs, key: jax.random.randint(key, obs.shape[:2], 0, 6))
+    assert module.greedy_action is ppo.greedy_action  # one argmax-of-logits for every learner
+    trained = _final_distance(env, eval_params, bank, states, net, rs.params, random=False)
+    random = _final_distance(env, eval_params, bank, states, net, rs.params, random=True)
     return trained, random, metrics
 
 
-PPO_LEARNING = ppo.PPOConfig(n_envs=16, num_steps=32, updates_per_chunk=5, update_epochs=4, num_minibatches=4, gamma=0.9,
-                             learning_rate=1e-3)
-
-
 def test_ppo_learns_to_find_landmark(phantom):
-    trained, random, _ = _train_and_evaluate(ppo, PPO_LEARNING, phantom, chunks=8)
+    cfg = ppo.PPOConfig(n_envs=16, num_steps=32, updates_per_chunk=5, update_epochs=4, num_minibatches=4, gamma=0.9,
+                        learning_rate=1e-3)
+    trained, random, _ = _train_and_evaluate(ppo, cfg, phantom, chunks=8)
     assert np.median(trained) < 4.0 and trained.mean() < 0.4 * random.mean(), (np.median(trained), trained.mean(), random.mean())
 
 
@@ -339,37 +334,65 @@ def test_grpo_learns_to_find_landmark(phantom):
 # ------------------------------------------------------------------ parallelism, seeds, configs
 
 
-def test_data_parallel_multi_agent_ppo_keeps_replicas_identical(phantom):
+def test_data_parallel_training_keeps_replicas_identical():
     assert jax.local_device_count() >= 4
-    bank, _, params = phantom
-    env = LandmarkEnv(LandmarkEnvConfig(targets=("L0", "L1"), crop_size=D, frames=1), labels=bank.labels)
-    cfg = ppo.PPOConfig(n_envs=4, num_steps=8, update_epochs=2, num_minibatches=2)
-    init, chunk = ppo.make_parallel_train(cfg, env, params, _network(n_agents=2), n_devices=4)
-    rs = init(jax.random.key(3), bank)
-    rs, metrics = chunk(rs, bank)
-    assert int(rs.updates[0]) == 4 and rs.obs.shape[:3] == (4, 4, 2)
+    env = CountEnv()
+    config = ppo.PPOConfig(n_envs=4, num_steps=8, update_epochs=2, num_minibatches=2, updates_per_chunk=2)
+    init, chunk = ppo.make_parallel_train(config, env, env.default_params, LinearAC(), n_devices=4)
+    rs = init(jax.random.key(3), None)
+    for _ in range(2):
+        rs, metrics = chunk(rs, None)
+    assert int(rs.updates[0]) == 2 * config.grad_steps_per_chunk
     for leaf in jax.tree.leaves((rs.params, rs.opt_state)):
         leaf = np.asarray(leaf)
         for d in range(1, 4):
             np.testing.assert_array_equal(leaf[d], leaf[0])
-    for value in metrics.values():
+    for value in metrics.values():  # averaged over devices
         np.testing.assert_array_equal(np.asarray(value), np.broadcast_to(np.asarray(value)[0], np.shape(value)))
-    assert not np.array_equal(np.asarray(rs.env_state.pos[0]), np.asarray(rs.env_state.pos[1]))  # own envs per device
+    keys = np.asarray(jax.random.key_data(rs.key))
+    assert not np.array_equal(keys[0], keys[1])  # each device samples its own environments
 
 
-def test_vmapped_seeds_equal_separate_runs(phantom):
-    bank, _, _ = phantom
-    _, fns, init, chunk = _program(ppo, PPO_LEARNING, phantom)
+def _leaves(tree):
+    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x) for x in jax.tree.leaves(tree)]
+
+
+def test_vmapped_seeds_equal_separate_runs():
+    """One compiled program trains two seeds of the A2C / PPO program; each equals its own separate run."""
+    env = CountEnv()
+    config = a2c.A2CConfig(n_envs=4, num_steps=8, updates_per_chunk=3)
+    fns = a2c.make_train(config, env, env.default_params, LinearAC())
     keys = jax.random.split(jax.random.key(11), 2)
-    both = jax.jit(jax.vmap(fns.init, in_axes=(0, None)))(keys, bank)
-    both, m_both = jax.jit(jax.vmap(fns.run_chunk, in_axes=(0, None)))(both, bank)
+    both = jax.jit(jax.vmap(fns.init, in_axes=(0, None)))(keys, None)
+    both, m_both = jax.jit(jax.vmap(fns.run_chunk, in_axes=(0, None)))(both, None)
+    init, chunk = jax.jit(fns.init), jax.jit(fns.run_chunk)
     for s in range(2):
-        rs, m = chunk(init(keys[s], bank), bank)
-        np.testing.assert_array_equal(np.asarray(both.env_state.pos[s]), np.asarray(rs.env_state.pos))
-        for a, b in zip(jax.tree.leaves(both.params), jax.tree.leaves(rs.params)):
-            np.testing.assert_allclose(np.asarray(a[s]), np.asarray(b), rtol=2e-5, atol=1e-6)
+        rs, m = chunk(init(keys[s], None), None)
+        for a, b in zip(_leaves(both), _leaves(rs)):
+            np.testing.assert_allclose(a[s], b, rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(float(m_both["loss"][s]), float(m["loss"]), rtol=1e-4, atol=1e-6)
-    assert not np.allclose(np.asarray(jax.tree.leaves(both.params)[0][0]), np.asarray(jax.tree.leaves(both.params)[0][1]))
+    first = jax.tree.leaves(both.params)[0]
+    assert not np.allclose(np.asarray(first[0]), np.asarray(first[1]))  # the seeds really differ
+
+
+def test_vmapped_grpo_seeds_are_independent():
+    """GRPO (with KL and terminal reward) vmapped over seeds: swapping the seeds swaps the results
+    exactly, and a seed given twice gives two identical runs."""
+    env = CountEnv()
+    config = grpo.GRPOConfig(n_envs=4, group_size=2, max_steps=6, num_minibatches=2, kl_coef=0.1, terminal_reward="final_t")
+    fns = grpo.make_train(config, env, env.default_params, LinearAC())
+    v_init, v_chunk = jax.jit(jax.vmap(fns.init, in_axes=(0, None))), jax.jit(jax.vmap(fns.run_chunk, in_axes=(0, None)))
+    k0, k1 = jax.random.split(jax.random.key(5), 2)
+    runs = {}
+    for name, keys in {"01": (k0, k1), "10": (k1, k0), "00": (k0, k0)}.items():
+        rs, m = v_chunk(v_init(jnp.stack(keys), None), None)
+        runs[name] = (_leaves(rs), {k: np.asarray(v) for k, v in m.items()})
+    for a, b, c in zip(runs["01"][0], runs["10"][0], runs["00"][0]):
+        np.testing.assert_array_equal(a[0], b[1])
+        np.testing.assert_array_equal(a[1], b[0])
+        np.testing.assert_array_equal(c[0], c[1])
+    assert np.isfinite(runs["01"][1]["kl"]).all() and (runs["01"][1]["return"] < 0).all()  # return = -final_t
+    assert not np.array_equal(runs["01"][0][0][0], runs["01"][0][0][1])  # the seeds really differ
 
 
 def test_bad_configs_raise_config_error():
@@ -415,17 +438,24 @@ def test_grpo_terminal_reward_names_unknown_metric(phantom):
 
 
 def test_actor_critic_shapes_and_policy_only():
-    x = jnp.zeros((3, 2, 1, D, D, D), jnp.uint8)
+    x = jax.ShapeDtypeStruct((3, 2, 1, D, D, D), jnp.uint8)
     net = _network(n_agents=2)
-    p = jax.jit(net.init)(jax.random.key(0), x)
-    logits, value = jax.jit(net.apply)(p, x)
+    p = jax.eval_shape(net.init, jax.random.key(0), x)
+    logits, value = jax.eval_shape(net.apply, p, x)
     assert logits.shape == (3, 2, 6) and value.shape == (3, 2) and logits.dtype == jnp.float32
-    assert np.abs(np.asarray(logits)).max() < 0.5  # near-uniform initial policy
     head = p["params"]["head"]
-    assert head["logits"]["kernel"].shape[0] == 2 and "critic_hidden" in head
+    assert head["logits"]["kernel"].shape == (2, 32, 6) and "critic_hidden" in head  # one head per agent
+    assert "critic_hidden" not in jax.eval_shape(_network(n_agents=2, critic=False).init, jax.random.key(0), x)["params"]["head"]
+    single = jax.ShapeDtypeStruct((3, 1, D, D, D), jnp.uint8)
     pol = _network(critic=False)
-    shapes = jax.eval_shape(pol.init, jax.random.key(0), x[:, 0])
-    assert "critic_hidden" not in shapes["params"]["head"]
-    value = jax.eval_shape(pol.apply, shapes, x[:, 0])[1]
-    assert value.shape == (3,)  # single agent: (..., k, X, Y, Z) -> (...)
+    q = jax.eval_shape(pol.init, jax.random.key(0), single)
+    assert jax.eval_shape(pol.apply, q, single)[1].shape == (3,)  # single agent: (..., k, X, Y, Z) -> (...)
     assert jax.eval_shape(lambda p, o: a2c.greedy_action(net, p, o), p, x).shape == (3, 2)
+
+
+def test_initial_policy_is_near_uniform_and_policy_only_value_is_zero():
+    ac = actor_critic_from_config({"trunk": {"name": "patch", "patch_size": 1, "group": 1, "embed": 4, "hidden": 4},
+                                   "head": {"hidden": [8]}}, critic=False)
+    x = jnp.full((6, 1, 1, 1, 1), 200, jnp.uint8)
+    logits, value = jax.jit(lambda x: ac.apply(ac.init(jax.random.key(0), x), x))(x)
+    assert logits.shape == (6, 6) and np.abs(np.asarray(logits)).max() < 0.1 and np.all(np.asarray(value) == 0)

@@ -43,6 +43,7 @@ from jaxmed.agents.rollout_pg import (
     pmean_if,
     policy_value,
     reduce_chunk_metrics,
+    render_batch,
 )
 
 
@@ -69,7 +70,6 @@ def make_actor_critic_train(config, env, env_params, network, axis_name: str | N
     optimizer = make_optimizer(config)
     n_envs = config.n_envs
     v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
-    v_render = jax.vmap(env.render, in_axes=(0, None))
     collect = make_collect(env, env_params, network, n_envs, config.num_steps, config.gamma, config.gae_lambda)
 
     def init(key, bank) -> RunnerState:
@@ -103,7 +103,7 @@ def make_actor_critic_train(config, env, env_params, network, axis_name: str | N
 
         def minibatch_step(carry, mb):
             params, opt_state = carry
-            (_, aux), grads = grad_fn(params, v_render(mb["obs_state"], bank), mb)
+            (_, aux), grads = grad_fn(params, render_batch(env, mb["obs_state"], bank), mb)
             grads = pmean_if(grads, axis_name)
             upd, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, upd), opt_state), aux

@@ -46,6 +46,7 @@ from flax import struct
 from jaxmed.agents.dqn import TrainFns
 from jaxmed.agents.pg_losses import policy_loss
 from jaxmed.agents.rollout_pg import (
+    FINAL_PREFIX,
     OPTIMIZER_FLOATS,
     categorical_kl,
     check_optimizer_fields,
@@ -64,8 +65,8 @@ from jaxmed.agents.rollout_pg import (
     pmean_if,
     policy_value,
     reduce_chunk_metrics,
+    render_batch,
     validate_fields,
-    FINAL_PREFIX,
 )
 from jaxmed.errors import ConfigError
 
@@ -173,7 +174,6 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
     n_envs = config.n_envs
     rollout = make_group_rollout(env, env_params, network, n_envs, config.group_size, config.max_steps)
     v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
-    v_render = jax.vmap(env.render, in_axes=(0, None))
 
     def init(key, bank) -> RunnerState:
         env.check_bank(bank)
@@ -219,7 +219,7 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
 
         def minibatch_step(carry, mb):
             params, opt_state = carry
-            (_, aux), grads = grad_fn(params, ref_params, v_render(mb["obs_state"], bank), mb)
+            (_, aux), grads = grad_fn(params, ref_params, render_batch(env, mb["obs_state"], bank), mb)
             grads = pmean_if(grads, axis_name)
             upd, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, upd), opt_state), aux
