@@ -145,12 +145,20 @@ def _trainer(cfg: ex.ExperimentConfig, env, params, network):
     ``train.seeds`` seeds (vmapped: state leaves get a leading seed axis)."""
     from jaxmed.agents import learners
 
+    from jaxmed.agents.her import transform_for
+
     learner = learners.module(cfg.train.learner)
+    extra = {}
+    relabel = transform_for(env, params, cfg.learner)  # hindsight relabelling for goal-conditioned envs
+    if relabel is not None:
+        if cfg.train.learner != "dqn":
+            raise ConfigError(f"hindsight relabelling (env.her_fraction > 0) needs the dqn learner, not {cfg.train.learner}")
+        extra["batch_transform"] = relabel
     if cfg.train.devices > 1:
         if jax.local_device_count() < cfg.train.devices:
             raise ConfigError(f"train.devices={cfg.train.devices} but only {jax.local_device_count()} devices are visible")
-        return learner.make_parallel_train(cfg.learner, env, params, network, n_devices=cfg.train.devices)
-    fns = learner.make_train(cfg.learner, env, params, network)
+        return learner.make_parallel_train(cfg.learner, env, params, network, n_devices=cfg.train.devices, **extra)
+    fns = learner.make_train(cfg.learner, env, params, network, **extra)
     if cfg.train.seeds > 1:
         init = jax.jit(jax.vmap(fns.init, in_axes=(0, None)))
         return (lambda key, bank: init(jax.random.split(key, cfg.train.seeds), bank)), jax.jit(jax.vmap(fns.run_chunk, in_axes=(0, None)), donate_argnums=0)
