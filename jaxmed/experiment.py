@@ -14,8 +14,15 @@ import functools
 import time
 from typing import Any
 
+import numpy as np
+
 from jaxmed.config import build
 from jaxmed.errors import ConfigError
+
+
+#: Templates subjects are made from: the AFIDs MNI template (real anatomy), a blob phantom with
+#: landmarks ``L0..L3``, an ellipsoid "organ" phantom with surface points ``organ#i`` (box targets).
+SOURCES = ("afids", "phantom", "ellipsoid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +41,20 @@ class DataConfig:
     seed: int = 0
     dtype: str = "uint8"
     factors: tuple[int, ...] = (1,)
-    phantom_shape: tuple[int, ...] = (32, 32, 32)  # only for source: phantom (voxels at `spacing`)
+    phantom_shape: tuple[int, ...] = (32, 32, 32)  # only for the phantom sources (voxels at `spacing`)
+    structures: tuple[str, ...] = ()  # AFIDs only: anatomical structures carried as surface points (box targets)
 
     def __post_init__(self):
-        if self.source not in ("afids", "phantom"):
-            raise ConfigError(f"data.source must be 'afids' or 'phantom', got {self.source!r}")
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.structures:
+            from jaxmed.data.anatomy import STRUCTURES
+
+            if self.source != "afids":
+                raise ConfigError("data.structures needs data.source: afids (phantoms carry their own 'organ#i' points)")
+            unknown = [s for s in self.structures if s not in STRUCTURES]
+            if unknown:
+                raise ConfigError(f"data.structures: unknown structure(s) {unknown}; available: {', '.join(STRUCTURES)}")
         if self.n_train < 1 or self.n_test < 1:
             raise ConfigError("data.n_train and data.n_test must be >= 1")
 
@@ -128,10 +144,20 @@ class ExperimentConfig:
 def template(cfg: DataConfig):
     """``(Volume, Landmarks)`` the subjects are made from; loaded once per process and data config
     (training, evaluation and the template-prior baseline all use it). Callers must not mutate it."""
-    from jaxmed.data import afids, blob_phantom
+    from jaxmed.data import Landmarks, afids, blob_phantom
+    from jaxmed.data.phantoms import ellipsoid_phantom
 
     if cfg.source == "afids":
-        return afids.load()
+        volume, landmarks = afids.load()
+        if cfg.structures:
+            from jaxmed.data.anatomy import structure_landmarks
+
+            extra = structure_landmarks(volume, landmarks, cfg.structures)
+            landmarks = Landmarks(landmarks.labels + extra.labels, np.concatenate([landmarks.positions, extra.positions]),
+                                  landmarks.descriptions + extra.descriptions, source=landmarks.source)
+        return volume, landmarks
+    if cfg.source == "ellipsoid":
+        return ellipsoid_phantom(shape=tuple(cfg.phantom_shape), spacing=cfg.spacing, seed=cfg.seed)
     return blob_phantom(shape=tuple(cfg.phantom_shape), spacing=cfg.spacing, n_landmarks=4, seed=cfg.seed)
 
 
@@ -155,7 +181,8 @@ def make_bank(cfg: ExperimentConfig, split: str, n: int):
     labels = env.required_labels
     t0 = time.perf_counter()
     subjects = make_subjects(cfg.data, split, n, labels)
-    bank = build_bank(subjects, labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype)
+    bank = build_bank(subjects, labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype,
+                      packed=env.wants_packed_bank)
     return bank, subjects, time.perf_counter() - t0
 
 

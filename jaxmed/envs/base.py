@@ -168,6 +168,12 @@ class Environment:
         return int(getattr(getattr(self, "config", None), "crop_size", 1))
 
     @property
+    def wants_packed_bank(self) -> bool:
+        """Whether this env renders faster from a bank with the packed pyramid
+        (``build_bank(..., packed=True)``): envs that read several pyramid levels per sample."""
+        return False
+
+    @property
     def metric_labels(self) -> tuple[str, ...]:
         """One row name per agent for result tables (e.g. the target landmark, the structure)."""
         return tuple(f"agent{i}" for i in range(self.n_agents))

@@ -44,7 +44,7 @@ Shapes and units (one agent, ``A = 1``, so the Q-networks of the landmark envs a
   is read from the coarsest of ``config.levels`` whose voxels are no larger than the grid spacing
   (``max level spacing <= min grid spacing``; the finest when none is), so a large box costs the same
   as a small one and is averaged over the level's pooled voxels instead of point-sampling level 0.
-  With several levels, a bank built with ``packed=True`` (:attr:`BoxEnv.prefers_packed_bank`) reads
+  With several levels, a bank built with ``packed=True`` (:attr:`BoxEnv.wants_packed_bank`) reads
   each sample from its frame's level in one gather; otherwise every candidate level is sampled and
   selected (3x the gathers for three levels).
 * ``info``: ``iou`` ``(1,)``, ``final_iou``, ``final_centre_error_mm``, ``final_wall_distance_mm``
@@ -343,7 +343,7 @@ class BoxEnv(Environment):
         return f"BoxEnv(name={self._name!r}, config={self.config})"
 
     @property
-    def prefers_packed_bank(self) -> bool:
+    def wants_packed_bank(self) -> bool:
         """Whether a bank with the packed pyramid (``build_bank(..., packed=True)``) makes this env
         faster: with several ``levels`` every sample is then one gather from its frame's level
         instead of one per candidate level (measured 3-5x faster rendering on CPU)."""
