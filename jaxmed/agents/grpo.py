@@ -62,6 +62,7 @@ from jaxmed.agents.rollout_pg import (
     make_optimizer,
     make_parallel,
     masked_mean,
+    metric_sums,
     pmean_if,
     policy_value,
     reduce_chunk_metrics,
@@ -234,12 +235,7 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
         means["episode_length"] = outcome["length"].mean()
         sums = {"episodes": jnp.asarray(n_envs, jnp.float32), "episodes_ended": outcome["ended"].sum(),
                 "reward/sum": outcome["return"].sum(), "reward/count": valid.sum()}
-        for k in outcome:
-            if k.startswith(FINAL_PREFIX):
-                per_env = jnp.nanmean(outcome[k], axis=-1)
-                ok = jnp.isfinite(per_env)
-                sums[k + "/sum"] = jnp.where(ok, per_env, 0.0).sum()
-                sums[k + "/count"] = ok.sum()
+        sums.update(metric_sums({k: v for k, v in outcome.items() if k.startswith(FINAL_PREFIX)}, jnp.ones((n_envs,), bool)))
         return rs, (sums, means)
 
     def run_chunk(rs: RunnerState, bank):

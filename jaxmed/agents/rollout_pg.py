@@ -413,21 +413,26 @@ def final_metric_names(info) -> tuple[str, ...]:
     return tuple(sorted(k for k in info if k.startswith(FINAL_PREFIX) and k != "final_state"))
 
 
-def episode_sums(info, ended) -> dict:
-    """Per-step sums for the NaN-mean over ended episodes of every ``final_*`` metric.
-
-    Args: ``info`` of a vectorised step (leaves ``(N, ...)``), ``ended`` ``(N,)`` bool.
-    Returns ``{"episodes": ended count, "<key>/sum": ..., "<key>/count": ...}`` where an episode's value
-    is the NaN-mean over its agents (as the DQN logs ``final_distance_mm``).
-    """
-    n = ended.shape[0]
-    out = {"episodes": ended.sum().astype(jnp.float32)}
-    for name in final_metric_names(info):
-        per_env = jnp.nanmean(jnp.asarray(info[name], jnp.float32).reshape(n, -1), axis=-1)
-        ok = ended & jnp.isfinite(per_env)
+def metric_sums(values: dict, include) -> dict:
+    """``{"<key>/sum", "<key>/count"}`` for a NaN-mean over episodes: each episode's value is the NaN-mean
+    over its agents of ``values[key]`` ``(N, ...)``; episodes count where ``include`` ``(N,)`` and the
+    value is finite (:func:`reduce_chunk_metrics` turns the pairs into means)."""
+    out = {}
+    for name, value in values.items():
+        n = include.shape[0]
+        per_env = jnp.nanmean(jnp.asarray(value, jnp.float32).reshape(n, -1), axis=-1)
+        ok = include & jnp.isfinite(per_env)
         out[name + "/sum"] = jnp.where(ok, per_env, 0.0).sum()
         out[name + "/count"] = ok.sum().astype(jnp.float32)
     return out
+
+
+def episode_sums(info, ended) -> dict:
+    """Per-step sums for the NaN-mean over ended episodes of every ``final_*`` metric of a vectorised
+    step's ``info`` (leaves ``(N, ...)``; ``ended`` ``(N,)`` bool), as the DQN logs ``final_distance_mm``:
+    ``{"episodes": ended count, "<key>/sum": ..., "<key>/count": ...}``."""
+    sums = metric_sums({k: info[k] for k in final_metric_names(info)}, ended)
+    return {"episodes": ended.sum().astype(jnp.float32), **sums}
 
 
 def reduce_chunk_metrics(sums: dict, means: dict, axis_name: str | None) -> dict:
