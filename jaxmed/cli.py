@@ -24,7 +24,7 @@ import numpy as np
 from jaxmed.errors import JaxmedError
 
 #: Subcommand modules under ``jaxmed/commands`` (each has ``add_parser(subparsers)``).
-COMMAND_MODULES: tuple[str, ...] = ("sweep", "bench")
+COMMAND_MODULES: tuple[str, ...] = ("register", "plane", "sweep", "bench")
 
 
 def _cmd_fetch(args) -> int:
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_cmd_quickstart)
 
-    t = sub.add_parser("train", help="train a landmark agent from a YAML config")
+    t = sub.add_parser("train", help="train any learner on any env from a YAML config (see configs/)")
     t.add_argument("config", help="experiment YAML (see configs/)")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. dqn.learning_rate=3e-4")
     t.add_argument("--run-dir", help="output directory (default: runs/CONFIG_NAME)")
