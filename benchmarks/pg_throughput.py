@@ -180,8 +180,8 @@ def markdown(result) -> str:
 
 
 def plot(result, path: Path) -> None:
-    """Left: env-steps/s of the whole PPO program against n (log-log). Right: seconds per iteration
-    split into the rollout and the update."""
+    """Left: env-steps/s of the whole PPO program against n (log-log), with each row's load average.
+    Right: the share of an iteration spent in the rollout and in the update."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,15 +195,20 @@ def plot(result, path: Path) -> None:
            title="PPO training throughput")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    for r in rows:
+        ax.annotate(f"load {r['load_avg_1m']:.1f}", (r["n_envs"], r["env_steps_per_s"]), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=7, color="grey")
     split = [r for r in rows if "rollout_s" in r]
     x = np.arange(len(split))
-    roll = np.array([r["rollout_s"] for r in split])
-    upd = np.array([r["update_s"] for r in split])
+    roll = np.array([100 * r["rollout_fraction"] for r in split])
     bx.bar(x, roll, label="rollout (policy forward + env step + GAE)")
-    bx.bar(x, upd, bottom=roll, label="update (re-render + forward/backward + Adam)")
+    bx.bar(x, 100 - roll, bottom=roll, label="update (re-render + forward/backward + Adam)")
+    for i, r in enumerate(split):
+        bx.annotate(f"{r['iteration_s']:.3g} s", (i, 101), ha="center", fontsize=7)
     bx.set_xticks(x, [str(r["n_envs"]) for r in split])
-    bx.set(yscale="log", xlabel="parallel environments n", ylabel="seconds per iteration", title="where an iteration's time goes")
-    bx.legend(fontsize=8)
+    bx.set(ylim=(0, 110), xlabel="parallel environments n", ylabel="% of an iteration (label: seconds per iteration)",
+           title="where an iteration's time goes")
+    bx.legend(fontsize=8, loc="center right")
     save_figure(fig, path, machine_line(result["machine"]))
 
 

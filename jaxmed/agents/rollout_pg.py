@@ -13,7 +13,8 @@ Conventions (``T`` time steps, ``N`` environments, ``A`` agents per environment,
   ends only by ``truncated`` bootstraps from the value of its final observation
   ``env.get_obs(info["final_state"], params, bank)``, not from the reset observation.
 * Rollouts store observation *states* (``env.obs_state``), never pixels; the update re-renders them
-  with ``env.render`` (as the DQN replay does), so a rollout of 4096 envs x 128 steps is megabytes.
+  with ``env.render`` (as the DQN replay does): a two-agent landmark rollout step is about 70 bytes
+  per env (4096 envs x 128 steps: 37 MB) instead of 27 KB of uint8 crops (15³, 2 frames, 2 agents).
 """
 
 from __future__ import annotations
