@@ -78,7 +78,7 @@ def _reference_action(net, net_params, env, params, bank, state, top_k, depth):
         for _ in range(depth - 1):
             s = step(s, jnp.asarray(np.argmax(np.asarray(q_of(s)), axis=-1), jnp.int32))
         v = np.asarray(q_of(s)).max(-1)
-        scores.append(-np.where(np.asarray(s.done).reshape(-1), 0.0, v))
+        scores.append(-v)
     best = np.argmax(np.stack(scores), axis=0)
     return order[np.arange(order.shape[0]), best]
 

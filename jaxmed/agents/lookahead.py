@@ -14,8 +14,11 @@ Search (one environment state, ``A`` agents, ``K = top_k``, ``d = depth``):
    rewards are *not* used: they are computed from the ground truth, which a test-time search may not
    read.
 3. Score of candidate ``j`` for agent ``i``: ``-V_i(s_end)``, where ``V_i(s) = max_a Q_i(s, a)`` is the
-   network's predicted return-to-go from the state the rollout ended in, and ``V = 0`` for an agent
-   that is done there. Each agent takes the first action of its best-scoring candidate (ties: the
+   network's predicted return-to-go from the state the rollout ended in, read as an estimate of the
+   error left there (below) — also when the agent is done there: a finished episode's true
+   return-to-go is 0, but 0 says nothing about how good the state it stopped in is, while the
+   network's value of that state does (near the target every move loses, so ``V`` is lowest
+   there). Each agent takes the first action of its best-scoring candidate (ties: the
    better-ranked candidate, so the greedy action wins ties).
 
 Why ``-V(s_end)`` and not "max Q at the end of the rollout": in every jaxmed environment with a
@@ -50,21 +53,12 @@ def _check(top_k: int, depth: int, n_actions: int) -> tuple[int, int]:
     return top_k, depth
 
 
-def _agent_done(state, n_agents: int) -> jax.Array:
-    """``(A,)`` bool: per-agent done flags of a state (all False if the state has none)."""
-    done = getattr(state, "done", None)
-    if done is None:
-        return jnp.zeros((n_agents,), bool)
-    return jnp.broadcast_to(jnp.reshape(done, (-1,)), (n_agents,))
-
-
 def lookahead_action(network, params, env, env_params, bank, state, top_k: int = 3, depth: int = 2) -> jax.Array:
     """The look-ahead action ``(A,)`` int32 for one (unbatched) environment state (module docstring).
 
     Args:
       network: a Q-network, ``network.apply(params, obs (B, A, ...)) -> (B, A, n_actions)``.
-      env: any jaxmed environment (``get_obs``, ``step_env``; states with a ``done`` ``(A,)`` field are
-        frozen and valued 0 once done).
+      env: any jaxmed environment (``get_obs``, ``step_env``; done agents stay frozen in ``step_env``).
       top_k: candidates per agent (static); ``1`` is the greedy action.
       depth: environment steps simulated per candidate, the candidate action included (static);
         ``0`` is the greedy action.
@@ -74,7 +68,6 @@ def lookahead_action(network, params, env, env_params, bank, state, top_k: int =
     greedy = jnp.argmax(q, axis=-1).astype(jnp.int32)
     if top_k == 1 or depth == 0:
         return greedy
-    n_agents = q.shape[0]
     candidates = jnp.argsort(-q, axis=-1)[:, :top_k].T.astype(jnp.int32)  # (K, A), best first
     copies = jax.tree.map(lambda x: jnp.broadcast_to(x, (top_k,) + jnp.shape(x)), state)
     v_step = jax.vmap(env.step_env, in_axes=(None, 0, 0, None, None))
@@ -91,9 +84,7 @@ def lookahead_action(network, params, env, env_params, bank, state, top_k: int =
         return v_step(key, states, action, env_params, bank)[0], None
 
     states, _ = jax.lax.scan(body, states, None, length=depth - 1)
-    value = jnp.max(q_values(states), axis=-1)  # (K, A)
-    done = jax.vmap(_agent_done, in_axes=(0, None))(states, n_agents)
-    score = -jnp.where(done, 0.0, value)
+    score = -jnp.max(q_values(states), axis=-1)  # (K, A)
     best = jnp.argmax(score, axis=0)  # (A,), first maximum = better-ranked candidate
     return jnp.take_along_axis(candidates, best[None, :], axis=0)[0]
 
