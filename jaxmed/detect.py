@@ -56,7 +56,7 @@ def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None 
         raise ConfigError(f"n_starts must be >= 1, got {n_starts}")
     cfg, network, params = load_params(run_dir)
     env, _, eval_params = ex.make_env(cfg)
-    if not isinstance(env, LandmarkEnv):
+    if type(env) is not LandmarkEnv:
         raise ConfigError(f"{run_dir}: a {cfg.env_name} run does not detect landmarks (use the command for that task)")
     targets = env.config.targets
     trained = env.required_labels

@@ -321,7 +321,7 @@ def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | Non
     env, _, eval_params = ex.make_env(cfg, bank.labels)
     network = ex.make_network(cfg, env)
     states = env.eval_states(eval_params, bank, cfg.eval_starts, seed=cfg.train.seed)
-    is_landmark = isinstance(env, LandmarkEnv)
+    is_landmark = type(env) is LandmarkEnv  # subclasses (corner pair) have other targets
     rollout = make_policy_rollout(cfg, env, eval_params, network, record=(lambda s: s.pos) if is_landmark else None)
     per_seed, eval_s, res = [], 0.0, None
     for seed in range(cfg.train.seeds):

@@ -183,3 +183,21 @@ def test_goal_config_trains_with_hindsight_relabelling(tmp_path):
     assert len(rows) == 3 and summary["env_steps"] == 2 * 10 * 8
     last = dict(zip(rows[0].split(","), rows[-1].split(",")))
     assert np.isfinite(float(last["loss"]))  # updates ran on relabelled batches
+
+
+def test_evaluate_run_on_a_corner_pair_env(tmp_path):
+    """Envs that subclass the landmark env (corner pair) are evaluated by their own metrics, without
+    the landmark-only template prior and trajectory plot."""
+    import jax.numpy as jnp
+
+    from jaxmed.experiment import dummy_observation, make_env, make_network
+    from jaxmed.train import evaluate_run
+
+    cfg = ExperimentConfig.from_dict(apply_overrides(load_yaml("configs/phantom_box_dqn.yaml"), [
+        "env={name: corner-pair-v0, structure: organ, n_points: 26, crop_size: 15, frames: 1, max_steps: 10, "
+        "eval_starts: 2, eval_max_steps: 10}", "data.n_test=1", "network.n_agents=2"]))
+    env, _, _ = make_env(cfg)
+    params = make_network(cfg, env).init(jax.random.key(0), dummy_observation(cfg, env))
+    ev = evaluate_run(cfg, jax.tree.map(jnp.asarray, params), tmp_path)
+    assert "iou" in ev["stats"] and "template_prior" not in ev
+    assert (tmp_path / "eval.md").exists() and not (tmp_path / "trajectories.png").exists()
