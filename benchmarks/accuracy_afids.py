@@ -48,7 +48,8 @@ def comparison_table(runs: dict[str, dict]) -> str:
         cells = []
         for n in names:
             s = _stats(runs[n]["evaluation"]).get(label)
-            cells.append(f"{s['mean']:.2f} ± {s['std']:.2f}, {100 * s['success_2mm']:.0f} %" if s else "—")
+            succ = f", {100 * s['success_2mm']:.0f} %" if s and "success_2mm" in s else ""
+            cells.append(f"{s['mean']:.2f} ± {s['std']:.2f}{succ}" if s else "—")
         prior = first.get("template_prior", {}).get(label)
         prior_cell = f"{prior['mean']:.2f} ± {prior['std']:.2f}" if prior else "—"
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {prior_cell} | {PUBLISHED_MM.get(label, '—')} |")
