@@ -27,6 +27,7 @@ Throughput: random-policy env steps per second (auto-reset, observation rendered
 of vmapped environments, on the test bank.
 
     python benchmarks/plane_afids.py [--planes acpc_axial midsagittal] [--budget-s 540] [overrides ...]
+    python benchmarks/plane_afids.py --update --n-envs 1 16 64 256 1024 --repeats 7   # baselines + throughput again
     python benchmarks/plane_afids.py --replot
 
 Writes ``benchmarks/results/plane_afids.json`` and ``.png``.
@@ -127,6 +128,23 @@ def carried_plane(normal, offset, affine) -> tuple[np.ndarray, float]:
     return n, float(offset / scale + n @ t)
 
 
+def baselines(cfg, env, eval_params, bank, affines=None) -> dict:
+    """Errors of the answers without a model: the template plane in world coordinates (carried by
+    nothing) and, given the subjects' true global affines ``(n, 4, 4)``, the oracle-affine plane."""
+    from jaxmed import experiment as ex
+
+    vols = np.arange(bank.n_volumes)
+    _, tpl_landmarks = ex.template(cfg.data)
+    n_tpl, d_tpl = env.definition.from_landmarks(tpl_landmarks)
+    out = {"template plane (no model)": metrics_of_planes(env, eval_params, bank, vols, np.repeat(n_tpl[None], len(vols), 0),
+                                                          np.full(len(vols), d_tpl))}
+    if affines is not None:
+        carried = [carried_plane(n_tpl, d_tpl, a) for a in affines]
+        out["oracle affine (no model)"] = metrics_of_planes(env, eval_params, bank, vols, np.array([c[0] for c in carried]),
+                                                            np.array([c[1] for c in carried]))
+    return out
+
+
 def evaluate_plane(cfg, trained: dict, bank, n_prior_starts: int, affines=None) -> dict:
     """Every method's per-subject (or per-start) errors on the test ``bank``."""
     from jaxmed import experiment as ex
@@ -169,15 +187,7 @@ def evaluate_plane(cfg, trained: dict, bank, n_prior_starts: int, affines=None) 
     n0, d0 = jax.vmap(env.plane_world, in_axes=(0, None))(first, bank)
     out["prior start"] = metrics_of_planes(env, eval_params, bank, vols, np.asarray(n0)[:, 0], np.asarray(d0)[:, 0])
 
-    # the template plane in world coordinates, carried by nothing
-    _, tpl_landmarks = ex.template(cfg.data)
-    n_tpl, d_tpl = env.definition.from_landmarks(tpl_landmarks)
-    out["template plane (no model)"] = metrics_of_planes(env, eval_params, bank, vols, np.repeat(n_tpl[None], len(vols), 0),
-                                                         np.full(len(vols), d_tpl))
-    if affines is not None:  # an oracle: the template plane carried by each subject's true global affine
-        carried = [carried_plane(n_tpl, d_tpl, a) for a in affines]
-        out["oracle affine (no model)"] = metrics_of_planes(env, eval_params, bank, vols, np.array([c[0] for c in carried]),
-                                                            np.array([c[1] for c in carried]))
+    out.update(baselines(cfg, env, eval_params, bank, affines))
     table = {method: {m: stats(v[m]) for m in METRICS} for method, v in out.items()}
     return {"stats": table, "eval_seconds_perturbed": perturbed_s, "eval_seconds_prior": prior_s,
             "seconds_per_subject_prior": prior_s / bank.n_volumes, "prior_starts_per_subject": n_prior_starts,
@@ -185,7 +195,8 @@ def evaluate_plane(cfg, trained: dict, bank, n_prior_starts: int, affines=None) 
 
 
 def throughput(env, params, bank, n_envs_list, steps: int = 50, repeats: int = 3) -> list[dict]:
-    """Random-policy env steps/s (auto-reset, observation rendered and reduced) per number of envs."""
+    """Random-policy env steps/s (auto-reset, observation rendered and reduced) per number of envs
+    (median of ``repeats`` timed runs of ``steps`` vector steps, after one compiling run)."""
     rows = []
     for n in n_envs_list:
         v_reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None, None)))
@@ -219,6 +230,7 @@ def run(args) -> dict:
 
     result = {"machine": machine_info(), "config": str(args.config), "overrides": list(args.overrides), "planes": {}}
     first = load_config(args.config, args.overrides, args.planes[0])
+    result["data"] = dataclasses.asdict(first.data)
     env0, _, _ = ex.make_env(first)
     labels = env0.required_labels  # the same AFIDs for every registered AFIDs plane
     t0 = time.perf_counter()
@@ -237,7 +249,9 @@ def run(args) -> dict:
         ev = evaluate_plane(cfg, trained, banks["test"], args.prior_starts, affines["test"])
         result["planes"][plane] = {
             "description": trained["env"].definition.description,
-            "env": {k: v for k, v in cfg.env.items()}, "dqn": dataclasses.asdict(cfg.dqn),
+            "env": {**dataclasses.asdict(trained["env"].config), **dataclasses.asdict(trained["params"]),
+                    "eval_starts": cfg.eval_starts, "eval_max_steps": cfg.env.get("eval_max_steps")},
+            "network": dict(cfg.network), "dqn": dataclasses.asdict(cfg.dqn),
             "chunks": trained["chunks"], "env_steps": trained["env_steps"], "train_s": trained["train_s"],
             "compile_s": trained["compile_s"], "train_env_steps_per_s": trained["env_steps_per_s"],
             "train_curve": [{k: h[k] for k in ("final_angle_deg", "final_distance_mm", "epsilon", "reward")} for h in trained["history"]],
@@ -248,6 +262,38 @@ def run(args) -> dict:
             _, params, _ = ex.make_env(cfg, banks["test"].labels)
             print("env throughput (random policy):", flush=True)
             result["throughput"] = {"plane": plane, "rows": throughput(trained["env"], params, banks["test"], args.n_envs)}
+    return result
+
+
+def update(args) -> dict:
+    """Recompute what needs no training on the same test subjects (the no-model baselines of every
+    plane in ``args.out``) and re-measure the throughput (``--n-envs``) into ``args.out``."""
+    import json
+    import os
+
+    from jaxmed import experiment as ex
+    from jaxmed.data import build_bank
+
+    result = json.loads(args.out.read_text())
+    result["training_run_wall_seconds"] = result.get("training_run_wall_seconds", result.get("wall_seconds"))
+    planes = list(result["planes"])
+    first = load_config(Path(result["config"]), result["overrides"], planes[0])
+    env0, _, _ = ex.make_env(first)
+    subjects, affines = make_subjects(first.data, "test", first.data.n_test, env0.required_labels)
+    bank = build_bank(subjects, env0.required_labels, factors=first.data.factors, max_crop=env0.max_crop, dtype=first.data.dtype,
+                      packed=env0.wants_packed_bank)
+    for plane in planes:
+        cfg = load_config(Path(result["config"]), result["overrides"], plane)
+        env, _, eval_params = ex.make_env(cfg, bank.labels)
+        for method, values in baselines(cfg, env, eval_params, bank, affines).items():
+            result["planes"][plane]["stats"][method] = {m: stats(values[m]) for m in METRICS}
+    if args.n_envs:
+        cfg = load_config(Path(result["config"]), result["overrides"], planes[0])
+        env, params, _ = ex.make_env(cfg, bank.labels)
+        load = os.getloadavg()[0]
+        rows = throughput(env, params, bank, args.n_envs, repeats=args.repeats)
+        result["throughput"] = {"plane": planes[0], "rows": rows, "load_avg_1m": [load, os.getloadavg()[0]],
+                                "measured": machine_info()["date"]}
     return result
 
 
@@ -320,10 +366,15 @@ def main() -> None:
     p.add_argument("--prior-starts", type=int, default=9, help="starts per subject around the template prior")
     p.add_argument("--n-envs", type=int, nargs="*", default=[1, 16, 64, 256, 1024], help="throughput sizes (none: skip)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "plane_afids.json")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per throughput size (median)")
     p.add_argument("--replot", action="store_true", help="redraw the PNG and table of an existing result")
+    p.add_argument("--update", action="store_true", help="recompute the no-model baselines and the throughput of an existing result")
     args = p.parse_args()
     if args.replot:
         replot(args.out, plot, markdown)
+        return
+    if args.update:
+        run_and_write(update, args, plot, markdown)
         return
     run_and_write(run, args, plot, markdown)
 

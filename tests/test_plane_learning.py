@@ -35,7 +35,7 @@ def trained():
     from jaxmed.agents.dqn import DQNConfig, make_train
     from jaxmed.networks import network_from_config
 
-    bank = build_bank([plane_phantom(seed=s) for s in range(6)], LABELS, factors=(1, 2), max_crop=3, dtype="uint8")
+    bank = build_bank([plane_phantom(seed=s) for s in range(6)], LABELS, factors=(1, 2), max_crop=3, dtype="uint8", packed=True)
     env = PlaneEnv(PlaneEnvConfig(**ENV), labels=bank.labels)
     params = EnvParams(**PARAMS)
     net = network_from_config(NETWORK)

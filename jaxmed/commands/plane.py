@@ -123,7 +123,7 @@ def find_plane(volume, env, env_params, policy, *, factors=(1,), dtype: str = "f
     # The bank needs landmark positions; nothing here reads them (no reward, no target stop).
     centre = volume.voxel_to_world((np.array(volume.shape) - 1) / 2)
     placeholder = Landmarks(labels, np.repeat(centre[None], len(labels), 0), source=str(volume.source))
-    bank = build_bank([(volume, placeholder)], labels, factors=factors, max_crop=3, dtype=dtype)
+    bank = build_bank([(volume, placeholder)], labels, factors=factors, max_crop=3, dtype=dtype, packed=env.wants_packed_bank)
     eval_params = env.eval_params(env_params)
     max_tilt = min(10.0, 0.5 * float(env_params.max_start_angle_deg))
     normal, offset = (None, 0.0) if prior is None else prior

@@ -67,6 +67,12 @@ The dynamics below are the specification (``A = 1`` agent; ``k`` = ``config.fram
   ``final_angle_deg`` / ``final_distance_mm`` (NaN unless the episode ended), ``oscillated``,
   ``scale``; ``final_state`` (added by :meth:`Environment.step`).
 
+Network input: the Q-networks' ``(..., A, k, X, Y, Z)`` with ``A = 1``, the ``k`` frames as channels
+and the slab ``(S, H, W)`` as the spatial axes (the patch trunk takes per-axis patch sizes, e.g.
+``(3, 4, 4)`` for ``S = 3``). The shipped configs use ``k = 1``: the slab's slices (``slice_gap``
+apart) already show the off-plane anatomy, and history frames of a plane that moved by whole degrees
+add little; ``k > 1`` is supported.
+
 Replay without pixels: :meth:`PlaneEnv.obs_state` keeps the volume index, the ``k`` newest planes
 ``(A, k, 4)`` (normal, offset) and the scale; :meth:`PlaneEnv.render` re-renders them.
 """
