@@ -334,7 +334,8 @@ def plot(result: dict, path: Path) -> None:
 
     planes = list(result["planes"])
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    methods = ("agent, perturbed starts", "agent, template prior", "prior start", "template plane (no model)")
+    methods = [m for m in ("agent, perturbed starts", "agent, template prior", "prior start", "template plane (no model)",
+                           "oracle affine (no model)") if all(m in result["planes"][p]["stats"] for p in planes)]
     width = 0.8 / len(methods)
     for ax, metric, unit in ((axes[0], "angle_deg", "degrees"), (axes[1], "landmark_distance_mm", "mm")):
         for i, method in enumerate(methods):
