@@ -278,6 +278,7 @@ def update(args) -> dict:
     result["training_run_wall_seconds"] = result.get("training_run_wall_seconds", result.get("wall_seconds"))
     planes = list(result["planes"])
     first = load_config(Path(result["config"]), result["overrides"], planes[0])
+    result.setdefault("data", dataclasses.asdict(first.data))
     env0, _, _ = ex.make_env(first)
     subjects, affines = make_subjects(first.data, "test", first.data.n_test, env0.required_labels)
     bank = build_bank(subjects, env0.required_labels, factors=first.data.factors, max_crop=env0.max_crop, dtype=first.data.dtype,
