@@ -321,7 +321,7 @@ def test_dqn_learns_to_register_phantoms(bank):
     trained = np.asarray(roll(rs.params)["metrics"]["tre_mm"])
     untrained = np.asarray(roll(jax.jit(fns.init)(jax.random.key(9), bank).params)["metrics"]["tre_mm"])
     assert np.median(trained) < 0.3 * start.mean() and trained.mean() < 0.4 * start.mean(), (trained, start.mean())
-    assert (trained < 3.0).mean() > 0.7 and trained.mean() < 0.3 * untrained.mean()
+    assert (trained < 3.0).mean() > 0.6 and trained.mean() < 0.3 * untrained.mean()
 
 
 # ---------------------------------------------------------------- the optax baseline
