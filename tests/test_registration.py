@@ -273,7 +273,7 @@ def test_bad_inputs_raise_clear_errors(bank):
         _env(crop_size=21).reset(jax.random.key(0), None, bank)
     env = _env()
     _, s = env.reset(jax.random.key(0), None, bank)
-    for bad, match in ((jnp.array([12]), "0..11"), (jnp.array([-1]), "0..11"), (jnp.array([0.5]), "integers"), (jnp.array([1, 2]), "one action")):
+    for bad, match in ((jnp.array([12]), "0..11"), (jnp.array([-1]), "0..11"), (jnp.array([0.5]), "integers"), (jnp.array([1, 2]), "1 action")):
         with pytest.raises(ConfigError, match=match):
             env.step(jax.random.key(0), s, bad, None, bank)
     with pytest.raises(ConfigError, match="n_starts"):

@@ -103,6 +103,52 @@ class Box:
         return jnp.all((xf >= self.low) & (xf <= self.high))
 
 
+# ------------------------------------------------------------------ host-side checks shared by the envs
+
+
+def check_volume_bank(env, bank, levels, crop_size: int | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``bank`` is a VolumeBank with pyramid ``levels`` and, when
+    ``crop_size`` is given, a margin wide enough for crops of that edge (static attributes only)."""
+    from jaxmed.errors import ConfigError
+
+    if bank is None or not hasattr(bank, "levels") or not hasattr(bank, "margin"):
+        raise ConfigError(f"{env.name}: needs a VolumeBank (jaxmed.data.bank.build_bank), got {type(bank).__name__}")
+    if crop_size is not None and crop_size > bank.max_crop:
+        raise ConfigError(
+            f"{env.name}: crop_size {crop_size} is larger than the volume bank allows (max_crop {bank.max_crop}, "
+            f"margin {bank.margin} voxels); rebuild the bank with build_bank(..., max_crop={crop_size}) or use a smaller crop"
+        )
+    if max(levels) >= bank.n_levels:
+        raise ConfigError(
+            f"{env.name}: levels {tuple(levels)} need {max(levels) + 1} pyramid levels but the volume bank has "
+            f"{bank.n_levels} (factors {bank.factors}); rebuild it with more factors or use fewer levels"
+        )
+
+
+def check_discrete_action(env, action, n_actions: int, meaning: str):
+    """Raise :class:`ConfigError` unless ``action`` is ``(A,)`` integers in ``0..n_actions-1`` (a scalar
+    for one agent); ``meaning`` names the actions in the message. Shape and dtype are checked always,
+    values only when concrete. Returns the action (a host list / NumPy array as one jax array)."""
+    from jaxmed.errors import ConfigError
+
+    n_agents = env.n_agents
+    shape = tuple(getattr(action, "shape", np.shape(action)))
+    if shape not in [(n_agents,)] + ([()] if n_agents == 1 else []):
+        raise ConfigError(f"{env.name}: expected {n_agents} action(s), an int array of shape ({n_agents},), got shape {shape}")
+    dtype = getattr(action, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(action).dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ConfigError(f"{env.name}: actions must be integers in 0..{n_actions - 1}, got dtype {dtype}")
+    if is_concrete(action):
+        a = np.asarray(action)
+        if a.size and (a.min() < 0 or a.max() >= n_actions):
+            raise ConfigError(f"{env.name}: actions must lie in 0..{n_actions - 1} ({meaning}), got {a.tolist()}")
+        if not isinstance(action, jax.Array):
+            action = jnp.asarray(a, jnp.int32)  # a list / NumPy array: one array argument for jit
+    return action
+
+
 # ------------------------------------------------------------------ the protocol
 
 

@@ -72,7 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, Environment, is_concrete
+from jaxmed.envs.base import Box, Discrete, Environment, check_discrete_action, check_volume_bank
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.iou import box_iou
 from jaxmed.ops.resample import affine_grid, box_to_grid_affine, trilinear_levels
@@ -369,33 +369,13 @@ class BoxEnv(Environment):
     def check_bank(self, bank) -> None:
         """Raise a :class:`ConfigError` / :class:`LandmarkError` if ``bank`` cannot serve this env
         (static attributes only, so a traced bank works too)."""
-        if bank is None or not hasattr(bank, "levels") or not hasattr(bank, "margin"):
-            raise ConfigError(f"{self.name}: needs a VolumeBank (jaxmed.data.bank.build_bank), got {type(bank).__name__}")
-        if max(self.config.levels) >= bank.n_levels:
-            raise ConfigError(
-                f"{self.name}: levels {self.config.levels} need {max(self.config.levels) + 1} pyramid levels but the volume "
-                f"bank has {bank.n_levels} (factors {bank.factors}); rebuild it with more factors or use fewer levels"
-            )
+        check_volume_bank(self, bank, self.config.levels)
         self._point_indices(bank)
 
     def check_action(self, action):
         """Raise :class:`ConfigError` unless ``action`` is one integer in ``0..n_actions-1`` (shape ``(1,)`` or ``()``)."""
-        n = self.config.n_actions
-        shape = tuple(getattr(action, "shape", np.shape(action)))
-        if shape not in ((1,), ()):
-            raise ConfigError(f"{self.name}: expected one action, an int array of shape (1,), got shape {shape}")
-        dtype = getattr(action, "dtype", None)
-        if dtype is None:
-            dtype = np.asarray(action).dtype
-        if not jnp.issubdtype(dtype, jnp.integer):
-            raise ConfigError(f"{self.name}: actions must be integers in 0..{n - 1}, got dtype {dtype}")
-        if is_concrete(action):
-            a = np.asarray(action)
-            if a.min() < 0 or a.max() >= n:
-                raise ConfigError(f"{self.name}: actions must lie in 0..{n - 1} ({', '.join(ACTION_NAMES[:n])}), got {a.tolist()}")
-            if not isinstance(action, jax.Array):
-                action = jnp.asarray(a, jnp.int32)
-        return action
+        return check_discrete_action(self, action, self.config.n_actions, "±x, ±y, ±z, bigger, smaller, thinner, flatter, taller, trigger")
+
 
     # -------------------------------------------------------------- geometry
 

@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, Environment, is_concrete
+from jaxmed.envs.base import Box, Discrete, Environment, check_discrete_action, check_volume_bank, is_concrete
 from jaxmed.errors import ConfigError, LandmarkError
 
 N_ACTIONS = 6
@@ -239,19 +239,7 @@ class LandmarkEnv(Environment):
     def check_bank(self, bank) -> None:
         """Check that ``bank`` can serve this env: crop size within the padded margin, levels present,
         targets among its labels. Host side, static attributes only (works on a traced bank too)."""
-        c = self.config
-        if bank is None or not hasattr(bank, "levels") or not hasattr(bank, "margin"):
-            raise ConfigError(f"{self.name}: needs a VolumeBank (jaxmed.data.bank.build_bank), got {type(bank).__name__}")
-        if c.crop_size > bank.max_crop:
-            raise ConfigError(
-                f"{self.name}: crop_size {c.crop_size} is larger than the volume bank allows (max_crop {bank.max_crop}, "
-                f"margin {bank.margin} voxels); rebuild the bank with build_bank(..., max_crop={c.crop_size}) or use a smaller crop"
-            )
-        if max(c.levels) >= bank.n_levels:
-            raise ConfigError(
-                f"{self.name}: levels {c.levels} need {max(c.levels) + 1} pyramid levels but the volume bank has "
-                f"{bank.n_levels} (factors {bank.factors}); rebuild it with more factors or use fewer levels"
-            )
+        check_volume_bank(self, bank, self.config.levels, self.config.crop_size)
         self._target_indices(bank)
 
     def _target_indices(self, bank) -> np.ndarray:
@@ -260,24 +248,8 @@ class LandmarkEnv(Environment):
     def check_action(self, action):
         """Raise :class:`ConfigError` unless ``action`` is ``(A,)`` integers in ``0..5`` (a scalar for one
         agent). Shape and dtype are checked always; values only when ``action`` is concrete."""
-        shape = tuple(getattr(action, "shape", np.shape(action)))
-        allowed = [(self.n_agents,)] + ([()] if self.n_agents == 1 else [])
-        if shape not in allowed:
-            raise ConfigError(
-                f"{self.name}: expected {self.n_agents} action(s), an int array of shape ({self.n_agents},), got shape {shape}"
-            )
-        dtype = getattr(action, "dtype", None)
-        if dtype is None:
-            dtype = np.asarray(action).dtype
-        if not jnp.issubdtype(dtype, jnp.integer):
-            raise ConfigError(f"{self.name}: actions must be integers in 0..{N_ACTIONS - 1}, got dtype {dtype}")
-        if is_concrete(action):
-            a = np.asarray(action)
-            if a.size and (a.min() < 0 or a.max() >= N_ACTIONS):
-                raise ConfigError(f"{self.name}: actions must lie in 0..{N_ACTIONS - 1} (±x, ±y, ±z), got {a.tolist()}")
-            if not isinstance(action, jax.Array):
-                action = jnp.asarray(a, jnp.int32)  # a list / NumPy array: one array argument for jit
-        return action
+        return check_discrete_action(self, action, N_ACTIONS, "±x, ±y, ±z")
+
 
     # -------------------------------------------------------------- geometry helpers
 

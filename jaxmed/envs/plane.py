@@ -89,7 +89,7 @@ import numpy as np
 from flax import struct
 
 from jaxmed.data.planes import PlaneDefinition, get_plane
-from jaxmed.envs.base import Box, Discrete, Environment, is_concrete
+from jaxmed.envs.base import Box, Discrete, Environment, check_discrete_action, check_volume_bank
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.plane import (
     plane_basis,
@@ -349,32 +349,13 @@ class PlaneEnv(Environment):
 
     def check_bank(self, bank) -> None:
         """A :class:`VolumeBank` with the configured levels and the definition's landmarks (static checks)."""
-        if bank is None or not hasattr(bank, "levels") or not hasattr(bank, "labels"):
-            raise ConfigError(f"{self.name}: needs a VolumeBank (jaxmed.data.bank.build_bank), got {type(bank).__name__}")
-        if max(self.config.levels) >= bank.n_levels:
-            raise ConfigError(
-                f"{self.name}: levels {self.config.levels} need {max(self.config.levels) + 1} pyramid levels but the volume "
-                f"bank has {bank.n_levels} (factors {bank.factors}); rebuild it with more factors or use lower levels"
-            )
+        check_volume_bank(self, bank, self.config.levels)
         self._check_labels(bank.labels)
 
     def check_action(self, action):
         """``(1,)`` (or scalar) integers in ``0..7``; values checked when concrete."""
-        shape = tuple(getattr(action, "shape", np.shape(action)))
-        if shape not in ((1,), ()):
-            raise ConfigError(f"{self.name}: expected one action, an int array of shape (1,), got shape {shape}")
-        dtype = getattr(action, "dtype", None)
-        if dtype is None:
-            dtype = np.asarray(action).dtype
-        if not jnp.issubdtype(dtype, jnp.integer):
-            raise ConfigError(f"{self.name}: actions must be integers in 0..{N_ACTIONS - 1}, got dtype {dtype}")
-        if is_concrete(action):
-            a = np.asarray(action)
-            if a.size and (a.min() < 0 or a.max() >= N_ACTIONS):
-                raise ConfigError(f"{self.name}: actions must lie in 0..{N_ACTIONS - 1} ({', '.join(ACTION_NAMES)}), got {a.tolist()}")
-            if not isinstance(action, jax.Array):
-                action = jnp.asarray(a, jnp.int32)
-        return action
+        return check_discrete_action(self, action, N_ACTIONS, ", ".join(ACTION_NAMES))
+
 
     # -------------------------------------------------------------- geometry of a volume
 

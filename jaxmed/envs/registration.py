@@ -100,7 +100,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, Environment, is_concrete
+from jaxmed.envs.base import Box, Discrete, Environment, check_discrete_action, check_volume_bank
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.resample import affine_grid, trilinear_levels
 from jaxmed.ops.rigid import invert_rigid, matrix_to_params, rigid_distance, rigid_matrix
@@ -352,19 +352,7 @@ class RegistrationEnv(Environment):
 
     def check_bank(self, bank) -> None:
         """Crop size within the margin, levels present, TRE landmarks among the bank's labels."""
-        c = self.config
-        if bank is None or not hasattr(bank, "levels") or not hasattr(bank, "margin"):
-            raise ConfigError(f"{self.name}: needs a VolumeBank (jaxmed.data.bank.build_bank), got {type(bank).__name__}")
-        if c.crop_size > bank.max_crop:
-            raise ConfigError(
-                f"{self.name}: crop_size {c.crop_size} is larger than the volume bank allows (max_crop {bank.max_crop}); "
-                f"rebuild the bank with build_bank(..., max_crop={c.crop_size}) or use a smaller crop"
-            )
-        if max(c.levels) >= bank.n_levels:
-            raise ConfigError(
-                f"{self.name}: levels {c.levels} need {max(c.levels) + 1} pyramid levels but the volume bank has "
-                f"{bank.n_levels} (factors {bank.factors}); rebuild it with more factors or use fewer levels"
-            )
+        check_volume_bank(self, bank, self.config.levels, self.config.crop_size)
         self._landmark_indices(bank)
 
     def _landmark_indices(self, bank) -> np.ndarray:
@@ -372,21 +360,8 @@ class RegistrationEnv(Environment):
 
     def check_action(self, action):
         """:class:`ConfigError` unless ``action`` is ``(1,)`` or ``()`` integers in ``0..11``."""
-        shape = tuple(getattr(action, "shape", np.shape(action)))
-        if shape not in ((1,), ()):
-            raise ConfigError(f"{self.name}: expected one action, an int array of shape (1,), got shape {shape}")
-        dtype = getattr(action, "dtype", None)
-        if dtype is None:
-            dtype = np.asarray(action).dtype
-        if not jnp.issubdtype(dtype, jnp.integer):
-            raise ConfigError(f"{self.name}: actions must be integers in 0..{N_ACTIONS - 1}, got dtype {dtype}")
-        if is_concrete(action):
-            a = np.asarray(action)
-            if a.size and (a.min() < 0 or a.max() >= N_ACTIONS):
-                raise ConfigError(f"{self.name}: actions must lie in 0..{N_ACTIONS - 1} (±tx, ±ty, ±tz, ±rx, ±ry, ±rz), got {a.tolist()}")
-            if not isinstance(action, jax.Array):
-                action = jnp.asarray(a, jnp.int32)
-        return action
+        return check_discrete_action(self, action, N_ACTIONS, "±tx, ±ty, ±tz, ±rx, ±ry, ±rz")
+
 
     # -------------------------------------------------------------- geometry
 
