@@ -32,6 +32,12 @@ predicting the path rewards as ``Q(s_t, a_t) - gamma V(s_{t+1})`` telescopes bac
 along a greedy path, i.e. to the plain greedy choice. So this search only suits rewards of the
 error-decrease kind; with ``depth == 0`` or ``top_k == 1`` it is exactly the greedy action.
 
+Caveats: the search trusts the network's values of states it visits off the greedy path, which a
+weakly trained network estimates worst (measured in ``benchmarks/registration_afids.py``: it can
+hurt as well as help); and in coarse-to-fine environments a value at a finer level is smaller for
+the same error (smaller steps collect the remaining reward more slowly), so candidates that trigger
+a level switch are favoured.
+
 Cost per decision: one forward pass for ``Q`` plus ``K * d`` environment steps and ``K * d`` forward
 passes (batched over the ``K`` candidates).
 """
