@@ -172,7 +172,8 @@ def env_throughput(env, params, bank, n_envs_list=(1, 16, 64, 256, 1024), steps:
     return rows
 
 
-def run_config(path: str, budget_s: float, overrides=(), baseline: bool = True, params_dir=None, reuse: bool = False) -> dict:
+def run_config(path: str, budget_s: float, overrides=(), baseline: bool = True, params_dir=None, reuse: bool = False,
+               lookahead=((3, 2),)) -> dict:
     cfg = ex.ExperimentConfig.from_dict(apply_overrides(load_yaml(path), list(overrides)), path)
     print(f"\n== {path}: building banks", flush=True)
     train_bank, _, train_bank_s = ex.make_bank(cfg, "train", cfg.data.n_train)
@@ -200,7 +201,7 @@ def run_config(path: str, budget_s: float, overrides=(), baseline: bool = True, 
             saved.with_suffix(".json").write_text(json.dumps(train, default=float))
     env, params, eval_params = ex.make_env(cfg, test_bank.labels)
     states = env.eval_states(eval_params, test_bank, cfg.eval_starts, seed=cfg.train.seed + 1)
-    results, per_pair = evaluate_agent(env, eval_params, network, net_params, test_bank, states)
+    results, per_pair = evaluate_agent(env, eval_params, network, net_params, test_bank, states, lookahead)
     # the same protocol on the training subjects: the generalisation gap
     train_states = env.eval_states(eval_params, train_bank, cfg.eval_starts, seed=cfg.train.seed + 1)
     seen, _ = evaluate_agent(env, eval_params, network, net_params, train_bank, train_states, lookahead=())
@@ -241,13 +242,16 @@ def main(argv=None) -> dict:
     p.add_argument("--no-baseline", action="store_true", help="skip the optax baseline")
     p.add_argument("--params-dir", type=Path, help="save the trained networks here (msgpack + training summary)")
     p.add_argument("--reuse", action="store_true", help="with --params-dir: evaluate networks saved there instead of training")
+    p.add_argument("--lookahead", type=int, nargs="*", default=[3, 2], help="look-ahead settings to evaluate: K D [K D ...]")
     p.add_argument("--n-envs", type=int, nargs="*", default=[1, 16, 64, 256, 1024], help="env throughput sizes (none: skip)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "registration_afids.json")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     result = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "budget_s": args.budget_s, "runs": []}
     for path in args.configs:
-        run = run_config(path, args.budget_s, args.set, baseline=not args.no_baseline, params_dir=args.params_dir, reuse=args.reuse)
+        pairs = tuple(zip(args.lookahead[::2], args.lookahead[1::2]))
+        run = run_config(path, args.budget_s, args.set, baseline=not args.no_baseline, params_dir=args.params_dir, reuse=args.reuse,
+                         lookahead=pairs)
         env, params, bank = run.pop("_env"), run.pop("_params"), run.pop("_bank")
         if args.n_envs and result.get("throughput") is None:
             result["throughput"] = env_throughput(env, params, bank, tuple(args.n_envs))
