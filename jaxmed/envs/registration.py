@@ -324,6 +324,11 @@ class RegistrationEnv(Environment):
         return self.config.landmarks
 
     @property
+    def wants_packed_bank(self) -> bool:
+        """Several pyramid levels: a packed bank samples only the current level (about 4x faster rendering)."""
+        return len(self.config.levels) > 1
+
+    @property
     def metric_labels(self) -> tuple[str, ...]:
         return ("rigid",)
 
