@@ -1,2 +1,24 @@
 """Command-line subcommands, one module each, every one exposing ``add_parser(subparsers)`` (which sets
 the handler as ``func``) so that :mod:`jaxmed.cli` only has to call it."""
+
+from pathlib import Path
+
+from jaxmed.errors import ConfigError
+
+
+def run_env_section(run_dir, env_name: str, advice: str) -> dict:
+    """The ``env:`` section of ``RUN_DIR/config.yaml`` if that run trained ``env_name``; else a
+    :class:`ConfigError` ending with ``advice`` (what the user should run instead). Checked before any
+    model is loaded."""
+    from jaxmed.config import load_yaml
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a jaxmed run directory (no config.yaml)")
+    env = load_yaml(path).get("env")
+    name = env.get("name") if isinstance(env, dict) else None
+    if name != env_name:
+        trained = f"environment {name!r}" if name else "a landmark environment (no env.name)"
+        raise ConfigError(f"{run_dir}: this run trained {trained}, not {env_name!r}; {advice}")
+    return env

@@ -22,8 +22,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 
+from jaxmed.commands import run_env_section
 from jaxmed.errors import ConfigError, check_writable
 
 ENV_NAME = "plane-v0"
@@ -47,21 +47,7 @@ def check_plane_run(run_dir: str | Path) -> dict:
     Raises :class:`ConfigError` for a directory that is not a run or a run of another environment,
     before any model is loaded.
     """
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a jaxmed run directory (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    env = data.get("env") if isinstance(data, dict) else None
-    name = env.get("name") if isinstance(env, dict) else None
-    if name != ENV_NAME:
-        trained = f"environment {name!r}" if name else "a landmark environment (no env.name)"
-        raise ConfigError(f"{run_dir}: this run trained {trained}, not {ENV_NAME!r}; `jaxmed plane` needs a view-plane run "
-                          "(for landmark runs use `jaxmed detect`)")
-    return env
+    return run_env_section(run_dir, ENV_NAME, "`jaxmed plane` needs a view-plane run (for landmark runs use `jaxmed detect`)")
 
 
 def make_plane_env(env_section: Mapping[str, Any]):

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import yaml
 
+from jaxmed.commands import run_env_section
 from jaxmed.errors import ConfigError, ImageError, check_writable
 
 ENV_NAME = "registration-v0"
@@ -46,21 +46,7 @@ TRANSFORM_HEADER = (
 def check_registration_run(run_dir) -> dict:
     """The ``env:`` section of ``RUN_DIR/config.yaml`` if that run trained ``registration-v0``; else a
     :class:`ConfigError` (checked before anything is loaded)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a jaxmed run directory (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    env = data.get("env") if isinstance(data, dict) else None
-    name = env.get("name") if isinstance(env, dict) else None
-    if name != ENV_NAME:
-        trained = f"environment {name!r}" if name else "a landmark environment (no env.name)"
-        raise ConfigError(f"{run_dir}: this run trained {trained}, not {ENV_NAME!r}; `jaxmed register --checkpoint` needs a "
-                          "registration run (or use --method optax)")
-    return env
+    return run_env_section(run_dir, ENV_NAME, "`jaxmed register --checkpoint` needs a registration run (or use --method optax)")
 
 
 def write_transform(path, matrix, *, fixed: str, moving: str, method: str, overwrite: bool = False) -> Path:
