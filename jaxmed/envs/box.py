@@ -319,10 +319,6 @@ class BoxEnv(Environment):
         return self._name
 
     @property
-    def n_agents(self) -> int:
-        return 1
-
-    @property
     def default_params(self) -> BoxEnvParams:
         return BoxEnvParams()
 

@@ -299,10 +299,6 @@ class PlaneEnv(Environment):
         return self._name
 
     @property
-    def n_agents(self) -> int:
-        return 1
-
-    @property
     def default_params(self) -> EnvParams:
         return EnvParams()
 

@@ -315,10 +315,6 @@ class RegistrationEnv(Environment):
         return self._name
 
     @property
-    def n_agents(self) -> int:
-        return 1
-
-    @property
     def required_labels(self) -> tuple[str, ...]:
         """The bank landmark labels this env reads (the TRE landmarks)."""
         return self.config.landmarks
