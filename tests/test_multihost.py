@@ -5,67 +5,24 @@ pytest process runs the same training single-process over 4 local devices as a r
 """
 
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from multiprocess import run_python_workers
+
 WORKER = Path(__file__).with_name("multihost_worker.py")
 N_PROCESSES = 2
 TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _run_workers(out_dir: Path) -> list[str]:
-    """Run the workers to completion; on any failure kill the rest and fail with every output."""
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    logs = [out_dir / f"log_{i}.txt" for i in range(N_PROCESSES)]
-    procs = []
-    for i in range(N_PROCESSES):
-        cmd = [sys.executable, str(WORKER), str(i), str(N_PROCESSES), str(port), str(out_dir)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT, cwd=WORKER.parent.parent))
-    deadline = time.monotonic() + TIMEOUT_S
-    failure = None
-    try:
-        while True:
-            codes = [p.poll() for p in procs]  # poll every worker (no short-circuit)
-            if all(c is not None for c in codes):
-                break
-            if any(c not in (None, 0) for c in codes):
-                failure = "a worker failed"
-                break
-            if time.monotonic() > deadline:
-                failure = f"timed out after {TIMEOUT_S} s"
-                break
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    outputs = [log.read_text() for log in logs]
-    if failure or any(p.returncode != 0 for p in procs):
-        report = "\n".join(f"--- worker {i} (exit {p.returncode}) ---\n{out[-6000:]}" for i, (p, out) in enumerate(zip(procs, outputs)))
-        pytest.fail(f"multi-process run failed ({failure or 'non-zero exit'}):\n{report}")
-    return outputs
-
-
 @pytest.fixture(scope="module")
 def worker_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("multihost")
-    _run_workers(out_dir)
+    run_python_workers(WORKER, N_PROCESSES, out_dir, timeout_s=TIMEOUT_S)
     params = [np.load(out_dir / f"params_{i}.npy") for i in range(N_PROCESSES)]
     summaries = [json.loads((out_dir / f"summary_{i}.json").read_text()) for i in range(N_PROCESSES)]
     return params, summaries
