@@ -39,6 +39,7 @@ import rlax
 from flax import struct
 
 from jaxmed.agents.replay import BufferState, ReplayBuffer
+from jaxmed.agents.rollout_pg import render_batch
 from jaxmed.errors import ConfigError
 
 VARIANTS = {"dqn": (False, "q"), "double": (True, "q"), "dueling": (False, "dueling"), "dueling-double": (True, "dueling")}
@@ -285,7 +286,6 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
     n_envs = config.n_envs
     v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
     v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None, None))
-    v_render = jax.vmap(env.render, in_axes=(0, None))
 
     def device_key(key):
         return key if axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(axis_name))
@@ -327,7 +327,8 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
         batch = ReplayBuffer.sample(rs.buffer, key, config.batch_size)
         if batch_transform is not None:
             batch = batch_transform(batch, k_transform, bank)
-        obs, next_obs = v_render(batch["obs_state"], bank), v_render(batch["next_obs_state"], bank)
+        # materialised before the network (see rollout_pg.in_chunks: ~3x faster on XLA:CPU)
+        obs, next_obs = render_batch(env, batch["obs_state"], bank), render_batch(env, batch["next_obs_state"], bank)
         grad_fn = jax.value_and_grad(td_loss, argnums=1, has_aux=True)
         hp = rs.hparams
         (loss, abs_td), grads = grad_fn(network, rs.params, rs.target_params, obs, next_obs, batch, hp.gamma, config.double, hp.huber_delta)
