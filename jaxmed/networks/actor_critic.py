@@ -30,7 +30,7 @@ from jaxmed.networks.q_network import (
     _CONFIG_KEYS,
     _DTYPES,
     _MULTI_AGENT_KEYS,
-    AGENT_AXIS,
+    agent_axis_forward,
     _lookup,
     _name_and_options,
 )
@@ -138,23 +138,7 @@ class MultiAgentActorCritic(ActorCritic, kw_only=True):
 
     @nn.compact
     def __call__(self, frames: jnp.ndarray):
-        if frames.ndim < 5 or frames.shape[-5] != self.n_agents:
-            raise ConfigError(f"MultiAgentActorCritic(n_agents={self.n_agents}) needs input "
-                              f"(..., {self.n_agents}, k, X, Y, Z), got shape {frames.shape}")
-        trunk_cls, trunk_options = self._trunk()
-        head_cls, head_options = self._head()
-        per_agent = dict(variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0, out_axes=0,
-                         axis_size=self.n_agents)
-        if self.share_trunk:
-            features = trunk_cls(**trunk_options, dtype=self.dtype, name="trunk")(frames)
-            features = jnp.moveaxis(features, -2, 0)  # (n_agents, ..., F)
-        else:
-            trunks = nn.vmap(trunk_cls, **per_agent)
-            features = trunks(**trunk_options, dtype=self.dtype, name="trunk")(jnp.moveaxis(frames, -5, 0))
-        heads = nn.vmap(head_cls, axis_name=AGENT_AXIS, **per_agent)
-        comm_axis = AGENT_AXIS if self.communication else None
-        logits, value = heads(n_actions=self.n_actions, **head_options, dtype=self.dtype, comm_axis=comm_axis,
-                              critic=self.critic, name="head")(features)
+        logits, value = agent_axis_forward(self, frames, critic=self.critic)  # agent axis first
         return jnp.moveaxis(logits, 0, -2), jnp.moveaxis(value, 0, -1)
 
 

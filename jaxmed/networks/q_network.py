@@ -105,24 +105,38 @@ class MultiAgentQNetwork(QNetwork, kw_only=True):
 
     @nn.compact
     def __call__(self, frames: jnp.ndarray) -> jnp.ndarray:
-        if frames.ndim < 5 or frames.shape[-5] != self.n_agents:
-            raise ConfigError(f"MultiAgentQNetwork(n_agents={self.n_agents}) needs input "
-                              f"(..., {self.n_agents}, k, X, Y, Z), got shape {frames.shape}")
-        trunk_cls, trunk_options = self._trunk()
-        head_cls, head_options = self._head()
-        per_agent = dict(variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                         in_axes=0, out_axes=0, axis_size=self.n_agents)
-        if self.share_trunk:
-            features = trunk_cls(**trunk_options, dtype=self.dtype, name="trunk")(frames)
-            features = jnp.moveaxis(features, -2, 0)  # (n_agents, ..., F)
-        else:
-            trunks = nn.vmap(trunk_cls, **per_agent)
-            features = trunks(**trunk_options, dtype=self.dtype, name="trunk")(jnp.moveaxis(frames, -5, 0))
-        heads = nn.vmap(head_cls, axis_name=AGENT_AXIS, **per_agent)
-        comm_axis = AGENT_AXIS if self.communication else None
-        q = heads(n_actions=self.n_actions, **head_options, dtype=self.dtype, comm_axis=comm_axis,
-                  name="head")(features)
+        q = agent_axis_forward(self, frames)  # (n_agents, ..., n_actions)
         return jnp.moveaxis(q, 0, -2)
+
+
+def agent_axis_forward(net: nn.Module, frames: jnp.ndarray, **head_kwargs):
+    """The shared forward pass of the multi-agent networks (:class:`MultiAgentQNetwork` and
+    :class:`~jaxmed.networks.actor_critic.MultiAgentActorCritic`); call it from their compact
+    ``__call__``, where it creates the submodules ``trunk`` and ``head`` of ``net``.
+
+    ``frames`` ``(..., n_agents, k, X, Y, Z)``. The trunk is shared (the agent axis is a batch axis) or,
+    without ``net.share_trunk``, one per agent (``nn.vmap``, parameters stacked on a leading agent
+    axis); the heads are always one per agent, with CommNet averaging over the agent axis when
+    ``net.communication``. ``head_kwargs`` go to the head class. Returns the head's output(s) with the
+    agent axis **first**: ``(n_agents, ..., out)``.
+    """
+    if frames.ndim < 5 or frames.shape[-5] != net.n_agents:
+        raise ConfigError(f"{type(net).__name__}(n_agents={net.n_agents}) needs input "
+                          f"(..., {net.n_agents}, k, X, Y, Z), got shape {frames.shape}")
+    trunk_cls, trunk_options = net._trunk()
+    head_cls, head_options = net._head()
+    per_agent = dict(variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+                     in_axes=0, out_axes=0, axis_size=net.n_agents)
+    if net.share_trunk:
+        features = trunk_cls(**trunk_options, dtype=net.dtype, name="trunk")(frames)
+        features = jnp.moveaxis(features, -2, 0)  # (n_agents, ..., F)
+    else:
+        trunks = nn.vmap(trunk_cls, **per_agent)
+        features = trunks(**trunk_options, dtype=net.dtype, name="trunk")(jnp.moveaxis(frames, -5, 0))
+    heads = nn.vmap(head_cls, axis_name=AGENT_AXIS, **per_agent)
+    comm_axis = AGENT_AXIS if net.communication else None
+    return heads(n_actions=net.n_actions, **head_options, dtype=net.dtype, comm_axis=comm_axis,
+                 name="head", **head_kwargs)(features)
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
