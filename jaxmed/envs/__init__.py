@@ -9,6 +9,7 @@ from jaxmed.envs.base import Box, Discrete, Environment
 from jaxmed.envs.box import BoxEnv, BoxEnvConfig, BoxEnvParams
 from jaxmed.envs.corner_pair import CornerPairConfig, CornerPairEnv, CornerPairParams
 from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv
+from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv
 from jaxmed.envs.landmark import EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig, ObsState
 from jaxmed.envs.plane import PlaneEnv, PlaneEnvConfig
 from jaxmed.envs.registration import RegistrationEnv, RegistrationEnvConfig
@@ -28,6 +29,8 @@ __all__ = [
     "Environment",
     "GoalLandmarkConfig",
     "GoalLandmarkEnv",
+    "GoalPlaneConfig",
+    "GoalPlaneEnv",
     "LandmarkEnv",
     "LandmarkEnvConfig",
     "ObsState",

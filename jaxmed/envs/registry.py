@@ -17,6 +17,9 @@ Registered names (``registered()`` lists them):
 * ``"goal-landmark-v0"``: goal-conditioned landmark navigation (:mod:`jaxmed.envs.goal_landmark`,
   Amadou 2024): one agent, the goal image of ``goals`` (default: all of ``bank_labels``) in an
   extra observation channel.
+* ``"goal-plane-v0"``: goal-conditioned view-plane search (:mod:`jaxmed.envs.goal_plane`): one
+  agent, ``goals`` (default ``("acpc_axial", "midsagittal", "coronal_ac")``) shown as the goal
+  plane's slab in the reference volume, an extra observation channel.
 
 The landmark factories also take ``agents_per_target=n``: ``n`` agents hunt each target (targets
 ``(AC, PC)`` become ``(AC, AC, AC, PC, PC, PC)`` for ``n = 3``); evaluation starts them from
@@ -179,3 +182,18 @@ def _goal_landmark_factory(name: str, bank_labels, **overrides):
 
 
 register("goal-landmark-v0", _goal_landmark_factory)
+
+
+def _goal_plane_factory(name: str, bank_labels, **overrides):
+    """Goal-conditioned view planes (:mod:`jaxmed.envs.goal_plane`); ``goals`` default: ACPC axial,
+    mid-sagittal and the coronal plane through AC."""
+    from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv
+    from jaxmed.envs.plane import EnvParams
+
+    config_kw, params_kw = _split_overrides(name, GoalPlaneConfig, EnvParams, overrides)
+    config_kw.setdefault("goals", ("acpc_axial", "midsagittal", "coronal_ac"))
+    env = GoalPlaneEnv(GoalPlaneConfig(**config_kw), labels=bank_labels, name=name)
+    return env, EnvParams(**params_kw)
+
+
+register("goal-plane-v0", _goal_plane_factory)
