@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxmed.agents import hparams as hparams_lib
+from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
 from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
 from jaxmed.agents.dqn import TrainFns
 from jaxmed.agents.rollout_pg import OPTIMIZER_FLOATS, check_optimizer_fields, check_range, greedy_action, make_parallel, validate_fields
 from jaxmed.errors import ConfigError
 
-__all__ = ["A2CConfig", "RunnerState", "greedy_action", "make_parallel_train", "make_train"]
+__all__ = ["HPARAM_FIELDS", "A2CConfig", "Hparams", "RunnerState", "default_hparams", "greedy_action", "make_parallel_train",
+           "make_train", "stack_hparams"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +84,27 @@ class A2CConfig:
         return self.updates_per_chunk
 
 
+#: A2C's hyperparameter leaves: learning_rate, lr_final_fraction, max_grad_norm, gamma, gae_lambda, vf_coef,
+#: ent_coef (scalars in the runner state; see :class:`jaxmed.agents.actor_critic_train.Hparams`).
+Hparams = ActorCriticHparams
+
+#: A2CConfig fields that are leaves of the runner state (vmappable inside one compiled program).
+HPARAM_FIELDS = hparams_lib.hparam_fields(Hparams)
+stack_hparams = hparams_lib.stack_hparams
+
+
+def default_hparams(config: A2CConfig, **overrides) -> Hparams:
+    """The config's hyperparameters as an :class:`Hparams` of scalars, with ``overrides`` applied
+    (checked by the config's own validation)."""
+    return hparams_lib.hparams_from_config(Hparams, config, overrides)
+
+
 def make_train(config: A2CConfig, env, env_params, network, axis_name: str | None = None) -> TrainFns:
     """A2C training functions; same interface and metrics as :func:`jaxmed.agents.ppo.make_train`
     (``clip_frac`` is 0)."""
     if not isinstance(config, A2CConfig):
         raise ConfigError(f"a2c.make_train needs an A2CConfig, got {type(config).__name__}")
-    return make_actor_critic_train(config, env, env_params, network, axis_name)
+    return make_actor_critic_train(config, env, env_params, network, axis_name, default_hparams)
 
 
 def make_parallel_train(config: A2CConfig, env, env_params, network, n_devices: int | None = None, axis_name: str = "devices"):

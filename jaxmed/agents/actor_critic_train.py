@@ -13,7 +13,13 @@ clipped surrogate and (optionally) the clipped value loss (:mod:`jaxmed.agents.p
 config must provide ``n_envs``, ``num_steps``, ``updates_per_chunk``, ``update_epochs``,
 ``num_minibatches``, ``gamma``, ``gae_lambda``, ``clip_eps`` (``None``: A2C), ``value_clip_eps``
 (``None``: unclipped), ``vf_coef``, ``ent_coef``, ``normalize_advantages`` and the optimiser fields
-of :func:`jaxmed.agents.rollout_pg.make_optimizer`.
+of :func:`jaxmed.agents.rollout_pg.make_apply_gradients`.
+
+Hyperparameter leaves: the numbers the update uses (``learning_rate``, ``lr_final_fraction``,
+``max_grad_norm``, ``gamma``, ``gae_lambda``, ``vf_coef``, ``ent_coef`` and PPO's ``clip_eps``, also the
+value clip when ``clip_value``) are read from ``RunnerState.hparams`` (the learner's ``Hparams``, see
+:mod:`jaxmed.agents.hparams`), so ``jax.vmap`` over ``init(key, bank, hparams)`` trains several settings
+in one program; ``init(key, bank)`` takes the config's values.
 
 Data parallelism: with ``axis_name`` the functions run under ``jax.pmap`` / ``shard_map``: each
 device acts in its own environments (keys folded with the device index), gradients are
@@ -22,11 +28,10 @@ device acts in its own environments (keys folded with the device index), gradien
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
 from jaxmed.agents.dqn import TrainFns
@@ -37,6 +42,7 @@ from jaxmed.agents.rollout_pg import (
     epochs_of_minibatches,
     flatten_time,
     log_prob,
+    make_apply_gradients,
     make_collect,
     make_optimizer,
     normalize,
@@ -48,12 +54,27 @@ from jaxmed.agents.rollout_pg import (
 
 
 @struct.dataclass
+class Hparams:
+    """The numeric hyperparameters of A2C (and, with ``clip_eps`` added, PPO) carried in the runner
+    state: scalars, or ``(P,)`` for a vmapped population; same meaning as the config fields of the same
+    names (``lr_final_fraction``: of ``learning_rate``, reached after the static ``lr_decay_steps``)."""
+
+    learning_rate: jax.Array
+    lr_final_fraction: jax.Array
+    max_grad_norm: jax.Array
+    gamma: jax.Array
+    gae_lambda: jax.Array
+    vf_coef: jax.Array
+    ent_coef: jax.Array
+
+
+@struct.dataclass
 class RunnerState:
     """Everything the A2C / PPO loop carries (a pytree; per device under pmap, per seed under vmap).
 
     Attributes: ``params``, ``opt_state``; ``env_state`` (``N`` env states) and ``obs`` ``(N, A, ...)``,
     the current observations; ``key``; ``steps``: vector env steps taken (one step of all ``N`` envs);
-    ``updates``: gradient steps taken.
+    ``updates``: gradient steps taken; ``hparams``: the learner's hyperparameter leaves (scalars).
     """
 
     params: Any
@@ -63,53 +84,59 @@ class RunnerState:
     key: jax.Array
     steps: jax.Array
     updates: jax.Array
+    hparams: Any
 
 
-def make_actor_critic_train(config, env, env_params, network, axis_name: str | None = None) -> TrainFns:
-    """Build ``TrainFns(init, run_chunk, network, optimizer)`` for A2C / PPO (module docstring)."""
+def make_actor_critic_train(config, env, env_params, network, axis_name: str | None, default_hparams: Callable) -> TrainFns:
+    """Build ``TrainFns(init(key, bank, hparams=None), run_chunk, network, optimizer)`` for A2C / PPO
+    (module docstring); ``default_hparams(config)`` gives the learner's ``Hparams`` of the config."""
     optimizer = make_optimizer(config)
+    apply_gradients = make_apply_gradients(config, optimizer)
     n_envs = config.n_envs
     v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
     collect = make_collect(env, env_params, network, n_envs, config.num_steps, config.gamma, config.gae_lambda)
 
-    def init(key, bank) -> RunnerState:
+    def init(key, bank, hparams=None) -> RunnerState:
+        hparams = default_hparams(config) if hparams is None else hparams
         net_key, env_key = jax.random.split(key)  # the network key is shared by every device
         obs, env_state = v_reset(jax.random.split(device_key(env_key, axis_name), n_envs), env_params, bank)
         params = network.init(net_key, obs[:1])
         return RunnerState(
             params=params, opt_state=optimizer.init(params), env_state=env_state, obs=obs,
             key=device_key(jax.random.fold_in(key, 1), axis_name),
-            steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32),
+            steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32), hparams=hparams,
         )
 
-    def loss_fn(params, obs, mb):
+    def loss_fn(params, obs, mb, hp):
         logits, value = policy_value(network, params, obs)
         mask = mb["valid"]
         advantage = mb["advantage"]
         if config.normalize_advantages:
             advantage = normalize(advantage, mask)
         logp = log_prob(logits, mb["action"])
-        pg, stats = policy_loss(logp, mb["logp"], advantage, mask, config.clip_eps)
-        vl = value_loss(value, mb["value"], mb["target"], mask, config.value_clip_eps)
+        pg, stats = policy_loss(logp, mb["logp"], advantage, mask, None if config.clip_eps is None else hp.clip_eps)
+        vl = value_loss(value, mb["value"], mb["target"], mask, None if config.value_clip_eps is None else hp.clip_eps)
         ent = jnp.sum(entropy(logits) * mask) / jnp.maximum(mask.sum(), 1)
-        loss = pg + config.vf_coef * vl - config.ent_coef * ent
+        loss = pg + hp.vf_coef * vl - hp.ent_coef * ent
         return loss, {"loss": loss, "policy_loss": pg, "value_loss": vl, "entropy": ent, **stats}
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def iteration(rs: RunnerState, bank):
         key, k_roll, k_upd = jax.random.split(rs.key, 3)
-        batch, env_state, obs, sums, reward_mean = collect(rs.params, rs.env_state, rs.obs, k_roll, bank)
+        hp = rs.hparams
+        batch, env_state, obs, sums, reward_mean = collect(rs.params, rs.env_state, rs.obs, k_roll, bank, hp.gamma, hp.gae_lambda)
 
         def minibatch_step(carry, mb):
-            params, opt_state = carry
-            (_, aux), grads = grad_fn(params, render_batch(env, mb["obs_state"], bank), mb)
+            params, opt_state, count = carry
+            (_, aux), grads = grad_fn(params, render_batch(env, mb["obs_state"], bank), mb, hp)
             grads = pmean_if(grads, axis_name)
-            upd, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, upd), opt_state), aux
+            params, opt_state = apply_gradients(params, opt_state, grads, hp, count)
+            return (params, opt_state, count + 1), aux
 
-        (params, opt_state), aux = epochs_of_minibatches(
-            k_upd, flatten_time(batch), config.update_epochs, config.num_minibatches, minibatch_step, (rs.params, rs.opt_state))
+        (params, opt_state, _), aux = epochs_of_minibatches(
+            k_upd, flatten_time(batch), config.update_epochs, config.num_minibatches, minibatch_step,
+            (rs.params, rs.opt_state, rs.updates))
         rs = rs.replace(params=params, opt_state=opt_state, env_state=env_state, obs=obs, key=key,
                         steps=rs.steps + config.num_steps, updates=rs.updates + config.update_epochs * config.num_minibatches)
         means = {k: v.mean() for k, v in aux.items()}

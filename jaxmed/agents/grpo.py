@@ -20,7 +20,11 @@ running at ``max_steps`` is cut there and keeps its accumulated reward). Per age
   ``num_minibatches`` shuffled minibatches of the ``max_steps * n_envs`` step samples. The KL term is
   the exact categorical KL per visited state to the *reference policy*: the parameters at the start
   of the current ``run_chunk`` call (a frozen copy for ``updates_per_chunk`` iterations, refreshed
-  every chunk; no extra state). ``kl_coef = 0`` (default) skips it.
+  every chunk; no extra state). ``kl_coef = 0`` (default) skips it (a ``lax.cond``: under a vmapped
+  population with some ``kl_coef > 0`` every member computes it, multiplied by its own coefficient).
+
+Hyperparameter leaves (:class:`Hparams` in the runner state, :mod:`jaxmed.agents.hparams`):
+``learning_rate``, ``lr_final_fraction``, ``max_grad_norm``, ``clip_eps``, ``kl_coef``, ``ent_coef``.
 
 When it helps: when the task's reward is *sparse and terminal* — the final distance to a landmark,
 the final IoU of a box, the final registration error — a critic has to learn the value of every
@@ -40,9 +44,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
+from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.dqn import TrainFns
 from jaxmed.agents.pg_losses import policy_loss
 from jaxmed.agents.rollout_pg import (
@@ -58,6 +62,7 @@ from jaxmed.agents.rollout_pg import (
     greedy_action,
     group_advantages,
     log_prob,
+    make_apply_gradients,
     make_group_rollout,
     make_optimizer,
     make_parallel,
@@ -71,7 +76,8 @@ from jaxmed.agents.rollout_pg import (
 )
 from jaxmed.errors import ConfigError
 
-__all__ = ["GRPOConfig", "RunnerState", "greedy_action", "make_parallel_train", "make_train"]
+__all__ = ["HPARAM_FIELDS", "GRPOConfig", "Hparams", "RunnerState", "default_hparams", "greedy_action", "make_parallel_train",
+           "make_train", "stack_hparams"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,15 +154,41 @@ class GRPOConfig:
 
 
 @struct.dataclass
+class Hparams:
+    """The numeric GRPO hyperparameters carried in the runner state (scalars; a leading population axis
+    when vmapped); same meaning as the :class:`GRPOConfig` fields of the same names."""
+
+    learning_rate: jax.Array
+    lr_final_fraction: jax.Array  # of learning_rate, reached after the config's lr_decay_steps
+    max_grad_norm: jax.Array
+    clip_eps: jax.Array
+    kl_coef: jax.Array
+    ent_coef: jax.Array
+
+
+#: GRPOConfig fields that are leaves of the runner state (vmappable inside one compiled program).
+HPARAM_FIELDS = hparams_lib.hparam_fields(Hparams)
+stack_hparams = hparams_lib.stack_hparams
+
+
+def default_hparams(config: GRPOConfig, **overrides) -> Hparams:
+    """The config's hyperparameters as an :class:`Hparams` of scalars, with ``overrides`` applied
+    (checked by the config's own validation)."""
+    return hparams_lib.hparams_from_config(Hparams, config, overrides)
+
+
+@struct.dataclass
 class RunnerState:
     """What the GRPO loop carries between chunks: ``params``, ``opt_state``, ``key``, ``steps`` (vector
-    env steps scanned) and ``updates`` (gradient steps). No env state: every iteration starts new groups."""
+    env steps scanned), ``updates`` (gradient steps) and ``hparams`` (:class:`Hparams`). No env state:
+    every iteration starts new groups."""
 
     params: Any
     opt_state: Any
     key: jax.Array
     steps: jax.Array
     updates: jax.Array
+    hparams: Hparams
 
 
 def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | None = None) -> TrainFns:
@@ -172,17 +204,19 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
     if not isinstance(config, GRPOConfig):
         raise ConfigError(f"grpo.make_train needs a GRPOConfig, got {type(config).__name__}")
     optimizer = make_optimizer(config)
+    apply_gradients = make_apply_gradients(config, optimizer)
     n_envs = config.n_envs
     rollout = make_group_rollout(env, env_params, network, n_envs, config.group_size, config.max_steps)
     v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
 
-    def init(key, bank) -> RunnerState:
+    def init(key, bank, hparams: Hparams | None = None) -> RunnerState:
+        hparams = default_hparams(config) if hparams is None else hparams
         env.check_bank(bank)
         net_key, env_key = jax.random.split(key)
         obs, _ = v_reset(jax.random.split(env_key, 1), env_params, bank)
         params = network.init(net_key, obs)
         return RunnerState(params=params, opt_state=optimizer.init(params), key=device_key(jax.random.fold_in(key, 1), axis_name),
-                           steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32))
+                           steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32), hparams=hparams)
 
     def episode_return(outcome):
         if not config.terminal_reward:
@@ -193,19 +227,19 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
                               f"{', '.join(names) or 'no final_* metrics'}")
         return config.terminal_reward_scale * outcome[config.terminal_reward]
 
-    def loss_fn(params, ref_params, obs, mb):
+    def loss_fn(params, ref_params, obs, mb, hp):
         logits, _ = policy_value(network, params, obs)
         mask = mb["valid"]
         logp = log_prob(logits, mb["action"])
-        pg, stats = policy_loss(logp, mb["logp"], mb["advantage"], mask, config.clip_eps)
+        pg, stats = policy_loss(logp, mb["logp"], mb["advantage"], mask, hp.clip_eps)
         ent = masked_mean(entropy(logits), mask)
-        loss = pg - config.ent_coef * ent
-        if config.kl_coef > 0:
+
+        def kl_to_reference():
             ref_logits, _ = policy_value(network, jax.lax.stop_gradient(ref_params), obs)
-            kl = masked_mean(categorical_kl(logits, ref_logits), mask)
-            loss = loss + config.kl_coef * kl
-        else:
-            kl = jnp.zeros(())
+            return masked_mean(categorical_kl(logits, ref_logits), mask)
+
+        kl = jax.lax.cond(hp.kl_coef > 0, kl_to_reference, lambda: jnp.zeros((), jnp.float32))
+        loss = pg - hp.ent_coef * ent + hp.kl_coef * kl
         return loss, {"loss": loss, "policy_loss": pg, "kl": kl, "entropy": ent, **stats}
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -219,14 +253,15 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
         batch = dict(traj, advantage=jnp.broadcast_to(advantage[None], traj["logp"].shape))
 
         def minibatch_step(carry, mb):
-            params, opt_state = carry
-            (_, aux), grads = grad_fn(params, ref_params, render_batch(env, mb["obs_state"], bank), mb)
+            params, opt_state, count = carry
+            (_, aux), grads = grad_fn(params, ref_params, render_batch(env, mb["obs_state"], bank), mb, rs.hparams)
             grads = pmean_if(grads, axis_name)
-            upd, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, upd), opt_state), aux
+            params, opt_state = apply_gradients(params, opt_state, grads, rs.hparams, count)
+            return (params, opt_state, count + 1), aux
 
-        (params, opt_state), aux = epochs_of_minibatches(
-            k_upd, flatten_time(batch), config.update_epochs, config.num_minibatches, minibatch_step, (rs.params, rs.opt_state))
+        (params, opt_state, _), aux = epochs_of_minibatches(
+            k_upd, flatten_time(batch), config.update_epochs, config.num_minibatches, minibatch_step,
+            (rs.params, rs.opt_state, rs.updates))
         rs = rs.replace(params=params, opt_state=opt_state, key=key, steps=rs.steps + config.max_steps,
                         updates=rs.updates + config.update_epochs * config.num_minibatches)
         valid = traj["valid"]

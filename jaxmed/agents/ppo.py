@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+from flax import struct
+
+from jaxmed.agents import hparams as hparams_lib
+from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
 from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
 from jaxmed.agents.dqn import TrainFns
 from jaxmed.agents.rollout_pg import OPTIMIZER_FLOATS, check_optimizer_fields, check_range, greedy_action, make_parallel, validate_fields
 from jaxmed.errors import ConfigError
 
-__all__ = ["PPOConfig", "RunnerState", "greedy_action", "make_parallel_train", "make_train"]
+__all__ = ["HPARAM_FIELDS", "PPOConfig", "Hparams", "RunnerState", "default_hparams", "greedy_action", "make_parallel_train",
+           "make_train", "stack_hparams"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +105,25 @@ class PPOConfig:
         return self.updates_per_chunk * self.update_epochs * self.num_minibatches
 
 
+@struct.dataclass
+class Hparams(ActorCriticHparams):
+    """PPO's hyperparameter leaves: A2C's (:class:`jaxmed.agents.actor_critic_train.Hparams`) and the
+    ratio clip ``clip_eps`` of the surrogate (also the value-loss clip with ``clip_value``)."""
+
+    clip_eps: jax.Array
+
+
+#: PPOConfig fields that are leaves of the runner state (vmappable inside one compiled program).
+HPARAM_FIELDS = hparams_lib.hparam_fields(Hparams)
+stack_hparams = hparams_lib.stack_hparams
+
+
+def default_hparams(config: PPOConfig, **overrides) -> Hparams:
+    """The config's hyperparameters as an :class:`Hparams` of scalars, with ``overrides`` applied
+    (checked by the config's own validation)."""
+    return hparams_lib.hparams_from_config(Hparams, config, overrides)
+
+
 def make_train(config: PPOConfig, env, env_params, network, axis_name: str | None = None) -> TrainFns:
     """PPO training functions ``TrainFns(init(key, bank) -> RunnerState, run_chunk(rs, bank) -> (rs,
     metrics), network, optimizer)`` for ``env`` and an actor-critic ``network``
@@ -112,7 +137,7 @@ def make_train(config: PPOConfig, env, env_params, network, axis_name: str | Non
     """
     if not isinstance(config, PPOConfig):
         raise ConfigError(f"ppo.make_train needs a PPOConfig, got {type(config).__name__}")
-    return make_actor_critic_train(config, env, env_params, network, axis_name)
+    return make_actor_critic_train(config, env, env_params, network, axis_name, default_hparams)
 
 
 def make_parallel_train(config: PPOConfig, env, env_params, network, n_devices: int | None = None, axis_name: str = "devices"):

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmed.agents.hparams import clip_by_global_norm, descend, learning_rate
 from jaxmed.errors import ConfigError
 
 FINAL_PREFIX = "final_"
@@ -90,12 +91,25 @@ def check_optimizer_fields(config) -> None:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """Adam after global-norm clipping (``max_grad_norm``), with the learning rate annealed linearly
-    to ``lr_final_fraction * learning_rate`` over ``lr_decay_steps`` gradient steps (0: constant)."""
-    lr = config.learning_rate
-    if config.lr_decay_steps > 0:
-        lr = optax.linear_schedule(lr, lr * config.lr_final_fraction, config.lr_decay_steps)
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=config.adam_eps))
+    """The optimiser's *direction* (Adam's scaling with ``adam_eps``, no learning rate): the learners
+    clip the gradients to the runner state's ``max_grad_norm``, then step by the runner state's
+    annealed learning rate (:func:`make_apply_gradients`)."""
+    return optax.scale_by_adam(eps=config.adam_eps)
+
+
+def make_apply_gradients(config, optimizer: optax.GradientTransformation) -> Callable:
+    """``apply(params, opt_state, grads, hp, count) -> (params, opt_state)``: one Adam step of the PG
+    learners with the hyperparameter leaves ``hp`` (global-norm clipping to ``hp.max_grad_norm``, then
+    the learning rate ``hp.learning_rate`` annealed linearly to ``hp.lr_final_fraction`` of it over
+    ``config.lr_decay_steps`` steps; ``count``: gradient steps taken before this one). With the
+    config's values this is the step of ``optax.chain(clip_by_global_norm, adam(linear_schedule))``."""
+
+    def apply(params, opt_state, grads, hp, count):
+        grads = clip_by_global_norm(grads, hp.max_grad_norm)
+        direction, opt_state = optimizer.update(grads, opt_state, params)
+        return descend(params, direction, learning_rate(config, hp, count)), opt_state
+
+    return apply
 
 
 # ------------------------------------------------------------------ acting
@@ -185,10 +199,11 @@ def per_agent(x, n: int, n_agents: int) -> jax.Array:
 # ------------------------------------------------------------------ rollouts
 
 
-def make_collect(env, env_params, network, n_envs: int, num_steps: int, gamma: float, gae_lambda: float):
-    """Build ``collect(params, env_state, obs, key, bank) -> (batch, env_state, obs, sums, reward_mean)``:
-    ``num_steps`` steps of ``n_envs`` auto-resetting environments (``lax.scan``) under the sampled
-    policy, then GAE(λ) (:func:`gae`).
+def make_collect(env, env_params, network, n_envs: int, num_steps: int, gamma: float = 0.99, gae_lambda: float = 0.95):
+    """Build ``collect(params, env_state, obs, key, bank, gamma=gamma, gae_lambda=gae_lambda) -> (batch,
+    env_state, obs, sums, reward_mean)``: ``num_steps`` steps of ``n_envs`` auto-resetting environments
+    (``lax.scan``) under the sampled policy, then GAE(λ) (:func:`gae`); ``gamma`` and ``gae_lambda`` may
+    be given per call as traced scalars (hyperparameter leaves of a runner state).
 
     ``batch`` leaves are time-major ``(T, N, ...)``: ``obs_state`` (of the acting state), ``action``,
     ``logp``, ``value``, ``advantage``, ``target`` (λ-return) and ``valid`` (agent live), all ``(T, N, A)``
@@ -200,7 +215,9 @@ def make_collect(env, env_params, network, n_envs: int, num_steps: int, gamma: f
     v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None, None))
     v_obs_state = jax.vmap(env.obs_state)
 
-    def collect(params, env_state, obs, key, bank):
+    default_gamma, default_lambda = gamma, gae_lambda
+
+    def collect(params, env_state, obs, key, bank, gamma=default_gamma, gae_lambda=default_lambda):
         def step(carry, key):
             env_state, obs = carry
             k_act, k_env = jax.random.split(key)

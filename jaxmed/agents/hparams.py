@@ -1,0 +1,79 @@
+"""Hyperparameters as pytree leaves of a learner's runner state (shared by DQN, A2C, PPO, GRPO).
+
+A learner that supports vmapped hyperparameter settings keeps its numeric hyperparameters in a
+``struct.dataclass`` of scalars (``Hparams``) inside its runner state and reads them from there in
+its update, instead of closing over the config's Python floats. One compiled program then trains a
+population: ``jax.vmap(fns.init, in_axes=(0, None, 0))(keys, bank, stack_hparams([...]))`` gives a
+runner state with a leading population axis ``P`` and ``jax.vmap(fns.run_chunk, in_axes=(0, None))``
+trains every member with its own values (``jaxmed sweep``, ``train.seeds``).
+
+Each learner module exposes ``Hparams``, ``HPARAM_FIELDS`` (the config fields that are leaves),
+``default_hparams(config, **overrides)`` (built with :func:`hparams_from_config`) and
+``stack_hparams`` (this module's). Everything else in the config (shapes, batch sizes, switches
+such as ``double`` or ``normalize_advantages``, the decay horizon ``lr_decay_steps``) stays static.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmed.errors import ConfigError
+
+
+def hparam_fields(cls) -> tuple[str, ...]:
+    """The field names of an ``Hparams`` dataclass, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def hparams_from_config(cls, config, overrides: dict, int_fields=(), validate: bool = True):
+    """An ``Hparams`` ``cls`` of scalars (float32; int32 for ``int_fields``) holding ``config``'s values
+    of the fields of ``cls``, with ``overrides`` (field -> number) applied.
+
+    An override that is not a field of ``cls`` raises :class:`ConfigError` listing the sweepable ones.
+    With ``validate`` the overrides go through ``dataclasses.replace(config, ...)``, so the config's own
+    range checks (``__post_init__``) reject a bad value with the same message as in a YAML file.
+    """
+    fields = hparam_fields(cls)
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigError(f"not {type(config).__name__} hyperparameter leaves: {unknown}; sweepable: {', '.join(fields)}")
+    if validate and overrides:
+        config = dataclasses.replace(config, **overrides)
+        values = {f: getattr(config, f) for f in fields}
+    else:
+        values = {f: overrides.get(f, getattr(config, f)) for f in fields}
+    return cls(**{f: jnp.asarray(v, jnp.int32 if f in int_fields else jnp.float32) for f, v in values.items()})
+
+
+def stack_hparams(hps):
+    """A population ``(P,)`` of hyperparameters from a sequence of scalar ``Hparams`` (any learner's)."""
+    if not hps:
+        raise ConfigError("stack_hparams needs at least one Hparams")
+    return jax.tree.map(lambda *x: jnp.stack(x), *hps)
+
+
+def learning_rate(config, hp, updates) -> jax.Array:
+    """The learning rate of gradient step number ``updates`` (0-based): ``hp.learning_rate``, decayed
+    linearly to ``hp.lr_final_fraction`` of it over ``config.lr_decay_steps`` steps when that (a static
+    config field) is > 0 (as ``optax.linear_schedule``), then constant."""
+    if config.lr_decay_steps <= 0:
+        return hp.learning_rate
+    frac = jnp.clip(updates / config.lr_decay_steps, 0.0, 1.0)
+    return hp.learning_rate * (1.0 + frac * (hp.lr_final_fraction - 1.0))
+
+
+def clip_by_global_norm(grads, max_norm):
+    """``grads`` scaled down to global norm ``max_norm`` when larger (``max_norm`` may be traced: a leaf
+    of the runner state); the same arithmetic as ``optax.clip_by_global_norm``."""
+    clipped, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    return clipped
+
+
+def descend(params, direction, lr):
+    """``params - lr * direction`` leaf by leaf, keeping every leaf's dtype (``direction``: an optimiser's
+    update direction without the learning rate, e.g. ``optax.scale_by_adam``)."""
+    return optax.apply_updates(params, jax.tree.map(lambda d: (-lr * d).astype(d.dtype), direction))
