@@ -18,8 +18,8 @@ A space file::
       network.trunk.width: {choice: [0.5, 1.0]}
 
 Parameters are dotted paths into the experiment config. ``<learner>.<field>`` where ``field`` is
-one of the learner's hyperparameter leaves (``jaxmed.agents.dqn.HPARAM_FIELDS``) vary *inside* one
-compiled program (a vmapped population); every other path (trunk width, crop size, n-step,
+one of the learner's hyperparameter leaves (``HPARAM_FIELDS`` of the learner module:
+``jaxmed.agents.dqn``, ``a2c``, ``ppo``, ``grpo``) vary *inside* one compiled program (a vmapped population); every other path (trunk width, crop size, n-step,
 ``dqn.double``, ``network.head.name``, ...) changes the program and makes a separate compiled group.
 Distributions: ``{uniform: [lo, hi]}``, ``{log_uniform: [lo, hi]}``, ``{int_uniform: [lo, hi]}``
 (inclusive), ``{choice: [a, b, ...]}``, or a plain value (fixed).
@@ -231,7 +231,7 @@ def make_trial(base: dict, values: dict, bracket: int, trial_id: int) -> Trial:
     static = {p: v for p, v in values.items() if not is_leaf(p, learner)}
     leaves = [p for p in values if is_leaf(p, learner)]
     if leaves and not leaf_fields(learner):
-        raise ConfigError(f"learner {learner!r} has no hyperparameter leaves yet: only dqn supports vmapped trials")
+        raise ConfigError(f"learner {learner!r} has no hyperparameter leaves (HPARAM_FIELDS): its trials cannot be vmapped")
     if "dqn.tau" in values and learner == "dqn" and float(get_path(base, "dqn.tau")) >= 1.0:
         raise ConfigError("space parameter dqn.tau: set dqn.tau < 1 in the base config (Polyak averaging instead of hard "
                           "target copies is chosen statically, by the base config)")
