@@ -1,19 +1,59 @@
-"""Helpers shared by the benchmark scripts: machine description, memcpy bandwidth, number
-formatting, and writing a result (JSON + PNG + Markdown table). The machine description, number
-formatting and figure saving live in :mod:`jaxmed.bench` (shared with ``jaxmed bench``)."""
+"""Helpers shared by the benchmark scripts: the options every throughput script has, memcpy
+bandwidth, and writing a result (JSON + PNG + Markdown table). The machine description, number
+formatting, figure saving, timing and the random-policy rollout live in :mod:`jaxmed.bench`
+(shared with ``jaxmed bench``, the one way to measure throughput; ``benchmarks/grids/*.yaml`` are its
+grids and :func:`run_grid_script` runs one of them as a script)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from jaxmed.bench import fmt, machine_info, machine_line, save_figure
+from jaxmed.bench import compile_timed, fmt, load_avg, machine_info, machine_line, make_random_rollout, reset_batch, save_figure, timed
 
-__all__ = ["fmt", "machine_info", "machine_line", "memcpy_bandwidth", "replot", "run_and_write", "save_figure"]
+__all__ = ["compile_timed", "fmt", "load_avg", "machine_info", "machine_line", "make_random_rollout", "memcpy_bandwidth", "parser",
+           "replot", "reset_batch", "run_and_write", "run_grid_script", "save_figure", "timed"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GRIDS = Path(__file__).resolve().parent / "grids"
+
+
+def parser(doc: str, out_name: str, *, min_time: float, max_call_s: float, n_volumes: int, min_reps: int | None = 3,
+           max_reps: int | None = None, steps: int | None = None, spacing: float | None = 2.0, replot: bool = True,
+           quick_help: str = "few sizes, short timing (smoke test)") -> argparse.ArgumentParser:
+    """The options the throughput scripts share (``--quick``, ``--out``, ``--replot``, timing caps,
+    bank size), with each script's defaults; options whose default is ``None`` are left out."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--out", type=Path, default=RESULTS / out_name)
+    if replot:
+        p.add_argument("--replot", type=Path, default=None, help="only redraw the PNG and table from this JSON")
+    p.add_argument("--min-time", type=float, default=min_time, help="seconds of timed calls per measurement")
+    if min_reps is not None:
+        p.add_argument("--min-reps", type=int, default=min_reps)
+    if max_reps is not None:
+        p.add_argument("--max-reps", type=int, default=max_reps)
+    p.add_argument("--max-call-s", type=float, default=max_call_s, help="skip sizes predicted to take longer per call")
+    p.add_argument("--n-volumes", type=int, default=n_volumes, help="bank volumes")
+    if spacing is not None:
+        p.add_argument("--spacing", type=float, default=spacing, help="template resampling (mm)")
+    if steps is not None:
+        p.add_argument("--steps", type=int, default=steps, help="steps per jitted lax.scan call")
+    return p
+
+
+def run_grid_script(grid: str, out_name: str, argv=None) -> int:
+    """A thin wrapper script: ``jaxmed bench benchmarks/grids/GRID`` writing ``results/OUT_NAME`` by
+    default; ``argv`` takes every ``jaxmed bench`` option (e.g. ``--n-envs 1 16``, ``--out``)."""
+    from jaxmed.commands.bench import main
+
+    return main([str(GRIDS / grid), *(sys.argv[1:] if argv is None else argv)], out=str(RESULTS / out_name))
 
 
 def memcpy_bandwidth(nbytes: int, repeats: int = 5) -> float:

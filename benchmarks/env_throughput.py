@@ -26,6 +26,11 @@ the start) and each row records the 1-minute load average.
 Bank: the AFIDs MNI template at 2 mm (97 x 115 x 97), repeated ``--n-volumes`` times as bank
 volumes, pyramid factors 1, 2, 4. It runs unchanged on a GPU (JAX picks the default device).
 
+The jaxmed side alone (no reference, no memcpy) is the ``jaxmed bench`` grid
+``benchmarks/grids/landmark_env.yaml``; this script keeps what a grid cannot express: the NumPy
+reference env interleaved with the jitted calls and the memcpy bandwidth. It shares the random-policy
+rollout, timing and options with :mod:`jaxmed.bench` and the other scripts (``benchmarks/common.py``).
+
 Usage::
 
     python benchmarks/env_throughput.py [--quick] [--out benchmarks/results/env_throughput.json]
@@ -35,7 +40,6 @@ Writes the JSON, a PNG plot beside it, and prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -45,10 +49,10 @@ from pathlib import Path
 import numpy as np
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, machine_info, machine_line, memcpy_bandwidth, replot, run_and_write, save_figure  # noqa: E402  (shared benchmark helpers)
+from common import (compile_timed, fmt, load_avg, machine_info, machine_line, make_random_rollout, memcpy_bandwidth,  # noqa: E402
+                    parser, replot, reset_batch, run_and_write, save_figure)
 
 from jaxmed.data import afids  # noqa: E402
 from jaxmed.data.bank import build_bank  # noqa: E402
@@ -120,37 +124,21 @@ def available_memory_bytes() -> int:
 
 def make_rollout(env: LandmarkEnv, n_envs: int, n_steps: int):
     """``rollout(key, state, obs, params, bank) -> (key, state, obs, n_episode_ends)``: ``n_steps``
-    random-policy steps of ``n_envs`` environments, jitted, with ``state`` and ``obs`` donated."""
-    step = jax.vmap(env.step, in_axes=(0, 0, 0, None, None))
-
-    def rollout(key, state, obs, params, bank):
-        def body(carry, _):
-            key, state, _, ends = carry
-            key, k_act, k_step = jax.random.split(key, 3)
-            actions = jax.random.randint(k_act, (n_envs, env.n_agents), 0, 6, dtype=jnp.int32)
-            obs, state, _, terminated, truncated, _ = step(jax.random.split(k_step, n_envs), state, actions, params, bank)
-            return (key, state, obs, ends + jnp.sum(terminated | truncated)), None
-
-        (key, state, obs, ends), _ = jax.lax.scan(body, (key, state, obs, jnp.zeros((), jnp.int32)), None, length=n_steps)
-        return key, state, obs, ends
-
-    return jax.jit(rollout, donate_argnums=(1, 2))
+    random-policy steps of ``n_envs`` environments (:func:`jaxmed.bench.make_random_rollout`), jitted,
+    with ``state`` and ``obs`` donated."""
+    return jax.jit(make_random_rollout(env, n_envs, n_steps), donate_argnums=(1, 2))
 
 
 def initial(env: LandmarkEnv, n_envs: int, params, bank, seed: int = 0):
     """``(key, state, obs)`` of ``n_envs`` freshly reset environments."""
-    keys = jax.random.split(jax.random.key(seed), n_envs + 1)
-    obs, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None, None)))(keys[1:], params, bank)
-    return keys[0], state, obs
+    return jax.jit(lambda key, bank: reset_batch(env, n_envs, params, bank, key))(jax.random.key(seed), bank)
 
 
 def compile_rollout(env: LandmarkEnv, n_envs: int, params, bank, args):
     """``(compiled, carry, compile_s)``: the rollout compiled for ``n_envs`` envs and its warmed-up
     ``(key, state, obs)`` carry (one call done: warm-up)."""
     key, state, obs = initial(env, n_envs, params, bank)
-    t0 = time.perf_counter()
-    compiled = make_rollout(env, n_envs, args.steps).lower(key, state, obs, params, bank).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s = compile_timed(make_rollout(env, n_envs, args.steps), key, state, obs, params, bank)
     key, state, obs, _ = jax.block_until_ready(compiled(key, state, obs, params, bank))  # warm-up
     return compiled, (key, state, obs), compile_s
 
@@ -250,7 +238,7 @@ def measure_case(case: Case, bank, params, bw_GBps: float, mem_bytes: int, args)
             continue
         compiled, carry, row["compile_s"] = compile_rollout(env, n_envs, params, bank, args)
         reference = ReferenceStepper(config, params, bank, n_envs) if n in args.reference_agents else None
-        row["load_avg_1m"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        row["load_avg_1m"] = load_avg()
         row.update(time_interleaved(compiled, carry, params, bank, args, reference, probe))
         del compiled, carry, reference
         agent_steps = agents * args.steps
@@ -289,7 +277,7 @@ def run(args) -> dict:
         rows += measure_case(case, bank, params, bw, mem, args)
         del bank
     bank = banks[args.dtypes[0]]
-    info["load_avg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    info["load_avg_1m_at_end"] = load_avg()
     return {
         "machine": info,
         "memcpy_GBps": bw,
@@ -394,20 +382,12 @@ def plot(result, path: Path) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="few agent counts, short timing (smoke test)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "env_throughput.json")
+    p = parser(__doc__, "env_throughput.json", min_time=1.0, min_reps=3, max_reps=50, max_call_s=10.0, n_volumes=4, steps=32,
+               quick_help="few agent counts, short timing (smoke test)")
     p.add_argument("--agents", type=int, nargs="+", default=[1, 16, 256, 1024, 4096, 8192], help="parallel agents n")
     p.add_argument("--dtypes", nargs="+", default=["float32", "uint8"], choices=["float32", "bfloat16", "uint8"])
     p.add_argument("--only", nargs="+", default=None, help="only these config names (e.g. single)")
     p.add_argument("--crop", type=int, default=45, help="crop edge D (voxels)")
-    p.add_argument("--steps", type=int, default=32, help="steps per jitted lax.scan call")
-    p.add_argument("--spacing", type=float, default=2.0, help="template resampling (mm)")
-    p.add_argument("--n-volumes", type=int, default=4, help="bank volumes (copies of the template)")
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement")
-    p.add_argument("--min-reps", type=int, default=3)
-    p.add_argument("--max-reps", type=int, default=50)
-    p.add_argument("--max-call-s", type=float, default=10.0, help="skip agent counts predicted to take longer per call")
     p.add_argument("--mem-fraction", type=float, default=0.25, help="skip agent counts whose observations exceed this fraction of memory")
     p.add_argument("--obs-copies", type=int, default=2, help="observation buffers assumed live at once (memory cap)")
     p.add_argument("--reference-agents", type=int, nargs="+", default=[1, 16, 256, 1024, 4096])
@@ -415,7 +395,6 @@ def parse_args(argv=None):
                    "(interleaved with the jitted calls)")
     p.add_argument("--memcpy-mb", type=int, default=512)
     p.add_argument("--row-memcpy-mb", type=int, default=256, help="size of the memcpy sampled after each jitted call")
-    p.add_argument("--replot", type=Path, default=None, help="only redraw the PNG and table from this JSON")
     args = p.parse_args(argv)
     if args.quick:
         args.agents = [a for a in args.agents if a <= 256][:3] or [16]

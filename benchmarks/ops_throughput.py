@@ -27,11 +27,9 @@ Writes the JSON, a PNG plot beside it, and prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import os
+import itertools
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +40,12 @@ from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, machine_info, machine_line, memcpy_bandwidth, run_and_write, save_figure  # noqa: E402
+from common import fmt, load_avg, machine_info, machine_line, memcpy_bandwidth, parser, run_and_write, save_figure, timed  # noqa: E402
 
 from jaxmed import ops  # noqa: E402
 
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "uint8": np.uint8}
-
-
-# ------------------------------------------------------------------ machine
 
 
 # ------------------------------------------------------------------ timing helpers
@@ -59,18 +54,9 @@ DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "uint8": np.uint8}
 def median_time(call, arg_sets, min_time: float, min_reps: int = 3, max_reps: int = 200, max_total: float = 6.0) -> tuple[float, int]:
     """Median seconds of ``call(*args)`` (blocking), cycling through ``arg_sets``; the first call
     (compilation) is excluded. Stops after ``min_reps`` calls and ``min_time`` seconds, or after
-    ``max_total`` seconds (at least one timed call)."""
-    jax.block_until_ready(call(*arg_sets[0]))
-    times: list[float] = []
-    total = 0.0
-    while len(times) < max_reps and (len(times) < min_reps or total < min_time) and not (times and total >= max_total):
-        args = arg_sets[len(times) % len(arg_sets)]
-        t = time.perf_counter()
-        jax.block_until_ready(call(*args))
-        dt = time.perf_counter() - t
-        times.append(dt)
-        total += dt
-    return float(np.median(times)), len(times)
+    ``max_total`` seconds (at least one timed call); :func:`jaxmed.bench.timed`."""
+    sets = itertools.cycle(arg_sets)
+    return timed(lambda: jax.block_until_ready(call(*next(sets))), min_time, min_reps, max_reps, max_total=max_total)
 
 
 def in_program(batched_fn):
@@ -196,8 +182,8 @@ def run(args) -> dict:
                         row["speedup"] = best / row["reference_per_s"]
                     rows.append(row)
                     print(format_row(row), flush=True)
-        del bank, bank_np
-    info["load_avg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        bank = bank_np = None  # free this dtype's bank before the next (the reference lambdas close over bank_np)
+    info["load_avg_1m_at_end"] = load_avg()
     return {
         "machine": info,
         "memcpy_GBps": bw,
@@ -302,20 +288,16 @@ def plot(result, path: Path) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small bank, two batch sizes, short timing (smoke test)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "ops_throughput.json")
+    p = parser(__doc__, "ops_throughput.json", min_time=0.4, min_reps=None, max_call_s=4.0, n_volumes=8, spacing=None, replot=False,
+               quick_help="small bank, two batch sizes, short timing (smoke test)")
     p.add_argument("--sizes", type=int, nargs="+", default=[25, 45], help="crop edge lengths D (voxels)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256, 1024, 4096, 8192], help="parallel windows n")
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    p.add_argument("--n-volumes", type=int, default=8)
     p.add_argument("--padded", type=int, default=200, help="padded edge length of each bank volume (voxels)")
-    p.add_argument("--min-time", type=float, default=0.4, help="seconds of repeated calls per measurement (at least 3 calls)")
     p.add_argument("--position-sets", type=int, default=3)
     p.add_argument("--max-out-bytes", type=float, default=2e9, help="skip a batch whose output exceeds this")
     p.add_argument("--max-work-bytes", type=float, default=6e9, help="skip resample batches whose intermediates exceed this")
     p.add_argument("--resample-bytes-per-point", type=int, default=64, help="estimate of resample working memory per output voxel")
-    p.add_argument("--max-call-s", type=float, default=4.0, help="skip a batch predicted to take longer per call")
     p.add_argument("--numpy-cap", type=int, default=512, help="at most this many crops in the NumPy reference loop")
     p.add_argument("--scipy-cap", type=int, default=8, help="at most this many windows in the SciPy reference loop")
     p.add_argument("--memcpy-mb", type=int, default=512)

@@ -43,7 +43,6 @@ Writes the JSON, a PNG plot beside it, and prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import math
@@ -60,7 +59,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from env_throughput import initial, make_rollout  # noqa: E402  (shared benchmark helpers)
-from common import machine_info, machine_line, replot, run_and_write, save_figure  # noqa: E402
+from common import compile_timed, machine_info, machine_line, parser, replot, run_and_write, save_figure, timed  # noqa: E402
 
 from jaxmed.agents.dqn import DQNConfig, make_optimizer, make_train, td_loss  # noqa: E402
 from jaxmed.agents.replay import ReplayBuffer  # noqa: E402
@@ -108,21 +107,8 @@ def dqn_config(args, n_envs: int, chunk_steps: int) -> DQNConfig:
 
 
 def timed_calls(call, min_time: float, min_reps: int, max_reps: int, max_total: float) -> tuple[float, int]:
-    """Median seconds of ``call()`` (which must block), after one untimed warm-up call."""
-    call()
-    times: list[float] = []
-    while len(times) < max_reps and (len(times) < min_reps or sum(times) < min_time) and not (times and sum(times) >= max_total):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), len(times)
-
-
-def compile_timed(fn, *example):
-    """``(compiled, seconds)`` of ``fn.lower(*example).compile()``."""
-    t0 = time.perf_counter()
-    compiled = fn.lower(*example).compile()
-    return compiled, time.perf_counter() - t0
+    """Median seconds of ``call()`` (which must block), after one untimed warm-up call (:func:`jaxmed.bench.timed`)."""
+    return timed(call, min_time, min_reps, max_reps, max_total=max_total)
 
 # ------------------------------------------------------------------ jaxmed: pieces and the whole program
 
@@ -200,7 +186,7 @@ def jax_pieces(case: Case, env, env_params, bank, network, rs, config: DQNConfig
 
     sec, _ = timed_calls(env_call, **timing)
     out["env_ms"] = 1e3 * sec / env_steps
-    del carry, state, obs
+    del state, obs  # (the carry list stays: env_call closes over it)
     # acting forward alone (one call; includes the ~tens of µs dispatch of a jitted call)
     fwd, out["act_compile_s"] = compile_timed(jax.jit(network.apply), rs.params, rs.obs)
     sec, _ = timed_calls(lambda: jax.block_until_ready(fwd(rs.params, rs.obs)), **timing)
@@ -353,7 +339,7 @@ def time_python_loop(case: Case, env_cfg: LandmarkEnvConfig, env_params, bank, n
     eps_span = max(config.eps_decay_steps, 1)
 
     def vector_step(clock: dict):
-        nonlocal obs, params, opt_state, target, steps, updates
+        nonlocal params, opt_state, target, steps, updates  # obs is updated in place
         t0 = time.perf_counter()
         q = np.asarray(fwd(params, jnp.asarray(obs)))  # (n, A, 6)
         eps = config.eps_start + min(steps / eps_span, 1.0) * (config.eps_end - config.eps_start)
@@ -552,9 +538,8 @@ def plot(result, path: Path) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="few env counts, short timing (smoke test)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "train_throughput.json")
+    p = parser(__doc__, "train_throughput.json", min_time=3.0, min_reps=2, max_reps=20, max_call_s=30.0, n_volumes=4,
+               quick_help="few env counts, short timing (smoke test)")
     p.add_argument("--trunk", default="patch", choices=["patch", "strided", "network3d"], help="Q-network trunk")
     p.add_argument("--crops", type=int, nargs="+", default=[45, 15], help="crop edges D (patch trunk: multiples of 15)")
     p.add_argument("--n-envs", type=int, nargs="+", default=[1, 64, 1024], help="parallel environments n")
@@ -562,14 +547,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--replay-capacity", type=int, default=100_000)
     p.add_argument("--dtype", default="uint8", choices=["float32", "bfloat16", "uint8"], help="bank storage dtype")
-    p.add_argument("--spacing", type=float, default=2.0, help="template resampling (mm)")
-    p.add_argument("--n-volumes", type=int, default=4, help="bank volumes (copies of the template)")
     p.add_argument("--chunk-time", type=float, default=1.5, help="target seconds per run_chunk call (sets chunk_steps)")
     p.add_argument("--max-chunk-steps", type=int, default=64)
-    p.add_argument("--min-time", type=float, default=3.0, help="seconds of timed run_chunk calls")
-    p.add_argument("--min-reps", type=int, default=2)
-    p.add_argument("--max-reps", type=int, default=20)
-    p.add_argument("--max-call-s", type=float, default=30.0, help="skip a jaxmed run whose chunk is predicted to take longer")
     p.add_argument("--piece-time", type=float, default=0.5, help="seconds of timed calls per jitted piece")
     p.add_argument("--max-piece-total", type=float, default=4.0)
     p.add_argument("--env-scan-steps", type=int, default=8, help="steps per env-alone rollout call")
@@ -580,7 +559,6 @@ def parse_args(argv=None):
     p.add_argument("--py-replay-gb", type=float, default=1.5, help="memory of the python loop's pixel replay (caps its capacity)")
     p.add_argument("--no-actor-program", action="store_true", help="skip timing run_chunk without updates")
     p.add_argument("--budget-s", type=float, default=1e9, help="skip remaining points once this many seconds have passed")
-    p.add_argument("--replot", type=Path, default=None, help="only redraw the PNG and table from this JSON")
     args = p.parse_args(argv)
     if args.trunk == "network3d":  # ~30 s per update and ~0.15 s per acting forward on this CPU
         args.n_envs = [n for n in args.n_envs if n <= 64] or [1]

@@ -147,14 +147,17 @@ def save_figure(fig, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def timed(call: Callable[[], Any], min_time: float, min_reps: int = 1, max_reps: int = 50, warmup: bool = True) -> tuple[float, int]:
+def timed(call: Callable[[], Any], min_time: float, min_reps: int = 1, max_reps: int = 50, warmup: bool = True,
+          max_total: float | None = None) -> tuple[float, int]:
     """``(median seconds, repeats)`` of ``call()`` (which must block until its result is ready):
     at least ``min_reps`` calls and at least ``min_time`` seconds in all (at most ``max_reps``
-    calls), after one untimed warm-up call unless ``warmup=False``."""
+    calls; stopping early once ``max_total`` seconds are spent, after at least one call), after one
+    untimed warm-up call unless ``warmup=False``."""
     if warmup:
         call()
     times: list[float] = []
-    while len(times) < max(min_reps, 1) or (sum(times) < min_time and len(times) < max_reps):
+    while not times or ((len(times) < min_reps or (sum(times) < min_time and len(times) < max_reps))
+                        and not (max_total is not None and sum(times) >= max_total)):
         t = time.perf_counter()
         call()
         times.append(time.perf_counter() - t)

@@ -15,8 +15,15 @@ from pathlib import Path
 
 
 def _run(args) -> int:
-    from jaxmed.bench import grid_from_args, markdown, run_grid
+    from jaxmed.bench import grid_from_args, markdown, plot, run_grid
 
+    if args.replot:
+        import json
+
+        result = json.loads(Path(args.replot).read_text())
+        plot(result, Path(args.replot).with_suffix(".png"))
+        print(markdown(result))
+        return 0
     grid = grid_from_args(args)
     result = run_grid(grid, args.out, in_process=args.in_process, cluster=args.cluster, timeout_s=args.timeout,
                       progress=not args.quiet)
@@ -65,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", action="store_true",
                    help="this process is one host of a multi-host cluster (JAXMED_COORDINATOR / JAXMED_NUM_PROCESSES / "
                         "JAXMED_PROCESS_ID or SLURM/MPI): run the same command on every host; process 0 writes the results")
+    p.add_argument("--replot", help="only redraw the PNG and reprint the table of this result JSON")
     p.add_argument("--quiet", action="store_true")
 
 
