@@ -2,16 +2,19 @@
 rollout's truncation bootstrap on a hand-checkable env, learning on a phantom, data parallelism,
 vmapped seeds and config errors."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import struct
 
 from jaxmed.agents import a2c, grpo, ppo
 from jaxmed.agents.pg_losses import policy_loss, value_loss
-from jaxmed.agents.rollout_pg import gae, group_advantages, make_collect, make_group_rollout
+from jaxmed.agents.rollout_pg import gae, group_advantages, make_apply_gradients, make_collect, make_group_rollout, make_optimizer
 from jaxmed.data import blob_phantom, build_bank
 from jaxmed.envs.base import Box, Discrete, Environment
 from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig
@@ -393,6 +396,90 @@ def test_vmapped_grpo_seeds_are_independent():
         np.testing.assert_array_equal(c[0], c[1])
     assert np.isfinite(runs["01"][1]["kl"]).all() and (runs["01"][1]["return"] < 0).all()  # return = -final_t
     assert not np.array_equal(runs["01"][0][0][0], runs["01"][0][0][1])  # the seeds really differ
+
+
+
+# ------------------------------------------------------------------ hyperparameter leaves
+
+
+def test_apply_gradients_with_config_hparams_match_the_optax_chain():
+    """The PG step reading the runner state's leaves (clip to hp.max_grad_norm, Adam direction, learning
+    rate annealed by hp) equals optax.chain(clip_by_global_norm, adam(linear_schedule)) with the config's
+    values, step by step, including steps past the decay horizon and clipped ones."""
+    config = ppo.PPOConfig(learning_rate=0.05, lr_decay_steps=4, lr_final_fraction=0.2, max_grad_norm=1.0, adam_eps=1e-4)
+    hp = ppo.default_hparams(config)
+    apply = jax.jit(make_apply_gradients(config, make_optimizer(config)))
+    reference = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.linear_schedule(0.05, 0.01, 4), eps=1e-4))
+    rng = np.random.default_rng(4)
+    params = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), "b": jnp.zeros((2,), jnp.float32)}
+    ref_params, ref_state = params, reference.init(params)
+    state = make_optimizer(config).init(params)
+    for step in range(7):
+        scale = 5.0 if step % 2 else 0.1  # odd steps exceed max_grad_norm
+        grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape) * scale, jnp.float32), params)
+        params, state = apply(params, state, grads, hp, jnp.asarray(step))
+        upd, ref_state = reference.update(grads, ref_state, ref_params)
+        ref_params = optax.apply_updates(ref_params, upd)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_default_hparams_fields_overrides_and_errors():
+    assert ppo.HPARAM_FIELDS == ("learning_rate", "lr_final_fraction", "max_grad_norm", "gamma", "gae_lambda", "vf_coef",
+                                 "ent_coef", "clip_eps")
+    assert a2c.HPARAM_FIELDS == ppo.HPARAM_FIELDS[:-1] and "kl_coef" in grpo.HPARAM_FIELDS and "gamma" not in grpo.HPARAM_FIELDS
+    hp = ppo.default_hparams(ppo.PPOConfig(gamma=0.9), clip_eps=0.1)
+    assert float(hp.gamma) == np.float32(0.9) and float(hp.clip_eps) == np.float32(0.1) and hp.gamma.dtype == jnp.float32
+    pop = ppo.stack_hparams([hp, ppo.default_hparams(ppo.PPOConfig(), learning_rate=1e-2)])
+    assert pop.learning_rate.shape == (2,) and float(pop.learning_rate[1]) == np.float32(1e-2)
+    with pytest.raises(ConfigError, match="sweepable: .*clip_eps"):
+        ppo.default_hparams(ppo.PPOConfig(), update_epochs=2)  # static: changes the program
+    with pytest.raises(ConfigError, match="gamma"):
+        a2c.default_hparams(a2c.A2CConfig(), gamma=1.5)  # the config's own range check
+    with pytest.raises(ConfigError, match="kl_coef"):
+        grpo.default_hparams(grpo.GRPOConfig(), kl_coef=-1.0)
+
+
+_HPARAM_CASES = {
+    # learner: (module, config, the two settings); PPO anneals its learning rate over the run
+    "ppo": (ppo, ppo.PPOConfig(n_envs=4, num_steps=8, update_epochs=2, num_minibatches=2, updates_per_chunk=2, lr_decay_steps=6,
+                               lr_final_fraction=0.3, learning_rate=3e-3),
+            [dict(learning_rate=3e-3, gamma=0.9, clip_eps=0.1, ent_coef=0.0),
+             dict(learning_rate=1e-3, gamma=0.99, gae_lambda=0.8, clip_eps=0.3, vf_coef=1.0, max_grad_norm=0.1)]),
+    "a2c": (a2c, a2c.A2CConfig(n_envs=4, num_steps=8, updates_per_chunk=3),
+            [dict(learning_rate=1e-3), dict(learning_rate=5e-3, ent_coef=0.1, gae_lambda=0.9)]),
+    # one member with the KL penalty, one without: the lax.cond runs both under vmap
+    "grpo": (grpo, grpo.GRPOConfig(n_envs=4, group_size=2, max_steps=6, num_minibatches=2, terminal_reward="final_t"),
+             [dict(kl_coef=0.0, clip_eps=0.2), dict(kl_coef=0.5, clip_eps=0.1, learning_rate=1e-3, ent_coef=0.05)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_HPARAM_CASES))
+def test_vmapped_hparams_equal_separate_runs_with_those_settings(name):
+    """S = 2 hyperparameter settings as arrays in one compiled program (same key for both): each member
+    equals a separate run of a config with that setting, and the settings give different parameters."""
+    module, config, settings = _HPARAM_CASES[name]
+    env = CountEnv()
+    fns = module.make_train(config, env, env.default_params, LinearAC())
+    key = jax.random.key(13)
+    keys = jnp.stack([key, key])
+    hps = module.stack_hparams([module.default_hparams(config, **s) for s in settings])
+    both = jax.jit(jax.vmap(fns.init, in_axes=(0, None, 0)))(keys, None, hps)
+    v_chunk = jax.jit(jax.vmap(fns.run_chunk, in_axes=(0, None)))
+    for _ in range(2):
+        both, m_both = v_chunk(both, None)
+    for s, setting in enumerate(settings):
+        separate = module.make_train(dataclasses.replace(config, **setting), env, env.default_params, LinearAC())
+        rs, chunk = jax.jit(separate.init)(key, None), jax.jit(separate.run_chunk)
+        for _ in range(2):
+            rs, m = chunk(rs, None)
+        for a, b in zip(_leaves(both), _leaves(rs)):
+            np.testing.assert_allclose(a[s], b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(float(m_both["loss"][s]), float(m["loss"]), rtol=1e-4, atol=1e-6)
+    first = jax.tree.leaves(both.params)[0]
+    assert not np.allclose(np.asarray(first[0]), np.asarray(first[1]))  # the settings really differ
+    if name == "grpo":
+        assert float(m_both["kl"][0]) == 0.0 and float(m_both["kl"][1]) > 0.0
 
 
 def test_bad_configs_raise_config_error():
