@@ -298,3 +298,42 @@ class Environment:
 
     def __repr__(self) -> str:
         return f"{self.name}()"
+
+
+class ConfiguredEnv(Environment):
+    """An :class:`Environment` described by a frozen static config and a params dataclass: the
+    constructor part, ``name``, ``default_params``, hashing and ``repr`` every task env shares.
+
+    Subclasses set the class attributes ``config_class`` (the static config dataclass; its instance
+    is ``self.config``) and ``params_class`` (the default :attr:`default_params`), and call
+    :meth:`_setup` first in ``__init__``. Two instances are equal (one compiled program) when their
+    type, config and bank labels are.
+    """
+
+    config_class: type = type(None)
+    params_class: type = type(None)
+
+    def _setup(self, config, labels, name: str) -> None:
+        """``self.config`` (``config_class()`` when ``None``; :class:`ConfigError` for another type),
+        ``self.labels`` (tuple of the bank's landmark labels, or ``None``) and the env's name."""
+        from jaxmed.errors import ConfigError
+
+        self.config = config if config is not None else self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise ConfigError(f"{type(self).__name__}: config must be a {self.config_class.__name__}, got {type(config).__name__}")
+        self.labels = tuple(labels) if labels is not None else None
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def default_params(self):
+        return self.params_class()
+
+    def _static_key(self) -> tuple:
+        return (self.config, self.labels)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self._name!r}, config={self.config})"

@@ -72,7 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, Environment, check_discrete_action, check_volume_bank
+from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.iou import box_iou
 from jaxmed.ops.resample import affine_grid, box_to_grid_affine, trilinear_levels
@@ -291,7 +291,7 @@ def start_box(lo, hi, u, size_lo, size_hi, centre_range) -> jax.Array:
 # ------------------------------------------------------------------ the environment
 
 
-class BoxEnv(Environment):
+class BoxEnv(ConfiguredEnv):
     """Single-agent bounding-box search (module docstring).
 
     Args:
@@ -303,24 +303,15 @@ class BoxEnv(Environment):
       name: the name reported by :attr:`name`.
     """
 
+    config_class = BoxEnvConfig
+    params_class = BoxEnvParams
+
     def __init__(self, config: BoxEnvConfig | None = None, labels: Sequence[str] | None = None, name: str = "box"):
-        self.config = config if config is not None else BoxEnvConfig()
-        if not isinstance(self.config, BoxEnvConfig):
-            raise ConfigError(f"BoxEnv: config must be a BoxEnvConfig, got {type(config).__name__}")
-        self.labels = tuple(labels) if labels is not None else None
-        self._name = name
+        self._setup(config, labels, name)
         if self.labels is not None:
             self._point_labels(self.labels)
 
     # -------------------------------------------------------------- descriptions
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def default_params(self) -> BoxEnvParams:
-        return BoxEnvParams()
 
     def observation_space(self, params=None, bank=None) -> Box:
         """``(1, k, G, G, G)``; dtype of ``bank`` when given (float32 otherwise)."""
@@ -331,12 +322,6 @@ class BoxEnv(Environment):
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(self.config.n_actions, (1,))
-
-    def _static_key(self) -> tuple:
-        return (self.config, self.labels)
-
-    def __repr__(self) -> str:
-        return f"BoxEnv(name={self._name!r}, config={self.config})"
 
     @property
     def wants_packed_bank(self) -> bool:

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, Environment
+from jaxmed.envs.base import Box, Discrete, ConfiguredEnv
 from jaxmed.envs.landmark import N_ACTIONS, EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig, ObsState
 from jaxmed.errors import ConfigError, LandmarkError
 
@@ -148,15 +148,14 @@ class GoalObsState:
     osc_done: jax.Array
 
 
-class GoalLandmarkEnv(Environment):
+class GoalLandmarkEnv(ConfiguredEnv):
     """Goal-conditioned landmark navigation (module docstring)."""
 
+    config_class = GoalLandmarkConfig
+    params_class = EnvParams
+
     def __init__(self, config: GoalLandmarkConfig | None = None, labels: Sequence[str] | None = None, name: str = "goal-landmark"):
-        self.config = config if config is not None else GoalLandmarkConfig()
-        if not isinstance(self.config, GoalLandmarkConfig):
-            raise ConfigError(f"GoalLandmarkEnv: config must be a GoalLandmarkConfig, got {type(config).__name__}")
-        self.labels = tuple(labels) if labels is not None else None
-        self._name = name
+        self._setup(config, labels, name)
         if self.labels is not None:
             check_goal_labels(name, self.config.goals, self.labels)
         self.nav = LandmarkEnv(self.config.nav_config(), name=name)
@@ -164,16 +163,8 @@ class GoalLandmarkEnv(Environment):
     # -------------------------------------------------------------- descriptions
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
     def n_agents(self) -> int:
         return self.config.n_agents
-
-    @property
-    def default_params(self) -> EnvParams:
-        return EnvParams()
 
     @property
     def max_crop(self) -> int:
@@ -188,12 +179,6 @@ class GoalLandmarkEnv(Environment):
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (self.n_agents,))
-
-    def _static_key(self) -> tuple:
-        return (self.config, self.labels)
-
-    def __repr__(self) -> str:
-        return f"GoalLandmarkEnv(name={self._name!r}, config={self.config})"
 
     # -------------------------------------------------------------- checks
 

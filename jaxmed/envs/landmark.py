@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, Environment, check_discrete_action, check_volume_bank, is_concrete
+from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank, is_concrete
 from jaxmed.errors import ConfigError, LandmarkError
 
 N_ACTIONS = 6
@@ -179,7 +179,7 @@ class ObsState:
 # ------------------------------------------------------------------ the environment
 
 
-class LandmarkEnv(Environment):
+class LandmarkEnv(ConfiguredEnv):
     """Single-agent, multi-agent and multi-scale landmark search (module docstring).
 
     Args:
@@ -191,12 +191,11 @@ class LandmarkEnv(Environment):
       name: the name reported by :attr:`name` (the registry passes its name).
     """
 
+    config_class = LandmarkEnvConfig
+    params_class = EnvParams
+
     def __init__(self, config: LandmarkEnvConfig | None = None, labels: Sequence[str] | None = None, name: str = "landmark"):
-        self.config = config if config is not None else LandmarkEnvConfig()
-        if not isinstance(self.config, LandmarkEnvConfig):
-            raise ConfigError(f"LandmarkEnv: config must be a LandmarkEnvConfig, got {type(config).__name__}")
-        self.labels = tuple(labels) if labels is not None else None
-        self._name = name
+        self._setup(config, labels, name)
         if self.labels is not None:
             missing = [t for t in self.config.targets if t not in self.labels]
             if missing:
@@ -207,16 +206,8 @@ class LandmarkEnv(Environment):
     # -------------------------------------------------------------- descriptions
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
     def n_agents(self) -> int:
         return self.config.n_agents
-
-    @property
-    def default_params(self) -> EnvParams:
-        return EnvParams()
 
     def observation_space(self, params=None, bank=None) -> Box:
         """``(A, k, D, D, D)``; dtype of ``bank`` when given (float32 otherwise)."""
@@ -227,12 +218,6 @@ class LandmarkEnv(Environment):
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (self.n_agents,))
-
-    def _static_key(self) -> tuple:
-        return (self.config, self.labels)
-
-    def __repr__(self) -> str:
-        return f"LandmarkEnv(name={self._name!r}, config={self.config})"
 
     # -------------------------------------------------------------- host-side checks
 

@@ -89,7 +89,7 @@ import numpy as np
 from flax import struct
 
 from jaxmed.data.planes import PlaneDefinition, get_plane
-from jaxmed.envs.base import Box, Discrete, Environment, check_discrete_action, check_volume_bank
+from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.plane import (
     plane_basis,
@@ -273,7 +273,7 @@ def plane_error(normal, offset, target_normal, target_offset):
 # ------------------------------------------------------------------ the environment
 
 
-class PlaneEnv(Environment):
+class PlaneEnv(ConfiguredEnv):
     """View-plane search (module docstring).
 
     Args:
@@ -282,25 +282,16 @@ class PlaneEnv(Environment):
       name: the name reported by :attr:`name`.
     """
 
+    config_class = PlaneEnvConfig
+    params_class = EnvParams
+
     def __init__(self, config: PlaneEnvConfig | None = None, labels: Sequence[str] | None = None, name: str = "plane"):
-        self.config = config if config is not None else PlaneEnvConfig()
-        if not isinstance(self.config, PlaneEnvConfig):
-            raise ConfigError(f"PlaneEnv: config must be a PlaneEnvConfig, got {type(config).__name__}")
+        self._setup(config, labels, name)
         self.definition = self.config.definition
-        self.labels = tuple(labels) if labels is not None else None
-        self._name = name
         if self.labels is not None:
             self._check_labels(self.labels)
 
     # -------------------------------------------------------------- descriptions
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def default_params(self) -> EnvParams:
-        return EnvParams()
 
     @property
     def required_labels(self) -> tuple[str, ...]:
@@ -326,12 +317,6 @@ class PlaneEnv(Environment):
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (1,))
-
-    def _static_key(self) -> tuple:
-        return (self.config, self.labels)
-
-    def __repr__(self) -> str:
-        return f"PlaneEnv(name={self._name!r}, config={self.config})"
 
     # -------------------------------------------------------------- host-side checks
 

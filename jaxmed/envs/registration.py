@@ -100,7 +100,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, Environment, check_discrete_action, check_volume_bank
+from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.resample import affine_grid, trilinear_levels
 from jaxmed.ops.rigid import invert_rigid, matrix_to_params, rigid_distance, rigid_matrix
@@ -287,7 +287,7 @@ class ObsState:
 # ------------------------------------------------------------------ the environment
 
 
-class RegistrationEnv(Environment):
+class RegistrationEnv(ConfiguredEnv):
     """Rigid registration of a moving image to a fixed image by 12 discrete moves (module docstring).
 
     Args:
@@ -297,22 +297,17 @@ class RegistrationEnv(Environment):
       name: the name reported by :attr:`name` (the registry passes its name).
     """
 
+    config_class = RegistrationEnvConfig
+    params_class = EnvParams
+
     def __init__(self, config: RegistrationEnvConfig | None = None, labels: Sequence[str] | None = None, name: str = "registration"):
-        self.config = config if config is not None else RegistrationEnvConfig()
-        if not isinstance(self.config, RegistrationEnvConfig):
-            raise ConfigError(f"RegistrationEnv: config must be a RegistrationEnvConfig, got {type(config).__name__}")
-        self.labels = tuple(labels) if labels is not None else None
-        self._name = name
+        self._setup(config, labels, name)
         if self.labels is not None:
             missing = [t for t in self.config.landmarks if t not in self.labels]
             if missing:
                 raise LandmarkError(f"{name}: unknown TRE landmark(s) {', '.join(map(repr, missing))}; available: {', '.join(self.labels)}")
 
     # -------------------------------------------------------------- descriptions
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     @property
     def required_labels(self) -> tuple[str, ...]:
@@ -328,10 +323,6 @@ class RegistrationEnv(Environment):
     def metric_labels(self) -> tuple[str, ...]:
         return ("rigid",)
 
-    @property
-    def default_params(self) -> EnvParams:
-        return EnvParams()
-
     def eval_params(self, params: EnvParams) -> EnvParams:
         """``params`` without the ground-truth termination (``terminate_at_tre_mm = 0``)."""
         return params.replace(terminate_at_tre_mm=0.0)
@@ -342,12 +333,6 @@ class RegistrationEnv(Environment):
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (1,))
-
-    def _static_key(self) -> tuple:
-        return (self.config, self.labels)
-
-    def __repr__(self) -> str:
-        return f"RegistrationEnv(name={self._name!r}, config={self.config})"
 
     # -------------------------------------------------------------- host-side checks
 
