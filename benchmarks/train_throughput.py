@@ -197,13 +197,16 @@ def jax_pieces(case: Case, env, env_params, bank, network, rs, config: DQNConfig
     rend, out["render_compile_s"] = compile_timed(make_render_scan(config, env, n_upd), buffer, jax.random.key(2), bank)
     sec, _ = timed_calls(lambda: jax.block_until_ready(rend(buffer, jax.random.key(2), bank)), **timing)
     out["sample_render_ms"] = 1e3 * sec / n_upd
+    # (the learner's own optimiser state is that of make_direction with the learning rate in its Hparams;
+    # the same Adam step with the config's learning rate is make_optimizer's)
+    opt_state = make_optimizer(config).init(rs.params)
     upd, out["update_compile_s"] = compile_timed(make_update_scan(config, env, network, n_upd), rs.params, rs.target_params,
-                                                 rs.opt_state, buffer, jax.random.key(3), bank)
+                                                 opt_state, buffer, jax.random.key(3), bank)
     ukey = [jax.random.key(3)]
 
     def upd_call():
         ukey[0], k = jax.random.split(ukey[0])
-        jax.block_until_ready(upd(rs.params, rs.target_params, rs.opt_state, buffer, k, bank))
+        jax.block_until_ready(upd(rs.params, rs.target_params, opt_state, buffer, k, bank))
 
     sec, _ = timed_calls(upd_call, **{**timing, "min_reps": 1 if args.trunk == "network3d" else args.min_reps})
     out["update_ms"] = 1e3 * sec / n_upd
