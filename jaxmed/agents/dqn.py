@@ -38,6 +38,8 @@ import optax
 import rlax
 from flax import struct
 
+from jaxmed.agents import hparams as hparams_lib
+from jaxmed.agents.hparams import learning_rate  # shared with the PG learners
 from jaxmed.agents.replay import BufferState, ReplayBuffer
 from jaxmed.agents.rollout_pg import render_batch
 from jaxmed.errors import ConfigError
@@ -126,9 +128,7 @@ def default_hparams(config: "DQNConfig", **overrides) -> Hparams:
     return Hparams(**{f: jnp.asarray(v, jnp.int32 if f in _INT_HPARAMS else jnp.float32) for f, v in values.items()})
 
 
-def stack_hparams(hps) -> Hparams:
-    """A population ``(P,)`` of :class:`Hparams` from a sequence of scalar ones."""
-    return jax.tree.map(lambda *x: jnp.stack(x), *hps)
+stack_hparams = hparams_lib.stack_hparams  # a population (P,) of Hparams from a sequence of scalar ones
 
 
 @struct.dataclass
@@ -162,15 +162,6 @@ def epsilon(config, steps) -> jax.Array:
     (``config``: a :class:`DQNConfig` or the :class:`Hparams` of a runner state)."""
     frac = jnp.clip(steps / jnp.maximum(config.eps_decay_steps, 1), 0.0, 1.0)
     return config.eps_start + frac * (config.eps_end - config.eps_start)
-
-
-def learning_rate(config: DQNConfig, hp: Hparams, updates) -> jax.Array:
-    """The learning rate of update number ``updates`` (0-based): ``hp.learning_rate``, decayed linearly
-    to ``hp.lr_final_fraction`` of it over ``config.lr_decay_steps`` updates when that is > 0."""
-    if config.lr_decay_steps <= 0:
-        return hp.learning_rate
-    frac = jnp.clip(updates / config.lr_decay_steps, 0.0, 1.0)
-    return hp.learning_rate * (1.0 + frac * (hp.lr_final_fraction - 1.0))
 
 
 def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
