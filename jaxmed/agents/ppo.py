@@ -125,8 +125,8 @@ def default_hparams(config: PPOConfig, **overrides) -> Hparams:
 
 
 def make_train(config: PPOConfig, env, env_params, network, axis_name: str | None = None) -> TrainFns:
-    """PPO training functions ``TrainFns(init(key, bank) -> RunnerState, run_chunk(rs, bank) -> (rs,
-    metrics), network, optimizer)`` for ``env`` and an actor-critic ``network``
+    """PPO training functions ``TrainFns(init(key, bank, hparams=None) -> RunnerState, run_chunk(rs, bank)
+    -> (rs, metrics), network, optimizer)`` for ``env`` and an actor-critic ``network``
     (:func:`jaxmed.networks.actor_critic_from_config`). With ``axis_name`` the functions must run under
     ``jax.pmap`` / ``shard_map`` with that axis (gradients and metrics ``lax.pmean``-ed).
 
@@ -134,6 +134,10 @@ def make_train(config: PPOConfig, env, env_params, network, axis_name: str | Non
     ended episodes, NaN if none ended), ``loss``, ``policy_loss``, ``value_loss``, ``entropy``,
     ``approx_kl``, ``clip_frac`` (means over the chunk's minibatches), ``steps`` (vector env steps),
     ``updates`` (gradient steps).
+
+    ``hparams``: an :class:`Hparams` (:func:`default_hparams` of the config when ``None``), kept in the
+    runner state and read by every update; vmap ``init`` over stacked ones (:func:`stack_hparams`) to
+    train several settings in one program. ``optimizer`` is Adam's direction (no learning rate).
     """
     if not isinstance(config, PPOConfig):
         raise ConfigError(f"ppo.make_train needs a PPOConfig, got {type(config).__name__}")
