@@ -271,7 +271,7 @@ def point_config(grid: dict, point: dict):
     data.setdefault("train", {})
     learner = point.get("learner", data["train"].get("learner", "dqn"))
     multihost = "processes" in point
-    if multihost and learner != "dqn":
+    if multihost and learner != "dqn" and "train" in grid["measure"]:
         raise ConfigError(f"processes={point['processes']}: multi-host training exists for the dqn learner only, not {learner}")
     over = [f"train.learner={learner}", "train.seeds=1", f"train.devices={1 if multihost else point.get('devices', 1)}"]
     if "n_envs" in point:
@@ -384,12 +384,15 @@ def measure_point(grid: dict, point: dict) -> dict:
 
     cfg = point_config(grid, point)
     multihost = "processes" in point
-    per_process = int(point.get("devices", 1))
-    if not multihost and jax.local_device_count() < per_process:
-        raise ConfigError(f"devices={per_process} but only {jax.local_device_count()} devices are visible")
-    if multihost and jax.process_count() != point["processes"]:
-        raise ConfigError(f"processes={point['processes']} but this cluster has {jax.process_count()} process(es)")
-    devices = point_devices(per_process) if multihost else jax.local_devices()[:per_process]
+    if multihost:  # every process's first `devices` local devices (default: all of them)
+        if jax.process_count() != point["processes"]:
+            raise ConfigError(f"processes={point['processes']} but this cluster has {jax.process_count()} process(es)")
+        devices = point_devices(point.get("devices"))
+    else:
+        per_process = int(point.get("devices", 1))
+        if jax.local_device_count() < per_process:
+            raise ConfigError(f"devices={per_process} but only {jax.local_device_count()} devices are visible")
+        devices = jax.local_devices()[:per_process]
     bank, _, _ = ex.make_bank(cfg, "train", cfg.data.n_train)
     env, params, _ = ex.make_env(cfg, bank.labels)
     n_envs = cfg.learner.n_envs
@@ -509,19 +512,25 @@ def _error_line(text: str) -> str:
 
 
 def run_point_subprocess(grid: dict, point: dict, timeout_s: float = 600.0) -> dict:
-    """Measure one point in fresh Python processes: one with ``point['devices']`` fake CPU devices,
-    or ``point['processes']`` of them forming a local cluster (the result is process 0's)."""
+    """Measure one point in fresh Python processes: one with ``point['devices']`` fake CPU devices
+    (``python -m jaxmed.bench --point JSON``), or, for a ``processes`` point, that many forming a
+    local CPU cluster, each running the grid of this one point in cluster mode exactly as every host
+    of a real cluster runs ``jaxmed bench GRID --cluster`` (the result is the JSON process 0 writes)."""
     n = int(point.get("devices", 1))
-    cmd = [sys.executable, "-m", "jaxmed.bench", "--point", json.dumps({"grid": grid, "point": point})]
     if "processes" in point:
-        outs = launch_local_processes(cmd, int(point["processes"]), n, timeout_s)
-        res = _result_line(outs[0][1])
-        if outs[0][0] == 0 and res is not None:
-            return res
+        one = {**grid, "axes": {a: [v] for a, v in point.items() if a != "processes"}}
+        with tempfile.TemporaryDirectory(prefix="jaxmed-bench-") as tmp:
+            out = Path(tmp) / "point.json"
+            cmd = [sys.executable, "-m", "jaxmed.bench", "--cluster-grid", json.dumps(one), "--out", str(out)]
+            outs = launch_local_processes(cmd, int(point["processes"]), n, timeout_s)
+            if outs[0][0] == 0 and out.exists():
+                res = json.loads(out.read_text())["points"][0]
+                return {k: v for k, v in res.items() if k not in point and k != "wall_s"}
         bad = next(((i, c, t) for i, (c, t) in enumerate(outs) if c not in (0, None)), None)
         if bad is None:
             return {"error": f"timed out after {timeout_s:.0f} s"}
         return {"error": f"process {bad[0]} (exit {bad[1]}): {_error_line(bad[2])}"}
+    cmd = [sys.executable, "-m", "jaxmed.bench", "--point", json.dumps({"grid": grid, "point": point})]
     env = dict(os.environ)
     flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
@@ -664,25 +673,26 @@ def plot(result: dict, path: Path) -> None:
 
 
 def _child(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description="measure one jaxmed bench grid point (run by jaxmed bench)")
-    p.add_argument("--point", required=True, help="JSON {grid, point}")
+    p = argparse.ArgumentParser(description="measure jaxmed bench grid points (run by jaxmed bench)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--point", help="JSON {grid, point}: measure it here and print the result JSON")
+    what.add_argument("--cluster-grid", help="JSON grid: run it as one process of a cluster (run_grid(cluster=True))")
+    p.add_argument("--out", help="result JSON of --cluster-grid (written by process 0)")
     args = p.parse_args(argv)
+    if args.cluster_grid:
+        if not args.out:
+            p.error("--cluster-grid needs --out")
+        run_grid(load_grid(json.loads(args.cluster_grid)), args.out, cluster=True, progress=False)
+        import jax
+
+        jax.distributed.shutdown()
+        return 0
     spec = json.loads(args.point)
-    from jaxmed.agents import distributed
-
-    several = (distributed._env_int(distributed.ENV_NUM_PROCESSES) or 1) > 1
-    if several:  # one process of a local cluster launched by launch_local_processes
-        distributed.initialize(initialization_timeout=120)
-    import jax
-
     try:
         res = measure_point(spec["grid"], spec["point"])
     except ConfigError as e:
         res = {"error": str(e)}
-    if jax.process_index() == 0:
-        print(json.dumps(res), flush=True)
-    if several:
-        jax.distributed.shutdown()
+    print(json.dumps(res), flush=True)
     return 0
 
 
