@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage
 
 import jaxmed
+from jaxmed.agents.learners import run_chunks
 from jaxmed.data import build_bank
 from jaxmed.data.phantoms import ellipsoid_phantom, sphere_directions
 from jaxmed.envs.box import BoxEnv, BoxEnvConfig, BoxEnvParams, BoxState, apply_action, box_corners
@@ -337,10 +338,27 @@ def test_registry_builds_the_box_env(bank):
 # ------------------------------------------------------------------ learning
 
 
+
+def _trained_random_start(env, eval_params, bank, states, net, net_params, max_steps: int):
+    """Eval metrics of the greedy Q-policy, of a random policy (a random action per env and step,
+    seeded by the observation) and of the start states: three dicts of ``(E, A)`` arrays."""
+    from jaxmed.agents.rollout import greedy_rollout
+
+    def policy(use_random):
+        def act(obs):
+            keys = jax.vmap(jax.random.key)(obs.reshape(obs.shape[0], -1).astype(jnp.int32).sum(-1))
+            random = jax.vmap(lambda k: jax.random.randint(k, (env.n_agents,), 0, env.num_actions))(keys)
+            return jnp.where(use_random, random, jnp.argmax(net.apply(net_params, obs), -1))
+        return act
+
+    run = jax.jit(lambda use_random: greedy_rollout(policy(use_random), env, eval_params, bank, states, max_steps)["metrics"])
+    start = jax.vmap(env.eval_metrics, in_axes=(0, None, None))(states, eval_params, bank)
+    return run(False), run(True), start
+
+
 def test_dqn_learns_to_fit_the_box():
     """A few hundred DQN updates: the greedy agent's final IoU from fixed starts is far above a random policy's."""
     from jaxmed.agents.dqn import DQNConfig, make_train
-    from jaxmed.agents.rollout import greedy_rollout
     from jaxmed.networks import QNetwork
 
     b = build_bank([ellipsoid_phantom(seed=s) for s in range(8)], max_crop=G, dtype="uint8")
@@ -350,24 +368,12 @@ def test_dqn_learns_to_fit_the_box():
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
                     eps_decay_steps=300, target_update_period=100)
     fns = make_train(cfg, env, params, net)
-    rs = jax.jit(fns.init)(jax.random.key(0), b)
-    chunk = jax.jit(fns.run_chunk)
-    for _ in range(10):
-        rs, metrics = chunk(rs, b)
+    rs, metrics = run_chunks(fns, b, 10, seed=0)
     assert np.isfinite(float(metrics["loss"]))
     eval_params = params.replace(osc_repeats=3)
     states = env.eval_states(eval_params, b, 4, seed=1)
 
-    def policy(use_random):  # a random action per env and step (seeded by the observation), or greedy
-        def act(obs):
-            keys = jax.vmap(jax.random.key)(obs.reshape(obs.shape[0], -1).astype(jnp.int32).sum(-1))
-            random = jax.vmap(lambda k: jax.random.randint(k, (1,), 0, 11))(keys)
-            return jnp.where(use_random, random, jnp.argmax(net.apply(rs.params, obs), -1))
-        return act
-
-    run = jax.jit(lambda use_random: greedy_rollout(policy(use_random), env, eval_params, b, states, 30)["metrics"])
-    trained, rand = run(False), run(True)
-    start = jax.vmap(env.eval_metrics, in_axes=(0, None, None))(states, eval_params, b)
+    trained, rand, start = _trained_random_start(env, eval_params, b, states, net, rs.params, 30)
     iou, iou_rand, iou0 = (float(m["iou"].mean()) for m in (trained, rand, start))
     assert iou > 0.4 and iou > iou_rand + 0.3 and iou > iou0 + 0.3, (iou, iou_rand, iou0)
     assert float(trained["centre_error_mm"].mean()) < 0.5 * float(start["centre_error_mm"].mean())
@@ -468,7 +474,6 @@ def test_corner_pair_eval_states_and_bad_inputs(bank):
 def test_collab_dqn_learns_the_corner_pair():
     """Shared-trunk two-head DQN: the greedy corners' final IoU from fixed starts is far above a random policy's."""
     from jaxmed.agents.dqn import DQNConfig, make_train
-    from jaxmed.agents.rollout import greedy_rollout
     from jaxmed.networks import MultiAgentQNetwork
 
     b = build_bank([ellipsoid_phantom(seed=s) for s in range(8)], factors=(1, 2), max_crop=G, dtype="uint8")
@@ -479,22 +484,10 @@ def test_collab_dqn_learns_the_corner_pair():
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
                     eps_decay_steps=300, target_update_period=100)
     fns = make_train(cfg, env, params, net)
-    rs = jax.jit(fns.init)(jax.random.key(0), b)
-    chunk = jax.jit(fns.run_chunk)
-    for _ in range(10):
-        rs, metrics = chunk(rs, b)
+    rs, metrics = run_chunks(fns, b, 10, seed=0)
     eval_params = env.eval_params(params)
     states = env.eval_states(eval_params, b, 4, seed=1)
 
-    def policy(use_random):
-        def act(obs):
-            keys = jax.vmap(jax.random.key)(obs.reshape(obs.shape[0], -1).astype(jnp.int32).sum(-1))
-            random = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, 6))(keys)
-            return jnp.where(use_random, random, jnp.argmax(net.apply(rs.params, obs), -1))
-        return act
-
-    run = jax.jit(lambda use_random: greedy_rollout(policy(use_random), env, eval_params, b, states, 40)["metrics"])
-    trained, rand = run(False), run(True)
-    start = jax.vmap(env.eval_metrics, in_axes=(0, None, None))(states, eval_params, b)
+    trained, rand, start = _trained_random_start(env, eval_params, b, states, net, rs.params, 40)
     iou, iou_rand, iou0 = (float(m["iou"].mean()) for m in (trained, rand, start))
     assert iou > 0.3 and iou > iou_rand + 0.25 and iou > iou0 + 0.25, (iou, iou_rand, iou0)

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxmed.agents.learners import run_chunks
 from jaxmed.agents.dqn import DQNConfig, greedy_action, make_parallel_train, make_train, nstep_transition, td_loss, variant
 from jaxmed.agents.rollout import greedy_rollout
 from jaxmed.data import blob_phantom, build_bank
@@ -45,10 +46,7 @@ def test_variant_learns_to_find_landmark(setup, name, n_step):
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
                     eps_decay_steps=600, target_update_period=100, double=double, n_step=n_step)
     fns = make_train(cfg, env, params, net)
-    rs = jax.jit(fns.init)(jax.random.key(0), bank)
-    chunk = jax.jit(fns.run_chunk)
-    for _ in range(14):
-        rs, metrics = chunk(rs, bank)
+    rs, metrics = run_chunks(fns, bank, 14, seed=0)
     assert np.isfinite(float(metrics["loss"]))
     eval_params = params.replace(terminate_at_target_mm=0.0)  # never use the ground truth at test time
     vols, starts = _eval_starts(bank)

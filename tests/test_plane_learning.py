@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from jaxmed.agents.learners import run_chunks
 from jaxmed.data import Volume, build_bank, save_nifti
 from jaxmed.data.planes import plane_phantom
 from jaxmed.envs.plane import N_ACTIONS, EnvParams, PlaneEnv, PlaneEnvConfig
@@ -42,10 +43,7 @@ def trained():
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
                     eps_decay_steps=500, target_update_period=100, double=True)
     fns = make_train(cfg, env, params, net)
-    rs = jax.jit(fns.init)(jax.random.key(0), bank)
-    chunk = jax.jit(fns.run_chunk)
-    for _ in range(11):
-        rs, metrics = chunk(rs, bank)
+    rs, metrics = run_chunks(fns, bank, 11, seed=0)
     return types.SimpleNamespace(bank=bank, env=env, params=params, net=net, net_params=rs.params, metrics=metrics)
 
 

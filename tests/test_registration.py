@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from jaxmed.agents.learners import run_chunks
 from jaxmed.data import blob_phantom, build_bank, geometry
 from jaxmed.envs import make
 from jaxmed.envs.registration import (
@@ -309,10 +310,7 @@ def test_dqn_learns_to_register_phantoms(bank):
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
                     eps_decay_steps=600, target_update_period=100, double=True)
     fns = make_train(cfg, env, params, net)
-    rs = jax.jit(fns.init)(jax.random.key(0), bank)
-    chunk = jax.jit(fns.run_chunk)
-    for _ in range(14):
-        rs, metrics = chunk(rs, bank)
+    rs, metrics = run_chunks(fns, bank, 14, seed=0)
     assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["final_tre_mm"]))
     eval_params = env.eval_params(params).replace(max_steps=40)
     states = env.eval_states(eval_params, bank, 8, seed=1)

@@ -59,3 +59,20 @@ def network_from_config(name: str, cfg: dict):
     else:
         from jaxmed.networks.actor_critic import actor_critic_from_config as build
     return build(cfg)
+
+
+def run_chunks(fns, bank, n_chunks: int, state=None, seed: int = 0):
+    """Train in a Python loop of ``n_chunks`` jitted ``fns.run_chunk`` calls (any learner's
+    ``make_train(...)`` result); starts from ``fns.init(jax.random.key(seed), bank)`` unless ``state``
+    is given. Returns ``(state, metrics of the last chunk)`` (``metrics`` is ``{}`` when
+    ``n_chunks == 0``). For logging, checkpoints and evaluation use :func:`jaxmed.train.run_training`.
+    """
+    import jax
+
+    if state is None:
+        state = jax.jit(fns.init)(jax.random.key(seed), bank)
+    chunk = jax.jit(fns.run_chunk)
+    metrics = {}
+    for _ in range(n_chunks):
+        state, metrics = chunk(state, bank)
+    return state, metrics
