@@ -1,7 +1,9 @@
 """jaxmed sweep: successive halving / Hyperband on a toy objective, vmapped DQN populations equal
-separate runs, resume after a kill, the result files and the best config."""
+separate runs, resume after a kill, the result files and the best config; the trials sharded over
+4 devices of one process and over 2 processes x 2 devices (jax.distributed) give the same metrics."""
 
 import json
+import sys
 
 import jax
 import numpy as np
@@ -13,6 +15,7 @@ from jaxmed.errors import ConfigError, OverwriteError
 from jaxmed.experiment import ExperimentConfig
 from jaxmed.sweep import Space, halving, run_sweep
 from jaxmed.sweep.space import make_trial, sample
+from multiprocess import run_processes
 
 TINY = ["data.n_train=2", "data.n_test=1", "data.phantom_shape=[24,24,24]", "env.max_steps=12", "env.eval_max_steps=10",
         "env.crop_size=9", "network.trunk.patch_size=3", "network.trunk.width=0.25", "network.head.hidden=[16]",
@@ -207,3 +210,53 @@ def test_sweep_cli_bad_space(tmp_path):
     with pytest.raises(ConfigError, match="expected one of"):
         args.func(args)
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ multi-host: 2 processes x 2 devices
+
+WORKER = """
+import sys
+from jaxmed.agents.distributed import initialize
+initialize()  # JAXMED_COORDINATOR / NUM_PROCESSES / PROCESS_ID set by tests/multiprocess.py
+from jaxmed.cli import main
+from jaxmed.config import load_yaml
+from jaxmed.sweep import Space, run_sweep
+config, space, out = sys.argv[1:4]
+class Killed(Exception):
+    pass
+def kill(bracket, rung):
+    raise Killed
+try:  # killed after the first rung (its checkpoint written), then resumed through the CLI
+    run_sweep(load_yaml(config), Space.from_dict(load_yaml(space)), out, progress=False, on_rung=kill)
+except Killed:
+    print("killed after rung 0", flush=True)
+sys.exit(main(["sweep", config, "--space", space, "--out", out, "--resume", "--distributed", "--quiet"]))
+"""
+
+
+def test_two_processes_sweep_like_one_process_and_resume(full_sweep, tmp_path):
+    """The sweep under jax.distributed (2 local processes x 2 CPU devices: the trials sharded over 4
+    global devices), killed after its first rung and resumed with `jaxmed sweep --resume
+    --distributed`, gives every trial the metrics of the single-process sweep on 4 devices."""
+    out_ref, ref_summary = full_sweep
+    config, space, out = tmp_path / "base.yaml", tmp_path / "space.yaml", tmp_path / "dist"
+    config.write_text(yaml.safe_dump(_base(), sort_keys=False))
+    space.write_text(yaml.safe_dump(_space().to_dict(), sort_keys=False))  # params in order: same draws
+    logs = run_processes(lambda i, port: [sys.executable, "-c", WORKER, config, space, out], 2, tmp_path / "logs",
+                         local_devices=2, timeout_s=240)
+    assert all("killed after rung 0" in log for log in logs)
+    assert "(best)" in logs[0] and "(best)" not in logs[1]  # process 0 alone reports
+    prog = json.loads((out / "progress.json").read_text())
+    assert prog["processes"] == 2 and prog["devices"] == 4
+    ref = json.loads((out_ref / "progress.json").read_text())
+    assert json.loads((out_ref / "progress.json").read_text())["devices"] == 4
+    for a, b in zip(ref["trials"], prog["trials"]):
+        assert a["values"] == b["values"] and a["stopped_at"] == b["stopped_at"]
+        assert a["metrics"].keys() == b["metrics"].keys()
+        for k in a["metrics"]:
+            np.testing.assert_allclose(b["metrics"][k], a["metrics"][k], rtol=1e-5)
+    # each process wrote its own rows of the last checkpoint; the superseded one is gone
+    ckpt = out / "state" / "b0" / "g0" / "rung1"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["process0.json", "process0.npz", "process1.json", "process1.npz"]
+    assert json.loads((out / "summary.json").read_text())["best_trial"] == ref_summary["best_trial"]
+    assert (out / "best.yaml").exists() and (out / "curves.png").exists()

@@ -1,9 +1,15 @@
-"""``jaxmed sweep CONFIG.yaml --space SPACE.yaml [--out DIR] [--resume]``: hyperparameter search.
+"""``jaxmed sweep CONFIG.yaml --space SPACE.yaml [--out DIR] [--resume] [--devices N] [--distributed]``:
+hyperparameter search.
 
-A population of trials trains inside one jitted, vmapped program per compiled group; successive
-halving (or Hyperband brackets) stops the worse trials at every rung and the rest continue from
-their state. See :mod:`jaxmed.sweep.space` for the space file and :mod:`jaxmed.sweep.runner` for
-the output directory (``results.csv`` / ``results.md``, ``best.yaml``, ``curves.png``).
+A population of trials trains inside one jitted, vmapped program per compiled group, its trials
+sharded over the devices; successive halving (or Hyperband brackets) stops the worse trials at
+every rung and the rest continue from their state. See :mod:`jaxmed.sweep.space` for the space file
+and :mod:`jaxmed.sweep.runner` for the output directory (``results.csv`` / ``results.md``,
+``best.yaml``, ``curves.png``).
+
+Multi-host: start the same command in one process per host with ``--distributed`` and the
+``JAXMED_COORDINATOR`` / ``JAXMED_NUM_PROCESSES`` / ``JAXMED_PROCESS_ID`` variables (or under
+SLURM / Open MPI, which JAX detects); see :func:`jaxmed.agents.distributed.initialize`.
 """
 
 from __future__ import annotations
@@ -13,13 +19,21 @@ from pathlib import Path
 
 
 def _run(args) -> int:
+    if args.distributed:  # before anything touches a JAX backend
+        from jaxmed.agents.distributed import initialize
+
+        initialize()
     from jaxmed.config import apply_overrides, load_yaml
     from jaxmed.sweep import Space, run_sweep
+    from jaxmed.sweep.cluster import is_main
 
     base = apply_overrides(load_yaml(args.config), args.overrides)
     space = Space.from_dict(load_yaml(args.space), args.space)
     out = Path(args.out) if args.out else Path("sweeps") / Path(args.config).stem
-    summary = run_sweep(base, space, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    summary = run_sweep(base, space, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                        devices=args.devices)
+    if not is_main():
+        return 0
     print((out / "results.md").read_text())
     if "best_trial" in summary:
         print(f"best trial {summary['best_trial']}: {summary['metric']} ({summary['split']}) = {summary['best_metric']:.4g} "
@@ -40,5 +54,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out from its last completed rung")
     p.add_argument("--overwrite", action="store_true", help="replace an existing sweep directory")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    p.add_argument("--devices", type=int, help="shard the trials over the first N devices (default: all devices of all processes)")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a jax.distributed cluster first (one process per host; JAXMED_COORDINATOR, "
+                        "JAXMED_NUM_PROCESSES, JAXMED_PROCESS_ID or SLURM / Open MPI)")
     p.set_defaults(func=_run)
     return p

@@ -273,8 +273,8 @@ def run_sweep(base: dict, space: Space, out: str | Path, *, resume: bool = False
             br["done"], br["alive"] = i + 1, survivors
             prog["wall_s"] = time.perf_counter() - t_start
             _atomic_write(prog_path, json.dumps(prog, indent=1))
-            for g in group_names:  # the previous rung's checkpoints are superseded now
-                if i > 0:
+            if 0 < i and not last:  # the previous rung's checkpoints are superseded now
+                for g in group_names:
                     _remove(ckpt_dir(g, i))
             if on_rung is not None:
                 on_rung(b, i)
