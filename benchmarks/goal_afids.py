@@ -29,15 +29,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
+from goal_common import dqn_config, reference_banks, rollout_metrics, train, writer  # noqa: E402
 
-from jaxmed.agents.dqn import DQNConfig, greedy_action, make_train  # noqa: E402
 from jaxmed.agents.her import transform_for  # noqa: E402
-from jaxmed.agents.rollout import greedy_rollout  # noqa: E402
-from jaxmed.data import build_bank, conform  # noqa: E402
 from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv, goal_metric_stats  # noqa: E402
 from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig  # noqa: E402
 from jaxmed.evaluation import metric_stats  # noqa: E402
-from jaxmed.experiment import DataConfig, make_subjects, template  # noqa: E402
+from jaxmed.experiment import DataConfig  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
 
 TRAIN = ("AC", "PC", "infracollicular sulcus", "culmen", "genu of CC", "splenium of CC", "R LV at AC", "L superior LMS")
@@ -45,34 +43,10 @@ HELD_OUT = ("pineal gland", "intermammillary sulcus", "L LV at PC", "R AL tempor
 SEEN_SPECIALISTS = ("AC", "genu of CC")
 
 
-def banks(data: DataConfig, labels, crop: int):
-    """Train and test banks ``[template] + subjects`` (the template is the goal reference, volume 0)."""
-    vol, lms = template(data)
-    tpl = (conform(vol, data.spacing), lms.select(labels))
-    out = []
-    for split, n in (("train", data.n_train), ("test", data.n_test)):
-        subjects = make_subjects(data, split, n, labels)
-        out.append(build_bank([tpl] + subjects, labels, factors=data.factors, max_crop=crop, dtype=data.dtype))
-    return out[0], out[1], lms
-
-
-def train(env, params, net, cfg: DQNConfig, bank, chunks: int, seed: int = 0, batch_transform=None):
-    fns = make_train(cfg, env, params, net, batch_transform=batch_transform)
-    rs = jax.jit(fns.init)(jax.random.key(seed), bank)
-    chunk = jax.jit(fns.run_chunk, donate_argnums=0)
-    t0 = time.perf_counter()
-    for _ in range(chunks):
-        rs, m = chunk(rs, bank)
-    jax.block_until_ready(rs.params)
-    return rs.params, time.perf_counter() - t0, {k: float(v) for k, v in m.items()}
-
-
 def rollout_errors(env, eval_params, net, net_params, bank, states):
     """``((E, A) mm errors, seconds incl. compile)``."""
-    t0 = time.perf_counter()
-    res = jax.jit(lambda p: greedy_rollout(lambda o: greedy_action(net, p, o), env, eval_params, bank, states))(net_params)
-    err = np.asarray(jax.device_get(res["metrics"]["distance_mm"]))
-    return err, time.perf_counter() - t0
+    metrics, seconds = rollout_metrics(env, eval_params, net, net_params, bank, states)
+    return metrics["distance_mm"], seconds
 
 
 def main(argv=None) -> int:
@@ -89,27 +63,19 @@ def main(argv=None) -> int:
     labels = TRAIN + HELD_OUT
     crop, frames, levels = 15, 2, (0, 1, 2)
     t0 = time.perf_counter()
-    train_bank, test_bank, tpl_lms = banks(data, labels, crop)
+    train_bank, test_bank, tpl_lms = reference_banks(data, labels, crop)
     data_s = time.perf_counter() - t0
     env_params = EnvParams(max_steps=150, start_radius_mm=0.0, terminate_at_target_mm=2.0)
     eval_params = env_params.replace(terminate_at_target_mm=0.0)
     net = QNetwork(trunk="patch", head="dueling", trunk_kwargs={"patch_size": 5}, head_kwargs={"hidden": (128, 64)})
-    def dqn(chunks: int) -> DQNConfig:
-        # one update per vector step: 16 envs give 1 update per 16 env steps; epsilon decays over half the run
-        return DQNConfig(n_envs=16, chunk_steps=100, batch_size=128, gamma=0.9, learning_rate=5e-4, learning_starts=1000,
-                         replay_capacity=200_000, eps_end=0.05, eps_decay_steps=max(200, chunks * 100 // 2), target_update_period=500, double=True)
-
+    dqn = dqn_config  # 16 envs x 100 steps per chunk, one update per vector step, epsilon decaying over half the run
     cfg = dqn(args.chunks)
     total_steps = args.chunks * cfg.env_steps_per_chunk
     result = {"machine": machine_info(), "args": vars(args), "train_goals": TRAIN, "held_out_goals": HELD_OUT,
               "data": {"n_train_subjects": data.n_train, "n_test_subjects": data.n_test, "spacing_mm": data.spacing,
                        "reference": "MNI152NLin2009cAsym template (AFIDs), bank volume 0", "data_prep_s": data_s},
               "budget_env_steps_goal_agent": total_steps, "budget_env_steps_per_specialist": total_steps // len(TRAIN)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def save():
-        out.write_text(json.dumps(result, indent=2))
+    save = writer(args.out, result)
 
     # ---- the goal-conditioned agent
     goal_cfg = GoalLandmarkConfig(goals=TRAIN, crop_size=crop, frames=frames, levels=levels, her_fraction=args.her, her_radius_mm=16.0)

@@ -95,7 +95,7 @@ def afids_bank():
     return build_bank([(vol, lm), oblique], _MSP_LABELS, factors=(1,), max_crop=3, dtype="float32")
 
 
-@pytest.mark.parametrize("plane", ["midsagittal", "coronal_ac", "acpc_axial"])
+@pytest.mark.parametrize("plane", ["midsagittal", "coronal_ac"])  # normals ~R and ~A: rotated frames
 def test_goal_frame_reproduces_the_plane_env(afids_bank, plane):
     """In the goal frame (a rotated view of the bank) the slabs, offset moves, rewards and metrics are
     those of the plane env with that target; the goal slab is the plane env's view of the reference."""
@@ -114,13 +114,15 @@ def test_goal_frame_reproduces_the_plane_env(afids_bank, plane):
     ps = jax.tree.map(lambda x: x[0], penv.states_at(bank, [1], normal[None], [d_t + 5.0]))
     ref = jax.tree.map(lambda x: x[0], penv.states_at(bank, [0], np.asarray(penv.target_plane(bank, 0)[0])[None],
                                                        [float(penv.target_plane(bank, 0)[1])]))
-    gobs, pobs = np.asarray(genv.get_obs(gs, params, bank)), np.asarray(penv.get_obs(ps, params, bank))
+    gstep, pstep = jax.jit(genv.step_env), jax.jit(penv.step_env)
+    gget, pget = jax.jit(genv.get_obs), jax.jit(penv.get_obs)
+    gobs, pobs = np.asarray(gget(gs, params, bank)), np.asarray(pget(ps, params, bank))
     assert gobs.shape == (1, 2, 3, 12, 12)
     np.testing.assert_allclose(gobs[:, :1], pobs, atol=1e-4)
-    np.testing.assert_allclose(gobs[:, 1:], np.asarray(penv.get_obs(ref, params, bank)), atol=1e-4)
+    np.testing.assert_allclose(gobs[:, 1:], np.asarray(pget(ref, params, bank)), atol=1e-4)
     for a in (6, 6, 7, 7, 7, 6):  # offset moves act along the normal in both frames
-        gs, gr, *_ = genv.step_env(jax.random.key(0), gs, jnp.array([a]), params, bank)
-        ps, pr, *_ = penv.step_env(jax.random.key(0), ps, jnp.array([a]), params, bank)
+        gs, gr, *_ = gstep(jax.random.key(0), gs, jnp.array([a]), params, bank)
+        ps, pr, *_ = pstep(jax.random.key(0), ps, jnp.array([a]), params, bank)
         np.testing.assert_allclose(np.asarray(gr), np.asarray(pr), atol=1e-4)
     gm, pm = genv.eval_metrics(gs, params, bank), penv.eval_metrics(ps, params, bank)
     for k in ("angle_deg", "distance_mm", "landmark_distance_mm"):
@@ -129,7 +131,7 @@ def test_goal_frame_reproduces_the_plane_env(afids_bank, plane):
     pn, pd = penv.plane_world(ps, bank)
     np.testing.assert_allclose(np.asarray(gn), np.asarray(pn), atol=1e-5)
     np.testing.assert_allclose(np.asarray(gd), np.asarray(pd), atol=1e-3)
-    np.testing.assert_allclose(np.asarray(genv.get_obs(gs, params, bank))[:, :1], np.asarray(penv.get_obs(ps, params, bank)), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(gget(gs, params, bank))[:, :1], np.asarray(pget(ps, params, bank)), atol=1e-4)
 
 
 # ---------------------------------------------------------------- goal dependence, replay, protocol
@@ -138,17 +140,17 @@ def test_goal_frame_reproduces_the_plane_env(afids_bank, plane):
 def test_observation_and_reward_depend_on_the_goal(env, bank):
     params = EnvParams(**PARAMS)
     states = midway_starts(env, bank, [1])
-    obs = np.asarray(jax.vmap(env.get_obs, in_axes=(0, None, None))(states, params, bank)).astype(int)
+    obs = np.asarray(jax.jit(jax.vmap(env.get_obs, in_axes=(0, None, None)))(states, params, bank)).astype(int)
     assert obs.shape == (2, 1, 2, 3, 16, 16)
     assert np.array_equal(obs[0, :, 0], obs[1, :, 0])  # the same view ...
     assert np.abs(obs[0, :, 1] - obs[1, :, 1]).mean() > 5  # ... asked for two different goal slabs
     # the same move is rewarded for one goal and punished for the other (sheet B lies along +n)
-    step = jax.vmap(env.step_env, in_axes=(None, 0, 0, None, None))
+    step = jax.jit(jax.vmap(env.step_env, in_axes=(None, 0, 0, None, None)))
     _, up, *_ = step(jax.random.key(0), states, jnp.full((2, 1), 6), params, bank)
     _, down, *_ = step(jax.random.key(0), states, jnp.full((2, 1), 7), params, bank)
     np.testing.assert_allclose(np.asarray(up)[:, 0], [-1.0, 1.0])
     np.testing.assert_allclose(np.asarray(down)[:, 0], [1.0, -1.0])
-    m = jax.vmap(env.eval_metrics, in_axes=(0, None, None))(states, params, bank)
+    m = jax.jit(jax.vmap(env.eval_metrics, in_axes=(0, None, None)))(states, params, bank)
     np.testing.assert_allclose(np.asarray(m["distance_mm"])[:, 0], GAP_MM / 2, atol=0.05)
 
 
@@ -159,10 +161,10 @@ def test_reset_render_roundtrip_and_eval_states(env, bank):
     vols, goals = np.asarray(states.volume), np.asarray(states.goal)[:, 0]
     assert vols.min() >= 1 and set(vols.tolist()) == {1, 2, 3, 4, 5}  # never the reference volume
     assert set(goals.tolist()) == {0, 1}
-    start = jax.vmap(env.eval_metrics, in_axes=(0, None, None))(states, params, bank)
+    start = jax.jit(jax.vmap(env.eval_metrics, in_axes=(0, None, None)))(states, params, bank)
     assert np.all(np.asarray(start["angle_deg"]) <= PARAMS["max_start_angle_deg"] + 1e-3)
-    obs = jax.vmap(env.get_obs, in_axes=(0, None, None))(states, params, bank)
-    again = jax.vmap(env.render, in_axes=(0, None))(jax.vmap(env.obs_state)(states), bank)
+    obs = jax.jit(jax.vmap(env.get_obs, in_axes=(0, None, None)))(states, params, bank)
+    again = jax.jit(jax.vmap(lambda s, b: env.render(env.obs_state(s), b), in_axes=(0, None)))(states, bank)
     assert np.array_equal(np.asarray(obs), np.asarray(again))
     ev = env.eval_states(env.eval_params(params), bank, 3, seed=1)
     assert np.asarray(ev.volume).tolist() == [v for v in range(1, 6) for _ in range(6)]
@@ -222,7 +224,7 @@ def test_one_agent_reaches_either_plane_from_the_same_start(env, bank):
     fns = make_train(cfg, env, params, net)
     rs = jax.jit(fns.init)(jax.random.key(0), bank)
     chunk = jax.jit(fns.run_chunk)
-    for _ in range(14):
+    for _ in range(12):
         rs, metrics = chunk(rs, bank)
     assert np.isfinite(float(metrics["loss"]))
 
@@ -244,7 +246,7 @@ def test_one_agent_reaches_either_plane_from_the_same_start(env, bank):
     angle = np.asarray(trained["angle_deg"])[:, 0]
     # distance of the reached plane to the *other* goal's plane: the goal-0 plane's point is the
     # centroid of L0..L2, the goal-1 plane's L3
-    normal, dw = jax.vmap(env.plane_world, in_axes=(0, None))(final, bank)
+    normal, dw = jax.jit(jax.vmap(env.plane_world, in_axes=(0, None)))(final, bank)
     normal, dw = np.asarray(normal)[:, 0], np.asarray(dw)[:, 0]
     lm = np.asarray(bank.landmarks_world)[np.asarray(final.volume)]
     goal_points = np.stack([lm[:, :3].mean(axis=1), lm[:, 3]], axis=1)  # (E, 2, 3)

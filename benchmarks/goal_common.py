@@ -1,0 +1,71 @@
+"""Pieces shared by the goal-conditioned generalisation benchmarks (``goal_afids.py`` for landmarks,
+``goal_plane_afids.py`` for view planes): banks with the template as the goal reference, a DQN
+training loop with wall time, greedy evaluation rollouts, the DQN settings and the JSON writer."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxmed.agents.dqn import DQNConfig, greedy_action, make_train
+from jaxmed.agents.rollout import greedy_rollout
+from jaxmed.data import build_bank, conform
+from jaxmed.experiment import DataConfig, make_subjects, template
+
+
+def reference_banks(data: DataConfig, labels, max_crop: int, packed: bool = False):
+    """``(train_bank, test_bank, template_landmarks)``: banks ``[template] + subjects`` of the train
+    and test splits; the template (bank volume 0) is the goal reference the goal images are cut from."""
+    vol, lms = template(data)
+    tpl = (conform(vol, data.spacing), lms.select(labels))
+    out = []
+    for split, n in (("train", data.n_train), ("test", data.n_test)):
+        subjects = make_subjects(data, split, n, labels)
+        out.append(build_bank([tpl] + subjects, labels, factors=data.factors, max_crop=max_crop, dtype=data.dtype, packed=packed))
+    return out[0], out[1], lms
+
+
+def dqn_config(chunks: int, n_envs: int = 16, chunk_steps: int = 100, **overrides) -> DQNConfig:
+    """The benchmarks' DQN: one update per vector step, epsilon decaying over half the run."""
+    kw = dict(n_envs=n_envs, chunk_steps=chunk_steps, batch_size=128, gamma=0.9, learning_rate=5e-4, learning_starts=1000,
+              replay_capacity=200_000, eps_end=0.05, eps_decay_steps=max(200, chunks * chunk_steps // 2), target_update_period=500,
+              double=True)
+    kw.update(overrides)
+    return DQNConfig(**kw)
+
+
+def train(env, params, net, cfg: DQNConfig, bank, chunks: int, seed: int = 0, batch_transform=None):
+    """``(network params, training wall seconds (compilation included), last chunk's metrics)``."""
+    fns = make_train(cfg, env, params, net, batch_transform=batch_transform)
+    t0 = time.perf_counter()
+    rs = jax.jit(fns.init)(jax.random.key(seed), bank)
+    chunk = jax.jit(fns.run_chunk, donate_argnums=0)
+    m = {}
+    for _ in range(chunks):
+        rs, m = chunk(rs, bank)
+    jax.block_until_ready(rs.params)
+    return rs.params, time.perf_counter() - t0, {k: float(v) for k, v in m.items()}
+
+
+def rollout_metrics(env, eval_params, net, net_params, bank, states):
+    """``({metric: (E, A) NumPy}, seconds incl. compile)`` of the greedy policy from ``states``."""
+    t0 = time.perf_counter()
+    res = jax.jit(lambda p: greedy_rollout(lambda o: greedy_action(net, p, o), env, eval_params, bank, states))(net_params)
+    metrics = {k: np.asarray(v) for k, v in jax.device_get(res["metrics"]).items()}
+    return metrics, time.perf_counter() - t0
+
+
+def writer(path: str | Path, result: dict):
+    """A ``save()`` that writes ``result`` (as it is now) to ``path``: call it after every stage so
+    that a killed run keeps its partial results."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        out.write_text(json.dumps(result, indent=2))
+
+    return save
