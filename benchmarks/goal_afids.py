@@ -11,9 +11,9 @@ measured in the same script on the same held-out test subjects:
   ``--specialist-seen`` training landmarks;
 * the template prior (answer the template's coordinate).
 
-Usage (2 CPU cores, about 10 minutes)::
+Usage (2 CPU cores, about 20 minutes at load 5-10)::
 
-    python benchmarks/goal_afids.py --chunks 64 --out benchmarks/results/goal_afids.json
+    python benchmarks/goal_afids.py --chunks 96 --out benchmarks/results/goal_afids.json
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def rollout_errors(env, eval_params, net, net_params, bank, states):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--chunks", type=int, default=64, help="goal agent run_chunk calls (n_envs * chunk_steps env steps each)")
+    ap.add_argument("--chunks", type=int, default=96, help="goal agent run_chunk calls (n_envs * chunk_steps env steps each)")
     ap.add_argument("--n-train", type=int, default=8)
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--eval-starts", type=int, default=8)

@@ -316,6 +316,13 @@ class GoalLandmarkEnv(ConfiguredEnv):
     def metric_labels(self) -> tuple[str, ...]:
         return ("goal",) * self.n_agents
 
+    @property
+    def wants_reference(self) -> bool:
+        """Whether bank volume ``config.reference_volume`` must be the annotated reference the goal
+        images are cut from: an experiment builds such a bank as ``[template] + subjects`` when the
+        reference is volume 0 (the default); episodes never run in it."""
+        return self.config.reference_volume == 0
+
     def eval_params(self, params: EnvParams) -> EnvParams:
         """No stop at the goal (ground truth): agents run until they oscillate."""
         return params.replace(terminate_at_target_mm=0.0)

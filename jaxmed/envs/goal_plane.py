@@ -246,6 +246,13 @@ class GoalPlaneEnv(Environment):
     def wants_packed_bank(self) -> bool:
         return self.nav.wants_packed_bank
 
+    @property
+    def wants_reference(self) -> bool:
+        """Whether bank volume ``config.reference_volume`` must be the annotated reference the goal
+        images are cut from: an experiment builds such a bank as ``[template] + subjects`` when the
+        reference is volume 0 (the default); episodes never run in it."""
+        return self.config.reference_volume == 0
+
     def observation_space(self, params=None, bank=None) -> Box:
         """``(1, k + 1, S, H, W)``."""
         c = self.config
@@ -309,10 +316,11 @@ class GoalPlaneEnv(Environment):
 
     # -------------------------------------------------------------- reset
 
-    def _state(self, bank, volume, goal, frame, normal, offset) -> GoalPlaneState:
-        """State with the frame plane ``(normal (3,), offset about the pivot ())`` and goal index ``goal``."""
+    def _state(self, bank, volume, goal, frame, normal, offset, target=None) -> GoalPlaneState:
+        """State with the frame plane ``(normal (3,), offset about the pivot ())`` and goal index ``goal``
+        (``target``: :meth:`_frame_target` of the volume, computed when not given)."""
         fbank = frame_view(bank, frame)
-        target = self._frame_target(bank, fbank, frame, volume, goal)
+        target = self._frame_target(bank, fbank, frame, volume, goal) if target is None else target
         ref = self.config.reference_volume
         n_g, o_g, _ = self._frame_target(bank, fbank, frame, ref, goal)
         nav = self.nav._initial_state(fbank, volume, normal, offset, target)
@@ -321,10 +329,11 @@ class GoalPlaneEnv(Environment):
 
     def _perturbed(self, bank, volume, goal, tilt_deg, direction_rad, shift_mm) -> GoalPlaneState:
         frame = jnp.asarray(self._frames)[goal]
-        n_t, o_t, _ = self._frame_target(bank, frame_view(bank, frame), frame, volume, goal)
+        target = self._frame_target(bank, frame_view(bank, frame), frame, volume, goal)
+        n_t, o_t, _ = target
         u, v = plane_basis(n_t, jnp.eye(3, dtype=jnp.float32)[0])
         normal, offset = perturbed_plane(n_t, o_t, u, v, tilt_deg, direction_rad, shift_mm)
-        return self._state(bank, volume, goal, frame, normal, offset)
+        return self._state(bank, volume, goal, frame, normal, offset, target)
 
     def reset_env(self, key, params: EnvParams, bank) -> GoalPlaneState:
         """A non-reference volume, a goal plane, and its target tilted by ``U(0, max_start_angle_deg)``
