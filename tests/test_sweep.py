@@ -14,7 +14,7 @@ from jaxmed.config import apply_overrides, load_yaml
 from jaxmed.errors import ConfigError, OverwriteError
 from jaxmed.experiment import ExperimentConfig
 from jaxmed.sweep import Space, halving, run_sweep
-from jaxmed.sweep.space import make_trial, sample
+from jaxmed.sweep.space import get_path, make_trial, sample
 from multiprocess import run_processes
 
 TINY = ["data.n_train=2", "data.n_test=1", "data.phantom_shape=[24,24,24]", "env.max_steps=12", "env.eval_max_steps=10",
@@ -101,28 +101,45 @@ def test_space_validation_and_sampling():
 # ------------------------------------------------------------------ vmapped population == separate runs
 
 
-def test_vmapped_population_equals_separate_runs():
-    """P=2 trials with different learning rates, gammas and target periods trained in one vmapped
-    program give the same parameters and metrics as two runs of make_train with those configs."""
-    from jaxmed.agents.dqn import make_train
-    from jaxmed.experiment import make_bank, make_env, make_network
-    from jaxmed.sweep.population import Population
+@pytest.fixture(scope="module")
+def population():
+    """The compiled population of the tiny base config, trials sharded over conftest's 4 CPU devices,
+    built the way the sweep builds it (so run_sweep below finds it in its cache: one compilation)."""
+    from jaxmed.sweep import runner
 
+    base = ExperimentConfig.from_dict(_base()).to_dict()
+    trial = make_trial(base, {"dqn.gamma": 0.9}, 0, 0)
+    return runner._Groups(base, _space(), jax.devices()).population(trial)
+
+
+def test_vmapped_population_equals_separate_runs(population):
+    """P=2 trials with different learning rates, gammas and target periods trained in one vmapped
+    program (built from the base config, sharded over 4 devices: padded to 4 rows) give the same
+    parameters and metrics as separate runs. The separate runs are make_train of trial 0's config,
+    whose leaf values all differ from the base config's (a learner reading a closed-over config value
+    instead of its runner state's leaf would differ here): trial 0 as it is, trial 1 with its own
+    hyperparameters given to init (one compiled chunk for both)."""
+    from jaxmed.agents.dqn import default_hparams, make_train
+    from jaxmed.experiment import make_env, make_network
+
+    pop = population
+    assert pop.n_devices == 4 and pop.padded(2) == 4 and pop.padded(5) == 8
     base = _base()
     trials = [make_trial(base, {"dqn.learning_rate": 2e-3, "dqn.gamma": 0.8, "dqn.target_update_period": 5}, 0, 0),
-              make_trial(base, {"dqn.learning_rate": 5e-4, "dqn.gamma": 0.95, "dqn.target_update_period": 10}, 0, 1)]
-    cfg0 = ExperimentConfig.from_dict(base)
-    bank, _, _ = make_bank(cfg0, "train", cfg0.data.n_train)
-    pop = Population(cfg0, bank)
+              make_trial(base, {"dqn.learning_rate": 5e-4, "dqn.gamma": 0.95, "dqn.target_update_period": 7}, 0, 1)]
+    assert all(trials[0].values[p] != get_path(base, p) for p in trials[0].values)
+    bank = pop._local_bank
     key = jax.random.key(7)
     keys = jax.random.wrap_key_data(np.stack([np.asarray(jax.random.key_data(key))] * 2))
     state = pop.init(keys, pop.hparams([t.config for t in trials]))
+    assert jax.tree.leaves(state.params)[0].shape[0] == 4
+    assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == 4
     state, metrics, _ = pop.run(state, 2)
-    for row, t in enumerate(trials):
-        env, params, _ = make_env(t.config, bank.labels)
-        fns = make_train(t.config.dqn, env, params, make_network(t.config, env))
-        rs = jax.jit(fns.init)(key, bank)
-        chunk = jax.jit(fns.run_chunk)
+    cfg = trials[0].config
+    env, params, _ = make_env(cfg, bank.labels)
+    fns = make_train(cfg.dqn, env, params, make_network(cfg, env))
+    init, chunk = jax.jit(fns.init), jax.jit(fns.run_chunk)
+    for row, rs in enumerate([init(key, bank), init(key, bank, default_hparams(trials[1].config.dqn))]):
         for _ in range(2):
             rs, m = chunk(rs, bank)
         assert int(rs.updates) > 0
@@ -130,14 +147,21 @@ def test_vmapped_population_equals_separate_runs():
             np.testing.assert_allclose(np.asarray(a), np.asarray(b)[row], rtol=2e-4, atol=2e-5)
         for k in ("loss", "reward", "steps", "updates"):
             np.testing.assert_allclose(float(m[k]), metrics[k][row], rtol=2e-4, atol=1e-5)
-    assert not np.allclose(np.asarray(jax.tree.leaves(state.params)[0][0]), np.asarray(jax.tree.leaves(state.params)[0][1]))
+    p0 = np.asarray(jax.tree.leaves(state.params)[0])
+    assert not np.allclose(p0[0], p0[1])
+    np.testing.assert_array_equal(p0[3], p0[1])  # the padding row repeats the last trial
+    # keeping the second trial only: its row continues where it was
+    kept = pop.take(state, [1])
+    np.testing.assert_array_equal(np.asarray(jax.tree.leaves(kept.params)[0])[0], p0[1])
+    assert int(np.asarray(kept.updates)[0]) == int(np.asarray(state.updates)[1])
 
 
 # ------------------------------------------------------------------ the whole sweep, resume, results
 
 
 @pytest.fixture(scope="module")
-def full_sweep(tmp_path_factory):
+def full_sweep(tmp_path_factory, population):
+    """The tiny sweep, single process, its 3 trials sharded over 4 devices (the population's cache)."""
     out = tmp_path_factory.mktemp("sweep") / "full"
     summary = run_sweep(_base(), _space(), out, progress=False)
     return out, summary
@@ -210,6 +234,36 @@ def test_sweep_cli_bad_space(tmp_path):
     with pytest.raises(ConfigError, match="expected one of"):
         args.func(args)
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ another learner: PPO
+
+
+def test_ppo_sweep_reads_the_leaves_from_the_learner(tmp_path):
+    """The sweep is learner-generic: PPO's hyperparameter leaves (ppo.HPARAM_FIELDS) vary inside one
+    vmapped program, a static PPO field makes its own group, and best.yaml is a PPO config."""
+    from jaxmed.agents import ppo
+    from jaxmed.sweep.space import is_leaf
+
+    assert is_leaf("ppo.clip_eps", "ppo") and is_leaf("ppo.ent_coef", "ppo") and not is_leaf("ppo.update_epochs", "ppo")
+    assert not is_leaf("dqn.gamma", "ppo")
+    base = apply_overrides(load_yaml("configs/phantom_ppo.yaml"), TINY[:9] + [
+        "ppo.n_envs=4", "ppo.num_steps=8", "ppo.updates_per_chunk=1", "ppo.update_epochs=1", "ppo.num_minibatches=2"])
+    space = Space.from_dict({"method": "halving", "trials": 2, "eta": 2, "min_chunks": 1, "max_chunks": 2, "seed": 0,
+                             "metric": {"name": "distance_mm", "split": "train"},
+                             "params": {"ppo.learning_rate": {"log_uniform": [1e-3, 1e-2]}, "ppo.clip_eps": {"uniform": [0.1, 0.3]}}})
+    summary = run_sweep(base, space, tmp_path / "ppo", progress=False, devices=2)
+    rec = json.loads((tmp_path / "ppo" / "progress.json").read_text())["trials"]
+    assert summary["groups"] == 1 and len(rec) == 2 and rec[0]["values"]["ppo.clip_eps"] == 0.2
+    assert rec[0]["values"]["ppo.learning_rate"] != rec[1]["values"]["ppo.learning_rate"]
+    assert all("1" in r["metrics"] for r in rec) and sum("2" in r["metrics"] for r in rec) == 1
+    assert rec[0]["env_steps"] in (4 * 8, 2 * 4 * 8)
+    best = ExperimentConfig.from_dict(yaml.safe_load((tmp_path / "ppo" / "best.yaml").read_text()), "best.yaml")
+    assert best.train.learner == "ppo" and isinstance(best.learner, ppo.PPOConfig)
+    assert best.ppo.clip_eps == rec[summary["best_trial"]]["values"]["ppo.clip_eps"]
+    a = make_trial(base, {"ppo.clip_eps": 0.1, "ppo.update_epochs": 1}, 0, 0)
+    b = make_trial(base, {"ppo.clip_eps": 0.3, "ppo.update_epochs": 2}, 0, 1)
+    assert a.group != b.group  # update_epochs changes the program
 
 
 # ------------------------------------------------------------------ multi-host: 2 processes x 2 devices
