@@ -213,6 +213,8 @@ def test_sweep_resumes_after_a_kill_with_the_same_results(full_sweep, tmp_path):
         run_sweep(_base(), _space(), out, progress=False)
     with pytest.raises(ConfigError, match="differs"):
         run_sweep(_base(), _space(seed=4), out, progress=False, resume=True)
+    with pytest.raises(ConfigError, match="device_count=4.*device_count=2"):  # its rows live on 4 devices
+        run_sweep(_base(), _space(), out, progress=False, resume=True, devices=2)
     run_sweep(_base(), _space(), out, progress=False, resume=True)
     a = json.loads((out_full / "progress.json").read_text())["trials"]
     b = json.loads((out / "progress.json").read_text())["trials"]
@@ -232,6 +234,11 @@ def test_sweep_cli_bad_space(tmp_path):
     (tmp_path / "space.yaml").write_text("params: {dqn.gamma: {normal: [0, 1]}}\n")
     args = parser.parse_args(["sweep", "configs/phantom_dqn.yaml", "--space", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "o")])
     with pytest.raises(ConfigError, match="expected one of"):
+        args.func(args)
+    (tmp_path / "space.yaml").write_text("params: {dqn.gamma: {uniform: [0.8, 0.9]}}\n")
+    args = parser.parse_args(["sweep", "configs/phantom_dqn.yaml", "--space", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "o"),
+                              "--devices", "9"])
+    with pytest.raises(ConfigError, match="devices=9"):
         args.func(args)
     assert not (tmp_path / "o").exists()
 
