@@ -174,14 +174,23 @@ def make_subjects(cfg: DataConfig, split: str, n: int, labels) -> list:
 
 
 def make_bank(cfg: ExperimentConfig, split: str, n: int):
-    """``(bank, subjects, seconds)``: ``n`` subjects of ``split`` with the landmarks the env reads."""
+    """``(bank, subjects, seconds)``: ``n`` subjects of ``split`` with the landmarks the env reads;
+    for an env that :attr:`wants_reference` (goal-conditioned) the bank holds the template first
+    (volume 0, the goal reference) and then the subjects."""
     from jaxmed.data import build_bank
 
     env, _, _ = make_env(cfg)
     labels = env.required_labels
     t0 = time.perf_counter()
     subjects = make_subjects(cfg.data, split, n, labels)
-    bank = build_bank(subjects, labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype,
+    volumes = subjects
+    if env.wants_reference:
+        # goal-conditioned envs cut their goal images from bank volume 0: make it the template
+        from jaxmed.data import conform
+
+        tpl_volume, tpl_landmarks = template(cfg.data)
+        volumes = [(conform(tpl_volume, cfg.data.spacing), tpl_landmarks.select(labels))] + subjects
+    bank = build_bank(volumes, labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype,
                       packed=env.wants_packed_bank)
     return bank, subjects, time.perf_counter() - t0
 

@@ -331,7 +331,7 @@ def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | Non
         out = jax.block_until_ready(compiled(*args))
         eval_s += time.perf_counter() - t0
         res = out if res is None else res
-        per_seed.append({m: metric_stats(np.asarray(v), env.metric_labels, m) for m, v in out["metrics"].items()})
+        per_seed.append({m: env.metric_stats(states, v, m) for m, v in out["metrics"].items()})
     stats = per_seed[0]
     baseline = None
     if is_landmark:
@@ -341,7 +341,7 @@ def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | Non
     table = format_metric_tables(stats, baseline)
     result = {"env": cfg.env_name, "learner": cfg.train.learner, "stats": stats,
               "episodes": int(np.asarray(next(iter(res["metrics"].values()))).shape[0]),
-              "eval_s": eval_s / cfg.train.seeds, "seconds_per_subject": eval_s / cfg.train.seeds / bank.n_volumes, "table": table}
+              "eval_s": eval_s / cfg.train.seeds, "seconds_per_subject": eval_s / cfg.train.seeds / len(subjects), "table": table}
     if baseline:
         result["baselines"] = baseline
         result["template_prior"] = baseline["template prior"]["distance_mm"]

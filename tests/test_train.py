@@ -173,16 +173,27 @@ def test_goal_config_trains_with_hindsight_relabelling(tmp_path):
     from jaxmed.agents.her import transform_for
     from jaxmed.experiment import make_env
 
+    from jaxmed.experiment import make_bank, template
+
     path = "configs/goal/phantom_goal_dqn.yaml"
     cfg = ExperimentConfig.from_dict(apply_overrides(load_yaml(path), [
-        "train.chunks=2", "dqn.chunk_steps=10", "dqn.n_envs=8", "dqn.batch_size=16", "dqn.learning_starts=32"]), path)
+        "train.chunks=2", "dqn.chunk_steps=10", "dqn.n_envs=8", "dqn.batch_size=16", "dqn.learning_starts=32",
+        "data.n_test=2", "env.eval_starts=2", "env.eval_max_steps=5"]), path)
     env, params, _ = make_env(cfg)
     assert transform_for(env, params, cfg.dqn) is not None
-    summary = run_training(cfg, tmp_path / "goal", progress=False, evaluate=False)
+    # the goal reference (bank volume 0) is the template the subjects are made from, not a subject
+    bank, subjects, _ = make_bank(cfg, "test", 2)
+    assert bank.n_volumes == 3 and len(subjects) == 2
+    _, tpl_landmarks = template(cfg.data)
+    np.testing.assert_allclose(np.asarray(bank.landmarks_world)[0], tpl_landmarks.select(bank.labels).positions, atol=1e-4)
+    summary = run_training(cfg, tmp_path / "goal", progress=False)
     rows = (tmp_path / "goal" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and summary["env_steps"] == 2 * 10 * 8
     last = dict(zip(rows[0].split(","), rows[-1].split(",")))
     assert np.isfinite(float(last["loss"]))  # updates ran on relabelled batches
+    # evaluation: one row per goal over the test subjects only (2 subjects x 2 starts x 2 goals)
+    evaluation = summary["evaluation"]
+    assert set(evaluation["stats"]["distance_mm"]) == {"L0", "L1"} and evaluation["episodes"] == 8
 
 
 def test_evaluate_run_on_a_corner_pair_env(tmp_path):

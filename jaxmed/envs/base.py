@@ -220,9 +220,22 @@ class Environment:
         return False
 
     @property
+    def wants_reference(self) -> bool:
+        """Whether bank volume 0 must be the annotated reference (the template) rather than a subject:
+        goal-conditioned envs cut their goal observations from it, and never run episodes in it."""
+        return False
+
+    @property
     def metric_labels(self) -> tuple[str, ...]:
         """One row name per agent for result tables (e.g. the target landmark, the structure)."""
         return tuple(f"agent{i}" for i in range(self.n_agents))
+
+    def metric_stats(self, states, values, metric: str) -> dict:
+        """Result-table rows (:func:`jaxmed.evaluation.metric_stats`) of ``values`` ``(E, A)``, ``metric``
+        of the episodes started from ``states``: one row per :attr:`metric_labels` entry (default)."""
+        from jaxmed.evaluation import metric_stats
+
+        return metric_stats(np.asarray(values), self.metric_labels, metric)
 
     def eval_params(self, params):
         """The parameters for evaluation: nothing that peeks at the ground truth (default: unchanged)."""

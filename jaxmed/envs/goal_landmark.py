@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, ConfiguredEnv
+from jaxmed.envs.base import Box, Discrete
+from jaxmed.envs.goals import GoalConditionedEnv
 from jaxmed.envs.landmark import N_ACTIONS, EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig, ObsState
 from jaxmed.errors import ConfigError, LandmarkError
 
@@ -148,7 +149,7 @@ class GoalObsState:
     osc_done: jax.Array
 
 
-class GoalLandmarkEnv(ConfiguredEnv):
+class GoalLandmarkEnv(GoalConditionedEnv):
     """Goal-conditioned landmark navigation (module docstring)."""
 
     config_class = GoalLandmarkConfig
@@ -312,17 +313,6 @@ class GoalLandmarkEnv(ConfiguredEnv):
     def required_labels(self) -> tuple[str, ...]:
         return self.config.goals
 
-    @property
-    def metric_labels(self) -> tuple[str, ...]:
-        return ("goal",) * self.n_agents
-
-    @property
-    def wants_reference(self) -> bool:
-        """Whether bank volume ``config.reference_volume`` must be the annotated reference the goal
-        images are cut from: an experiment builds such a bank as ``[template] + subjects`` when the
-        reference is volume 0 (the default); episodes never run in it."""
-        return self.config.reference_volume == 0
-
     def eval_params(self, params: EnvParams) -> EnvParams:
         """No stop at the goal (ground truth): agents run until they oscillate."""
         return params.replace(terminate_at_target_mm=0.0)
@@ -365,18 +355,9 @@ def check_goal_labels(name: str, goals: Sequence[str], labels: Sequence[str]) ->
         raise LandmarkError(f"{name}: unknown goal landmark(s) {', '.join(map(repr, missing))}; available: {', '.join(labels)}")
 
 
-def goal_metric_stats(env: GoalLandmarkEnv, states: GoalEnvState, values, metric: str = "distance_mm") -> dict:
-    """Per-goal-label statistics (:func:`jaxmed.evaluation.metric_stats`) of ``values`` ``(E, A)``, the
-    metric of episodes started from ``states`` (their ``goal`` decides the row)."""
-    from jaxmed.evaluation import metric_stats
-
-    goal = np.asarray(states.goal).reshape(-1)
-    values = np.asarray(values, np.float64).reshape(-1)
-    names = np.array([env.config.goals[g] if g >= 0 else "custom" for g in goal])
-    out = {}
-    for label in dict.fromkeys(names.tolist()):
-        out.update(metric_stats(values[names == label][:, None], [label], metric))
-    return out
+def goal_metric_stats(env, states, values, metric: str = "distance_mm") -> dict:
+    """Per-goal rows of ``values`` ``(E, A)``: :meth:`GoalConditionedEnv.metric_stats`."""
+    return env.metric_stats(states, values, metric)
 
 
 def goal_example(patch, spacing: float, edge: int, label: str = "goal"):

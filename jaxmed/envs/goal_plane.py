@@ -61,7 +61,8 @@ import numpy as np
 from flax import struct
 
 from jaxmed.data.planes import PLANES, PlaneDefinition, _three_points, get_plane
-from jaxmed.envs.base import Box, Discrete, Environment, check_discrete_action, check_volume_bank
+from jaxmed.envs.base import Box, Discrete, check_discrete_action, check_volume_bank
+from jaxmed.envs.goals import GoalConditionedEnv
 from jaxmed.envs.plane import N_ACTIONS, EnvParams, EnvState, ObsState, PlaneEnv, PlaneEnvConfig, perturbed_plane
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.plane import plane_basis
@@ -204,7 +205,7 @@ def frame_view(bank, frame):
                         landmarks_world=bank.landmarks_world @ frame.T)
 
 
-class GoalPlaneEnv(Environment):
+class GoalPlaneEnv(GoalConditionedEnv):
     """Goal-conditioned view-plane search (module docstring).
 
     Args:
@@ -213,12 +214,11 @@ class GoalPlaneEnv(Environment):
       name: the name reported by :attr:`name`.
     """
 
+    config_class = GoalPlaneConfig
+    params_class = EnvParams
+
     def __init__(self, config: GoalPlaneConfig | None = None, labels: Sequence[str] | None = None, name: str = "goal-plane"):
-        self.config = config if config is not None else GoalPlaneConfig()
-        if not isinstance(self.config, GoalPlaneConfig):
-            raise ConfigError(f"GoalPlaneEnv: config must be a GoalPlaneConfig, got {type(config).__name__}")
-        self.labels = tuple(labels) if labels is not None else None
-        self._name = name
+        self._setup(config, labels, name)
         if self.labels is not None:
             self._check_labels(self.labels)
         self.nav = PlaneEnv(self.config.plane_config(), name=name)
@@ -227,31 +227,12 @@ class GoalPlaneEnv(Environment):
     # -------------------------------------------------------------- descriptions
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def default_params(self) -> EnvParams:
-        return EnvParams()
-
-    @property
     def required_labels(self) -> tuple[str, ...]:
         return self.config.labels
 
     @property
-    def metric_labels(self) -> tuple[str, ...]:
-        return ("goal",)
-
-    @property
     def wants_packed_bank(self) -> bool:
         return self.nav.wants_packed_bank
-
-    @property
-    def wants_reference(self) -> bool:
-        """Whether bank volume ``config.reference_volume`` must be the annotated reference the goal
-        images are cut from: an experiment builds such a bank as ``[template] + subjects`` when the
-        reference is volume 0 (the default); episodes never run in it."""
-        return self.config.reference_volume == 0
 
     def observation_space(self, params=None, bank=None) -> Box:
         """``(1, k + 1, S, H, W)``."""
@@ -263,11 +244,6 @@ class GoalPlaneEnv(Environment):
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (1,))
 
-    def _static_key(self) -> tuple:
-        return (self.config, self.labels)
-
-    def __repr__(self) -> str:
-        return f"GoalPlaneEnv(name={self._name!r}, config={self.config})"
 
     # -------------------------------------------------------------- checks
 
