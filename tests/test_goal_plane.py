@@ -170,6 +170,8 @@ def test_reset_render_roundtrip_and_eval_states(env, bank):
     assert np.asarray(ev.volume).tolist() == [v for v in range(1, 6) for _ in range(6)]
     assert np.asarray(ev.goal)[:, 0].tolist() == [0, 0, 0, 1, 1, 1] * 5
     assert env.eval_params(EnvParams(terminate_at_target=2.0)).terminate_at_target == 0.0
+    assert env.wants_reference and not GoalPlaneEnv(GoalPlaneConfig(goals=GOALS, reference_volume=2)).wants_reference
+    assert env.required_labels == LABELS and env.metric_labels == ("goal",) and env.wants_packed_bank
     e2, _ = make("goal-plane-v0", LABELS, **ENV)
     assert isinstance(e2, GoalPlaneEnv) and e2 == env.__class__(e2.config, labels=LABELS, name="goal-plane-v0")
 
