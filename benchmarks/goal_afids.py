@@ -57,7 +57,11 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-starts", type=int, default=8)
     ap.add_argument("--her", type=float, default=0.3, help="hindsight relabelling fraction of the goal agent")
     ap.add_argument("--out", default="benchmarks/results/goal_afids.json")
+    ap.add_argument("--report", metavar="JSON", help="print the Markdown table of a saved result and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(Path(args.report).read_text())))
+        return 0
 
     data = DataConfig(source="afids", spacing=2.0, n_train=args.n_train, n_test=args.n_test, seed=0, dtype="uint8", factors=(1, 2, 4))
     labels = TRAIN + HELD_OUT
@@ -113,8 +117,24 @@ def main(argv=None) -> int:
              for l in labels}
     result["template_prior"] = prior
     save()
-    print(json.dumps({k: result[k] for k in ("budget_env_steps_goal_agent", "budget_env_steps_per_specialist")}))
+    print(markdown(result))
     return 0
+
+
+def markdown(result: dict) -> str:
+    """The BENCHMARKS.md table: per landmark, median and mean ± std error (mm) of each method."""
+    def cell(s):
+        return f"{s['median']:.2f} / {s['mean']:.2f} ± {s['std']:.2f}" if s else "—"
+
+    g, spec, prior = result["goal_agent"], result.get("specialists", {}), result.get("template_prior", {})
+    rows = ["| landmark | goal | goal agent: median / mean ± std (mm) | ≤4 mm | specialist (mm) | template prior (mm) |",
+            "|---|---|---|---|---|---|"]
+    for kind, labels in (("seen", result["train_goals"]), ("unseen", result["held_out_goals"])):
+        for label in labels:
+            s = g.get(kind, {}).get("per_goal", {}).get(label)
+            rows.append(f"| {label} | {kind} | {cell(s)} | {100 * s['success_4mm']:.0f} % | {cell(spec.get(label))} | "
+                        f"{cell(prior.get(label))} |" if s else f"| {label} | {kind} | — | — | — | — |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

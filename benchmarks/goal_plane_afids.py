@@ -22,6 +22,7 @@ Usage (2 CPU cores, about 20-25 minutes under load)::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -67,7 +68,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--eval-starts", type=int, default=8)
     ap.add_argument("--out", default="benchmarks/results/goal_plane_afids.json")
+    ap.add_argument("--report", metavar="JSON", help="print the Markdown table of a saved result and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(Path(args.report).read_text())))
+        return 0
     t_start = time.perf_counter()
 
     data = DataConfig(source="afids", spacing=2.0, n_train=args.n_train, n_test=args.n_test, seed=0, dtype="uint8", factors=(1, 2))
