@@ -42,7 +42,9 @@ single-process program (``pmap`` over ``devices``). With a ``processes`` axis ev
 (``shard_map`` over the global mesh of ``processes x devices`` devices, gradients averaged over all
 of them): ``processes`` local Python processes are launched per point, each with ``devices`` fake
 CPU devices, joined by ``jax.distributed`` on ``localhost`` (the ``JAXMED_*`` variables of
-:func:`jaxmed.agents.distributed.initialize`). On a real cluster, start one process per host
+:func:`jaxmed.agents.distributed.initialize`; ``processes: 1`` runs the same program without
+``jax.distributed``, whose Gloo CPU collectives also carry a process's own all-reduces and cost
+tens of milliseconds each on a small CPU). On a real cluster, start one process per host
 running the same command with ``--cluster`` (see :func:`run_grid`): each process reads
 ``JAXMED_COORDINATOR`` / ``JAXMED_NUM_PROCESSES`` / ``JAXMED_PROCESS_ID`` (or SLURM / Open MPI
 detection), measures every point in-process over all devices of all hosts, and process 0 writes
@@ -563,7 +565,10 @@ def run_grid(grid: dict, out: str | Path, *, in_process: bool = False, cluster: 
             raise ConfigError("--cluster: the cluster's processes are given by the launch; drop the processes axis")
         from jaxmed.agents import distributed
 
-        distributed.initialize()
+        if distributed._env_int(distributed.ENV_NUM_PROCESSES) != 1:
+            distributed.initialize()
+        # (a one-process "cluster" skips jax.distributed: with it, the CPU backend runs even the
+        # collectives between a process's own devices through Gloo, measured 15x slower on 2 cores)
         import jax
 
         grid = {**grid, "axes": {**grid["axes"], "processes": [jax.process_count()]}}
@@ -685,7 +690,8 @@ def _child(argv: list[str]) -> int:
         run_grid(load_grid(json.loads(args.cluster_grid)), args.out, cluster=True, progress=False)
         import jax
 
-        jax.distributed.shutdown()
+        if jax.distributed.is_initialized():
+            jax.distributed.shutdown()
         return 0
     spec = json.loads(args.point)
     try:
