@@ -6,6 +6,7 @@ import json
 import pytest
 
 from jaxmed.bench import RESULT_KEYS, load_grid, markdown, point_config, points, run_grid
+from jaxmed.commands.bench import main as bench_main
 from jaxmed.errors import ConfigError
 
 TINY = ["data.n_train=1", "env.crop_size=9", "data.phantom_shape=[24,24,24]", "env.max_steps=12", "network.trunk.patch_size=3",
@@ -42,7 +43,7 @@ def test_grid_points_and_configs():
         run_grid(load_grid({"overrides": TINY, "axes": {"processes": [1]}}), "unused.json", in_process=True)
 
 
-def test_env_measure_over_fake_devices_in_process_writes_json_table_and_png(tmp_path):
+def test_env_measure_over_fake_devices_in_process_writes_json_table_and_png(tmp_path, capsys):
     grid = load_grid({"overrides": TINY, "measure": ["env"], "env_steps": 4, "axes": {"n_envs": [2], "devices": [1, 2]}})
     out = tmp_path / "bench.json"
     result = run_grid(grid, out, progress=False, in_process=True)
@@ -55,6 +56,10 @@ def test_env_measure_over_fake_devices_in_process_writes_json_table_and_png(tmp_
     assert out.with_suffix(".png").stat().st_size > 1000
     table = markdown(saved)
     assert table.count("\n") == 3 and "| 2 | 2 |" in table and "—" in table
+    # jaxmed bench --replot redraws the PNG and reprints the table of a saved result
+    out.with_suffix(".png").unlink()
+    assert bench_main(["--replot", str(out)]) == 0
+    assert out.with_suffix(".png").stat().st_size > 1000 and table in capsys.readouterr().out
 
 
 def test_subprocess_point_error_is_recorded_not_fatal(tmp_path):
