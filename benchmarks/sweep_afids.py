@@ -51,6 +51,7 @@ def main() -> int:
     p.add_argument("--devices", type=int, default=1, help="devices the vmapped sweep shards its trials over")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides of the base config")
     p.add_argument("--no-sequential", action="store_true", help="skip the sequential (one trial after another) sweep")
+    p.add_argument("--sweep-only", action="store_true", help="only the vmapped sweep (no held-out runs, no sequential sweep)")
     args = p.parse_args()
 
     from common import load_avg, machine_info
@@ -90,6 +91,10 @@ def main() -> int:
     result["sweep"]["results_md"] = (sweep_dir / "results.md").read_text()
     write("sweep")
 
+    if args.sweep_only:
+        shutil.rmtree(sweep_dir / "state", ignore_errors=True)
+        print(markdown(result))
+        return 0
     # 2. held-out test error of the default config and of the best config, each trained to the full budget
     runs = {}
     best_cfg = ExperimentConfig.from_dict(load_yaml(sweep_dir / "best.yaml"), "best.yaml")
@@ -99,7 +104,9 @@ def main() -> int:
         run_dir = args.out / f"run_{name}"
         shutil.rmtree(run_dir, ignore_errors=True)
         s = run_training(cfg, run_dir, progress=False, evaluate=True)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        for heavy in ("checkpoints", "tb"):  # kept out of the results folder (network.msgpack too)
+            shutil.rmtree(run_dir / heavy, ignore_errors=True)
+        (run_dir / "network.msgpack").unlink(missing_ok=True)
         ev = s["evaluation"]
         walls = [float(r.split(",")[-1]) for r in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
         per_chunk = (walls[-1] - walls[0]) / max(len(walls) - 1, 1)
