@@ -648,7 +648,11 @@ def plot(result: dict, path: Path) -> None:
     xs = [a for a in ("n_envs", "devices", "processes", "agents") if len(result["grid"]["axes"].get(a, [])) > 1]
     keys = [(k, lab) for k, lab in (("env_agent_steps_per_s", "env agent-steps/s"), ("train_env_steps_per_s", "training env-steps/s"))
             if any(r.get(k) is not None for r in rows)]
-    if not rows or not xs or not keys:
+    if not rows or not keys:
+        return
+    if not xs:  # only categorical axes vary (configs, variants, learners, ...): bars per point
+        _plot_bars(result, rows, keys)
+        save_figure(plt.gcf(), path, machine_line(result["machine"]))
         return
     fig, axs = plt.subplots(len(xs), len(keys), figsize=(5 * len(keys), 3.6 * len(xs)), squeeze=False)
     for row_ax, x in zip(axs, xs):
@@ -675,6 +679,22 @@ def plot(result: dict, path: Path) -> None:
             if len(series) > 1:
                 ax.legend(fontsize=7)
     save_figure(fig, path, machine_line(result["machine"]))
+
+
+def _plot_bars(result: dict, rows: list[dict], keys: list[tuple[str, str]]) -> None:
+    """One bar per grid point for each measured quantity, labelled by its axis values."""
+    import matplotlib.pyplot as plt
+
+    axes = [a for a in AXES if a in result["grid"]["axes"]]
+    labels = ["\n".join(_axis_label(r.get(a)) for a in axes if len(result["grid"]["axes"][a]) > 1) or "point" for r in rows]
+    fig, axs = plt.subplots(1, len(keys), figsize=(max(4.0, 1.4 * len(rows)) * len(keys), 4.2), squeeze=False)
+    for ax, (key, label) in zip(axs[0], keys):
+        vals = [r.get(key) or 0.0 for r in rows]
+        ax.bar(range(len(rows)), vals, color=[f"C{i}" for i in range(len(rows))])
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_ylabel(label)
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
 
 
 def _child(argv: list[str]) -> int:
