@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-train", type=int, default=12)
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--eval-starts", type=int, default=8)
+    ap.add_argument("--specialists", nargs="*", help="planes to train specialists for (default: every plane)")
     ap.add_argument("--out", default="benchmarks/results/goal_plane_afids.json")
     ap.add_argument("--report", metavar="JSON", help="print the Markdown table of a saved result and exit")
     args = ap.parse_args(argv)
@@ -122,6 +123,8 @@ def main(argv=None) -> int:
         prior = not_reference(tenv.prior_states(test_bank, 1, normal=np.asarray(n_tpl), offset=o_tpl))
         pm = jax.jit(jax.vmap(tenv.eval_metrics, in_axes=(0, None, None)))(prior, ev, test_bank)
         result["template_plane"][plane] = per_metric(lambda v, m: metric_stats(np.asarray(v), [plane], m)[plane], pm)
+        if args.specialists is not None and plane not in args.specialists:
+            continue
         sparams, swall, _ = train(penv, params, net, dqn_config(spec_chunks, n_envs=args.n_envs), train_bank, spec_chunks)
         states = not_reference(tenv.eval_states(ev, test_bank, args.eval_starts, seed=1))
         metrics, _ = rollout_metrics(tenv, ev, net, sparams, test_bank, states)
