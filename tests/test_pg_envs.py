@@ -26,10 +26,7 @@ def _train_from_config(path: str, starts_per_volume: int = 8):
     net = make_network(cfg, env)
     learner = learners.module(cfg.train.learner)
     fns = learner.make_train(cfg.learner, env, params, net)
-    rs = jax.jit(fns.init)(jax.random.key(cfg.train.seed), bank)
-    chunk = jax.jit(fns.run_chunk)
-    for _ in range(cfg.train.chunks):
-        rs, metrics = chunk(rs, bank)
+    rs, metrics = learners.run_chunks(fns, bank, cfg.train.chunks, seed=cfg.train.seed)
     states = env.eval_states(eval_params, bank, starts_per_volume, seed=1)
 
     @jax.jit

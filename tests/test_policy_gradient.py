@@ -360,24 +360,6 @@ def _leaves(tree):
     return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x) for x in jax.tree.leaves(tree)]
 
 
-def test_vmapped_seeds_equal_separate_runs():
-    """One compiled program trains two seeds of the A2C / PPO program; each equals its own separate run."""
-    env = CountEnv()
-    config = a2c.A2CConfig(n_envs=4, num_steps=8, updates_per_chunk=3)
-    fns = a2c.make_train(config, env, env.default_params, LinearAC())
-    keys = jax.random.split(jax.random.key(11), 2)
-    both = jax.jit(jax.vmap(fns.init, in_axes=(0, None)))(keys, None)
-    both, m_both = jax.jit(jax.vmap(fns.run_chunk, in_axes=(0, None)))(both, None)
-    init, chunk = jax.jit(fns.init), jax.jit(fns.run_chunk)
-    for s in range(2):
-        rs, m = chunk(init(keys[s], None), None)
-        for a, b in zip(_leaves(both), _leaves(rs)):
-            np.testing.assert_allclose(a[s], b, rtol=2e-5, atol=1e-6)
-        np.testing.assert_allclose(float(m_both["loss"][s]), float(m["loss"]), rtol=1e-4, atol=1e-6)
-    first = jax.tree.leaves(both.params)[0]
-    assert not np.allclose(np.asarray(first[0]), np.asarray(first[1]))  # the seeds really differ
-
-
 def test_vmapped_grpo_seeds_are_independent():
     """GRPO (with KL and terminal reward) vmapped over seeds: swapping the seeds swaps the results
     exactly, and a seed given twice gives two identical runs."""
@@ -441,13 +423,12 @@ def test_default_hparams_fields_overrides_and_errors():
 
 
 _HPARAM_CASES = {
-    # learner: (module, config, the two settings); PPO anneals its learning rate over the run
+    # learner: (module, config, the two settings); PPO anneals its learning rate over the run (A2C runs the
+    # same program as PPO, with the unclipped losses)
     "ppo": (ppo, ppo.PPOConfig(n_envs=4, num_steps=8, update_epochs=2, num_minibatches=2, updates_per_chunk=2, lr_decay_steps=6,
                                lr_final_fraction=0.3, learning_rate=3e-3),
             [dict(learning_rate=3e-3, gamma=0.9, clip_eps=0.1, ent_coef=0.0),
              dict(learning_rate=1e-3, gamma=0.99, gae_lambda=0.8, clip_eps=0.3, vf_coef=1.0, max_grad_norm=0.1)]),
-    "a2c": (a2c, a2c.A2CConfig(n_envs=4, num_steps=8, updates_per_chunk=3),
-            [dict(learning_rate=1e-3), dict(learning_rate=5e-3, ent_coef=0.1, gae_lambda=0.9)]),
     # one member with the KL penalty, one without: the lax.cond runs both under vmap
     "grpo": (grpo, grpo.GRPOConfig(n_envs=4, group_size=2, max_steps=6, num_minibatches=2, terminal_reward="final_t"),
              [dict(kl_coef=0.0, clip_eps=0.2), dict(kl_coef=0.5, clip_eps=0.1, learning_rate=1e-3, ent_coef=0.05)]),
@@ -456,13 +437,13 @@ _HPARAM_CASES = {
 
 @pytest.mark.parametrize("name", sorted(_HPARAM_CASES))
 def test_vmapped_hparams_equal_separate_runs_with_those_settings(name):
-    """S = 2 hyperparameter settings as arrays in one compiled program (same key for both): each member
-    equals a separate run of a config with that setting, and the settings give different parameters."""
+    """S = 2 seeds (PPO; GRPO: one seed twice) and 2 hyperparameter settings as arrays in one compiled
+    program: each member equals a separate run of a config with that setting and seed, and the members
+    really differ."""
     module, config, settings = _HPARAM_CASES[name]
     env = CountEnv()
     fns = module.make_train(config, env, env.default_params, LinearAC())
-    key = jax.random.key(13)
-    keys = jnp.stack([key, key])
+    keys = jax.random.split(jax.random.key(13), 2) if name == "ppo" else jnp.stack([jax.random.key(13)] * 2)
     hps = module.stack_hparams([module.default_hparams(config, **s) for s in settings])
     both = jax.jit(jax.vmap(fns.init, in_axes=(0, None, 0)))(keys, None, hps)
     v_chunk = jax.jit(jax.vmap(fns.run_chunk, in_axes=(0, None)))
@@ -470,15 +451,15 @@ def test_vmapped_hparams_equal_separate_runs_with_those_settings(name):
         both, m_both = v_chunk(both, None)
     for s, setting in enumerate(settings):
         separate = module.make_train(dataclasses.replace(config, **setting), env, env.default_params, LinearAC())
-        rs, chunk = jax.jit(separate.init)(key, None), jax.jit(separate.run_chunk)
+        rs, chunk = jax.jit(separate.init)(keys[s], None), jax.jit(separate.run_chunk)
         for _ in range(2):
             rs, m = chunk(rs, None)
         for a, b in zip(_leaves(both), _leaves(rs)):
             np.testing.assert_allclose(a[s], b, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(float(m_both["loss"][s]), float(m["loss"]), rtol=1e-4, atol=1e-6)
     first = jax.tree.leaves(both.params)[0]
-    assert not np.allclose(np.asarray(first[0]), np.asarray(first[1]))  # the settings really differ
-    if name == "grpo":
+    assert not np.allclose(np.asarray(first[0]), np.asarray(first[1]))
+    if name == "grpo":  # same key: the settings alone make the difference
         assert float(m_both["kl"][0]) == 0.0 and float(m_both["kl"][1]) > 0.0
 
 
