@@ -91,6 +91,10 @@ def test_space_validation_and_sampling():
         make_trial(_base(), {"dqn.gamma": 1.5}, 0, 0)
     with pytest.raises(ConfigError, match="tau"):
         make_trial(_base(), {"dqn.tau": 0.5}, 0, 0)
+    from jaxmed.sweep.population import Population
+
+    with pytest.raises(ConfigError, match="train.seeds=1"):  # trials are spread over the devices, one seed each
+        Population(ExperimentConfig.from_dict(apply_overrides(_base(), ["train.seeds=2"])), bank=None)
     # leaves share a group; a static choice (trunk width) makes another one
     a = make_trial(_base(), {"dqn.gamma": 0.8, "network.trunk.width": 0.25}, 0, 0)
     b = make_trial(_base(), {"dqn.gamma": 0.9, "network.trunk.width": 0.25}, 0, 1)
