@@ -63,7 +63,6 @@ import itertools
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,6 +74,7 @@ import numpy as np
 import yaml
 
 from jaxmed.errors import ConfigError
+from jaxmed.local_cluster import launch_local_processes
 
 AXES = ("config", "variant", "learner", "n_envs", "devices", "processes", "agents", "crop_size", "dtype", "trunk")
 GRID_KEYS = ("config", "overrides", "variants", "measure", "chunks", "env_steps", "min_time", "axes")
@@ -451,56 +451,6 @@ def _updates(metrics) -> float | None:
 
 
 # ------------------------------------------------------------------ processes
-
-
-def free_port() -> int:
-    """A TCP port on localhost that was free a moment ago (for a local coordinator)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def local_cluster_env(process_id: int, num_processes: int, port: int, local_devices: int, base: dict | None = None) -> dict:
-    """Environment variables of one process of a local ``jax.distributed`` cluster on the CPU
-    backend: ``local_devices`` fake CPU devices and the ``JAXMED_*`` cluster variables."""
-    from jaxmed.agents import distributed as d
-
-    env = dict(os.environ if base is None else base)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
-    env.update({"XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={local_devices}"]), "JAX_PLATFORMS": "cpu",
-                d.ENV_COORDINATOR: f"localhost:{port}", d.ENV_NUM_PROCESSES: str(num_processes), d.ENV_PROCESS_ID: str(process_id),
-                d.ENV_LOCAL_DEVICE_COUNT: str(local_devices)})
-    return env
-
-
-def launch_local_processes(argv: list[str], n_processes: int, local_devices: int, timeout_s: float) -> list[tuple[int | None, str]]:
-    """Run ``argv`` as ``n_processes`` local processes of one CPU cluster (:func:`local_cluster_env`)
-    and return each one's ``(exit code, stdout + stderr)``; exit code ``None`` for a process killed
-    because another failed or the group ran past ``timeout_s`` seconds (a hung collective never hangs
-    the caller)."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="jaxmed-bench-") as tmp:
-        logs = [Path(tmp) / f"log_{i}.txt" for i in range(n_processes)]
-        procs = []
-        for i in range(n_processes):
-            with open(logs[i], "w") as log:
-                procs.append(subprocess.Popen(argv, env=local_cluster_env(i, n_processes, port, local_devices), stdout=log,
-                                              stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + timeout_s
-        killed = set()
-        try:
-            while True:
-                codes = [p.poll() for p in procs]
-                if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-        finally:
-            for i, p in enumerate(procs):
-                if p.poll() is None:
-                    p.kill()
-                    killed.add(i)
-                p.wait()
-        return [(None if i in killed else p.returncode, log.read_text()) for i, (p, log) in enumerate(zip(procs, logs))]
 
 
 def _result_line(text: str) -> dict | None:

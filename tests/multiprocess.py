@@ -13,37 +13,15 @@ so a worker may either parse its argv or just call ``initialize()``.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pytest
 
+from jaxmed.local_cluster import launch_local_processes
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port on localhost that was free a moment ago (for the coordinator)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def cluster_env(process_id: int, num_processes: int, port: int, local_devices: int) -> dict[str, str]:
-    """The environment of one local cluster process: CPU backend with ``local_devices`` devices and
-    the ``JAXMED_COORDINATOR`` / ``JAXMED_NUM_PROCESSES`` / ``JAXMED_PROCESS_ID`` variables."""
-    return dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}",
-        JAX_PLATFORMS="cpu",
-        JAXMED_COORDINATOR=f"localhost:{port}",
-        JAXMED_NUM_PROCESSES=str(num_processes),
-        JAXMED_PROCESS_ID=str(process_id),
-    )
 
 
 def run_processes(
@@ -62,42 +40,11 @@ def run_processes(
     process or after ``timeout_s`` seconds the remaining processes are killed and the test fails
     with the tail of every log.
     """
-    log_dir = Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    logs = [log_dir / f"log_{i}.txt" for i in range(n_processes)]
-    procs = []
-    for i in range(n_processes):
-        with open(logs[i], "w") as log:  # the child keeps its own copy of the descriptor
-            procs.append(subprocess.Popen(
-                [str(a) for a in command(i, port)], env=cluster_env(i, n_processes, port, local_devices),
-                stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-            ))
-    deadline = time.monotonic() + timeout_s
-    failure = None
-    try:
-        while True:
-            codes = [p.poll() for p in procs]  # poll every process (no short-circuit)
-            if all(c is not None for c in codes):
-                break
-            if any(c not in (None, 0) for c in codes):
-                failure = "a process failed"
-                break
-            if time.monotonic() > deadline:
-                failure = f"timed out after {timeout_s:.0f} s"
-                break
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    outputs = [log.read_text() for log in logs]
-    if failure or any(p.returncode != 0 for p in procs):
-        report = "\n".join(f"--- process {i} (exit {p.returncode}) ---\n{out[-6000:]}"
-                           for i, (p, out) in enumerate(zip(procs, outputs)))
-        pytest.fail(f"multi-process run failed ({failure or 'non-zero exit'}):\n{report}")
-    return outputs
+    outs = launch_local_processes(command, n_processes, local_devices, timeout_s, log_dir=log_dir, cwd=cwd)
+    if any(code != 0 for code, _ in outs):
+        report = "\n".join(f"--- process {i} (exit {code}, None = killed) ---\n{text[-6000:]}" for i, (code, text) in enumerate(outs))
+        pytest.fail(f"multi-process run failed (a process failed, or the group ran past {timeout_s:.0f} s):\n{report}")
+    return [text for _, text in outs]
 
 
 def run_python_workers(script: Path, n_processes: int, out_dir: Path, *args, **kwargs) -> list[str]:
