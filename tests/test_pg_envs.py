@@ -1,7 +1,7 @@
 """Policy-gradient learners on the other environments: PPO trained from the shipped phantom configs
 (``configs/phantom_registration_ppo.yaml``, ``configs/phantom_plane_ppo.yaml``) beats a uniformly random
 policy and the start error by a clear margin in greedy evaluation from the env's fixed evaluation
-starts (held out from nothing: the training subjects, new starts; ground truth never used to stop)."""
+starts on the training phantoms (``eval_params``: the ground truth never stops an episode)."""
 
 from __future__ import annotations
 
