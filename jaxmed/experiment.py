@@ -73,6 +73,9 @@ class TrainSection:
     seed: int = 0
     seeds: int = 1  # > 1: that many seeds trained at once in one compiled (vmapped) program
     devices: int = 1  # data-parallel devices (pmap); 1 = no device axis
+    # per-member hyperparameters of a vmapped run: {field: [value per seed]} (a single value applies to
+    # every seed); fields from the learner's HPARAM_FIELDS, e.g. {learning_rate: [1e-3, 3e-4]} with seeds: 2
+    hparams: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         from jaxmed.agents import learners
@@ -82,6 +85,21 @@ class TrainSection:
             raise ConfigError("train.seeds, train.devices, train.chunks and train.checkpoint_every must be >= 1")
         if self.seeds > 1 and self.devices > 1:
             raise ConfigError("train.seeds > 1 (vmapped seeds) and train.devices > 1 (pmap) cannot be combined; choose one")
+        if self.hparams:
+            fields = learners.module(self.learner).HPARAM_FIELDS
+            unknown = sorted(set(self.hparams) - set(fields))
+            if unknown:
+                raise ConfigError(f"train.hparams: {', '.join(unknown)} not hyperparameter leaves of {self.learner} "
+                                  f"(choose from {', '.join(fields)})")
+            if self.devices > 1:
+                raise ConfigError("train.hparams (per-member hyperparameters) needs vmapped seeds, not train.devices > 1")
+            for name, values in self.hparams.items():
+                if isinstance(values, (list, tuple)) and len(values) != self.seeds:
+                    raise ConfigError(f"train.hparams.{name}: {len(values)} values for train.seeds={self.seeds}; give one per seed")
+
+    def hparam_rows(self) -> list[dict]:
+        """``train.seeds`` dicts of hyperparameter overrides, one per vmapped member."""
+        return [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in self.hparams.items()} for i in range(self.seeds)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -159,10 +159,14 @@ def _trainer(cfg: ex.ExperimentConfig, env, params, network):
             raise ConfigError(f"train.devices={cfg.train.devices} but only {jax.local_device_count()} devices are visible")
         return learner.make_parallel_train(cfg.learner, env, params, network, n_devices=cfg.train.devices, **extra)
     fns = learner.make_train(cfg.learner, env, params, network, **extra)
+    rows = cfg.train.hparam_rows()  # per-member hyperparameter leaves (train.hparams)
+    hparams = learner.stack_hparams([learner.default_hparams(cfg.learner, **row) for row in rows])
     if cfg.train.seeds > 1:
-        init = jax.jit(jax.vmap(fns.init, in_axes=(0, None)))
-        return (lambda key, bank: init(jax.random.split(key, cfg.train.seeds), bank)), jax.jit(jax.vmap(fns.run_chunk, in_axes=(0, None)), donate_argnums=0)
-    return jax.jit(fns.init), jax.jit(fns.run_chunk, donate_argnums=0)
+        init = jax.jit(jax.vmap(fns.init, in_axes=(0, None, 0)))
+        return ((lambda key, bank: init(jax.random.split(key, cfg.train.seeds), bank, hparams)),
+                jax.jit(jax.vmap(fns.run_chunk, in_axes=(0, None)), donate_argnums=0))
+    single = jax.tree.map(lambda x: x[0], hparams)
+    return jax.jit(lambda key, bank: fns.init(key, bank, single)), jax.jit(fns.run_chunk, donate_argnums=0)
 
 
 def _summarise(metrics: dict) -> dict[str, float]:
@@ -345,6 +349,8 @@ def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | Non
     if baseline:
         result["baselines"] = baseline
         result["template_prior"] = baseline["template prior"]["distance_mm"]
+    if cfg.train.hparams:
+        result["hparams"] = cfg.train.hparam_rows()
     if cfg.train.seeds > 1:
         result["per_seed"] = per_seed
         result["seeds"] = seed_summary(per_seed)

@@ -168,6 +168,33 @@ def test_vmapped_seeds_train_in_one_program_and_report_mean_and_std(tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b)[1], rtol=2e-5, atol=2e-6)
 
 
+def test_per_seed_hyperparameters_as_arrays(tmp_path):
+    """train.hparams gives each vmapped member its own hyperparameters in one program (PPO here): a
+    member with learning rate 0 keeps its initial parameters, the other trains; bad fields are refused."""
+    from jaxmed.experiment import make_bank, make_env, make_network
+    from jaxmed.train import _trainer
+
+    path = "configs/phantom_ppo.yaml"
+    cfg = ExperimentConfig.from_dict(apply_overrides(load_yaml(path), [
+        "train.seeds=2", "train.hparams={learning_rate: [1.0e-3, 1.0e-10], ent_coef: 0.02}", "ppo.updates_per_chunk=1",
+        "data.n_train=2"]), path)
+    assert cfg.train.hparam_rows() == [{"learning_rate": 1e-3, "ent_coef": 0.02}, {"learning_rate": 1e-10, "ent_coef": 0.02}]
+    bank, _, _ = make_bank(cfg, "train", cfg.data.n_train)
+    env, params, _ = make_env(cfg, bank.labels)
+    init, run_chunk = _trainer(cfg, env, params, make_network(cfg, env))
+    rs0 = init(jax.random.key(0), bank)
+    start = jax.tree.map(np.asarray, rs0.params)
+    np.testing.assert_allclose(np.asarray(rs0.hparams.learning_rate), [1e-3, 1e-10])
+    np.testing.assert_allclose(np.asarray(rs0.hparams.ent_coef), [0.02, 0.02])
+    rs, _ = run_chunk(rs0, bank)
+    moved = [np.abs(np.asarray(a) - b).max(axis=tuple(range(1, b.ndim))) for a, b in zip(jax.tree.leaves(rs.params), jax.tree.leaves(start))]
+    assert max(m[0] for m in moved) > 1e-4 and max(m[1] for m in moved) < 1e-7
+    for bad, match in (("train.hparams={batch_size: [1, 2]}", "not hyperparameter leaves of ppo"),
+                       ("train.hparams={learning_rate: [1.0e-3, 2.0e-3, 3.0e-3]}", "3 values for train.seeds=2")):
+        with pytest.raises(ConfigError, match=match):
+            ExperimentConfig.from_dict(apply_overrides(load_yaml(path), ["train.seeds=2", bad]), path)
+
+
 def test_goal_config_trains_with_hindsight_relabelling(tmp_path):
     """`jaxmed train` wires the HER batch transform of a goal-conditioned env into the DQN learner."""
     from jaxmed.agents.her import transform_for

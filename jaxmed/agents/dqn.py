@@ -327,7 +327,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
             grads, loss, abs_td = jax.lax.pmean((grads, loss, abs_td), axis_name)
         direction, opt_state = optimizer.update(grads, rs.opt_state, rs.params)
         lr = learning_rate(config, hp, rs.updates)
-        params = optax.apply_updates(rs.params, jax.tree.map(lambda d: (-lr * d).astype(d.dtype), direction))
+        params = hparams_lib.descend(rs.params, direction, lr)
         updates = rs.updates + 1
         if config.tau < 1.0:
             target = optax.incremental_update(params, rs.target_params, hp.tau)
