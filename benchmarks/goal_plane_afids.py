@@ -16,7 +16,7 @@ to the found plane, ``landmark_distance_mm`` the mean distance of the plane's re
 
 Usage (2 CPU cores, about 20-25 minutes under load)::
 
-    python benchmarks/goal_plane_afids.py --chunks 60 --out benchmarks/results/goal_plane_afids.json
+    python benchmarks/goal_plane_afids.py --chunks 40 --out benchmarks/results/goal_plane_afids.json
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from goal_common import dqn_config, reference_banks, rollout_metrics, train, wri
 
 from jaxmed.envs.goal_landmark import goal_metric_stats  # noqa: E402
 from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv  # noqa: E402
-from jaxmed.envs.plane import EnvParams, PlaneEnv, PlaneEnvConfig  # noqa: E402
+from jaxmed.envs.plane import N_ACTIONS, EnvParams, PlaneEnv, PlaneEnvConfig  # noqa: E402
 from jaxmed.evaluation import metric_stats  # noqa: E402
 from jaxmed.experiment import DataConfig  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", nargs="+", default=["acpc_axial", "midsagittal"], help="planes the goal agent trains on")
     ap.add_argument("--held-out", nargs="+", default=["coronal_ac"], help="planes it is only shown at test time")
-    ap.add_argument("--chunks", type=int, default=60, help="goal agent run_chunk calls (n_envs * 100 env steps each)")
+    ap.add_argument("--chunks", type=int, default=40, help="goal agent run_chunk calls (n_envs * 100 env steps each)")
     ap.add_argument("--n-envs", type=int, default=32)
     ap.add_argument("--n-train", type=int, default=12)
     ap.add_argument("--n-test", type=int, default=4)
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     train_bank, test_bank, _ = reference_banks(data, labels, max_crop=3, packed=True)
     data_s = time.perf_counter() - t0
     params = EnvParams(**PARAMS)
-    net = QNetwork(trunk="patch", head="dueling", trunk_kwargs={"patch_size": (3, 4, 4), "group": (1, 2, 2)}, head_kwargs={"hidden": (128, 64)})
+    net = QNetwork(trunk="patch", head="dueling", n_actions=N_ACTIONS, trunk_kwargs={"patch_size": (3, 4, 4), "group": (1, 2, 2)}, head_kwargs={"hidden": (128, 64)})
     cfg = dqn_config(args.chunks, n_envs=args.n_envs)
     spec_chunks = max(1, args.chunks // len(args.train))
     result = {"machine": machine_info(), "args": vars(args), "train_planes": list(args.train), "held_out_planes": list(args.held_out),
