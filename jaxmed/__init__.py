@@ -5,4 +5,4 @@ from jaxmed.envs.registry import make
 
 __version__ = "0.1.0"
 
-__all__ = ["JaxmedError", "__version__"]
+__all__ = ["JaxmedError", "make", "__version__"]

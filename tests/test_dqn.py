@@ -190,3 +190,20 @@ def test_bad_config():
         DQNConfig(batch_size=0)
     with pytest.raises(ConfigError, match="n_step"):
         DQNConfig(n_step=0)
+
+
+def test_network_with_other_action_count_is_refused(setup):
+    """A network whose outputs do not match the env's actions fails at init with a clear error (it
+    would otherwise train without ever taking the missing actions), for value and policy learners."""
+    from jaxmed.agents import ppo
+    from jaxmed.errors import ConfigError
+    from jaxmed.networks.actor_critic import actor_critic_from_config
+
+    bank, env, params = setup
+    wrong_q = QNetwork(trunk="patch", n_actions=4, trunk_kwargs={"patch_size": 5, "width": 0.5}, head_kwargs={"hidden": (8,)})
+    with pytest.raises(ConfigError, match="4 action outputs but env .* has 6 actions"):
+        make_train(DQNConfig(n_envs=2, replay_capacity=64), env, params, wrong_q).init(jax.random.key(0), bank)
+    wrong_ac = actor_critic_from_config({"trunk": {"name": "patch", "patch_size": 5, "width": 0.5},
+                                         "head": {"name": "actor_critic", "hidden": [8]}, "n_actions": 8})
+    with pytest.raises(ConfigError, match="8 action outputs"):
+        ppo.make_train(ppo.PPOConfig(n_envs=2, num_steps=4, num_minibatches=1), env, params, wrong_ac).init(jax.random.key(0), bank)

@@ -1,6 +1,5 @@
 """Reading NIfTI / DICOM, reorientation, isotropic resampling, normalisation, bad input."""
 
-import gzip
 
 import nibabel as nib
 import numpy as np
@@ -121,7 +120,7 @@ def test_save_and_reload_round_trip(tmp_path):
 
 
 def test_dicom_series_matches_nifti_world(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

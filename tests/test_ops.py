@@ -278,7 +278,6 @@ def test_resample_window_matches_map_coordinates_incl_outside():
 
 
 def test_resample_window_from_stack_and_box_affine():
-    rng = np.random.default_rng(6)
     m = 2
     # intensity = linear ramp, so box contents are known in closed form
     g = np.stack(np.meshgrid(*(np.arange(s) for s in SHAPE), indexing="ij"), -1).astype(np.float32)

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxmed.agents import learners
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.dqn import TrainFns
 from jaxmed.agents.pg_losses import policy_loss
@@ -214,7 +215,7 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
         env.check_bank(bank)
         net_key, env_key = jax.random.split(key)
         obs, _ = v_reset(jax.random.split(env_key, 1), env_params, bank)
-        params = network.init(net_key, obs)
+        params = learners.init_network(network, net_key, obs, env)
         return RunnerState(params=params, opt_state=optimizer.init(params), key=device_key(jax.random.fold_in(key, 1), axis_name),
                            steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32), hparams=hparams)
 
