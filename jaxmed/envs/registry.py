@@ -108,16 +108,21 @@ register("landmark-multiscale-v0", _landmark_factory((0, 1, 2), 1))
 register("landmark-multiagent-v0", _landmark_factory((0,), 4))
 
 
+def _labels_from_bank(name: str, config_kw: dict, key: str, bank_labels, what: str) -> None:
+    """Default ``config_kw[key]`` to every bank label (:class:`ConfigError` when neither is given)."""
+    if key not in config_kw:
+        if not bank_labels:
+            raise ConfigError(f"{name}: give {key}=(label, ...) or bank_labels=bank.labels to choose {what}")
+        config_kw[key] = tuple(bank_labels)
+
+
 def _registration_factory(name: str, bank_labels, **overrides):
     from jaxmed.envs.registration import EnvParams, RegistrationEnv, RegistrationEnvConfig
 
     config_kw, params_kw = _split_overrides(name, RegistrationEnvConfig, EnvParams, overrides)
     config_kw.setdefault("levels", (0, 1, 2))
     config_kw.setdefault("steps", (1.0, 2.0, 4.0))
-    if "landmarks" not in config_kw:
-        if not bank_labels:
-            raise ConfigError(f"{name}: give landmarks=(label, ...) or bank_labels=bank.labels to choose the TRE landmarks")
-        config_kw["landmarks"] = tuple(bank_labels)
+    _labels_from_bank(name, config_kw, "landmarks", bank_labels, "the TRE landmarks")
     env = RegistrationEnv(RegistrationEnvConfig(**config_kw), labels=bank_labels, name=name)
     return env, EnvParams(**params_kw)
 
@@ -173,10 +178,7 @@ def _goal_landmark_factory(name: str, bank_labels, **overrides):
     from jaxmed.envs.landmark import EnvParams
 
     config_kw, params_kw = _split_overrides(name, GoalLandmarkConfig, EnvParams, overrides)
-    if "goals" not in config_kw:
-        if not bank_labels:
-            raise ConfigError(f"{name}: give goals=(label, ...) or bank_labels=bank.labels to choose the goal landmarks")
-        config_kw["goals"] = tuple(bank_labels)
+    _labels_from_bank(name, config_kw, "goals", bank_labels, "the goal landmarks")
     env = GoalLandmarkEnv(GoalLandmarkConfig(**config_kw), labels=bank_labels, name=name)
     return env, EnvParams(**params_kw)
 
