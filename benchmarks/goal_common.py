@@ -13,20 +13,19 @@ import numpy as np
 
 from jaxmed.agents.dqn import DQNConfig, greedy_action, make_train
 from jaxmed.agents.rollout import greedy_rollout
-from jaxmed.data import build_bank, conform
-from jaxmed.experiment import DataConfig, make_subjects, template
+from jaxmed.data import build_bank
+from jaxmed.experiment import DataConfig, make_subjects, template, template_subject
 
 
 def reference_banks(data: DataConfig, labels, max_crop: int, packed: bool = False):
     """``(train_bank, test_bank, template_landmarks)``: banks ``[template] + subjects`` of the train
     and test splits; the template (bank volume 0) is the goal reference the goal images are cut from."""
-    vol, lms = template(data)
-    tpl = (conform(vol, data.spacing), lms.select(labels))
+    tpl = template_subject(data, labels)
     out = []
     for split, n in (("train", data.n_train), ("test", data.n_test)):
         subjects = make_subjects(data, split, n, labels)
         out.append(build_bank([tpl] + subjects, labels, factors=data.factors, max_crop=max_crop, dtype=data.dtype, packed=packed))
-    return out[0], out[1], lms
+    return out[0], out[1], template(data)[1]
 
 
 def dqn_config(chunks: int, n_envs: int = 16, chunk_steps: int = 100, **overrides) -> DQNConfig:

@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
 from goal_common import dqn_config, reference_banks, rollout_metrics, train, writer  # noqa: E402
 
-from jaxmed.envs.goal_landmark import goal_metric_stats  # noqa: E402
 from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv  # noqa: E402
 from jaxmed.envs.plane import N_ACTIONS, EnvParams, PlaneEnv, PlaneEnvConfig  # noqa: E402
 from jaxmed.evaluation import metric_stats  # noqa: E402
@@ -106,8 +105,8 @@ def main(argv=None) -> int:
         metrics, sec = rollout_metrics(env, ev, net, gparams, test_bank, states)
         start = jax.jit(jax.vmap(env.eval_metrics, in_axes=(0, None, None)))(states, ev, test_bank)
         result["goal_agent"][name] = {
-            "per_goal": per_metric(lambda v, m: goal_metric_stats(env, states, v, m), metrics),
-            "start": per_metric(lambda v, m: goal_metric_stats(env, states, np.asarray(v), m), start),
+            "per_goal": per_metric(lambda v, m: env.metric_stats(states, v, m), metrics),
+            "start": per_metric(lambda v, m: env.metric_stats(states, np.asarray(v), m), start),
             "eval_s_incl_compile": sec}
         print(name, {g: round(v["median"], 2) for g, v in result["goal_agent"][name]["per_goal"]["angle_deg"].items()}, flush=True)
         save()

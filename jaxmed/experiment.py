@@ -191,6 +191,15 @@ def make_subjects(cfg: DataConfig, split: str, n: int, labels) -> list:
     return [(conform(s.volume, cfg.spacing), s.landmarks) for s in subjects]
 
 
+def template_subject(cfg: DataConfig, labels) -> tuple:
+    """The template as one more conformed ``(Volume, Landmarks)`` subject with ``labels``: the annotated
+    reference (bank volume 0) of goal-conditioned envs."""
+    from jaxmed.data import conform
+
+    volume, landmarks = template(cfg)
+    return conform(volume, cfg.spacing), landmarks.select(labels)
+
+
 def make_bank(cfg: ExperimentConfig, split: str, n: int):
     """``(bank, subjects, seconds)``: ``n`` subjects of ``split`` with the landmarks the env reads;
     for an env that :attr:`wants_reference` (goal-conditioned) the bank holds the template first
@@ -201,13 +210,8 @@ def make_bank(cfg: ExperimentConfig, split: str, n: int):
     labels = env.required_labels
     t0 = time.perf_counter()
     subjects = make_subjects(cfg.data, split, n, labels)
-    volumes = subjects
-    if env.wants_reference:
-        # goal-conditioned envs cut their goal images from bank volume 0: make it the template
-        from jaxmed.data import conform
-
-        tpl_volume, tpl_landmarks = template(cfg.data)
-        volumes = [(conform(tpl_volume, cfg.data.spacing), tpl_landmarks.select(labels))] + subjects
+    # goal-conditioned envs cut their goal images from bank volume 0: make it the template
+    volumes = [template_subject(cfg.data, labels)] + subjects if env.wants_reference else subjects
     bank = build_bank(volumes, labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype,
                       packed=env.wants_packed_bank)
     return bank, subjects, time.perf_counter() - t0

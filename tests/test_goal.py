@@ -11,7 +11,7 @@ from jaxmed.agents.her import HERConfig, make_her_transform, transform_for
 from jaxmed.agents.rollout import greedy_rollout
 from jaxmed.data import blob_phantom, build_bank
 from jaxmed.envs import make
-from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv, goal_example, goal_metric_stats
+from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv, goal_example
 from jaxmed.envs.landmark import EnvParams
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.networks import QNetwork
@@ -86,7 +86,7 @@ def test_goal_agent_learns_on_phantom(setup, trained):
     states, after, before = trained
     err, err0 = np.asarray(after["metrics"]["distance_mm"]), np.asarray(before["metrics"]["distance_mm"])
     assert np.median(err) < 7.0 and np.median(err) < 0.3 * np.median(err0), (np.median(err), np.median(err0))
-    per_goal = goal_metric_stats(env, states, err)
+    per_goal = env.metric_stats(states, err, "distance_mm")
     assert set(per_goal) == {"L0", "L1"} and all(v["n"] == 24 for v in per_goal.values())
 
 

@@ -11,7 +11,6 @@ from jaxmed.data import Volume, build_bank
 from jaxmed.data.landmarks import Landmarks
 from jaxmed.data.planes import _MSP_LABELS
 from jaxmed.envs import make
-from jaxmed.envs.goal_landmark import goal_metric_stats
 from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv, frame_rotation, goal_definition
 from jaxmed.envs.plane import N_ACTIONS, EnvParams, PlaneEnv, PlaneEnvConfig
 from jaxmed.errors import ConfigError, LandmarkError
@@ -259,5 +258,5 @@ def test_one_agent_reaches_either_plane_from_the_same_start(env, bank):
         assert np.median(to_other[sel]) > GAP_MM - 3.0, (g, to_other)
         rand = np.asarray(random["distance_mm"])[sel, 0] + np.asarray(random["angle_deg"])[sel, 0]
         assert (dist[sel] + angle[sel]).mean() < 0.5 * rand.mean(), (g, dist, angle, rand)
-    stats = goal_metric_stats(env, states, dist[:, None])
+    stats = env.metric_stats(states, dist[:, None], "distance_mm")
     assert set(stats) == set(GOALS) and all(s["n"] == 5 for s in stats.values())

@@ -34,7 +34,7 @@ Shapes and units (``A`` = ``config.n_agents``, ``k`` = ``config.frames``, ``D`` 
   to the goal, ``oscillated``, ``level``) plus ``goal`` ``(A,)`` int32.
 * evaluation: :meth:`eval_states` covers every goal label from every start of every non-reference
   volume; :meth:`eval_metrics` returns ``distance_mm`` to the goal; :attr:`metric_labels` is
-  ``"goal"`` per agent (the goal changes per episode), and :func:`goal_metric_stats` breaks a
+  ``"goal"`` per agent (the goal changes per episode), and :meth:`GoalConditionedEnv.metric_stats` breaks a
   result down per goal label.
 """
 
@@ -353,11 +353,6 @@ def check_goal_labels(name: str, goals: Sequence[str], labels: Sequence[str]) ->
     missing = [g for g in goals if g not in tuple(labels)]
     if missing:
         raise LandmarkError(f"{name}: unknown goal landmark(s) {', '.join(map(repr, missing))}; available: {', '.join(labels)}")
-
-
-def goal_metric_stats(env, states, values, metric: str = "distance_mm") -> dict:
-    """Per-goal rows of ``values`` ``(E, A)``: :meth:`GoalConditionedEnv.metric_stats`."""
-    return env.metric_stats(states, values, metric)
 
 
 def goal_example(patch, spacing: float, edge: int, label: str = "goal"):

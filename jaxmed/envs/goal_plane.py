@@ -42,7 +42,7 @@ Shapes and units (one agent, ``A = 1``; ``k`` = ``config.frames``, ``S`` = ``con
   non-reference volume; :meth:`GoalPlaneEnv.eval_metrics` returns ``angle_deg``, ``distance_mm`` and
   ``landmark_distance_mm`` (``(1,)`` each, against the episode's goal);
   :attr:`GoalPlaneEnv.metric_labels` is ``("goal",)`` (the goal changes per episode) and
-  :func:`jaxmed.envs.goal_landmark.goal_metric_stats` breaks a result down per goal plane.
+  :meth:`~jaxmed.envs.goals.GoalConditionedEnv.metric_stats` breaks a result down per goal plane.
 
 Replay without pixels: :meth:`GoalPlaneEnv.obs_state` keeps the plane env's obs state (in the frame),
 the frame rotation ``(3, 3)``, the goal plane ``(1, 4)`` (frame normal, offset about the reference's
