@@ -224,11 +224,20 @@ def throughput(env, params, bank, n_envs_list, steps: int = 50, repeats: int = 3
     return rows
 
 
+def _portable(path) -> str:
+    """``path`` relative to the working directory when it lies below it (results carry no machine paths)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run(args) -> dict:
     from jaxmed import experiment as ex
     from jaxmed.data import build_bank
 
-    result = {"machine": machine_info(), "config": str(args.config), "overrides": list(args.overrides), "planes": {}}
+    result = {"machine": machine_info(), "config": _portable(args.config), "overrides": list(args.overrides), "planes": {}}
     first = load_config(args.config, args.overrides, args.planes[0])
     result["data"] = dataclasses.asdict(first.data)
     env0, _, _ = ex.make_env(first)

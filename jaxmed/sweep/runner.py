@@ -311,7 +311,7 @@ def write_results(out: Path, base: dict, space: Space, trials: list[Trial], prog
         data = cfg.to_dict()
         if ex.ExperimentConfig.from_dict(data, "best.yaml").to_dict() != data:
             raise ConfigError("the best config does not round-trip through ExperimentConfig.from_dict")
-        (out / "best.yaml").write_text(f"# best trial {best['id']} of the sweep in {out}: {space.metric.name} "
+        (out / "best.yaml").write_text(f"# best trial {best['id']} of the sweep in {out.name}/: {space.metric.name} "
                                        f"({space.metric.split}) = {best['metrics'][str(space.max_chunks)]}\n"
                                        + yaml.safe_dump(data, sort_keys=False))
         summary.update(best_trial=best["id"], best_values=best["values"], best_metric=best["metrics"][str(space.max_chunks)])
