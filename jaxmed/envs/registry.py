@@ -199,3 +199,24 @@ def _goal_plane_factory(name: str, bank_labels, **overrides):
 
 
 register("goal-plane-v0", _goal_plane_factory)
+
+
+def _seg_factory(kind: str):
+    """Factory of the segmentation envs on a :class:`jaxmed.data.structures.SegBank`: ``kind``
+    ``"threshold"`` (:mod:`jaxmed.envs.threshold_seg`, Sahba 2006) or ``"voxel"``
+    (:mod:`jaxmed.envs.voxel_seg`, Liao 2020)."""
+
+    def factory(name: str, bank_labels, **overrides):
+        if kind == "threshold":
+            from jaxmed.envs.threshold_seg import ThresholdSegConfig as Config, ThresholdSegEnv as Env, ThresholdSegParams as Params
+        else:
+            from jaxmed.envs.voxel_seg import VoxelSegConfig as Config, VoxelSegEnv as Env, VoxelSegParams as Params
+
+        config_kw, params_kw = _split_overrides(name, Config, Params, overrides)
+        return Env(Config(**config_kw), labels=bank_labels, name=name), Params(**params_kw)
+
+    return factory
+
+
+register("threshold-seg-v0", _seg_factory("threshold"))
+register("voxel-seg-v0", _seg_factory("voxel"))
