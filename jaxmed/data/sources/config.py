@@ -1,0 +1,125 @@
+"""The ``data:`` section of a run config.
+
+Common keys are typed fields of :class:`DataConfig`; every other key belongs to the chosen source
+and is checked against that source's ``Options`` dataclass (:mod:`jaxmed.data.sources`), so an
+unknown key raises :class:`~jaxmed.errors.ConfigError` naming ``data.<key>``. In YAML all keys sit
+side by side::
+
+    data:
+      source: files            # afids | phantom | ellipsoid | files | colin27 | mni-t2w
+      spacing: 2.0             # mm, isotropic, every subject is conformed to it
+      root: /data/my_scans     # files-source keys from here on
+      image: "*T1w.nii.gz"
+      landmarks: "*.fcsv"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, Mapping
+
+from jaxmed.config import _coerce, build, to_dict
+from jaxmed.data.bank import STORAGE_DTYPES
+from jaxmed.data.sources.base import source_class
+from jaxmed.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class DataConfig:
+    """Which subjects a run trains and evaluates on, and how they are stored in the volume bank.
+
+    Attributes:
+      source: a registered source (:func:`jaxmed.data.sources.names`).
+      spacing: every subject is conformed to RAS voxel order at this isotropic spacing (mm).
+      n_train, n_test: subjects of the train / test split for sources that synthesise them
+        (afids, phantom, ellipsoid, mni-t2w); sources of subjects on disk use what is there.
+      seed: base seed: synthetic splits draw from disjoint seed ranges of it
+        (:func:`jaxmed.data.synth.split_seeds`); the files source seeds its split, folds and
+        augmentation with it.
+      dtype: bank storage dtype (``uint8``, ``bfloat16``, ``float32``).
+      factors: pyramid downsampling factors of the bank.
+      options: the source's own keys (a frozen dataclass, ``sources.source_class(source).Options``);
+        readable as attributes of the config too (``cfg.phantom_shape``).
+
+    Construct with keyword arguments (``DataConfig(source="files", root="scans", ...)``: keys that
+    are not common go to the source's options) or from a mapping with :meth:`from_mapping`.
+    """
+
+    source: str = "afids"
+    spacing: float = 2.0
+    n_train: int = 16
+    n_test: int = 8
+    seed: int = 0
+    dtype: str = "uint8"
+    factors: tuple[int, ...] = (1,)
+    options: Any = None
+
+    def __init__(self, source: str = "afids", spacing: float = 2.0, n_train: int = 16, n_test: int = 8, seed: int = 0,
+                 dtype: str = "uint8", factors: tuple[int, ...] = (1,), options: Any = None, *, _where: str = "data",
+                 **source_options):
+        cls = source_class(source)
+        if options is None or isinstance(options, Mapping):
+            opts = dict(options or {})
+            opts.update(source_options)
+        elif isinstance(options, cls.Options):
+            if source_options:
+                opts = dataclasses.replace(options, **source_options)
+            else:
+                opts = options
+        else:
+            raise ConfigError(f"{_where}: options of type {type(options).__name__} do not belong to data.source {source!r}")
+        if isinstance(opts, dict):
+            allowed = {f.name for f in dataclasses.fields(cls.Options)}
+            unknown = sorted(set(opts) - allowed)
+            if unknown:
+                common = [f.name for f in dataclasses.fields(DataConfig) if f.name != "options"]
+                raise ConfigError(f"{_where}.{unknown[0]}: unknown key for data.source {source!r} "
+                                  f"(unknown: {', '.join(unknown)}); allowed: {', '.join(common + sorted(allowed))}")
+            opts = build(cls.Options, opts, _where)
+        for name, value in (("source", source), ("spacing", float(spacing)), ("n_train", int(n_train)),
+                            ("n_test", int(n_test)), ("seed", int(seed)), ("dtype", dtype),
+                            ("factors", tuple(int(f) for f in factors)), ("options", opts)):
+            object.__setattr__(self, name, value)
+        if not self.spacing > 0:
+            raise ConfigError(f"{_where}.spacing: must be > 0 mm, got {spacing!r}")
+        if self.n_train < 1 or self.n_test < 1:
+            raise ConfigError(f"{_where}.n_train and {_where}.n_test must be >= 1")
+        if self.seed < 0:
+            raise ConfigError(f"{_where}.seed: must be >= 0, got {seed!r}")
+        if self.dtype not in STORAGE_DTYPES:
+            raise ConfigError(f"{_where}.dtype: must be one of {', '.join(sorted(STORAGE_DTYPES))}, got {dtype!r}")
+        check = getattr(opts, "check", None)
+        if check is not None:
+            check(self, _where)
+
+    def __getattr__(self, name: str):
+        opts = self.__dict__.get("options")
+        if opts is not None and name in {f.name for f in dataclasses.fields(opts)}:
+            return getattr(opts, name)
+        raise AttributeError(f"{type(self).__name__} (source {self.__dict__.get('source')!r}) has no key {name!r}")
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_mapping(), sort_keys=True, default=str))
+
+    def to_mapping(self) -> dict:
+        """The flat ``data:`` mapping (common keys, then the source's keys) as plain YAML-able data."""
+        out = {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "options"}
+        out.update(to_dict(self.options))
+        return out
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None, where: str = "data") -> "DataConfig":
+        """A config from a flat ``data:`` mapping; types of the common keys are checked here, the
+        source's keys by its ``Options`` dataclass. Errors name ``<where>.<key>``."""
+        data = {} if data is None else data
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        common = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items() if k in common}
+        rest = {k: v for k, v in data.items() if k not in common and k != "options"}
+        if isinstance(data.get("options"), Mapping):  # the nested form, as dataclasses.asdict writes it
+            rest = {**data["options"], **rest}
+        return cls(**kwargs, options=rest, _where=where)
