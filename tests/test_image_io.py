@@ -125,14 +125,14 @@ def test_dicom_series_matches_nifti_world(tmp_path):
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     rng = np.random.default_rng(0)
-    vol = rng.integers(0, 1000, size=(6, 5, 4)).astype(np.uint16)  # (cols i, rows j, slices k)
+    vol = rng.integers(0, 1000, size=(10, 9, 8)).astype(np.uint16)  # (cols i, rows j, slices k)
     row_dir = np.array([1.0, 0.0, 0.0])  # LPS
     col_dir = np.array([0.0, 0.0, -1.0])  # coronal slices
     normal = np.cross(row_dir, col_dir)
     series = generate_uid()
     ddir = tmp_path / "dicom"
     ddir.mkdir()
-    for k in [2, 0, 3, 1]:  # written out of order on purpose
+    for k in [2, 0, 3, 1, 7, 5, 4, 6]:  # written out of order on purpose
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
         meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -142,7 +142,7 @@ def test_dicom_series_matches_nifti_world(tmp_path):
         ds.ImageOrientationPatient = [*row_dir, *col_dir]
         ds.ImagePositionPatient = list(np.array([-10.0, 5.0, 30.0]) + k * 2.0 * normal)
         ds.PixelSpacing = [0.9, 0.7]  # row spacing, column spacing
-        ds.Rows, ds.Columns = 5, 6
+        ds.Rows, ds.Columns = 9, 10
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
         ds.PhotometricInterpretation = "MONOCHROME2"
@@ -152,7 +152,7 @@ def test_dicom_series_matches_nifti_world(tmp_path):
     out = load_image(ddir, normalise=False)
     assert nib.aff2axcodes(out.affine) == ("R", "A", "S")
     # voxel (i, j, k) of the series sits at LPS IPP0 + i*0.7*row + j*0.9*col + k*2*normal
-    for i, j, k in [(0, 0, 0), (5, 4, 3), (2, 3, 1)]:
+    for i, j, k in [(0, 0, 0), (9, 8, 7), (2, 3, 1)]:
         lps = np.array([-10.0, 5.0, 30.0]) + i * 0.7 * row_dir + j * 0.9 * col_dir + k * 2.0 * normal
         ras = lps * [-1, -1, 1]
         v = np.rint(out.world_to_voxel(ras)).astype(int)
@@ -196,13 +196,13 @@ def test_wrong_dimensionality(tmp_path, shape):
 
 
 def test_single_volume_4d_is_accepted(tmp_path):
-    p = _nifti(tmp_path, np.random.default_rng(0).random((5, 5, 5, 1)))
-    assert load_image(p).shape == (5, 5, 5)
+    p = _nifti(tmp_path, np.random.default_rng(0).random((8, 9, 10, 1)))
+    assert load_image(p).shape == (8, 9, 10)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nonfinite_voxels(tmp_path, bad):
-    d = np.ones((6, 6, 6))
+    d = np.ones((8, 8, 8))
     d[2, 3, 4] = bad
     with pytest.raises(ImageError, match="img.nii.gz: 1 voxels are NaN or Inf"):
         load_image(_nifti(tmp_path, d))
@@ -211,7 +211,7 @@ def test_nonfinite_voxels(tmp_path, bad):
 def test_singular_affine(tmp_path):
     # nibabel refuses to save a singular affine, so write the header fields by hand
     hdr = nib.Nifti1Header()
-    hdr.set_data_shape((4, 4, 4))
+    hdr.set_data_shape((8, 8, 8))
     hdr.set_data_dtype(np.float32)
     hdr["sform_code"], hdr["qform_code"] = 1, 0
     hdr["srow_x"], hdr["srow_y"], hdr["srow_z"] = [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]
@@ -219,7 +219,7 @@ def test_singular_affine(tmp_path):
     p = tmp_path / "flat.nii"
     with open(p, "wb") as f:
         hdr.write_to(f)
-        f.write(b"\0" * 4 + np.random.default_rng(0).random((4, 4, 4)).astype(np.float32).tobytes(order="F"))
+        f.write(b"\0" * 4 + np.random.default_rng(0).random((8, 8, 8)).astype(np.float32).tobytes(order="F"))
     with pytest.raises(ImageError, match="flat.nii: affine is singular"):
         load_image(p)
 
@@ -228,4 +228,75 @@ def test_dicom_dir_without_slices(tmp_path):
     pytest.importorskip("pydicom")
     (tmp_path / "junk.txt").write_text("x")
     with pytest.raises(ImageError, match="found 0 DICOM image slices"):
+        load_image(tmp_path)
+
+
+def _header_only_nifti(path, shape, dtype=np.float32, nifti2=False):
+    """A NIfTI file whose header claims ``shape`` but holds only a few bytes of voxel data: loading
+    it must fail on the header, never try to allocate or read the voxels."""
+    hdr = (nib.Nifti2Header if nifti2 else nib.Nifti1Header)()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(dtype)
+    hdr.set_sform(np.eye(4), code=1)
+    hdr["vox_offset"] = 544 if nifti2 else 352
+    with open(path, "wb") as f:
+        hdr.write_to(f)
+        f.write(b"\0" * (int(hdr["vox_offset"]) - f.tell()) + b"\0" * 64)
+    return path
+
+
+def test_huge_image_is_refused_from_the_header(tmp_path):
+    p = _header_only_nifti(tmp_path / "huge.nii", (100_000, 100_000, 100_000), nifti2=True)
+    with pytest.raises(ImageError, match=r"huge.nii: image of shape \(100000, 100000, 100000\) has 1e\+15 voxels, more than"):
+        load_image(p)
+    p = _header_only_nifti(tmp_path / "wide.nii", (32767, 32767, 8))
+    with pytest.raises(ImageError, match="wide.nii: .* crop or downsample"):
+        read_nifti(p)
+
+
+def test_rgb_image_is_refused(tmp_path):
+    rgb = np.zeros((10, 10, 10), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    p = tmp_path / "rgb.nii.gz"
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(p))
+    with pytest.raises(ImageError, match=r"rgb.nii.gz: RGB / multi-channel voxels .* not supported"):
+        load_image(p)
+
+
+def test_complex_image_is_refused(tmp_path):
+    p = tmp_path / "cplx.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.complex64), np.eye(4)), str(p))
+    with pytest.raises(ImageError, match=r"cplx.nii.gz: complex voxels \(complex64\) are not supported"):
+        load_image(p)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 3), (64, 64, 7)])
+def test_too_small_image_is_refused(tmp_path, shape):
+    p = _nifti(tmp_path, np.ones(shape))
+    with pytest.raises(ImageError, match=rf"img.nii.gz: image of shape \({shape[0]}, {shape[1]}, {shape[2]}\) is too small; .*at least 8"):
+        load_image(p)
+
+
+def test_small_dicom_series_is_refused_before_reading_pixels(tmp_path):
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    series = generate_uid()
+    for k in range(3):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(tmp_path / f"s{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SeriesInstanceUID = series
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.Rows, ds.Columns = 16, 16
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = b"\0" * 8  # far too short: the size check must come before the pixels are decoded
+        ds.save_as(str(tmp_path / f"s{k}.dcm"), enforce_file_format=True)
+    with pytest.raises(ImageError, match=r"image of shape \(16, 16, 3\) is too small"):
         load_image(tmp_path)

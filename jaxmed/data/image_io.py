@@ -21,6 +21,10 @@ from jaxmed.data.volume import Volume
 from jaxmed.errors import ImageError, check_writable
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: fewest voxels along any axis of an image jaxmed accepts (smaller is a slice stack or a mistake)
+MIN_AXIS_VOXELS = 8
+#: most voxels of an image jaxmed accepts (2**30: 4 GiB as float32, e.g. 1024^3)
+MAX_VOXELS = 1 << 30
 
 
 def _is_nifti_name(path: Path) -> bool:
@@ -49,6 +53,7 @@ def read_nifti(path: str | Path) -> Volume:
         shape = shape[:3]
     if len(shape) != 3:
         raise ImageError(f"{path}: expected a 3D image, got shape {img.shape} ({len(img.shape)}D)")
+    check_grid(shape, img.header.get_data_dtype(), str(path))  # from the header, before reading any voxel
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as e:
@@ -56,11 +61,30 @@ def read_nifti(path: str | Path) -> Volume:
     return _checked_volume(data, img.affine, str(path))
 
 
+def check_grid(shape, dtype, source: str) -> None:
+    """Raise :class:`ImageError` naming ``source`` unless an image of ``shape`` (3 ints) and voxel
+    ``dtype`` is usable: scalar integer or real float voxels (not RGB, complex or structured),
+    at least :data:`MIN_AXIS_VOXELS` voxels per axis, at most :data:`MAX_VOXELS` voxels. Called with
+    the header's values, before the voxel data are read."""
+    dtype = np.dtype(dtype)
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        kind = "RGB / multi-channel" if dtype.fields is not None else {"c": "complex"}.get(dtype.kind, "non-numeric")
+        raise ImageError(f"{source}: {kind} voxels ({dtype}) are not supported; expected one scalar intensity per "
+                         f"voxel (integer or real float); convert the image to a single-channel magnitude image first")
+    shape = tuple(int(n) for n in shape)
+    if min(shape) < MIN_AXIS_VOXELS:
+        raise ImageError(f"{source}: image of shape {shape} is too small; jaxmed needs at least {MIN_AXIS_VOXELS} "
+                         f"voxels along every axis")
+    n = int(np.prod(np.array(shape, dtype=object)))
+    if n > MAX_VOXELS:
+        raise ImageError(f"{source}: image of shape {shape} has {n:.3g} voxels, more than the {MAX_VOXELS:.3g} "
+                         f"jaxmed loads ({MAX_VOXELS * 4 / 2**30:.0f} GiB as float32); crop or downsample it first")
+
+
 def _checked_volume(data: np.ndarray, affine: np.ndarray, source: str) -> Volume:
     if data.ndim != 3:
         raise ImageError(f"{source}: expected a 3D image, got shape {data.shape}")
-    if min(data.shape) < 2:
-        raise ImageError(f"{source}: a 3D image needs at least 2 voxels per axis, got shape {data.shape}")
+    check_grid(data.shape, data.dtype, source)
     bad = ~np.isfinite(data)
     if bad.any():
         raise ImageError(f"{source}: {int(bad.sum())} voxels are NaN or Inf")
@@ -105,6 +129,11 @@ def read_dicom_series(directory: str | Path) -> Volume:
     step = (ipp[-1] - ipp[0]) / (len(slices) - 1)
     if np.linalg.norm(step) < 1e-6:
         raise ImageError(f"{directory}: DICOM slices share one position; cannot build a 3D volume")
+    samples = int(getattr(slices[0], "SamplesPerPixel", 1))
+    if samples != 1:
+        raise ImageError(f"{directory}: DICOM slices with {samples} samples per pixel (colour) are not supported; "
+                         f"expected one scalar intensity per voxel")
+    check_grid((int(slices[0].Columns), int(slices[0].Rows), len(slices)), np.float32, str(directory))
     lps = np.eye(4)
     lps[:3, 0] = row_dir * d_col  # voxel i runs along a row (across columns)
     lps[:3, 1] = col_dir * d_row  # voxel j runs down the rows
