@@ -1,6 +1,9 @@
-"""``jaxmed data {fetch, synth, show}``: data sets, synthetic populations, landmark figures.
+"""``jaxmed data {fetch, list, synth, show}``: data sets, synthetic populations, landmark figures.
 
     jaxmed data fetch afids           download and verify the AFIDs template + 32 landmarks
+    jaxmed data fetch colin27         Colin27 (with / without skull) + AAL atlas (Debian mricron-data)
+    jaxmed data fetch mni-t2w         the T2w MNI152NLin2009cAsym template (wheel autoafids)
+    jaxmed data list                  data sources and downloadable data sets
     jaxmed data synth -n 8 -o DIR     write synthetic subjects (NIfTI + .fcsv) made from a template
     jaxmed data show IMG -l LM -o PNG draw an image with its landmarks
 """
@@ -14,13 +17,37 @@ from jaxmed.errors import JaxmedError
 
 
 def _cmd_fetch(args) -> int:
-    from jaxmed.data import afids
+    from jaxmed.data.sources import datasets
 
-    if args.dataset != "afids":
-        raise JaxmedError(f"unknown data set {args.dataset!r}; available: afids")
-    files = afids.fetch(force=args.force, wheel=args.wheel)
+    available = datasets()
+    if args.dataset not in available:
+        raise JaxmedError(f"unknown data set {args.dataset!r}; available: {', '.join(available)}")
+    ds = available[args.dataset]
+    given = {"--wheel": args.wheel, "--deb": args.deb}
+    wrong = [flag for flag, value in given.items() if value is not None and flag != ds.offline_flag]
+    if wrong:
+        raise JaxmedError(f"{args.dataset} comes from a {ds.archive_kind} ({ds.archive_name}): use {ds.offline_flag} PATH, not {wrong[0]}")
+    files = ds.fetch(force=args.force, archive=given[ds.offline_flag])
     for key, p in files.items():
         print(f"{key}: {p}")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from jaxmed.data.sources import datasets, names, source_class
+    from jaxmed.errors import DataFetchError
+
+    print("data sources (data.source):")
+    for name in names():
+        print(f"  {name:<10} {source_class(name).summary}")
+    print("downloadable data sets (jaxmed data fetch NAME):")
+    for name, ds in datasets().items():
+        try:
+            ds.verify()
+            state = f"verified in {ds.cache_dir()}"
+        except DataFetchError:
+            state = "not fetched"
+        print(f"  {name:<10} {ds.archive_name} ({ds.offline_flag} PATH offline): {state}")
     return 0
 
 
@@ -66,10 +93,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("data", help="data sets and synthetic populations")
     d = p.add_subparsers(dest="data_command", required=True)
     f = d.add_parser("fetch", help="download and verify a data set")
-    f.add_argument("dataset", help="afids")
+    f.add_argument("dataset", help="afids | colin27 | mni-t2w")
     f.add_argument("--force", action="store_true", help="download again even if the cache verifies")
-    f.add_argument("--wheel", help="use a local afids_cnn-0.2.1 wheel instead of downloading")
+    f.add_argument("--wheel", help="afids / mni-t2w: use a local copy of the wheel (afids_cnn-0.2.1, autoafids-0.1.4) instead of downloading")
+    f.add_argument("--deb", help="colin27: use a local copy of mricron-data_1.2.20211006+dfsg-4_all.deb instead of apt-get download")
     f.set_defaults(func=_cmd_fetch)
+
+    ls = d.add_parser("list", help="the data sources and the downloadable data sets (cached or not)")
+    ls.set_defaults(func=_cmd_list)
 
     s = d.add_parser("synth", help="write synthetic subjects made from a template")
     s.add_argument("-n", type=int, default=8, help="number of subjects")

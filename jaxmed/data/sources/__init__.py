@@ -33,7 +33,7 @@ from jaxmed.data.sources import afids, phantom, ellipsoid, files, colin27, mni_t
 from jaxmed.data.sources.config import DataConfig  # noqa: E402
 from jaxmed.errors import ConfigError  # noqa: E402
 
-__all__ = ["DataConfig", "LabelledSubject", "Source", "from_spec", "make", "names", "option_fields", "register", "source_class"]
+__all__ = ["DataConfig", "LabelledSubject", "Source", "datasets", "from_spec", "make", "names", "option_fields", "register", "source_class"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,6 +42,13 @@ def make(cfg: DataConfig) -> Source:
     if not isinstance(cfg, DataConfig):
         raise ConfigError(f"sources.make: expected a DataConfig, got {type(cfg).__name__}")
     return source_class(cfg.source)(cfg)
+
+
+def datasets() -> dict:
+    """The downloadable data sets by ``jaxmed data fetch`` name: ``{name: jaxmed.data.fetch.Dataset}``."""
+    from jaxmed.data import afids as afids_data
+
+    return {"afids": afids_data.DATASET, "colin27": colin27.DATASET, "mni-t2w": mni_t2w.DATASET}
 
 
 def from_spec(spec: str, spacing: float, **overrides) -> Source:
