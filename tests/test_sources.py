@@ -91,8 +91,8 @@ def test_synth_option_changes_the_subject_model():
 
 
 def test_data_config_keys_are_checked_per_source():
-    with pytest.raises(ConfigError, match=r"config.data.phantom_shape: unknown key for data.source 'afids'.*allowed: .*structures"):
-        ExperimentConfig.from_dict({"data": {"source": "afids", "phantom_shape": [8, 8, 8]}})
+    with pytest.raises(ConfigError, match=r"config.data.root: unknown key for data.source 'afids'.*allowed: .*structures"):
+        ExperimentConfig.from_dict({"data": {"source": "afids", "root": "scans"}})
     with pytest.raises(ConfigError, match=r"config.data.colour: unknown key"):
         ExperimentConfig.from_dict({"data": {"source": "phantom", "colour": "red"}})
     with pytest.raises(ConfigError, match="data.source must be one of afids, phantom, ellipsoid, files, colin27, mni-t2w"):
@@ -122,6 +122,16 @@ def test_data_config_round_trips_and_reads_like_before():
     assert hash(files) == hash(DataConfig.from_mapping(files.to_mapping()))  # dict options stay hashable
     with pytest.raises(AttributeError, match="has no key 'structures'"):
         files.structures
+
+
+def test_run_configs_saved_by_earlier_versions_still_load():
+    """Earlier versions saved phantom_shape and structures for every source."""
+    old = {"source": "afids", "spacing": 2.0, "n_train": 12, "n_test": 6, "seed": 0, "dtype": "uint8", "factors": [1, 2, 4],
+           "phantom_shape": [32, 32, 32], "structures": []}
+    assert DataConfig.from_mapping(old) == DataConfig(source="afids", n_train=12, n_test=6, factors=(1, 2, 4))
+    assert DataConfig.from_mapping({"source": "phantom", "structures": []}).phantom_shape == (32, 32, 32)
+    with pytest.raises(ConfigError, match=r"data.structures: unknown key for data.source 'phantom'"):
+        DataConfig.from_mapping({"source": "phantom", "structures": ["brain"]})
 
 
 def test_from_spec_accepts_names_folders_manifests_and_yaml(tmp_path):

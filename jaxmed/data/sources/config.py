@@ -26,6 +26,12 @@ from jaxmed.data.sources.base import source_class
 from jaxmed.errors import ConfigError
 
 
+#: Keys that every saved run config of earlier versions holds whatever its source (they were common
+#: fields then): dropped when the source does not use them and they say nothing (``phantom_shape``
+#: was ignored by non-phantom sources; ``structures`` empty), so those runs still load.
+_LEGACY_KEYS = {"phantom_shape": lambda value: True, "structures": lambda value: not value}
+
+
 @dataclasses.dataclass(frozen=True, init=False)
 class DataConfig:
     """Which subjects a run trains and evaluates on, and how they are stored in the volume bank.
@@ -72,6 +78,9 @@ class DataConfig:
             raise ConfigError(f"{_where}: options of type {type(options).__name__} do not belong to data.source {source!r}")
         if isinstance(opts, dict):
             allowed = {f.name for f in dataclasses.fields(cls.Options)}
+            for key, ignorable in _LEGACY_KEYS.items():
+                if key in opts and key not in allowed and ignorable(opts[key]):
+                    opts.pop(key)
             unknown = sorted(set(opts) - allowed)
             if unknown:
                 common = [f.name for f in dataclasses.fields(DataConfig) if f.name != "options"]

@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxmed.data.sources.base import SPLITS, LabelledSubject, Source, check_split, names, register
 from jaxmed.data.sources.synthetic import synth_config
-from jaxmed.errors import ConfigError, ImageError, JaxmedError, LandmarkError
+from jaxmed.errors import ConfigError, ImageError, LandmarkError
 
 MANIFEST_SUFFIXES = (".csv", ".tsv")
 #: normalisation used for every files-source image (recorded in the cache key)
