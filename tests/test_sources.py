@@ -149,3 +149,16 @@ def test_from_spec_accepts_names_folders_manifests_and_yaml(tmp_path):
     assert y.cfg.fold == (1, 5) and y.cfg.spacing == 2.0  # the command's spacing wins
     with pytest.raises(ConfigError, match=r"--data 'nowhere': not a registered source"):
         from_spec("nowhere", 2.0)
+
+
+def test_cli_data_list(tmp_path, monkeypatch, capsys):
+    from jaxmed.cli import main
+
+    monkeypatch.setenv("JAXMED_DATA", str(tmp_path))
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in names():
+        assert f"  {name} " in out
+    assert "colin27    mricron-data_1.2.20211006+dfsg-4_all.deb (--deb PATH offline): not fetched" in out
+    assert main(["data", "fetch", "mni-t2w", "--deb", "x.deb"]) == 2
+    assert "use --wheel PATH, not --deb" in capsys.readouterr().err
