@@ -282,3 +282,49 @@ def test_experiment_trains_on_a_folder(tmp_path, population):
     assert ex.template(cfg.data) is None
     with pytest.raises(ConfigError, match="has no template"):
         ex.template_subject(cfg.data, ["L0"])
+
+
+def _write_dicom_series(directory, volume):
+    """An axis-aligned RAS ``volume`` as axial DICOM slices (LPS patient coordinates, uint16)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    directory.mkdir(parents=True)
+    data = np.rint(volume.data / volume.data.max() * 1000).astype(np.uint16)
+    origin_ras, step = volume.affine[:3, 3], float(volume.spacing[0])
+    series = generate_uid()
+    for k in range(data.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(directory / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SeriesInstanceUID = series
+        ds.ImageOrientationPatient = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0]  # columns along +R, rows along +A (in LPS)
+        ds.ImagePositionPatient = [-origin_ras[0], -origin_ras[1], origin_ras[2] + step * k]
+        ds.PixelSpacing = [step, step]
+        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = np.ascontiguousarray(data[:, :, k].T).tobytes()
+        ds.save_as(str(directory / f"{k:03d}.dcm"), enforce_file_format=True)
+
+
+def test_dicom_series_subjects_are_read_and_cached(tmp_path, population):
+    pytest.importorskip("pydicom")
+    from jaxmed.data import conform, normalise_intensity
+
+    root = tmp_path / "scans"
+    for i, s in enumerate(population[:2]):
+        vol = conform(s.volume, 2.0)
+        _write_dicom_series(root / f"sub-{i}" / "dicom", vol)
+        write_landmarks(s.landmarks, root / f"sub-{i}" / "points.fcsv")
+    cfg = DataConfig(source="files", root=str(root), image="dicom", landmarks="*.fcsv", spacing=2.0, split_ratio=(1.0, 0.0, 0.0))
+    got = make(cfg).subjects("train", LABELS)
+    for g, s in zip(got, population):
+        np.testing.assert_allclose(g.landmarks.positions, s.landmarks.select(LABELS).positions, atol=1e-4)
+        ref = normalise_intensity(conform(s.volume, 2.0))
+        assert g.volume.shape == ref.shape and np.allclose(g.volume.affine, ref.affine, atol=1e-4)
+        assert np.corrcoef(g.volume.data.ravel(), ref.data.ravel())[0, 1] > 0.999  # the same image, through uint16
+    assert len(list((tmp_path / "cache" / "subjects").glob("*.npy"))) == 2  # a series directory is one cache entry
