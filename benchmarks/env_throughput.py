@@ -56,7 +56,7 @@ from common import (compile_timed, fmt, load_avg, machine_info, machine_line, ma
 
 from jaxmed.data import afids  # noqa: E402
 from jaxmed.data.bank import build_bank  # noqa: E402
-from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig  # noqa: E402
+from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig  # noqa: E402
 from jaxmed.envs.reference import ReferenceLandmarkEnv  # noqa: E402
 
 
@@ -80,8 +80,8 @@ class Case:
     def label(self) -> str:
         return f"{self.name} {self.dtype} k={self.frames}"
 
-    def config(self, crop: int) -> LandmarkEnvConfig:
-        return LandmarkEnvConfig(targets=self.targets, crop_size=crop, frames=self.frames, levels=self.levels)
+    def config(self, crop: int) -> LandmarkConfig:
+        return LandmarkConfig(targets=self.targets, crop_size=crop, frames=self.frames, levels=self.levels)
 
 
 def cases(dtypes) -> list[Case]:
@@ -261,7 +261,7 @@ def run(args) -> dict:
     print(f"# memcpy (numpy copy of {args.memcpy_mb} MiB): {bw:.2f} GB/s", flush=True)
     mem = available_memory_bytes()
     banks = afids_banks(args.n_volumes, args.spacing, args.crop, args.dtypes)
-    params = EnvParams()
+    params = LandmarkParams()
     print(HEADER, flush=True)
     rows = []
     for case in cases(args.dtypes):

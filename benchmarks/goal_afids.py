@@ -19,6 +19,7 @@ Usage (2 CPU cores, about 20 minutes at load 5-10)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -31,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
 from goal_common import dqn_config, reference_banks, rollout_metrics, train, writer  # noqa: E402
 
-from jaxmed.agents.her import transform_for  # noqa: E402
+from jaxmed.agents.her import HERConfig, transform_for  # noqa: E402
 from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv  # noqa: E402
-from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig  # noqa: E402
+from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig  # noqa: E402
 from jaxmed.evaluation import metric_stats  # noqa: E402
 from jaxmed.experiment import DataConfig  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     train_bank, test_bank, tpl_lms = reference_banks(data, labels, crop)
     data_s = time.perf_counter() - t0
-    env_params = EnvParams(max_steps=150, start_radius_mm=0.0, terminate_at_target_mm=2.0)
+    env_params = LandmarkParams(max_steps=150, start_radius_mm=0.0, terminate_at_target_mm=2.0)
     eval_params = env_params.replace(terminate_at_target_mm=0.0)
     net = QNetwork(trunk="patch", head="dueling", trunk_kwargs={"patch_size": 5}, head_kwargs={"hidden": (128, 64)})
     dqn = dqn_config  # 16 envs x 100 steps per chunk, one update per vector step, epsilon decaying over half the run
@@ -82,9 +83,11 @@ def main(argv=None) -> int:
     save = writer(args.out, result)
 
     # ---- the goal-conditioned agent
-    goal_cfg = GoalLandmarkConfig(goals=TRAIN, crop_size=crop, frames=frames, levels=levels, her_fraction=args.her, her_radius_mm=16.0)
+    goal_cfg = GoalLandmarkConfig(goals=TRAIN, crop_size=crop, frames=frames, levels=levels)
     genv = GoalLandmarkEnv(goal_cfg, labels=train_bank.labels, name="goal-landmark-v0")
-    gparams, gwall, gmetrics = train(genv, env_params, net, cfg, train_bank, args.chunks, batch_transform=transform_for(genv, env_params, cfg))
+    gdqn = dataclasses.replace(cfg, her=HERConfig(fraction=args.her, radius_mm=16.0))
+    gparams, gwall, gmetrics = train(genv, env_params, net, gdqn, train_bank, args.chunks,
+                                     batch_transform=transform_for(genv, env_params, gdqn))
     result["goal_agent"] = {"train_wall_s": gwall, "last_chunk": gmetrics}
     for name, goals in (("seen", TRAIN), ("unseen", HELD_OUT)):
         env = GoalLandmarkEnv(GoalLandmarkConfig(goals=goals, crop_size=crop, frames=frames, levels=levels), labels=test_bank.labels)
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
     spec_chunks = max(1, args.chunks // len(TRAIN))
     result["specialists"] = {}
     for label in HELD_OUT + SEEN_SPECIALISTS:
-        env = LandmarkEnv(LandmarkEnvConfig(targets=(label,), crop_size=crop, frames=frames, levels=levels), labels=train_bank.labels)
+        env = LandmarkEnv(LandmarkConfig(targets=(label,), crop_size=crop, frames=frames, levels=levels), labels=train_bank.labels)
         sparams, swall, _ = train(env, env_params, net, dqn(spec_chunks), train_bank, spec_chunks)
         tenv = LandmarkEnv(env.config, labels=test_bank.labels)
         states = tenv.eval_states(eval_params, test_bank, args.eval_starts, seed=1)

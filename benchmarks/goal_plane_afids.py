@@ -35,7 +35,7 @@ from common import machine_info  # noqa: E402
 from goal_common import dqn_config, reference_banks, rollout_metrics, train, writer  # noqa: E402
 
 from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv  # noqa: E402
-from jaxmed.envs.plane import N_ACTIONS, EnvParams, PlaneEnv, PlaneEnvConfig  # noqa: E402
+from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneEnv, PlaneConfig  # noqa: E402
 from jaxmed.evaluation import metric_stats  # noqa: E402
 from jaxmed.experiment import DataConfig  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     train_bank, test_bank, _ = reference_banks(data, labels, max_crop=3, packed=True)
     data_s = time.perf_counter() - t0
-    params = EnvParams(**PARAMS)
+    params = PlaneParams(**PARAMS)
     net = QNetwork(trunk="patch", head="dueling", n_actions=N_ACTIONS, trunk_kwargs={"patch_size": (3, 4, 4), "group": (1, 2, 2)}, head_kwargs={"hidden": (128, 64)})
     cfg = dqn_config(args.chunks, n_envs=args.n_envs)
     spec_chunks = max(1, args.chunks // len(args.train))
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     # ---- per-plane specialists and the template plane
     result["specialists"], result["template_plane"] = {}, {}
     for plane in planes:
-        penv = PlaneEnv(PlaneEnvConfig(target=plane, **ENV), labels=train_bank.labels, name="plane-v0")
+        penv = PlaneEnv(PlaneConfig(target=plane, **ENV), labels=train_bank.labels, name="plane-v0")
         tenv = PlaneEnv(penv.config, labels=test_bank.labels)
         # the template plane about the template's grid centre, placed about each test subject's centre
         n_tpl, d_tpl, _ = tenv.target_plane(test_bank, 0)

@@ -30,7 +30,7 @@ phase timers (acting forward incl. host/device transfer, env steps incl. resets,
 replay sample, update incl. transfer).
 
 Bank: the AFIDs MNI template at 2 mm (97 x 115 x 97), repeated ``--n-volumes`` times, uint8,
-target "AC", random starts in the central 80 % of the volume, ``EnvParams()`` defaults.
+target "AC", random starts in the central 80 % of the volume, ``LandmarkParams()`` defaults.
 The replay starts learning at once (``learning_starts = 1``), so every timed step trains.
 ``--trunk network3d`` measures the published network (slow on CPU: fewer envs, one update per call).
 
@@ -65,7 +65,7 @@ from jaxmed.agents.dqn import DQNConfig, make_optimizer, make_train, td_loss  # 
 from jaxmed.agents.replay import ReplayBuffer  # noqa: E402
 from jaxmed.data import afids  # noqa: E402
 from jaxmed.data.bank import build_bank  # noqa: E402
-from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig, ObsState  # noqa: E402
+from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig, LandmarkObsState  # noqa: E402
 from jaxmed.envs.reference import ReferenceLandmarkEnv  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
 
@@ -89,7 +89,7 @@ class Case:
         return QNetwork(trunk=self.trunk, head="q")
 
     def env(self, labels) -> LandmarkEnv:
-        return LandmarkEnv(LandmarkEnvConfig(targets=(TARGET,), crop_size=self.crop, frames=self.frames), labels=labels)
+        return LandmarkEnv(LandmarkConfig(targets=(TARGET,), crop_size=self.crop, frames=self.frames), labels=labels)
 
 
 def cases(trunk: str, crops) -> list[Case]:
@@ -122,12 +122,12 @@ def filled_buffer(env: LandmarkEnv, env_params, bank, buffer, n: int, seed: int 
     obs_state = jax.vmap(env.obs_state)(states)
 
     def leaf(x):
-        if isinstance(x, ObsState):
+        if isinstance(x, LandmarkObsState):
             return jax.tree.map(lambda s, b: s.astype(b.dtype), obs_state, x)
         fill = jnp.ones if x.dtype == jnp.bool_ else jnp.zeros
         return fill((n,) + x.shape[1:], x.dtype)
 
-    trans = jax.tree.map(leaf, buffer.data, is_leaf=lambda x: isinstance(x, ObsState))
+    trans = jax.tree.map(leaf, buffer.data, is_leaf=lambda x: isinstance(x, LandmarkObsState))
     return jax.jit(ReplayBuffer.add_batch)(buffer, trans)
 
 
@@ -315,7 +315,7 @@ def make_host_update(config: DQNConfig, network):
     return jax.jit(update), optimizer
 
 
-def time_python_loop(case: Case, env_cfg: LandmarkEnvConfig, env_params, bank, n: int, args) -> dict:
+def time_python_loop(case: Case, env_cfg: LandmarkConfig, env_params, bank, n: int, args) -> dict:
     """``n`` NumPy reference envs, host pixel replay and per-step jitted acting / update, for about
     ``args.py_time`` seconds (at least ``args.py_min_steps`` vector steps after one warm-up step)."""
     config = dqn_config(args, n, 1)
@@ -397,7 +397,7 @@ def run(args) -> dict:
     the_cases = cases(args.trunk, args.crops)
     bank = build_bank([subject] * args.n_volumes, labels=(TARGET,), factors=(1,), max_crop=max(c.crop for c in the_cases),
                       dtype=args.dtype)
-    env_params = EnvParams()
+    env_params = LandmarkParams()
     print(HEADER, flush=True)
     rows = []
     t_start = time.perf_counter()

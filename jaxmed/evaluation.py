@@ -11,52 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-THRESHOLDS_MM = (2.0, 4.0, 8.0)
-THRESHOLDS_DEG = (2.0, 5.0, 10.0)
-THRESHOLDS_IOU = (0.5, 0.7)
-
-
-def _success_thresholds(metric: str) -> tuple[str, tuple[float, ...], bool]:
-    """``(suffix, thresholds, higher_is_better)`` for a metric name."""
-    if metric.endswith("_mm"):
-        return "mm", THRESHOLDS_MM, False
-    if metric.endswith("_deg"):
-        return "deg", THRESHOLDS_DEG, False
-    if metric.endswith("iou"):
-        return "iou", THRESHOLDS_IOU, True
-    return "", (), False
-
-
-def _success_key(metric: str, t: float) -> str:
-    suffix, _, higher = _success_thresholds(metric)
-    return f"success_{suffix}{t:g}" if higher else f"success_{t:g}{suffix}"
-
-
-def metric_stats(values: np.ndarray, labels: Sequence[str], metric: str = "distance_mm") -> dict[str, dict[str, float]]:
-    """Per-label statistics of a final metric.
-
-    Args:
-      values: ``(E, A)``, the metric of agent ``a`` at the end of episode ``e``.
-      labels: ``A`` row labels (repeats allowed: agents sharing a label are pooled, e.g. several
-        agents on one landmark).
-      metric: its name (decides the success thresholds, see the module docstring).
-    Returns:
-      ``{label: {n, mean, std, median, p90, max, success_*}}``; for ``*_mm`` metrics the success keys
-      are ``success_2mm``, ``success_4mm``, ``success_8mm`` (fractions).
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 2 or values.shape[1] != len(labels):
-        raise ValueError(f"metric_stats: values {values.shape} do not match {len(labels)} labels")
-    _, thresholds, higher = _success_thresholds(metric)
-    out = {}
-    for label in dict.fromkeys(labels):
-        e = values[:, [i for i, l in enumerate(labels) if l == label]].ravel()
-        row = {"n": int(e.size), "mean": float(e.mean()), "std": float(e.std()), "median": float(np.median(e)),
-               "p90": float(np.percentile(e, 90)), "max": float(e.max())}
-        for t in thresholds:
-            row[_success_key(metric, t)] = float((e >= t).mean() if higher else (e <= t).mean())
-        out[label] = row
-    return out
+from jaxmed.envs.metrics import THRESHOLDS_DEG, THRESHOLDS_IOU, THRESHOLDS_MM, metric_stats  # noqa: F401  (re-exported)
+from jaxmed.envs.metrics import success_key as _success_key
+from jaxmed.envs.metrics import success_thresholds as _success_thresholds
 
 
 def landmark_stats(errors_mm: np.ndarray, labels: Sequence[str]) -> dict[str, dict[str, float]]:

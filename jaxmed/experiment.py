@@ -109,8 +109,9 @@ class ExperimentConfig:
     @staticmethod
     def from_dict(data: dict[str, Any], where: str = "config") -> "ExperimentConfig":
         from jaxmed.agents import learners
+        from jaxmed.agents.her import move_env_keys
 
-        data = dict(data)
+        data = move_env_keys(dict(data), where)  # env.her_* of older configs -> dqn.her
         train = build(TrainSection, data.get("train"), f"{where}.train")
         for name in learners.LEARNERS:
             if data.get(name) is not None or name == train.learner:

@@ -149,10 +149,8 @@ def _trainer(cfg: ex.ExperimentConfig, env, params, network):
 
     learner = learners.module(cfg.train.learner)
     extra = {}
-    relabel = transform_for(env, params, cfg.learner)  # hindsight relabelling for goal-conditioned envs
+    relabel = transform_for(env, params, cfg.learner)  # dqn.her: hindsight relabelling for goal-conditioned envs
     if relabel is not None:
-        if cfg.train.learner != "dqn":
-            raise ConfigError(f"hindsight relabelling (env.her_fraction > 0) needs the dqn learner, not {cfg.train.learner}")
         extra["batch_transform"] = relabel
     if cfg.train.devices > 1:
         if jax.local_device_count() < cfg.train.devices:
@@ -310,8 +308,9 @@ def make_policy_rollout(cfg: ex.ExperimentConfig, env, eval_params, network, rec
     from jaxmed.agents import learners
     from jaxmed.agents.rollout import greedy_rollout
 
-    act = learners.module(cfg.train.learner).greedy_action
-    return jax.jit(lambda p, b, s: greedy_rollout(lambda o: act(network, p, o), env, eval_params, b, s, record=record))
+    learner = cfg.train.learner
+    policy = lambda p: lambda o: learners.policy_action(learner, network, p, o)  # noqa: E731
+    return jax.jit(lambda p, b, s: greedy_rollout(policy(p), env, eval_params, b, s, record=record))
 
 
 def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | None = None) -> dict:

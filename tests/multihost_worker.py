@@ -26,14 +26,14 @@ def run(devices=None):
     from jaxmed.agents import distributed
     from jaxmed.agents.dqn import DQNConfig
     from jaxmed.data import blob_phantom, build_bank
-    from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig
+    from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig
     from jaxmed.networks import QNetwork
 
     crop = 9
     subjects = [blob_phantom(shape=(24, 24, 24), spacing=2.0, n_landmarks=2, seed=s) for s in range(4)]
     bank = build_bank(subjects, labels=("L0",), max_crop=crop, dtype="uint8")
-    env = LandmarkEnv(LandmarkEnvConfig(targets=("L0",), crop_size=crop, frames=1), labels=bank.labels)
-    env_params = EnvParams(max_steps=20, start_radius_mm=12.0, terminate_at_target_mm=1.0)
+    env = LandmarkEnv(LandmarkConfig(targets=("L0",), crop_size=crop, frames=1), labels=bank.labels)
+    env_params = LandmarkParams(max_steps=20, start_radius_mm=12.0, terminate_at_target_mm=1.0)
     net = QNetwork(trunk="patch", head="q", trunk_kwargs={"patch_size": 3, "width": 0.5}, head_kwargs={"hidden": (32,)})
     cfg = DQNConfig(n_envs=4, chunk_steps=10, batch_size=8, learning_starts=16, replay_capacity=256, eps_decay_steps=50,
                     target_update_period=5)

@@ -110,10 +110,10 @@ def test_unknown_structure_raises(template):
 def test_box_env_reads_the_carried_structure_box(template, points):
     """Template + structure points -> synthetic subjects -> bank -> the env's target box is the box of
     each subject's carried points; the env knows its labels from the anatomy definitions alone."""
-    from jaxmed.envs.box import BoxEnv, BoxEnvConfig
+    from jaxmed.envs.box import BoxEnv, BoxConfig
 
     volume, lm = template
-    env = BoxEnv(BoxEnvConfig(structure="fourth_ventricle", grid_size=8))
+    env = BoxEnv(BoxConfig(structure="fourth_ventricle", grid_size=8))
     labels = env.required_labels
     assert labels == point_labels("fourth_ventricle", 64)
     both = Landmarks(lm.labels + points.labels, np.concatenate([lm.positions, points.positions]))

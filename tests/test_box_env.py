@@ -13,7 +13,7 @@ import jaxmed
 from jaxmed.agents.learners import run_chunks
 from jaxmed.data import build_bank
 from jaxmed.data.phantoms import ellipsoid_phantom, sphere_directions
-from jaxmed.envs.box import BoxEnv, BoxEnvConfig, BoxEnvParams, BoxState, apply_action, box_corners
+from jaxmed.envs.box import BoxEnv, BoxConfig, BoxParams, BoxState, apply_action, box_corners
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.iou import box_iou
 from jaxmed.ops.resample import trilinear_levels
@@ -29,7 +29,7 @@ def bank():
 
 def _env(bank, **kw):
     kw.setdefault("grid_size", G)
-    return BoxEnv(BoxEnvConfig(**kw), labels=bank.labels)
+    return BoxEnv(BoxConfig(**kw), labels=bank.labels)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -89,7 +89,7 @@ def _np_action(box, a, alpha):
 
 def test_every_action_moves_the_box_as_specified(bank):
     env = _env(bank, trigger=True)
-    params = BoxEnvParams(alpha=0.2, osc_repeats=0)
+    params = BoxParams(alpha=0.2, osc_repeats=0)
     t_lo, t_hi = (np.asarray(x) for x in env.target_box(bank, 0))
     start = np.concatenate([(t_lo + t_hi) / 2 + [3.0, -2.0, 1.0], [20.0, 16.0, 12.0]]).astype(np.float32)
     state = _state(env, bank, start, params=params)
@@ -116,7 +116,7 @@ def test_every_action_moves_the_box_as_specified(bank):
 
 def test_boxes_are_clipped_into_the_volume(bank):
     env = _env(bank, trigger=True)
-    params = BoxEnvParams(alpha=0.5, min_size_mm=6.0, osc_repeats=0)
+    params = BoxParams(alpha=0.5, min_size_mm=6.0, osc_repeats=0)
     half = 31 * 2.0 / 2  # world half extent of the 32-voxel, 2 mm phantoms (centred on 0)
     state = _state(env, bank, [half - 1, 0, 0, 8, 7, 6.5], params=params)
     for a, check in ((0, lambda b: b[0] == pytest.approx(half)), (7, lambda b: b[5] == pytest.approx(6.0)),
@@ -130,7 +130,7 @@ def test_boxes_are_clipped_into_the_volume(bank):
 
 def test_trigger_reward_and_delta_reward(bank):
     env = _env(bank, trigger=True, reward="delta")
-    params = BoxEnvParams(trigger_reward=2.5, trigger_iou=0.6, reward_scale=10.0, osc_repeats=0)
+    params = BoxParams(trigger_reward=2.5, trigger_iou=0.6, reward_scale=10.0, osc_repeats=0)
     lo, hi = (np.asarray(x) for x in env.target_box(bank, 1))
     exact = np.concatenate([(lo + hi) / 2, hi - lo])
     state = _state(env, bank, exact, volume=1, params=params)
@@ -182,7 +182,7 @@ def _scipy_frame(bank, env, volume, box, level):
 
 def test_observation_matches_scipy_resampling_at_the_chosen_level(bank):
     env = _env(bank, frames=2, levels=(0, 1, 2), context=0.25)
-    params = BoxEnvParams(osc_repeats=0)
+    params = BoxParams(osc_repeats=0)
     # voxels 2 / 4 / 8 mm; grid spacing = smallest side * 1.5 / 14: 3.9 mm (level 0), after "bigger" 4.6 mm (level 1)
     small = np.array([3.0, -2.0, 4.0, 36.0, 40.0, 38.0], np.float32)
     big = np.array([0.0, 1.0, -1.0, 60.0, 62.0, 58.0], np.float32)  # 6.2 mm: level 1 (level 2's 8 mm is too coarse)
@@ -222,7 +222,7 @@ def test_uint8_bank_observation_is_rounded(bank):
 
 def test_oscillation_terminates_and_auto_reset_restarts_the_history(bank):
     env = _env(bank, frames=2, osc_window=6)
-    params = BoxEnvParams(osc_repeats=3, max_steps=50)
+    params = BoxParams(osc_repeats=3, max_steps=50)
     state = _state(env, bank, [0.0, 0.0, 0.0, 20, 20, 20], params=params)
     key = jax.random.key(3)
     for i, a in enumerate([0, 1, 0, 1]):  # boxes B, B+, B, B+, B: B for the third time at step 4
@@ -243,7 +243,7 @@ def test_oscillation_terminates_and_auto_reset_restarts_the_history(bank):
 
 def test_truncation_at_max_steps(bank):
     env = _env(bank)
-    params = BoxEnvParams(osc_repeats=0, max_steps=3)
+    params = BoxParams(osc_repeats=0, max_steps=3)
     state = _state(env, bank, [0.0, 0.0, 0.0, 20, 20, 20], params=params)
     for i in range(3):
         _, nxt, _, term, trunc, info = env.step(jax.random.key(i), state, jnp.array([6]), params, bank)
@@ -254,7 +254,7 @@ def test_truncation_at_max_steps(bank):
 
 def test_reset_draws_boxes_in_the_volume_and_near_the_target(bank):
     env = _env(bank)
-    params = BoxEnvParams()
+    params = BoxParams()
     keys = jax.random.split(jax.random.key(0), 64)
     _, states = jax.vmap(env.reset, in_axes=(0, None, None))(keys, params, bank)
     size = np.asarray(states.box[:, 0, 3:])
@@ -267,7 +267,7 @@ def test_reset_draws_boxes_in_the_volume_and_near_the_target(bank):
 
 def test_eval_states_and_metrics(bank):
     env = _env(bank)
-    params = BoxEnvParams()
+    params = BoxParams()
     s1, s2 = env.eval_states(params, bank, 5, seed=2), env.eval_states(params, bank, 5, seed=2)
     for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -305,7 +305,7 @@ def test_target_box_is_the_ellipsoid_box():
 
 def test_bad_inputs_raise_clear_errors(bank):
     with pytest.raises(LandmarkError, match="unknown structure 'liver'.*organ"):
-        BoxEnv(BoxEnvConfig(structure="liver"), labels=bank.labels)
+        BoxEnv(BoxConfig(structure="liver"), labels=bank.labels)
     env = _env(bank)
     state = _state(env, bank, [0.0, 0.0, 0.0, 20, 20, 20])
     with pytest.raises(ConfigError, match="shape"):
@@ -317,15 +317,15 @@ def test_bad_inputs_raise_clear_errors(bank):
     with pytest.raises(ConfigError, match="pyramid levels"):
         _env(bank, levels=(0, 3)).reset(jax.random.key(0), None, bank)
     with pytest.raises(ConfigError, match="reward"):
-        BoxEnvConfig(reward="iou")
+        BoxConfig(reward="iou")
     with pytest.raises(ConfigError, match="grid_size"):
-        BoxEnvConfig(grid_size=1)
+        BoxConfig(grid_size=1)
     with pytest.raises(ConfigError, match="VolumeBank"):
         env.reset(jax.random.key(0), None, None)
     with pytest.raises(ConfigError, match="unknown option"):
         jaxmed.make("box-v0", bank.labels, structure="organ", crop_size=15)
     with pytest.raises(ConfigError, match="required_labels|labels"):
-        BoxEnv(BoxEnvConfig()).required_labels
+        BoxEnv(BoxConfig()).required_labels
 
 
 def test_registry_builds_the_box_env(bank):
@@ -363,7 +363,7 @@ def test_dqn_learns_to_fit_the_box():
 
     b = build_bank([ellipsoid_phantom(seed=s) for s in range(8)], max_crop=G, dtype="uint8")
     env = _env(b, context=0.25)
-    params = BoxEnvParams(max_steps=30, osc_repeats=0)
+    params = BoxParams(max_steps=30, osc_repeats=0)
     net = QNetwork(trunk="patch", n_actions=env.num_actions, trunk_kwargs={"patch_size": 5, "width": 0.5}, head_kwargs={"hidden": (64, 32)})
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
                     eps_decay_steps=300, target_update_period=100)

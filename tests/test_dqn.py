@@ -10,7 +10,7 @@ from jaxmed.agents.learners import run_chunks
 from jaxmed.agents.dqn import DQNConfig, greedy_action, make_parallel_train, make_train, nstep_transition, td_loss, variant
 from jaxmed.agents.rollout import greedy_rollout
 from jaxmed.data import blob_phantom, build_bank
-from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig
+from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig
 from jaxmed.errors import ConfigError
 from jaxmed.networks import QNetwork
 
@@ -21,8 +21,8 @@ D = 15
 def setup():
     subjects = [blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=2, seed=s) for s in range(4)]
     bank = build_bank(subjects, labels=("L0",), max_crop=D, dtype="uint8")
-    env = LandmarkEnv(LandmarkEnvConfig(targets=("L0",), crop_size=D, frames=1), labels=bank.labels)
-    params = EnvParams(max_steps=40, start_radius_mm=16.0, terminate_at_target_mm=1.0)
+    env = LandmarkEnv(LandmarkConfig(targets=("L0",), crop_size=D, frames=1), labels=bank.labels)
+    params = LandmarkParams(max_steps=40, start_radius_mm=16.0, terminate_at_target_mm=1.0)
     return bank, env, params
 
 

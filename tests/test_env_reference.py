@@ -156,43 +156,43 @@ def _check_all_sequences(sim: Lockstep, seed: int):
 
 
 def _config(targets, *, levels=(0,), crop=11, frames=2):
-    return landmark.LandmarkEnvConfig(targets=tuple(targets), crop_size=crop, frames=frames, levels=tuple(levels), osc_window=8)
+    return landmark.LandmarkConfig(targets=tuple(targets), crop_size=crop, frames=frames, levels=tuple(levels), osc_window=8)
 
 
 def test_single_agent_blob(blob_bank):
-    sim = Lockstep(_config(["L0"]), landmark.EnvParams(max_steps=45), blob_bank)
+    sim = Lockstep(_config(["L0"]), landmark.LandmarkParams(max_steps=45), blob_bank)
     lengths = _check_all_sequences(sim, seed=0)
     assert lengths["oscillate@0"] < N_STEPS  # the oscillation rule fired
     assert lengths["square@0"] == 45  # truncated
 
 
 def test_multi_agent_blob(blob_bank_uint8):
-    sim = Lockstep(_config(["L0", "L1", "L2", "L1"], crop=9), landmark.EnvParams(), blob_bank_uint8)
+    sim = Lockstep(_config(["L0", "L1", "L2", "L1"], crop=9), landmark.LandmarkParams(), blob_bank_uint8)
     _check_all_sequences(sim, seed=1)
 
 
 def test_multi_scale_blob(blob_bank):
-    sim = Lockstep(_config(["L3", "L0"], levels=(0, 1, 2), crop=9, frames=3), landmark.EnvParams(max_steps=55), blob_bank)
+    sim = Lockstep(_config(["L3", "L0"], levels=(0, 1, 2), crop=9, frames=3), landmark.LandmarkParams(max_steps=55), blob_bank)
     lengths = _check_all_sequences(sim, seed=2)
     assert lengths["oscillate@1"] < N_STEPS  # switched down through all three levels, then ended
 
 
 def test_multi_scale_without_target_termination(blob_bank):
-    params = landmark.EnvParams(terminate_at_target_mm=0.0, reward_clip=0.5)
+    params = landmark.LandmarkParams(terminate_at_target_mm=0.0, reward_clip=0.5)
     sim = Lockstep(_config(["L1"], levels=(0, 2), crop=13, frames=2), params, blob_bank)
     _check_all_sequences(sim, seed=3)
 
 
 @pytest.mark.afids
 def test_single_agent_afids_ac(afids_bank):
-    sim = Lockstep(_config(["AC"], crop=15, frames=2), landmark.EnvParams(max_steps=50), afids_bank)
+    sim = Lockstep(_config(["AC"], crop=15, frames=2), landmark.LandmarkParams(max_steps=50), afids_bank)
     lengths = _check_all_sequences(sim, seed=4)
     assert lengths["greedy@0"] < N_STEPS  # reached AC (or oscillated there) before the cap
 
 
 def test_reference_resets_its_history(blob_bank):
     """A new episode's first frames are its start crop only (no previous-episode frames)."""
-    ref = ReferenceLandmarkEnv(_config(["L0"], frames=3), landmark.EnvParams(), blob_bank)
+    ref = ReferenceLandmarkEnv(_config(["L0"], frames=3), landmark.LandmarkParams(), blob_bank)
     ref.reset_at(0, [5, 5, 5])
     for a in (0, 2, 4):
         ref.step([a])

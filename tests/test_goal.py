@@ -12,7 +12,7 @@ from jaxmed.agents.rollout import greedy_rollout
 from jaxmed.data import blob_phantom, build_bank
 from jaxmed.envs import make
 from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv, goal_example
-from jaxmed.envs.landmark import EnvParams
+from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.networks import QNetwork
 
@@ -23,8 +23,8 @@ D = 15
 def setup():
     subjects = [blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=2, seed=s) for s in range(4)]
     bank = build_bank(subjects, labels=("L0", "L1"), max_crop=D, dtype="uint8")
-    env = GoalLandmarkEnv(GoalLandmarkConfig(goals=("L0", "L1"), crop_size=D, frames=1, her_fraction=0.3), labels=bank.labels)
-    params = EnvParams(max_steps=40, terminate_at_target_mm=1.0)
+    env = GoalLandmarkEnv(GoalLandmarkConfig(goals=("L0", "L1"), crop_size=D, frames=1), labels=bank.labels)
+    params = LandmarkParams(max_steps=40, terminate_at_target_mm=1.0)
     return bank, env, params
 
 
@@ -34,7 +34,7 @@ def trained(setup):
     bank, env, params = setup
     net = QNetwork(trunk="patch", head="q", trunk_kwargs={"patch_size": 5, "width": 0.5}, head_kwargs={"hidden": (64, 32)})
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
-                    eps_decay_steps=600, target_update_period=100, double=True)
+                    eps_decay_steps=600, target_update_period=100, double=True, her=HERConfig(fraction=0.3))
     fns = make_train(cfg, env, params, net, batch_transform=transform_for(env, params, cfg))
     rs = jax.jit(fns.init)(jax.random.key(0), bank)
     chunk = jax.jit(fns.run_chunk)
@@ -109,7 +109,7 @@ def _replay_batch(env, bank, params, n=12, steps=3, seed=0):
 @pytest.mark.parametrize("strategy", ["next", "near"])
 def test_her_relabelling_matches_numpy(setup, strategy):
     bank, env, _ = setup
-    params = EnvParams(max_steps=40, terminate_at_target_mm=1.0, reward_clip=1.5)
+    params = LandmarkParams(max_steps=40, terminate_at_target_mm=1.0, reward_clip=1.5)
     batch = _replay_batch(env, bank, params)
     her = make_her_transform(env, params, 0.9, HERConfig(fraction=1.0, strategy=strategy, radius_mm=6.0))
     out = jax.jit(her)(batch, jax.random.key(7), bank)
@@ -162,12 +162,33 @@ def test_bad_inputs_raise_clear_errors(setup):
     with pytest.raises(ConfigError, match="goal indices"):
         env.states_at(bank, [1], [[[5, 5, 5]]], [[2]])
     with pytest.raises(ConfigError, match="HER strategy"):
-        GoalLandmarkConfig(goals=("L0",), her_strategy="final")
+        HERConfig(strategy="final")
     with pytest.raises(ConfigError, match="n_step"):
-        transform_for(env, params, DQNConfig(n_step=3))
+        DQNConfig(n_step=3, her=HERConfig(fraction=0.5))
+    assert transform_for(env, params, DQNConfig()) is None  # her.fraction 0: no relabelling
+    plain = LandmarkEnv(LandmarkConfig(targets=("L0",), crop_size=D, frames=1))
+    with pytest.raises(ConfigError, match="relabelling hooks"):
+        make_her_transform(plain, params, 0.9, HERConfig(fraction=0.5))
     with pytest.raises(ConfigError, match=r"expected \(15, 15, 15\)"):
         goal_example(np.zeros((15, 15, 14)), 2.0, 15)
     with pytest.raises(ConfigError, match="finite"):
         goal_example(np.full((15, 15, 15), np.nan), 2.0, 15)
     vol, lm = goal_example(np.ones((15, 15, 15)), 2.0, 15)
     np.testing.assert_allclose(vol.voxel_to_world(np.array([7.0, 7.0, 7.0])), lm.positions[0])
+
+
+def test_old_env_her_keys_move_to_the_dqn_section():
+    """Configs written before HER became a learner option (``env.her_fraction`` ...) still load, as ``dqn.her``."""
+    from jaxmed.config import load_yaml
+    from jaxmed.experiment import ExperimentConfig
+
+    data = load_yaml("configs/goal/phantom_goal_dqn.yaml")
+    her = data["dqn"].pop("her")
+    data["env"].update(her_fraction=her["fraction"], her_strategy=her["strategy"], her_radius_mm=her["radius_mm"])
+    cfg = ExperimentConfig.from_dict(data)
+    assert cfg.dqn.her == HERConfig(fraction=0.3, strategy="near", radius_mm=8.0)
+    assert not any(k.startswith("her_") for k in cfg.env)
+    with pytest.raises(ConfigError, match="dqn learner"):
+        ExperimentConfig.from_dict({**data, "train": {"learner": "ppo"}})
+    with pytest.raises(ConfigError, match="both"):
+        ExperimentConfig.from_dict({**data, "dqn": {"her": her}})

@@ -12,7 +12,7 @@ from jaxmed.data.landmarks import Landmarks
 from jaxmed.data.planes import _MSP_LABELS
 from jaxmed.envs import make
 from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv, frame_rotation, goal_definition
-from jaxmed.envs.plane import N_ACTIONS, EnvParams, PlaneEnv, PlaneEnvConfig
+from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneEnv, PlaneConfig
 from jaxmed.errors import ConfigError, LandmarkError
 
 GOALS = ("phantom", "phantom_parallel_l3")
@@ -101,10 +101,10 @@ def test_goal_frame_reproduces_the_plane_env(afids_bank, plane):
     bank = afids_bank
     cfg = dict(size=12, n_slices=3, frames=1, levels=(0,), angle_steps=(2.0,), offset_steps=(2.0,), slice_gap=1.5)
     genv = GoalPlaneEnv(GoalPlaneConfig(goals=(plane,), **cfg), labels=bank.labels)
-    penv = PlaneEnv(PlaneEnvConfig(target=plane, **cfg), labels=bank.labels)
+    penv = PlaneEnv(PlaneConfig(target=plane, **cfg), labels=bank.labels)
     rot = frame_rotation(goal_definition(plane))
     assert np.allclose(rot @ rot.T, np.eye(3)) and np.isclose(np.linalg.det(rot), 1.0)
-    params = EnvParams(max_steps=50)
+    params = PlaneParams(max_steps=50)
     n_t, d_t, _ = (np.asarray(x) for x in penv.target_plane(bank, 1))
     tilt = np.cross(n_t, [0.3, -0.2, 0.4])
     normal = n_t + 0.15 * tilt / np.linalg.norm(tilt)
@@ -137,7 +137,7 @@ def test_goal_frame_reproduces_the_plane_env(afids_bank, plane):
 
 
 def test_observation_and_reward_depend_on_the_goal(env, bank):
-    params = EnvParams(**PARAMS)
+    params = PlaneParams(**PARAMS)
     states = midway_starts(env, bank, [1])
     obs = np.asarray(jax.jit(jax.vmap(env.get_obs, in_axes=(0, None, None)))(states, params, bank)).astype(int)
     assert obs.shape == (2, 1, 2, 3, 16, 16)
@@ -154,7 +154,7 @@ def test_observation_and_reward_depend_on_the_goal(env, bank):
 
 
 def test_reset_render_roundtrip_and_eval_states(env, bank):
-    params = EnvParams(**PARAMS)
+    params = PlaneParams(**PARAMS)
     reset = jax.jit(jax.vmap(env.reset_env, in_axes=(0, None, None)))
     states = reset(jax.random.split(jax.random.key(3), 64), params, bank)
     vols, goals = np.asarray(states.volume), np.asarray(states.goal)[:, 0]
@@ -168,7 +168,7 @@ def test_reset_render_roundtrip_and_eval_states(env, bank):
     ev = env.eval_states(env.eval_params(params), bank, 3, seed=1)
     assert np.asarray(ev.volume).tolist() == [v for v in range(1, 6) for _ in range(6)]
     assert np.asarray(ev.goal)[:, 0].tolist() == [0, 0, 0, 1, 1, 1] * 5
-    assert env.eval_params(EnvParams(terminate_at_target=2.0)).terminate_at_target == 0.0
+    assert env.eval_params(PlaneParams(terminate_at_target=2.0)).terminate_at_target == 0.0
     assert env.wants_reference and not GoalPlaneEnv(GoalPlaneConfig(goals=GOALS, reference_volume=2)).wants_reference
     assert env.required_labels == LABELS and env.metric_labels == ("goal",) and env.wants_packed_bank
     e2, _ = make("goal-plane-v0", LABELS, **ENV)
@@ -192,18 +192,18 @@ def test_bad_input_raises_clear_errors(env, bank):
         make("goal-plane-v0", LABELS, goals=GOALS, target="phantom")
     single = build_bank([two_sheet_phantom(0)], LABELS, factors=(1, 2), max_crop=3, dtype="uint8")
     with pytest.raises(ConfigError, match="reference volume"):
-        env.reset(jax.random.key(0), EnvParams(), single)
+        env.reset(jax.random.key(0), PlaneParams(), single)
     with pytest.raises(ConfigError, match="pyramid levels"):
-        env.reset(jax.random.key(0), EnvParams(), build_bank([two_sheet_phantom(0), two_sheet_phantom(1)], LABELS, max_crop=3))
-    _, state = env.reset(jax.random.key(0), EnvParams(), bank)
+        env.reset(jax.random.key(0), PlaneParams(), build_bank([two_sheet_phantom(0), two_sheet_phantom(1)], LABELS, max_crop=3))
+    _, state = env.reset(jax.random.key(0), PlaneParams(), bank)
     with pytest.raises(ConfigError, match="0..7"):
-        env.step(jax.random.key(0), state, jnp.array([8]), EnvParams(), bank)
+        env.step(jax.random.key(0), state, jnp.array([8]), PlaneParams(), bank)
     with pytest.raises(ConfigError, match="goal indices"):
         env.states_at(bank, [1], [2], np.array([[0.0, 0.0, 1.0]]), [0.0])
     with pytest.raises(ConfigError, match="normals"):
         env.states_at(bank, [1], [0], np.array([[0.0, 0.0, 0.0]]), [0.0])
     with pytest.raises(ConfigError, match="n_starts"):
-        env.eval_states(EnvParams(), bank, 0)
+        env.eval_states(PlaneParams(), bank, 0)
 
 
 # ---------------------------------------------------------------- learning: the goal slab steers the policy
@@ -217,7 +217,7 @@ def test_one_agent_reaches_either_plane_from_the_same_start(env, bank):
     from jaxmed.agents.rollout import greedy_rollout
     from jaxmed.networks import network_from_config
 
-    params = EnvParams(**PARAMS)
+    params = PlaneParams(**PARAMS)
     net = network_from_config(dict(trunk={"name": "patch", "patch_size": [3, 4, 4], "group": [1, 2, 2], "width": 0.5},
                                    head={"name": "q", "hidden": [64, 32]}, n_actions=N_ACTIONS, crop_size=[3, 16, 16]))
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,

@@ -15,7 +15,7 @@ import pytest
 import jaxmed
 from jaxmed.data.bank import build_bank
 from jaxmed.data.phantoms import blob_phantom
-from jaxmed.envs import EnvParams, LandmarkEnv, LandmarkEnvConfig, make, registered
+from jaxmed.envs import LandmarkParams, LandmarkEnv, LandmarkConfig, make, registered
 from jaxmed.errors import ConfigError, LandmarkError
 
 D = 9
@@ -35,7 +35,7 @@ def bank():
 
 def _env(bank, targets=("L0",), **kw):
     kw.setdefault("frames", 2)
-    return LandmarkEnv(LandmarkEnvConfig(targets=tuple(targets), crop_size=D, **kw), labels=bank.labels)
+    return LandmarkEnv(LandmarkConfig(targets=tuple(targets), crop_size=D, **kw), labels=bank.labels)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def run(env, state, actions, params, bank, key=0):
 
 def test_reward_sign_and_value_in_mm(single, bank):
     t = target_vox(bank, 0, "L0")
-    params = EnvParams(reward_clip=10.0, **NO_TARGET_STOP)
+    params = LandmarkParams(reward_clip=10.0, **NO_TARGET_STOP)
     obs, state = single.reset_at(params, bank, 0, t + [3, 2, 0])
     np.testing.assert_allclose(float(state.prev_dist[0]), SPACING * np.sqrt(13), rtol=1e-6)
     (o1, s1, r1, *_), (o2, s2, r2, *_), (o3, s3, r3, _, _, info) = run(single, state, [1, 1, 0], params, bank)
@@ -93,8 +93,8 @@ def test_reward_sign_and_value_in_mm(single, bank):
     np.testing.assert_allclose(float(info["distance_mm"][0]), SPACING * np.sqrt(8), rtol=1e-6)
     assert r1.shape == (1,) and r1.dtype == jnp.float32
     # default clip: a 2 mm step gives exactly +-1
-    _, state = single.reset_at(EnvParams(**NO_TARGET_STOP), bank, 0, t + [3, 0, 0])
-    (_, s, r_toward, *_), (_, _, r_away, *_) = run(single, state, [1, 0], EnvParams(**NO_TARGET_STOP), bank)
+    _, state = single.reset_at(LandmarkParams(**NO_TARGET_STOP), bank, 0, t + [3, 0, 0])
+    (_, s, r_toward, *_), (_, _, r_away, *_) = run(single, state, [1, 0], LandmarkParams(**NO_TARGET_STOP), bank)
     assert float(r_toward[0]) == 1.0 and float(r_away[0]) == -1.0
     # frames: frame 0 = crop at the current position, frame 1 = previous, frame 2 = the one before
     np.testing.assert_array_equal(np.asarray(o3[0, 0]), crop(bank, 0, s3.pos[0]))
@@ -104,7 +104,7 @@ def test_reward_sign_and_value_in_mm(single, bank):
 
 
 def test_agents_stay_inside_the_volume(single, bank):
-    params = EnvParams(**NO_TARGET_STOP)
+    params = LandmarkParams(**NO_TARGET_STOP)
     hi = np.asarray(bank.shapes[0, 1]) - 1  # the smaller volume: (29, 27, 25), padded to 32
     _, state = single.reset_at(params, bank, 1, hi)
     for a, axis in ((0, 0), (2, 1), (4, 2)):
@@ -123,7 +123,7 @@ def test_agents_stay_inside_the_volume(single, bank):
 
 
 def test_oscillation_terminates_at_finest_level(single, bank):
-    params = EnvParams(max_steps=100, **NO_TARGET_STOP)
+    params = LandmarkParams(max_steps=100, **NO_TARGET_STOP)
     start = np.array([16, 16, 16])
     _, state = single.reset_at(params, bank, 0, start)
     steps = run(single, state, [0, 1, 0, 1], params, bank)
@@ -139,7 +139,7 @@ def test_oscillation_terminates_at_finest_level(single, bank):
 
 
 def test_multiscale_switches_to_finer_level_on_oscillation(multiscale, bank):
-    params = EnvParams(max_steps=100, **NO_TARGET_STOP)
+    params = LandmarkParams(max_steps=100, **NO_TARGET_STOP)
     start = np.array([16, 16, 16])
     obs, state = multiscale.reset_at(params, bank, 0, start)
     assert int(state.level[0]) == 2  # coarsest first
@@ -172,7 +172,7 @@ def test_multiscale_observation_is_one_crop_per_frame_at_each_agents_level(bank)
 
     env = _env(bank, targets=("L0", "L1", "L2"), levels=(0, 1, 2), frames=3)
     packed = bank.replace(packed=pack_levels(bank.levels))
-    params = EnvParams(max_steps=40, **NO_TARGET_STOP)
+    params = LandmarkParams(max_steps=40, **NO_TARGET_STOP)
     oscillate = [[0, 1, 2], [1, 0, 3], [0, 1, 2], [1, 0, 3]]  # every agent oscillates: all switch levels
 
     @jax.jit
@@ -205,7 +205,7 @@ def test_multiscale_observation_is_one_crop_per_frame_at_each_agents_level(bank)
 
 
 def test_auto_reset_restarts_history_and_final_state_rerenders(single, bank):
-    params = EnvParams(max_steps=3, **NO_TARGET_STOP)
+    params = LandmarkParams(max_steps=3, **NO_TARGET_STOP)
     _, state = single.reset_at(params, bank, 0, [16, 16, 16])
     (_, s1, *_), (_, s2, *_) = run(single, state, [0, 2], params, bank)
     obs, new, reward, terminated, truncated, info = single.step(jax.random.key(7), s2, jnp.array([4]), params, bank)
@@ -217,7 +217,7 @@ def test_auto_reset_restarts_history_and_final_state_rerenders(single, bank):
     for f in range(3):
         np.testing.assert_array_equal(np.asarray(obs[0, f]), first)
     # the final state re-renders exactly what a step without reset returns
-    long = EnvParams(max_steps=100, **NO_TARGET_STOP)
+    long = LandmarkParams(max_steps=100, **NO_TARGET_STOP)
     obs_long, state_long, reward_long, *_ = single.step(jax.random.key(7), s2, jnp.array([4]), long, bank)
     final = info["final_state"]
     final_obs = jax.jit(single.get_obs)(final, params, bank)
@@ -232,7 +232,7 @@ def test_auto_reset_restarts_history_and_final_state_rerenders(single, bank):
 
 def test_terminated_and_truncated_kept_apart(single, bank):
     t = target_vox(bank, 0, "L0")
-    params = EnvParams(max_steps=1, terminate_at_target_mm=1.0)
+    params = LandmarkParams(max_steps=1, terminate_at_target_mm=1.0)
     _, state = single.reset_at(params, bank, 0, t + [1, 0, 0])
     # reaching the target on the last allowed step: terminated, not truncated
     _, _, r, terminated, truncated, info = single.step(jax.random.key(0), state, jnp.array([1]), params, bank)
@@ -247,7 +247,7 @@ def test_terminated_and_truncated_kept_apart(single, bank):
 
 
 def test_random_resets_are_deterministic_by_key_and_in_range(vreset, bank):
-    params = EnvParams()
+    params = LandmarkParams()
     reset = vreset
     keys = jax.random.split(jax.random.key(3), 16)
     obs_a, sa = reset(keys, params, bank)
@@ -266,7 +266,7 @@ def test_random_resets_are_deterministic_by_key_and_in_range(vreset, bank):
 
 
 def test_jit_vmap_scan_rollout(multi, bank):
-    params = EnvParams(max_steps=12)
+    params = LandmarkParams(max_steps=12)
     n_envs, n_steps = 4, 30
     space = multi.action_space(params)
 
@@ -299,7 +299,7 @@ def test_jit_vmap_scan_rollout(multi, bank):
 
 
 def test_vmapped_step_matches_single_step(multi, vreset, bank):
-    params = EnvParams()
+    params = LandmarkParams()
     keys = jax.random.split(jax.random.key(1), 16)
     obs, states = vreset(keys, params, bank)
     actions = jax.random.randint(jax.random.key(2), (16, 3), 0, 6, jnp.int32)
@@ -315,7 +315,7 @@ def test_vmapped_step_matches_single_step(multi, vreset, bank):
 
 def test_multi_agent_rewards_freeze_and_joint_termination(multi, bank):
     t = np.stack([target_vox(bank, 0, l) for l in ("L0", "L1", "L2")])
-    params = EnvParams(reward_clip=10.0, terminate_at_target_mm=1.0)
+    params = LandmarkParams(reward_clip=10.0, terminate_at_target_mm=1.0)
     start = t + np.array([[1, 0, 0], [3, 0, 0], [0, 0, 2]])
     obs, state = multi.reset_at(params, bank, 0, start)
     assert obs.shape == (3, 2, D, D, D)
@@ -344,7 +344,7 @@ def test_reset_at_eval_points_and_spaces(single, bank):
     assert pts.shape == (27, 3) and pts.dtype == np.int32
     for axis, ext in enumerate((30, 28, 26)):
         assert sorted(set(pts[:, axis].tolist())) == [int(f * ext) for f in (0.25, 0.5, 0.75)]
-    params = EnvParams()
+    params = LandmarkParams()
     o1, s1 = single.reset_at(params, bank, 1, pts[5])
     o2, s2 = single.reset_at(params, bank, 1, pts[5])
     np.testing.assert_array_equal(np.asarray(o1), np.asarray(o2))
@@ -379,20 +379,20 @@ def test_registry(bank):
 
 
 def test_bad_input_raises_jaxmed_errors(single, multi, bank):
-    params = EnvParams()
+    params = LandmarkParams()
     with pytest.raises(LandmarkError, match="'AC'.*available: L0, L1, L2"):
         _env(bank, targets=("AC",))
-    unchecked = LandmarkEnv(LandmarkEnvConfig(targets=("AC",), crop_size=D), labels=None)
+    unchecked = LandmarkEnv(LandmarkConfig(targets=("AC",), crop_size=D), labels=None)
     with pytest.raises(LandmarkError, match="AC"):
         unchecked.reset(jax.random.key(0), params, bank)
-    too_big = LandmarkEnv(LandmarkEnvConfig(targets=("L0",), crop_size=11), labels=bank.labels)
+    too_big = LandmarkEnv(LandmarkConfig(targets=("L0",), crop_size=11), labels=bank.labels)
     with pytest.raises(ConfigError, match="crop_size 11 .*max_crop 9"):
         too_big.reset(jax.random.key(0), params, bank)
     no_level = _env(bank, levels=(0, 3))
     with pytest.raises(ConfigError, match="levels"):
         no_level.reset_at(params, bank, 0, [5, 5, 5])
     with pytest.raises(ConfigError):
-        LandmarkEnvConfig(targets=("L0",), levels=(1, 0))
+        LandmarkConfig(targets=("L0",), levels=(1, 0))
 
     _, state = single.reset_at(params, bank, 0, [16, 16, 16])
     key = jax.random.key(0)

@@ -11,10 +11,10 @@ from jaxmed.agents.dqn import greedy_action
 from jaxmed.agents.lookahead import lookahead_action, lookahead_rollout
 from jaxmed.agents.rollout import greedy_rollout
 from jaxmed.data import blob_phantom, build_bank
-from jaxmed.envs.landmark import EnvParams as LandmarkParams
-from jaxmed.envs.landmark import LandmarkEnv, LandmarkEnvConfig
-from jaxmed.envs.registration import EnvParams as RegParams
-from jaxmed.envs.registration import RegistrationEnv, RegistrationEnvConfig
+from jaxmed.envs.landmark import LandmarkParams
+from jaxmed.envs.landmark import LandmarkEnv, LandmarkConfig
+from jaxmed.envs.registration import RegistrationParams as RegParams
+from jaxmed.envs.registration import RegistrationEnv, RegistrationConfig
 from jaxmed.errors import ConfigError
 from jaxmed.networks import QNetwork
 
@@ -29,12 +29,12 @@ def bank():
 
 
 def _landmark(bank):
-    env = LandmarkEnv(LandmarkEnvConfig(targets=LABELS, crop_size=D, frames=1), labels=bank.labels)
+    env = LandmarkEnv(LandmarkConfig(targets=LABELS, crop_size=D, frames=1), labels=bank.labels)
     return env, env.eval_params(LandmarkParams(max_steps=20))
 
 
 def _registration(bank):
-    env = RegistrationEnv(RegistrationEnvConfig(landmarks=LABELS, crop_size=D, levels=(1,), steps=(2.0,)), labels=bank.labels)
+    env = RegistrationEnv(RegistrationConfig(landmarks=LABELS, crop_size=D, levels=(1,), steps=(2.0,)), labels=bank.labels)
     return env, RegParams(max_steps=20, max_translation_mm=8.0, max_rotation_deg=8.0)
 
 

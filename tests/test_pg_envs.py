@@ -35,7 +35,7 @@ def _train_from_config(path: str, starts_per_volume: int = 8):
             # uniformly random actions; the key changes with the observation, so with every step
             key = jax.random.fold_in(jax.random.key(7), jnp.sum(o, dtype=jnp.uint32))
             random = jax.random.randint(key, o.shape[:2], 0, env.num_actions)
-            return jnp.where(use_random, random, learner.greedy_action(net, rs.params, o))
+            return jnp.where(use_random, random, learners.policy_action(cfg.train.learner, net, rs.params, o))
 
         return greedy_rollout(policy, env, eval_params, bank, states)["metrics"]
 

@@ -18,7 +18,7 @@ from scipy import ndimage
 from jaxmed.data import Landmarks, Volume, build_bank
 from jaxmed.data.planes import BILATERAL_AFIDS, MIDLINE_AFIDS, PLANES, get_plane, plane_phantom
 from jaxmed.envs import make
-from jaxmed.envs.plane import N_ACTIONS, EnvParams, PlaneEnv, PlaneEnvConfig
+from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneEnv, PlaneConfig
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.crop import pack_levels
 from jaxmed.ops.plane import (
@@ -66,7 +66,7 @@ CONFIG = dict(target="phantom", size=12, n_slices=3, frames=2, levels=(0, 1), an
 
 @pytest.fixture(scope="module")
 def env(bank):
-    return PlaneEnv(PlaneEnvConfig(**CONFIG), labels=bank.labels)
+    return PlaneEnv(PlaneConfig(**CONFIG), labels=bank.labels)
 
 
 @pytest.fixture(scope="module")
@@ -336,9 +336,9 @@ def test_oscillation_moves_a_scale_finer_then_terminates(env, bank, step, pair):
 
 
 def test_truncation_and_target_stop(bank):
-    env = PlaneEnv(PlaneEnvConfig(target="phantom", size=6, levels=(0,), angle_steps=(2.0,), offset_steps=(1.0,)), labels=bank.labels)
+    env = PlaneEnv(PlaneConfig(target="phantom", size=6, levels=(0,), angle_steps=(2.0,), offset_steps=(1.0,)), labels=bank.labels)
     nt, dt, _ = np_target(bank, 0)
-    p = EnvParams(max_steps=3, terminate_at_target=0.5)
+    p = PlaneParams(max_steps=3, terminate_at_target=0.5)
     state = _one(_state(env, bank, 0, nt, dt))  # on the target
     step = jax.jit(env.step_env)
     state, r, term, trunc, _ = step(jax.random.key(0), state, jnp.array([6]), p, bank)  # 1 mm off
@@ -354,7 +354,7 @@ def test_truncation_and_target_stop(bank):
 
 
 def test_auto_reset_returns_a_fresh_episode_and_the_final_state(env, bank):
-    p = EnvParams(max_steps=5)
+    p = PlaneParams(max_steps=5)
     obs, state = env.reset(jax.random.key(1), p, bank)
     assert obs.shape == (1, 2, 3, 12, 12) and obs.dtype == jnp.float32
     for i in range(5):
@@ -410,7 +410,7 @@ def test_observation_matches_scipy_at_every_scale_and_render_roundtrip(env, bank
 
 
 def test_eval_states_are_fixed_perturbations_within_bounds(env, bank):
-    p = EnvParams(max_start_angle_deg=15.0, max_start_offset_mm=5.0)
+    p = PlaneParams(max_start_angle_deg=15.0, max_start_offset_mm=5.0)
     a, b, c = (env.eval_states(p, bank, 6, seed=s) for s in (0, 0, 1))
     assert a.volume.shape == (12,) and np.array_equal(np.asarray(a.volume), np.repeat([0, 1], 6))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -444,15 +444,15 @@ def test_eval_states_are_fixed_perturbations_within_bounds(env, bank):
 
 def test_bad_input_raises_clear_errors(env, bank):
     with pytest.raises(ConfigError, match="unknown plane 'sagital'"):
-        PlaneEnvConfig(target="sagital")
+        PlaneConfig(target="sagital")
     with pytest.raises(ConfigError, match="one entry per scale"):
-        PlaneEnvConfig(levels=(0, 1), angle_steps=(1.0,), offset_steps=(1.0, 2.0))
+        PlaneConfig(levels=(0, 1), angle_steps=(1.0,), offset_steps=(1.0, 2.0))
     with pytest.raises(ConfigError, match="non-decreasing"):
-        PlaneEnvConfig(levels=(1, 0), angle_steps=(1.0, 2.0), offset_steps=(1.0, 2.0))
+        PlaneConfig(levels=(1, 0), angle_steps=(1.0, 2.0), offset_steps=(1.0, 2.0))
     with pytest.raises(ConfigError, match="size must be a positive int"):
-        PlaneEnvConfig(size=0)
+        PlaneConfig(size=0)
     with pytest.raises(LandmarkError, match="needs landmark.*'AC'"):
-        PlaneEnv(PlaneEnvConfig(target="acpc_axial"), labels=bank.labels)
+        PlaneEnv(PlaneConfig(target="acpc_axial"), labels=bank.labels)
     with pytest.raises(LandmarkError, match="'L2'"):
         env.reset(jax.random.key(0), None, build_bank([(Volume(np.ones((8, 8, 8), np.float32), np.eye(4)),
                                                          Landmarks(("L0", "L1"), np.ones((2, 3))))], factors=(1, 2), max_crop=3))

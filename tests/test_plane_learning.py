@@ -21,7 +21,7 @@ import yaml
 from jaxmed.agents.learners import run_chunks
 from jaxmed.data import Volume, build_bank, save_nifti
 from jaxmed.data.planes import plane_phantom
-from jaxmed.envs.plane import N_ACTIONS, EnvParams, PlaneEnv, PlaneEnvConfig
+from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneEnv, PlaneConfig
 from jaxmed.errors import OverwriteError
 
 LABELS = ("L0", "L1", "L2")
@@ -37,8 +37,8 @@ def trained():
     from jaxmed.networks import network_from_config
 
     bank = build_bank([plane_phantom(seed=s) for s in range(6)], LABELS, factors=(1, 2), max_crop=3, dtype="uint8", packed=True)
-    env = PlaneEnv(PlaneEnvConfig(**ENV), labels=bank.labels)
-    params = EnvParams(**PARAMS)
+    env = PlaneEnv(PlaneConfig(**ENV), labels=bank.labels)
+    params = PlaneParams(**PARAMS)
     net = network_from_config(NETWORK)
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
                     eps_decay_steps=500, target_update_period=100, double=True)

@@ -13,11 +13,12 @@ import pytest
 from flax import struct
 
 from jaxmed.agents import a2c, grpo, ppo
-from jaxmed.agents.pg_losses import policy_loss, value_loss
-from jaxmed.agents.rollout_pg import gae, group_advantages, make_apply_gradients, make_collect, make_group_rollout, make_optimizer
+from jaxmed.agents.core import make_apply_gradients, make_optimizer
+from jaxmed.agents.learners import policy_action
+from jaxmed.agents.policy_gradient import gae, group_advantages, make_collect, make_group_rollout, mode_action, policy_loss, value_loss
 from jaxmed.data import blob_phantom, build_bank
 from jaxmed.envs.base import Box, Discrete, Environment
-from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig
+from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig
 from jaxmed.errors import ConfigError
 from jaxmed.networks import actor_critic_from_config
 
@@ -244,8 +245,8 @@ def test_ppo_losses_match_numpy():
 def phantom():
     subjects = [blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=2, seed=s) for s in range(4)]
     bank = build_bank(subjects, labels=("L0", "L1"), max_crop=D, dtype="uint8")
-    env = LandmarkEnv(LandmarkEnvConfig(targets=("L0",), crop_size=D, frames=1), labels=bank.labels)
-    params = EnvParams(max_steps=40, start_radius_mm=16.0, terminate_at_target_mm=1.0)
+    env = LandmarkEnv(LandmarkConfig(targets=("L0",), crop_size=D, frames=1), labels=bank.labels)
+    params = LandmarkParams(max_steps=40, start_radius_mm=16.0, terminate_at_target_mm=1.0)
     return bank, env, params
 
 
@@ -280,7 +281,7 @@ def _final_distance(env, env_params, bank, states, net, params, random: bool, ma
             def body(carry, key):
                 state, finished = carry
                 obs = v_obs(state, env_params, bank)
-                greedy = ppo.greedy_action(net, params, obs)
+                greedy = mode_action(net, params, obs)
                 action = jnp.where(random, jax.random.randint(key, greedy.shape, 0, 6), greedy)
                 new, _, term, trunc, _ = v_step(key, state, action, env_params, bank)
                 state = jax.tree.map(lambda o, n_: jnp.where(finished.reshape((-1,) + (1,) * (n_.ndim - 1)), o, n_), state, new)
@@ -306,7 +307,6 @@ def _train_and_evaluate(module, config, phantom, chunks, critic=True):
     eval_params = env.eval_params(params)  # no stop at the target: never use the ground truth at test time
     assert float(eval_params.terminate_at_target_mm) == 0.0
     states = _eval_states(env, bank)
-    assert module.greedy_action is ppo.greedy_action  # one argmax-of-logits for every learner
     trained = _final_distance(env, eval_params, bank, states, net, rs.params, random=False)
     random = _final_distance(env, eval_params, bank, states, net, rs.params, random=True)
     return trained, random, metrics
@@ -518,7 +518,13 @@ def test_actor_critic_shapes_and_policy_only():
     pol = _network(critic=False)
     q = jax.eval_shape(pol.init, jax.random.key(0), single)
     assert jax.eval_shape(pol.apply, q, single)[1].shape == (3,)  # single agent: (..., k, X, Y, Z) -> (...)
-    assert jax.eval_shape(lambda p, o: a2c.greedy_action(net, p, o), p, x).shape == (3, 2)
+    assert jax.eval_shape(lambda p, o: mode_action(net, p, o), p, x).shape == (3, 2)
+    # the learner-agnostic action of an actor-critic learner is the argmax of its logits
+    real = net.init(jax.random.key(1), jnp.zeros(x.shape, x.dtype))
+    obs = jax.random.randint(jax.random.key(2), x.shape, 0, 255).astype(x.dtype)
+    expected = jnp.argmax(net.apply(real, obs)[0], axis=-1)
+    for name in ("a2c", "ppo", "grpo"):
+        np.testing.assert_array_equal(policy_action(name, net, real, obs), expected)
 
 
 def test_initial_policy_is_near_uniform_and_policy_only_value_is_zero():

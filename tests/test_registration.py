@@ -13,9 +13,9 @@ from jaxmed.envs import make
 from jaxmed.envs.registration import (
     N_ACTIONS,
     REMAP_KNOTS,
-    EnvParams,
+    RegistrationParams,
     RegistrationEnv,
-    RegistrationEnvConfig,
+    RegistrationConfig,
     remap_intensity,
 )
 from jaxmed.errors import ConfigError, LandmarkError
@@ -48,7 +48,7 @@ def float_bank():
 def _env(**kw):
     cfg = dict(landmarks=LABELS, crop_size=D, levels=(0, 1), steps=(1.0, 2.0))
     cfg.update(kw)
-    return RegistrationEnv(RegistrationEnvConfig(**cfg), labels=LABELS)
+    return RegistrationEnv(RegistrationConfig(**cfg), labels=LABELS)
 
 
 # ---------------------------------------------------------------- geometry vs NumPy / SciPy
@@ -117,7 +117,7 @@ def test_every_action_changes_its_parameter(bank):
     """From the identity, action ``a`` moves parameter ``a // 2`` by ``±step`` and nothing else; from any
     estimate the new transform is ``T @ D(±step)`` (composition in the fixed frame, NumPy)."""
     env = _env()
-    params = EnvParams(max_steps=50)
+    params = RegistrationParams(max_steps=50)
     step = jax.jit(env.step_env)
     start = env.initial_state(bank, 1, jnp.asarray([5.0, -3.0, 2.0, 4.0, -6.0, 8.0]))
     level_step = 2.0  # start at the coarsest level: steps[1]
@@ -146,7 +146,7 @@ def test_every_action_changes_its_parameter(bank):
 
 def test_reset_draws_within_bounds_and_replay_renders_the_observation(bank):
     env = _env(remap="nonmonotone")
-    params = EnvParams(max_translation_mm=7.0, max_rotation_deg=3.0)
+    params = RegistrationParams(max_translation_mm=7.0, max_rotation_deg=3.0)
     obs, s = jax.jit(jax.vmap(env.reset, in_axes=(0, None, None)))(jax.random.split(jax.random.key(0), 64), params, bank)
     gt = np.asarray(s.gt)
     assert np.all(np.abs(gt[:, :3]) <= 7.0) and np.all(np.abs(gt[:, 3:]) <= 3.0)
@@ -167,7 +167,7 @@ def test_oscillation_refines_then_terminates_and_auto_reset(bank):
     """+x, -x, +x, -x oscillates (3 visits): coarse level -> fine level; again -> terminated. The
     auto-reset returns a fresh state; info['final_state'] and the final_* metrics are the ended one's."""
     env = _env()
-    params = EnvParams(max_steps=100)
+    params = RegistrationParams(max_steps=100)
     obs, state = env.reset(jax.random.key(1), params, bank)
     actions = [0, 1, 0, 1]
     for i, a in enumerate(actions):
@@ -196,15 +196,15 @@ def test_oscillation_refines_then_terminates_and_auto_reset(bank):
 
 def test_truncation_and_ground_truth_termination(bank):
     env = _env()
-    _, state = env.reset(jax.random.key(4), EnvParams(max_steps=2), bank)
-    _, state, _, term, trunc, info = env.step(jax.random.key(0), state, jnp.array([2]), EnvParams(max_steps=2), bank)
+    _, state = env.reset(jax.random.key(4), RegistrationParams(max_steps=2), bank)
+    _, state, _, term, trunc, info = env.step(jax.random.key(0), state, jnp.array([2]), RegistrationParams(max_steps=2), bank)
     assert not bool(trunc)
-    _, state, _, term, trunc, info = env.step(jax.random.key(0), state, jnp.array([2]), EnvParams(max_steps=2), bank)
+    _, state, _, term, trunc, info = env.step(jax.random.key(0), state, jnp.array([2]), RegistrationParams(max_steps=2), bank)
     assert bool(trunc) and not bool(term) and int(info["final_state"].t) == 2 and int(state.t) == 0
     # terminate_at_tre_mm: a move at the finest level that lands within the threshold ends the episode
     single = _env(levels=(0,), steps=(1.0,))
     s = single.initial_state(bank, 0, jnp.asarray([1.0, 0, 0, 0, 0, 0]))
-    params = EnvParams(terminate_at_tre_mm=0.5)
+    params = RegistrationParams(terminate_at_tre_mm=0.5)
     new, _, term, *_ = single.step_env(jax.random.key(0), s, jnp.array([0]), params, bank)
     assert bool(term) and float(new.prev_error[0]) < 1e-4
     new, _, term, *_ = single.step_env(jax.random.key(0), s, jnp.array([0]), single.eval_params(params), bank)
@@ -213,7 +213,7 @@ def test_truncation_and_ground_truth_termination(bank):
 
 def test_eval_states_are_seeded_and_metrics_batch(bank):
     env = _env()
-    params = EnvParams(max_translation_mm=20.0, max_rotation_deg=20.0)
+    params = RegistrationParams(max_translation_mm=20.0, max_rotation_deg=20.0)
     a = env.eval_states(params, bank, 3, seed=5)
     b = env.eval_states(params, bank, 3, seed=5)
     c = env.eval_states(params, bank, 3, seed=6)
@@ -254,19 +254,19 @@ def test_remaps_are_what_they_claim(bank):
 
 def test_bad_inputs_raise_clear_errors(bank):
     with pytest.raises(ConfigError, match="one step per level"):
-        RegistrationEnvConfig(levels=(0, 1), steps=(1.0,))
+        RegistrationConfig(levels=(0, 1), steps=(1.0,))
     with pytest.raises(ConfigError, match="non-decreasing"):
-        RegistrationEnvConfig(levels=(0, 1), steps=(2.0, 1.0))
+        RegistrationConfig(levels=(0, 1), steps=(2.0, 1.0))
     with pytest.raises(ConfigError, match="remap"):
-        RegistrationEnvConfig(remap="ct")
+        RegistrationConfig(remap="ct")
     with pytest.raises(ConfigError, match="centre"):
-        RegistrationEnvConfig(centre="middle")
+        RegistrationConfig(centre="middle")
     with pytest.raises(ConfigError, match="reward"):
-        RegistrationEnvConfig(reward="ncc")
+        RegistrationConfig(reward="ncc")
     with pytest.raises(ConfigError, match="landmarks is empty"):
-        RegistrationEnvConfig(landmarks=())
+        RegistrationConfig(landmarks=())
     with pytest.raises(LandmarkError, match="AC"):
-        RegistrationEnv(RegistrationEnvConfig(landmarks=("AC",)), labels=LABELS)
+        RegistrationEnv(RegistrationConfig(landmarks=("AC",)), labels=LABELS)
     env = _env(levels=(0, 1, 2), steps=(1.0, 2.0, 4.0))
     with pytest.raises(ConfigError, match="pyramid levels"):
         env.reset(jax.random.key(0), None, bank)
@@ -305,7 +305,7 @@ def test_dqn_learns_to_register_phantoms(bank):
     from jaxmed.networks import QNetwork
 
     env = _env(levels=(1,), steps=(2.0,))
-    params = EnvParams(max_steps=30, max_translation_mm=10.0, max_rotation_deg=0.0, reward_clip=2.0)
+    params = RegistrationParams(max_steps=30, max_translation_mm=10.0, max_rotation_deg=0.0, reward_clip=2.0)
     net = QNetwork(trunk="patch", n_actions=N_ACTIONS, trunk_kwargs={"patch_size": 5, "width": 0.5}, head_kwargs={"hidden": (64, 32)})
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
                     eps_decay_steps=600, target_update_period=100, double=True)

@@ -207,7 +207,7 @@ def test_goal_config_trains_with_hindsight_relabelling(tmp_path):
         "train.chunks=2", "dqn.chunk_steps=10", "dqn.n_envs=8", "dqn.batch_size=16", "dqn.learning_starts=32",
         "data.n_test=2", "env.eval_starts=2", "env.eval_max_steps=5"]), path)
     env, params, _ = make_env(cfg)
-    assert transform_for(env, params, cfg.dqn) is not None
+    assert cfg.dqn.her.fraction == 0.3 and transform_for(env, params, cfg.dqn) is not None
     # the goal reference (bank volume 0) is the template the subjects are made from, not a subject
     bank, subjects, _ = make_bank(cfg, "test", 2)
     assert bank.n_volumes == 3 and len(subjects) == 2

@@ -9,7 +9,7 @@ gradient step on the whole rollout:
     loss = -mean(log π(a|s) · A) + vf_coef · 0.5 · mean((V - R)^2) - ent_coef · entropy
 
 (no importance ratio, no clipping). The program is PPO's (:mod:`jaxmed.agents.actor_critic_train`)
-with one epoch of one minibatch and the vanilla losses of :mod:`jaxmed.agents.pg_losses`. The
+with one epoch of one minibatch and the vanilla losses of :mod:`jaxmed.agents.policy_gradient`. The
 optimiser is Adam with global-norm clipping (the A3C paper used shared RMSProp).
 """
 
@@ -20,11 +20,10 @@ import dataclasses
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
 from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
-from jaxmed.agents.dqn import TrainFns
-from jaxmed.agents.rollout_pg import OPTIMIZER_FLOATS, check_optimizer_fields, check_range, greedy_action, make_parallel, validate_fields
+from jaxmed.agents.core import OPTIMIZER_FLOATS, TrainFns, check_non_negative, check_optimizer_fields, check_range, make_parallel, validate_fields
 from jaxmed.errors import ConfigError
 
-__all__ = ["HPARAM_FIELDS", "A2CConfig", "Hparams", "RunnerState", "default_hparams", "greedy_action", "make_parallel_train",
+__all__ = ["HPARAM_FIELDS", "A2CConfig", "Hparams", "RunnerState", "default_hparams", "make_parallel_train",
            "make_train", "stack_hparams"]
 
 
@@ -63,8 +62,7 @@ class A2CConfig:
                         bools=("normalize_advantages",))
         check_range(self, "gamma", 0.0, 1.0, low_open=True)
         check_range(self, "gae_lambda", 0.0, 1.0)
-        check_range(self, "vf_coef", 0.0, float("inf"))
-        check_range(self, "ent_coef", 0.0, float("inf"))
+        check_non_negative(self, "vf_coef", "ent_coef")
         check_optimizer_fields(self)
 
     # the shared actor-critic program reads these: one unclipped step on the whole rollout

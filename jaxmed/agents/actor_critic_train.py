@@ -1,7 +1,7 @@
 """The training program shared by A2C and PPO (PureJaxRL style): rollout, GAE, minibatch epochs.
 
 One *iteration* = a ``lax.scan`` rollout of ``num_steps`` steps of ``n_envs`` vmapped, auto-resetting
-environments under the sampled policy (:func:`jaxmed.agents.rollout_pg.make_collect`, GAE(λ) with
+environments under the sampled policy (:func:`jaxmed.agents.policy_gradient.make_collect`, GAE(λ) with
 truncation bootstrapped from the final observation), then ``update_epochs`` passes over the
 ``num_steps * n_envs`` samples in ``num_minibatches`` shuffled minibatches, one Adam step each (global
 norm clipping, linear learning-rate annealing). ``run_chunk`` scans ``updates_per_chunk`` iterations
@@ -9,11 +9,11 @@ under ``jit``; the host only logs between chunks.
 
 A2C and PPO differ only in the loss and the number of passes: A2C takes one gradient step per
 rollout with the vanilla policy gradient and an unclipped value loss; PPO takes several with the
-clipped surrogate and (optionally) the clipped value loss (:mod:`jaxmed.agents.pg_losses`). A learner
+clipped surrogate and (optionally) the clipped value loss (:mod:`jaxmed.agents.policy_gradient`). A learner
 config must provide ``n_envs``, ``num_steps``, ``updates_per_chunk``, ``update_epochs``,
 ``num_minibatches``, ``gamma``, ``gae_lambda``, ``clip_eps`` (``None``: A2C), ``value_clip_eps``
 (``None``: unclipped), ``vf_coef``, ``ent_coef``, ``normalize_advantages`` and the optimiser fields
-of :func:`jaxmed.agents.rollout_pg.make_apply_gradients`.
+of :func:`jaxmed.agents.core.make_apply_gradients`.
 
 Hyperparameter leaves: the numbers the update uses (``learning_rate``, ``lr_final_fraction``,
 ``max_grad_norm``, ``gamma``, ``gae_lambda``, ``vf_coef``, ``ent_coef`` and PPO's ``clip_eps``, also the
@@ -35,22 +35,25 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxmed.agents import learners
-from jaxmed.agents.dqn import TrainFns
-from jaxmed.agents.pg_losses import policy_loss, value_loss
-from jaxmed.agents.rollout_pg import (
+from jaxmed.agents.core import (
+    TrainFns,
     device_key,
+    make_apply_gradients,
+    make_optimizer,
+    pmean_if,
+    reduce_chunk_metrics,
+    render_batch,
+)
+from jaxmed.agents.policy_gradient import (
     entropy,
     epochs_of_minibatches,
     flatten_time,
     log_prob,
-    make_apply_gradients,
     make_collect,
-    make_optimizer,
     normalize,
-    pmean_if,
+    policy_loss,
     policy_value,
-    reduce_chunk_metrics,
-    render_batch,
+    value_loss,
 )
 
 

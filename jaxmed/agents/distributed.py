@@ -33,7 +33,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxmed.agents.dqn import DQNConfig, TrainFns, make_train
+from jaxmed.agents.core import TrainFns
+from jaxmed.agents.dqn import DQNConfig, make_train
 from jaxmed.errors import ConfigError
 
 AXIS = "devices"

@@ -29,7 +29,7 @@ published names to those two switches.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -38,11 +38,22 @@ import optax
 import rlax
 from flax import struct
 
-from jaxmed.agents import learners
 from jaxmed.agents import hparams as hparams_lib
-from jaxmed.agents.hparams import learning_rate  # shared with the PG learners
+from jaxmed.agents import learners
+from jaxmed.agents.core import (
+    TrainFns,
+    check_range,
+    descend,
+    device_key,
+    episode_sums,
+    learning_rate,
+    make_parallel,
+    reduce_chunk_metrics,
+    render_batch,
+    validate_fields,
+)
+from jaxmed.agents.her import HERConfig
 from jaxmed.agents.replay import BufferState, ReplayBuffer
-from jaxmed.agents.rollout_pg import render_batch
 from jaxmed.errors import ConfigError
 
 VARIANTS = {"dqn": (False, "q"), "double": (True, "q"), "dueling": (False, "dueling"), "dueling-double": (True, "dueling")}
@@ -81,6 +92,7 @@ class DQNConfig:
     n_step: int = 1  # n-step returns, aggregated on the actor side before insertion
     huber_delta: float = 1.0
     max_grad_norm: float = 10.0
+    her: HERConfig = HERConfig()  # hindsight relabelling of sampled batches (goal-conditioned envs; fraction 0: off)
 
     @property
     def env_steps_per_chunk(self) -> int:
@@ -88,18 +100,23 @@ class DQNConfig:
         return self.chunk_steps * self.n_envs
 
     def __post_init__(self):
-        for name in ("n_envs", "chunk_steps", "batch_size", "replay_capacity", "updates_per_step", "target_update_period", "n_step"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"DQNConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"DQNConfig.gamma must be in (0, 1], got {self.gamma}")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"DQNConfig.tau must be in (0, 1], got {self.tau}")
+        validate_fields(self, ints=("n_envs", "chunk_steps", "batch_size", "replay_capacity", "updates_per_step",
+                                    "target_update_period", "n_step"),
+                        non_negative_ints=("lr_decay_steps", "learning_starts", "eps_decay_steps"),
+                        floats=("gamma", "learning_rate", "lr_final_fraction", "eps_start", "eps_end", "tau", "huber_delta",
+                                "max_grad_norm"),
+                        bools=("double",))
+        check_range(self, "gamma", 0.0, 1.0, low_open=True)
+        check_range(self, "tau", 0.0, 1.0, low_open=True)
+        check_range(self, "learning_rate", 0.0, float("inf"), low_open=True)
+        check_range(self, "lr_final_fraction", 0.0, 1.0)
+        if not isinstance(self.her, HERConfig):
+            raise ConfigError(f"DQNConfig.her must be a HERConfig (YAML: dqn.her: {{fraction, strategy, radius_mm}}), got {self.her!r}")
+        if self.her.fraction > 0 and self.n_step != 1:
+            raise ConfigError(f"DQNConfig: hindsight relabelling (her.fraction > 0) needs one-step transitions, got n_step = {self.n_step}")
 
 
-#: DQNConfig fields that are pytree leaves of the runner state (sweepable inside one compiled program).
-HPARAM_FIELDS = ("learning_rate", "lr_final_fraction", "gamma", "eps_start", "eps_end", "eps_decay_steps",
-                 "target_update_period", "tau", "huber_delta", "learning_starts")
+#: Hparams fields held as int32 (the others are float32).
 _INT_HPARAMS = ("target_update_period", "learning_starts")
 
 
@@ -120,13 +137,13 @@ class Hparams:
     learning_starts: jax.Array  # int32, transitions in the replay before updates begin
 
 
+#: DQNConfig fields that are pytree leaves of the runner state (sweepable inside one compiled program).
+HPARAM_FIELDS = hparams_lib.hparam_fields(Hparams)
+
+
 def default_hparams(config: "DQNConfig", **overrides) -> Hparams:
     """The config's hyperparameters as an :class:`Hparams` of scalars, with ``overrides`` applied."""
-    unknown = set(overrides) - set(HPARAM_FIELDS)
-    if unknown:
-        raise ConfigError(f"not DQN hyperparameter leaves: {sorted(unknown)}; sweepable: {', '.join(HPARAM_FIELDS)}")
-    values = {f: overrides.get(f, getattr(config, f)) for f in HPARAM_FIELDS}
-    return Hparams(**{f: jnp.asarray(v, jnp.int32 if f in _INT_HPARAMS else jnp.float32) for f, v in values.items()})
+    return hparams_lib.hparams_from_config(Hparams, config, overrides, int_fields=_INT_HPARAMS, validate=False)
 
 
 stack_hparams = hparams_lib.stack_hparams  # a population (P,) of Hparams from a sequence of scalar ones
@@ -147,15 +164,6 @@ class RunnerState:
     steps: jax.Array  # vector env steps taken
     updates: jax.Array  # gradient updates taken
     hparams: Hparams  # the numeric hyperparameters of this run (leaves; see :class:`Hparams`)
-
-
-class TrainFns(NamedTuple):
-    """``init(key, bank, hparams=None) -> RunnerState``; ``run_chunk(state, bank) -> (state, metrics)``."""
-
-    init: Callable
-    run_chunk: Callable
-    network: nn.Module
-    optimizer: optax.GradientTransformation
 
 
 def epsilon(config, steps) -> jax.Array:
@@ -235,28 +243,6 @@ def nstep_transition(window, gamma: float):
     }
 
 
-def episode_sums(info: dict, ended: jax.Array) -> dict:
-    """Per-step sums for logging: ``episodes`` (how many ended) and, for every ``info["final_<m>"]``
-    ``(n_envs, A)`` (NaN where the episode did not end), ``<m>_sum`` over ended episodes of the
-    agents' NaN-mean. Reduce a scan of them with :func:`episode_means`."""
-    out = {"episodes": ended.sum()}
-    for k, v in info.items():
-        if k.startswith("final_") and k != "final_state":
-            per_env = jnp.nanmean(v.reshape(v.shape[0], -1), axis=-1)
-            out[k[len("final_"):] + "_sum"] = jnp.where(ended, per_env, 0.0).sum()
-    return out
-
-
-def episode_means(m: dict) -> dict:
-    """``{"episodes": total, "final_<m>": mean over ended episodes}`` from stacked :func:`episode_sums`."""
-    episodes = m["episodes"].sum()
-    out = {"episodes": episodes}
-    for k, v in m.items():
-        if k.endswith("_sum"):
-            out["final_" + k[: -len("_sum")]] = jnp.where(episodes > 0, v.sum() / jnp.maximum(episodes, 1), jnp.nan)
-    return out
-
-
 def greedy_action(network: nn.Module, params, obs) -> jax.Array:
     """``(..., A)`` int32: the action of highest Q-value for every agent."""
     return jnp.argmax(network.apply(params, obs), axis=-1).astype(jnp.int32)
@@ -279,9 +265,6 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
     v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
     v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None, None))
 
-    def device_key(key):
-        return key if axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-
     n_step = config.n_step
 
     def transition(state, action, reward, final_state, ended):
@@ -301,7 +284,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
     def init(key, bank, hparams: Hparams | None = None) -> RunnerState:
         hparams = default_hparams(config) if hparams is None else hparams
         net_key, env_key = jax.random.split(key)  # the network key is shared by every device
-        obs, env_state = v_reset(jax.random.split(device_key(env_key), n_envs), env_params, bank)
+        obs, env_state = v_reset(jax.random.split(device_key(env_key, axis_name), n_envs), env_params, bank)
         params = learners.init_network(network, net_key, obs[:1], env)
         zero_action = jnp.zeros((n_envs, env.n_agents), jnp.int32)
         one_step = jax.vmap(transition)(env_state, zero_action, zero_action.astype(jnp.float32), env_state, jnp.zeros((n_envs,), bool))
@@ -310,7 +293,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
         return RunnerState(
             params=params, target_params=params, opt_state=optimizer.init(params),
             buffer=ReplayBuffer.init(example, config.replay_capacity), window=window, env_state=env_state, obs=obs,
-            key=device_key(jax.random.fold_in(key, 1)), steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32),
+            key=device_key(jax.random.fold_in(key, 1), axis_name), steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32),
             hparams=hparams,
         )
 
@@ -319,7 +302,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
         batch = ReplayBuffer.sample(rs.buffer, key, config.batch_size)
         if batch_transform is not None:
             batch = batch_transform(batch, k_transform, bank)
-        # materialised before the network (see rollout_pg.in_chunks: ~3x faster on XLA:CPU)
+        # materialised before the network (see core.in_chunks: ~3x faster on XLA:CPU)
         obs, next_obs = render_batch(env, batch["obs_state"], bank), render_batch(env, batch["next_obs_state"], bank)
         grad_fn = jax.value_and_grad(td_loss, argnums=1, has_aux=True)
         hp = rs.hparams
@@ -328,7 +311,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
             grads, loss, abs_td = jax.lax.pmean((grads, loss, abs_td), axis_name)
         direction, opt_state = optimizer.update(grads, rs.opt_state, rs.params)
         lr = learning_rate(config, hp, rs.updates)
-        params = hparams_lib.descend(rs.params, direction, lr)
+        params = descend(rs.params, direction, lr)
         updates = rs.updates + 1
         if config.tau < 1.0:
             target = optax.incremental_update(params, rs.target_params, hp.tau)
@@ -362,22 +345,14 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
 
         can_learn = buffer.size >= rs.hparams.learning_starts
         rs, (loss, abs_td) = jax.lax.cond(can_learn, learn, lambda rs: (rs, jnp.full((2,), jnp.nan)), rs)
-        metrics = {"reward": reward.mean(), "loss": loss, "abs_td": abs_td, **episode_sums(info, ended)}
-        return rs, metrics
+        return rs, (episode_sums(info, ended), {"reward": reward.mean(), "loss": loss, "abs_td": abs_td})
 
     def run_chunk(rs: RunnerState, bank):
-        rs, m = jax.lax.scan(lambda rs, _: step(rs, bank), rs, None, length=config.chunk_steps)
-        metrics = {
-            "reward": m["reward"].mean(),
-            **episode_means(m),
-            "loss": jnp.nanmean(m["loss"]),
-            "abs_td": jnp.nanmean(m["abs_td"]),
-            "epsilon": epsilon(rs.hparams, rs.steps),
-            "steps": rs.steps,
-            "updates": rs.updates,
-        }
-        if axis_name is not None:
-            metrics = {k: jax.lax.pmean(v.astype(jnp.float32), axis_name) for k, v in metrics.items()}
+        rs, (sums, m) = jax.lax.scan(lambda rs, _: step(rs, bank), rs, None, length=config.chunk_steps)
+        means = {"reward": m["reward"].mean(), "loss": jnp.nanmean(m["loss"]), "abs_td": jnp.nanmean(m["abs_td"]),
+                 "epsilon": epsilon(rs.hparams, rs.steps)}
+        metrics = reduce_chunk_metrics(jax.tree.map(lambda x: x.sum(0), sums), means, axis_name)
+        metrics.update(steps=rs.steps, updates=rs.updates)
         return rs, metrics
 
     return TrainFns(init=init, run_chunk=run_chunk, network=network, optimizer=optimizer)
@@ -385,17 +360,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
 
 def make_parallel_train(config: DQNConfig, env, env_params, network: nn.Module, n_devices: int | None = None, axis_name: str = "devices",
                         batch_transform: Callable | None = None):
-    """The same training functions data-parallel over ``n_devices`` local devices with ``jax.pmap``.
-
-    Returns ``(init, run_chunk)``: ``init(key, bank)`` gives a :class:`RunnerState` with a leading
-    device axis; ``run_chunk(state, bank)``. The bank is broadcast to every device.
-    """
-    n = n_devices or jax.local_device_count()
-    fns = make_train(config, env, env_params, network, axis_name=axis_name, batch_transform=batch_transform)
-    p_init = jax.pmap(lambda _, key, bank: fns.init(key, bank), axis_name=axis_name, in_axes=(0, None, None), devices=jax.local_devices()[:n])
-    p_chunk = jax.pmap(fns.run_chunk, axis_name=axis_name, in_axes=(0, None), devices=jax.local_devices()[:n])
-
-    def init(key, bank):
-        return p_init(jnp.arange(n), key, bank)
-
-    return init, p_chunk
+    """:func:`make_train` data-parallel over ``n_devices`` local devices with ``jax.pmap``
+    (:func:`jaxmed.agents.core.make_parallel`): ``(init, run_chunk)``, ``init(key, bank)`` giving a
+    :class:`RunnerState` with a leading device axis; the bank is broadcast to every device."""
+    return make_parallel(make_train, config, env, env_params, network, n_devices, axis_name, batch_transform=batch_transform)

@@ -48,36 +48,38 @@ from flax import struct
 
 from jaxmed.agents import learners
 from jaxmed.agents import hparams as hparams_lib
-from jaxmed.agents.dqn import TrainFns
-from jaxmed.agents.pg_losses import policy_loss
-from jaxmed.agents.rollout_pg import (
+from jaxmed.agents.core import (
     FINAL_PREFIX,
     OPTIMIZER_FLOATS,
-    categorical_kl,
+    TrainFns,
+    check_non_negative,
     check_optimizer_fields,
     check_range,
     device_key,
-    entropy,
-    epochs_of_minibatches,
-    flatten_time,
-    greedy_action,
-    group_advantages,
-    log_prob,
     make_apply_gradients,
-    make_group_rollout,
     make_optimizer,
     make_parallel,
-    masked_mean,
     metric_sums,
     pmean_if,
-    policy_value,
     reduce_chunk_metrics,
     render_batch,
     validate_fields,
 )
+from jaxmed.agents.policy_gradient import (
+    categorical_kl,
+    entropy,
+    epochs_of_minibatches,
+    flatten_time,
+    group_advantages,
+    log_prob,
+    make_group_rollout,
+    masked_mean,
+    policy_loss,
+    policy_value,
+)
 from jaxmed.errors import ConfigError
 
-__all__ = ["HPARAM_FIELDS", "GRPOConfig", "Hparams", "RunnerState", "default_hparams", "greedy_action", "make_parallel_train",
+__all__ = ["HPARAM_FIELDS", "GRPOConfig", "Hparams", "RunnerState", "default_hparams", "make_parallel_train",
            "make_train", "stack_hparams"]
 
 
@@ -128,8 +130,7 @@ class GRPOConfig:
                         floats=("clip_eps", "kl_coef", "ent_coef", "adv_eps", "terminal_reward_scale") + OPTIMIZER_FLOATS,
                         bools=("scale_by_std",), strings=("terminal_reward",))
         check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
-        check_range(self, "kl_coef", 0.0, float("inf"))
-        check_range(self, "ent_coef", 0.0, float("inf"))
+        check_non_negative(self, "kl_coef", "ent_coef")
         check_range(self, "adv_eps", 0.0, float("inf"), low_open=True)
         check_optimizer_fields(self)
         if self.group_size < 2:

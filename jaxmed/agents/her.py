@@ -5,14 +5,16 @@ navigation by Amadou et al., MICCAI 2024. A sampled transition ``(s, a, r, s')``
 probability ``fraction``, at a goal the agent *achieved*: its goal becomes a position of its own
 trajectory, the goal image becomes the crop of the *subject's own* volume there (for a goal-image
 agent that is the only image of that place there is), and reward and bootstrap factor are
-recomputed with the env's reward function for the new goal:
+recomputed by the env for the new goal: the env offers the hooks (it knows its reward and stop rule;
+e.g. :meth:`jaxmed.envs.goal_landmark.GoalLandmarkEnv.relabel`):
 
-* ``reward' = clip(|x_s - g| - |x_s' - g|, ±reward_clip)`` mm (0 for agents already done), with
-  ``x`` the agents' world positions (level-0 voxels through the volume's affine);
-* ``discount' = gamma * (1 - terminal')`` with ``terminal' = osc_done(s') | reached'``, ``reached'``
-  the landmark env's stop-at-target rule for the new goal (``terminate_at_target_mm > 0``, move
-  made at the finest level, ``|x_s' - g| <= terminate_at_target_mm``); ``osc_done`` (stopped by
-  oscillating at the finest level) does not depend on the goal and is carried in the obs state.
+* ``env.achieved_goal(next_obs_state, bank, offset_mm) -> goal_vox (A, 3)``: a goal the transition
+  achieved (level-0 voxels of the episode's volume), moved by a world offset;
+* ``env.relabel(obs_state, next_obs_state, goal_vox, valid, params, bank) -> (obs_state',
+  next_obs_state', reward' (A,), terminal' (A,))``; the bootstrap factor becomes
+  ``gamma * (1 - terminal')``.
+
+The options are the DQN learner's (``dqn.her: {fraction, strategy, radius_mm}``, :class:`HERConfig`).
 
 Strategies for the achieved goal ``g`` (level-0 voxel of the episode's volume):
 
@@ -40,12 +42,16 @@ from jaxmed.errors import ConfigError
 
 STRATEGIES = ("next", "near")
 
+#: The ``env:`` keys hindsight relabelling had before it became a learner option, and their new place.
+OLD_ENV_KEYS = {"her_fraction": "fraction", "her_strategy": "strategy", "her_radius_mm": "radius_mm"}
+
 
 @dataclasses.dataclass(frozen=True)
 class HERConfig:
-    """``fraction`` of sampled transitions relabelled; ``strategy`` (:data:`STRATEGIES`); ``radius_mm`` for ``"near"``."""
+    """``fraction`` of sampled transitions relabelled (0: off); ``strategy`` (:data:`STRATEGIES`);
+    ``radius_mm`` (world mm per axis) for ``"near"``."""
 
-    fraction: float = 0.5
+    fraction: float = 0.0
     strategy: str = "near"
     radius_mm: float = 8.0
 
@@ -58,76 +64,75 @@ class HERConfig:
             raise ConfigError(f"HER radius_mm must be >= 0, got {self.radius_mm}")
 
 
-def to_world(affine, vox) -> jax.Array:
-    """``(..., 3)`` world mm of level-0 voxels ``vox`` ``(..., 3)`` under ``affine`` ``(..., 4, 4)`` (broadcast)."""
-    v = vox.astype(jnp.float32)
-    return jnp.einsum("...ij,...j->...i", affine[..., :3, :3], v) + affine[..., :3, 3]
-
-
-def relabelled_reward(affine, pos, next_pos, goal_world, reward_clip, valid) -> jax.Array:
-    """``(B, A)`` float32: the distance-decrease reward (mm, clipped) of moving ``pos -> next_pos``
-    (``(B, A, 3)`` level-0 voxels, ``affine`` ``(B, 4, 4)``) towards ``goal_world`` ``(B, A, 3)`` mm; 0 where not ``valid``."""
-    a = affine[:, None]
-    d0 = jnp.linalg.norm(to_world(a, pos) - goal_world, axis=-1)
-    d1 = jnp.linalg.norm(to_world(a, next_pos) - goal_world, axis=-1)
-    return jnp.where(valid, jnp.clip(d0 - d1, -reward_clip, reward_clip), 0.0).astype(jnp.float32)
+def supports_relabelling(env) -> bool:
+    """Whether ``env`` offers the relabelling hooks (``achieved_goal`` and ``relabel``)."""
+    return callable(getattr(env, "achieved_goal", None)) and callable(getattr(env, "relabel", None))
 
 
 def make_her_transform(env, env_params, gamma: float, config: HERConfig, n_step: int = 1) -> Callable:
-    """``batch_transform(batch, key, bank) -> batch`` for :func:`jaxmed.agents.dqn.make_train`.
+    """``batch_transform(batch, key, bank) -> batch`` for :func:`jaxmed.agents.dqn.make_train`: each
+    sampled transition is relabelled with probability ``config.fraction`` (module docstring).
 
-    ``env`` is a goal-conditioned env whose obs state holds ``nav`` (a landmark :class:`ObsState`),
-    ``goal_volume``, ``goal_vox`` and ``osc_done`` (:class:`jaxmed.envs.goal_landmark.GoalObsState`);
-    ``gamma`` the learner's discount. Batch leaves are ``(B, ...)`` as sampled from the replay.
+    ``env`` offers the relabelling hooks (:func:`supports_relabelling`); ``gamma`` is the learner's
+    discount. Batch leaves are ``(B, ...)`` as sampled from the replay (``obs_state``,
+    ``next_obs_state``, ``valid`` ``(B, A)``, ``reward`` ``(B, A)``, ``discount`` ``(B, A)``).
     """
+    if not supports_relabelling(env):
+        raise ConfigError(f"hindsight relabelling needs a goal-conditioned env with relabelling hooks; {env.name!r} has none")
     if n_step != 1:
         raise ConfigError(f"hindsight relabelling needs one-step transitions (dqn.n_step = 1), got n_step = {n_step}")
     if not 0 < gamma <= 1:
         raise ConfigError(f"gamma must be in (0, 1], got {gamma}")
+    v_goal = jax.vmap(env.achieved_goal, in_axes=(0, None, 0))
+    v_relabel = jax.vmap(env.relabel, in_axes=(0, 0, 0, 0, None, None))
 
     def transform(batch, key, bank):
-        obs, nxt = batch["obs_state"], batch["next_obs_state"]
-        volume = obs.nav.volume  # (B,)
-        pos = obs.nav.history[:, :, 0].astype(jnp.int32)  # (B, A, 3)
-        next_pos = nxt.nav.history[:, :, 0].astype(jnp.int32)
-        B, A = pos.shape[:2]
+        B, A = batch["valid"].shape
         k_pick, k_off = jax.random.split(key)
         relabel = jax.random.uniform(k_pick, (B,)) < config.fraction  # (B,)
-        affine = bank.affines[0, volume]  # (B, 4, 4)
-        goal_vox = next_pos
+        offset = jnp.zeros((B, A, 3), jnp.float32)
         if config.strategy == "near":
             offset = jax.random.uniform(k_off, (B, A, 3), jnp.float32, -1.0, 1.0) * config.radius_mm
-            inv = jnp.linalg.inv(affine)[:, None]
-            goal_vox = jnp.round(to_world(inv, to_world(affine[:, None], next_pos) + offset)).astype(jnp.int32)
-            goal_vox = jnp.clip(goal_vox, 0, bank.shapes[0, volume][:, None, :] - 1)
-        goal_world = to_world(affine[:, None], goal_vox)
-        valid = batch["valid"]
-        reward = relabelled_reward(affine, pos, next_pos, goal_world, jnp.asarray(env_params.reward_clip, jnp.float32), valid)
-        thr = jnp.asarray(env_params.terminate_at_target_mm, jnp.float32)
-        d1 = jnp.linalg.norm(to_world(affine[:, None], next_pos) - goal_world, axis=-1)
-        reached = valid & (thr > 0) & (obs.nav.level == 0) & (d1 <= thr)
-        terminal = nxt.osc_done | reached
+        goal_vox = v_goal(batch["next_obs_state"], bank, offset)
+        obs, nxt, reward, terminal = v_relabel(batch["obs_state"], batch["next_obs_state"], goal_vox, batch["valid"], env_params, bank)
         discount = gamma * (1.0 - terminal.astype(jnp.float32))
 
-        sel = lambda new, old: jnp.where(relabel.reshape((B,) + (1,) * (old.ndim - 1)), new, old)  # noqa: E731
-        gv = goal_vox.astype(obs.goal_vox.dtype)
+        def sel(new, old):
+            return jnp.where(relabel.reshape((B,) + (1,) * (old.ndim - 1)), new.astype(old.dtype), old)
+
         out = dict(batch)
-        out["obs_state"] = obs.replace(goal_volume=sel(volume, obs.goal_volume), goal_vox=sel(gv, obs.goal_vox))
-        out["next_obs_state"] = nxt.replace(goal_volume=sel(volume, nxt.goal_volume), goal_vox=sel(gv, nxt.goal_vox))
+        out["obs_state"] = jax.tree.map(sel, obs, batch["obs_state"])
+        out["next_obs_state"] = jax.tree.map(sel, nxt, batch["next_obs_state"])
         out["reward"] = sel(reward, batch["reward"])
-        out["discount"] = sel(discount.astype(batch["discount"].dtype), batch["discount"])
+        out["discount"] = sel(discount, batch["discount"])
         return out
 
     return transform
 
 
 def transform_for(env, env_params, learner_config) -> Callable | None:
-    """The relabelling ``batch_transform`` a run of ``env`` should use, or ``None``: an env whose
-    static config has ``her_fraction > 0`` (with ``her_strategy``, ``her_radius_mm``) gets
-    :func:`make_her_transform` with the learner's ``gamma`` and ``n_step``."""
-    c = getattr(env, "config", None)
-    fraction = float(getattr(c, "her_fraction", 0.0) or 0.0)
-    if fraction <= 0:
+    """The relabelling ``batch_transform`` a run should use, or ``None``: a learner config with
+    ``her.fraction > 0`` (``dqn.her``) gets :func:`make_her_transform` with its ``gamma`` and ``n_step``."""
+    her = getattr(learner_config, "her", None)
+    if her is None or float(her.fraction) <= 0:
         return None
-    her = HERConfig(fraction, c.her_strategy, c.her_radius_mm)
     return make_her_transform(env, env_params, learner_config.gamma, her, n_step=getattr(learner_config, "n_step", 1))
+
+
+def move_env_keys(data: dict, where: str = "config") -> dict:
+    """A config mapping with the old ``env.her_fraction`` / ``her_strategy`` / ``her_radius_mm`` keys moved
+    to ``dqn.her`` (their place since relabelling became a learner option). Both places at once, or
+    the old keys with another learner, raise :class:`ConfigError`."""
+    env = data.get("env")
+    if not isinstance(env, dict) or not any(k in env for k in OLD_ENV_KEYS):
+        return data
+    old = {OLD_ENV_KEYS[k]: env[k] for k in OLD_ENV_KEYS if k in env}
+    learner = (data.get("train") or {}).get("learner", "dqn") if isinstance(data.get("train"), dict) else "dqn"
+    if learner != "dqn":
+        raise ConfigError(f"{where}.env: {', '.join(k for k in OLD_ENV_KEYS if k in env)}: hindsight relabelling is an option "
+                          f"of the dqn learner (dqn.her), not of {learner}")
+    dqn = dict(data.get("dqn") or {})
+    if dqn.get("her") is not None:
+        raise ConfigError(f"{where}: both env.her_* and dqn.her are set; env.her_* moved to dqn.her, keep only that")
+    dqn["her"] = old
+    return {**data, "env": {k: v for k, v in env.items() if k not in OLD_ENV_KEYS}, "dqn": dqn}

@@ -19,7 +19,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxmed.errors import ConfigError
 
@@ -54,26 +53,3 @@ def stack_hparams(hps):
     if not hps:
         raise ConfigError("stack_hparams needs at least one Hparams")
     return jax.tree.map(lambda *x: jnp.stack(x), *hps)
-
-
-def learning_rate(config, hp, updates) -> jax.Array:
-    """The learning rate of gradient step number ``updates`` (0-based): ``hp.learning_rate``, decayed
-    linearly to ``hp.lr_final_fraction`` of it over ``config.lr_decay_steps`` steps when that (a static
-    config field) is > 0 (as ``optax.linear_schedule``), then constant."""
-    if config.lr_decay_steps <= 0:
-        return hp.learning_rate
-    frac = jnp.clip(updates / config.lr_decay_steps, 0.0, 1.0)
-    return hp.learning_rate * (1.0 + frac * (hp.lr_final_fraction - 1.0))
-
-
-def clip_by_global_norm(grads, max_norm):
-    """``grads`` scaled down to global norm ``max_norm`` when larger (``max_norm`` may be traced: a leaf
-    of the runner state); the same arithmetic as ``optax.clip_by_global_norm``."""
-    clipped, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
-    return clipped
-
-
-def descend(params, direction, lr):
-    """``params - lr * direction`` leaf by leaf, keeping every leaf's dtype (``direction``: an optimiser's
-    update direction without the learning rate, e.g. ``optax.scale_by_adam``)."""
-    return optax.apply_updates(params, jax.tree.map(lambda d: (-lr * d).astype(d.dtype), direction))

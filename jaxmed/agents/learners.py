@@ -7,10 +7,12 @@ Every learner module provides the same interface:
 * ``make_train(config, env, env_params, network, axis_name=None) -> TrainFns`` (``init(key, bank)``,
   ``run_chunk(state, bank) -> (state, metrics)``), pure and vmappable over seeds;
 * ``make_parallel_train(config, env, env_params, network, n_devices)`` (data-parallel, ``pmap``);
-* ``greedy_action(network, params, obs) -> (..., A) int32`` for evaluation and detection.
+* ``Hparams``, ``HPARAM_FIELDS``, ``default_hparams`` and ``stack_hparams`` (:mod:`jaxmed.agents.hparams`).
 
 The network family differs: value learners use :func:`jaxmed.networks.network_from_config`
-(Q-values), policy-gradient learners an actor-critic network.
+(Q-values), policy-gradient learners an actor-critic network. :func:`policy_action` is the
+deterministic action of a trained network of any learner (evaluation, ``jaxmed detect``,
+``register``, ``plane``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ LEARNERS: dict[str, LearnerSpec] = {
 
 
 def spec(name: str) -> LearnerSpec:
+    """The :class:`LearnerSpec` registered as ``name`` (:class:`ConfigError` listing them otherwise)."""
     if name not in LEARNERS:
         raise ConfigError(f"unknown learner {name!r}; choose one of {', '.join(LEARNERS)}")
     return LEARNERS[name]
@@ -49,6 +52,7 @@ def module(name: str) -> ModuleType:
 
 
 def config_class(name: str) -> type:
+    """The learner's config dataclass (the YAML section named after the learner)."""
     return getattr(module(name), spec(name).config_class)
 
 
@@ -91,3 +95,17 @@ def init_network(network, key, obs, env):
         raise ConfigError(f"the network has {logits.shape[-1]} action outputs but env {env.name!r} has {env.num_actions} "
                           f"actions; set network.n_actions (or build the network for this env)")
     return params
+
+
+def policy_action(name: str, network, params, obs):
+    """``(..., A)`` int32: the deterministic action of learner ``name``'s trained ``network`` for
+    observations ``(..., A, ...)``: the action of highest Q-value for a value learner
+    (:func:`jaxmed.agents.dqn.greedy_action`), the most probable action of the policy for an
+    actor-critic one (:func:`jaxmed.agents.policy_gradient.mode_action`)."""
+    if spec(name).network == "q":
+        from jaxmed.agents.dqn import greedy_action
+
+        return greedy_action(network, params, obs)
+    from jaxmed.agents.policy_gradient import mode_action
+
+    return mode_action(network, params, obs)

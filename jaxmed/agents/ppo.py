@@ -27,11 +27,10 @@ from flax import struct
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
 from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
-from jaxmed.agents.dqn import TrainFns
-from jaxmed.agents.rollout_pg import OPTIMIZER_FLOATS, check_optimizer_fields, check_range, greedy_action, make_parallel, validate_fields
+from jaxmed.agents.core import OPTIMIZER_FLOATS, TrainFns, check_non_negative, check_optimizer_fields, check_range, make_parallel, validate_fields
 from jaxmed.errors import ConfigError
 
-__all__ = ["HPARAM_FIELDS", "PPOConfig", "Hparams", "RunnerState", "default_hparams", "greedy_action", "make_parallel_train",
+__all__ = ["HPARAM_FIELDS", "PPOConfig", "Hparams", "RunnerState", "default_hparams", "make_parallel_train",
            "make_train", "stack_hparams"]
 
 
@@ -82,8 +81,7 @@ class PPOConfig:
         check_range(self, "gamma", 0.0, 1.0, low_open=True)
         check_range(self, "gae_lambda", 0.0, 1.0)
         check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
-        check_range(self, "vf_coef", 0.0, float("inf"))
-        check_range(self, "ent_coef", 0.0, float("inf"))
+        check_non_negative(self, "vf_coef", "ent_coef")
         check_optimizer_fields(self)
         if (self.n_envs * self.num_steps) % self.num_minibatches:
             raise ConfigError(f"PPOConfig.num_minibatches ({self.num_minibatches}) must divide n_envs * num_steps "

@@ -178,10 +178,10 @@ def plot_plane(volume, result: dict, definition, path: Path, *, overwrite: bool 
     """PNG: the image resliced on the found plane, and a perpendicular slice (through the same point,
     containing the normal) with the plane's trace in yellow."""
     from jaxmed.ops.plane import plane_basis
-    from jaxmed.viz import _pyplot
+    from jaxmed.data.draw import pyplot
 
     check_writable(path, overwrite)
-    plt = _pyplot()
+    plt = pyplot()
     n = np.asarray(result["normal"], np.float64)
     u = np.asarray(plane_basis(n, np.eye(3)[definition.in_plane_axis_index])[0], np.float64)
     spacing = float(np.min(volume.spacing))
@@ -215,7 +215,7 @@ def plot_plane(volume, result: dict, definition, path: Path, *, overwrite: bool 
 def plane_command(image: str | Path, checkpoint: str | Path, out: str | Path, png: str | Path | None = None, *,
                   overwrite: bool = False, n_starts: int = 9) -> dict:
     """What ``jaxmed plane`` does; returns the JSON document written to ``out``."""
-    from jaxmed.agents.dqn import greedy_action
+    from jaxmed.agents import learners
     from jaxmed.data import conform, load_image
     from jaxmed.train import load_params
 
@@ -229,7 +229,8 @@ def plane_command(image: str | Path, checkpoint: str | Path, out: str | Path, pn
     cfg, network, params = load_params(checkpoint)
     env, env_params, eval_max_steps = make_plane_env(_env_section(cfg))
     volume = conform(load_image(image), cfg.data.spacing)
-    result = find_plane(volume, env, env_params, lambda obs: greedy_action(network, params, obs),
+    learner = cfg.train.learner
+    result = find_plane(volume, env, env_params, lambda obs: learners.policy_action(learner, network, params, obs),
                         factors=tuple(cfg.data.factors), dtype=cfg.data.dtype, n_starts=n_starts, max_steps=eval_max_steps,
                         prior=template_prior(cfg.data, env))
     doc = plane_json(result, env.definition, str(image), str(checkpoint))

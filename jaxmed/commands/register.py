@@ -104,7 +104,9 @@ def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, dept
     episode incl. compilation, steps taken)``."""
     import jax
 
+    from jaxmed.agents import learners
     from jaxmed.agents.lookahead import lookahead_rollout
+    from jaxmed.agents.rollout import greedy_rollout
     from jaxmed.data import Landmarks, build_bank
     from jaxmed.envs.registry import make
     from jaxmed.registration_baseline import grid_centre
@@ -114,6 +116,9 @@ def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, dept
     section = dict(cfg.env)
     if section.pop("name", None) != ENV_NAME:
         raise ConfigError(f"this run trained {cfg.env.get('name')!r}, not {ENV_NAME!r}")
+    learner = cfg.train.learner
+    if lookahead > 1 and learners.spec(learner).network != "q":
+        raise ConfigError(f"--lookahead {lookahead} ranks actions by Q-values; this run trained {learner!r} (a policy): use --lookahead 1")
     params = seed_params(cfg, params, 0)
     section.pop("eval_starts", None)
     eval_max_steps = section.pop("eval_max_steps", None)
@@ -131,7 +136,12 @@ def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, dept
     bank = build_bank([(fixed, stand_in), (moving, moving_lm)], labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype)
     state = jax.tree.map(lambda x: x[None], env.pair_state(bank, 0, 1))
     t0 = time.perf_counter()
-    res = jax.jit(lambda p, b, s: lookahead_rollout(network, p, env, env_params, b, s, top_k=lookahead, depth=depth))(params, bank, state)
+    if lookahead > 1:
+        run_episode = lambda p, b, s: lookahead_rollout(network, p, env, env_params, b, s, top_k=lookahead, depth=depth)  # noqa: E731
+    else:
+        policy = lambda p: lambda o: learners.policy_action(learner, network, p, o)  # noqa: E731
+        run_episode = lambda p, b, s: greedy_rollout(policy(p), env, env_params, b, s)  # noqa: E731
+    res = jax.jit(run_episode)(params, bank, state)
     final = jax.tree.map(lambda x: x[0], res["final_state"])
     matrix = np.asarray(env.transform_world(final, bank), np.float64)
     return matrix, time.perf_counter() - t0, int(res["steps"][0])

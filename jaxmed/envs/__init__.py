@@ -6,39 +6,23 @@ truncated, info)`` with auto-reset.
 """
 
 from jaxmed.envs.base import Box, Discrete, Environment
-from jaxmed.envs.box import BoxEnv, BoxEnvConfig, BoxEnvParams
+from jaxmed.envs.box import BoxConfig, BoxEnv, BoxParams, BoxState
 from jaxmed.envs.corner_pair import CornerPairConfig, CornerPairEnv, CornerPairParams
-from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv
-from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv
-from jaxmed.envs.landmark import EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig, ObsState
-from jaxmed.envs.plane import PlaneEnv, PlaneEnvConfig
-from jaxmed.envs.registration import RegistrationEnv, RegistrationEnvConfig
+from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv, GoalLandmarkState
+from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv, GoalPlaneState
+from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkObsState, LandmarkParams, LandmarkState
+from jaxmed.envs.plane import PlaneConfig, PlaneEnv, PlaneParams, PlaneState
+from jaxmed.envs.registration import RegistrationConfig, RegistrationEnv, RegistrationParams, RegistrationState
 from jaxmed.envs.registry import make, register, registered
 
 __all__ = [
-    "Box",
-    "BoxEnv",
-    "BoxEnvConfig",
-    "BoxEnvParams",
-    "CornerPairConfig",
-    "CornerPairEnv",
-    "CornerPairParams",
-    "Discrete",
-    "EnvParams",
-    "EnvState",
-    "Environment",
-    "GoalLandmarkConfig",
-    "GoalLandmarkEnv",
-    "GoalPlaneConfig",
-    "GoalPlaneEnv",
-    "LandmarkEnv",
-    "LandmarkEnvConfig",
-    "ObsState",
-    "PlaneEnv",
-    "PlaneEnvConfig",
-    "RegistrationEnv",
-    "RegistrationEnvConfig",
-    "make",
-    "register",
-    "registered",
+    "Box", "BoxConfig", "BoxEnv", "BoxParams", "BoxState",
+    "CornerPairConfig", "CornerPairEnv", "CornerPairParams",
+    "Discrete", "Environment",
+    "GoalLandmarkConfig", "GoalLandmarkEnv", "GoalLandmarkState",
+    "GoalPlaneConfig", "GoalPlaneEnv", "GoalPlaneState",
+    "LandmarkConfig", "LandmarkEnv", "LandmarkObsState", "LandmarkParams", "LandmarkState",
+    "PlaneConfig", "PlaneEnv", "PlaneParams", "PlaneState",
+    "RegistrationConfig", "RegistrationEnv", "RegistrationParams", "RegistrationState",
+    "make", "register", "registered",
 ]

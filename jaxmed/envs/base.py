@@ -103,6 +103,14 @@ class Box:
         return jnp.all((xf >= self.low) & (xf <= self.high))
 
 
+def image_box(shape: tuple[int, ...], bank=None) -> Box:
+    """The observation space of images rendered from a volume bank: ``shape``, the bank's storage
+    dtype (``uint8`` entries in ``[0, 255]``, floats unbounded); float32 without a bank."""
+    dtype = bank.levels[0].dtype if bank is not None else jnp.float32
+    low, high = (0.0, 255.0) if dtype == jnp.uint8 else (-np.inf, np.inf)
+    return Box(low, high, tuple(shape), dtype)
+
+
 # ------------------------------------------------------------------ host-side checks shared by the envs
 
 
@@ -177,7 +185,9 @@ class Environment:
         """Render the observation of ``state``."""
         raise NotImplementedError
 
-    def observation_space(self, params=None) -> Box:
+    def observation_space(self, params=None, bank=None) -> Box:
+        """The space of :meth:`get_obs` ``(A, ...)``: with ``bank`` in its storage dtype (e.g. uint8
+        in ``[0, 255]``, :func:`image_box`), float32 without one."""
         raise NotImplementedError
 
     def action_space(self, params=None) -> Discrete:
@@ -231,9 +241,9 @@ class Environment:
         return tuple(f"agent{i}" for i in range(self.n_agents))
 
     def metric_stats(self, states, values, metric: str) -> dict:
-        """Result-table rows (:func:`jaxmed.evaluation.metric_stats`) of ``values`` ``(E, A)``, ``metric``
+        """Result-table rows (:func:`jaxmed.envs.metrics.metric_stats`) of ``values`` ``(E, A)``, ``metric``
         of the episodes started from ``states``: one row per :attr:`metric_labels` entry (default)."""
-        from jaxmed.evaluation import metric_stats
+        from jaxmed.envs.metrics import metric_stats
 
         return metric_stats(np.asarray(values), self.metric_labels, metric)
 

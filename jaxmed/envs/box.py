@@ -72,7 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank
+from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank, image_box
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.iou import box_iou
 from jaxmed.ops.resample import affine_grid, box_to_grid_affine, trilinear_levels
@@ -124,7 +124,7 @@ def target_point_labels(env_name: str, structure: str, n_points: int, labels: Se
 
 
 @dataclasses.dataclass(frozen=True)
-class BoxEnvConfig:
+class BoxConfig:
     """Static configuration (hashable; fixes the array shapes).
 
     Attributes:
@@ -154,19 +154,19 @@ class BoxEnvConfig:
         levels = (int(self.levels),) if np.ndim(self.levels) == 0 else tuple(int(l) for l in self.levels)
         object.__setattr__(self, "levels", levels)
         if not isinstance(self.structure, str) or not self.structure or "#" in self.structure:
-            raise ConfigError(f"BoxEnvConfig: structure must be a non-empty name without '#', got {self.structure!r}")
+            raise ConfigError(f"BoxConfig: structure must be a non-empty name without '#', got {self.structure!r}")
         for name, low in (("n_points", 0), ("grid_size", 2), ("frames", 1), ("osc_window", 1)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"BoxEnvConfig: {name} must be an int >= {low}, got {value!r}")
+                raise ConfigError(f"BoxConfig: {name} must be an int >= {low}, got {value!r}")
             object.__setattr__(self, name, int(value))
         if not isinstance(self.context, (int, float)) or isinstance(self.context, bool) or not 0 <= self.context <= 2:
-            raise ConfigError(f"BoxEnvConfig: context must be a number in [0, 2] (fraction of the box size), got {self.context!r}")
+            raise ConfigError(f"BoxConfig: context must be a number in [0, 2] (fraction of the box size), got {self.context!r}")
         object.__setattr__(self, "context", float(self.context))
         if not levels or levels[0] < 0 or any(b <= a for a, b in zip(levels, levels[1:])):
-            raise ConfigError(f"BoxEnvConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
+            raise ConfigError(f"BoxConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
         if self.reward not in REWARDS:
-            raise ConfigError(f"BoxEnvConfig: reward must be one of {REWARDS}, got {self.reward!r}")
+            raise ConfigError(f"BoxConfig: reward must be one of {REWARDS}, got {self.reward!r}")
         object.__setattr__(self, "trigger", bool(self.trigger))
 
     @property
@@ -179,7 +179,7 @@ class BoxEnvConfig:
 
 
 @struct.dataclass
-class BoxEnvParams:
+class BoxParams:
     """Numeric parameters (pytree leaves: vmap over them for sweeps).
 
     Attributes:
@@ -295,7 +295,7 @@ class BoxEnv(ConfiguredEnv):
     """Single-agent bounding-box search (module docstring).
 
     Args:
-      config: a :class:`BoxEnvConfig`.
+      config: a :class:`BoxConfig`.
       labels: the landmark labels of the bank(s) this env will run on (``bank.labels``): the target's
         point labels are resolved from them now (:class:`LandmarkError` if the structure has fewer
         than two points there). Without them the labels are resolved from each bank, and
@@ -303,10 +303,10 @@ class BoxEnv(ConfiguredEnv):
       name: the name reported by :attr:`name`.
     """
 
-    config_class = BoxEnvConfig
-    params_class = BoxEnvParams
+    config_class = BoxConfig
+    params_class = BoxParams
 
-    def __init__(self, config: BoxEnvConfig | None = None, labels: Sequence[str] | None = None, name: str = "box"):
+    def __init__(self, config: BoxConfig | None = None, labels: Sequence[str] | None = None, name: str = "box"):
         self._setup(config, labels, name)
         if self.labels is not None:
             self._point_labels(self.labels)
@@ -316,9 +316,7 @@ class BoxEnv(ConfiguredEnv):
     def observation_space(self, params=None, bank=None) -> Box:
         """``(1, k, G, G, G)``; dtype of ``bank`` when given (float32 otherwise)."""
         c = self.config
-        dtype = bank.levels[0].dtype if bank is not None else jnp.float32
-        low, high = (0.0, 255.0) if dtype == jnp.uint8 else (-np.inf, np.inf)
-        return Box(low, high, (1, c.frames, c.grid_size, c.grid_size, c.grid_size), dtype)
+        return image_box((1, c.frames, c.grid_size, c.grid_size, c.grid_size), bank)
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(self.config.n_actions, (1,))
@@ -406,7 +404,7 @@ class BoxEnv(ConfiguredEnv):
         near_size = t_size * jnp.exp((2.0 * u[6:9] - 1.0) * jnp.log1p(jitter))
         return jnp.where(jitter > 0, jnp.concatenate([near_centre, near_size]), random_box)
 
-    def reset_env(self, key, params: BoxEnvParams, bank) -> BoxState:
+    def reset_env(self, key, params: BoxParams, bank) -> BoxState:
         """Random volume and start box (module docstring)."""
         n_volumes = bank.levels[0].shape[0]
         u = jax.random.uniform(key, (10,), jnp.float32)
@@ -445,7 +443,7 @@ class BoxEnv(ConfiguredEnv):
 
     # -------------------------------------------------------------- step
 
-    def step_env(self, key, state: BoxState, action, params: BoxEnvParams, bank):
+    def step_env(self, key, state: BoxState, action, params: BoxParams, bank):
         """One transition, no auto-reset: ``(state, reward, terminated, truncated, info)``."""
         del key  # deterministic dynamics
         c = self.config

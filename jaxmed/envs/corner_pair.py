@@ -55,7 +55,7 @@ import numpy as np
 from flax import struct
 
 from jaxmed.envs.box import REWARDS, start_box, target_point_labels, volume_world_bounds
-from jaxmed.envs.landmark import EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig
+from jaxmed.envs.landmark import LandmarkParams, LandmarkState, LandmarkEnv, LandmarkConfig
 from jaxmed.errors import ConfigError
 from jaxmed.ops.iou import box_iou
 
@@ -93,15 +93,15 @@ class CornerPairConfig:
         lm = self.landmark_config()  # validates the shared fields
         object.__setattr__(self, "levels", lm.levels)
 
-    def landmark_config(self) -> LandmarkEnvConfig:
+    def landmark_config(self) -> LandmarkConfig:
         """The two-agent landmark-env configuration the dynamics run on."""
         targets = (f"{self.structure} min corner", f"{self.structure} max corner")
-        return LandmarkEnvConfig(targets=targets, crop_size=self.crop_size, frames=self.frames, levels=self.levels,
+        return LandmarkConfig(targets=targets, crop_size=self.crop_size, frames=self.frames, levels=self.levels,
                                  osc_window=self.osc_window)
 
 
 @struct.dataclass
-class CornerPairParams(EnvParams):
+class CornerPairParams(LandmarkParams):
     """Numeric parameters: the landmark env's (``max_steps``, ``reward_clip``, ``terminate_at_target_mm``,
     ``start_radius_mm``, ``osc_repeats``) plus
 
@@ -187,7 +187,7 @@ class CornerPairEnv(LandmarkEnv):
         diff = self._corners_world(bank, volume, pos) - target
         return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
 
-    def boxes_world(self, state: EnvState, bank) -> jax.Array:
+    def boxes_world(self, state: LandmarkState, bank) -> jax.Array:
         """``(2, 3)`` the box spanned by the corners: ``(min, max)`` world mm (the agents' answer)."""
         world = self._corners_world(bank, state.volume, state.pos)
         return jnp.stack([world.min(0), world.max(0)])
@@ -200,7 +200,7 @@ class CornerPairEnv(LandmarkEnv):
         centre = jnp.linalg.norm(0.5 * (lo + hi) - 0.5 * (t_lo + t_hi))
         return {"iou": jnp.full((2,), iou), "centre_error_mm": jnp.full((2,), centre)}
 
-    def eval_metrics(self, state: EnvState, params, bank) -> dict[str, jax.Array]:
+    def eval_metrics(self, state: LandmarkState, params, bank) -> dict[str, jax.Array]:
         """``{"iou", "centre_error_mm", "corner_error_mm"}``, each ``(2,)`` float32 (module docstring)."""
         out = self._box_metrics(bank, state.volume, state.pos)
         out["corner_error_mm"] = self.distance_mm(state, bank)
@@ -220,14 +220,14 @@ class CornerPairEnv(LandmarkEnv):
         inv = jnp.linalg.inv(aff)
         return jnp.round(world @ inv[:3, :3].T + inv[:3, 3]).astype(jnp.int32)
 
-    def reset_env(self, key, params: CornerPairParams, bank) -> EnvState:
+    def reset_env(self, key, params: CornerPairParams, bank) -> LandmarkState:
         """Random volume and start corners (module docstring); both corners at the coarsest level."""
         n_volumes = bank.levels[0].shape[0]
         u = jax.random.uniform(key, (13,), jnp.float32)
         volume = jnp.minimum(jnp.floor(u[0] * n_volumes).astype(jnp.int32), n_volumes - 1)
         return self._initial_state(bank, volume, self._start_corners(bank, volume, u[1:], params))
 
-    def corner_states(self, bank, volumes, corners) -> EnvState:
+    def corner_states(self, bank, volumes, corners) -> LandmarkState:
         """Deterministic start states, batched: ``volumes`` ``(E,)``, ``corners`` ``(E, 2, 3)`` level-0 voxels."""
         self.check_bank(bank)
         return self._corner_states(bank, jnp.asarray(volumes, jnp.int32), jnp.asarray(corners, jnp.int32))
@@ -236,7 +236,7 @@ class CornerPairEnv(LandmarkEnv):
     def _corner_states(self, bank, volumes, corners):
         return jax.vmap(self._initial_state, in_axes=(None, 0, 0))(bank, volumes, corners)
 
-    def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> EnvState:
+    def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> LandmarkState:
         """``E = n_volumes * n_starts`` start states: per volume the centred box of middle size, then
         ``n_starts - 1`` random boxes (never near the target) drawn once with ``seed``."""
         params = self.default_params if params is None else params
@@ -255,7 +255,7 @@ class CornerPairEnv(LandmarkEnv):
 
     # -------------------------------------------------------------- step
 
-    def step_env(self, key, state: EnvState, action, params: CornerPairParams, bank):
+    def step_env(self, key, state: LandmarkState, action, params: CornerPairParams, bank):
         """The landmark env's transition with the shared IoU reward added (module docstring)."""
         new_state, distance_reward, terminated, truncated, info = super().step_env(key, state, action, params, bank)
         before = self._box_metrics(bank, state.volume, state.pos)["iou"]

@@ -19,8 +19,8 @@ Design (the goal lives in the observation, so every learner and network works un
   (``config.reference_volume``, a bank index: the template when the bank is built as ``[template]
   + subjects``) around that label's landmark, and its target is that label's landmark in the
   episode's volume. Episodes never run in the reference volume (that would show the answer).
-  Hindsight relabelling (:mod:`jaxmed.agents.her`) sets the source to the *episode's own* volume at
-  an achieved position; a user's example image (``jaxmed detect --goal-patch``) is a bank volume
+  Hindsight relabelling (``dqn.her``, through :meth:`GoalLandmarkEnv.relabel`) sets the source to
+  the *episode's own* volume at an achieved position; a user's example image (``jaxmed detect --goal-patch``) is a bank volume
   too. The bank stays an argument: nothing image-sized is held by the env.
 
 Shapes and units (``A`` = ``config.n_agents``, ``k`` = ``config.frames``, ``D`` = ``crop_size``):
@@ -49,9 +49,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete
+from jaxmed.envs.base import Box, Discrete, image_box
 from jaxmed.envs.goals import GoalConditionedEnv
-from jaxmed.envs.landmark import N_ACTIONS, EnvParams, EnvState, LandmarkEnv, LandmarkEnvConfig, ObsState
+from jaxmed.envs.landmark import (
+    N_ACTIONS,
+    LandmarkConfig,
+    LandmarkEnv,
+    LandmarkObsState,
+    LandmarkParams,
+    LandmarkState,
+    distance_reward,
+    reached_target,
+)
 from jaxmed.errors import ConfigError, LandmarkError
 
 
@@ -62,11 +71,11 @@ class GoalLandmarkConfig:
     Attributes:
       goals: the goal landmark labels an episode draws from (bank labels).
       n_agents: ``A``, agents per environment, each with its own goal.
-      crop_size, frames, levels, osc_window: as :class:`LandmarkEnvConfig`.
+      crop_size, frames, levels, osc_window: as :class:`LandmarkConfig`.
       reference_volume: bank index of the annotated image the goal crops are cut from.
-      her_fraction, her_strategy, her_radius_mm: hindsight relabelling of sampled replay
-        transitions (:class:`jaxmed.agents.her.HERConfig`; ``her_fraction = 0``: none), read by
-        :func:`jaxmed.agents.her.transform_for`. Kept here so a run's ``env:`` section carries them.
+
+    Hindsight relabelling is a learner option (``dqn.her``); this env offers the hooks it calls
+    (:meth:`GoalLandmarkEnv.achieved_goal`, :meth:`GoalLandmarkEnv.relabel`).
     """
 
     goals: tuple[str, ...] = ("L0",)
@@ -76,9 +85,6 @@ class GoalLandmarkConfig:
     levels: tuple[int, ...] = (0,)
     osc_window: int = 8
     reference_volume: int = 0
-    her_fraction: float = 0.0
-    her_strategy: str = "near"
-    her_radius_mm: float = 8.0
 
     def __post_init__(self):
         goals = (self.goals,) if isinstance(self.goals, str) else tuple(str(g) for g in self.goals)
@@ -93,15 +99,12 @@ class GoalLandmarkConfig:
                 raise ConfigError(f"GoalLandmarkConfig: {name} must be a positive int, got {v!r}")
         if not isinstance(self.reference_volume, (int, np.integer)) or self.reference_volume < 0:
             raise ConfigError(f"GoalLandmarkConfig: reference_volume must be a bank index >= 0, got {self.reference_volume!r}")
-        from jaxmed.agents.her import HERConfig
-
-        HERConfig(self.her_fraction, self.her_strategy, self.her_radius_mm)  # validates the relabelling options
         nav = self.nav_config()  # validates crop_size / frames / levels / osc_window
         object.__setattr__(self, "levels", nav.levels)
 
-    def nav_config(self) -> LandmarkEnvConfig:
+    def nav_config(self) -> LandmarkConfig:
         """The landmark env config the dynamics run with (targets: the per-agent goal slots)."""
-        return LandmarkEnvConfig(targets=goal_slots(self.n_agents), crop_size=self.crop_size, frames=self.frames,
+        return LandmarkConfig(targets=goal_slots(self.n_agents), crop_size=self.crop_size, frames=self.frames,
                                  levels=self.levels, osc_window=self.osc_window)
 
 
@@ -111,11 +114,11 @@ def goal_slots(n_agents: int) -> tuple[str, ...]:
 
 
 @struct.dataclass
-class GoalEnvState:
+class GoalLandmarkState:
     """Landmark env state plus the goals.
 
     Attributes:
-      nav: :class:`jaxmed.envs.landmark.EnvState` (target = the goal).
+      nav: :class:`jaxmed.envs.landmark.LandmarkState` (target = the goal).
       goal: ``(A,)`` int32, index into ``config.goals`` (``-1``: a goal not among them, e.g. relabelled).
       goal_world: ``(A, 3)`` float32, the goal's world position (mm) in the episode's volume.
       goal_volume: ``()`` int32, bank volume the goal image is cut from.
@@ -124,7 +127,7 @@ class GoalEnvState:
         ``nav.done`` that does not depend on the goal; hindsight relabelling needs it).
     """
 
-    nav: EnvState
+    nav: LandmarkState
     goal: jax.Array
     goal_world: jax.Array
     goal_volume: jax.Array
@@ -139,11 +142,11 @@ class GoalEnvState:
 
 
 @struct.dataclass
-class GoalObsState:
+class GoalLandmarkObsState:
     """What the observation (and hindsight relabelling) needs: ``nav`` the landmark env's
-    :class:`ObsState`, ``goal_volume`` ``()`` int32, ``goal_vox`` ``(A, 3)`` int16, ``osc_done`` ``(A,)`` bool."""
+    :class:`LandmarkObsState`, ``goal_volume`` ``()`` int32, ``goal_vox`` ``(A, 3)`` int16, ``osc_done`` ``(A,)`` bool."""
 
-    nav: ObsState
+    nav: LandmarkObsState
     goal_volume: jax.Array
     goal_vox: jax.Array
     osc_done: jax.Array
@@ -153,7 +156,7 @@ class GoalLandmarkEnv(GoalConditionedEnv):
     """Goal-conditioned landmark navigation (module docstring)."""
 
     config_class = GoalLandmarkConfig
-    params_class = EnvParams
+    params_class = LandmarkParams
 
     def __init__(self, config: GoalLandmarkConfig | None = None, labels: Sequence[str] | None = None, name: str = "goal-landmark"):
         self._setup(config, labels, name)
@@ -174,9 +177,7 @@ class GoalLandmarkEnv(GoalConditionedEnv):
     def observation_space(self, params=None, bank=None) -> Box:
         """``(A, k + 1, D, D, D)``."""
         c = self.config
-        dtype = bank.levels[0].dtype if bank is not None else jnp.float32
-        low, high = (0.0, 255.0) if dtype == jnp.uint8 else (-np.inf, np.inf)
-        return Box(low, high, (c.n_agents, c.frames + 1, c.crop_size, c.crop_size, c.crop_size), dtype)
+        return image_box((c.n_agents, c.frames + 1, c.crop_size, c.crop_size, c.crop_size), bank)
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (self.n_agents,))
@@ -215,9 +216,9 @@ class GoalLandmarkEnv(GoalConditionedEnv):
 
     # -------------------------------------------------------------- reset
 
-    def _state(self, bank, volume, start, goal, goal_world, goal_volume, goal_vox) -> GoalEnvState:
+    def _state(self, bank, volume, start, goal, goal_world, goal_volume, goal_vox) -> GoalLandmarkState:
         nav = self.nav._initial_state(self.goal_view(bank, goal_world), volume, start)
-        return GoalEnvState(nav=nav, goal=jnp.asarray(goal, jnp.int32), goal_world=goal_world.astype(jnp.float32),
+        return GoalLandmarkState(nav=nav, goal=jnp.asarray(goal, jnp.int32), goal_world=goal_world.astype(jnp.float32),
                             goal_volume=jnp.asarray(goal_volume, jnp.int32), goal_vox=jnp.asarray(goal_vox, jnp.int32),
                             osc_done=jnp.zeros((self.n_agents,), bool))
 
@@ -227,7 +228,7 @@ class GoalLandmarkEnv(GoalConditionedEnv):
         ref = self.config.reference_volume
         return bank.landmarks_world[volume, idx], jnp.round(bank.landmarks_vox[0, ref, idx]).astype(jnp.int32)
 
-    def reset_env(self, key, params: EnvParams, bank) -> GoalEnvState:
+    def reset_env(self, key, params: LandmarkParams, bank) -> GoalLandmarkState:
         """A non-reference volume, a goal label per agent, random starts (central 80 % of the volume,
         or ± ``start_radius_mm`` around the goal)."""
         c = self.config
@@ -249,7 +250,7 @@ class GoalLandmarkEnv(GoalConditionedEnv):
         start = jnp.where(radius > 0, near, central)
         return self._state(bank, volume, start, goal, goal_world, jnp.asarray(c.reference_volume, jnp.int32), goal_vox)
 
-    def states_at(self, bank, volumes, starts, goals) -> GoalEnvState:
+    def states_at(self, bank, volumes, starts, goals) -> GoalLandmarkState:
         """Deterministic start states, batched: ``volumes`` ``(E,)``, ``starts`` ``(E, A, 3)`` level-0
         voxels, ``goals`` ``(E, A)`` indices into ``config.goals`` (goal images from the reference)."""
         self.check_bank(bank)
@@ -266,7 +267,7 @@ class GoalLandmarkEnv(GoalConditionedEnv):
 
         return jax.vmap(one)(volumes, starts, goals)
 
-    def with_goal(self, state: GoalEnvState, bank, goal_volume, goal_vox, goal_world=None) -> GoalEnvState:
+    def with_goal(self, state: GoalLandmarkState, bank, goal_volume, goal_vox, goal_world=None) -> GoalLandmarkState:
         """``state`` (unbatched) with a goal given by example: the image of bank volume ``goal_volume``
         around level-0 voxel(s) ``goal_vox`` ``(3,)`` / ``(A, 3)``. ``goal_world`` ``(A, 3)`` mm is the
         goal in the episode's volume when known (it only drives rewards and metrics; NaN otherwise)."""
@@ -277,7 +278,7 @@ class GoalLandmarkEnv(GoalConditionedEnv):
 
     # -------------------------------------------------------------- step
 
-    def step_env(self, key, state: GoalEnvState, action, params: EnvParams, bank):
+    def step_env(self, key, state: GoalLandmarkState, action, params: LandmarkParams, bank):
         """The landmark env's transition towards the goal: ``(state, reward, terminated, truncated, info)``."""
         view = self.goal_view(bank, state.goal_world)
         nav, reward, terminated, truncated, info = self.nav.step_env(key, state.nav, action, params, view)
@@ -292,20 +293,60 @@ class GoalLandmarkEnv(GoalConditionedEnv):
         """``(A, 1, D, D, D)``: the goal image at each agent's current level."""
         return self.nav._render(bank, goal_volume, goal_vox[:, None, :].astype(jnp.int32), level)
 
-    def get_obs(self, state: GoalEnvState, params=None, bank=None) -> jax.Array:
+    def get_obs(self, state: GoalLandmarkState, params=None, bank=None) -> jax.Array:
         """``(A, k + 1, D, D, D)``: the frames, then the goal image."""
         frames = self.nav.get_obs(state.nav, params, bank)
         return jnp.concatenate([frames, self._goal_crop(bank, state.goal_volume, state.goal_vox, state.nav.level)], axis=1)
 
-    def obs_state(self, state: GoalEnvState) -> GoalObsState:
-        return GoalObsState(nav=self.nav.obs_state(state.nav), goal_volume=state.goal_volume.astype(jnp.int32),
+    def obs_state(self, state: GoalLandmarkState) -> GoalLandmarkObsState:
+        return GoalLandmarkObsState(nav=self.nav.obs_state(state.nav), goal_volume=state.goal_volume.astype(jnp.int32),
                             goal_vox=state.goal_vox.astype(jnp.int16), osc_done=state.osc_done)
 
-    def render(self, obs_state: GoalObsState, bank) -> jax.Array:
+    def render(self, obs_state: GoalLandmarkObsState, bank) -> jax.Array:
         """``render(obs_state(s), bank) == get_obs(s, params, bank)``."""
         frames = self.nav.render(obs_state.nav, bank)
         goal = self._goal_crop(bank, obs_state.goal_volume, obs_state.goal_vox, obs_state.nav.level.astype(jnp.int32))
         return jnp.concatenate([frames, goal], axis=1)
+
+    # -------------------------------------------------------------- hindsight relabelling hooks
+
+    def achieved_goal(self, obs_state: GoalLandmarkObsState, bank, offset_mm=None) -> jax.Array:
+        """``(A, 3)`` int32 level-0 voxels of the episode's volume: the agents' positions in ``obs_state``
+        (its newest frame), moved by ``offset_mm`` ``(A, 3)`` world mm when given (rounded to a voxel,
+        kept inside the volume). A goal a transition achieved, for :meth:`relabel`."""
+        pos = obs_state.nav.history[:, 0].astype(jnp.int32)
+        if offset_mm is None:
+            return pos
+        volume = obs_state.nav.volume
+        aff = bank.affines[0, volume]
+        world = pos.astype(jnp.float32) @ aff[:3, :3].T + aff[:3, 3] + offset_mm
+        inv = jnp.linalg.inv(aff)
+        vox = jnp.round(world @ inv[:3, :3].T + inv[:3, 3]).astype(jnp.int32)
+        return jnp.clip(vox, 0, bank.shapes[0, volume] - 1)
+
+    def relabel(self, obs_state: GoalLandmarkObsState, next_obs_state: GoalLandmarkObsState, goal_vox, valid,
+                params: LandmarkParams, bank):
+        """One stored transition ``s -> s'`` re-targeted at the goal ``goal_vox`` ``(A, 3)`` (level-0 voxels
+        of the episode's own volume, whose crop becomes the goal image), with this env's reward and stop
+        rule for that goal: ``(obs_state, next_obs_state, reward (A,) float32 mm, terminal (A,) bool)``.
+
+        ``reward`` is the landmark env's clipped distance decrease (0 where not ``valid``: agents already
+        done); ``terminal`` is the stop-at-target rule for the new goal (a finest-level move ending
+        within ``terminate_at_target_mm``) or the agent's oscillation stop ``osc_done``, which does not
+        depend on the goal."""
+        volume = obs_state.nav.volume
+        aff = bank.affines[0, volume]
+
+        def dist(obs):
+            pos = obs.nav.history[:, 0].astype(jnp.float32)
+            return jnp.linalg.norm((pos - goal_vox.astype(jnp.float32)) @ aff[:3, :3].T, axis=-1)
+
+        d1 = dist(next_obs_state)
+        reward = distance_reward(dist(obs_state), d1, valid, params)
+        reached = valid & reached_target(d1, obs_state.nav.level == 0, params)
+        gv = goal_vox.astype(obs_state.goal_vox.dtype)
+        retarget = lambda o: o.replace(goal_volume=volume.astype(o.goal_volume.dtype), goal_vox=gv)  # noqa: E731
+        return retarget(obs_state), retarget(next_obs_state), reward, next_obs_state.osc_done | reached
 
     # -------------------------------------------------------------- task protocol
 
@@ -313,11 +354,11 @@ class GoalLandmarkEnv(GoalConditionedEnv):
     def required_labels(self) -> tuple[str, ...]:
         return self.config.goals
 
-    def eval_params(self, params: EnvParams) -> EnvParams:
+    def eval_params(self, params: LandmarkParams) -> LandmarkParams:
         """No stop at the goal (ground truth): agents run until they oscillate."""
         return params.replace(terminate_at_target_mm=0.0)
 
-    def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> GoalEnvState:
+    def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> GoalLandmarkState:
         """``E = (n_volumes - 1) * n_starts * G`` states: every non-reference volume, ``n_starts``
         starts (the 27-point grid for 27, else seeded uniform in the central 80 %), every goal label
         (agent ``a`` of a start asked for goal ``(g + a) % G``)."""
@@ -339,11 +380,11 @@ class GoalLandmarkEnv(GoalConditionedEnv):
                 goals.append(np.broadcast_to((g + np.arange(A)) % G, (len(pts), A)))
         return self.states_at(bank, np.concatenate(vols), np.concatenate(starts), np.concatenate(goals))
 
-    def eval_metrics(self, state: GoalEnvState, params, bank) -> dict[str, jax.Array]:
+    def eval_metrics(self, state: GoalLandmarkState, params, bank) -> dict[str, jax.Array]:
         """``{"distance_mm": (A,)}``: each agent's distance (mm) to its goal."""
         return {"distance_mm": self.nav.distance_mm(state.nav, self.goal_view(bank, state.goal_world))}
 
-    def positions_world(self, state: GoalEnvState, bank) -> jax.Array:
+    def positions_world(self, state: GoalLandmarkState, bank) -> jax.Array:
         """``(A, 3)`` float32 world mm: the agents' answers."""
         return self.nav.positions_world(state.nav, bank)
 

@@ -61,9 +61,9 @@ import numpy as np
 from flax import struct
 
 from jaxmed.data.planes import PLANES, PlaneDefinition, _three_points, get_plane
-from jaxmed.envs.base import Box, Discrete, check_discrete_action, check_volume_bank
+from jaxmed.envs.base import Box, Discrete, check_discrete_action, check_volume_bank, image_box
 from jaxmed.envs.goals import GoalConditionedEnv
-from jaxmed.envs.plane import N_ACTIONS, EnvParams, EnvState, ObsState, PlaneEnv, PlaneEnvConfig, perturbed_plane
+from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneState, PlaneObsState, PlaneEnv, PlaneConfig, perturbed_plane
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.plane import plane_basis
 
@@ -115,7 +115,7 @@ class GoalPlaneConfig:
     Attributes:
       goals: the goal planes an episode draws from (:func:`goal_definition` names).
       size, n_slices, frames, levels, angle_steps, offset_steps, slice_gap, osc_window: as
-        :class:`jaxmed.envs.plane.PlaneEnvConfig`.
+        :class:`jaxmed.envs.plane.PlaneConfig`.
       reference_volume: bank index of the annotated image the goal slabs are cut from.
     """
 
@@ -146,9 +146,9 @@ class GoalPlaneConfig:
         for name in ("levels", "angle_steps", "offset_steps", "slice_gap"):
             object.__setattr__(self, name, getattr(nav, name))
 
-    def plane_config(self) -> PlaneEnvConfig:
+    def plane_config(self) -> PlaneConfig:
         """The plane env config the dynamics run with, in the goal frame."""
-        return PlaneEnvConfig(target=FRAME_PLANE, size=self.size, n_slices=self.n_slices, frames=self.frames, levels=self.levels,
+        return PlaneConfig(target=FRAME_PLANE, size=self.size, n_slices=self.n_slices, frames=self.frames, levels=self.levels,
                               angle_steps=self.angle_steps, offset_steps=self.offset_steps, slice_gap=self.slice_gap,
                               osc_window=self.osc_window)
 
@@ -167,14 +167,14 @@ class GoalPlaneState:
     """Plane env state (in the goal frame) plus the goal.
 
     Attributes:
-      nav: :class:`jaxmed.envs.plane.EnvState`, geometry in the goal frame.
+      nav: :class:`jaxmed.envs.plane.PlaneState`, geometry in the goal frame.
       goal: ``(1,)`` int32 index into ``config.goals``.
       frame: ``(3, 3)`` float32 rotation world -> goal frame.
       goal_volume: ``()`` int32, bank volume the goal slab is cut from.
       goal_plane: ``(1, 4)`` float32, the goal plane there (frame normal, offset about its pivot, mm).
     """
 
-    nav: EnvState
+    nav: PlaneState
     goal: jax.Array
     frame: jax.Array
     goal_volume: jax.Array
@@ -188,10 +188,10 @@ class GoalPlaneState:
 
 @struct.dataclass
 class GoalPlaneObsState:
-    """What the observation is rendered from: ``nav`` the plane env's :class:`ObsState` (frame),
+    """What the observation is rendered from: ``nav`` the plane env's :class:`PlaneObsState` (frame),
     ``frame`` ``(3, 3)``, ``goal_volume`` ``()`` int32, ``goal_plane`` ``(1, 4)`` float32."""
 
-    nav: ObsState
+    nav: PlaneObsState
     frame: jax.Array
     goal_volume: jax.Array
     goal_plane: jax.Array
@@ -215,7 +215,7 @@ class GoalPlaneEnv(GoalConditionedEnv):
     """
 
     config_class = GoalPlaneConfig
-    params_class = EnvParams
+    params_class = PlaneParams
 
     def __init__(self, config: GoalPlaneConfig | None = None, labels: Sequence[str] | None = None, name: str = "goal-plane"):
         self._setup(config, labels, name)
@@ -237,9 +237,7 @@ class GoalPlaneEnv(GoalConditionedEnv):
     def observation_space(self, params=None, bank=None) -> Box:
         """``(1, k + 1, S, H, W)``."""
         c = self.config
-        dtype = bank.levels[0].dtype if bank is not None else jnp.float32
-        low, high = (0.0, 255.0) if dtype == jnp.uint8 else (-np.inf, np.inf)
-        return Box(low, high, (1, c.frames + 1, c.n_slices, c.size, c.size), dtype)
+        return image_box((1, c.frames + 1, c.n_slices, c.size, c.size), bank)
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (1,))
@@ -311,7 +309,7 @@ class GoalPlaneEnv(GoalConditionedEnv):
         normal, offset = perturbed_plane(n_t, o_t, u, v, tilt_deg, direction_rad, shift_mm)
         return self._state(bank, volume, goal, frame, normal, offset, target)
 
-    def reset_env(self, key, params: EnvParams, bank) -> GoalPlaneState:
+    def reset_env(self, key, params: PlaneParams, bank) -> GoalPlaneState:
         """A non-reference volume, a goal plane, and its target tilted by ``U(0, max_start_angle_deg)``
         in a random direction and shifted by ``U(±max_start_offset_mm)`` (as the plane env)."""
         n = bank.levels[0].shape[0]
@@ -349,7 +347,7 @@ class GoalPlaneEnv(GoalConditionedEnv):
 
     # -------------------------------------------------------------- evaluation (task protocol)
 
-    def eval_params(self, params: EnvParams) -> EnvParams:
+    def eval_params(self, params: PlaneParams) -> PlaneParams:
         """No stop at the goal (ground truth): agents run until they oscillate."""
         return params.replace(terminate_at_target=0.0)
 
@@ -397,7 +395,7 @@ class GoalPlaneEnv(GoalConditionedEnv):
 
     # -------------------------------------------------------------- step
 
-    def step_env(self, key, state: GoalPlaneState, action, params: EnvParams, bank):
+    def step_env(self, key, state: GoalPlaneState, action, params: PlaneParams, bank):
         """The plane env's transition in the goal frame: ``(state, reward, terminated, truncated, info)``."""
         nav, reward, terminated, truncated, info = self.nav.step_env(key, state.nav, action, params, frame_view(bank, state.frame))
         return state.replace(nav=nav), reward, terminated, truncated, dict(info, goal=state.goal)
@@ -408,7 +406,7 @@ class GoalPlaneEnv(GoalConditionedEnv):
         """``(1, 1, S, H, W)``: the goal plane's slab in the reference volume at scale indices ``scale``."""
         return self.nav._render(fbank, goal_volume, goal_plane[:, None, :], scale)
 
-    def _observation(self, bank, nav_obs: ObsState, frame, goal_volume, goal_plane) -> jax.Array:
+    def _observation(self, bank, nav_obs: PlaneObsState, frame, goal_volume, goal_plane) -> jax.Array:
         fbank = frame_view(bank, frame)
         scale = nav_obs.scale.astype(jnp.int32)
         frames = self.nav._render(fbank, nav_obs.volume, nav_obs.planes, scale)

@@ -30,10 +30,10 @@ class GoalConditionedEnv(ConfiguredEnv):
         return self.config.reference_volume == 0
 
     def metric_stats(self, states, values, metric: str) -> dict:
-        """Per-goal statistics (:func:`jaxmed.evaluation.metric_stats`, one row per goal name, ``"custom"``
+        """Per-goal statistics (:func:`jaxmed.envs.metrics.metric_stats`, one row per goal name, ``"custom"``
         for goals given by example) of ``values`` ``(E, A)``, the metric of the episodes started from
         ``states`` (their ``goal`` decides the row)."""
-        from jaxmed.evaluation import metric_stats
+        from jaxmed.envs.metrics import metric_stats
 
         goal = np.asarray(states.goal).reshape(-1)
         values = np.asarray(values, np.float64).reshape(-1)

@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank, is_concrete
+from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank, is_concrete, image_box
 from jaxmed.errors import ConfigError, LandmarkError
 
 N_ACTIONS = 6
@@ -77,7 +77,7 @@ N_ACTIONS = 6
 
 
 @dataclasses.dataclass(frozen=True)
-class LandmarkEnvConfig:
+class LandmarkConfig:
     """Static configuration (hashable; fixes the array shapes).
 
     Attributes:
@@ -100,14 +100,14 @@ class LandmarkEnvConfig:
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "levels", levels)
         if not targets:
-            raise ConfigError("LandmarkEnvConfig: targets is empty; give one landmark label per agent")
+            raise ConfigError("LandmarkConfig: targets is empty; give one landmark label per agent")
         for name in ("crop_size", "frames", "osc_window"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"LandmarkEnvConfig: {name} must be a positive int, got {value!r}")
+                raise ConfigError(f"LandmarkConfig: {name} must be a positive int, got {value!r}")
             object.__setattr__(self, name, int(value))
         if not levels or levels[0] < 0 or any(b <= a for a, b in zip(levels, levels[1:])):
-            raise ConfigError(f"LandmarkEnvConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
+            raise ConfigError(f"LandmarkConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
 
     @property
     def n_agents(self) -> int:
@@ -120,7 +120,7 @@ class LandmarkEnvConfig:
 
 
 @struct.dataclass
-class EnvParams:
+class LandmarkParams:
     """Numeric parameters; every field is a pytree leaf (vmap over them for sweeps).
 
     Attributes:
@@ -141,7 +141,7 @@ class EnvParams:
 
 
 @struct.dataclass
-class EnvState:
+class LandmarkState:
     """Per-environment state (``A`` agents, ``H`` ring length); a few hundred bytes, no pixels.
 
     Attributes:
@@ -166,7 +166,7 @@ class EnvState:
 
 
 @struct.dataclass
-class ObsState:
+class LandmarkObsState:
     """What an observation is rendered from (:meth:`LandmarkEnv.obs_state`, :meth:`LandmarkEnv.render`):
     ``volume`` ``()`` int32, ``history`` ``(A, k, 3)`` int16 level-0 voxels (the ``k`` newest positions),
     ``level`` ``(A,)`` int8 index into ``config.levels``; ``4 + 7 k`` bytes per agent."""
@@ -179,11 +179,25 @@ class ObsState:
 # ------------------------------------------------------------------ the environment
 
 
+def distance_reward(prev_dist, dist, live, params: LandmarkParams) -> jax.Array:
+    """``(A,)`` float32: the distance decrease ``prev_dist - dist`` (mm) clipped to ``± params.reward_clip``;
+    0 for agents not ``live`` (already done)."""
+    clip = jnp.asarray(params.reward_clip, jnp.float32)
+    return jnp.where(live, jnp.clip(prev_dist - dist, -clip, clip), 0.0).astype(jnp.float32)
+
+
+def reached_target(dist, at_finest, params: LandmarkParams) -> jax.Array:
+    """``(A,)`` bool: the stop-at-target rule: a move made at the finest level (``at_finest``) ended within
+    ``params.terminate_at_target_mm`` (> 0; 0 disables it) of the target (``dist`` mm)."""
+    thr = jnp.asarray(params.terminate_at_target_mm, jnp.float32)
+    return at_finest & (thr > 0) & (dist <= thr)
+
+
 class LandmarkEnv(ConfiguredEnv):
     """Single-agent, multi-agent and multi-scale landmark search (module docstring).
 
     Args:
-      config: a :class:`LandmarkEnvConfig`.
+      config: a :class:`LandmarkConfig`.
       labels: the landmark labels of the bank(s) this env will run on (``bank.labels``); when given,
         every target is checked against them now (:class:`LandmarkError` naming the available
         labels). Target indices are always resolved from the bank passed to ``reset`` / ``step``
@@ -191,10 +205,10 @@ class LandmarkEnv(ConfiguredEnv):
       name: the name reported by :attr:`name` (the registry passes its name).
     """
 
-    config_class = LandmarkEnvConfig
-    params_class = EnvParams
+    config_class = LandmarkConfig
+    params_class = LandmarkParams
 
-    def __init__(self, config: LandmarkEnvConfig | None = None, labels: Sequence[str] | None = None, name: str = "landmark"):
+    def __init__(self, config: LandmarkConfig | None = None, labels: Sequence[str] | None = None, name: str = "landmark"):
         self._setup(config, labels, name)
         if self.labels is not None:
             missing = [t for t in self.config.targets if t not in self.labels]
@@ -212,9 +226,7 @@ class LandmarkEnv(ConfiguredEnv):
     def observation_space(self, params=None, bank=None) -> Box:
         """``(A, k, D, D, D)``; dtype of ``bank`` when given (float32 otherwise)."""
         c = self.config
-        dtype = bank.levels[0].dtype if bank is not None else jnp.float32
-        low, high = (0.0, 255.0) if dtype == jnp.uint8 else (-np.inf, np.inf)
-        return Box(low, high, (c.n_agents, c.frames, c.crop_size, c.crop_size, c.crop_size), dtype)
+        return image_box((c.n_agents, c.frames, c.crop_size, c.crop_size, c.crop_size), bank)
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (self.n_agents,))
@@ -254,25 +266,25 @@ class LandmarkEnv(ConfiguredEnv):
         diff = world - target
         return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
 
-    def positions_world(self, state: EnvState, bank) -> jax.Array:
+    def positions_world(self, state: LandmarkState, bank) -> jax.Array:
         """``(A, 3)`` float32, the agents' positions in world RAS mm (their answers)."""
         aff = bank.affines[0, state.volume]
         return state.pos.astype(jnp.float32) @ aff[:3, :3].T + aff[:3, 3]
 
-    def distance_mm(self, state: EnvState, bank) -> jax.Array:
+    def distance_mm(self, state: LandmarkState, bank) -> jax.Array:
         """``(A,)`` float32, each agent's distance (mm) to its target."""
         return self._distance(bank, state.volume, state.pos)
 
     # -------------------------------------------------------------- reset
 
-    def _initial_state(self, bank, volume, start) -> EnvState:
+    def _initial_state(self, bank, volume, start) -> LandmarkState:
         c = self.config
         volume = jnp.asarray(volume, jnp.int32)
         start = jnp.broadcast_to(jnp.asarray(start), (c.n_agents, 3))
         if not jnp.issubdtype(start.dtype, jnp.integer):
             start = jnp.round(start)
         start = jnp.clip(start.astype(jnp.int32), 0, self._extent(bank, volume) - 1)
-        return EnvState(
+        return LandmarkState(
             volume=volume,
             pos=start,
             level=jnp.full((c.n_agents,), len(c.levels) - 1, jnp.int32),
@@ -283,7 +295,7 @@ class LandmarkEnv(ConfiguredEnv):
             prev_dist=self._distance(bank, volume, start),
         )
 
-    def reset_env(self, key, params: EnvParams, bank) -> EnvState:
+    def reset_env(self, key, params: LandmarkParams, bank) -> LandmarkState:
         """Random volume; random starts (central 80 % per axis, or ± ``start_radius_mm`` around the target)."""
         c = self.config
         n_volumes = bank.levels[0].shape[0]
@@ -303,7 +315,7 @@ class LandmarkEnv(ConfiguredEnv):
         start = jnp.where(radius > 0, near, central)
         return self._initial_state(bank, volume, start)
 
-    def reset_at(self, params: EnvParams | None, bank, volume, start_pos) -> tuple[jax.Array, EnvState]:
+    def reset_at(self, params: LandmarkParams | None, bank, volume, start_pos) -> tuple[jax.Array, LandmarkState]:
         """Deterministic reset: ``(obs, state)`` in bank volume ``volume`` with every agent at level-0 voxel
         ``start_pos`` (``(3,)`` or ``(A, 3)``, clipped into the volume), at the coarsest level."""
         params = self.default_params if params is None else params
@@ -340,11 +352,11 @@ class LandmarkEnv(ConfiguredEnv):
     def metric_labels(self) -> tuple[str, ...]:
         return self.config.targets
 
-    def eval_params(self, params: EnvParams) -> EnvParams:
+    def eval_params(self, params: LandmarkParams) -> LandmarkParams:
         """No stop at the target (that would use the ground truth): agents run until they oscillate."""
         return params.replace(terminate_at_target_mm=0.0)
 
-    def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> EnvState:
+    def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> LandmarkState:
         """``E = n_volumes * n_starts`` start states (leading axis ``E``).
 
         Agents with different targets start at the same voxel; the copies of one target (several
@@ -375,7 +387,7 @@ class LandmarkEnv(ConfiguredEnv):
         copies = np.array([targets.count(t) for t in targets])
         return (np.arange(n_points)[:, None] + copy[None, :] * n_points // copies[None, :]) % n_points
 
-    def states_at(self, bank, volumes, starts) -> EnvState:
+    def states_at(self, bank, volumes, starts) -> LandmarkState:
         """Deterministic start states, batched: ``volumes`` ``(E,)`` int, ``starts`` ``(E, A, 3)`` level-0
         voxels (clipped into each volume), every agent at the coarsest level."""
         return self._batch_initial_states(bank, jnp.asarray(volumes, jnp.int32), jnp.asarray(starts, jnp.int32))
@@ -384,13 +396,13 @@ class LandmarkEnv(ConfiguredEnv):
     def _batch_initial_states(self, bank, volumes, starts):
         return jax.vmap(self._initial_state, in_axes=(None, 0, 0))(bank, volumes, starts)
 
-    def eval_metrics(self, state: EnvState, params, bank) -> dict[str, jax.Array]:
+    def eval_metrics(self, state: LandmarkState, params, bank) -> dict[str, jax.Array]:
         """``{"distance_mm": (A,)}``: each agent's distance to its target."""
         return {"distance_mm": self.distance_mm(state, bank)}
 
     # -------------------------------------------------------------- step
 
-    def step_env(self, key, state: EnvState, action, params: EnvParams, bank):
+    def step_env(self, key, state: LandmarkState, action, params: LandmarkParams, bank):
         """One transition of every agent, no auto-reset: ``(state, reward, terminated, truncated, info)``."""
         del key  # the dynamics are deterministic
         c = self.config
@@ -403,8 +415,7 @@ class LandmarkEnv(ConfiguredEnv):
         pos = jnp.where(live[:, None], moved, state.pos)
 
         dist = self._distance(bank, state.volume, pos)
-        clip = jnp.asarray(params.reward_clip, jnp.float32)
-        reward = jnp.where(live, jnp.clip(state.prev_dist - dist, -clip, clip), 0.0).astype(jnp.float32)
+        reward = distance_reward(state.prev_dist, dist, live, params)
 
         pushed = jnp.concatenate([pos[:, None, :], state.history[:, :-1]], axis=1)
         since = state.since_switch + 1
@@ -415,11 +426,10 @@ class LandmarkEnv(ConfiguredEnv):
 
         at_finest = state.level == 0  # the level this step's move was made at
         switch = oscillated & ~at_finest
-        thr = jnp.asarray(params.terminate_at_target_mm, jnp.float32)
-        reached = at_finest & (thr > 0) & (dist <= thr)
+        reached = reached_target(dist, at_finest, params)
         finished = live & ((oscillated & at_finest) | reached)
 
-        new_state = EnvState(
+        new_state = LandmarkState(
             volume=state.volume,
             pos=pos,
             level=jnp.where(switch, state.level - 1, state.level),
@@ -442,20 +452,20 @@ class LandmarkEnv(ConfiguredEnv):
 
     # -------------------------------------------------------------- observation
 
-    def get_obs(self, state: EnvState, params=None, bank=None) -> jax.Array:
+    def get_obs(self, state: LandmarkState, params=None, bank=None) -> jax.Array:
         """``(A, k, D, D, D)`` storage dtype: crops around ``history[:, :k]`` at each agent's current level."""
         return self._render(bank, state.volume, state.history[:, : self.config.frames], state.level)
 
-    def obs_state(self, state: EnvState) -> ObsState:
+    def obs_state(self, state: LandmarkState) -> LandmarkObsState:
         """The few bytes the observation is a function of (what a replay buffer stores instead of pixels)."""
-        return ObsState(
+        return LandmarkObsState(
             volume=state.volume.astype(jnp.int32),
             history=state.history[:, : self.config.frames].astype(jnp.int16),
             level=state.level.astype(jnp.int8),
         )
 
-    def render(self, obs_state: ObsState, bank) -> jax.Array:
-        """The observation of an :class:`ObsState`; ``render(obs_state(s), bank) == get_obs(s, params, bank)``."""
+    def render(self, obs_state: LandmarkObsState, bank) -> jax.Array:
+        """The observation of an :class:`LandmarkObsState`; ``render(obs_state(s), bank) == get_obs(s, params, bank)``."""
         return self._render(bank, obs_state.volume, obs_state.history.astype(jnp.int32), obs_state.level.astype(jnp.int32))
 
     def _render(self, bank, volume, centres, level) -> jax.Array:

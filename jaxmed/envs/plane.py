@@ -89,7 +89,7 @@ import numpy as np
 from flax import struct
 
 from jaxmed.data.planes import PlaneDefinition, get_plane
-from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank
+from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank, image_box
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.plane import (
     plane_basis,
@@ -111,7 +111,7 @@ def _floats(value) -> tuple[float, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class PlaneEnvConfig:
+class PlaneConfig:
     """Static configuration (hashable; fixes the array shapes).
 
     Attributes:
@@ -148,17 +148,17 @@ class PlaneEnvConfig:
         for name in ("size", "n_slices", "frames", "osc_window"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"PlaneEnvConfig: {name} must be a positive int, got {value!r}")
+                raise ConfigError(f"PlaneConfig: {name} must be a positive int, got {value!r}")
             object.__setattr__(self, name, int(value))
         if not (len(levels) == len(angles) == len(offsets)) or not levels:
             raise ConfigError(
-                f"PlaneEnvConfig: levels, angle_steps and offset_steps need one entry per scale (finest first), "
+                f"PlaneConfig: levels, angle_steps and offset_steps need one entry per scale (finest first), "
                 f"got {len(levels)}, {len(angles)} and {len(offsets)}"
             )
         if levels[0] < 0 or any(b < a for a, b in zip(levels, levels[1:])):
-            raise ConfigError(f"PlaneEnvConfig: levels must be non-negative and non-decreasing (finest scale first), got {levels}")
+            raise ConfigError(f"PlaneConfig: levels must be non-negative and non-decreasing (finest scale first), got {levels}")
         if min(angles) <= 0 or min(offsets) <= 0 or not self.slice_gap > 0:
-            raise ConfigError("PlaneEnvConfig: angle_steps, offset_steps and slice_gap must be > 0")
+            raise ConfigError("PlaneConfig: angle_steps, offset_steps and slice_gap must be > 0")
 
     @property
     def n_scales(self) -> int:
@@ -175,7 +175,7 @@ class PlaneEnvConfig:
 
 
 @struct.dataclass
-class EnvParams:
+class PlaneParams:
     """Numeric parameters; every field is a pytree leaf.
 
     Attributes:
@@ -199,7 +199,7 @@ class EnvParams:
 
 
 @struct.dataclass
-class EnvState:
+class PlaneState:
     """Per-environment state (``A`` agents, ``H`` ring length); no pixels.
 
     Attributes:
@@ -230,7 +230,7 @@ class EnvState:
 
 
 @struct.dataclass
-class ObsState:
+class PlaneObsState:
     """What an observation is rendered from: ``volume`` ``()`` int32, ``planes`` ``(A, k, 4)`` float32
     (normal, offset about the pivot) and ``scale`` ``(A,)`` int8; ``5 + 16 k`` bytes per agent."""
 
@@ -277,15 +277,15 @@ class PlaneEnv(ConfiguredEnv):
     """View-plane search (module docstring).
 
     Args:
-      config: a :class:`PlaneEnvConfig`.
+      config: a :class:`PlaneConfig`.
       labels: the bank's landmark labels, checked now against the target definition when given.
       name: the name reported by :attr:`name`.
     """
 
-    config_class = PlaneEnvConfig
-    params_class = EnvParams
+    config_class = PlaneConfig
+    params_class = PlaneParams
 
-    def __init__(self, config: PlaneEnvConfig | None = None, labels: Sequence[str] | None = None, name: str = "plane"):
+    def __init__(self, config: PlaneConfig | None = None, labels: Sequence[str] | None = None, name: str = "plane"):
         self._setup(config, labels, name)
         self.definition = self.config.definition
         if self.labels is not None:
@@ -311,9 +311,7 @@ class PlaneEnv(ConfiguredEnv):
     def observation_space(self, params=None, bank=None) -> Box:
         """``(A, k, S, H, W)``; dtype of ``bank`` when given (float32 otherwise)."""
         c = self.config
-        dtype = bank.levels[0].dtype if bank is not None else jnp.float32
-        low, high = (0.0, 255.0) if dtype == jnp.uint8 else (-np.inf, np.inf)
-        return Box(low, high, (1, c.frames, c.n_slices, c.size, c.size), dtype)
+        return image_box((1, c.frames, c.n_slices, c.size, c.size), bank)
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (1,))
@@ -362,7 +360,7 @@ class PlaneEnv(ConfiguredEnv):
         n, d = n * sign, d * sign
         return n, d, self.definition.reference_point(points, n, d)
 
-    def plane_world(self, state: EnvState, bank) -> tuple[jax.Array, jax.Array]:
+    def plane_world(self, state: PlaneState, bank) -> tuple[jax.Array, jax.Array]:
         """The agents' planes in world coordinates: ``(normal (A, 3), d (A,))`` with ``n . x = d``."""
         c = self.pivot(bank, state.volume)
         return state.normal, state.offset + state.normal @ c
@@ -379,7 +377,7 @@ class PlaneEnv(ConfiguredEnv):
         n_t, d_t, ref = self.target_plane(bank, volume)
         return n_t, d_t - jnp.dot(n_t, self.pivot(bank, volume)), ref
 
-    def _initial_state(self, bank, volume, normal, offset, target=None) -> EnvState:
+    def _initial_state(self, bank, volume, normal, offset, target=None) -> PlaneState:
         """State at the coarsest scale with plane ``(normal (3,), offset ())`` about the pivot;
         ``target`` is :meth:`_target` of the volume (computed when not given)."""
         c = self.config
@@ -389,7 +387,7 @@ class PlaneEnv(ConfiguredEnv):
         normal, offset = self._canonical(_unit(jnp.asarray(normal, jnp.float32)), jnp.clip(jnp.asarray(offset, jnp.float32), -limit, limit))
         normal, offset = normal[None], offset[None]
         plane = jnp.concatenate([normal, offset[:, None]], axis=-1)
-        return EnvState(
+        return PlaneState(
             volume=volume,
             normal=normal,
             offset=offset,
@@ -403,14 +401,14 @@ class PlaneEnv(ConfiguredEnv):
             reference=ref[None],
         )
 
-    def _perturbed_state(self, bank, volume, tilt_deg, direction_rad, shift_mm) -> EnvState:
+    def _perturbed_state(self, bank, volume, tilt_deg, direction_rad, shift_mm) -> PlaneState:
         target = self._target(bank, volume)
         n_t, o_t, _ = target
         u, v = plane_basis(n_t, jnp.eye(3)[self.definition.in_plane_axis_index])
         normal, offset = perturbed_plane(n_t, o_t, u, v, tilt_deg, direction_rad, shift_mm)
         return self._initial_state(bank, volume, normal, offset, target)
 
-    def reset_env(self, key, params: EnvParams, bank) -> EnvState:
+    def reset_env(self, key, params: PlaneParams, bank) -> PlaneState:
         """Random volume; the target tilted by ``U(0, max_start_angle_deg)`` in a random direction and
         shifted by ``U(-max_start_offset_mm, max_start_offset_mm)``."""
         n_volumes = bank.levels[0].shape[0]
@@ -423,11 +421,11 @@ class PlaneEnv(ConfiguredEnv):
 
     # -------------------------------------------------------------- evaluation starts (task protocol)
 
-    def eval_params(self, params: EnvParams) -> EnvParams:
+    def eval_params(self, params: PlaneParams) -> PlaneParams:
         """No stop at the target (that uses the ground truth): agents run until they oscillate."""
         return params.replace(terminate_at_target=0.0)
 
-    def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> EnvState:
+    def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> PlaneState:
         """``E = n_volumes * n_starts`` fixed start states: per volume, ``n_starts`` perturbations of its
         target drawn once from ``seed`` (tilt ``U(0, max_start_angle_deg)`` in a direction ``U(0, 2 pi)``,
         shift ``U(±max_start_offset_mm)``), the same perturbations for every volume."""
@@ -448,7 +446,7 @@ class PlaneEnv(ConfiguredEnv):
     def _batch_perturbed(self, bank, volumes, tilt, direction, shift):
         return jax.vmap(self._perturbed_state, in_axes=(None, 0, 0, 0, 0))(bank, volumes, tilt, direction, shift)
 
-    def prior_states(self, bank, n_starts: int = 1, seed: int = 0, max_angle_deg: float = 10.0, normal=None, offset: float = 0.0) -> EnvState:
+    def prior_states(self, bank, n_starts: int = 1, seed: int = 0, max_angle_deg: float = 10.0, normal=None, offset: float = 0.0) -> PlaneState:
         """Start states that need no ground truth: per volume, a prior plane (start 0) and ``n_starts - 1``
         copies tilted by ``U(0, max_angle_deg)`` in seeded directions, at the coarsest scale.
 
@@ -481,7 +479,7 @@ class PlaneEnv(ConfiguredEnv):
 
         return jax.vmap(one)(volumes, tilt, direction)
 
-    def states_at(self, bank, volumes, normals, offsets) -> EnvState:
+    def states_at(self, bank, volumes, normals, offsets) -> PlaneState:
         """Deterministic start states, batched: ``volumes`` ``(E,)``, ``normals`` ``(E, 3)`` (world),
         ``offsets`` ``(E,)`` mm *world* offsets ``d`` (``n . x = d``), at the coarsest scale."""
         self.check_bank(bank)
@@ -495,7 +493,7 @@ class PlaneEnv(ConfiguredEnv):
 
         return jax.vmap(one)(volumes, normals, offsets)
 
-    def eval_metrics(self, state: EnvState, params, bank) -> dict[str, jax.Array]:
+    def eval_metrics(self, state: PlaneState, params, bank) -> dict[str, jax.Array]:
         """``{"angle_deg", "distance_mm", "landmark_distance_mm"}``, each ``(A,)`` float32 (module docstring)."""
         normal, d = self.plane_world(state, bank)
         idx = jnp.asarray([bank.label_index(label) for label in self.definition.labels])
@@ -504,7 +502,7 @@ class PlaneEnv(ConfiguredEnv):
         landmark = jax.vmap(lambda n, o: self.definition.landmark_distance(points, n, o))(normal, d)
         return {"angle_deg": angle, "distance_mm": distance, "landmark_distance_mm": landmark}
 
-    def _angle_distance(self, state: EnvState, normal, d):
+    def _angle_distance(self, state: PlaneState, normal, d):
         """``(angle_deg (A,), distance_mm (A,))`` of world planes against the state's stored target."""
         angle = jax.vmap(lambda n, t: plane_distance_angle(n, 0.0, t[:3], 0.0)[0])(normal, state.target)
         distance = jnp.abs(jax.vmap(point_plane_distance)(state.reference, normal, d))
@@ -525,7 +523,7 @@ class PlaneEnv(ConfiguredEnv):
         new_offset = jnp.where(rotate, offset, jnp.clip(offset + sign * offset_step, -limit, limit))
         return self._canonical(new_normal, new_offset)
 
-    def step_env(self, key, state: EnvState, action, params: EnvParams, bank):
+    def step_env(self, key, state: PlaneState, action, params: PlaneParams, bank):
         """One transition, no auto-reset: ``(state, reward, terminated, truncated, info)``."""
         del key  # deterministic
         c = self.config
@@ -586,18 +584,18 @@ class PlaneEnv(ConfiguredEnv):
 
     # -------------------------------------------------------------- observation
 
-    def get_obs(self, state: EnvState, params=None, bank=None) -> jax.Array:
+    def get_obs(self, state: PlaneState, params=None, bank=None) -> jax.Array:
         """``(A, k, S, H, W)`` storage dtype: slabs on the ``k`` newest planes at each agent's scale."""
         return self._render(bank, state.volume, state.history[:, : self.config.frames], state.scale)
 
-    def obs_state(self, state: EnvState) -> ObsState:
-        return ObsState(
+    def obs_state(self, state: PlaneState) -> PlaneObsState:
+        return PlaneObsState(
             volume=state.volume.astype(jnp.int32),
             planes=state.history[:, : self.config.frames].astype(jnp.float32),
             scale=state.scale.astype(jnp.int8),
         )
 
-    def render(self, obs_state: ObsState, bank) -> jax.Array:
+    def render(self, obs_state: PlaneObsState, bank) -> jax.Array:
         """``render(obs_state(s), bank) == get_obs(s, params, bank)``."""
         return self._render(bank, obs_state.volume, obs_state.planes, obs_state.scale.astype(jnp.int32))
 

@@ -52,9 +52,9 @@ class ReferenceLandmarkEnv:
     """Single-, multi-agent and multi-scale landmark search in NumPy (one environment).
 
     Args:
-      config: a :class:`jaxmed.envs.landmark.LandmarkEnvConfig` (read by attribute: ``targets``,
+      config: a :class:`jaxmed.envs.landmark.LandmarkConfig` (read by attribute: ``targets``,
         ``crop_size``, ``frames``, ``levels``, ``osc_window``).
-      params: an ``EnvParams`` (read by attribute: ``max_steps``, ``reward_clip``,
+      params: an ``LandmarkParams`` (read by attribute: ``max_steps``, ``reward_clip``,
         ``terminate_at_target_mm``, ``start_radius_mm``, ``osc_repeats``); JAX scalars are fine.
       bank: a :class:`jaxmed.data.bank.VolumeBank`; its arrays are converted to NumPy once, here.
 

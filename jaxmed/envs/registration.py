@@ -161,7 +161,7 @@ def tre(residual, points):
 
 
 @dataclasses.dataclass(frozen=True)
-class RegistrationEnvConfig:
+class RegistrationConfig:
     """Static configuration (hashable; fixes array shapes).
 
     Attributes:
@@ -195,26 +195,26 @@ class RegistrationEnvConfig:
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "steps", steps)
         if not landmarks:
-            raise ConfigError("RegistrationEnvConfig: landmarks is empty; name the landmarks the TRE is measured over")
+            raise ConfigError("RegistrationConfig: landmarks is empty; name the landmarks the TRE is measured over")
         if len(set(landmarks)) != len(landmarks):
-            raise ConfigError(f"RegistrationEnvConfig: duplicate landmarks in {landmarks}")
+            raise ConfigError(f"RegistrationConfig: duplicate landmarks in {landmarks}")
         for name in ("crop_size", "osc_window"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"RegistrationEnvConfig: {name} must be a positive int, got {value!r}")
+                raise ConfigError(f"RegistrationConfig: {name} must be a positive int, got {value!r}")
             object.__setattr__(self, name, int(value))
         if not levels or levels[0] < 0 or any(b <= a for a, b in zip(levels, levels[1:])):
-            raise ConfigError(f"RegistrationEnvConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
+            raise ConfigError(f"RegistrationConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
         if len(steps) != len(levels):
-            raise ConfigError(f"RegistrationEnvConfig: one step per level needed: levels {levels}, steps {steps}")
+            raise ConfigError(f"RegistrationConfig: one step per level needed: levels {levels}, steps {steps}")
         if any(not np.isfinite(s) or s <= 0 for s in steps) or any(b < a for a, b in zip(steps, steps[1:])):
-            raise ConfigError(f"RegistrationEnvConfig: steps must be positive and non-decreasing (finest first), got {steps}")
+            raise ConfigError(f"RegistrationConfig: steps must be positive and non-decreasing (finest first), got {steps}")
         if self.remap not in REMAPS:
-            raise ConfigError(f"RegistrationEnvConfig: remap must be one of {', '.join(REMAPS)}, got {self.remap!r}")
+            raise ConfigError(f"RegistrationConfig: remap must be one of {', '.join(REMAPS)}, got {self.remap!r}")
         if self.centre not in CENTRES:
-            raise ConfigError(f"RegistrationEnvConfig: centre must be one of {', '.join(CENTRES)}, got {self.centre!r}")
+            raise ConfigError(f"RegistrationConfig: centre must be one of {', '.join(CENTRES)}, got {self.centre!r}")
         if self.reward not in REWARDS:
-            raise ConfigError(f"RegistrationEnvConfig: reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+            raise ConfigError(f"RegistrationConfig: reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
 
     @property
     def history_len(self) -> int:
@@ -222,7 +222,7 @@ class RegistrationEnvConfig:
 
 
 @struct.dataclass
-class EnvParams:
+class RegistrationParams:
     """Numeric parameters (pytree leaves).
 
     Attributes:
@@ -244,7 +244,7 @@ class EnvParams:
 
 
 @struct.dataclass
-class EnvState:
+class RegistrationState:
     """Per-environment state (``H`` = ``osc_window``); about 300 bytes, no pixels.
 
     Attributes:
@@ -274,7 +274,7 @@ class EnvState:
 
 
 @struct.dataclass
-class ObsState:
+class RegistrationObsState:
     """What an observation is rendered from: ``volume``, ``moving`` ``()`` int32, ``residual``
     ``(3, 4)`` float32 (``G^{-1} T``, world -> world), ``level`` ``()`` int8."""
 
@@ -291,16 +291,16 @@ class RegistrationEnv(ConfiguredEnv):
     """Rigid registration of a moving image to a fixed image by 12 discrete moves (module docstring).
 
     Args:
-      config: a :class:`RegistrationEnvConfig`.
+      config: a :class:`RegistrationConfig`.
       labels: the bank's landmark labels (``bank.labels``); when given, ``config.landmarks`` is
         checked against them now.
       name: the name reported by :attr:`name` (the registry passes its name).
     """
 
-    config_class = RegistrationEnvConfig
-    params_class = EnvParams
+    config_class = RegistrationConfig
+    params_class = RegistrationParams
 
-    def __init__(self, config: RegistrationEnvConfig | None = None, labels: Sequence[str] | None = None, name: str = "registration"):
+    def __init__(self, config: RegistrationConfig | None = None, labels: Sequence[str] | None = None, name: str = "registration"):
         self._setup(config, labels, name)
         if self.labels is not None:
             missing = [t for t in self.config.landmarks if t not in self.labels]
@@ -323,7 +323,7 @@ class RegistrationEnv(ConfiguredEnv):
     def metric_labels(self) -> tuple[str, ...]:
         return ("rigid",)
 
-    def eval_params(self, params: EnvParams) -> EnvParams:
+    def eval_params(self, params: RegistrationParams) -> RegistrationParams:
         """``params`` without the ground-truth termination (``terminate_at_tre_mm = 0``)."""
         return params.replace(terminate_at_tre_mm=0.0)
 
@@ -362,7 +362,7 @@ class RegistrationEnv(ConfiguredEnv):
     def _steps(self) -> jax.Array:
         return jnp.asarray(self.config.steps, jnp.float32)
 
-    def residual(self, state: EnvState, bank) -> jax.Array:
+    def residual(self, state: RegistrationState, bank) -> jax.Array:
         """``(4, 4)`` float32 ``G^{-1} T`` (world -> world of the fixed image)."""
         c = self.center(bank, state.volume)
         return invert_rigid(rigid_matrix(state.gt, c)) @ rigid_matrix(state.estimate, c)
@@ -370,11 +370,11 @@ class RegistrationEnv(ConfiguredEnv):
     def _landmarks(self, bank, volume) -> jax.Array:
         return bank.landmarks_world[volume][jnp.asarray(self._landmark_indices(bank))]
 
-    def tre_mm(self, state: EnvState, bank) -> jax.Array:
+    def tre_mm(self, state: RegistrationState, bank) -> jax.Array:
         """``(1,)`` float32, the TRE (mm) of the current estimate."""
         return tre(self.residual(state, bank), self._landmarks(bank, state.volume))[None]
 
-    def error(self, state: EnvState, bank) -> jax.Array:
+    def error(self, state: RegistrationState, bank) -> jax.Array:
         """``(1,)`` float32, the error whose decrease is the reward: the TRE (mm, ``config.reward ==
         "tre"``) or the pose error ``translation_error_mm + rotation_error_deg`` (``"pose"``)."""
         if self.config.reward == "tre":
@@ -382,13 +382,13 @@ class RegistrationEnv(ConfiguredEnv):
         trans, angle = rigid_distance(state.estimate, state.gt)
         return (trans + angle)[None].astype(jnp.float32)
 
-    def transform_world(self, state: EnvState, bank) -> jax.Array:
+    def transform_world(self, state: RegistrationState, bank) -> jax.Array:
         """``(4, 4)`` float32, the current estimate ``T``: fixed world RAS mm -> moving world RAS mm."""
         return rigid_matrix(state.estimate, self.center(bank, state.volume))
 
     # -------------------------------------------------------------- reset
 
-    def initial_state(self, bank, volume, gt, moving=None) -> EnvState:
+    def initial_state(self, bank, volume, gt, moving=None) -> RegistrationState:
         """The state at reset: estimate = identity, coarsest level, ground truth ``gt`` ``(6,)``.
         ``moving`` (default ``volume``) is the bank volume the moving image is rendered from."""
         c = self.config
@@ -396,7 +396,7 @@ class RegistrationEnv(ConfiguredEnv):
         moving = volume if moving is None else jnp.asarray(moving, jnp.int32)
         gt = jnp.asarray(gt, jnp.float32).reshape(N_PARAMS)
         estimate = jnp.zeros((N_PARAMS,), jnp.float32)
-        state = EnvState(
+        state = RegistrationState(
             volume=volume,
             moving=moving,
             estimate=estimate,
@@ -410,7 +410,7 @@ class RegistrationEnv(ConfiguredEnv):
         )
         return state.replace(prev_error=self.error(state, bank))
 
-    def reset_env(self, key, params: EnvParams, bank) -> EnvState:
+    def reset_env(self, key, params: RegistrationParams, bank) -> RegistrationState:
         """Random fixed volume; random perturbation, uniform in ``±max_translation_mm`` / ``±max_rotation_deg``."""
         n_volumes = bank.levels[0].shape[0]
         u = jax.random.uniform(key, (1 + N_PARAMS,), jnp.float32)
@@ -418,13 +418,13 @@ class RegistrationEnv(ConfiguredEnv):
         scale = jnp.concatenate([jnp.full((3,), params.max_translation_mm, jnp.float32), jnp.full((3,), params.max_rotation_deg, jnp.float32)])
         return self.initial_state(bank, volume, (2.0 * u[1:] - 1.0) * scale)
 
-    def draw_perturbations(self, params: EnvParams, n: int, seed: int) -> np.ndarray:
+    def draw_perturbations(self, params: RegistrationParams, n: int, seed: int) -> np.ndarray:
         """``(n, 6)`` float32 ground-truth perturbations from ``numpy.random.default_rng(seed)`` (host side)."""
         rng = np.random.default_rng(seed)
         scale = np.array([float(params.max_translation_mm)] * 3 + [float(params.max_rotation_deg)] * 3, np.float32)
         return (rng.uniform(-1.0, 1.0, size=(n, N_PARAMS)) * scale).astype(np.float32)
 
-    def eval_states(self, params: EnvParams | None, bank, n_starts: int, seed: int = 0) -> EnvState:
+    def eval_states(self, params: RegistrationParams | None, bank, n_starts: int, seed: int = 0) -> RegistrationState:
         """``n_starts`` fixed ground-truth perturbations per bank volume (seeded; the same for the same
         ``seed``), estimate = identity: a batched state with leading axis ``E = n_volumes * n_starts``,
         volume-major."""
@@ -437,7 +437,7 @@ class RegistrationEnv(ConfiguredEnv):
         vols = np.repeat(np.arange(n_vol, dtype=np.int32), int(n_starts))
         return self.states_at(bank, vols, gts)
 
-    def states_at(self, bank, volumes, gts, moving=None) -> EnvState:
+    def states_at(self, bank, volumes, gts, moving=None) -> RegistrationState:
         """Batched :meth:`initial_state` for ``volumes`` ``(E,)`` and perturbations ``gts`` ``(E, 6)``."""
         self.check_bank(bank)
         volumes = jnp.asarray(volumes, jnp.int32)
@@ -448,7 +448,7 @@ class RegistrationEnv(ConfiguredEnv):
     def _states_at(self, bank, volumes, gts, moving):
         return jax.vmap(self.initial_state, in_axes=(None, 0, 0, 0))(bank, volumes, gts, moving)
 
-    def pair_state(self, bank, fixed: int = 0, moving: int = 1) -> EnvState:
+    def pair_state(self, bank, fixed: int = 0, moving: int = 1) -> RegistrationState:
         """Start state for registering bank volume ``moving`` to bank volume ``fixed`` (a real pair:
         no ground truth, ``G = I``; rewards and TRE are then meaningless and only the estimate counts)."""
         self.check_bank(bank)
@@ -459,7 +459,7 @@ class RegistrationEnv(ConfiguredEnv):
 
     # -------------------------------------------------------------- step
 
-    def step_env(self, key, state: EnvState, action, params: EnvParams, bank):
+    def step_env(self, key, state: RegistrationState, action, params: RegistrationParams, bank):
         """One move, no auto-reset: ``(state, reward, terminated, truncated, info)``."""
         del key  # deterministic dynamics
         c = self.config
@@ -510,7 +510,7 @@ class RegistrationEnv(ConfiguredEnv):
 
     # -------------------------------------------------------------- evaluation metrics
 
-    def eval_metrics(self, state: EnvState, params=None, bank=None) -> dict[str, jax.Array]:
+    def eval_metrics(self, state: RegistrationState, params=None, bank=None) -> dict[str, jax.Array]:
         """Errors of the estimate, each ``(1,)`` float32: ``tre_mm`` (mean over the landmarks),
         ``rotation_error_deg`` (angle of the residual rotation ``R_G^T R_T``), ``translation_error_mm``
         (``|T c - G c|``)."""
@@ -523,23 +523,23 @@ class RegistrationEnv(ConfiguredEnv):
 
     # -------------------------------------------------------------- observation
 
-    def obs_state(self, state: EnvState) -> ObsState:
+    def obs_state(self, state: RegistrationState) -> RegistrationObsState:
         """The few bytes the observation is a function of (what a replay buffer stores). The residual
         is stored relative to the centre ``c`` (:func:`_residual_about_origin`), so no bank is needed
         here; :meth:`render` puts ``c`` back."""
-        return ObsState(
+        return RegistrationObsState(
             volume=state.volume.astype(jnp.int32),
             moving=state.moving.astype(jnp.int32),
             residual=_residual_about_origin(state.estimate, state.gt),
             level=state.level.astype(jnp.int8),
         )
 
-    def get_obs(self, state: EnvState, params=None, bank=None) -> jax.Array:
+    def get_obs(self, state: RegistrationState, params=None, bank=None) -> jax.Array:
         """``(1, 2, D, D, D)`` float32: fixed crop and moving image under the current estimate."""
         return self.render(self.obs_state(state), bank)
 
-    def render(self, obs_state: ObsState, bank) -> jax.Array:
-        """The observation of an :class:`ObsState`; ``render(obs_state(s), bank) == get_obs(s, params, bank)``.
+    def render(self, obs_state: RegistrationObsState, bank) -> jax.Array:
+        """The observation of an :class:`RegistrationObsState`; ``render(obs_state(s), bank) == get_obs(s, params, bank)``.
 
         The level is traced: with one configured level it is static; with several, the fixed crop
         and the moving samples come from the bank's packed pyramid when it has one

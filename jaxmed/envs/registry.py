@@ -26,7 +26,7 @@ The landmark factories also take ``agents_per_target=n``: ``n`` agents hunt each
 different points and detection answers the robust mean of their end points.
 
 ``overrides`` may name any field of the env's static config (e.g. ``targets``, ``crop_size``,
-``frames``, ``levels``, ``osc_window``) or of its numeric ``EnvParams`` (``max_steps``,
+``frames``, ``levels``, ``osc_window``) or of its numeric ``LandmarkParams`` (``max_steps``,
 ``reward_clip``, ...); anything else is a :class:`jaxmed.errors.ConfigError` listing the valid keys.
 """
 
@@ -82,12 +82,12 @@ def _split_overrides(name: str, config_cls, params_cls, overrides: dict) -> tupl
 
 def _landmark_factory(levels: tuple[int, ...], n_default_targets: int | None):
     def factory(name: str, bank_labels, **overrides):
-        from jaxmed.envs.landmark import EnvParams, LandmarkEnv, LandmarkEnvConfig
+        from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams
 
         copies = overrides.pop("agents_per_target", 1)
         if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
             raise ConfigError(f"{name}: agents_per_target must be a positive int, got {copies!r}")
-        config_kw, params_kw = _split_overrides(name, LandmarkEnvConfig, EnvParams, overrides)
+        config_kw, params_kw = _split_overrides(name, LandmarkConfig, LandmarkParams, overrides)
         config_kw.setdefault("levels", levels)
         if "targets" not in config_kw:
             if not bank_labels:
@@ -97,8 +97,8 @@ def _landmark_factory(levels: tuple[int, ...], n_default_targets: int | None):
         if copies > 1:  # several agents hunting each landmark: targets (AC, PC) -> (AC, AC, AC, PC, PC, PC)
             targets = (config_kw["targets"],) if isinstance(config_kw["targets"], str) else tuple(config_kw["targets"])
             config_kw["targets"] = tuple(t for t in targets for _ in range(copies))
-        env = LandmarkEnv(LandmarkEnvConfig(**config_kw), labels=bank_labels, name=name)
-        return env, EnvParams(**params_kw)
+        env = LandmarkEnv(LandmarkConfig(**config_kw), labels=bank_labels, name=name)
+        return env, LandmarkParams(**params_kw)
 
     return factory
 
@@ -117,14 +117,14 @@ def _labels_from_bank(name: str, config_kw: dict, key: str, bank_labels, what: s
 
 
 def _registration_factory(name: str, bank_labels, **overrides):
-    from jaxmed.envs.registration import EnvParams, RegistrationEnv, RegistrationEnvConfig
+    from jaxmed.envs.registration import RegistrationConfig, RegistrationEnv, RegistrationParams
 
-    config_kw, params_kw = _split_overrides(name, RegistrationEnvConfig, EnvParams, overrides)
+    config_kw, params_kw = _split_overrides(name, RegistrationConfig, RegistrationParams, overrides)
     config_kw.setdefault("levels", (0, 1, 2))
     config_kw.setdefault("steps", (1.0, 2.0, 4.0))
     _labels_from_bank(name, config_kw, "landmarks", bank_labels, "the TRE landmarks")
-    env = RegistrationEnv(RegistrationEnvConfig(**config_kw), labels=bank_labels, name=name)
-    return env, EnvParams(**params_kw)
+    env = RegistrationEnv(RegistrationConfig(**config_kw), labels=bank_labels, name=name)
+    return env, RegistrationParams(**params_kw)
 
 
 register("registration-v0", _registration_factory)
@@ -137,7 +137,7 @@ def _box_factory(kind: str):
 
     def factory(name: str, bank_labels, **overrides):
         if kind == "box":
-            from jaxmed.envs.box import BoxEnv as Env, BoxEnvConfig as Config, BoxEnvParams as Params
+            from jaxmed.envs.box import BoxEnv as Env, BoxConfig as Config, BoxParams as Params
         else:
             from jaxmed.envs.corner_pair import CornerPairConfig as Config, CornerPairEnv as Env, CornerPairParams as Params
 
@@ -161,11 +161,11 @@ register("corner-pair-v0", _box_factory("corner-pair"))
 def _plane_factory(name: str, bank_labels, **overrides):
     """The view-plane env (:class:`jaxmed.envs.plane.PlaneEnv`); ``target`` names a registered plane
     (:data:`jaxmed.data.planes.PLANES`, default ``"acpc_axial"``)."""
-    from jaxmed.envs.plane import EnvParams, PlaneEnv, PlaneEnvConfig
+    from jaxmed.envs.plane import PlaneConfig, PlaneEnv, PlaneParams
 
-    config_kw, params_kw = _split_overrides(name, PlaneEnvConfig, EnvParams, overrides)
-    env = PlaneEnv(PlaneEnvConfig(**config_kw), labels=bank_labels, name=name)
-    return env, EnvParams(**params_kw)
+    config_kw, params_kw = _split_overrides(name, PlaneConfig, PlaneParams, overrides)
+    env = PlaneEnv(PlaneConfig(**config_kw), labels=bank_labels, name=name)
+    return env, PlaneParams(**params_kw)
 
 
 register("plane-v0", _plane_factory)
@@ -175,12 +175,12 @@ def _goal_landmark_factory(name: str, bank_labels, **overrides):
     """Goal-conditioned landmark navigation (:mod:`jaxmed.envs.goal_landmark`); ``goals`` default:
     every label of ``bank_labels``."""
     from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv
-    from jaxmed.envs.landmark import EnvParams
+    from jaxmed.envs.landmark import LandmarkParams
 
-    config_kw, params_kw = _split_overrides(name, GoalLandmarkConfig, EnvParams, overrides)
+    config_kw, params_kw = _split_overrides(name, GoalLandmarkConfig, LandmarkParams, overrides)
     _labels_from_bank(name, config_kw, "goals", bank_labels, "the goal landmarks")
     env = GoalLandmarkEnv(GoalLandmarkConfig(**config_kw), labels=bank_labels, name=name)
-    return env, EnvParams(**params_kw)
+    return env, LandmarkParams(**params_kw)
 
 
 register("goal-landmark-v0", _goal_landmark_factory)
@@ -190,12 +190,12 @@ def _goal_plane_factory(name: str, bank_labels, **overrides):
     """Goal-conditioned view planes (:mod:`jaxmed.envs.goal_plane`); ``goals`` default: ACPC axial,
     mid-sagittal and the coronal plane through AC."""
     from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv
-    from jaxmed.envs.plane import EnvParams
+    from jaxmed.envs.plane import PlaneParams
 
-    config_kw, params_kw = _split_overrides(name, GoalPlaneConfig, EnvParams, overrides)
+    config_kw, params_kw = _split_overrides(name, GoalPlaneConfig, PlaneParams, overrides)
     config_kw.setdefault("goals", ("acpc_axial", "midsagittal", "coronal_ac"))
     env = GoalPlaneEnv(GoalPlaneConfig(**config_kw), labels=bank_labels, name=name)
-    return env, EnvParams(**params_kw)
+    return env, PlaneParams(**params_kw)
 
 
 register("goal-plane-v0", _goal_plane_factory)

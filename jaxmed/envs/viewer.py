@@ -6,7 +6,7 @@ Typical use after an evaluation rollout whose level-0 positions were collected a
     targets = np.asarray(bank.landmarks_world[volume, target_ids])
     render_episode(bank_volume(bank, volume), paths, targets, "episode.png")
 
-The slices are drawn by :func:`jaxmed.viz.draw_orthogonal` (start: circle, end: square, path: line);
+The slices are drawn by :func:`jaxmed.data.draw.draw_orthogonal` (start: circle, end: square, path: line);
 the target is a red cross; the title gives each agent's final error in mm.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from jaxmed.data import geometry
 from jaxmed.data.volume import Volume
 from jaxmed.errors import ConfigError, check_writable
-from jaxmed.viz import _pyplot, draw_orthogonal
+from jaxmed.data.draw import draw_orthogonal, pyplot
 
 TARGET_MARKER = dict(marker="x", color="red", s=60, linewidths=1.5)
 
@@ -97,7 +97,7 @@ def render_episode(volume: Volume, path_world, target_world, out_png, overwrite:
     check_writable(out_png, overwrite)
     paths, targets = _agent_major(path_world, target_world)
     errors = final_errors_mm(paths, targets)
-    plt = _pyplot()
+    plt = pyplot()
     n = len(paths)
     fig, axes = plt.subplots(n, 3, figsize=(10, 3.6 * n + 0.8), squeeze=False)
     for i, (row, path, target) in enumerate(zip(axes, paths, targets)):

@@ -1,5 +1,6 @@
-"""Pieces shared by the policy-gradient learners (A2C, PPO, GRPO): acting, rollout bookkeeping,
-GAE(λ), group-relative advantages, minibatching, episode metrics, optimiser, device plumbing.
+"""The policy-gradient family's pieces (A2C, PPO, GRPO): categorical policies, rollouts, GAE(λ),
+group-relative advantages, minibatching and the surrogate / value losses. What every learner shares
+(optimiser, metrics, batch rendering, devices, config checks) is in :mod:`jaxmed.agents.core`.
 
 Conventions (``T`` time steps, ``N`` environments, ``A`` agents per environment, ``n`` actions):
 
@@ -23,93 +24,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
-from jaxmed.agents.hparams import clip_by_global_norm, descend, learning_rate
+from jaxmed.agents.core import FINAL_PREFIX, episode_sums, final_metric_names, observe
 from jaxmed.errors import ConfigError
-
-FINAL_PREFIX = "final_"
-
-
-# ------------------------------------------------------------------ config validation
-
-
-def validate_fields(config, ints=(), non_negative_ints=(), floats=(), bools=(), strings=()) -> None:
-    """Type-check and coerce the fields of a frozen learner config (YAML gives ``1`` for ``1.0``).
-
-    ``ints`` must be ints >= 1, ``non_negative_ints`` ints >= 0, ``floats`` finite numbers (ints are
-    converted), ``bools`` bools, ``strings`` strings; anything else raises :class:`ConfigError`
-    naming the class and the field.
-    """
-    cls = type(config).__name__
-
-    def bad(name, what):
-        raise ConfigError(f"{cls}.{name} must be {what}, got {getattr(config, name)!r}")
-
-    for name in tuple(ints) + tuple(non_negative_ints):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            bad(name, "an int")
-        if value < (1 if name in ints else 0):
-            bad(name, "an int >= 1" if name in ints else "an int >= 0")
-        object.__setattr__(config, name, int(value))
-    for name in floats:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
-            bad(name, "a finite number")
-        object.__setattr__(config, name, float(value))
-    for name in bools:
-        if not isinstance(getattr(config, name), (bool, np.bool_)):
-            bad(name, "true or false")
-        object.__setattr__(config, name, bool(getattr(config, name)))
-    for name in strings:
-        if not isinstance(getattr(config, name), str):
-            bad(name, "a string")
-
-
-def check_range(config, name: str, low: float, high: float, low_open=False, high_open=False) -> None:
-    """Raise :class:`ConfigError` unless ``low <(=) config.<name> <(=) high`` (after :func:`validate_fields`)."""
-    v = getattr(config, name)
-    ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ConfigError(f"{type(config).__name__}.{name} must be in {lo}{low}, {high}{hi}, got {v!r}")
-
-
-OPTIMIZER_FLOATS = ("learning_rate", "lr_final_fraction", "max_grad_norm", "adam_eps")
-
-
-def check_optimizer_fields(config) -> None:
-    """Ranges of the optimiser fields (``learning_rate``, ``lr_decay_steps``, ``lr_final_fraction``,
-    ``max_grad_norm``, ``adam_eps``), after :func:`validate_fields`."""
-    inf = float("inf")
-    check_range(config, "learning_rate", 0.0, inf, low_open=True)
-    check_range(config, "lr_final_fraction", 0.0, 1.0)
-    check_range(config, "max_grad_norm", 0.0, inf, low_open=True)
-    check_range(config, "adam_eps", 0.0, inf, low_open=True)
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-    """The optimiser's *direction* (Adam's scaling with ``adam_eps``, no learning rate): the learners
-    clip the gradients to the runner state's ``max_grad_norm``, then step by the runner state's
-    annealed learning rate (:func:`make_apply_gradients`)."""
-    return optax.scale_by_adam(eps=config.adam_eps)
-
-
-def make_apply_gradients(config, optimizer: optax.GradientTransformation) -> Callable:
-    """``apply(params, opt_state, grads, hp, count) -> (params, opt_state)``: one Adam step of the PG
-    learners with the hyperparameter leaves ``hp`` (global-norm clipping to ``hp.max_grad_norm``, then
-    the learning rate ``hp.learning_rate`` annealed linearly to ``hp.lr_final_fraction`` of it over
-    ``config.lr_decay_steps`` steps; ``count``: gradient steps taken before this one). With the
-    config's values this is the step of ``optax.chain(clip_by_global_norm, adam(linear_schedule))``."""
-
-    def apply(params, opt_state, grads, hp, count):
-        grads = clip_by_global_norm(grads, hp.max_grad_norm)
-        direction, opt_state = optimizer.update(grads, opt_state, params)
-        return descend(params, direction, learning_rate(config, hp, count)), opt_state
-
-    return apply
 
 
 # ------------------------------------------------------------------ acting
@@ -146,39 +63,11 @@ def sample_actions(key, logits):
     return action, log_prob(logits, action)
 
 
-def greedy_action(network, params, obs) -> jax.Array:
-    """``(..., A)`` int32: the most probable action of each agent's policy (argmax of the logits)."""
+def mode_action(network, params, obs) -> jax.Array:
+    """``(..., A)`` int32: the most probable action of each agent's policy (argmax of the logits of an
+    actor-critic ``network``; see :func:`jaxmed.agents.learners.policy_action` for any learner)."""
     logits, _ = network.apply(params, obs)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-
-def in_chunks(fn, batch, n_chunks: int = 2):
-    """``fn`` applied to the leading axis of ``batch`` (a pytree) in ``n_chunks`` sequential chunks
-    (``lax.map``; a single chunk when the size does not divide), returning the concatenated result.
-
-    Used to *materialise* observations before the network: rendered in the same fusion as the
-    trunk's first layer (crop gather + cast + patch transpose), XLA:CPU recomputes the gather per
-    element of the transposed operand, which measured 3-4x slower than rendering into a buffer
-    first (batch of 2048 two-agent multi-scale observations, patch trunk: forward 0.93 s fused vs
-    0.23 s); a loop boundary stops that fusion (``optimization_barrier`` does not: it is removed
-    before fusion on CPU).
-    """
-    size = jax.tree.leaves(batch)[0].shape[0]
-    if size < 2 or size % n_chunks:
-        return fn(batch)
-    chunks = jax.tree.map(lambda x: x.reshape((n_chunks, size // n_chunks) + x.shape[1:]), batch)
-    out = jax.lax.map(fn, chunks)
-    return jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), out)
-
-
-def render_batch(env, obs_state, bank):
-    """``(B, ...)`` observations re-rendered from a batch of ``env.obs_state`` (see :func:`in_chunks`)."""
-    return in_chunks(lambda o: jax.vmap(env.render, in_axes=(0, None))(o, bank), obs_state)
-
-
-def observe(env, state, env_params, bank):
-    """``(N, ...)`` observations ``env.get_obs`` of a batch of states (see :func:`in_chunks`)."""
-    return in_chunks(lambda s: jax.vmap(env.get_obs, in_axes=(0, None, None))(s, env_params, bank), state)
 
 
 def agent_live(state, n_envs: int, n_agents: int) -> jax.Array:
@@ -207,7 +96,7 @@ def make_collect(env, env_params, network, n_envs: int, num_steps: int, gamma: f
 
     ``batch`` leaves are time-major ``(T, N, ...)``: ``obs_state`` (of the acting state), ``action``,
     ``logp``, ``value``, ``advantage``, ``target`` (λ-return) and ``valid`` (agent live), all ``(T, N, A)``
-    besides ``obs_state``. ``sums`` are :func:`episode_sums` totals over the rollout. A truncated
+    besides ``obs_state``. ``sums`` are :func:`jaxmed.agents.core.episode_sums` totals over the rollout. A truncated
     episode bootstraps from its final observation's value (computed only in steps where some env
     truncated); a terminated one (or an agent that finished) does not bootstrap.
     """
@@ -423,80 +312,36 @@ def flatten_time(tree):
     return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
 
 
-# ------------------------------------------------------------------ episode metrics
+# ------------------------------------------------------------------ losses
 
 
-def final_metric_names(info) -> tuple[str, ...]:
-    """The ``info["final_<metric>"]`` keys an env reports (``final_state`` excluded), sorted."""
-    return tuple(sorted(k for k in info if k.startswith(FINAL_PREFIX) and k != "final_state"))
+def policy_loss(logp, old_logp, advantage, mask, clip_eps: float | None):
+    """Policy-gradient loss and diagnostics.
+
+    * ``clip_eps=None`` (A2C): ``-mean(logp * advantage)``, the vanilla policy gradient.
+    * ``clip_eps > 0`` (PPO, GRPO): the clipped surrogate ``-mean(min(ρ A, clip(ρ, 1 - ε, 1 + ε) A))``
+      with ``ρ = exp(logp - old_logp)`` (Schulman et al. 2017). At ``ρ = 1`` its gradient equals the
+      vanilla one, so one unclipped step on fresh data is A2C's step.
+
+    Returns ``(loss, {"approx_kl": mean((ρ - 1) - log ρ), "clip_frac": fraction with |ρ - 1| > ε})``.
+    """
+    log_ratio = logp - old_logp
+    ratio = jnp.exp(log_ratio)
+    if clip_eps is None:
+        surrogate = logp * advantage
+        clip_frac = jnp.zeros(())
+    else:
+        surrogate = jnp.minimum(ratio * advantage, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantage)
+        clip_frac = masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask)
+    approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
+    return -masked_mean(surrogate, mask), {"approx_kl": approx_kl, "clip_frac": clip_frac}
 
 
-def metric_sums(values: dict, include) -> dict:
-    """``{"<key>/sum", "<key>/count"}`` for a NaN-mean over episodes: each episode's value is the NaN-mean
-    over its agents of ``values[key]`` ``(N, ...)``; episodes count where ``include`` ``(N,)`` and the
-    value is finite (:func:`reduce_chunk_metrics` turns the pairs into means)."""
-    out = {}
-    for name, value in values.items():
-        n = include.shape[0]
-        per_env = jnp.nanmean(jnp.asarray(value, jnp.float32).reshape(n, -1), axis=-1)
-        ok = include & jnp.isfinite(per_env)
-        out[name + "/sum"] = jnp.where(ok, per_env, 0.0).sum()
-        out[name + "/count"] = ok.sum().astype(jnp.float32)
-    return out
-
-
-def episode_sums(info, ended) -> dict:
-    """Per-step sums for the NaN-mean over ended episodes of every ``final_*`` metric of a vectorised
-    step's ``info`` (leaves ``(N, ...)``; ``ended`` ``(N,)`` bool), as the DQN logs ``final_distance_mm``:
-    ``{"episodes": ended count, "<key>/sum": ..., "<key>/count": ...}``."""
-    sums = metric_sums({k: info[k] for k in final_metric_names(info)}, ended)
-    return {"episodes": ended.sum().astype(jnp.float32), **sums}
-
-
-def reduce_chunk_metrics(sums: dict, means: dict, axis_name: str | None) -> dict:
-    """Combine a chunk's metrics: ``sums`` (totals, incl. ``<key>/sum`` + ``<key>/count`` pairs, which
-    become ``<key>`` = sum / count, NaN if no episode ended) and ``means`` (already averaged); with
-    ``axis_name`` both are averaged over devices first (sums and counts separately)."""
-    sums = {k: jnp.asarray(v, jnp.float32) for k, v in sums.items()}
-    means = {k: jnp.asarray(v, jnp.float32) for k, v in means.items()}
-    if axis_name is not None:
-        sums, means = jax.lax.pmean((sums, means), axis_name)
-    out = dict(means)
-    for k, v in sums.items():
-        if k.endswith("/sum"):
-            name = k[: -len("/sum")]
-            count = sums[name + "/count"]
-            out[name] = jnp.where(count > 0, v / jnp.maximum(count, 1e-9), jnp.nan)
-        elif not k.endswith("/count"):
-            out[k] = v
-    return out
-
-
-# ------------------------------------------------------------------ devices
-
-
-def device_key(key, axis_name: str | None):
-    """``key`` folded with the device index along ``axis_name`` (unchanged without one)."""
-    return key if axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-
-
-def pmean_if(tree, axis_name: str | None):
-    """``lax.pmean`` over ``axis_name`` when given."""
-    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
-
-
-def make_parallel(make_train: Callable, config, env, env_params, network, n_devices: int | None = None,
-                  axis_name: str = "devices"):
-    """A learner's training functions data-parallel over ``n_devices`` local devices with ``jax.pmap``
-    (as :func:`jaxmed.agents.dqn.make_parallel_train`). Returns ``(init, run_chunk)``: ``init(key, bank)``
-    gives a runner state with a leading device axis; the bank is broadcast to every device."""
-    n = n_devices or jax.local_device_count()
-    fns = make_train(config, env, env_params, network, axis_name=axis_name)
-    devices = jax.local_devices()[:n]
-    p_init = jax.pmap(lambda _, key, bank: fns.init(key, bank), axis_name=axis_name, in_axes=(0, None, None), devices=devices)
-    p_chunk = jax.pmap(fns.run_chunk, axis_name=axis_name, in_axes=(0, None), devices=devices)
-
-    def init(key, bank):
-        return p_init(jnp.arange(n), key, bank)
-
-    return init, p_chunk
+def value_loss(value, old_value, target, mask, clip_eps: float | None):
+    """``0.5 * mean((V - target)^2)``; with ``clip_eps`` the PPO clipped form
+    ``0.5 * mean(max((V - target)^2, (V_old + clip(V - V_old, -ε, ε) - target)^2))``."""
+    err = (value - target) ** 2
+    if clip_eps is not None:
+        clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
+        err = jnp.maximum(err, (clipped - target) ** 2)
+    return 0.5 * masked_mean(err, mask)
