@@ -19,7 +19,7 @@ import sys
 from jaxmed.errors import JaxmedError
 
 #: Subcommand modules under ``jaxmed/commands`` (each has ``add_parser(subparsers)``), in help order.
-COMMAND_MODULES: tuple[str, ...] = ("quickstart", "train", "evaluate", "detect", "register", "plane", "sweep", "bench", "data")
+COMMAND_MODULES: tuple[str, ...] = ("quickstart", "train", "evaluate", "detect", "register", "plane", "segment", "sweep", "bench", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -129,7 +129,7 @@ def make_train(config: VoxelQConfig, env, env_params, network: VoxelQNetwork) ->
 
         def loss_fn(params):
             qa = jnp.take_along_axis(network.apply(params, obs).reshape(n, a_count, -1), actions[..., None], -1)[..., 0]
-            return jnp.mean(optax.huber_loss(qa, target, config.huber_delta))
+            return jnp.mean(optax.huber_loss(qa, target, delta=config.huber_delta))
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)

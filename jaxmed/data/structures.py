@@ -11,8 +11,8 @@ world RAS mm) takes the template label at the template voxel nearest to ``B(y)``
 backward map. The structure's centroid is carried like a landmark (solving ``B(y) = x``).
 
 Crops: every subject is cut to a fixed axis-aligned RAS grid of ``crop_size``³ voxels of
-``spacing`` mm centred on its (carried) structure centroid, the image trilinearly, the label by
-nearest neighbour. The *atlas* crop is the template's label cut on the same grid around the
+``spacing`` mm centred on its (carried) structure centroid, the image trilinearly (then its 1st /
+99th percentiles mapped to 0 / 1, :func:`normalise_crop`), the label by nearest neighbour. The *atlas* crop is the template's label cut on the same grid around the
 template centroid and simply laid on the subject's crop (translation-only atlas transfer: the
 classical baseline and a starting mask).
 """
@@ -126,6 +126,19 @@ def crop_volume(volume: Volume, centre, crop_size: int, spacing: float, order: i
     return Volume(data.astype(np.float32), affine, source=f"crop of {volume.source}")
 
 
+#: Percentiles of a crop mapped to 0 and 1 by :func:`normalise_crop`.
+CROP_PERCENTILES = (1.0, 99.0)
+
+
+def normalise_crop(crop: Volume) -> Volume:
+    """The crop's intensities mapped linearly so that its 1st / 99th percentiles become 0 / 1 (not
+    clipped; a constant crop becomes 0). Every image crop a segmentation env sees (training subjects
+    and new images alike) is normalised this way, so a threshold window means the same on both."""
+    lo, hi = np.percentile(crop.data, CROP_PERCENTILES)
+    data = (crop.data - lo) / (hi - lo) if hi > lo else np.zeros_like(crop.data)
+    return Volume(np.maximum(data, 0).astype(np.float32), crop.affine, source=crop.source)
+
+
 # ------------------------------------------------------------------ subjects with labels
 
 
@@ -180,7 +193,7 @@ def seg_subjects(template: Volume, mask: np.ndarray, n: int, *, split: str = "tr
     for seed in synth.split_seeds(split, n, base_seed):
         subject = synth.synthesize_subject(template, landmarks, seed, config)
         c = subject.landmarks.positions[0]
-        image = crop_volume(subject.volume, c, crop_size, spacing, order=1)
+        image = normalise_crop(crop_volume(subject.volume, c, crop_size, spacing, order=1))
         world = _grid_world(image.affine, crop_size)
         label = warped_label(template, mask, landmarks, seed, world, config).reshape((crop_size,) * 3)
         out.append(SegSubject(image, Volume(label.astype(np.float32), image.affine, source=f"{name} label of seed {seed}"),

@@ -142,7 +142,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of ``values`` (any shape): the histogram split maximising the between-class
-    variance; returned as a value between two bin centres."""
+    variance (the middle of a run of equal maxima); returned as a value between two bin centres."""
     v = np.asarray(values, np.float64).ravel()
     hist, edges = np.histogram(v, bins=bins)
     centres = 0.5 * (edges[1:] + edges[:-1])
@@ -152,5 +152,6 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     m0 = s0 / np.maximum(w0, 1)
     m1 = (np.sum(hist * centres) - s0) / np.maximum(w1, 1)
     between = w0 * w1 * (m0 - m1) ** 2
-    i = int(np.argmax(between))
+    ties = np.flatnonzero(between >= between.max() * (1 - 1e-12))
+    i = int(ties[len(ties) // 2])  # an empty gap between the classes: every split in it ties; take its middle
     return float(0.5 * (centres[i] + centres[i + 1]))

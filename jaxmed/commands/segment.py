@@ -1,0 +1,157 @@
+"""``jaxmed segment IMAGE --checkpoint RUN_DIR -o mask.nii.gz``: segment a structure with a trained
+threshold-segmentation agent (``threshold-seg-v0``, :mod:`jaxmed.envs.threshold_seg`).
+
+The image (NIfTI or DICOM series, any orientation / voxel size) is read; a ``D``³ crop of the
+run's voxel size (percentile-normalised like the training crops) is cut around ``--center`` (world RAS mm) or, by default, around
+the structure's centroid in the run's template (right for images in the template's space). The
+greedy agent runs from the env's fixed evaluation starts (no ground truth is read: the crop's
+label is empty); the final masks of the starts are combined by majority vote. The mask is written
+in the *input image's own grid* (its shape and affine, before any reorientation): every voxel takes
+the crop's value at the nearest crop voxel, 0 outside the crop; uint8 0/1 NIfTI.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxmed.commands import run_env_section
+from jaxmed.errors import ConfigError, ImageError, check_writable
+
+ENV_NAME = "threshold-seg-v0"
+
+
+def parse_center(text: str | None):
+    """``"x,y,z"`` -> ``(3,)`` float64 world RAS mm (``None`` stays ``None``); :class:`ConfigError` otherwise."""
+    if text is None:
+        return None
+    try:
+        c = np.array([float(v) for v in str(text).split(",")], np.float64)
+    except ValueError:
+        c = np.zeros(0)
+    if c.shape != (3,) or not np.all(np.isfinite(c)):
+        raise ConfigError(f"--center must be three comma-separated numbers (world RAS mm), got {text!r}")
+    return c
+
+
+def _native_grid(image: Path):
+    """The input's own grid as a :class:`Volume` (no reorientation)."""
+    from jaxmed.data.image_io import read_dicom_series, read_nifti
+
+    return read_dicom_series(image) if image.is_dir() else read_nifti(image)
+
+
+def segment_volume(volume, centre, env, env_params, policy, *, crop_spacing: float, n_starts: int, seed: int = 0):
+    """``(crop Volume of the 0/1 mask, per-start Dice agreement)``: the greedy agent on the crop of
+    ``volume`` (normalised, RAS) around ``centre`` (world mm); majority vote over ``n_starts`` starts."""
+    from jaxmed.agents.rollout import greedy_rollout
+    from jaxmed.data.structures import crop_volume, image_bank, normalise_crop
+    from jaxmed.data.volume import Volume
+
+    d = env.config.crop_size
+    crop = normalise_crop(crop_volume(volume, centre, d, crop_spacing, order=1))
+    bank = image_bank(crop, np.zeros(crop.shape), env.config.structure)
+    states = env.eval_states(env_params, bank, n_starts, seed=seed)
+    out = jax.jit(lambda b, s: greedy_rollout(policy, env, env_params, b, s))(bank, states)
+    masks = np.asarray(jax.vmap(env.mask, in_axes=(0, None))(out["final_state"], bank))
+    vote = masks.mean(axis=0) > 0.5
+    return Volume(vote.astype(np.float32), crop.affine, source=f"segmentation of {volume.source}")
+
+
+def to_native_grid(mask_crop, native) -> np.ndarray:
+    """``mask_crop`` (a crop Volume) looked up by nearest neighbour at every voxel centre of ``native``'s
+    grid; 0 outside the crop. ``native.shape`` uint8."""
+    from jaxmed.data import geometry
+
+    shape = native.shape
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    to_crop = np.linalg.inv(mask_crop.affine) @ native.affine
+    vox = np.rint(geometry.apply_affine(to_crop, idx)).astype(np.int64)
+    inside = np.all((vox >= 0) & (vox < np.asarray(mask_crop.shape)), axis=1)
+    out = np.zeros(len(idx), np.uint8)
+    v = vox[inside]
+    out[inside] = np.asarray(mask_crop.data)[v[:, 0], v[:, 1], v[:, 2]] > 0.5
+    return out.reshape(shape)
+
+
+def write_mask(data: np.ndarray, affine: np.ndarray, out: Path, overwrite: bool) -> Path:
+    """uint8 NIfTI with ``affine`` as sform and qform, written to a temporary name and renamed."""
+    import nibabel as nib
+
+    check_writable(out, overwrite)
+    img = nib.Nifti1Image(np.asarray(data, np.uint8), affine)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
+    tmp = out.with_name(out.name[: -len(suffix)] + ".part" + suffix)
+    nib.save(img, str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def segment_command(image, checkpoint, out, *, center=None, n_starts: int = 4, overwrite: bool = False) -> dict:
+    """What ``jaxmed segment`` does; returns a summary (voxels in the mask, its volume in mm³, the crop centre)."""
+    from jaxmed import experiment as ex
+    from jaxmed.agents import learners
+    from jaxmed.data import load_image
+    from jaxmed.data.structures import centroid_world, template_structure_mask
+    from jaxmed.envs.registry import make
+    from jaxmed.train import load_params
+
+    image, out = Path(image), Path(out)
+    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
+        raise ImageError(f"{out}: output name must end in .nii or .nii.gz")
+    check_writable(out, overwrite)  # refuse before any work
+    if n_starts < 1:
+        raise ConfigError(f"--n-starts must be >= 1, got {n_starts}")
+    centre = parse_center(center)
+    if not image.exists():
+        raise ImageError(f"{image}: no such file or directory")
+    section = run_env_section(checkpoint, ENV_NAME, "`jaxmed segment` needs a threshold-seg-v0 run "
+                                                    "(configs/seg/*.yaml)")
+    cfg, network, params = load_params(checkpoint)
+    options = {k: v for k, v in section.items() if k not in ex.ENV_KEYS}
+    env, env_params = make(ENV_NAME, **options)
+    env_params = env.eval_params(env_params)
+    if section.get("eval_max_steps") is not None:
+        env_params = env_params.replace(max_steps=int(section["eval_max_steps"]))
+    native = _native_grid(image)
+    volume = load_image(image, normalise=False)  # the crop is normalised (like the training crops), not the image
+    if centre is None:
+        tpl, tpl_landmarks = ex.template(cfg.data)
+        centre = centroid_world(tpl, template_structure_mask(tpl, tpl_landmarks, env.config.structure))
+    if not volume.contains(centre[None])[0]:
+        raise ConfigError(f"{image}: the crop centre {np.round(centre, 1).tolist()} mm lies outside the image; give --center")
+    learner = cfg.train.learner
+    mask_crop = segment_volume(volume, centre, env, env_params, lambda obs: learners.policy_action(learner, network, params, obs),
+                               crop_spacing=float(cfg.data.spacing), n_starts=n_starts, seed=cfg.train.seed)
+    data = to_native_grid(mask_crop, native)
+    write_mask(data, native.affine, out, overwrite)
+    voxel_mm3 = float(abs(np.linalg.det(native.affine[:3, :3])))
+    return {"out": str(out), "voxels": int(data.sum()), "volume_mm3": float(data.sum() * voxel_mm3),
+            "center_mm": np.round(centre, 2).tolist(), "structure": env.config.structure}
+
+
+def _run(args) -> int:
+    doc = segment_command(args.image, args.checkpoint, args.out, center=args.center, n_starts=args.n_starts,
+                          overwrite=args.overwrite)
+    print(doc["out"])
+    print(f"{doc['structure']}: {doc['voxels']} voxels ({doc['volume_mm3']:.0f} mm^3), crop centred at {doc['center_mm']} mm (RAS)")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``segment`` subcommand (handler in ``func``)."""
+    p = subparsers.add_parser("segment", help="segment a structure with a trained threshold-seg agent, write a NIfTI mask")
+    p.add_argument("image", help="NIfTI image (any orientation / voxel size) or DICOM directory")
+    p.add_argument("--checkpoint", required=True, help="run directory of `jaxmed train` with env threshold-seg-v0")
+    p.add_argument("-o", "--out", required=True, help="output mask (.nii / .nii.gz, uint8, the input image's grid)")
+    p.add_argument("--center", help="crop centre x,y,z in world RAS mm (default: the structure's centroid in the run's template)")
+    p.add_argument("--n-starts", type=int, default=4, help="start windows whose masks are majority-voted (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_run)
+    return p
