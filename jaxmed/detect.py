@@ -5,76 +5,281 @@ All agents of the run (one per landmark, or several per landmark with ``agents_p
 from ``n_starts`` fixed points and run greedily in one jitted, vmapped rollout; each landmark's answer
 aggregates the end points of every agent that hunts it, from every start (the "several agents, one
 landmark" estimate of multi-agent landmark detection).
+
+Many images in one process: :class:`LandmarkDetector` keeps the compiled program per (bucketed)
+bank shape, so a batch of images pays the start-up and the compilation once
+(:func:`detect_files`, ``jaxmed detect IMG [IMG ...] -o DIR``).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from jaxmed import experiment as ex
+from jaxmed import inference
 from jaxmed.errors import ConfigError, LandmarkError
 
-AGGREGATES = ("median", "mean", "trimmed")
+AGGREGATES = inference.AGGREGATES
 
 
 def robust_mean(points: np.ndarray, method: str = "median", trim: float = 0.2) -> np.ndarray:
-    """Aggregate end points ``(n, 3)`` (mm) into one ``(3,)`` answer.
+    """Aggregate end points ``(n, 3)`` (mm) into one ``(3,)`` answer (:func:`jaxmed.inference.aggregate`:
+    ``median``, ``mean``, ``trimmed`` or ``geomedian``)."""
+    return inference.aggregate(points, method, trim).position
 
-    ``median``: coordinate-wise median (ignores a minority of lost agents); ``mean``: plain mean;
-    ``trimmed``: mean of the points within the ``1 - trim`` fraction closest to the median.
+
+#: Level-0 extents of detection banks are rounded up to a multiple of this many voxels times the
+#: coarsest pyramid factor, so that images of similar size share one compiled program.
+SHAPE_BUCKET = 16
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".img", ".hdr")
+
+
+def _bucket_bank(bank, bucket: int = SHAPE_BUCKET):
+    """``bank`` with every level's stack zero-padded (at the high end) to a bucketed shape: the
+    level-0 extent rounded up to a multiple of ``bucket * max(factors)`` voxels, level ``l`` that
+    divided by its factor, plus the margins. ``bank.shapes`` (the true extents) is unchanged, so
+    start points, bounds and answers are those of the unpadded bank; only the compiled shape is shared."""
+    import jax.numpy as jnp
+
+    q = bucket * max(bank.factors)
+    ext0 = np.asarray(bank.levels[0].shape[1:]) - 2 * bank.margin
+    b0 = -(-ext0 // q) * q
+    levels = []
+    for a, f in zip(bank.levels, bank.factors):
+        target = b0 // f + 2 * bank.margin
+        pad = [(0, 0)] + [(0, max(0, int(t) - int(s))) for t, s in zip(target, a.shape[1:])]
+        levels.append(jnp.pad(a, pad) if any(p[1] for p in pad) else a)
+    return bank.replace(levels=tuple(levels))
+
+
+class LandmarkDetector:
+    """A landmark run's agents, ready to answer landmarks in many images in one process.
+
+    Built once from a run's config and network parameters; every call of :meth:`find` stacks the
+    given conformed volumes in one bank, pads it to a bucketed shape (:data:`SHAPE_BUCKET`) and runs
+    all agents from ``n_starts`` fixed starts per volume in one jitted, vmapped rollout; the
+    compiled program is kept per bank shape, so images of similar size compile once
+    (:attr:`compilations` counts them). Each landmark's answer aggregates the end points of every
+    agent that hunts it, from every start (:func:`robust_mean`).
+
+    Args:
+      cfg: the run's :class:`~jaxmed.experiment.ExperimentConfig`; network, params: its network and
+        parameters (one seed; see :func:`jaxmed.train.seed_params`).
+      labels: the landmarks to answer (default: every trained one).
+      n_starts: start points per agent and volume (27: the 3x3x3 grid).
+      aggregate: :data:`AGGREGATES`.
     """
-    points = np.asarray(points, np.float64)
-    if method == "median":
-        return np.median(points, axis=0)
-    if method == "mean":
-        return points.mean(axis=0)
-    if method == "trimmed":
-        d = np.linalg.norm(points - np.median(points, axis=0), axis=1)
-        keep = d <= np.quantile(d, 1.0 - trim)
-        return points[keep].mean(axis=0)
-    raise ConfigError(f"unknown aggregate {method!r}; choose one of {', '.join(AGGREGATES)}")
+
+    def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int = 27,
+                 aggregate: str = "median", seed: int = 0, where: str = "run"):
+        from jaxmed.train import make_policy_rollout
+
+        if aggregate not in AGGREGATES:
+            raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
+        if n_starts < 1:
+            raise ConfigError(f"n_starts must be >= 1, got {n_starts}")
+        self.cfg, self.params = cfg, params
+        self.env, _, self.eval_params = ex.make_env(cfg)
+        self.targets = self.env.landmark_targets
+        if not self.targets:
+            raise ConfigError(f"{where}: a {cfg.env_name} run does not detect landmarks (use the command for that task)")
+        self.trained = self.env.required_labels
+        self.labels = tuple(labels) if labels else self.trained
+        missing = [l for l in self.labels if l not in self.trained]
+        if missing:
+            raise LandmarkError(f"{where}: the model was trained for {', '.join(self.trained)}; it cannot detect {', '.join(missing)}")
+        self.n_starts, self.aggregate, self.seed = int(n_starts), aggregate, int(seed)
+        self._rollout = make_policy_rollout(cfg, self.env, self.eval_params, network)
+        self._compiled: dict = {}
+        self.compilations = 0
+        self.compile_seconds = 0.0
+
+    def bank(self, volumes, landmarks=None):
+        """A bucketed detection bank of conformed ``volumes``; ``landmarks`` (one per volume, with the
+        trained labels) are carried for evaluation, else a placeholder (detection never reads them:
+        no reward, no target stop)."""
+        from jaxmed.data import Landmarks, build_bank
+
+        cfg, env = self.cfg, self.env
+        if landmarks is None:
+            landmarks = [Landmarks(self.trained, np.repeat(v.voxel_to_world((np.array(v.shape) - 1) / 2)[None], len(self.trained), 0),
+                                   source=v.source) for v in volumes]
+        bank = build_bank(list(zip(volumes, landmarks)), self.trained, factors=cfg.data.factors, max_crop=env.max_crop,
+                          dtype=cfg.data.dtype, packed=env.wants_packed_bank)
+        env.check_bank(bank)
+        return _bucket_bank(bank)
+
+    def compiled_for(self, bank, states):
+        """The compiled rollout for this bank shape (compiling it the first time, timed)."""
+        import jax
+
+        key = jax.tree.map(lambda x: (x.shape, str(x.dtype)), (bank, states))
+        key = (tuple(jax.tree.leaves(key)), jax.tree.structure(bank))
+        if key not in self._compiled:
+            t0 = time.perf_counter()
+            self._compiled[key] = self._rollout.lower(self.params, bank, states).compile()
+            self.compile_seconds += time.perf_counter() - t0
+            self.compilations += 1
+        return self._compiled[key]
+
+    def find(self, volumes, landmarks=None, sources: Sequence[str] | None = None) -> tuple[list, float]:
+        """``(answers, seconds)``: one :class:`jaxmed.data.Landmarks` (the :attr:`labels`, world RAS mm,
+        each description carrying its uncertainty, :func:`jaxmed.inference.estimate_landmarks`) per
+        conformed volume, and the wall time of the compiled rollout (compilation excluded).
+        End points are sub-voxel (:func:`jaxmed.inference.end_points`, the centre of each agent's
+        final oscillation)."""
+        import jax
+
+        bank = self.bank(volumes, landmarks)
+        states = self.env.eval_states(self.eval_params, bank, self.n_starts, seed=self.seed)
+        compiled = self.compiled_for(bank, states)
+        t0 = time.perf_counter()
+        final = jax.block_until_ready(compiled(self.params, bank, states)["final_state"])
+        seconds = time.perf_counter() - t0
+        final = jax.device_get(final)
+        vox = inference.end_points(final, self.env.config.osc_window)  # (E, A, 3) level-0 voxels
+        vols = np.asarray(final.volume).reshape(-1)
+        affines = np.asarray(bank.affines[0], np.float64)[vols]  # (E, 4, 4)
+        world = np.einsum("eij,eaj->eai", affines[:, :3, :3], vox) + affines[:, None, :3, 3]
+        answers = []
+        for s in range(len(volumes)):
+            src = sources[s] if sources is not None else f"jaxmed detect {volumes[s].source}"
+            answers.append(inference.estimate_landmarks(world[vols == s], self.targets, self.labels, self.aggregate, source=src))
+        return answers, seconds
+
+    @classmethod
+    def from_run(cls, run_dir, **kwargs) -> "LandmarkDetector":
+        """The detector of a run directory's saved network (seed 0)."""
+        from jaxmed.train import load_params, seed_params
+
+        cfg, network, params = load_params(run_dir)
+        return cls(cfg, network, seed_params(cfg, params, 0), where=str(run_dir), **kwargs)
+
+
+def read_conformed(image, spacing: float):
+    """Load ``image`` (any NIfTI / DICOM) and conform it to ``spacing`` mm; every failure is an
+    :class:`ImageError` naming the file (raised before any compilation)."""
+    from jaxmed.data import conform, load_image
+    from jaxmed.errors import ImageError, JaxmedError
+
+    try:
+        return conform(load_image(image), spacing)
+    except JaxmedError:
+        raise
+    except MemoryError:
+        raise ImageError(f"{image}: image too large to load") from None
+    except Exception as err:  # an unreadable file: nibabel / numpy raise many kinds
+        raise ImageError(f"{image}: cannot read this image ({type(err).__name__}: {err})") from None
 
 
 def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, n_starts: int = 27,
            aggregate: str = "median", seed: int = 0):
     """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass.
 
-    Returns :class:`jaxmed.data.Landmarks` in world RAS mm.
+    Returns :class:`jaxmed.data.Landmarks` in world RAS mm. For many images use
+    :class:`LandmarkDetector` (one compilation) or :func:`detect_files`.
     """
-    import jax
+    det = LandmarkDetector.from_run(run_dir, labels=labels, n_starts=n_starts, aggregate=aggregate, seed=seed)
+    volume = read_conformed(image, det.cfg.data.spacing)
+    answers, _ = det.find([volume], sources=[f"jaxmed detect {image}"])
+    return answers[0]
 
-    from jaxmed.data import Landmarks, build_bank, conform, load_image
-    from jaxmed.envs.landmark import LandmarkEnv
-    from jaxmed.train import load_params, make_policy_rollout, seed_params
 
-    if aggregate not in AGGREGATES:
-        raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
-    if n_starts < 1:
-        raise ConfigError(f"n_starts must be >= 1, got {n_starts}")
-    cfg, network, params = load_params(run_dir)
-    env, _, eval_params = ex.make_env(cfg)
-    if type(env) is not LandmarkEnv:
-        raise ConfigError(f"{run_dir}: a {cfg.env_name} run does not detect landmarks (use the command for that task)")
-    targets = env.config.targets
-    trained = env.required_labels
-    labels = tuple(labels) if labels else trained
-    missing = [l for l in labels if l not in trained]
-    if missing:
-        raise LandmarkError(f"{run_dir}: the model was trained for {', '.join(trained)}; it cannot detect {', '.join(missing)}")
-    volume = conform(load_image(image), cfg.data.spacing)
-    # The bank needs target positions; detection never reads them (no reward, no target stop).
-    placeholder = Landmarks(trained, np.repeat(volume.voxel_to_world((np.array(volume.shape) - 1) / 2)[None], len(trained), 0), source=str(image))
-    bank = build_bank([(volume, placeholder)], trained, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype)
-    env.check_bank(bank)
-    states = env.eval_states(eval_params, bank, n_starts, seed=seed)
-    rollout = make_policy_rollout(cfg, env, eval_params, network)
-    res = jax.device_get(rollout(seed_params(cfg, params, 0), bank, states))
-    world = volume.voxel_to_world(np.asarray(res["final_state"].pos, dtype=np.float64))  # (E, A, 3) mm
-    positions = [robust_mean(world[:, [i for i, t in enumerate(targets) if t == label]].reshape(-1, 3), aggregate) for label in labels]
-    return Landmarks(labels, np.array(positions), source=f"jaxmed detect {image}")
+def expand_inputs(specs: Sequence[str]) -> list[Path]:
+    """Image paths from command-line inputs: files, directories of NIfTI images (a directory without
+    any is one DICOM series), glob patterns, or a manifest ``.csv`` / ``.tsv`` whose ``image`` column
+    (or first column) lists images (relative paths from the manifest's folder). Raises
+    :class:`ConfigError` for a pattern that matches nothing or a manifest without images."""
+    import csv
+    import glob
+
+    out: list[Path] = []
+    for spec in specs:
+        p = Path(spec).expanduser()
+        if any(ch in spec for ch in "*?[") and not p.exists():
+            hits = sorted(glob.glob(str(p), recursive=True))
+            if not hits:
+                raise ConfigError(f"{spec}: no file matches this pattern")
+            out.extend(Path(h) for h in hits)
+        elif p.is_dir():
+            images = sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(IMAGE_SUFFIXES))
+            out.extend(images or [p])
+        elif p.suffix.lower() in (".csv", ".tsv") and p.is_file():
+            with open(p, newline="") as f:
+                rows = list(csv.reader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
+            if not rows:
+                raise ConfigError(f"{p}: empty manifest")
+            head = [h.strip().lower() for h in rows[0]]
+            col = head.index("image") if "image" in head else 0
+            body = rows[1:] if "image" in head or not rows[0][0].lower().endswith(IMAGE_SUFFIXES) else rows
+            paths = [Path(r[col].strip()) for r in body if r and r[col].strip()]
+            if not paths:
+                raise ConfigError(f"{p}: no images listed in the manifest")
+            out.extend(q if q.is_absolute() else p.parent / q for q in paths)
+        else:
+            out.append(p)
+    return list(dict.fromkeys(out))
+
+
+def output_name(image: Path, suffix: str) -> str:
+    """The landmark file name of an image: its name without image extensions, plus ``suffix``."""
+    name = image.name
+    for ext in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return name + suffix
+
+
+def detect_files(detector: LandmarkDetector, images: Sequence[Path], out_dir: str | Path, *, suffix: str = ".fcsv",
+                 overwrite: bool = False, keep_going: bool = False, on_result=None) -> dict:
+    """Detect landmarks in every image and write one landmark file per image into ``out_dir``
+    (``<image name><suffix>``, each written atomically).
+
+    Every output path is checked before any image is read (an existing file is an
+    :class:`OverwriteError` without ``overwrite``; two images with the same name are refused). An
+    image that cannot be read raises its :class:`ImageError` (nothing more is written) unless
+    ``keep_going``, which skips it. ``on_result(image, landmarks | error, seconds)`` is called per image.
+    Returns ``{"written": [...], "failed": [(image, message)], "seconds": [per image, rollout only],
+    "compilations": n, "compile_seconds": s}``.
+    """
+    from jaxmed.data import write_landmarks
+    from jaxmed.errors import JaxmedError, OverwriteError, check_writable
+
+    out_dir = Path(out_dir)
+    targets = [out_dir / output_name(Path(im), suffix) for im in images]
+    dup = [t.name for t in targets if targets.count(t) > 1]
+    if dup:
+        raise ConfigError(f"several inputs would write the same output file(s) {sorted(set(dup))}; rename the images or run them apart")
+    for t in targets:
+        try:
+            check_writable(t, overwrite)
+        except OverwriteError as err:
+            raise OverwriteError(f"{err} (pass --overwrite to replace outputs)") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, failed, seconds = [], [], []
+    for image, target in zip(images, targets):
+        try:
+            volume = read_conformed(image, detector.cfg.data.spacing)
+        except JaxmedError as err:
+            if not keep_going:
+                raise
+            failed.append((str(image), str(err)))
+            if on_result is not None:
+                on_result(image, err, None)
+            continue
+        (found,), dt = detector.find([volume], sources=[f"jaxmed detect {image}"])
+        written.append(write_landmarks(found, target, overwrite=overwrite))
+        seconds.append(dt)
+        if on_result is not None:
+            on_result(image, found, dt)
+    return {"written": written, "failed": failed, "seconds": seconds, "compilations": detector.compilations,
+            "compile_seconds": detector.compile_seconds}
 
 
 def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None, goal_patch: str | Path | None = None,

@@ -33,6 +33,12 @@ the noise is Gaussian (or Rician: ``sqrt((I + n1)^2 + n2^2)``) with a standard d
 ``noise_std_range``. Setting ``bias_max = 0``, ``gamma_range = (1, 1)``, ``noise_std_range = (0, 0)``
 turns the intensity model off (the image is then exactly the resampled template).
 
+Domain randomisation (off by default; :mod:`jaxmed.data.domain_rand`): random tissue contrast per
+template intensity class (including T2-like inversions), random skull removal, thick slices, blur and
+sharpening. It draws from a random stream of its own, so a subject's geometry, gamma, bias and noise
+parameters and its landmarks are the same with it on or off; thick slices change the voxel size along
+one axis (the affine records it), never the world position of anything.
+
 Output geometry: voxel size drawn from ``spacings`` (per voxel axis, mm; may be anisotropic),
 axis order and directions drawn from ``orientations`` (NIfTI-style codes: ``"LPS"`` means voxel
 axis 0 points Left, 1 Posterior, 2 Superior), tilted by an oblique rotation of up to
@@ -97,6 +103,22 @@ class SynthConfig:
       margin_mm_range: margin added per side of the field of view (negative crops the head).
       landmark_margin_mm: every landmark stays at least this far inside the field of view.
       foreground_threshold: template voxels above this fraction of the maximum count as head.
+
+    Domain randomisation (:mod:`jaxmed.data.domain_rand`; all off by default, intensities only):
+
+    Attributes:
+      tissue_classes: head intensity classes of the template (k-means), 0 = no tissue contrast
+        randomisation (then ``p_tissue``, ``p_invert`` and ``p_skull_strip`` must be 0).
+      p_tissue: probability of a random mean per class (else the template's contrast is kept).
+      p_invert: probability of an inverted (T2-like) contrast: class means sorted darkest-brightest.
+      class_mean_range: range of each class mean (normalised intensity units).
+      class_std_range: range of each class's spread (per-voxel Gaussian, intensity units).
+      p_skull_strip: probability of removing everything outside the template's brain mask.
+      mask_margin_mm_range: the mask is grown by this much (negative: eroded), mm.
+      p_thick_slice: probability of thick slices along one random voxel axis.
+      slice_thickness_mm_range: slice thickness (mm; slices every round(thickness / spacing) voxels).
+      blur_sigma_mm_range: Gaussian blur sigma (mm; 0 = none).
+      sharpen_range: unsharp-mask amount (0 = none).
     """
 
     max_rotation_deg: float = 10.0
@@ -124,6 +146,22 @@ class SynthConfig:
     margin_mm_range: tuple[float, float] = (-5.0, 15.0)
     landmark_margin_mm: float = 5.0
     foreground_threshold: float = 0.05
+    tissue_classes: int = 0
+    p_tissue: float = 0.0
+    p_invert: float = 0.0
+    class_mean_range: tuple[float, float] = (0.05, 1.0)
+    class_std_range: tuple[float, float] = (0.0, 0.05)
+    p_skull_strip: float = 0.0
+    mask_margin_mm_range: tuple[float, float] = (-2.0, 4.0)
+    p_thick_slice: float = 0.0
+    slice_thickness_mm_range: tuple[float, float] = (3.0, 6.0)
+    blur_sigma_mm_range: tuple[float, float] = (0.0, 0.0)
+    sharpen_range: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def domain_randomised(self) -> bool:
+        """Whether any domain-randomisation option is on."""
+        return bool(self.tissue_classes or self.p_thick_slice or self.blur_sigma_mm_range[1] or self.sharpen_range[1])
 
     def __post_init__(self):
         def pair(name, lo_min=-math.inf):
@@ -136,6 +174,20 @@ class SynthConfig:
         pair("gamma_range", 1e-3)
         pair("noise_std_range", 0.0)
         pair("margin_mm_range")
+        pair("class_mean_range", 0.0)
+        pair("class_std_range", 0.0)
+        pair("mask_margin_mm_range")
+        pair("slice_thickness_mm_range", 1e-3)
+        pair("blur_sigma_mm_range", 0.0)
+        pair("sharpen_range", 0.0)
+        for name in ("p_tissue", "p_invert", "p_skull_strip", "p_thick_slice"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"SynthConfig.{name}: a probability in [0, 1], got {getattr(self, name)!r}")
+        if self.tissue_classes and not 3 <= self.tissue_classes <= 12:
+            raise ConfigError(f"SynthConfig.tissue_classes: 0 (off) or 3..12 classes, got {self.tissue_classes!r}")
+        if not self.tissue_classes and (self.p_tissue or self.p_invert or self.p_skull_strip):
+            raise ConfigError("SynthConfig: p_tissue, p_invert and p_skull_strip need tissue_classes >= 3 "
+                              "(the template's intensity classes and brain mask)")
         for name in ("max_rotation_deg", "max_translation_mm", "max_shear", "warp_max_mm", "bias_max",
                      "oblique_max_deg", "landmark_margin_mm", "foreground_threshold"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
@@ -480,11 +532,30 @@ def synthesize_subject(template: Volume, landmarks: Landmarks, seed: int,
         bad = [l for l, r in zip(landmarks.labels, residual) if not r <= _MAX_RESIDUAL_MM]
         raise LandmarkError(f"{source}: could not carry landmarks {bad} through the warp "
                             f"(residual {worst:.3g} mm > {_MAX_RESIDUAL_MM} mm); lower warp_max_mm")
+    affine, domain = tr.affine, None
+    if config.domain_randomised:
+        from jaxmed.data import domain_rand
+
+        # a stream of its own: the geometry and the intensity model above are the same with or without it
+        drng = np.random.default_rng([seed, domain_rand.DOMAIN_STREAM])
+        domain = {}
+        if config.tissue_classes:
+            model = domain_rand.tissue_model(template.data, template.spacing, config.tissue_classes,
+                                             config.foreground_threshold)
+            domain["tissue"] = domain_rand.draw_tissue(drng, len(model.centres), config)
+            template = template.replace(data=domain_rand.randomise_template(template.data, model, domain["tissue"], drng))
+        domain["degrade"] = domain_rand.draw_degrade(drng, config)
     data = _render(template, tr, intensity, bias, rng, config.clip_max)
-    volume = Volume(data, tr.affine, source=source, normalisation=template.normalisation)
+    if domain is not None:
+        data, affine = domain_rand.degrade(data, affine, domain["degrade"], config.clip_max)
+    volume = Volume(data, affine, source=source, normalisation=template.normalisation)
     subject_landmarks = Landmarks(landmarks.labels, y, landmarks.descriptions, source)
     subject_landmarks.check_inside(volume)
     params.update(intensity)
+    if domain is not None:
+        params["domain"] = domain
+        params["affine"] = affine
+        params["shape"] = list(data.shape)
     params["config"] = dataclasses.asdict(config)
     return Subject(volume, subject_landmarks, seed, _jsonable(params), worst)
 
