@@ -1,0 +1,111 @@
+"""Architecture search on the AFIDs AC + PC task: RL controller vs random search vs successive halving.
+
+The three methods search the same space (``configs/sweeps/afids_nas_controller.yaml``: patch size,
+width, activation of the patch trunk; Q or dueling head and its depth) around a shortened
+``configs/afids_dqn_cpu.yaml`` (``OVERRIDES``), at the same total number of training chunks:
+
+* ``controller``: ``jaxmed sweep --method controller`` (REINFORCE, moving-average baseline), the
+  space file's ``controller:`` section (rounds x batch children of ``chunks`` chunks);
+* ``random``: the same schedule, architectures drawn uniformly (``--method random``);
+* ``halving``: successive halving of the space file (``trials`` at ``min_chunks``, eta 2, up to
+  ``max_chunks``), architectures drawn uniformly; every evaluation at any rung counts.
+
+Metric: mean distance (mm) of greedy episodes on validation subjects (the space's ``metric``).
+Curves: best validation error seen so far against total training env steps; written to
+``nas_afids.png``, with ``nas_afids.json`` and a Markdown table. The budget is small (a few minutes
+on a CPU): children train for 1-4 chunks, far from convergence, so this compares the search
+procedures at a tiny budget, not the architectures' final accuracy.
+
+Usage::
+
+    python benchmarks/nas_afids.py [--out benchmarks/results/nas_afids]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: configs/afids_dqn_cpu.yaml shortened for a CPU search.
+OVERRIDES = ["data.n_train=4", "data.n_test=2", "dqn.n_envs=16", "dqn.chunk_steps=50", "dqn.batch_size=64",
+             "dqn.replay_capacity=20000", "dqn.learning_starts=200", "dqn.eps_decay_steps=800",
+             "train.checkpoint_every=100", "env.max_steps=60", "env.eval_max_steps=60"]
+
+
+def halving_curve(out: Path, steps_per_chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best metric so far against cumulative env steps, from a halving sweep's progress.json (rung by rung)."""
+    prog = json.loads((out / "progress.json").read_text())
+    events = []
+    for r in prog["trials"]:
+        done = 0
+        for budget, v in sorted((int(b), v) for b, v in r["metrics"].items()):
+            events.append((budget, r["id"], (budget - done) * steps_per_chunk, np.nan if v is None else v))
+            done = budget
+    events.sort()
+    steps = np.cumsum([e[2] for e in events]).astype(np.float64)
+    best = np.fmin.accumulate(np.array([e[3] for e in events], np.float64))
+    return steps, best
+
+
+def main(argv=None) -> int:
+    from jaxmed.config import apply_overrides, load_yaml
+    from jaxmed.sweep import Space, run_sweep
+    from jaxmed.sweep.controller import plot_best_so_far, run_controller_sweep, split_space
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/nas_afids")
+    ap.add_argument("--config", default=str(ROOT / "configs/afids_dqn_cpu.yaml"))
+    ap.add_argument("--space", default=str(ROOT / "configs/sweeps/afids_nas_controller.yaml"))
+    ap.add_argument("--methods", nargs="*", default=["controller", "random", "halving"])
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = apply_overrides(load_yaml(args.config), OVERRIDES)
+    space_data, settings = split_space(load_yaml(args.space), args.space)
+    space = Space.from_dict(space_data, args.space)
+    steps_per_chunk = 16 * 50
+    result = {"config": str(Path(args.config).relative_to(ROOT)), "overrides": OVERRIDES, "space": space.to_dict(),
+              "controller": dataclasses.asdict(settings), "methods": {}}
+    curves = {}
+    for method in args.methods:
+        t0 = time.perf_counter()
+        out = args.out / method
+        if method == "halving":
+            summary = run_sweep(base, space, out, overwrite=True, progress=False)
+            steps, best = halving_curve(out, steps_per_chunk)
+            best_values, best_metric = summary.get("best_values"), summary.get("best_metric")
+        else:
+            s = settings if method == "controller" else dataclasses.replace(settings, policy="random")
+            summary = run_controller_sweep(base, space, s, out, overwrite=True, progress=False)
+            steps, best = np.asarray(summary["curve"]["env_steps"]), np.asarray(summary["curve"]["best"], np.float64)
+            best_values, best_metric = summary.get("best_values"), summary.get("best_metric")
+        curves[method] = (steps, best)
+        result["methods"][method] = {"env_steps": float(steps[-1]), "best_val_mm": float(np.nanmin(best)),
+                                     "best_values": best_values, "reported_best_metric": best_metric,
+                                     "curve": {"env_steps": steps.tolist(), "best": best.tolist()},
+                                     "wall_s": time.perf_counter() - t0, "load_avg_1min": os.getloadavg()[0]}
+        (args.out / "nas_afids.json").write_text(json.dumps(result, indent=1, default=str))
+        print(method, result["methods"][method]["best_val_mm"], f"{result['methods'][method]['wall_s']:.0f} s", flush=True)
+    plot_best_so_far(curves, space.metric.name, "min", args.out / "nas_afids.png",
+                     title="AFIDs AC+PC architecture search, equal chunk budget (small)")
+    lines = ["| method | total env steps | best val distance (mm) | best architecture | wall (s) |", "|---|---|---|---|---|"]
+    for m, r in result["methods"].items():
+        arch = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in (r["best_values"] or {}).items() if k != "network.trunk.group")
+        lines.append(f"| {m} | {r['env_steps']:,.0f} | {r['best_val_mm']:.2f} | {arch} | {r['wall_s']:.0f} |")
+    result["table"] = "\n".join(lines)
+    (args.out / "nas_afids.json").write_text(json.dumps(result, indent=1, default=str))
+    (args.out / "nas_afids.md").write_text(result["table"] + "\n")
+    print(result["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
