@@ -68,6 +68,22 @@ class TrainSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """What ``jaxmed train`` evaluates after training and ``jaxmed evaluate`` by default.
+
+    Attributes:
+      extra_sets: labelled sets to evaluate landmark runs on besides the synthetic held-out subjects,
+        as ``jaxmed evaluate --data`` takes them (``colin27``, ``mni-t2w``, a folder, a manifest,
+        a data YAML); each gives ``eval_<name>.md`` / ``.csv`` with the template-prior and
+        registration baselines, and one row of the summary beside the held-out one.
+      registration: run the affine registration baseline on those sets.
+    """
+
+    extra_sets: tuple[str, ...] = ()
+    registration: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """A whole run. ``env`` is ``{name: <registered env>, eval_starts, eval_max_steps, ...}`` where
     every other key is an option of that env (:func:`jaxmed.envs.make`); ``network`` goes to the
@@ -78,6 +94,7 @@ class ExperimentConfig:
     env: dict = dataclasses.field(default_factory=dict)
     network: dict = dataclasses.field(default_factory=lambda: {"trunk": "patch", "head": "q"})
     train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
     dqn: Any = None
     a2c: Any = None
     ppo: Any = None
@@ -104,7 +121,10 @@ class ExperimentConfig:
         """Plain YAML-able data (learner sections that are not set are left out)."""
         from jaxmed.config import to_dict
 
-        return {k: v for k, v in to_dict(self).items() if v is not None}
+        out = {k: v for k, v in to_dict(self).items() if v is not None}
+        if self.eval == EvalSection():  # the default: left out (configs and run directories stay as they were)
+            out.pop("eval", None)
+        return out
 
     @staticmethod
     def from_dict(data: dict[str, Any], where: str = "config") -> "ExperimentConfig":
@@ -113,6 +133,7 @@ class ExperimentConfig:
 
         data = move_env_keys(dict(data), where)  # env.her_* of older configs -> dqn.her
         train = build(TrainSection, data.get("train"), f"{where}.train")
+        data["eval"] = build(EvalSection, data.get("eval"), f"{where}.eval")
         for name in learners.LEARNERS:
             if data.get(name) is not None or name == train.learner:
                 data[name] = build(learners.config_class(name), data.get(name), f"{where}.{name}")

@@ -1,11 +1,16 @@
-"""Classical intensity-based rigid registration with optax: the baseline beside the registration agent.
+"""Classical intensity-based registration with optax: the baseline beside the registration agent and,
+with landmark transfer, beside the landmark agents.
 
-``register_volumes(fixed, moving)`` finds the rigid transform ``T`` (fixed world RAS mm -> moving
+``register_volumes(fixed, moving)`` finds the transform ``T`` (fixed world RAS mm -> moving
 world RAS mm, the same direction as :mod:`jaxmed.envs.registration` and ``jaxmed register``) that
 makes ``moving(T x)`` look like ``fixed(x)``:
 
-* parameters: 6 (translations mm, Euler angles degrees, :func:`jaxmed.ops.rigid.rigid_matrix`) about a
-  centre ``c`` (default: the centre of the fixed image's voxel grid), starting from the identity;
+* parameters (``transform="rigid"``): 6 (translations mm, Euler angles degrees,
+  :func:`jaxmed.ops.rigid.rigid_matrix`) about a centre ``c`` (default: the centre of the fixed
+  image's voxel grid), starting from the identity (or, with ``init="moments"``, from the translation aligning the intensity centroids);
+* ``transform="affine"``: 12 = those 6 + per-axis scale changes (percent) + 3 shears (percent),
+  ``T x = R S H (x - c) + c + t`` (:func:`affine_matrix`); the levels listed in ``rigid_levels``
+  optimise the rigid 6 only (a rigid start, then the full affine, as classical pipelines do);
 * multi-resolution: both images are average-pooled by ``factors`` (coarse to fine, e.g. 4 then 2 on
   2 mm images: 8 mm then 4 mm voxels); at each level every fixed voxel inside the fixed image whose
   mapped position falls inside the moving image contributes; the moving image is sampled
@@ -13,8 +18,12 @@ makes ``moving(T x)`` look like ``fixed(x)``:
 * loss: ``"ncc"`` (negative normalised cross-correlation: mono-modal) or ``"mi"`` (negative mutual
   information from a soft joint histogram with Gaussian Parzen windows over ``bins`` bins of the
   intensities clipped to ``[0, 1]``: multimodal);
-* optimiser: Adam (optax) with a fixed number of iterations and a learning rate (mm and degrees per
-  step) per level; the whole level is one jitted ``lax.scan``.
+* optimiser: Adam (optax) with a fixed number of iterations and a learning rate (mm, degrees and
+  percent per step) per level; the whole level is one jitted ``lax.scan``.
+
+:func:`transfer_landmarks` registers an annotated template to a subject and carries the template's
+landmarks over (``T^{-1}`` of each template point): the registration baseline of landmark
+evaluation (:mod:`jaxmed.evaluation`).
 
 Compilation is per image shape: ``pad_to`` pads every level to a fixed shape so that a benchmark
 over many pairs compiles once (padding is masked out). The reported seconds are the wall time of
@@ -44,6 +53,7 @@ from jaxmed.ops.resample import trilinear
 from jaxmed.ops.rigid import rigid_matrix
 
 LOSSES = ("ncc", "mi")
+TRANSFORMS = ("rigid", "affine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +66,13 @@ class BaselineConfig:
       iterations: Adam iterations per level.
       learning_rate: Adam learning rate per level (mm and degrees per step).
       bins: histogram bins of the ``"mi"`` loss.
+      transform: ``"rigid"`` (6 parameters) or ``"affine"`` (12).
+      rigid_levels: how many of the first (coarsest) levels optimise the rigid parameters only
+        (affine transform only; the others optimise all 12).
+      init: ``"identity"`` or ``"moments"`` (start with the translation that aligns the intensity
+        centroids of the two images, as classical pipelines do: large offsets are then no problem).
+      samples: fixed voxels the loss reads per level (a fixed random subset, as Mattes MI samples;
+        0: every voxel). Bounds the cost of fine levels.
     """
 
     loss: str = "ncc"
@@ -63,6 +80,10 @@ class BaselineConfig:
     iterations: tuple[int, ...] = (80, 40)
     learning_rate: tuple[float, ...] = (1.0, 0.3)
     bins: int = 24
+    transform: str = "rigid"
+    rigid_levels: int = 0
+    init: str = "identity"
+    samples: int = 0
 
     def __post_init__(self):
         for name in ("factors", "iterations", "learning_rate"):
@@ -77,11 +98,27 @@ class BaselineConfig:
             raise ConfigError("BaselineConfig: factors and iterations must be >= 1 and learning rates > 0")
         if int(self.bins) < 4:
             raise ConfigError(f"BaselineConfig: bins must be >= 4, got {self.bins}")
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(f"BaselineConfig: transform must be one of {', '.join(TRANSFORMS)}, got {self.transform!r}")
+        if self.init not in ("identity", "moments"):
+            raise ConfigError(f"BaselineConfig: init must be 'identity' or 'moments', got {self.init!r}")
+        if int(self.samples) < 0:
+            raise ConfigError(f"BaselineConfig: samples must be >= 0, got {self.samples}")
+        if not 0 <= int(self.rigid_levels) <= n:
+            raise ConfigError(f"BaselineConfig: rigid_levels must be in [0, {n}], got {self.rigid_levels}")
+
+
+#: The landmark baseline: 12-dof affine, moments start, rigid at 8 mm then affine at 8, 4 and 2 mm
+#: voxels (factors of a 2 mm image), mutual information (robust to intensity differences).
+AFFINE_LANDMARK = BaselineConfig(loss="mi", factors=(4, 4, 2, 1), iterations=(60, 80, 60, 30),
+                                 learning_rate=(1.0, 0.5, 0.2, 0.1), transform="affine", rigid_levels=1, init="moments",
+                                 samples=50_000)
 
 
 @dataclasses.dataclass(frozen=True)
 class BaselineResult:
-    """``matrix`` ``(4, 4)`` float64 fixed world -> moving world; ``params`` ``(6,)`` about ``centre``
+    """``matrix`` ``(4, 4)`` float64 fixed world -> moving world; ``params`` ``(6,)`` (rigid) or
+    ``(12,)`` (affine, :func:`affine_matrix`) about ``centre``
     ``(3,)`` world mm; ``seconds`` wall time; ``loss`` the final loss of each level."""
 
     matrix: np.ndarray
@@ -120,22 +157,51 @@ def mi_loss(f, m, w, bins: int):
     return -jnp.sum(joint * jnp.log(joint / (pf * pm)))
 
 
+# ------------------------------------------------------------------ transforms
+
+
+def affine_matrix(params, centre):
+    """``(4, 4)`` float32 ``T x = R S H (x - c) + c + t`` of ``params`` ``(12,)``: translation ``t`` (mm),
+    Euler angles (degrees, :func:`jaxmed.ops.rigid.rigid_matrix`'s convention), scale changes
+    ``S = diag(1 + s / 100)`` (percent) and shears ``H = [[1, h0, h1], [0, 1, h2], [0, 0, 1]] / 100``
+    (percent); ``params[:6]`` alone give the rigid transform."""
+    p = jnp.asarray(params, jnp.float32)
+    rigid = rigid_matrix(p[:6], centre)
+    r = rigid[:3, :3]
+    h = p[9:12] / 100.0
+    shear = jnp.eye(3, dtype=jnp.float32).at[0, 1].set(h[0]).at[0, 2].set(h[1]).at[1, 2].set(h[2])
+    linear = r @ jnp.diag(1.0 + p[6:9] / 100.0) @ shear
+    c = jnp.asarray(centre, jnp.float32)
+    t = c + p[:3] - linear @ c
+    return jnp.concatenate([jnp.concatenate([linear, t[:, None]], axis=1), jnp.asarray([[0.0, 0.0, 0.0, 1.0]], jnp.float32)], axis=0)
+
+
+def _matrix(params, centre):
+    return rigid_matrix(params, centre) if params.shape[-1] == 6 else affine_matrix(params, centre)
+
+
 # ------------------------------------------------------------------ one level
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "iterations", "bins"))
+@functools.partial(jax.jit, static_argnames=("loss", "iterations", "bins", "rigid_only", "samples"))
 def _optimise_level(fixed, fixed_affine, fixed_extent, moving, moving_affine, moving_extent, params, centre, learning_rate, *,
-                    loss: str, iterations: int, bins: int):
-    """Adam on the 6 parameters at one level. Arrays may be zero-padded beyond their ``*_extent``."""
+                    loss: str, iterations: int, bins: int, rigid_only: bool = False, samples: int = 0):
+    """Adam on the 6 or 12 parameters at one level (``rigid_only``: the first 6 of 12 move, the others
+    stay). Arrays may be zero-padded beyond their ``*_extent``."""
     idx = jnp.stack(jnp.meshgrid(*(jnp.arange(s, dtype=jnp.float32) for s in fixed.shape), indexing="ij"), -1).reshape(-1, 3)
+    f_vals = fixed.reshape(-1)
+    if 0 < samples < idx.shape[0]:  # a fixed random subset of the fixed grid (same every iteration)
+        pick = jax.random.choice(jax.random.key(0), idx.shape[0], (samples,), replace=False)
+        idx, f_vals = idx[pick], f_vals[pick]
     f_valid = jnp.all(idx < fixed_extent.astype(jnp.float32), axis=-1)
     world = idx @ fixed_affine[:3, :3].T + fixed_affine[:3, 3]
-    f_vals = fixed.reshape(-1)
     m_inv = jnp.linalg.inv(moving_affine)
     m_hi = moving_extent.astype(jnp.float32) - 1.0
 
+    free = jnp.arange(params.shape[0]) < (6 if rigid_only else params.shape[0])
+
     def objective(p):
-        t = rigid_matrix(p, centre)
+        t = _matrix(p, centre)
         mw = world @ t[:3, :3].T + t[:3, 3]
         mv = mw @ m_inv[:3, :3].T + m_inv[:3, 3]
         inside = jnp.all((mv >= 0.0) & (mv <= m_hi), axis=-1)
@@ -151,6 +217,7 @@ def _optimise_level(fixed, fixed_affine, fixed_extent, moving, moving_affine, mo
     def body(carry, _):
         p, state = carry
         value, g = grad(p)
+        g = jnp.where(free, g, 0.0)
         upd, state = opt.update(g, state, p)
         return (optax.apply_updates(p, upd), state), value
 
@@ -172,10 +239,20 @@ def grid_centre(volume: Volume) -> np.ndarray:
     return volume.voxel_to_world((np.asarray(volume.shape, np.float64) - 1) / 2)
 
 
+def intensity_centroid(volume: Volume) -> np.ndarray:
+    """``(3,)`` world mm: the intensity-weighted centre of a volume (its grid centre if it is all zero)."""
+    data = np.clip(np.asarray(volume.data, np.float64), 0.0, None)
+    total = data.sum()
+    if not total > 0:
+        return grid_centre(volume)
+    vox = np.array([(data.sum(axis=tuple(a for a in range(3) if a != i)) * np.arange(data.shape[i])).sum() for i in range(3)]) / total
+    return volume.voxel_to_world(vox)
+
+
 def register_volumes(fixed: Volume, moving: Volume, config: BaselineConfig = BaselineConfig(), *, centre=None,
                      pad_to: Sequence[int] | None = None) -> BaselineResult:
-    """Rigidly register ``moving`` to ``fixed`` (module docstring); intensities should be normalised
-    to about ``[0, 1]`` (:func:`jaxmed.data.load_image` does).
+    """Register ``moving`` to ``fixed`` (module docstring; rigid or affine after ``config.transform``);
+    intensities should be normalised to about ``[0, 1]`` (:func:`jaxmed.data.load_image` does).
 
     Args:
       centre: rotation centre, world mm (default: the fixed image's grid centre).
@@ -191,17 +268,45 @@ def register_volumes(fixed: Volume, moving: Volume, config: BaselineConfig = Bas
             if len(pad_to) != 3 or any(p < s for p, s in zip(pad_to, v.shape)):
                 raise ConfigError(f"register_volumes: pad_to {pad_to} is smaller than {v.source} {v.shape}")
     c = grid_centre(fixed) if centre is None else np.asarray(centre, np.float64).reshape(3)
-    params = jnp.zeros((6,), jnp.float32)
+    params = np.zeros((6 if config.transform == "rigid" else 12,), np.float32)
+    if config.init == "moments":
+        params[:3] = intensity_centroid(moving) - intensity_centroid(fixed)
+    params = jnp.asarray(params)
     losses = []
-    for factor, iters, lr in zip(config.factors, config.iterations, config.learning_rate):
+    for level, (factor, iters, lr) in enumerate(zip(config.factors, config.iterations, config.learning_rate)):
         f, fa, fe = _pyramid(fixed, int(factor), pad_to)
         m, ma, me = _pyramid(moving, int(factor), pad_to)
         params, value = _optimise_level(f, fa, fe, m, ma, me, params, jnp.asarray(c, jnp.float32), jnp.float32(lr),
-                                        loss=config.loss, iterations=int(iters), bins=int(config.bins))
+                                        loss=config.loss, iterations=int(iters), bins=int(config.bins),
+                                        rigid_only=config.transform == "affine" and level < int(config.rigid_levels),
+                                        samples=int(config.samples))
         losses.append(value)
     params = np.asarray(jax.block_until_ready(params), np.float64)
-    matrix = np.asarray(rigid_matrix(params, c), np.float64)
+    matrix = np.asarray(_matrix(jnp.asarray(params, jnp.float32), c), np.float64)
     return BaselineResult(matrix=matrix, params=params, centre=c, seconds=time.perf_counter() - t0, loss=tuple(float(v) for v in losses))
+
+
+# ------------------------------------------------------------------ landmark transfer
+
+
+def transfer_landmarks(template: Volume, template_points, subject: Volume, config: BaselineConfig = AFFINE_LANDMARK, *,
+                       pad_to: Sequence[int] | None = None) -> tuple[np.ndarray, BaselineResult]:
+    """Register the annotated ``template`` to ``subject`` and carry its landmarks over.
+
+    Args:
+      template: the atlas image (conformed like the subject). template_points: ``(K, 3)`` its
+        landmarks, world RAS mm. subject: the image to annotate.
+      config: the registration (default :data:`AFFINE_LANDMARK`, 12-dof affine).
+      pad_to: as in :func:`register_volumes` (one compilation for many subjects).
+    Returns:
+      ``(points, result)``: ``(K, 3)`` the landmarks in the subject's world RAS mm, and the
+      registration (``result.matrix`` maps subject world -> template world; ``result.seconds`` its
+      wall time).
+    """
+    res = register_volumes(subject, template, config, pad_to=pad_to)
+    pts = np.asarray(template_points, np.float64).reshape(-1, 3)
+    inv = np.linalg.inv(res.matrix)
+    return pts @ inv[:3, :3].T + inv[:3, 3], res
 
 
 # ------------------------------------------------------------------ the env's pairs

@@ -77,8 +77,21 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+#: File types ``jaxmed data show`` can draw to.
+FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
 def _cmd_show(args) -> int:
+    from pathlib import Path
+
     from jaxmed.data.image_io import load_image
+    from jaxmed.errors import ConfigError, check_writable
+
+    out = Path(args.out)
+    if out.suffix.lower() not in FIGURE_SUFFIXES:  # before anything is read or drawn
+        raise ConfigError(f"{out}: the output of `data show` must be an image ({', '.join(FIGURE_SUFFIXES)}); "
+                          "to write landmarks use `jaxmed detect`")
+    check_writable(out, args.overwrite)
     from jaxmed.data.landmark_files import read_landmarks
     from jaxmed.viz import plot_landmarks
 

@@ -1,25 +1,81 @@
-"""``jaxmed evaluate RUN_DIR``: evaluate a trained run again on its held-out subjects."""
+"""``jaxmed evaluate RUN_DIR [--data SPEC ...] [--out DIR] [--starts N]``: evaluate a trained run.
+
+Without ``--data``: the run's synthetic held-out subjects, every env's own metrics (``eval.md``),
+plus the sets listed in the run's ``eval.extra_sets``. With ``--data`` (landmark runs): any labelled
+set (``colin27``, ``mni-t2w``, ``test`` for the run's own held-out subjects, a folder of scans with
+landmark files, a manifest, a data YAML); per landmark the agents' errors beside the template prior
+and the affine registration baseline on the same subjects, written to ``eval_<name>.md`` and
+``eval_<name>.csv`` (per subject) in the run directory or ``--out``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+from pathlib import Path
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_starts=None, aggregate="median",
+                           registration=True, seeds=False) -> list:
+    """Evaluate a landmark run directory on each ``--data`` spec; returns the results (seed 0, or
+    every seed of a multi-seed run with ``seeds``) and prints their tables and a summary."""
+    from jaxmed.detect import LandmarkDetector
+    from jaxmed.evaluation import evaluate_sets, summary_table
+    from jaxmed.train import load_params, seed_params
+
+    cfg, network, params = load_params(run_dir)
+    starts = n_starts or cfg.eval_starts
+    out = Path(out_dir) if out_dir else Path(run_dir)
+    members = range(cfg.train.seeds) if seeds else [0]
+    results = []
+    for seed in members:
+        detector = LandmarkDetector(cfg, network, seed_params(cfg, params, seed), n_starts=starts, aggregate=aggregate,
+                                    seed=cfg.train.seed, where=str(run_dir))
+        target = out / f"seed{seed}" if seeds and cfg.train.seeds > 1 else out
+        res = evaluate_sets(detector, specs, out_dir=target, overwrite=overwrite, registration=registration, progress=_progress)
+        for r in res:
+            print(r.table())
+        print(summary_table(res) + "\n")
+        print(f"written to {target}/ (eval_<set>.md, eval_<set>.csv)")
+        results.extend(res)
+    return results
 
 
 def _run(args) -> int:
     from jaxmed.train import evaluate_run, load_params
 
+    if args.data:
+        evaluate_landmark_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite, n_starts=args.starts,
+                               aggregate=args.aggregate, registration=not args.no_registration, seeds=args.seeds)
+        return 0
     cfg, _, params = load_params(args.run_dir)
     if args.n_test:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_test=args.n_test))
-    ev = evaluate_run(cfg, params, args.run_dir)
+    ev = evaluate_run(cfg, params, args.out or args.run_dir)
     print(ev["table"])
+    if cfg.eval.extra_sets:
+        evaluate_landmark_sets(args.run_dir, ["test", *cfg.eval.extra_sets], out_dir=args.out, overwrite=args.overwrite,
+                               n_starts=args.starts, aggregate=args.aggregate,
+                               registration=cfg.eval.registration and not args.no_registration)
     return 0
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    e = subparsers.add_parser("evaluate", help="evaluate a trained run on held-out subjects")
+    e = subparsers.add_parser("evaluate", help="evaluate a trained run on held-out subjects or any labelled set (--data)")
     e.add_argument("run_dir")
+    e.add_argument("--data", nargs="+", metavar="SPEC",
+                   help="labelled set(s): colin27, mni-t2w, test (the run's held-out subjects), a folder, a manifest .csv/.tsv or a data .yaml")
+    e.add_argument("--out", help="output directory for eval_<set>.md / .csv (default: the run directory)")
+    e.add_argument("--starts", type=int, help="start points per agent and subject (default: the run's env.eval_starts)")
+    e.add_argument("--aggregate", default="median", help="how a landmark's end points are combined (median, mean, trimmed, geomedian)")
+    e.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline (slow on large sets)")
+    e.add_argument("--seeds", action="store_true", help="evaluate every seed of a multi-seed run (default: seed 0)")
+    e.add_argument("--overwrite", action="store_true", help="replace existing eval_<set> files")
     e.add_argument("--n-test", type=int, help="number of held-out subjects (default: the run's data.n_test)")
     e.set_defaults(func=_run)
     return e

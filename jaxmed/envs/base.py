@@ -247,6 +247,18 @@ class Environment:
 
         return metric_stats(np.asarray(values), self.metric_labels, metric)
 
+    @property
+    def landmark_targets(self) -> tuple[str, ...]:
+        """For envs whose agents answer landmark positions: the bank landmark each of the ``A`` agents
+        hunts (its answer is :meth:`positions_world`); ``()`` otherwise (default). Evaluation uses it
+        for the template-prior / registration baselines, the trajectory figure and detection."""
+        return ()
+
+    def positions_world(self, state, bank):
+        """``(A, 3)`` world RAS mm answered by the agents of one (unbatched) ``state``; only for envs
+        with :attr:`landmark_targets`."""
+        raise NotImplementedError(f"{self.name} agents do not answer landmark positions")
+
     def eval_params(self, params):
         """The parameters for evaluation: nothing that peeks at the ground truth (default: unchanged)."""
         return params

@@ -266,6 +266,13 @@ class LandmarkEnv(ConfiguredEnv):
         diff = world - target
         return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
 
+    @property
+    def landmark_targets(self) -> tuple[str, ...]:
+        """Each agent's target when it is a landmark this env reads (subclasses whose targets are
+        not bank landmarks, e.g. box corners, answer ``()``)."""
+        targets = self.config.targets
+        return targets if set(targets) <= set(self.required_labels) else ()
+
     def positions_world(self, state: LandmarkState, bank) -> jax.Array:
         """``(A, 3)`` float32, the agents' positions in world RAS mm (their answers)."""
         aff = bank.affines[0, state.volume]
