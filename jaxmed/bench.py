@@ -283,8 +283,12 @@ def point_config(grid: dict, point: dict):
     if "dtype" in point:
         over.append(f"data.dtype={point['dtype']}")
     if "trunk" in point:
-        trunk = data.get("network", {}).get("trunk")
-        over.append(f"network.trunk.name={point['trunk']}" if isinstance(trunk, dict) else f"network.trunk={point['trunk']}")
+        # another trunk replaces the whole trunk section (its options belong to the old trunk);
+        # the same trunk keeps its options
+        trunk = (data.get("network") or {}).get("trunk")
+        same = isinstance(trunk, dict) and trunk.get("name") == point["trunk"]
+        if not same:
+            over.append(f"network.trunk={point['trunk']}")
     data = apply_overrides(data, over)
     if learner == "dqn" and "train" in grid["measure"]:  # every timed step trains
         batch = int((data.get("dqn") or {}).get("batch_size", 48))
@@ -403,15 +407,17 @@ def measure_point(grid: dict, point: dict) -> dict:
     if "env" in grid["measure"]:
         out.update(measure_env(env, params, bank, n_envs, devices, grid["env_steps"], grid["min_time"]))
     if "train" in grid["measure"]:
-        out.update(_measure_train(cfg, env, params, bank, devices, multihost, grid["chunks"]))
+        out.update(measure_train(cfg, env, params, bank, devices, multihost, grid["chunks"]))
     out["peak_memory_bytes"], out["memory_source"] = _peak_memory()
     out["device"] = f"{devices[0].platform}: {getattr(devices[0], 'device_kind', '')}"
     out["load_avg_1m"] = load_avg()
     return out
 
 
-def _measure_train(cfg, env, params, bank, devices, multihost: bool, chunks: int) -> dict:
-    """Time ``chunks`` steady training chunks after one warm-up chunk (which also compiles)."""
+def measure_train(cfg, env, params, bank, devices, multihost: bool, chunks: int) -> dict:
+    """Training throughput on ``devices``: ``chunks`` steady training chunks timed after one warm-up
+    chunk (which also compiles). Returns ``train_env_steps_per_s``, ``updates_per_s`` (None for
+    learners without an update counter), ``seconds_per_chunk`` and ``compile_s``."""
     import jax
 
     from jaxmed import experiment as ex
@@ -530,7 +536,13 @@ def run_grid(grid: dict, out: str | Path, *, in_process: bool = False, cluster: 
             raise ConfigError("the processes axis launches one process per cluster member; it cannot run in-process")
         writer = True
     out = Path(out)
+    if not in_process:  # the points' subprocesses share the accelerator with this process
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     result = {"machine": machine_info(), "grid": grid, "points": []}
+    if progress:
+        m = result["machine"]
+        print(f"jaxmed bench: {len(points(grid))} point(s) on {m['device']} ({m['n_devices']} device(s) visible; "
+              f"jax {m['jax']})", flush=True)
     for p in points(grid):
         t0 = time.perf_counter()
         if in_process:

@@ -1,4 +1,10 @@
-"""Shared fixtures. Multi-device tests need fake CPU devices, set before jax is imported."""
+"""Shared fixtures. Multi-device tests need fake CPU devices, set before jax is imported.
+
+The suite runs on the CPU by default (``JAX_PLATFORMS=cpu`` with 4 fake devices). On an accelerator
+run it with the platform named, e.g. ``JAX_PLATFORMS=cuda pytest ...``: tests marked
+``@pytest.mark.devices(n)`` are then skipped, with the reason, when fewer than ``n`` devices are
+visible (one GPU), instead of failing.
+"""
 
 import os
 
@@ -6,6 +12,20 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
+
+
+def pytest_runtest_setup(item):
+    marker = item.get_closest_marker("devices")
+    if marker is None:
+        return
+    need = int(marker.args[0]) if marker.args else 2
+    import jax
+
+    have = jax.local_device_count()
+    if have < need:
+        platform = jax.local_devices()[0].platform
+        pytest.skip(f"needs {need} local devices, {have} {platform} device(s) visible "
+                    f"(JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')}); on the CPU the suite fakes 4")
 
 
 @pytest.fixture(scope="session")

@@ -79,3 +79,18 @@ def test_dqn_over_two_local_processes(tmp_path):
     for k in RESULT_KEYS[1:]:
         assert k in p
     assert "env_agent_steps_per_s" not in p
+
+
+def test_trunk_axis_replaces_the_trunk_section():
+    """Another trunk does not inherit the old trunk's options (patch_size is no network3d option);
+    the same trunk keeps them."""
+    from jaxmed.experiment import make_env, make_network
+
+    grid = load_grid({"config": "configs/afids_dqn_cpu.yaml", "axes": {"trunk": ["network3d", "patch", "strided"]}})
+    n3d, patch, strided = (point_config(grid, p) for p in points(grid))
+    assert n3d.network["trunk"] == "network3d" and strided.network["trunk"] == "strided"
+    assert patch.network["trunk"] == {"name": "patch", "patch_size": 5}
+    n3d = point_config(grid, {"trunk": "network3d", "crop_size": 45})
+    env, _, _ = make_env(n3d, ("AC", "PC"))
+    net = make_network(n3d, env)  # used to fail: "unknown option patch_size"
+    assert "network3d" in repr(net)

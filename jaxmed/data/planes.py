@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.ops.linalg import vdot
 from jaxmed.ops.plane import canonical_plane, fit_plane, plane_distance_angle, point_plane_distance
 
 #: AFIDs landmarks on the midline of the MNI152NLin2009cAsym template (|x| < 0.25 mm).
@@ -96,7 +97,7 @@ def _msp(points: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     pairs = points[k:].reshape(-1, 2, 3)
     n, d = fit_plane(jnp.concatenate([points[:k], pairs.mean(axis=1)], axis=0))
     right = jnp.sum(pairs[:, 0] - pairs[:, 1], axis=0)  # left -> right, summed over the pairs
-    sign = jnp.where(jnp.dot(n, right) < 0, -1.0, 1.0)
+    sign = jnp.where(vdot(n, right) < 0, -1.0, 1.0)
     return n * sign, d * sign
 
 
@@ -109,16 +110,16 @@ def _acpc_axial(points):
     ac, pc = points[0], points[1]
     n = jnp.cross(n_msp, ac - pc)  # right x anterior = superior
     n = n / jnp.maximum(jnp.linalg.norm(n), 1e-12)
-    return n, jnp.dot(n, ac)
+    return n, vdot(n, ac)
 
 
 def _coronal(through: int):
     def compute(points):
         n_msp, _ = _msp(points)
         ap = points[0] - points[1]  # PC -> AC: anterior
-        n = ap - jnp.dot(ap, n_msp) * n_msp
+        n = ap - vdot(ap, n_msp) * n_msp
         n = n / jnp.maximum(jnp.linalg.norm(n), 1e-12)
-        return n, jnp.dot(n, points[through])
+        return n, vdot(n, points[through])
 
     return compute
 
@@ -127,7 +128,7 @@ def _three_points(points):
     p0, p1, p2 = points[0], points[1], points[2]
     n = jnp.cross(p1 - p0, p2 - p0)
     n = n / jnp.maximum(jnp.linalg.norm(n), 1e-12)
-    return canonical_plane(n, jnp.dot(n, p0))
+    return canonical_plane(n, vdot(n, p0))
 
 
 @dataclasses.dataclass(frozen=True)

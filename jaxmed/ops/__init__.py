@@ -16,6 +16,7 @@ from jaxmed.ops.crop import (
     strided_crop_from_stack,
 )
 from jaxmed.ops.iou import box_iou, box_volume
+from jaxmed.ops.linalg import apply_affine, matmul, matvec, vdot
 from jaxmed.ops.plane import (
     plane_axes,
     plane_distance_angle,
@@ -44,6 +45,7 @@ from jaxmed.ops.rigid import (
 
 __all__ = [
     "affine_grid",
+    "apply_affine",
     "box_iou",
     "box_to_grid_affine",
     "box_volume",
@@ -55,6 +57,8 @@ __all__ = [
     "pack_levels",
     "packed_layout",
     "invert_rigid",
+    "matmul",
+    "matvec",
     "matrix_to_params",
     "plane_axes",
     "plane_distance_angle",
@@ -73,4 +77,5 @@ __all__ = [
     "strided_crop_from_stack",
     "trilinear",
     "trilinear_from_stack",
+    "vdot",
 ]

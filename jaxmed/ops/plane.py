@@ -10,6 +10,7 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
+from jaxmed.ops.linalg import apply_affine, matmul, vdot
 from jaxmed.ops.resample import _sample, trilinear, trilinear_from_stack
 
 _EPS = 1e-12
@@ -123,7 +124,7 @@ def plane_basis(normal, reference):
     """
     n = _unit(normal)
     r = _unit(reference)
-    p = r - jnp.dot(r, n) * n
+    p = r - vdot(r, n) * n
     norm = jnp.linalg.norm(p)
     fallback, _ = plane_axes(n)
     u = jnp.where(norm > 1e-3, p / jnp.maximum(norm, _EPS), fallback)
@@ -150,8 +151,7 @@ def sample_plane_world_from_stack(stack, index, world_to_voxel, center, normal, 
       ``(S, H, W)`` float32.
     """
     pts = slab_points(center, normal, u, v, size, n_slices, spacing, slice_spacing)
-    a = jnp.asarray(world_to_voxel, jnp.float32)
-    vox = pts @ a[:3, :3].T + a[:3, 3]
+    vox = apply_affine(pts, world_to_voxel)
     return trilinear_from_stack(stack, index, vox, fill, margin)
 
 
@@ -183,8 +183,7 @@ def sample_plane_world_packed(packed, level_shapes, level, index, world_to_voxel
     row = table[jnp.clip(jnp.asarray(level, jnp.int32), 0, table.shape[0] - 1)]
     offset, ny, nz = row[0], row[2], row[3]
     pts = slab_points(center, normal, u, v, size, n_slices, spacing, slice_spacing)
-    a = jnp.asarray(world_to_voxel, jnp.float32)
-    vox = pts @ a[:3, :3].T + a[:3, 3]
+    vox = apply_affine(pts, world_to_voxel)
     index = jnp.asarray(index, jnp.int32)
     gather = lambda i, j, k: packed[index, offset + (i * ny + j) * nz + k]  # noqa: E731
     return _sample(gather, row[1:] - 2 * margin, vox, fill, margin)
@@ -216,9 +215,9 @@ def fit_plane(points, weights=None):
     w = jnp.ones(p.shape[:-1], jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
     centroid = jnp.sum(w[:, None] * p, axis=0) / jnp.maximum(jnp.sum(w), _EPS)
     q = p - centroid
-    scatter = (w[:, None] * q).T @ q
+    scatter = matmul((w[:, None] * q).T, q)
     _, vecs = jnp.linalg.eigh(scatter)  # ascending eigenvalues
-    n, d = canonical_plane(vecs[:, 0], jnp.dot(vecs[:, 0], centroid))
+    n, d = canonical_plane(vecs[:, 0], vdot(vecs[:, 0], centroid))
     return n, d
 
 
@@ -227,7 +226,7 @@ def point_plane_distance(points, normal, offset):
     (``normal`` need not be unit length; positive on the side ``normal`` points to)."""
     n = jnp.asarray(normal, jnp.float32)
     length = jnp.maximum(jnp.linalg.norm(n), _EPS)
-    return (jnp.asarray(points, jnp.float32) @ n - jnp.asarray(offset, jnp.float32)) / length
+    return (vdot(points, n) - jnp.asarray(offset, jnp.float32)) / length
 
 
 def plane_from_points(p0, p1, p2):
@@ -237,7 +236,7 @@ def plane_from_points(p0, p1, p2):
     p0 = jnp.asarray(p0, jnp.float32)
     n = jnp.cross(jnp.asarray(p1, jnp.float32) - p0, jnp.asarray(p2, jnp.float32) - p0)
     n = n / jnp.maximum(jnp.linalg.norm(n), _EPS)
-    return n, jnp.dot(n, p0)
+    return n, vdot(n, p0)
 
 
 def plane_distance_angle(n1, d1, n2, d2):
@@ -258,7 +257,7 @@ def plane_distance_angle(n1, d1, n2, d2):
     l2 = jnp.maximum(jnp.linalg.norm(n2), _EPS)
     n1, d1 = n1 / l1, jnp.asarray(d1, jnp.float32) / l1
     n2, d2 = n2 / l2, jnp.asarray(d2, jnp.float32) / l2
-    dot = jnp.dot(n1, n2)
+    dot = vdot(n1, n2)
     sign = jnp.where(dot < 0, -1.0, 1.0)
     angle = jnp.rad2deg(jnp.arctan2(jnp.linalg.norm(jnp.cross(n1, n2)), jnp.abs(dot)))
     return angle, jnp.abs(d1 - sign * d2)

@@ -21,6 +21,7 @@ from typing import Sequence
 import jax.numpy as jnp
 
 from jaxmed.ops.crop import Size, _bits_view, _size3, packed_layout
+from jaxmed.ops.linalg import apply_affine
 
 
 def _sample(gather, shape, points, fill, margin):
@@ -162,7 +163,7 @@ def affine_grid(affine, size: Size):
     a = _affine34(affine)
     d = _size3(size)
     o = jnp.stack(jnp.meshgrid(*(jnp.arange(k, dtype=jnp.float32) for k in d), indexing="ij"), axis=-1)
-    return o @ a[:, :3].T + a[:, 3]
+    return apply_affine(o, a)
 
 
 def resample_window(volume, affine, size: Size, fill: float = 0.0):

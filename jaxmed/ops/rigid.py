@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jaxmed.ops.linalg import matmul, matvec
+
 
 def rotation_matrix(angles_deg):
     """``(3, 3)`` float32 rotation from Euler angles ``(rx, ry, rz)`` in degrees, ``Rz @ Ry @ Rx``."""
@@ -20,7 +22,7 @@ def rotation_matrix(angles_deg):
     rx = jnp.stack([jnp.stack([one, zero, zero]), jnp.stack([zero, cx, -sx]), jnp.stack([zero, sx, cx])])
     ry = jnp.stack([jnp.stack([cy, zero, sy]), jnp.stack([zero, one, zero]), jnp.stack([-sy, zero, cy])])
     rz = jnp.stack([jnp.stack([cz, -sz, zero]), jnp.stack([sz, cz, zero]), jnp.stack([zero, zero, one])])
-    return rz @ ry @ rx
+    return matmul(matmul(rz, ry), rx)
 
 
 def rigid_matrix(params, center=(0.0, 0.0, 0.0)):
@@ -37,7 +39,7 @@ def rigid_matrix(params, center=(0.0, 0.0, 0.0)):
     p = jnp.asarray(params, jnp.float32)
     c = jnp.asarray(center, jnp.float32)
     r = rotation_matrix(p[3:6])
-    t = c + p[:3] - r @ c
+    t = c + p[:3] - matvec(r, c)
     top = jnp.concatenate([r, t[:, None]], axis=1)
     return jnp.concatenate([top, jnp.asarray([[0.0, 0.0, 0.0, 1.0]], jnp.float32)], axis=0)
 
@@ -49,7 +51,7 @@ def compose(*matrices):
         raise ValueError("compose needs at least one matrix")
     out = jnp.asarray(matrices[0], jnp.float32)
     for m in matrices[1:]:
-        out = out @ jnp.asarray(m, jnp.float32)
+        out = matmul(out, m)
     return out
 
 
@@ -58,7 +60,7 @@ def invert_rigid(matrix):
     inversion). Returns ``(4, 4)`` float32."""
     m = jnp.asarray(matrix, jnp.float32)
     rt = m[:3, :3].T
-    t = -rt @ m[:3, 3]
+    t = -matvec(rt, m[:3, 3])
     top = jnp.concatenate([rt, t[:, None]], axis=1)
     return jnp.concatenate([top, jnp.asarray([[0.0, 0.0, 0.0, 1.0]], jnp.float32)], axis=0)
 
@@ -88,7 +90,7 @@ def rigid_distance(params_a, params_b):
     a = jnp.asarray(params_a, jnp.float32)
     b = jnp.asarray(params_b, jnp.float32)
     translation = jnp.linalg.norm(a[:3] - b[:3])
-    angle = rotation_angle(rotation_matrix(a[3:6]).T @ rotation_matrix(b[3:6]))
+    angle = rotation_angle(matmul(rotation_matrix(a[3:6]).T, rotation_matrix(b[3:6])))
     return translation, angle
 
 
@@ -109,5 +111,5 @@ def matrix_to_params(matrix, center=(0.0, 0.0, 0.0)):
     locked = cy < 1e-6
     rx = jnp.where(locked, jnp.arctan2(-r[1, 2], r[1, 1]), jnp.arctan2(r[2, 1], r[2, 2]))
     rz = jnp.where(locked, 0.0, jnp.arctan2(r[1, 0], r[0, 0]))
-    t = m[:3, 3] - c + r @ c
+    t = m[:3, 3] - c + matvec(r, c)
     return jnp.concatenate([t, jnp.rad2deg(jnp.stack([rx, ry, rz]))])
