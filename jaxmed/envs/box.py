@@ -75,6 +75,7 @@ from flax import struct
 from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank, image_box
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.iou import box_iou
+from jaxmed.ops.linalg import apply_affine, matmul
 from jaxmed.ops.resample import affine_grid, box_to_grid_affine, trilinear_levels
 
 N_MOVES = 11
@@ -273,7 +274,7 @@ def volume_world_bounds(affine: jax.Array, extent: jax.Array) -> tuple[jax.Array
     """World bounding box ``(lo (3,), hi (3,))`` mm of the voxel centres of a grid of ``extent`` voxels."""
     corners = jnp.stack(jnp.meshgrid(*[jnp.asarray([0.0, 1.0])] * 3, indexing="ij"), -1).reshape(8, 3)
     vox = corners * (extent.astype(jnp.float32) - 1.0)
-    world = vox @ affine[:3, :3].T + affine[:3, 3]
+    world = apply_affine(vox, affine)
     return world.min(0), world.max(0)
 
 
@@ -537,7 +538,7 @@ class BoxEnv(ConfiguredEnv):
                 level = c.levels[0]
             else:
                 level = self.frame_level(bank, volume, box)
-            to_voxel = jnp.linalg.inv(bank.affines[level, volume]) @ to_world
+            to_voxel = matmul(jnp.linalg.inv(bank.affines[level, volume]), to_world)
             values = trilinear_levels(bank.levels, bank.shapes[:, volume], volume, level, affine_grid(to_voxel, g),
                                       bank.margin, 0.0, candidates=c.levels, packed=bank.packed)
             if dtype == jnp.uint8:

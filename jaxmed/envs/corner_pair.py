@@ -58,6 +58,7 @@ from jaxmed.envs.box import REWARDS, start_box, target_point_labels, volume_worl
 from jaxmed.envs.landmark import LandmarkParams, LandmarkState, LandmarkEnv, LandmarkConfig
 from jaxmed.errors import ConfigError
 from jaxmed.ops.iou import box_iou
+from jaxmed.ops.linalg import apply_affine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +179,7 @@ class CornerPairEnv(LandmarkEnv):
         return points.min(0), points.max(0)
 
     def _corners_world(self, bank, volume, pos) -> jax.Array:
-        aff = bank.affines[0, volume]
-        return pos.astype(jnp.float32) @ aff[:3, :3].T + aff[:3, 3]
+        return apply_affine(pos, bank.affines[0, volume])
 
     def _distance(self, bank, volume, pos) -> jax.Array:
         """``(2,)`` mm from each corner (level-0 voxels ``pos`` ``(2, 3)``) to its target corner."""
@@ -218,7 +218,7 @@ class CornerPairEnv(LandmarkEnv):
         near = jnp.stack(self.target_box(bank, volume)) + (2.0 * u[6:12].reshape(2, 3) - 1.0) * radius
         world = jnp.where(radius > 0, near, corners)
         inv = jnp.linalg.inv(aff)
-        return jnp.round(world @ inv[:3, :3].T + inv[:3, 3]).astype(jnp.int32)
+        return jnp.round(apply_affine(world, inv)).astype(jnp.int32)
 
     def reset_env(self, key, params: CornerPairParams, bank) -> LandmarkState:
         """Random volume and start corners (module docstring); both corners at the coarsest level."""

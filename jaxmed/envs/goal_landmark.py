@@ -62,6 +62,7 @@ from jaxmed.envs.landmark import (
     reached_target,
 )
 from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.ops.linalg import apply_affine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +247,7 @@ class GoalLandmarkEnv(GoalConditionedEnv):
         central = jnp.minimum(lo + jnp.floor(u_centre * (hi - lo + 1)), hi).astype(jnp.int32)
         radius = jnp.asarray(params.start_radius_mm, jnp.float32)
         inv = jnp.linalg.inv(bank.affines[0, volume])
-        near = jnp.round((goal_world + (2.0 * u_radius - 1.0) * radius) @ inv[:3, :3].T + inv[:3, 3]).astype(jnp.int32)
+        near = jnp.round(apply_affine(goal_world + (2.0 * u_radius - 1.0) * radius, inv)).astype(jnp.int32)
         start = jnp.where(radius > 0, near, central)
         return self._state(bank, volume, start, goal, goal_world, jnp.asarray(c.reference_volume, jnp.int32), goal_vox)
 

@@ -65,6 +65,7 @@ from jaxmed.envs.base import Box, Discrete, check_discrete_action, check_volume_
 from jaxmed.envs.goals import GoalConditionedEnv
 from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneState, PlaneObsState, PlaneEnv, PlaneConfig, perturbed_plane
 from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.ops.linalg import HIGHEST, matmul, matvec, vdot
 from jaxmed.ops.plane import plane_basis
 
 _AXES = {"R": 0, "A": 1, "S": 2}
@@ -73,7 +74,7 @@ _AXES = {"R": 0, "A": 1, "S": 2}
 def _parallel_through_l3(points):
     """The plane parallel to the one through ``L0, L1, L2`` that passes through ``L3`` (points ``(4, 3)``)."""
     n, _ = _three_points(points[:3])
-    return n, jnp.dot(n, points[3])
+    return n, vdot(n, points[3])
 
 
 #: Goal planes beyond :data:`jaxmed.data.planes.PLANES` (phantoms with two goal planes).
@@ -201,8 +202,8 @@ def frame_view(bank, frame):
     """The bank seen in the goal frame: affines ``R @ affine`` and landmarks ``R x`` (``frame`` = ``R``
     ``(3, 3)``); image data untouched."""
     rot = jnp.zeros((4, 4), jnp.float32).at[:3, :3].set(frame).at[3, 3].set(1.0)
-    return bank.replace(affines=jnp.einsum("ij,lnjk->lnik", rot, bank.affines),
-                        landmarks_world=bank.landmarks_world @ frame.T)
+    return bank.replace(affines=jnp.einsum("ij,lnjk->lnik", rot, bank.affines, precision=HIGHEST),
+                        landmarks_world=matmul(bank.landmarks_world, frame.T))
 
 
 class GoalPlaneEnv(GoalConditionedEnv):
@@ -285,8 +286,8 @@ class GoalPlaneEnv(GoalConditionedEnv):
         """The goal plane ``goal`` of ``volume`` in the frame: ``(normal (3,), offset about the frame
         pivot (), reference point (3,))`` (the plane env's target triple)."""
         n, d, ref = (x[goal] for x in self._goal_planes(bank, volume))
-        n = frame @ n
-        return n, d - jnp.dot(n, self.nav.pivot(fbank, volume)), frame @ ref
+        n = matvec(frame, n)
+        return n, d - vdot(n, self.nav.pivot(fbank, volume)), matvec(frame, ref)
 
     # -------------------------------------------------------------- reset
 
@@ -340,8 +341,8 @@ class GoalPlaneEnv(GoalConditionedEnv):
     def _batch_world(self, bank, volumes, goals, normals, offsets):
         def one(volume, goal, normal, d):
             frame = jnp.asarray(self._frames)[goal]
-            n = frame @ (normal / jnp.linalg.norm(normal))
-            return self._state(bank, volume, goal, frame, n, d - jnp.dot(n, self.nav.pivot(frame_view(bank, frame), volume)))
+            n = matvec(frame, normal / jnp.linalg.norm(normal))
+            return self._state(bank, volume, goal, frame, n, d - vdot(n, self.nav.pivot(frame_view(bank, frame), volume)))
 
         return jax.vmap(one)(volumes, goals, normals, offsets)
 
@@ -378,14 +379,14 @@ class GoalPlaneEnv(GoalConditionedEnv):
     def plane_world(self, state: GoalPlaneState, bank) -> tuple[jax.Array, jax.Array]:
         """The agent's plane in world coordinates: ``(normal (1, 3), d (1,))`` with ``n . x = d``."""
         n, d = self.nav.plane_world(state.nav, frame_view(bank, state.frame))
-        return n @ state.frame, d
+        return matmul(n, state.frame), d
 
     def eval_metrics(self, state: GoalPlaneState, params, bank) -> dict[str, jax.Array]:
         """``{"angle_deg", "distance_mm", "landmark_distance_mm"}``, each ``(1,)`` float32, against the
         episode's goal plane (:meth:`jaxmed.envs.plane.PlaneEnv.eval_metrics`)."""
         frame_normal, d = self.nav.plane_world(state.nav, frame_view(bank, state.frame))
         angle, distance = self.nav._angle_distance(state.nav, frame_normal, d)
-        normal = frame_normal @ state.frame  # world
+        normal = matmul(frame_normal, state.frame)  # world
         per_goal = []
         for definition in self.config.definitions:
             points = bank.landmarks_world[state.volume][jnp.asarray([bank.label_index(label) for label in definition.labels])]

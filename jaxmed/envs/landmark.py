@@ -70,6 +70,7 @@ from flax import struct
 
 from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank, is_concrete, image_box
 from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.ops.linalg import apply_affine
 
 N_ACTIONS = 6
 
@@ -260,8 +261,7 @@ class LandmarkEnv(ConfiguredEnv):
 
     def _distance(self, bank, volume, pos) -> jax.Array:
         """``(A,)`` float32 mm from level-0 voxels ``pos`` ``(A, 3)`` to each agent's target."""
-        aff = bank.affines[0, volume]
-        world = pos.astype(jnp.float32) @ aff[:3, :3].T + aff[:3, 3]
+        world = apply_affine(pos, bank.affines[0, volume])
         target = bank.landmarks_world[volume][jnp.asarray(self._target_indices(bank))]
         diff = world - target
         return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
@@ -275,8 +275,7 @@ class LandmarkEnv(ConfiguredEnv):
 
     def positions_world(self, state: LandmarkState, bank) -> jax.Array:
         """``(A, 3)`` float32, the agents' positions in world RAS mm (their answers)."""
-        aff = bank.affines[0, state.volume]
-        return state.pos.astype(jnp.float32) @ aff[:3, :3].T + aff[:3, 3]
+        return apply_affine(state.pos, bank.affines[0, state.volume])
 
     def distance_mm(self, state: LandmarkState, bank) -> jax.Array:
         """``(A,)`` float32, each agent's distance (mm) to its target."""
@@ -318,7 +317,7 @@ class LandmarkEnv(ConfiguredEnv):
         offset = (2.0 * u_radius - 1.0) * radius
         world = bank.landmarks_world[volume][jnp.asarray(self._target_indices(bank))] + offset
         inv = jnp.linalg.inv(bank.affines[0, volume])
-        near = jnp.round(world @ inv[:3, :3].T + inv[:3, 3]).astype(jnp.int32)
+        near = jnp.round(apply_affine(world, inv)).astype(jnp.int32)
         start = jnp.where(radius > 0, near, central)
         return self._initial_state(bank, volume, start)
 

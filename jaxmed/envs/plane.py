@@ -91,6 +91,7 @@ from flax import struct
 from jaxmed.data.planes import PlaneDefinition, get_plane
 from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank, image_box
 from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.ops.linalg import HIGHEST, apply_affine, vdot
 from jaxmed.ops.plane import (
     plane_basis,
     plane_distance_angle,
@@ -340,9 +341,8 @@ class PlaneEnv(ConfiguredEnv):
 
     def pivot(self, bank, volume) -> jax.Array:
         """``(3,)`` world mm: the centre of the volume's level-0 voxel grid (rotation pivot, view centre)."""
-        aff = bank.affines[0, volume]
         centre = (bank.shapes[0, volume].astype(jnp.float32) - 1.0) / 2.0
-        return aff[:3, :3] @ centre + aff[:3, 3]
+        return apply_affine(centre, bank.affines[0, volume])
 
     def max_offset(self, bank, volume) -> jax.Array:
         """``()`` mm: half the smallest world extent of the volume (offsets are clipped to ± this)."""
@@ -363,7 +363,7 @@ class PlaneEnv(ConfiguredEnv):
     def plane_world(self, state: PlaneState, bank) -> tuple[jax.Array, jax.Array]:
         """The agents' planes in world coordinates: ``(normal (A, 3), d (A,))`` with ``n . x = d``."""
         c = self.pivot(bank, state.volume)
-        return state.normal, state.offset + state.normal @ c
+        return state.normal, state.offset + vdot(state.normal, c)
 
     def _canonical(self, normal, offset):
         axis = self.definition.normal_axis_index
@@ -375,7 +375,7 @@ class PlaneEnv(ConfiguredEnv):
     def _target(self, bank, volume):
         """``(normal (3,), offset about the pivot (), reference point (3,))`` of the target."""
         n_t, d_t, ref = self.target_plane(bank, volume)
-        return n_t, d_t - jnp.dot(n_t, self.pivot(bank, volume)), ref
+        return n_t, d_t - vdot(n_t, self.pivot(bank, volume)), ref
 
     def _initial_state(self, bank, volume, normal, offset, target=None) -> PlaneState:
         """State at the coarsest scale with plane ``(normal (3,), offset ())`` about the pivot;
@@ -489,7 +489,7 @@ class PlaneEnv(ConfiguredEnv):
     def _batch_world(self, bank, volumes, normals, offsets):
         def one(volume, normal, d):
             normal = _unit(normal)
-            return self._initial_state(bank, volume, normal, d - jnp.dot(normal, self.pivot(bank, volume)))
+            return self._initial_state(bank, volume, normal, d - vdot(normal, self.pivot(bank, volume)))
 
         return jax.vmap(one)(volumes, normals, offsets)
 
@@ -543,7 +543,7 @@ class PlaneEnv(ConfiguredEnv):
         tol = jnp.asarray(params.osc_tolerance, jnp.float32)
         angle_tol = tol * jnp.asarray(c.angle_steps, jnp.float32)[state.scale]  # (A,)
         offset_tol = tol * jnp.asarray(c.offset_steps, jnp.float32)[state.scale]
-        cos_sim = jnp.einsum("ahj,aj->ah", pushed[..., :3], normal)
+        cos_sim = jnp.einsum("ahj,aj->ah", pushed[..., :3], normal, precision=HIGHEST)
         same = (cos_sim >= jnp.cos(jnp.radians(angle_tol))[:, None]) & (jnp.abs(pushed[..., 3] - offset[:, None]) <= offset_tol[:, None])
         since = state.since_switch + 1
         window = jnp.minimum(c.osc_window, since + 1)

@@ -102,6 +102,7 @@ from flax import struct
 
 from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank
 from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.ops.linalg import apply_affine, matmul, matvec
 from jaxmed.ops.resample import affine_grid, trilinear_levels
 from jaxmed.ops.rigid import invert_rigid, matrix_to_params, rigid_distance, rigid_matrix
 
@@ -145,7 +146,7 @@ def action_increment(action, step):
 
 def compose_action(params, action, step, center):
     """New estimate parameters ``(6,)`` after ``action``: ``T o D(d)`` (module docstring)."""
-    t = rigid_matrix(params, center) @ rigid_matrix(action_increment(action, step), center)
+    t = matmul(rigid_matrix(params, center), rigid_matrix(action_increment(action, step), center))
     return matrix_to_params(t, center)
 
 
@@ -153,7 +154,7 @@ def tre(residual, points):
     """Mean distance (mm) between ``points`` ``(K, 3)`` and their images under ``residual`` ``(4, 4)``.
 
     With ``residual = G^{-1} T`` (both rigid) this is ``mean_i |T p_i - G p_i|``. Returns ``()`` float32."""
-    moved = points @ residual[:3, :3].T + residual[:3, 3]
+    moved = apply_affine(points, residual)
     return jnp.mean(jnp.linalg.norm(moved - points, axis=-1))
 
 
@@ -355,9 +356,8 @@ class RegistrationEnv(ConfiguredEnv):
         """``(3,)`` float32 world mm: the registration centre of fixed volume ``volume``."""
         if self.config.centre == "landmarks":
             return jnp.mean(self._landmarks(bank, volume), axis=0)
-        aff = bank.affines[0, volume]
         mid = (bank.shapes[0, volume].astype(jnp.float32) - 1.0) / 2.0
-        return aff[:3, :3] @ mid + aff[:3, 3]
+        return apply_affine(mid, bank.affines[0, volume])
 
     def _steps(self) -> jax.Array:
         return jnp.asarray(self.config.steps, jnp.float32)
@@ -365,7 +365,7 @@ class RegistrationEnv(ConfiguredEnv):
     def residual(self, state: RegistrationState, bank) -> jax.Array:
         """``(4, 4)`` float32 ``G^{-1} T`` (world -> world of the fixed image)."""
         c = self.center(bank, state.volume)
-        return invert_rigid(rigid_matrix(state.gt, c)) @ rigid_matrix(state.estimate, c)
+        return matmul(invert_rigid(rigid_matrix(state.gt, c)), rigid_matrix(state.estimate, c))
 
     def _landmarks(self, bank, volume) -> jax.Array:
         return bank.landmarks_world[volume][jnp.asarray(self._landmark_indices(bank))]
@@ -557,11 +557,11 @@ class RegistrationEnv(ConfiguredEnv):
         aff = bank.affines[bank_level, volume]
         inv = jnp.linalg.inv(aff)
         ext = bank.shapes[bank_level, volume]
-        centre_vox = jnp.clip(jnp.round(inv[:3, :3] @ centre + inv[:3, 3]).astype(jnp.int32), 0, ext - 1)
+        centre_vox = jnp.clip(jnp.round(apply_affine(centre, inv)).astype(jnp.int32), 0, ext - 1)
         fixed = bank.to_intensity(bank.crops(volume, centre_vox, d, bank_level, candidates=c.levels))
         origin = (centre_vox - d // 2).astype(jnp.float32)
         shift = jnp.eye(4, dtype=jnp.float32).at[:3, 3].set(origin)
-        grid = jnp.linalg.inv(bank.affines[bank_level, moving]) @ residual @ aff @ shift  # crop voxel -> moving level voxel
+        grid = matmul(matmul(matmul(jnp.linalg.inv(bank.affines[bank_level, moving]), residual), aff), shift)  # crop voxel -> moving level voxel
         points = affine_grid(grid, d)
         sampled = trilinear_levels(bank.levels, bank.shapes[:, moving], moving, bank_level, points, bank.margin, 0.0,
                                    candidates=c.levels, packed=bank.packed)
@@ -574,13 +574,13 @@ def _residual_about_origin(estimate, gt) -> jax.Array:
     residual *in coordinates relative to the centre*: ``x - c -> W(x) - c``. It does not depend on
     ``c``, so the replay can store it without the bank."""
     zero = jnp.zeros((3,), jnp.float32)
-    w = invert_rigid(rigid_matrix(gt, zero)) @ rigid_matrix(estimate, zero)
+    w = matmul(invert_rigid(rigid_matrix(gt, zero)), rigid_matrix(estimate, zero))
     return w[:3]
 
 
 def _about_center(residual34, centre) -> jax.Array:
     """``(4, 4)`` world -> world matrix of a centre-relative residual ``(3, 4)``: ``x -> c + W (x - c)``."""
     r = residual34[:, :3]
-    t = residual34[:, 3] + centre - r @ centre
+    t = residual34[:, 3] + centre - matvec(r, centre)
     top = jnp.concatenate([r, t[:, None]], axis=1)
     return jnp.concatenate([top, jnp.asarray([[0.0, 0.0, 0.0, 1.0]], jnp.float32)], axis=0)
