@@ -78,6 +78,7 @@ def test_shared_trunk_agents_learn_all_landmarks(setup):
         assert (err[:, a] < 4.0).mean() > (err0[:, a] < 4.0).mean() + 0.3
 
 
+@pytest.mark.devices(4)
 def test_collab_training_is_data_parallel_with_identical_replicas(setup):
     """pmap over 4 fake CPU devices: pmean of gradients keeps the shared trunk and every head identical."""
     bank, env, params = setup

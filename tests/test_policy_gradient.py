@@ -337,8 +337,8 @@ def test_grpo_learns_to_find_landmark(phantom):
 # ------------------------------------------------------------------ parallelism, seeds, configs
 
 
+@pytest.mark.devices(4)
 def test_data_parallel_training_keeps_replicas_identical():
-    assert jax.local_device_count() >= 4
     env = CountEnv()
     config = ppo.PPOConfig(n_envs=4, num_steps=8, update_epochs=2, num_minibatches=2, updates_per_chunk=2)
     init, chunk = ppo.make_parallel_train(config, env, env.default_params, LinearAC(), n_devices=4)
@@ -542,6 +542,7 @@ _TINY_PPO = ["data.n_train=2", "data.n_test=1", "data.phantom_shape=[24,24,24]",
              "ppo.n_envs=4", "ppo.num_steps=8", "ppo.updates_per_chunk=2", "ppo.update_epochs=1", "ppo.num_minibatches=2"]
 
 
+@pytest.mark.devices(2)
 def test_sweep_trains_a_tiny_ppo_population():
     """PPO trials differing only in hyperparameter leaves share one compiled group; the vmapped
     population trains (every member its own values) and is evaluated on validation subjects."""
