@@ -1,0 +1,79 @@
+"""``jaxmed detect`` on many images in one process: one landmark file per image, one compilation for
+images of similar size, clear errors and ``--keep-going`` on an unreadable image, nothing half-written."""
+
+import numpy as np
+import pytest
+
+from jaxmed.cli import main
+from jaxmed.data import Volume, blob_phantom, read_landmarks, save_nifti
+from jaxmed.detect import LandmarkDetector, detect, detect_files, expand_inputs
+from jaxmed.errors import ImageError
+
+from test_evaluate_data import untrained_run
+
+
+def _images(tmp_path):
+    """Three phantom images: two of one shape (one shifted in the world), one a little smaller."""
+    vol, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=0)
+    shifted = np.array(vol.affine, np.float64)
+    shifted[:3, 3] += [6.0, -4.0, 2.0]
+    small = Volume(np.asarray(vol.data)[:30, 1:, :], vol.affine)
+    d = tmp_path / "scans"
+    d.mkdir()
+    return [save_nifti(vol, d / "a.nii.gz"), save_nifti(Volume(vol.data, shifted), d / "b.nii.gz"), save_nifti(small, d / "c.nii")]
+
+
+def test_batch_writes_one_file_per_image_and_compiles_once(tmp_path, capsys):
+    run = tmp_path / "run"
+    untrained_run(run)
+    images = _images(tmp_path)
+    det = LandmarkDetector.from_run(run, n_starts=2)
+    res = detect_files(det, images, tmp_path / "out")
+    assert [p.name for p in res["written"]] == ["a.fcsv", "b.fcsv", "c.fcsv"] and res["failed"] == []
+    assert res["compilations"] == 1 and len(res["seconds"]) == 3  # similar sizes share the bucketed program
+    one = detect(run, images[1], n_starts=2)  # the same answer as a single-image call
+    np.testing.assert_allclose(read_landmarks(tmp_path / "out" / "b.fcsv").positions, one.positions, atol=1e-3)
+    # the CLI: a folder in, a directory out, timings printed
+    assert main(["detect", str(tmp_path / "scans"), "--checkpoint", str(run), "-o", str(tmp_path / "cli"), "--starts", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 landmark file(s)" in out and "1 compilation(s)" in out and "s per image after start-up" in out
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["a.fcsv", "b.fcsv", "c.fcsv"]
+    # outputs are never overwritten: refused before any image is read
+    assert main(["detect", str(tmp_path / "scans" / "*.nii*"), "--checkpoint", str(run), "-o", str(tmp_path / "cli")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_broken_image_stops_the_batch_or_is_skipped(tmp_path, capsys):
+    run = tmp_path / "run"
+    untrained_run(run)
+    images = _images(tmp_path)
+    broken = tmp_path / "scans" / "b.nii.gz"
+    broken.write_bytes(b"not an image")
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("image\nscans/a.nii.gz\nscans/b.nii.gz\nscans/c.nii\n")
+    assert expand_inputs([str(manifest)]) == images
+    det = LandmarkDetector.from_run(run, n_starts=2)
+    with pytest.raises(ImageError, match="b.nii.gz"):
+        detect_files(det, images, tmp_path / "stop")
+    assert sorted(p.name for p in (tmp_path / "stop").iterdir()) == ["a.fcsv"]  # complete files only, no partial ones
+    assert main(["detect", str(manifest), "--checkpoint", str(run), "-o", str(tmp_path / "out"), "--starts", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxmed: error:") and "b.nii.gz" in err and "Traceback" not in err
+    assert main(["detect", str(manifest), "--checkpoint", str(run), "-o", str(tmp_path / "kg"), "--starts", "2", "--keep-going"]) == 1
+    assert "skipped" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "kg").iterdir()) == ["a.fcsv", "c.fcsv"]
+
+
+def test_cli_input_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    untrained_run(run)
+    images = _images(tmp_path)
+    (tmp_path / "file.fcsv").write_text("x")
+    argv = ["detect", *map(str, images), "--checkpoint", str(run), "-o", str(tmp_path / "file.fcsv")]
+    assert main(argv) == 2 and "must be a directory" in capsys.readouterr().err
+    assert main(["detect", str(tmp_path / "none*.nii"), "--checkpoint", str(run), "-o", str(tmp_path / "o")]) == 2
+    assert "no file matches" in capsys.readouterr().err
+    assert main(["detect", str(tmp_path / "missing.nii.gz"), "--checkpoint", str(run), "-o", str(tmp_path / "m.fcsv")]) == 2
+    assert "missing.nii.gz" in capsys.readouterr().err and not (tmp_path / "m.fcsv").exists()
+    assert main(["data", "show", str(images[0]), "-l", str(tmp_path / "file.fcsv"), "-o", str(tmp_path / "x.fcsv")]) == 2
+    assert "must be an image (.png" in capsys.readouterr().err and not (tmp_path / "x.fcsv").exists()
