@@ -21,7 +21,6 @@ import typing
 from typing import Any, Mapping
 
 from jaxmed.config import _coerce, build, to_dict
-from jaxmed.data.bank import STORAGE_DTYPES
 from jaxmed.data.sources.base import source_class
 from jaxmed.errors import ConfigError
 
@@ -44,7 +43,7 @@ class DataConfig:
       seed: base seed: synthetic splits draw from disjoint seed ranges of it
         (:func:`jaxmed.data.synth.split_seeds`); the files source seeds its split, folds and
         augmentation with it.
-      dtype: bank storage dtype (``uint8``, ``bfloat16``, ``float32``).
+      dtype: bank storage dtype (``uint8``, ``bfloat16``, ``float32``; checked when the bank is built).
       factors: pyramid downsampling factors of the bank.
       options: the source's own keys (a frozen dataclass, ``sources.source_class(source).Options``);
         readable as attributes of the config too (``cfg.phantom_shape``).
@@ -97,8 +96,6 @@ class DataConfig:
             raise ConfigError(f"{_where}.n_train and {_where}.n_test must be >= 1")
         if self.seed < 0:
             raise ConfigError(f"{_where}.seed: must be >= 0, got {seed!r}")
-        if self.dtype not in STORAGE_DTYPES:
-            raise ConfigError(f"{_where}.dtype: must be one of {', '.join(sorted(STORAGE_DTYPES))}, got {dtype!r}")
         check = getattr(opts, "check", None)
         if check is not None:
             check(self, _where)
