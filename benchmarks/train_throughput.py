@@ -504,7 +504,7 @@ def plot(result, path: Path) -> None:
             rr = [r for r in rows if r["config"] == cfg and r["impl"] == impl]
             if rr:
                 ax.plot([r["n_envs"] for r in rr], [r["env_steps_per_s"] for r in rr], style, color=f"C{i}", ms=5, label=f"{impl}, {cfg}")
-    ax.axhline(9.0, color="grey", lw=1, ls=":", label="published reference training loop (9 env-steps/s, DESIGN.md)")
+    ax.axhline(9.0, color="grey", lw=1, ls=":", label="published reference training loop (9 env-steps/s)")
     ax.set(xscale="log", yscale="log", xlabel="parallel environments n", ylabel="environment steps / s (training, 1 update per vector step)",
            title="DQN training throughput")
     ax.grid(True, which="both", alpha=0.3)

@@ -1,11 +1,16 @@
 """Typed run configurations: YAML files and ``key.sub=value`` overrides -> frozen dataclasses.
 
-Every section is a frozen dataclass; unknown keys and wrong types raise :class:`ConfigError`
-naming the key, the file and the allowed keys, before anything is compiled.
+One way to declare and check a config section: a frozen dataclass with typed fields (range checks
+in its ``__post_init__``), instantiated from a mapping with :func:`build`. Unknown keys and wrong
+types raise :class:`ConfigError` naming the key path (``config.dqn.gamma``,
+``config.network.trunk.width``) and the allowed keys, before anything is compiled. Learner
+sections, env options (the env's config and params dataclasses) and the network section (trunk and
+head options: the fields of the flax modules) all go through it.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -68,6 +73,14 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     return out
 
 
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against type ``hint`` (bool, int, float, str, tuples / sequences, unions,
+    mappings, nested dataclasses built with :func:`build`); integral floats become ints, ints
+    become floats, lists become tuples. :class:`ConfigError` names ``where``, e.g.
+    ``config.network.trunk.width: expected a number, got 'a'``."""
+    return _coerce(value, hint, where)
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if hint is Any:
@@ -85,7 +98,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is tuple:
+    if origin in (tuple, list, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             value = [value]
         args = typing.get_args(hint)

@@ -86,24 +86,32 @@ class EvalSection:
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """A whole run. ``env`` is ``{name: <registered env>, eval_starts, eval_max_steps, ...}`` where
-    every other key is an option of that env (:func:`jaxmed.envs.make`); ``network`` goes to the
-    learner's network factory; the learner sections (``dqn``, ``a2c``, ``ppo``, ``grpo``) hold the
-    learner config dataclasses (only the one ``train.learner`` selects is required)."""
+    every other key is an option of that env (:func:`jaxmed.envs.make`, checked against the env's
+    config and params dataclasses); ``network`` goes to the learner's network factory (checked as a
+    :class:`jaxmed.networks.NetworkConfig`); ``learner_config`` is the config dataclass of the learner
+    ``train.learner`` selects (:mod:`jaxmed.agents.learners`), written in YAML as the section named
+    after the learner (``dqn:``, ``a2c:``, ``ppo:``, ``grpo:``)."""
 
     data: DataConfig = DataConfig()
     env: dict = dataclasses.field(default_factory=dict)
     network: dict = dataclasses.field(default_factory=lambda: {"trunk": "patch", "head": "q"})
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
-    dqn: Any = None
-    a2c: Any = None
-    ppo: Any = None
-    grpo: Any = None
+    learner_config: Any = None
 
     @property
     def learner(self):
         """The selected learner's config dataclass."""
-        return getattr(self, self.train.learner)
+        return self.learner_config
+
+    def section(self, name: str):
+        """The config of learner ``name`` when it is the selected one, else ``None`` (e.g. ``cfg.section("dqn")``)."""
+        return self.learner_config if name == self.train.learner else None
+
+    dqn = property(lambda self: self.section("dqn"))
+    a2c = property(lambda self: self.section("a2c"))
+    ppo = property(lambda self: self.section("ppo"))
+    grpo = property(lambda self: self.section("grpo"))
 
     @property
     def env_name(self) -> str:
@@ -122,6 +130,8 @@ class ExperimentConfig:
         from jaxmed.config import to_dict
 
         out = {k: v for k, v in to_dict(self).items() if v is not None}
+        if "learner_config" in out:  # YAML names the section after the learner
+            out[self.train.learner] = out.pop("learner_config")
         if self.eval == EvalSection():  # the default: left out (configs and run directories stay as they were)
             out.pop("eval", None)
         return out
@@ -134,12 +144,20 @@ class ExperimentConfig:
         data = move_env_keys(dict(data), where)  # env.her_* of older configs -> dqn.her
         train = build(TrainSection, data.get("train"), f"{where}.train")
         data["eval"] = build(EvalSection, data.get("eval"), f"{where}.eval")
-        for name in learners.LEARNERS:
-            if data.get(name) is not None or name == train.learner:
-                data[name] = build(learners.config_class(name), data.get(name), f"{where}.{name}")
+        if "learner_config" in data:
+            raise ConfigError(f"{where}: unknown key learner_config; name the section after the learner ({train.learner}: ...)")
+        sections = {name: data.pop(name, None) for name in learners.LEARNERS}
+        for name, section in sections.items():
+            if section is not None or name == train.learner:  # a stray section of another learner is checked too
+                built = build(learners.config_class(name), section, f"{where}.{name}")
+                if name == train.learner:
+                    data["learner_config"] = built
         env = data.get("env") or {}
         if not isinstance(env, dict):
             raise ConfigError(f"{where}.env: expected a mapping, got {env!r}")
+        from jaxmed.networks import NetworkConfig
+
+        build(NetworkConfig, data.get("network"), f"{where}.network").check(f"{where}.network")  # names, types, options of trunk and head
         cfg = build(ExperimentConfig, data, where)
         make_env(cfg)  # validates the env options now, before any data is built
         return cfg

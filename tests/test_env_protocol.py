@@ -24,7 +24,7 @@ SETUPS = {
     "landmark-multiscale-v0": (dict(PHANTOM, factors=[1, 2, 4]), {"targets": ["L0"], "crop_size": 9, "frames": 2}),
     "landmark-multiagent-v0": (PHANTOM, {"targets": ["L0", "L1"], "crop_size": 9, "frames": 1}),
     "box-v0": (ELLIPSOID, {"structure": "organ", "n_points": 26, "grid_size": 9, "frames": 1, "levels": [0], "osc_repeats": 0}),
-    "corner-pair-v0": (ELLIPSOID, {"structure": "organ", "crop_size": 9, "frames": 1, "levels": [0]}),
+    "corner-pair-v0": (ELLIPSOID, {"structure": "organ", "n_points": 26, "crop_size": 9, "frames": 1, "levels": [0]}),
     "registration-v0": (dict(PHANTOM, factors=[1, 2]), {"landmarks": ["L0", "L1", "L2", "L3"], "crop_size": 9, "levels": [1],
                                                          "steps": [2.0], "max_translation_mm": 10.0, "max_rotation_deg": 5.0}),
     "plane-v0": (dict(PHANTOM, factors=[1, 2]), {"target": "phantom", "size": 12, "n_slices": 3, "frames": 1, **PLANE_STEPS}),
@@ -63,6 +63,16 @@ def _assert_obs(env, params, bank, obs):
     assert bool(space.contains(obs))
 
 
+def _assert_same_obs(a, b):
+    """Equal observations: exactly for integer (uint8) images; float images may differ in the last
+    bit between two compiled programs (resampling fused differently)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if np.issubdtype(a.dtype, np.integer):
+        np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def _assert_trees_equal(a, b):
     chex.assert_trees_all_equal_structs(a, b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -87,7 +97,7 @@ def test_reset_step_shapes_dtypes_and_spaces(setup):
         if k.startswith("final_") and k != "final_state":
             assert jnp.issubdtype(v.dtype, jnp.floating), k  # NaN where the episode did not end
     # state-based replay: the stored obs state renders the observation
-    np.testing.assert_array_equal(np.asarray(env.render(env.obs_state(state2), bank)), np.asarray(obs2))
+    _assert_same_obs(env.render(env.obs_state(state2), bank), obs2)
 
 
 def test_auto_reset_and_determinism(setup):
@@ -101,7 +111,7 @@ def test_auto_reset_and_determinism(setup):
     assert bool(terminated | truncated)  # one step allowed: the episode ended ...
     fresh = jax.jit(env.reset_env)(jax.random.split(key)[1], params, bank)
     _assert_trees_equal(new, fresh)  # ... and the returned state is the reset state of the step key
-    np.testing.assert_array_equal(np.asarray(obs), np.asarray(env.get_obs(fresh, params, bank)))
+    _assert_same_obs(obs, env.get_obs(fresh, params, bank))
     again = env.step(key, state, action, params, bank)
     _assert_trees_equal(again, out)  # same key, same everything
 

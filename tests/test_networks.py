@@ -181,7 +181,7 @@ def test_network_from_config():
         ({"head": "noisy"}, "unknown head 'noisy'"),
         ({"trunk": {"name": "patch", "patchsize": 5}}, "unknown option(s) ['patchsize']"),
         ({"head": {"name": "q", "n_actions": 4}}, "unknown option(s) ['n_actions']"),
-        ({"trunks": "patch"}, "unknown key(s) ['trunks']"),
+        ({"trunks": "patch"}, "unknown key(s) trunks"),
         ({"dtype": "float16"}, "dtype must be one of"),
         ({"communication": True}, "need n_agents"),
         ({"n_agents": 0}, "n_agents must be a positive int"),

@@ -21,6 +21,7 @@ from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
 from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
 from jaxmed.agents.core import OPTIMIZER_FLOATS, TrainFns, check_non_negative, check_optimizer_fields, check_range, make_parallel, validate_fields
+from jaxmed.agents.policy_gradient import ChunkCounts
 from jaxmed.errors import ConfigError
 
 __all__ = ["HPARAM_FIELDS", "A2CConfig", "Hparams", "RunnerState", "default_hparams", "make_parallel_train",
@@ -28,7 +29,7 @@ __all__ = ["HPARAM_FIELDS", "A2CConfig", "Hparams", "RunnerState", "default_hpar
 
 
 @dataclasses.dataclass(frozen=True)
-class A2CConfig:
+class A2CConfig(ChunkCounts):
     """A2C hyperparameters (the network and environment are configured separately).
 
     Attributes:
@@ -72,14 +73,8 @@ class A2CConfig:
     value_clip_eps = None
 
     @property
-    def env_steps_per_chunk(self) -> int:
-        """Single-env steps one ``run_chunk`` call takes per device."""
-        return self.updates_per_chunk * self.num_steps * self.n_envs
-
-    @property
-    def grad_steps_per_chunk(self) -> int:
-        """Gradient (Adam) steps one ``run_chunk`` call takes."""
-        return self.updates_per_chunk
+    def rollout_steps(self) -> int:
+        return self.num_steps
 
 
 #: A2C's hyperparameter leaves: learning_rate, lr_final_fraction, max_grad_norm, gamma, gae_lambda, vf_coef,

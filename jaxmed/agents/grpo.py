@@ -66,6 +66,7 @@ from jaxmed.agents.core import (
     validate_fields,
 )
 from jaxmed.agents.policy_gradient import (
+    ChunkCounts,
     categorical_kl,
     entropy,
     epochs_of_minibatches,
@@ -84,7 +85,7 @@ __all__ = ["HPARAM_FIELDS", "GRPOConfig", "Hparams", "RunnerState", "default_hpa
 
 
 @dataclasses.dataclass(frozen=True)
-class GRPOConfig:
+class GRPOConfig(ChunkCounts):
     """GRPO hyperparameters (module docstring).
 
     Attributes:
@@ -145,14 +146,9 @@ class GRPOConfig:
                               f"'final_distance_mm'), got {self.terminal_reward!r}")
 
     @property
-    def env_steps_per_chunk(self) -> int:
-        """Single-env steps one ``run_chunk`` call scans per device (frozen steps after an episode's end included)."""
-        return self.updates_per_chunk * self.max_steps * self.n_envs
-
-    @property
-    def grad_steps_per_chunk(self) -> int:
-        """Gradient (Adam) steps one ``run_chunk`` call takes."""
-        return self.updates_per_chunk * self.update_epochs * self.num_minibatches
+    def rollout_steps(self) -> int:
+        """Steps scanned per episode (frozen steps after an episode's end included)."""
+        return self.max_steps
 
 
 @struct.dataclass

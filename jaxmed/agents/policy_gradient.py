@@ -29,6 +29,25 @@ from jaxmed.agents.core import FINAL_PREFIX, episode_sums, final_metric_names, o
 from jaxmed.errors import ConfigError
 
 
+# ------------------------------------------------------------------ configs
+
+
+class ChunkCounts:
+    """``env_steps_per_chunk`` and ``grad_steps_per_chunk`` of a policy-gradient learner config with
+    ``n_envs``, ``updates_per_chunk``, ``update_epochs``, ``num_minibatches`` and the rollout length
+    ``rollout_steps`` (vector steps per iteration)."""
+
+    @property
+    def env_steps_per_chunk(self) -> int:
+        """Single-env steps one ``run_chunk`` call takes (scans) per device."""
+        return self.updates_per_chunk * self.rollout_steps * self.n_envs
+
+    @property
+    def grad_steps_per_chunk(self) -> int:
+        """Gradient (Adam) steps one ``run_chunk`` call takes."""
+        return self.updates_per_chunk * self.update_epochs * self.num_minibatches
+
+
 # ------------------------------------------------------------------ acting
 
 

@@ -28,6 +28,7 @@ from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
 from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
 from jaxmed.agents.core import OPTIMIZER_FLOATS, TrainFns, check_non_negative, check_optimizer_fields, check_range, make_parallel, validate_fields
+from jaxmed.agents.policy_gradient import ChunkCounts
 from jaxmed.errors import ConfigError
 
 __all__ = ["HPARAM_FIELDS", "PPOConfig", "Hparams", "RunnerState", "default_hparams", "make_parallel_train",
@@ -35,7 +36,7 @@ __all__ = ["HPARAM_FIELDS", "PPOConfig", "Hparams", "RunnerState", "default_hpar
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOConfig:
+class PPOConfig(ChunkCounts):
     """PPO hyperparameters (the network and environment are configured separately).
 
     Attributes:
@@ -93,14 +94,8 @@ class PPOConfig:
         return self.clip_eps if self.clip_value else None
 
     @property
-    def env_steps_per_chunk(self) -> int:
-        """Single-env steps one ``run_chunk`` call takes per device."""
-        return self.updates_per_chunk * self.num_steps * self.n_envs
-
-    @property
-    def grad_steps_per_chunk(self) -> int:
-        """Gradient (Adam) steps one ``run_chunk`` call takes."""
-        return self.updates_per_chunk * self.update_epochs * self.num_minibatches
+    def rollout_steps(self) -> int:
+        return self.num_steps
 
 
 @struct.dataclass

@@ -7,7 +7,7 @@ jitted training program like any other state: :meth:`ReplayBuffer.add_batch` and
 **What jaxmed stores: environment states, not pixels.** A landmark transition in the published
 implementations holds two stacks of four 45³ float crops (~1.5 MB; 91 KB per agent per transition
 in the measured reference, 9.1 GB for 1e5 transitions). Per-agent state in jaxmed is tiny
-(see DESIGN.md, "Per-agent state is tiny"), and observations are a pure function of (volume bank,
+(``docs/architecture.md``, "State-based replay"), and observations are a pure function of (volume bank,
 state): frames are re-rendered from the ring of past positions. So a transition stores
 
 * ``volume``: the bank index, ``()`` int32;

@@ -50,7 +50,7 @@ import numpy as np
 from flax import struct
 
 from jaxmed.envs.base import Box, Discrete, image_box
-from jaxmed.envs.goals import GoalConditionedEnv
+from jaxmed.envs.goals import GoalConditionedEnv, check_goal_config
 from jaxmed.envs.landmark import (
     N_ACTIONS,
     LandmarkConfig,
@@ -88,18 +88,10 @@ class GoalLandmarkConfig:
     reference_volume: int = 0
 
     def __post_init__(self):
-        goals = (self.goals,) if isinstance(self.goals, str) else tuple(str(g) for g in self.goals)
-        object.__setattr__(self, "goals", goals)
-        if not goals:
-            raise ConfigError("GoalLandmarkConfig: goals is empty; give the landmark labels an episode may ask for")
-        if len(set(goals)) != len(goals):
-            raise ConfigError(f"GoalLandmarkConfig: goals repeat a label: {goals}")
-        for name in ("n_agents",):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"GoalLandmarkConfig: {name} must be a positive int, got {v!r}")
-        if not isinstance(self.reference_volume, (int, np.integer)) or self.reference_volume < 0:
-            raise ConfigError(f"GoalLandmarkConfig: reference_volume must be a bank index >= 0, got {self.reference_volume!r}")
+        check_goal_config(self, "landmark label")
+        v = self.n_agents
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"GoalLandmarkConfig: n_agents must be a positive int, got {v!r}")
         nav = self.nav_config()  # validates crop_size / frames / levels / osc_window
         object.__setattr__(self, "levels", nav.levels)
 

@@ -62,7 +62,7 @@ from flax import struct
 
 from jaxmed.data.planes import PLANES, PlaneDefinition, _three_points, get_plane
 from jaxmed.envs.base import Box, Discrete, check_discrete_action, check_volume_bank, image_box
-from jaxmed.envs.goals import GoalConditionedEnv
+from jaxmed.envs.goals import GoalConditionedEnv, check_goal_config
 from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneState, PlaneObsState, PlaneEnv, PlaneConfig, perturbed_plane
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.linalg import HIGHEST, matmul, matvec, vdot
@@ -132,17 +132,8 @@ class GoalPlaneConfig:
     reference_volume: int = 0
 
     def __post_init__(self):
-        goals = (self.goals,) if isinstance(self.goals, str) else tuple(str(g) for g in self.goals)
-        object.__setattr__(self, "goals", goals)
-        if not goals:
-            raise ConfigError("GoalPlaneConfig: goals is empty; give the plane names an episode may ask for")
-        if len(set(goals)) != len(goals):
-            raise ConfigError(f"GoalPlaneConfig: goals repeat a plane: {goals}")
-        for g in goals:
+        for g in check_goal_config(self, "plane"):
             frame_rotation(goal_definition(g))  # ConfigError for unknown names
-        ref = self.reference_volume
-        if not isinstance(ref, (int, np.integer)) or isinstance(ref, bool) or ref < 0:
-            raise ConfigError(f"GoalPlaneConfig: reference_volume must be a bank index >= 0, got {ref!r}")
         nav = self.plane_config()  # validates the plane env's options
         for name in ("levels", "angle_steps", "offset_steps", "slice_gap"):
             object.__setattr__(self, name, getattr(nav, name))

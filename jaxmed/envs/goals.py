@@ -12,6 +12,24 @@ from __future__ import annotations
 import numpy as np
 
 from jaxmed.envs.base import ConfiguredEnv
+from jaxmed.errors import ConfigError
+
+
+def check_goal_config(config, what: str) -> tuple[str, ...]:
+    """Check the ``goals`` and ``reference_volume`` of a goal-conditioned env's frozen config and store
+    ``goals`` as a tuple of names (a single name becomes a 1-tuple); ``what`` names a goal in
+    messages (``"landmark label"``, ``"plane"``). Returns the goals."""
+    cls = type(config).__name__
+    goals = (config.goals,) if isinstance(config.goals, str) else tuple(str(g) for g in config.goals)
+    object.__setattr__(config, "goals", goals)
+    if not goals:
+        raise ConfigError(f"{cls}: goals is empty; give the {what}s an episode may ask for")
+    if len(set(goals)) != len(goals):
+        raise ConfigError(f"{cls}: goals repeat a {what}: {goals}")
+    ref = config.reference_volume
+    if not isinstance(ref, (int, np.integer)) or isinstance(ref, bool) or ref < 0:
+        raise ConfigError(f"{cls}: reference_volume must be a bank index >= 0, got {ref!r}")
+    return goals
 
 
 class GoalConditionedEnv(ConfiguredEnv):

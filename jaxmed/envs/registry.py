@@ -33,6 +33,7 @@ different points and detection answers the robust mean of their end points.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Callable, Sequence
 
 from jaxmed.errors import ConfigError
@@ -75,9 +76,18 @@ def _split_overrides(name: str, config_cls, params_cls, overrides: dict) -> tupl
             f"{name}: unknown option(s) {', '.join(unknown)}; config options: {', '.join(sorted(config_keys))}; "
             f"parameters: {', '.join(sorted(params_keys))}"
         )
-    config = {k: v for k, v in overrides.items() if k in config_keys}
-    params = {k: v for k, v in overrides.items() if k in params_keys}
+    config = _typed(config_cls, {k: v for k, v in overrides.items() if k in config_keys})
+    params = _typed(params_cls, {k: v for k, v in overrides.items() if k in params_keys})
     return config, params
+
+
+def _typed(cls, options: dict) -> dict:
+    """``options`` checked against the field types of dataclass ``cls`` (:func:`jaxmed.config.coerce`:
+    a wrong type names its key, e.g. ``env.crop_size: expected an integer, got 'a'``)."""
+    from jaxmed.config import coerce
+
+    hints = typing.get_type_hints(cls)
+    return {k: coerce(v, hints[k], f"env.{k}") for k, v in options.items()}
 
 
 def _landmark_factory(levels: tuple[int, ...], n_default_targets: int | None):

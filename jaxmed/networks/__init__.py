@@ -6,6 +6,7 @@ each trunk (the network, not the environment, decides the speed).
 """
 
 from jaxmed.networks.actor_critic import ActorCritic, ActorCriticHead, MultiAgentActorCritic, actor_critic_from_config
+from jaxmed.networks.config import NetworkConfig
 from jaxmed.networks.heads import HEADS, DuelingHead, QHead
 from jaxmed.networks.q_network import MultiAgentQNetwork, QNetwork, network_from_config
 from jaxmed.networks.trunks import TRUNKS, Network3DTrunk, PatchTrunk, StridedTrunk, prepare_frames
@@ -16,6 +17,7 @@ __all__ = [
     "MultiAgentActorCritic",
     "actor_critic_from_config",
     "HEADS",
+    "NetworkConfig",
     "TRUNKS",
     "DuelingHead",
     "MultiAgentQNetwork",

@@ -26,14 +26,8 @@ import jax.numpy as jnp
 
 from jaxmed.errors import ConfigError
 from jaxmed.networks.heads import HiddenStack
-from jaxmed.networks.q_network import (
-    _CONFIG_KEYS,
-    _DTYPES,
-    _MULTI_AGENT_KEYS,
-    agent_axis_forward,
-    _lookup,
-    _name_and_options,
-)
+from jaxmed.networks.config import DTYPES, NetworkConfig, lookup
+from jaxmed.networks.q_network import agent_axis_forward
 from jaxmed.networks.trunks import TRUNKS
 
 Dtype = Any
@@ -99,14 +93,14 @@ class ActorCritic(nn.Module):
     critic: bool = True
 
     def _trunk(self):
-        return _lookup("trunk", self.trunk, TRUNKS, self.trunk_kwargs)
+        return lookup("trunk", self.trunk, TRUNKS, self.trunk_kwargs)
 
     def _head(self):
         options = dict(self.head_kwargs or {})
         if "critic" in options:
             raise ConfigError("actor-critic head: set critic on the network (actor_critic_from_config(..., critic=...)), "
                               "not in the head options")
-        return _lookup("head", HEAD_NAME, _HEADS, options)
+        return lookup("head", HEAD_NAME, _HEADS, options)
 
     def check_input(self, spatial) -> None:
         """Raise :class:`ConfigError` if crops of size ``spatial`` (D or (X, Y, Z)) cannot be used."""
@@ -158,42 +152,18 @@ def actor_critic_from_config(cfg: Mapping[str, Any], critic: bool = True) -> Act
 
     Raises :class:`ConfigError` on unknown keys, names or options, or an unusable crop size.
     """
-    cfg = dict(cfg)
-    unknown = sorted(set(cfg) - set(_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"network config: unknown key(s) {unknown}; allowed: {list(_CONFIG_KEYS)}")
-    trunk, trunk_options = _name_and_options("trunk", cfg.get("trunk", "patch"))
-    head = cfg.get("head", HEAD_NAME)
-    if isinstance(head, Mapping) and "name" not in head:
-        head = {"name": HEAD_NAME, **head}
-    head, head_options = _name_and_options("head", head)
-    if head != HEAD_NAME:
-        raise ConfigError(f"network config: head {head!r} is a Q-value head; policy-gradient learners use "
+    nc = NetworkConfig.parse(cfg)
+    trunk, trunk_options = nc.trunk_spec()
+    head = nc.head if nc.head is not None else HEAD_NAME
+    if isinstance(head, str) and head != HEAD_NAME or isinstance(head, Mapping) and head.get("name", HEAD_NAME) != HEAD_NAME:
+        name = head if isinstance(head, str) else head["name"]
+        raise ConfigError(f"network config: head {name!r} is a Q-value head; policy-gradient learners use "
                           f"head {HEAD_NAME!r} (options: hidden)")
-    dtype = cfg.get("dtype", "float32")
-    if dtype not in _DTYPES:
-        raise ConfigError(f"network config: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    n_actions = cfg.get("n_actions", 6)
-    if not isinstance(n_actions, int) or isinstance(n_actions, bool) or n_actions < 1:
-        raise ConfigError(f"network config: n_actions must be a positive int, got {n_actions!r}")
+    _, head_options = nc.head_spec(HEAD_NAME, _HEADS)
     if "hidden" in head_options:
         head_options["hidden"] = tuple(head_options["hidden"])
-    common = dict(trunk=trunk, n_actions=n_actions, dtype=_DTYPES[dtype], trunk_kwargs=trunk_options,
+    common = dict(trunk=trunk, n_actions=nc.n_actions, dtype=DTYPES[nc.dtype], trunk_kwargs=trunk_options,
                   head_kwargs=head_options, critic=bool(critic))
-    n_agents = cfg.get("n_agents")
-    if n_agents is None:
-        stray = [k for k in _MULTI_AGENT_KEYS if k in cfg]
-        if stray:
-            raise ConfigError(f"network config: {stray} need n_agents")
-        net: ActorCritic = ActorCritic(**common)
-    else:
-        if not isinstance(n_agents, int) or isinstance(n_agents, bool) or n_agents < 1:
-            raise ConfigError(f"network config: n_agents must be a positive int, got {n_agents!r}")
-        net = MultiAgentActorCritic(**common, n_agents=n_agents, share_trunk=bool(cfg.get("share_trunk", True)),
-                                    communication=bool(cfg.get("communication", False)))
-    net._head()  # validates the head options
-    if "crop_size" in cfg:
-        net.check_input(cfg["crop_size"])
-    else:
-        net._trunk()
-    return net
+    agents = nc.agent_options()
+    net = MultiAgentActorCritic(**common, **agents) if agents else ActorCritic(**common)
+    return nc.finish(net)

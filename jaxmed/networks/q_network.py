@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxmed.errors import ConfigError
+from jaxmed.networks.config import DTYPES, NetworkConfig, lookup
 from jaxmed.networks.heads import HEADS
 from jaxmed.networks.trunks import TRUNKS
 
@@ -30,20 +31,6 @@ Dtype = Any
 AGENT_AXIS = "agents"
 
 # Fields set by the network itself, never through trunk_kwargs / head_kwargs.
-_RESERVED = ("parent", "name", "dtype", "n_actions", "comm_axis")
-
-
-def _lookup(kind: str, name: str, registry: Mapping[str, type], options: Optional[Mapping]):
-    """``(class, options dict)`` for ``registry[name]``; :class:`ConfigError` on unknown names/options."""
-    if not isinstance(name, str) or name not in registry:
-        raise ConfigError(f"unknown {kind} {name!r}; choose one of {sorted(registry)}")
-    cls = registry[name]
-    options = dict(options or {})
-    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in _RESERVED]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{kind} {name!r}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
-    return cls, options
 
 
 class QNetwork(nn.Module):
@@ -66,10 +53,10 @@ class QNetwork(nn.Module):
     head_kwargs: Optional[Mapping[str, Any]] = None
 
     def _trunk(self):
-        return _lookup("trunk", self.trunk, TRUNKS, self.trunk_kwargs)
+        return lookup("trunk", self.trunk, TRUNKS, self.trunk_kwargs)
 
     def _head(self):
-        return _lookup("head", self.head, HEADS, self.head_kwargs)
+        return lookup("head", self.head, HEADS, self.head_kwargs)
 
     def check_input(self, spatial) -> None:
         """Raise :class:`ConfigError` if crops of size ``spatial`` (D or (X, Y, Z)) cannot be used."""
@@ -139,66 +126,19 @@ def agent_axis_forward(net: nn.Module, frames: jnp.ndarray, **head_kwargs):
                  name="head", **head_kwargs)(features)
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_CONFIG_KEYS = ("trunk", "head", "n_actions", "dtype", "n_agents", "share_trunk", "communication",
-                "crop_size")
-_MULTI_AGENT_KEYS = ("share_trunk", "communication")
-
-
-def _name_and_options(kind: str, value) -> tuple[str, dict]:
-    if isinstance(value, str):
-        return value, {}
-    if isinstance(value, Mapping) and "name" in value:
-        options = dict(value)
-        return options.pop("name"), options
-    raise ConfigError(f"network config: {kind} must be a name or a mapping with a 'name' key, "
-                      f"got {value!r}")
-
-
 def network_from_config(cfg: Mapping[str, Any]) -> nn.Module:
-    """Build a (multi-agent) Q-network from a plain config mapping, validating it first.
-
-    Keys (all optional):
-      trunk: name, or ``{"name": ..., **options}`` (default ``"patch"``).
-      head: name, or ``{"name": ..., **options}`` (default ``"q"``).
-      n_actions: int (default 6).
-      dtype: ``"float32"`` (default) or ``"bfloat16"``.
-      n_agents: int; when given, a :class:`MultiAgentQNetwork` is built.
-      share_trunk, communication: bools, only with ``n_agents``.
-      crop_size: int or 3 ints; when given, checked against the trunk now (e.g. divisibility for
-        the patch trunk) instead of at the first trace.
+    """Build a (multi-agent) Q-network from a plain config mapping, validating it first
+    (:class:`jaxmed.networks.config.NetworkConfig`: ``trunk``, ``head`` (default ``"q"``), ``n_actions``,
+    ``dtype``, ``n_agents`` (a :class:`MultiAgentQNetwork` when given), ``share_trunk``,
+    ``communication``, ``crop_size``).
 
     Raises :class:`ConfigError` on unknown keys, names or options, or an unusable crop size.
     """
-    cfg = dict(cfg)
-    unknown = sorted(set(cfg) - set(_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"network config: unknown key(s) {unknown}; allowed: {list(_CONFIG_KEYS)}")
-    trunk, trunk_options = _name_and_options("trunk", cfg.get("trunk", "patch"))
-    head, head_options = _name_and_options("head", cfg.get("head", "q"))
-    dtype = cfg.get("dtype", "float32")
-    if dtype not in _DTYPES:
-        raise ConfigError(f"network config: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    n_actions = cfg.get("n_actions", 6)
-    if not isinstance(n_actions, int) or n_actions < 1:
-        raise ConfigError(f"network config: n_actions must be a positive int, got {n_actions!r}")
-    common = dict(trunk=trunk, head=head, n_actions=n_actions, dtype=_DTYPES[dtype],
+    nc = NetworkConfig.parse(cfg)
+    trunk, trunk_options = nc.trunk_spec()
+    head, head_options = nc.head_spec("q", HEADS)
+    common = dict(trunk=trunk, head=head, n_actions=nc.n_actions, dtype=DTYPES[nc.dtype],
                   trunk_kwargs=trunk_options, head_kwargs=head_options)
-    n_agents = cfg.get("n_agents")
-    if n_agents is None:
-        stray = [k for k in _MULTI_AGENT_KEYS if k in cfg]
-        if stray:
-            raise ConfigError(f"network config: {stray} need n_agents")
-        net: QNetwork = QNetwork(**common)
-    else:
-        if not isinstance(n_agents, int) or n_agents < 1:
-            raise ConfigError(f"network config: n_agents must be a positive int, got {n_agents!r}")
-        net = MultiAgentQNetwork(**common, n_agents=n_agents,
-                                 share_trunk=bool(cfg.get("share_trunk", True)),
-                                 communication=bool(cfg.get("communication", False)))
-    net._head()  # validates the head name and options
-    if "crop_size" in cfg:
-        net.check_input(cfg["crop_size"])
-    else:
-        net._trunk()
-    return net
+    agents = nc.agent_options()
+    net = MultiAgentQNetwork(**common, **agents) if agents else QNetwork(**common)
+    return nc.finish(net)
