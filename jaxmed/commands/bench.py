@@ -49,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``jaxmed bench`` (also used by the thin wrapper scripts in ``benchmarks/``)."""
-    p.add_argument("grid", nargs="?", help="grid YAML (see jaxmed/bench.py); the options below replace its axes")
+    p.add_argument("grid", nargs="?", help="grid YAML (see jaxmed/bench/__init__.py); the options below replace its axes")
     p.add_argument("--config", help="base experiment YAML (default: the grid's, else configs/phantom_dqn.yaml)")
     p.add_argument("--configs", nargs="+", help="config axis: several experiment YAMLs (e.g. one per environment)")
     p.add_argument("--variant", nargs="+", help="variant axis: names of the grid's override sets")
