@@ -70,9 +70,16 @@ def read_json(path: Path):
 
 
 def commit() -> str:
-    """The commit measured: ``$GPU_CHECK_COMMIT`` (set it when the copy has no ``.git``), else git."""
+    """The commit measured: ``$GPU_CHECK_COMMIT``, else the file ``.gpu_data/commit`` (write it before
+    copying a tree without ``.git``), else git."""
     if os.environ.get("GPU_CHECK_COMMIT"):
         return os.environ["GPU_CHECK_COMMIT"]
+    try:
+        text = (ROOT / ".gpu_data" / "commit").read_text().strip()
+        if text:
+            return text
+    except OSError:
+        pass
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True, timeout=10).stdout.strip() or "unknown"
@@ -142,7 +149,7 @@ def stage_facts(args) -> None:
 
 
 def stage_tests_summary(args) -> None:
-    """Parse pytest's ``-q -rfEs`` log into tests.json (counts, failed ids, skip reasons)."""
+    """Parse pytest's ``-v -rfEs`` log into tests.json (counts, failed ids, skip reasons)."""
     import re
 
     rec = {"stage": "tests", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -152,7 +159,12 @@ def stage_tests_summary(args) -> None:
     rec["summary"] = tail[0].strip("= ")
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|xfailed|deselected)", rec["summary"])}
     rec["counts"] = counts
-    rec["failed"] = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M)))
+    # the short summary at the end, or (killed by the time limit) the per-test lines of -v
+    rec["failed"] = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M))
+                           | set(re.findall(r"(?:FAILED|ERROR) (tests/\S+::\S+)", text)))
+    if not counts:
+        counts = {k.lower(): len(re.findall(rf"\] {k} tests/", text)) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR")}
+        rec["counts"] = {k: v for k, v in counts.items() if v}
     rec["skipped"] = sorted(set(re.findall(r"^SKIPPED \[\d+\] (.*)$", text, re.M)))
     rec["exit_code"] = int(args.exit_code) if args.exit_code is not None else None
     rec["timed_out"] = rec["exit_code"] in (124, 137)
@@ -169,6 +181,7 @@ def stage_env(args) -> None:
     from jaxmed import experiment as ex
     from jaxmed.bench import load_grid, measure_env, point_config
     from jaxmed.config import load_yaml
+    from jaxmed.ops import pack_levels
 
     rec = stage_record("env", args)
     rec["obs_bytes_per_agent_step"] = OBS_BYTES
@@ -178,29 +191,77 @@ def stage_env(args) -> None:
     grid = load_yaml(str(ROOT / "benchmarks/grids/landmark_env.yaml"))
     grid["overrides"] = list(grid["overrides"]) + [f"data.n_train={args.n_subjects}", "data.dtype=uint8"]
     grid = load_grid(grid)
-    n_envs = [4, 16] if args.dry_run else [4096, 65536]
+    small, large = (4, 16) if args.dry_run else (4096, 65536)
     steps = 4 if args.dry_run else 32
-    bank = None
-    for variant in ("single", "multi_scale"):
-        cfg = point_config(grid, {"variant": variant, "dtype": "uint8"})
-        if bank is None:
-            t = time.perf_counter()
-            bank, _, _ = ex.make_bank(cfg, "train", cfg.data.n_train)
-            rec["bank_build_s"] = time.perf_counter() - t
-            log(f"bank: {cfg.data.n_train} subjects in {rec['bank_build_s']:.1f} s")
-        env, params, _ = ex.make_env(cfg, bank.labels)
-        for n in n_envs:
-            row = {"variant": variant, "n_envs": n, "levels": list(cfg.env["levels"]), "crop": cfg.env["crop_size"],
-                   "frames": cfg.env["frames"]}
-            try:
-                row.update(measure_env(env, params, bank, n, jax.local_devices()[:1], steps, min_time=0.0 if args.dry_run else 1.0))
-                row["frac_ceiling"] = row["env_agent_steps_per_s"] / rec["ceiling_agent_steps_per_s"]
-                row["output_GBps"] = row["env_agent_steps_per_s"] * OBS_BYTES / 1e9
-            except Exception as e:  # e.g. out of memory at the largest n: record, go on
-                row["error"] = f"{type(e).__name__}: {e}"[:400]
-            rec["points"].append(row)
-            write_json(args.out / "env.json", rec)
-            log(f"env {variant} n={n}: {row.get('env_agent_steps_per_s', row.get('error'))}")
+    min_time = 0.0 if args.dry_run else 1.0
+    # (variant, n_envs, mode), most important first (a stage cut by its time limit keeps those):
+    # mode "blocked" steps the envs in lax.map blocks of `small`; "packed" renders the multi-scale
+    # observation with one row gather from the packed pyramid (VolumeBank.packed) instead of cropping
+    # every level and selecting (what the landmark env's bank has by default)
+    plan = [("single", small, ""), ("multi_scale", small, ""), ("single", large, ""), ("multi_scale", large, ""),
+            ("single", large, "blocked"), ("multi_scale", small, "packed"), ("multi_scale", large, "packed")]
+    cfgs = {v: point_config(grid, {"variant": v, "dtype": "uint8"}) for v in ("single", "multi_scale")}
+    t = time.perf_counter()
+    bank, _, _ = ex.make_bank(cfgs["multi_scale"], "train", cfgs["multi_scale"].data.n_train)  # one bank for both
+    rec["bank_build_s"] = time.perf_counter() - t
+    rec["bank_packed"] = bank.packed is not None
+    log(f"bank: {args.n_subjects} subjects in {rec['bank_build_s']:.1f} s (packed: {rec['bank_packed']})")
+    envs = {v: ex.make_env(c, bank.labels)[:2] for v, c in cfgs.items()}
+    for variant, n, mode in plan:
+        cfg = cfgs[variant]
+        env, params = envs[variant]
+        row = {"variant": variant + (f"_{mode}" if mode else ""), "n_envs": n, "levels": list(cfg.env["levels"]),
+               "crop": cfg.env["crop_size"], "frames": cfg.env["frames"]}
+        try:
+            if mode == "blocked":
+                row.update(measure_chunked(env, params, bank, n, small, steps, min_time))
+            else:
+                b = bank.replace(packed=pack_levels(bank.levels)) if mode == "packed" else bank
+                row.update(measure_env(env, params, b, n, jax.local_devices()[:1], steps, min_time))
+            row["frac_ceiling"] = row["env_agent_steps_per_s"] / rec["ceiling_agent_steps_per_s"]
+            row["output_GBps"] = row["env_agent_steps_per_s"] * OBS_BYTES / 1e9
+        except Exception as e:  # e.g. out of memory at the largest n: record, go on
+            row["error"] = f"{type(e).__name__}: {e}"[:400]
+        rec["points"].append(row)
+        write_json(args.out / "env.json", rec)
+        log(f"env {row['variant']} n={n}: {row.get('env_agent_steps_per_s', row.get('error'))}")
+
+
+def measure_chunked(env, params, bank, n_envs: int, chunk: int, n_steps: int, min_time: float) -> dict:
+    """Like :func:`jaxmed.bench.measure_env` on one device, but every step maps the vmapped
+    ``env.step`` over blocks of ``chunk`` environments (``lax.map``) instead of vmapping all
+    ``n_envs`` at once: does a bounded working set remove the fall-off at large ``n_envs``?"""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmed.bench import compile_timed, reset_batch, timed
+
+    blocks = n_envs // chunk
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None, None))
+    split = lambda t: jax.tree.map(lambda x: x.reshape((blocks, chunk) + x.shape[1:]), t)  # noqa: E731
+
+    def rollout(key, state, obs, bank):
+        def body(carry, _):
+            key, state, _ = carry
+            key, k_act, k_step = jax.random.split(key, 3)
+            actions = jax.random.randint(k_act, (blocks, chunk, env.n_agents), 0, env.num_actions, dtype=jnp.int32)
+            keys = jax.random.split(k_step, n_envs).reshape(blocks, chunk)
+            obs, state, *_ = jax.lax.map(lambda a: step(a[0], a[1], a[2], params, bank), (keys, state, actions))
+            return (key, state, obs), None
+
+        (key, state, obs), _ = jax.lax.scan(body, (key, state, obs), None, length=n_steps)
+        return key, state, obs
+
+    key, state, obs = reset_batch(env, n_envs, params, bank, jax.random.key(1))
+    carry = [key, split(state), split(obs)]
+    compiled, compile_s = compile_timed(jax.jit(rollout, donate_argnums=(1, 2)), *carry, bank)
+
+    def call():
+        carry[:] = jax.block_until_ready(compiled(*carry, bank))
+
+    sec, reps = timed(call, min_time)
+    return {"env_agent_steps_per_s": n_steps * n_envs * env.n_agents / sec, "env_seconds_per_call": sec,
+            "env_repeats": reps, "env_compile_s": compile_s, "chunk": chunk}
 
 
 # ------------------------------------------------------------------ training programs
@@ -307,14 +368,20 @@ def stage_report(args) -> None:
     if tests:
         c = tests.get("counts", {})
         what = f"GPU tests ({c.get('passed', 0)} passed, {c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped)"
-        rows.append(f"| {what} | {tests.get('summary', '')} | 8 failed | 0 failed | {tag} |")
-        summary.append(("tests", tests.get("summary", "no summary"), ""))
+        said = "killed at its time limit" if tests.get("timed_out") else tests.get("summary", "")
+        failed = ", ".join(f"`{t}`" for t in tests.get("failed", [])[:12])
+        rows.append(f"| {what} | {said}{'; failed: ' + failed if failed else ''} | 8 failed | 0 failed | {tag} |")
+        summary.append(("tests", f"{c.get('passed', 0)} passed, {c.get('failed', 0)} failed"
+                        + (" (time limit)" if tests.get("timed_out") else ""), ""))
     if facts.get("copy_GBps"):
         add("device copy bandwidth (GB/s, read + write)", facts["copy_GBps"], None, None)
     for p in env.get("points", []):
-        key = ("env", p["variant"], p["n_envs"])
-        target = f"≥ {_m(TARGETS[p['variant']])}"
-        label = f"landmark env {p['variant'].replace('_', '-')} uint8 45³×4, {p['n_envs']:,} envs (agent-steps/s)"
+        variant = p["variant"].replace("_blocked", "").replace("_packed", "")
+        key = ("env", variant, p["n_envs"])
+        target = f"≥ {_m(TARGETS[variant])}"
+        how = f" in blocks of {p['chunk']:,}" if p.get("chunk") else ""
+        how += ", from the packed pyramid" if p["variant"].endswith("_packed") else ""
+        label = f"landmark env {variant.replace('_', '-')} uint8 45³×4, {p['n_envs']:,} envs{how} (agent-steps/s)"
         if "error" in p:
             rows.append(f"| {label} | error: {p['error'][:80]} | {_m(BEFORE.get(key))} | {target} | {tag} |")
             summary.append((label, "error", ""))

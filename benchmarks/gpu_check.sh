@@ -9,7 +9,8 @@
 #
 # Offline machines: wheels of missing pure-Python packages in .whl/ are installed into /tmp/site
 # (no index, no dependencies), and .gpu_data/ (a copy of the jaxmed data cache: afids/) becomes
-# $JAXMED_DATA, so nothing is fetched. GPU_CHECK_COMMIT names the commit when the copy has no .git.
+# $JAXMED_DATA, so nothing is fetched. GPU_CHECK_COMMIT (or the file .gpu_data/commit) names the commit
+# when the copy has no .git.
 # PYTHON overrides the interpreter (default python3).
 set -u
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ if [ -n "$DRY" ]; then
   NPROC=2
 else
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
-  LIMITS=(45 130 110 95 120)
+  LIMITS=(35 120 150 80 100)
   TESTS=(tests/test_precision.py tests/test_ops.py tests/test_env_reference.py tests/test_landmark_env.py
          tests/test_bank.py tests/test_networks.py tests/test_replay.py tests/test_box_env.py tests/test_plane_env.py)
   NPROC=6
@@ -53,7 +54,7 @@ run() {  # run LIMIT NAME CMD...: one stage, its output in OUT/NAME.log and on s
 
 run "${LIMITS[0]}" facts "$PY" benchmarks/gpu_check.py facts --out "$OUT" $DRY
 stamp "stage tests (limit ${LIMITS[1]}s)"
-timeout -k 5 "${LIMITS[1]}" "$PY" -m pytest -q -rfEs -p no:cacheprovider -n "$NPROC" "${TESTS[@]}" > "$OUT/tests.log" 2>&1
+timeout -k 5 "${LIMITS[1]}" "$PY" -m pytest -v -rfEs -p no:cacheprovider -n "$NPROC" "${TESTS[@]}" > "$OUT/tests.log" 2>&1
 TRC=$?
 tail -n 25 "$OUT/tests.log"
 "$PY" benchmarks/gpu_check.py tests-summary --out "$OUT" --exit-code "$TRC"
