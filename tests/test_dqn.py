@@ -6,11 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmed.agents.learners import run_chunks
 from jaxmed.agents.dqn import DQNConfig, greedy_action, make_parallel_train, make_train, nstep_transition, td_loss, variant
+from jaxmed.agents.learners import run_chunks
 from jaxmed.agents.rollout import greedy_rollout
 from jaxmed.data import blob_phantom, build_bank
-from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig
+from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams
 from jaxmed.errors import ConfigError
 from jaxmed.networks import QNetwork
 
@@ -72,7 +72,8 @@ def test_q_values_converge_to_known_values():
 
     net = Tiny()
     obs = jnp.ones((2, 1, 1, 1, 1, 1))
-    batch = {"action": jnp.array([[0], [1]]), "reward": jnp.ones((2, 1)), "terminal": jnp.array([[True], [False]]), "valid": jnp.ones((2, 1), bool)}
+    batch = {"action": jnp.array([[0], [1]]), "reward": jnp.ones((2, 1)), "terminal": jnp.array([[True], [False]]),
+             "valid": jnp.ones((2, 1), bool)}
     params = net.init(jax.random.key(0), obs)
     opt = optax.adam(0.05)
     state = opt.init(params)

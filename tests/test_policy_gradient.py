@@ -18,7 +18,7 @@ from jaxmed.agents.learners import policy_action
 from jaxmed.agents.policy_gradient import gae, group_advantages, make_collect, make_group_rollout, mode_action, policy_loss, value_loss
 from jaxmed.data import blob_phantom, build_bank
 from jaxmed.envs.base import Box, Discrete, Environment
-from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig
+from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams
 from jaxmed.errors import ConfigError
 from jaxmed.networks import actor_critic_from_config
 

@@ -20,7 +20,15 @@ import dataclasses
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
 from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
-from jaxmed.agents.core import OPTIMIZER_FLOATS, TrainFns, check_non_negative, check_optimizer_fields, check_range, make_parallel, validate_fields
+from jaxmed.agents.core import (
+    OPTIMIZER_FLOATS,
+    TrainFns,
+    check_non_negative,
+    check_optimizer_fields,
+    check_range,
+    make_parallel,
+    validate_fields,
+)
 from jaxmed.agents.policy_gradient import ChunkCounts
 from jaxmed.errors import ConfigError
 

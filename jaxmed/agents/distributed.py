@@ -31,7 +31,8 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxmed.agents.core import TrainFns
 from jaxmed.agents.dqn import DQNConfig, make_train

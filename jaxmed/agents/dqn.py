@@ -326,7 +326,8 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
         greedy = jnp.argmax(q, axis=-1)
         explore = jax.random.uniform(k_eps, greedy.shape) < epsilon(rs.hparams, rs.steps)
         action = jnp.where(explore, jax.random.randint(k_act, greedy.shape, 0, env.num_actions), greedy).astype(jnp.int32)
-        obs, env_state, reward, terminated, truncated, info = v_step(jax.random.split(k_env, n_envs), rs.env_state, action, env_params, bank)
+        keys = jax.random.split(k_env, n_envs)
+        obs, env_state, reward, terminated, truncated, info = v_step(keys, rs.env_state, action, env_params, bank)
         ended = terminated | truncated
         new = jax.vmap(transition)(rs.env_state, action, reward, info["final_state"], ended)
         window = jax.tree.map(lambda w, x: jnp.concatenate([w[1:], x[None]], axis=0), rs.window, new)

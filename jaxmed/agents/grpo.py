@@ -46,8 +46,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxmed.agents import learners
 from jaxmed.agents import hparams as hparams_lib
+from jaxmed.agents import learners
 from jaxmed.agents.core import (
     FINAL_PREFIX,
     OPTIMIZER_FLOATS,

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 from jaxmed.agents.core import FINAL_PREFIX, episode_sums, final_metric_names, observe
 from jaxmed.errors import ConfigError
 
-
 # ------------------------------------------------------------------ configs
 
 

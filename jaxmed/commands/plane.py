@@ -177,8 +177,8 @@ def _world_sampler():
 def plot_plane(volume, result: dict, definition, path: Path, *, overwrite: bool = False) -> Path:
     """PNG: the image resliced on the found plane, and a perpendicular slice (through the same point,
     containing the normal) with the plane's trace in yellow."""
-    from jaxmed.ops.plane import plane_basis
     from jaxmed.data.draw import pyplot
+    from jaxmed.ops.plane import plane_basis
 
     check_writable(path, overwrite)
     plt = pyplot()

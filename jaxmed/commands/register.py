@@ -133,7 +133,8 @@ def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, dept
         raise ConfigError(f"--centre {np.round(c, 1).tolist()} mm lies outside the fixed image {fixed.source}")
     stand_in = Landmarks(labels, np.repeat(c[None], len(labels), axis=0), source="registration centre")
     moving_lm = Landmarks(labels, np.repeat(grid_centre(moving)[None], len(labels), axis=0), source="moving image centre (unused)")
-    bank = build_bank([(fixed, stand_in), (moving, moving_lm)], labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype)
+    bank = build_bank([(fixed, stand_in), (moving, moving_lm)], labels, factors=cfg.data.factors, max_crop=env.max_crop,
+                      dtype=cfg.data.dtype)
     state = jax.tree.map(lambda x: x[None], env.pair_state(bank, 0, 1))
     t0 = time.perf_counter()
     if lookahead > 1:
@@ -223,9 +224,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--checkpoint", help="run directory of `jaxmed train` with env registration-v0")
     how.add_argument("--method", choices=("optax",), help="classical intensity-based registration instead of an agent")
-    p.add_argument("--loss", choices=("ncc", "mi"), default="ncc", help="optax similarity: ncc (same modality) or mi (multimodal); default %(default)s")
+    p.add_argument("--loss", choices=("ncc", "mi"), default="ncc",
+                   help="optax similarity: ncc (same modality) or mi (multimodal); default %(default)s")
     p.add_argument("--spacing", type=float, help="voxel size (mm) images are conformed to (agent: the run's; optax default 2)")
-    p.add_argument("--centre", type=float, nargs=3, metavar=("X", "Y", "Z"), help="rotation centre, fixed world RAS mm (default: the fixed image's grid centre)")
+    p.add_argument("--centre", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="rotation centre, fixed world RAS mm (default: the fixed image's grid centre)")
     p.add_argument("--lookahead", type=int, default=1, help="agent: look-ahead candidates per step (1 = greedy)")
     p.add_argument("--depth", type=int, default=2, help="agent: steps simulated per look-ahead candidate (default %(default)s)")
     p.add_argument("--resampled", help="also write the moving image resampled on the fixed grid (.nii / .nii.gz)")

@@ -147,9 +147,13 @@ def _box_factory(kind: str):
 
     def factory(name: str, bank_labels, **overrides):
         if kind == "box":
-            from jaxmed.envs.box import BoxEnv as Env, BoxConfig as Config, BoxParams as Params
+            from jaxmed.envs.box import BoxConfig as Config
+            from jaxmed.envs.box import BoxEnv as Env
+            from jaxmed.envs.box import BoxParams as Params
         else:
-            from jaxmed.envs.corner_pair import CornerPairConfig as Config, CornerPairEnv as Env, CornerPairParams as Params
+            from jaxmed.envs.corner_pair import CornerPairConfig as Config
+            from jaxmed.envs.corner_pair import CornerPairEnv as Env
+            from jaxmed.envs.corner_pair import CornerPairParams as Params
 
         config_kw, params_kw = _split_overrides(name, Config, Params, overrides)
         if "structure" not in config_kw:
@@ -218,9 +222,13 @@ def _seg_factory(kind: str):
 
     def factory(name: str, bank_labels, **overrides):
         if kind == "threshold":
-            from jaxmed.envs.threshold_seg import ThresholdSegConfig as Config, ThresholdSegEnv as Env, ThresholdSegParams as Params
+            from jaxmed.envs.threshold_seg import ThresholdSegConfig as Config
+            from jaxmed.envs.threshold_seg import ThresholdSegEnv as Env
+            from jaxmed.envs.threshold_seg import ThresholdSegParams as Params
         else:
-            from jaxmed.envs.voxel_seg import VoxelSegConfig as Config, VoxelSegEnv as Env, VoxelSegParams as Params
+            from jaxmed.envs.voxel_seg import VoxelSegConfig as Config
+            from jaxmed.envs.voxel_seg import VoxelSegEnv as Env
+            from jaxmed.envs.voxel_seg import VoxelSegParams as Params
 
         config_kw, params_kw = _split_overrides(name, Config, Params, overrides)
         return Env(Config(**config_kw), labels=bank_labels, name=name), Params(**params_kw)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxmed.data import geometry
+from jaxmed.data.draw import draw_orthogonal, pyplot
 from jaxmed.data.volume import Volume
 from jaxmed.errors import ConfigError, check_writable
-from jaxmed.data.draw import draw_orthogonal, pyplot
 
 TARGET_MARKER = dict(marker="x", color="red", s=60, linewidths=1.5)
 

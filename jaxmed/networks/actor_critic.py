@@ -25,8 +25,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxmed.errors import ConfigError
-from jaxmed.networks.heads import HiddenStack
 from jaxmed.networks.config import DTYPES, NetworkConfig, lookup
+from jaxmed.networks.heads import HiddenStack
 from jaxmed.networks.q_network import agent_axis_forward
 from jaxmed.networks.trunks import TRUNKS
 

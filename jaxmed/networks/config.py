@@ -117,7 +117,7 @@ class NetworkConfig:
 
     def check(self, where: str = "network") -> "NetworkConfig":
         """Check the trunk and head names and options (the head against every head kind); returns self."""
-        from jaxmed.networks.actor_critic import HEAD_NAME, _HEADS
+        from jaxmed.networks.actor_critic import _HEADS, HEAD_NAME
         from jaxmed.networks.heads import HEADS
 
         self.trunk_spec(where)

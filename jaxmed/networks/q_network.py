@@ -14,7 +14,6 @@ trunk's when ``share_trunk=False``.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn

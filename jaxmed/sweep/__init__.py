@@ -15,7 +15,7 @@ Learners: any learner module with hyperparameter leaves in its runner state (:mo
 """
 
 from jaxmed.sweep.halving import Rung, hyperband, run_bracket, select, successive_halving
-from jaxmed.sweep.space import Space
 from jaxmed.sweep.runner import run_sweep
+from jaxmed.sweep.space import Space
 
 __all__ = ["Rung", "Space", "hyperband", "run_bracket", "run_sweep", "select", "successive_halving"]

@@ -183,7 +183,8 @@ def run_sweep(base: dict, space: Space, out: str | Path, *, resume: bool = False
     else:
         prog = {"trials": [{"id": t.id, "bracket": t.bracket, "group": t.group, "values": t.values, "metrics": {},
                             "env_steps": 0, "seconds": 0.0, "budget": 0, "stopped_at": None} for t in trials],
-                "brackets": [{"rungs": [list(r) for r in rungs], "done": 0, "alive": [t.id for t in ts]} for rungs, ts in zip(plan, per_bracket)],
+                "brackets": [{"rungs": [list(r) for r in rungs], "done": 0, "alive": [t.id for t in ts]}
+                             for rungs, ts in zip(plan, per_bracket)],
                 "wall_s": 0.0}
     prog["devices"] = len(mesh_devices)
     prog["processes"] = jax.process_count()

@@ -19,7 +19,8 @@ A space file::
 
 Parameters are dotted paths into the experiment config. ``<learner>.<field>`` where ``field`` is
 one of the learner's hyperparameter leaves (``HPARAM_FIELDS`` of the learner module:
-``jaxmed.agents.dqn``, ``a2c``, ``ppo``, ``grpo``) vary *inside* one compiled program (a vmapped population); every other path (trunk width, crop size, n-step,
+``jaxmed.agents.dqn``, ``a2c``, ``ppo``, ``grpo``) vary *inside* one compiled program (a vmapped population);
+every other path (trunk width, crop size, n-step,
 ``dqn.double``, ``network.head.name``, ...) changes the program and makes a separate compiled group.
 Distributions: ``{uniform: [lo, hi]}``, ``{log_uniform: [lo, hi]}``, ``{int_uniform: [lo, hi]}``
 (inclusive), ``{choice: [a, b, ...]}``, or a plain value (fixed).
