@@ -41,11 +41,16 @@ class TrainSection:
     # per-member hyperparameters of a vmapped run: {field: [value per seed]} (a single value applies to
     # every seed); fields from the learner's HPARAM_FIELDS, e.g. {learning_rate: [1e-3, 3e-4]} with seeds: 2
     hparams: dict = dataclasses.field(default_factory=dict)
+    # > 0: every this many chunks the training bank is rebuilt from fresh augmented / synthesised
+    # subjects (the source's epoch k = chunk // refresh_every), padded to the same shape (no recompile)
+    refresh_every: int = 0
 
     def __post_init__(self):
         from jaxmed.agents import learners
 
         learners.spec(self.learner)
+        if self.refresh_every < 0:
+            raise ConfigError(f"train.refresh_every must be >= 0 (0: never), got {self.refresh_every}")
         if self.seeds < 1 or self.devices < 1 or self.chunks < 1 or self.checkpoint_every < 1:
             raise ConfigError("train.seeds, train.devices, train.chunks and train.checkpoint_every must be >= 1")
         if self.seeds > 1 and self.devices > 1:
@@ -216,6 +221,49 @@ def make_bank(cfg: ExperimentConfig, split: str, n: int, *, epoch: int = 0):
     bank = build_bank(volumes, labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype,
                       packed=env.wants_packed_bank)
     return bank, subjects, time.perf_counter() - t0
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A run built once from its config (:func:`build_experiment`): subjects -> bank -> env -> network; handed to
+    the training loop, the evaluation and detection instead of each rebuilding its parts.
+
+    Attributes:
+      cfg: the :class:`ExperimentConfig`.
+      env, env_params, eval_params: :func:`make_env` for the bank's labels.
+      network: the selected learner's network (:func:`make_network`).
+      bank: the training bank (epoch 0), or ``None`` when built without data (evaluation, detection).
+      data_seconds: wall time of building the bank.
+    """
+
+    cfg: ExperimentConfig
+    env: Any
+    env_params: Any
+    eval_params: Any
+    network: Any
+    bank: Any = None
+    data_seconds: float = 0.0
+
+    def train_bank(self, epoch: int = 0):
+        """The training bank of ``epoch`` (fresh augmented / synthesised subjects for ``epoch > 0``)."""
+        if epoch == 0 and self.bank is not None:
+            return self.bank
+        bank, _, _ = make_bank(self.cfg, "train", self.cfg.data.n_train, epoch=epoch)
+        self.env.check_bank(bank)
+        return bank
+
+
+def build_experiment(cfg: ExperimentConfig, *, with_data: bool = True) -> Experiment:
+    """Build the :class:`Experiment` of ``cfg`` once: the training bank (``with_data``), the env for its
+    labels (checked against it) and the network."""
+    bank, data_s = None, 0.0
+    if with_data:
+        bank, _, data_s = make_bank(cfg, "train", cfg.data.n_train)
+    env, params, eval_params = make_env(cfg, bank.labels if bank is not None else None)
+    if bank is not None:
+        env.check_bank(bank)
+    return Experiment(cfg=cfg, env=env, env_params=params, eval_params=eval_params, network=make_network(cfg, env),
+                      bank=bank, data_seconds=data_s)
 
 
 def make_env(cfg: ExperimentConfig, labels=None):

@@ -201,11 +201,11 @@ def run_training(
     """
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
-    bank, _, data_s = ex.make_bank(cfg, "train", cfg.data.n_train)
-    env, params, _ = ex.make_env(cfg, bank.labels)
-    env.check_bank(bank)
-    network = ex.make_network(cfg, env)
+    exp = ex.build_experiment(cfg)
+    env, params, network = exp.env, exp.env_params, exp.network
     init, chunk_fn = _trainer(cfg, env, params, network)
+    refresh = _BankRefresher(exp) if cfg.train.refresh_every else None
+    bank = refresh.bank if refresh else exp.bank
     t0 = time.perf_counter()
     rs = init(jax.random.key(cfg.train.seed), bank)
     ckpt = Checkpoints(run_dir / "checkpoints")
@@ -219,6 +219,8 @@ def run_training(
     compile_s = None
     try:
         for c in range(start, cfg.train.chunks):
+            if refresh is not None:  # the bank of this chunk's epoch (a function of c alone: resume stays exact)
+                bank = refresh.for_chunk(c)
             tc = time.perf_counter()
             rs, metrics = chunk_fn(rs, bank)
             metrics = _summarise(jax.device_get(metrics))
@@ -240,12 +242,77 @@ def run_training(
         log.close()
         ckpt.close()
     summary = {"learner": cfg.train.learner, "env": cfg.env_name, "seeds": cfg.train.seeds,
-               "train_wall_s": time.perf_counter() - t0, "data_prep_s": data_s, "first_chunk_s_incl_compile": compile_s,
-               "env_steps": cfg.train.chunks * env_steps_per_chunk}
+               "train_wall_s": time.perf_counter() - t0, "data_prep_s": exp.data_seconds, "first_chunk_s_incl_compile": compile_s,
+               "env_steps": cfg.train.chunks * env_steps_per_chunk, "device": device_description()}
+    cache_size = getattr(chunk_fn, "_cache_size", None)
+    if cache_size is not None:
+        summary["chunk_compilations"] = int(cache_size())
+    if refresh is not None:
+        summary["bank_epochs"] = refresh.epochs_built
     if evaluate:
-        summary["evaluation"] = evaluate_run(cfg, _first(rs, cfg).params, run_dir)
+        summary["evaluation"] = evaluate_run(cfg, _first(rs, cfg).params, run_dir, experiment=exp)
+        if cfg.eval.extra_sets and env.landmark_targets:
+            summary["evaluation"].update(evaluate_extra_sets(exp, _first(rs, cfg).params, run_dir))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def device_description() -> str:
+    """The devices this process computes on, e.g. ``cpu x1`` or ``cuda:0 NVIDIA H200``."""
+    devices = jax.devices()
+    d = devices[0]
+    if d.platform == "cpu":
+        return f"cpu x{len(devices)}"
+    name = f"{'cuda' if d.platform == 'gpu' else d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip()
+    return name + (f" (+{len(devices) - 1} more)" if len(devices) > 1 else "")
+
+
+class _BankRefresher:
+    """The training bank of each epoch (``train.refresh_every`` chunks each), all padded to one shape
+    (bucketed with headroom, :func:`jaxmed.detect.bucket_shapes`) so the chunk function never
+    recompiles; a later epoch's bank that does not fit grows the shape (one recompilation, reported)."""
+
+    def __init__(self, exp: ex.Experiment):
+        from jaxmed.detect import bucket_shapes
+
+        self.exp, self.every = exp, int(exp.cfg.train.refresh_every)
+        self.shapes = bucket_shapes(exp.bank)
+        self.epoch, self.bank = 0, self._fit(exp.bank)
+        self.epochs_built = [0]
+
+    def _fit(self, bank):
+        from jaxmed.detect import pad_bank
+
+        own = [a.shape[1:] for a in bank.levels]
+        grown = [tuple(max(int(a), int(b)) for a, b in zip(s, o)) for s, o in zip(self.shapes, own)]
+        if grown != self.shapes:
+            print(f"train.refresh_every: the new subjects need a larger bank {grown} than {self.shapes}: one recompilation",
+                  file=sys.stderr)
+            self.shapes = grown
+        return pad_bank(bank, self.shapes)
+
+    def for_chunk(self, chunk: int):
+        epoch = chunk // self.every
+        if epoch != self.epoch:
+            self.epoch, self.bank = epoch, self._fit(self.exp.train_bank(epoch))
+            self.epochs_built.append(epoch)
+        return self.bank
+
+
+def evaluate_extra_sets(exp: ex.Experiment, net_params, run_dir) -> dict:
+    """After training a landmark run: the held-out synthetic subjects and every ``eval.extra_sets``
+    spec, each with the template-prior and registration baselines (``eval_<set>.md`` / ``.csv`` in
+    ``run_dir``); returns ``{"sets": [summary rows], "sets_table": markdown}`` for the summary."""
+    from jaxmed.detect import LandmarkDetector
+    from jaxmed.evaluation import evaluate_sets, summary_table
+
+    cfg = exp.cfg
+    detector = LandmarkDetector(cfg, exp.network, net_params if cfg.train.seeds <= 1 else seed_params(cfg, net_params, 0),
+                                n_starts=cfg.eval_starts, seed=cfg.train.seed, where=str(run_dir))
+    results = evaluate_sets(detector, ["test", *cfg.eval.extra_sets], out_dir=run_dir, overwrite=True,
+                            registration=cfg.eval.registration, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    table = summary_table(results)
+    return {"sets": [r.summary_row() for r in results], "sets_table": table}
 
 
 # ------------------------------------------------------------------ evaluation
@@ -313,18 +380,23 @@ def make_policy_rollout(cfg: ex.ExperimentConfig, env, eval_params, network, rec
     return jax.jit(lambda p, b, s: greedy_rollout(policy(p), env, eval_params, b, s, record=record))
 
 
-def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | None = None) -> dict:
+def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | None = None, *, experiment: ex.Experiment | None = None) -> dict:
     """Greedy agents from the env's fixed evaluation starts on held-out test subjects: per-agent
-    metrics (mm, degrees, IoU, ...) per label, beside the template prior for landmark envs.
-    A multi-seed run is evaluated per seed and summarised as mean ± std across seeds."""
-    from jaxmed.envs.landmark import LandmarkEnv
+    metrics (mm, degrees, IoU, ...) per label, beside the template prior for envs whose agents answer
+    landmarks (:attr:`~jaxmed.envs.base.Environment.landmark_targets`). A multi-seed run is evaluated
+    per seed and summarised as mean ± std across seeds. ``experiment``: the run's built
+    :class:`~jaxmed.experiment.Experiment` (env and network are reused; built without data otherwise)."""
     from jaxmed.evaluation import format_metric_tables, metric_stats, seed_summary
 
     bank, subjects, _ = ex.make_bank(cfg, "test", cfg.data.n_test)
-    env, _, eval_params = ex.make_env(cfg, bank.labels)
-    network = ex.make_network(cfg, env)
+    if experiment is not None:
+        env, eval_params, network = experiment.env, experiment.eval_params, experiment.network
+        env.check_bank(bank)
+    else:
+        env, _, eval_params = ex.make_env(cfg, bank.labels)
+        network = ex.make_network(cfg, env)
     states = env.eval_states(eval_params, bank, cfg.eval_starts, seed=cfg.train.seed)
-    is_landmark = type(env) is LandmarkEnv  # subclasses (corner pair) have other targets
+    is_landmark = bool(env.landmark_targets)
     rollout = make_policy_rollout(cfg, env, eval_params, network, record=(lambda s: s.pos) if is_landmark else None)
     per_seed, eval_s, res = [], 0.0, None
     for seed in range(cfg.train.seeds):
@@ -337,8 +409,9 @@ def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | Non
         per_seed.append({m: env.metric_stats(states, v, m) for m, v in out["metrics"].items()})
     stats = per_seed[0]
     baseline = None
-    if is_landmark:
-        _, tpl_landmarks = ex.template(cfg.data)
+    reference = ex.template(cfg.data) if is_landmark else None
+    if reference is not None:
+        _, tpl_landmarks = reference
         prior = np.stack([np.linalg.norm(lm.positions - tpl_landmarks.select(lm.labels).positions, axis=1) for _, lm in subjects])
         baseline = {"template prior": {"distance_mm": metric_stats(prior, list(subjects[0][1].labels), "distance_mm")}}
     table = format_metric_tables(stats, baseline)

@@ -17,18 +17,21 @@ def load_config(config: str, overrides: list[str]):
 
 
 def _run(args) -> int:
-    from jaxmed.train import run_training
+    from jaxmed.train import device_description, run_training
 
     cfg = load_config(args.config, args.overrides)
     if args.seeds is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=args.seeds))
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    print(f"device: {device_description()}", flush=True)
     summary = run_training(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, evaluate=not args.no_eval)
     if "evaluation" in summary:
         ev = summary["evaluation"]
         print(f"\nheld-out test subjects: {cfg.data.n_test}, episodes: {ev['episodes']}, "
               f"{ev['seconds_per_subject']:.2f} s per subject for all agents")
         print(ev["table"])
+        if "sets_table" in ev:
+            print("\nper subject (each landmark's answer from all agents and starts) beside the baselines:\n" + ev["sets_table"])
     print(f"\ntrained {summary['env_steps']:,} env steps in {summary['train_wall_s']:.0f} s; run directory: {run_dir}")
     return 0
 
