@@ -103,6 +103,7 @@ def main(argv=None) -> int:
                                "crop_size": (args.crop,) * 3})
     fns = dqn.make_train(dcfg, env, params, net)
     state, _ = learners.run_chunks(fns, train_bank, args.dqn_chunks)
+    jax.block_until_ready(state)
     dqn_s = time.perf_counter() - t0
     rollout = jax.jit(lambda p, b, s: greedy_rollout(lambda o: dqn.greedy_action(net, p, o), env, params, b, s))
     print(f"threshold agent: {args.dqn_chunks * dcfg.env_steps_per_chunk} env steps in {dqn_s:.0f} s", flush=True)
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
     vchunk = jax.jit(vfns.run_chunk)
     for _ in range(args.voxel_chunks):
         vstate, _ = vchunk(vstate, train_bank)
+    jax.block_until_ready(vstate)
     voxel_s = time.perf_counter() - t0
     print(f"voxel agents: {args.voxel_chunks * vcfg.env_steps_per_chunk} env steps in {voxel_s:.0f} s", flush=True)
 
