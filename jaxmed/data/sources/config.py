@@ -20,7 +20,7 @@ import json
 import typing
 from typing import Any, Mapping
 
-from jaxmed.config import _coerce, build, to_dict
+from jaxmed.config import build, coerce, to_dict
 from jaxmed.data.sources.base import source_class
 from jaxmed.errors import ConfigError
 
@@ -124,7 +124,7 @@ class DataConfig:
             raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
         common = {f.name for f in dataclasses.fields(cls)} - {"options"}
-        kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items() if k in common}
+        kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items() if k in common}
         rest = {k: v for k, v in data.items() if k not in common and k != "options"}
         if isinstance(data.get("options"), Mapping):  # the nested form, as dataclasses.asdict writes it
             rest = {**data["options"], **rest}
