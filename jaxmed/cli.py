@@ -7,6 +7,7 @@
     jaxmed data fetch afids           download and verify the AFIDs template + 32 landmarks
     jaxmed data synth -n 8 -o DIR     write synthetic subjects (NIfTI + .fcsv) made from a template
     jaxmed data show IMG -l LM -o PNG draw an image with its landmarks
+    jaxmed cv CONFIG.yaml --folds K   K-fold cross-validation on your own labelled scans
     jaxmed register / plane / sweep / bench   see ``jaxmed COMMAND --help``
 """
 
@@ -19,7 +20,7 @@ import sys
 from jaxmed.errors import JaxmedError
 
 #: Subcommand modules under ``jaxmed/commands`` (each has ``add_parser(subparsers)``), in help order.
-COMMAND_MODULES: tuple[str, ...] = ("quickstart", "train", "evaluate", "detect", "register", "plane", "segment", "sweep", "bench", "data")
+COMMAND_MODULES: tuple[str, ...] = ("quickstart", "train", "evaluate", "detect", "register", "plane", "segment", "sweep", "bench", "data", "cv")
 
 
 def build_parser() -> argparse.ArgumentParser:

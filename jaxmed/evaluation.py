@@ -314,15 +314,11 @@ def resolve_set(cfg, spec: str, labels: Sequence[str]) -> tuple[str, list, tuple
     from jaxmed.data import conform
 
     template = None
-    try:
-        tpl_volume, tpl_landmarks = ex.template(cfg.data)
-        if all(l in tpl_landmarks.labels for l in labels):
-            template = (conform(tpl_volume, cfg.data.spacing), tpl_landmarks.select(labels))
-    except Exception:  # a run whose own data is not available here: fall back to the set's template
-        template = None
+    reference = ex.template(cfg.data)  # the run's atlas (None for a source without one)
+    if reference is not None and all(l in reference[1].labels for l in labels):
+        template = (conform(reference[0], cfg.data.spacing), reference[1].select(labels))
     if spec == "test":
-        subjects = ex.make_subjects(cfg.data, "test", cfg.data.n_test, labels)
-        return "test", [(f"test-{i:03d}", v, lm) for i, (v, lm) in enumerate(subjects)], template
+        return "test", ex.data_source(cfg.data).subjects("test", list(labels), n=cfg.data.n_test), template
     from jaxmed.data import sources
 
     src = sources.from_spec(spec, cfg.data.spacing)
@@ -331,24 +327,6 @@ def resolve_set(cfg, spec: str, labels: Sequence[str]) -> tuple[str, list, tuple
         t = src.template(list(labels))
         template = None if t is None else (t.volume, t.landmarks)
     return set_name(spec), subjects, template
-
-
-def _named(subjects):
-    """``(name, volume, landmarks)`` triples -> objects with those attributes (others pass through)."""
-    out = []
-    for s in subjects:
-        if isinstance(s, tuple) and len(s) == 3:
-            out.append(_Named(*s))
-        else:
-            out.append(s)
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class _Named:
-    name: str
-    volume: object
-    landmarks: object
 
 
 def evaluate_sets(detector, specs: Sequence[str], *, out_dir=None, overwrite: bool = False, registration: bool = True,
@@ -371,8 +349,29 @@ def evaluate_sets(detector, specs: Sequence[str], *, out_dir=None, overwrite: bo
         name, subjects, template = resolve_set(detector.cfg, spec, detector.labels)
         if progress:
             progress(f"{name}: {len(subjects)} subject(s)")
-        res = evaluate_landmark_set(detector, _named(subjects), template, name=name, registration=registration, progress=progress)
+        res = evaluate_landmark_set(detector, subjects, template, name=name, registration=registration, progress=progress)
         if out_dir is not None:
             res.write(out_dir, overwrite=True)
         results.append(res)
     return results
+
+
+def pooled_table(rows: Sequence[dict], name: str) -> str:
+    """Markdown: per landmark (and all), statistics of the errors pooled from per-subject CSV rows
+    (:data:`CSV_FIELDS`, e.g. of several cross-validation folds) for the agent and each baseline
+    that has values."""
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    methods = [m for m in ("agent", "prior", "registration") if any(r.get(f"{m}_error_mm") not in ("", None) for r in rows)]
+    names = {"agent": "agent", "prior": "template prior", "registration": "affine registration"}
+    head = "| landmark | method | n | mean ± std (mm) | median | p90 | max | ≤2 mm | ≤4 mm | ≤8 mm | >10 mm |"
+    lines = [f"### {name}: {len({r['subject'] for r in rows})} subject(s) pooled", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for label in (*labels, "all"):
+        for m in methods:
+            e = np.array([float(r[f"{m}_error_mm"]) for r in rows if label in ("all", r["label"]) and r[f"{m}_error_mm"] != ""])
+            if e.size == 0:
+                continue
+            s = error_stats(e)
+            lines.append(f"| {'**all**' if label == 'all' else label} | {names[m]} | {s['n']} | {s['mean']:.2f} ± {s['std']:.2f} | "
+                         f"{s['median']:.2f} | {s['p90']:.2f} | {s['max']:.2f} | {100 * s['success_2mm']:.0f} % | "
+                         f"{100 * s['success_4mm']:.0f} % | {100 * s['success_8mm']:.0f} % | {s['failures']} |")
+    return "\n".join(lines) + "\n"
