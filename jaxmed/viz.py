@@ -38,3 +38,34 @@ def plot_landmarks(volume: Volume, landmarks, path: str | Path, *, overwrite: bo
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
+
+
+def subject_sheet(subjects, path: str | Path, *, label: str = "AC", overwrite: bool = False, title: str = "") -> Path:
+    """Write a PNG sheet of subjects: one row per subject, three orthogonal slices (axial, coronal,
+    sagittal) through its landmark ``label``, every landmark near the slices marked.
+
+    ``subjects``: :class:`jaxmed.data.synth.Subject` objects or ``(volume, landmarks)`` pairs (any
+    orientation; drawn in RAS voxel order). Raises :class:`~jaxmed.errors.LandmarkError` if a subject
+    has no ``label`` (before anything is drawn).
+    """
+    path = Path(path)
+    check_writable(path, overwrite)
+    pairs = [(s.volume, s.landmarks) if hasattr(s, "volume") else tuple(s) for s in subjects]
+    if not pairs:
+        from jaxmed.errors import ConfigError
+
+        raise ConfigError(f"{path}: no subjects to draw")
+    centres = [lm[label] for _, lm in pairs]  # LandmarkError names the subject's landmark set
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(pairs), 3, figsize=(9, 3 * len(pairs)), squeeze=False)
+    for row, ((volume, landmarks), centre) in enumerate(zip(pairs, centres)):
+        volume = reorient_to_ras(volume)
+        draw_orthogonal(axes[row], volume, centre, landmarks.positions, landmarks.labels)
+        sp = "×".join(f"{s:.2g}" for s in volume.spacing)
+        axes[row][0].set_title(f"{volume.source.split('/')[-1][:48]}\n{sp} mm voxels; axial", fontsize=6)
+    fig.suptitle(title or f"{len(pairs)} subjects, slices through {label}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -146,3 +146,40 @@ def test_bad_options_are_refused(kwargs):
 
 def test_default_config_is_not_randomised():
     assert not SynthConfig().domain_randomised and DR.domain_randomised
+
+
+def test_synth_command_writes_randomised_subjects_and_a_sheet(head, tmp_path):
+    import json
+
+    import nibabel as nib
+    import yaml
+
+    from jaxmed.cli import main
+    from jaxmed.data.landmark_files import write_landmarks
+
+    vol, lms = head
+    nib.save(nib.Nifti1Image(vol.data, vol.affine), tmp_path / "head.nii.gz")
+    write_landmarks(lms, tmp_path / "head.fcsv")
+    fields = {k: list(v) if isinstance(v, tuple) and k != "spacings" and k != "orientations" else v
+              for k, v in dataclasses.asdict(DR).items() if k not in ("spacings", "orientations")}
+    fields.update(spacings=[[2.0, 2.0, 2.0]], orientations=["RAS"], p_invert=1.0, p_thick_slice=0.0)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"data": {"source": "afids", "synth": fields}}))
+    out, sheet = tmp_path / "subjects", tmp_path / "sheet.png"
+    argv = ["data", "synth", "-n", "2", "-o", str(out), "--template", str(tmp_path / "head.nii.gz"),
+            "--landmarks", str(tmp_path / "head.fcsv"), "--synth", str(tmp_path / "run.yaml"), "--sheet", str(sheet)]
+    assert main(argv) == 0
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((out / "population.json").read_text())
+    assert [s["params"]["domain"]["tissue"]["mode"] for s in manifest["subjects"]] == ["inverted", "inverted"]
+    assert main(argv) != 0  # nothing is overwritten without --overwrite
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"p_invert": 2.0, "tissue_classes": 5}))
+    assert main(argv[:-4] + ["--synth", str(tmp_path / "bad.yaml")]) != 0
+
+
+def test_sheet_refuses_a_subject_without_the_landmark(head, tmp_path):
+    from jaxmed.errors import LandmarkError
+    from jaxmed.viz import subject_sheet
+
+    with pytest.raises(LandmarkError):
+        subject_sheet([head], tmp_path / "s.png", label="AC")
+    assert not (tmp_path / "s.png").exists()

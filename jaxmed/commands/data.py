@@ -66,14 +66,42 @@ def _template(args):
     return vol, lm
 
 
-def _cmd_synth(args) -> int:
-    from jaxmed.data.synth import make_population, write_population
+def _synth_config(path):
+    """The :class:`SynthConfig` of ``--synth FILE``: a YAML mapping of its fields, or a run config
+    (its ``data.synth``; a ``base:`` chain is followed). ``None``: the defaults."""
+    from jaxmed.config import load_yaml
+    from jaxmed.data.sources.synthetic import synth_config
+    from jaxmed.errors import ConfigError
 
+    if path is None:
+        return synth_config(None)
+    raw = load_yaml(path)
+    if "data" in raw:
+        raw = raw["data"].get("synth") if isinstance(raw["data"], dict) else None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the run config has no data.synth mapping")
+    return synth_config(raw, str(path))
+
+
+def _cmd_synth(args) -> int:
+    from pathlib import Path
+
+    from jaxmed.data.synth import make_population, write_population
+    from jaxmed.errors import check_writable
+
+    config = _synth_config(args.synth)
+    if args.sheet:
+        check_writable(Path(args.sheet), args.overwrite)
     template, landmarks = _template(args)
     t0 = time.perf_counter()
-    subjects = make_population(template, landmarks, args.n, split=args.split, base_seed=args.seed)
+    subjects = make_population(template, landmarks, args.n, split=args.split, base_seed=args.seed, config=config)
     paths = write_population(subjects, args.out, overwrite=args.overwrite)
     print(f"wrote {len(subjects)} {args.split} subjects to {args.out} in {time.perf_counter() - t0:.1f} s ({len(paths)} files)")
+    if args.sheet:
+        from jaxmed.viz import subject_sheet
+
+        label = "AC" if "AC" in landmarks.labels else landmarks.labels[0]
+        print(subject_sheet(subjects, args.sheet, label=label, overwrite=args.overwrite))
     return 0
 
 
@@ -122,6 +150,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="base seed (splits stay disjoint for any base seed)")
     s.add_argument("--template", help="template image (default: AFIDs MNI152NLin2009cAsym)")
     s.add_argument("--landmarks", help="the template's landmark file")
+    s.add_argument("--synth", help="subject model: a YAML of SynthConfig fields (domain randomisation ...) or a run config with data.synth")
+    s.add_argument("--sheet", help="also write a PNG sheet: three orthogonal slices through AC (or the first landmark) per subject")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_synth)
 

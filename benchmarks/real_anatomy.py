@@ -1,0 +1,184 @@
+"""Landmark agents trained on the synthetic MNI-template population, evaluated on anatomy they never saw.
+
+Sets (``--sets``; each beside the template prior and the affine registration baseline on the same
+subjects, :func:`jaxmed.evaluation.evaluate_landmark_set`):
+
+* ``colin27``: Colin27 (one real brain, MNI space) with skull and skull-stripped (``jaxmed data
+  fetch colin27``), its 32 AFIDs placed by the AFIDs project;
+* ``mni-t2w``: synthetic held-out subjects drawn from the T2-weighted MNI template (a contrast the
+  T1-trained agents never saw; the source's default test split);
+* ``afids``: synthetic held-out subjects of the T1 template with the default subject model, no
+  domain randomisation (the source's default test split, whose first six are the README main job's
+  test subjects: the "not worse" check).
+
+Every seed of the run is evaluated (``jaxmed train CONFIG --seeds S`` trains S seeds in one
+program); the table gives mean ± std over seeds of each landmark's error, the agents' own
+uncertainty (median distance of the end points from the answer, :mod:`jaxmed.inference`) and the
+detection seconds per subject after start-up (compiled program, compilation excluded).
+
+    python benchmarks/real_anatomy.py --config configs/real/afids_acpc_real_cpu.yaml --seeds 3
+    python benchmarks/real_anatomy.py --run runs/afids_acpc_real_cpu          # a trained run
+    python benchmarks/real_anatomy.py --report benchmarks/results/real_anatomy.json
+
+writes ``benchmarks/results/real_anatomy.json`` (``--out``) and its Markdown table
+(``.md`` beside it: machine, date, commit and the command in its header).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SETS = ("colin27", "mni-t2w", "afids")
+
+
+def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log) -> dict:
+    """Evaluate every seed of ``run_dir`` on ``sets``; JSON-able results."""
+    from jaxmed.detect import LandmarkDetector
+    from jaxmed.evaluation import evaluate_landmark_set, resolve_set
+    from jaxmed.inference import read_uncertainty
+    from jaxmed.train import load_params, seed_params
+
+    cfg, network, params = load_params(run_dir)
+    out = {"run": str(run_dir), "config": cfg.to_dict(), "seeds": cfg.train.seeds, "aggregate": aggregate, "sets": {}}
+    detectors = [LandmarkDetector(cfg, network, seed_params(cfg, params, s), aggregate=aggregate, where=str(run_dir))
+                 for s in range(cfg.train.seeds)]
+    labels = detectors[0].labels
+    for spec in sets:
+        log(f"{spec}: building the subjects")
+        _, subjects, template = resolve_set(cfg, spec, labels)
+        names = [s.name for s in subjects]
+        per_seed, baselines = [], None
+        for s, det in enumerate(detectors):
+            log(f"{spec}: seed {s}")
+            res = evaluate_landmark_set(det, subjects, template, name=spec, registration=registration and s == 0)
+            answers, _ = det.find([x.volume for x in subjects])
+            unc = np.array([[read_uncertainty(a)[l] for l in labels] for a in answers])  # (S, K) mm
+            per_seed.append({"errors_mm": res.errors("agent").tolist(), "uncertainty_mm": unc.tolist(),
+                             "agent_seconds_per_subject": res.agent_seconds, "compile_seconds": res.compile_seconds})
+            if s == 0:
+                baselines = {m: res.errors(m).tolist() for m in ("prior", "registration") if res.errors(m) is not None}
+                if res.registration_seconds is not None:
+                    baselines["registration_seconds_per_subject"] = float(np.mean(res.registration_seconds))
+        out["sets"][spec] = {"subjects": names, "labels": list(labels), "per_seed": per_seed, "baselines": baselines}
+    return out
+
+
+def _groups(result: dict):
+    """Rows of the table: ``(row name, set, subject indices)`` (Colin27 per image)."""
+    for spec, r in result["sets"].items():
+        if spec == "colin27":
+            for i, name in enumerate(r["subjects"]):
+                yield name, spec, [i]
+        else:
+            yield f"{spec} ({len(r['subjects'])} synthetic held-out)", spec, list(range(len(r["subjects"])))
+
+
+def summary(result: dict, labels=None) -> dict:
+    """``{row: {label: {agent_mean, agent_std (over seeds), prior, registration, uncertainty}}, ...}``;
+    ``label`` ``"all"`` averages every landmark (and counts answers over 10 mm)."""
+    out = {}
+    for row, spec, idx in _groups(result):
+        r = result["sets"][spec]
+        labs = labels or r["labels"]
+        cols = [r["labels"].index(l) for l in labs]
+        entry = {}
+        for key, k in [(l, [c]) for l, c in zip(labs, cols)] + [("all", cols)]:
+            per_seed = np.array([np.mean(np.asarray(p["errors_mm"])[np.ix_(idx, k)]) for p in r["per_seed"]])
+            unc = np.array([np.mean(np.asarray(p["uncertainty_mm"])[np.ix_(idx, k)]) for p in r["per_seed"]])
+            e = {"agent_mean": float(per_seed.mean()), "agent_std": float(per_seed.std()), "per_seed": per_seed.tolist(),
+                 "uncertainty": float(unc.mean())}
+            if key == "all":
+                e["agent_over_10mm"] = int(sum((np.asarray(p["errors_mm"])[np.ix_(idx, k)] > 10).sum() for p in r["per_seed"]))
+            for m in ("prior", "registration"):
+                if m in r["baselines"]:
+                    e[m] = float(np.mean(np.asarray(r["baselines"][m])[np.ix_(idx, k)]))
+            entry[key] = e
+        entry["seconds"] = float(np.mean([p["agent_seconds_per_subject"] for p in r["per_seed"]]))
+        out[row] = entry
+    return out
+
+
+def markdown(result: dict) -> str:
+    rows = summary(result)
+    first = next(iter(result["sets"].values()))
+    labels = first["labels"]
+    shown = labels if len(labels) <= 4 else [l for l in ("AC", "PC") if l in labels]
+    head = "| set | " + " | ".join(f"{l} agent (mm) | {l} prior | {l} affine reg." for l in shown)
+    head += " | all agent (mm) | all prior | all affine reg. | answers > 10 mm | uncertainty (mm) | s / subject |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    f = lambda e, k: f"{e[k]:.2f}" if k in e else "—"  # noqa: E731
+    for row, e in rows.items():
+        cells = [row]
+        for l in shown:
+            cells += [f"{e[l]['agent_mean']:.2f} ± {e[l]['agent_std']:.2f}", f(e[l], "prior"), f(e[l], "registration")]
+        a = e["all"]
+        cells += [f"{a['agent_mean']:.2f} ± {a['agent_std']:.2f}", f(a, "prior"), f(a, "registration"), str(a["agent_over_10mm"]),
+                  f"{a['uncertainty']:.2f}", f"{e['seconds']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    m = result.get("machine", {})
+    header = (f"Run `{result.get('run')}` ({result['seeds']} seed(s), mean ± std over seeds; {len(labels)} landmark(s), "
+              f"aggregate `{result['aggregate']}`); {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {str(m.get('date', ''))[:16]}, "
+              f"commit {m.get('git_commit', '?')}; training {result.get('train_seconds', float('nan')):.0f} s.\n"
+              f"Command: `{result.get('command', '')}`\n")
+    return header + "\n" + "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", type=Path, help="a trained run directory (all its seeds are evaluated)")
+    g.add_argument("--config", type=Path, help="train this config first (jaxmed train)")
+    g.add_argument("--report", type=Path, help="only print the Markdown table of a saved result")
+    p.add_argument("--seeds", type=int, default=3, help="with --config: seeds trained in one program")
+    p.add_argument("--run-dir", type=Path, default=None, help="with --config: where the run goes")
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    p.add_argument("--aggregate", default="median", help="jaxmed.inference aggregate (median, mean, trimmed, geomedian)")
+    p.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline")
+    p.add_argument("--out", type=Path, default=RESULTS / "real_anatomy.json")
+    args = p.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(args.report.read_text())))
+        return 0
+
+    from jaxmed.bench import machine_info
+    from jaxmed.errors import check_writable
+
+    check_writable(args.out, True)
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    train_s = None
+    run_dir = args.run
+    if args.config:
+        from jaxmed.cli import main as cli
+
+        run_dir = args.run_dir or Path("runs") / args.config.stem
+        t0 = time.perf_counter()
+        rc = cli(["train", str(args.config), "--seeds", str(args.seeds), "--run-dir", str(run_dir)])
+        if rc:
+            return rc
+        train_s = time.perf_counter() - t0
+    else:
+        metrics = Path(run_dir) / "eval.json"
+        if metrics.exists():
+            train_s = json.loads(metrics.read_text()).get("train_seconds")
+    result = evaluate(Path(run_dir), args.sets, not args.no_registration, args.aggregate, log)
+    result.update(machine=machine_info(), command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+                  train_seconds=train_s if train_s is not None else float("nan"))
+    result["summary"] = summary(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    table = markdown(result)
+    args.out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
