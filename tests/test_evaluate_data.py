@@ -129,3 +129,17 @@ def test_registration_baseline_recovers_a_known_affine():
     err = np.linalg.norm(pts - truth, axis=1)
     assert prior.mean() > 5.0 and err.mean() < 1.0, (prior, err)
     assert res.params.shape == (12,) and res.seconds > 0
+
+
+def test_train_prints_its_device_and_evaluates_the_extra_sets(tmp_path, capsys):
+    _, manifest = _population(tmp_path, n=1)
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert main(["train", CONFIG, "train.chunks=1", "dqn.chunk_steps=10", "dqn.learning_starts=16", "data.n_test=1",
+                 "env.eval_starts=2", "env.eval_max_steps=5", f"eval.extra_sets=[{manifest}, {tmp_path / 'nowhere'}]",
+                 "eval.registration=false", "--run-dir", str(run), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("device: cpu x")
+    assert "| test | 1 | 1 |" in captured.out and "| scans | 1 | 1 |" in captured.out
+    assert "nowhere not evaluated" in captured.err  # a set that cannot be loaded is reported; the run stands
+    assert (run / "eval_scans.csv").exists() and (run / "summary.json").exists() and (run / "eval.md").exists()
