@@ -81,6 +81,10 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     return _coerce(value, hint, where)
 
 
+#: Types a value must already have (no conversion), and how messages name them.
+_EXACT = {bool: "true/false", str: "a string"}
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if hint is Any:
@@ -108,9 +112,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint in _EXACT:
+        if not isinstance(value, hint):
+            raise ConfigError(f"{where}: expected {_EXACT[hint]}, got {value!r}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -127,10 +131,6 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value

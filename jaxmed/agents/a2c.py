@@ -17,18 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxmed.agents import core
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
 from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
-from jaxmed.agents.core import (
-    OPTIMIZER_FLOATS,
-    TrainFns,
-    check_non_negative,
-    check_optimizer_fields,
-    check_range,
-    make_parallel,
-    validate_fields,
-)
 from jaxmed.agents.policy_gradient import ChunkCounts
 from jaxmed.errors import ConfigError
 
@@ -37,7 +29,7 @@ __all__ = ["HPARAM_FIELDS", "A2CConfig", "Hparams", "RunnerState", "default_hpar
 
 
 @dataclasses.dataclass(frozen=True)
-class A2CConfig(ChunkCounts):
+class A2CConfig(core.OptimizerConfig, ChunkCounts):
     """A2C hyperparameters (the network and environment are configured separately).
 
     Attributes:
@@ -60,19 +52,15 @@ class A2CConfig(ChunkCounts):
     ent_coef: float = 0.01
     normalize_advantages: bool = False
     learning_rate: float = 7e-4
-    lr_decay_steps: int = 0
-    lr_final_fraction: float = 0.0
-    max_grad_norm: float = 0.5
-    adam_eps: float = 1e-5
 
     def __post_init__(self):
-        validate_fields(self, ints=("n_envs", "num_steps", "updates_per_chunk"), non_negative_ints=("lr_decay_steps",),
-                        floats=("gamma", "gae_lambda", "vf_coef", "ent_coef") + OPTIMIZER_FLOATS,
+        core.validate_fields(self, ints=("n_envs", "num_steps", "updates_per_chunk"), non_negative_ints=("lr_decay_steps",),
+                        floats=("gamma", "gae_lambda", "vf_coef", "ent_coef") + core.OPTIMIZER_FLOATS,
                         bools=("normalize_advantages",))
-        check_range(self, "gamma", 0.0, 1.0, low_open=True)
-        check_range(self, "gae_lambda", 0.0, 1.0)
-        check_non_negative(self, "vf_coef", "ent_coef")
-        check_optimizer_fields(self)
+        core.check_range(self, "gamma", 0.0, 1.0, low_open=True)
+        core.check_range(self, "gae_lambda", 0.0, 1.0)
+        core.check_non_negative(self, "vf_coef", "ent_coef")
+        core.check_optimizer_fields(self)
 
     # the shared actor-critic program reads these: one unclipped step on the whole rollout
     update_epochs = 1
@@ -90,17 +78,10 @@ class A2CConfig(ChunkCounts):
 Hparams = ActorCriticHparams
 
 #: A2CConfig fields that are leaves of the runner state (vmappable inside one compiled program).
-HPARAM_FIELDS = hparams_lib.hparam_fields(Hparams)
-stack_hparams = hparams_lib.stack_hparams
+HPARAM_FIELDS, default_hparams, stack_hparams = hparams_lib.learner_hparams(Hparams)
 
 
-def default_hparams(config: A2CConfig, **overrides) -> Hparams:
-    """The config's hyperparameters as an :class:`Hparams` of scalars, with ``overrides`` applied
-    (checked by the config's own validation)."""
-    return hparams_lib.hparams_from_config(Hparams, config, overrides)
-
-
-def make_train(config: A2CConfig, env, env_params, network, axis_name: str | None = None) -> TrainFns:
+def make_train(config: A2CConfig, env, env_params, network, axis_name: str | None = None) -> core.TrainFns:
     """A2C training functions; same interface and metrics as :func:`jaxmed.agents.ppo.make_train`
     (``clip_frac`` is 0)."""
     if not isinstance(config, A2CConfig):
@@ -110,4 +91,4 @@ def make_train(config: A2CConfig, env, env_params, network, axis_name: str | Non
 
 def make_parallel_train(config: A2CConfig, env, env_params, network, n_devices: int | None = None, axis_name: str = "devices"):
     """:func:`make_train` data-parallel over ``n_devices`` local devices with ``jax.pmap`` (as DQN's)."""
-    return make_parallel(make_train, config, env, env_params, network, n_devices, axis_name)
+    return core.make_parallel(make_train, config, env, env_params, network, n_devices, axis_name)

@@ -10,6 +10,7 @@ Shapes: ``N`` environments, ``A`` agents per environment, ``B`` a batch of sampl
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import flax.linen as nn
@@ -88,6 +89,20 @@ def check_non_negative(config, *names: str) -> None:
 
 #: The optimiser fields of the policy-gradient learner configs (finite numbers).
 OPTIMIZER_FLOATS = ("learning_rate", "lr_final_fraction", "max_grad_norm", "adam_eps")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimiser fields the policy-gradient learner configs share (checked by
+    :func:`check_optimizer_fields`): Adam's ``learning_rate`` and ``adam_eps``, a linear decay of the
+    learning rate to ``lr_final_fraction`` of it over ``lr_decay_steps`` gradient steps (0: constant),
+    global-norm clipping to ``max_grad_norm``."""
+
+    learning_rate: float = 3e-4
+    lr_decay_steps: int = 0
+    lr_final_fraction: float = 0.0
+    max_grad_norm: float = 0.5
+    adam_eps: float = 1e-5
 
 
 def check_optimizer_fields(config) -> None:

@@ -138,15 +138,7 @@ class Hparams:
 
 
 #: DQNConfig fields that are pytree leaves of the runner state (sweepable inside one compiled program).
-HPARAM_FIELDS = hparams_lib.hparam_fields(Hparams)
-
-
-def default_hparams(config: "DQNConfig", **overrides) -> Hparams:
-    """The config's hyperparameters as an :class:`Hparams` of scalars, with ``overrides`` applied."""
-    return hparams_lib.hparams_from_config(Hparams, config, overrides, int_fields=_INT_HPARAMS, validate=False)
-
-
-stack_hparams = hparams_lib.stack_hparams  # a population (P,) of Hparams from a sequence of scalar ones
+HPARAM_FIELDS, default_hparams, stack_hparams = hparams_lib.learner_hparams(Hparams, int_fields=_INT_HPARAMS, validate=False)
 
 
 @struct.dataclass

@@ -46,38 +46,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxmed.agents import core, learners
 from jaxmed.agents import hparams as hparams_lib
-from jaxmed.agents import learners
-from jaxmed.agents.core import (
-    FINAL_PREFIX,
-    OPTIMIZER_FLOATS,
-    TrainFns,
-    check_non_negative,
-    check_optimizer_fields,
-    check_range,
-    device_key,
-    make_apply_gradients,
-    make_optimizer,
-    make_parallel,
-    metric_sums,
-    pmean_if,
-    reduce_chunk_metrics,
-    render_batch,
-    validate_fields,
-)
-from jaxmed.agents.policy_gradient import (
-    ChunkCounts,
-    categorical_kl,
-    entropy,
-    epochs_of_minibatches,
-    flatten_time,
-    group_advantages,
-    log_prob,
-    make_group_rollout,
-    masked_mean,
-    policy_loss,
-    policy_value,
-)
+from jaxmed.agents import policy_gradient as pgl
 from jaxmed.errors import ConfigError
 
 __all__ = ["HPARAM_FIELDS", "GRPOConfig", "Hparams", "RunnerState", "default_hparams", "make_parallel_train",
@@ -85,7 +56,7 @@ __all__ = ["HPARAM_FIELDS", "GRPOConfig", "Hparams", "RunnerState", "default_hpa
 
 
 @dataclasses.dataclass(frozen=True)
-class GRPOConfig(ChunkCounts):
+class GRPOConfig(core.OptimizerConfig, pgl.ChunkCounts):
     """GRPO hyperparameters (module docstring).
 
     Attributes:
@@ -119,21 +90,16 @@ class GRPOConfig(ChunkCounts):
     adv_eps: float = 1e-6
     terminal_reward: str = ""
     terminal_reward_scale: float = -1.0
-    learning_rate: float = 3e-4
-    lr_decay_steps: int = 0
-    lr_final_fraction: float = 0.0
-    max_grad_norm: float = 0.5
-    adam_eps: float = 1e-5
 
     def __post_init__(self):
-        validate_fields(self, ints=("n_envs", "group_size", "max_steps", "updates_per_chunk", "update_epochs", "num_minibatches"),
+        core.validate_fields(self, ints=("n_envs", "group_size", "max_steps", "updates_per_chunk", "update_epochs", "num_minibatches"),
                         non_negative_ints=("lr_decay_steps",),
-                        floats=("clip_eps", "kl_coef", "ent_coef", "adv_eps", "terminal_reward_scale") + OPTIMIZER_FLOATS,
+                        floats=("clip_eps", "kl_coef", "ent_coef", "adv_eps", "terminal_reward_scale") + core.OPTIMIZER_FLOATS,
                         bools=("scale_by_std",), strings=("terminal_reward",))
-        check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
-        check_non_negative(self, "kl_coef", "ent_coef")
-        check_range(self, "adv_eps", 0.0, float("inf"), low_open=True)
-        check_optimizer_fields(self)
+        core.check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
+        core.check_non_negative(self, "kl_coef", "ent_coef")
+        core.check_range(self, "adv_eps", 0.0, float("inf"), low_open=True)
+        core.check_optimizer_fields(self)
         if self.group_size < 2:
             raise ConfigError(f"GRPOConfig.group_size must be >= 2 (advantages are relative to the group), got {self.group_size}")
         if self.n_envs % self.group_size:
@@ -141,7 +107,7 @@ class GRPOConfig(ChunkCounts):
         if (self.n_envs * self.max_steps) % self.num_minibatches:
             raise ConfigError(f"GRPOConfig.num_minibatches ({self.num_minibatches}) must divide n_envs * max_steps "
                               f"({self.n_envs} * {self.max_steps} = {self.n_envs * self.max_steps})")
-        if self.terminal_reward and not self.terminal_reward.startswith(FINAL_PREFIX):
+        if self.terminal_reward and not self.terminal_reward.startswith(core.FINAL_PREFIX):
             raise ConfigError(f"GRPOConfig.terminal_reward must name an info key 'final_<metric>' (e.g. "
                               f"'final_distance_mm'), got {self.terminal_reward!r}")
 
@@ -165,14 +131,7 @@ class Hparams:
 
 
 #: GRPOConfig fields that are leaves of the runner state (vmappable inside one compiled program).
-HPARAM_FIELDS = hparams_lib.hparam_fields(Hparams)
-stack_hparams = hparams_lib.stack_hparams
-
-
-def default_hparams(config: GRPOConfig, **overrides) -> Hparams:
-    """The config's hyperparameters as an :class:`Hparams` of scalars, with ``overrides`` applied
-    (checked by the config's own validation)."""
-    return hparams_lib.hparams_from_config(Hparams, config, overrides)
+HPARAM_FIELDS, default_hparams, stack_hparams = hparams_lib.learner_hparams(Hparams)
 
 
 @struct.dataclass
@@ -189,7 +148,7 @@ class RunnerState:
     hparams: Hparams
 
 
-def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | None = None) -> TrainFns:
+def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | None = None) -> core.TrainFns:
     """GRPO training functions ``TrainFns(init, run_chunk, network, optimizer)``, the interface of
     :func:`jaxmed.agents.ppo.make_train`. ``network`` is an actor-critic whose value output is ignored
     (build it policy-only with ``actor_critic_from_config(cfg, critic=False)``).
@@ -201,10 +160,10 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
     """
     if not isinstance(config, GRPOConfig):
         raise ConfigError(f"grpo.make_train needs a GRPOConfig, got {type(config).__name__}")
-    optimizer = make_optimizer(config)
-    apply_gradients = make_apply_gradients(config, optimizer)
+    optimizer = core.make_optimizer(config)
+    apply_gradients = core.make_apply_gradients(config, optimizer)
     n_envs = config.n_envs
-    rollout = make_group_rollout(env, env_params, network, n_envs, config.group_size, config.max_steps)
+    rollout = pgl.make_group_rollout(env, env_params, network, n_envs, config.group_size, config.max_steps)
     v_reset = jax.vmap(env.reset, in_axes=(0, None, None))
 
     def init(key, bank, hparams: Hparams | None = None) -> RunnerState:
@@ -213,28 +172,28 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
         net_key, env_key = jax.random.split(key)
         obs, _ = v_reset(jax.random.split(env_key, 1), env_params, bank)
         params = learners.init_network(network, net_key, obs, env)
-        return RunnerState(params=params, opt_state=optimizer.init(params), key=device_key(jax.random.fold_in(key, 1), axis_name),
+        return RunnerState(params=params, opt_state=optimizer.init(params), key=core.device_key(jax.random.fold_in(key, 1), axis_name),
                            steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32), hparams=hparams)
 
     def episode_return(outcome):
         if not config.terminal_reward:
             return outcome["return"]
         if config.terminal_reward not in outcome:
-            names = sorted(k for k in outcome if k.startswith(FINAL_PREFIX))
+            names = sorted(k for k in outcome if k.startswith(core.FINAL_PREFIX))
             raise ConfigError(f"GRPOConfig.terminal_reward {config.terminal_reward!r}: the env {env.name} reports "
                               f"{', '.join(names) or 'no final_* metrics'}")
         return config.terminal_reward_scale * outcome[config.terminal_reward]
 
     def loss_fn(params, ref_params, obs, mb, hp):
-        logits, _ = policy_value(network, params, obs)
+        logits, _ = pgl.policy_value(network, params, obs)
         mask = mb["valid"]
-        logp = log_prob(logits, mb["action"])
-        pg, stats = policy_loss(logp, mb["logp"], mb["advantage"], mask, hp.clip_eps)
-        ent = masked_mean(entropy(logits), mask)
+        logp = pgl.log_prob(logits, mb["action"])
+        pg, stats = pgl.policy_loss(logp, mb["logp"], mb["advantage"], mask, hp.clip_eps)
+        ent = pgl.masked_mean(pgl.entropy(logits), mask)
 
         def kl_to_reference():
-            ref_logits, _ = policy_value(network, jax.lax.stop_gradient(ref_params), obs)
-            return masked_mean(categorical_kl(logits, ref_logits), mask)
+            ref_logits, _ = pgl.policy_value(network, jax.lax.stop_gradient(ref_params), obs)
+            return pgl.masked_mean(pgl.categorical_kl(logits, ref_logits), mask)
 
         kl = jax.lax.cond(hp.kl_coef > 0, kl_to_reference, lambda: jnp.zeros((), jnp.float32))
         loss = pg - hp.ent_coef * ent + hp.kl_coef * kl
@@ -247,18 +206,18 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
         traj, outcome = rollout(rs.params, k_roll, bank)
         ret = episode_return(outcome)
         ret = jnp.where(jnp.isfinite(ret), ret, 0.0)
-        advantage = group_advantages(ret, config.group_size, config.adv_eps, config.scale_by_std)  # (N, A)
+        advantage = pgl.group_advantages(ret, config.group_size, config.adv_eps, config.scale_by_std)  # (N, A)
         batch = dict(traj, advantage=jnp.broadcast_to(advantage[None], traj["logp"].shape))
 
         def minibatch_step(carry, mb):
             params, opt_state, count = carry
-            (_, aux), grads = grad_fn(params, ref_params, render_batch(env, mb["obs_state"], bank), mb, rs.hparams)
-            grads = pmean_if(grads, axis_name)
+            (_, aux), grads = grad_fn(params, ref_params, core.render_batch(env, mb["obs_state"], bank), mb, rs.hparams)
+            grads = core.pmean_if(grads, axis_name)
             params, opt_state = apply_gradients(params, opt_state, grads, rs.hparams, count)
             return (params, opt_state, count + 1), aux
 
-        (params, opt_state, _), aux = epochs_of_minibatches(
-            k_upd, flatten_time(batch), config.update_epochs, config.num_minibatches, minibatch_step,
+        (params, opt_state, _), aux = pgl.epochs_of_minibatches(
+            k_upd, pgl.flatten_time(batch), config.update_epochs, config.num_minibatches, minibatch_step,
             (rs.params, rs.opt_state, rs.updates))
         rs = rs.replace(params=params, opt_state=opt_state, key=key, steps=rs.steps + config.max_steps,
                         updates=rs.updates + config.update_epochs * config.num_minibatches)
@@ -268,20 +227,20 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
         means["episode_length"] = outcome["length"].mean()
         sums = {"episodes": jnp.asarray(n_envs, jnp.float32), "episodes_ended": outcome["ended"].sum(),
                 "reward/sum": outcome["return"].sum(), "reward/count": valid.sum()}
-        sums.update(metric_sums({k: v for k, v in outcome.items() if k.startswith(FINAL_PREFIX)}, jnp.ones((n_envs,), bool)))
+        sums.update(core.metric_sums({k: v for k, v in outcome.items() if k.startswith(core.FINAL_PREFIX)}, jnp.ones((n_envs,), bool)))
         return rs, (sums, means)
 
     def run_chunk(rs: RunnerState, bank):
         env.check_bank(bank)
         ref_params = rs.params  # the reference policy of the KL penalty: frozen for this chunk
         rs, (sums, means) = jax.lax.scan(lambda r, _: iteration(r, ref_params, bank), rs, None, length=config.updates_per_chunk)
-        metrics = reduce_chunk_metrics(jax.tree.map(lambda x: x.sum(0), sums), jax.tree.map(lambda x: x.mean(0), means), axis_name)
+        metrics = core.reduce_chunk_metrics(jax.tree.map(lambda x: x.sum(0), sums), jax.tree.map(lambda x: x.mean(0), means), axis_name)
         metrics.update(steps=rs.steps, updates=rs.updates)
         return rs, metrics
 
-    return TrainFns(init=init, run_chunk=run_chunk, network=network, optimizer=optimizer)
+    return core.TrainFns(init=init, run_chunk=run_chunk, network=network, optimizer=optimizer)
 
 
 def make_parallel_train(config: GRPOConfig, env, env_params, network, n_devices: int | None = None, axis_name: str = "devices"):
     """:func:`make_train` data-parallel over ``n_devices`` local devices with ``jax.pmap`` (as DQN's)."""
-    return make_parallel(make_train, config, env, env_params, network, n_devices, axis_name)
+    return core.make_parallel(make_train, config, env, env_params, network, n_devices, axis_name)

@@ -53,3 +53,16 @@ def stack_hparams(hps):
     if not hps:
         raise ConfigError("stack_hparams needs at least one Hparams")
     return jax.tree.map(lambda *x: jnp.stack(x), *hps)
+
+
+def learner_hparams(cls, int_fields=(), validate: bool = True):
+    """``(HPARAM_FIELDS, default_hparams, stack_hparams)`` of a learner whose hyperparameter leaves are
+    the dataclass ``cls``: the leaf names, ``default_hparams(config, **overrides) -> cls`` (the config's
+    values with ``overrides`` applied, :func:`hparams_from_config`) and :func:`stack_hparams`."""
+
+    def default_hparams(config, **overrides):
+        return hparams_from_config(cls, config, overrides, int_fields, validate)
+
+    default_hparams.__doc__ = (f"The config's hyperparameters as a :class:`{cls.__module__}.{cls.__qualname__}` of scalars, "
+                               "with ``overrides`` applied.")
+    return hparam_fields(cls), default_hparams, stack_hparams

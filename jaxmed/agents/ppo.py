@@ -24,18 +24,10 @@ import dataclasses
 import jax
 from flax import struct
 
+from jaxmed.agents import core
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
 from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
-from jaxmed.agents.core import (
-    OPTIMIZER_FLOATS,
-    TrainFns,
-    check_non_negative,
-    check_optimizer_fields,
-    check_range,
-    make_parallel,
-    validate_fields,
-)
 from jaxmed.agents.policy_gradient import ChunkCounts
 from jaxmed.errors import ConfigError
 
@@ -44,7 +36,7 @@ __all__ = ["HPARAM_FIELDS", "PPOConfig", "Hparams", "RunnerState", "default_hpar
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOConfig(ChunkCounts):
+class PPOConfig(core.OptimizerConfig, ChunkCounts):
     """PPO hyperparameters (the network and environment are configured separately).
 
     Attributes:
@@ -76,22 +68,17 @@ class PPOConfig(ChunkCounts):
     vf_coef: float = 0.5
     ent_coef: float = 0.01
     normalize_advantages: bool = True
-    learning_rate: float = 3e-4
-    lr_decay_steps: int = 0
-    lr_final_fraction: float = 0.0
-    max_grad_norm: float = 0.5
-    adam_eps: float = 1e-5
 
     def __post_init__(self):
-        validate_fields(self, ints=("n_envs", "num_steps", "updates_per_chunk", "update_epochs", "num_minibatches"),
+        core.validate_fields(self, ints=("n_envs", "num_steps", "updates_per_chunk", "update_epochs", "num_minibatches"),
                         non_negative_ints=("lr_decay_steps",),
-                        floats=("gamma", "gae_lambda", "clip_eps", "vf_coef", "ent_coef") + OPTIMIZER_FLOATS,
+                        floats=("gamma", "gae_lambda", "clip_eps", "vf_coef", "ent_coef") + core.OPTIMIZER_FLOATS,
                         bools=("clip_value", "normalize_advantages"))
-        check_range(self, "gamma", 0.0, 1.0, low_open=True)
-        check_range(self, "gae_lambda", 0.0, 1.0)
-        check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
-        check_non_negative(self, "vf_coef", "ent_coef")
-        check_optimizer_fields(self)
+        core.check_range(self, "gamma", 0.0, 1.0, low_open=True)
+        core.check_range(self, "gae_lambda", 0.0, 1.0)
+        core.check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
+        core.check_non_negative(self, "vf_coef", "ent_coef")
+        core.check_optimizer_fields(self)
         if (self.n_envs * self.num_steps) % self.num_minibatches:
             raise ConfigError(f"PPOConfig.num_minibatches ({self.num_minibatches}) must divide n_envs * num_steps "
                               f"({self.n_envs} * {self.num_steps} = {self.n_envs * self.num_steps})")
@@ -115,18 +102,11 @@ class Hparams(ActorCriticHparams):
 
 
 #: PPOConfig fields that are leaves of the runner state (vmappable inside one compiled program).
-HPARAM_FIELDS = hparams_lib.hparam_fields(Hparams)
-stack_hparams = hparams_lib.stack_hparams
+HPARAM_FIELDS, default_hparams, stack_hparams = hparams_lib.learner_hparams(Hparams)
 
 
-def default_hparams(config: PPOConfig, **overrides) -> Hparams:
-    """The config's hyperparameters as an :class:`Hparams` of scalars, with ``overrides`` applied
-    (checked by the config's own validation)."""
-    return hparams_lib.hparams_from_config(Hparams, config, overrides)
-
-
-def make_train(config: PPOConfig, env, env_params, network, axis_name: str | None = None) -> TrainFns:
-    """PPO training functions ``TrainFns(init(key, bank, hparams=None) -> RunnerState, run_chunk(rs, bank)
+def make_train(config: PPOConfig, env, env_params, network, axis_name: str | None = None) -> core.TrainFns:
+    """PPO training functions ``core.TrainFns(init(key, bank, hparams=None) -> RunnerState, run_chunk(rs, bank)
     -> (rs, metrics), network, optimizer)`` for ``env`` and an actor-critic ``network``
     (:func:`jaxmed.networks.actor_critic_from_config`). With ``axis_name`` the functions must run under
     ``jax.pmap`` / ``shard_map`` with that axis (gradients and metrics ``lax.pmean``-ed).
@@ -148,4 +128,4 @@ def make_train(config: PPOConfig, env, env_params, network, axis_name: str | Non
 def make_parallel_train(config: PPOConfig, env, env_params, network, n_devices: int | None = None, axis_name: str = "devices"):
     """:func:`make_train` data-parallel over ``n_devices`` local devices with ``jax.pmap``: ``(init, run_chunk)``
     as :func:`jaxmed.agents.dqn.make_parallel_train`."""
-    return make_parallel(make_train, config, env, env_params, network, n_devices, axis_name)
+    return core.make_parallel(make_train, config, env, env_params, network, n_devices, axis_name)

@@ -50,7 +50,7 @@ import numpy as np
 from flax import struct
 
 from jaxmed.envs.base import Box, Discrete, image_box
-from jaxmed.envs.goals import GoalConditionedEnv, check_goal_config
+from jaxmed.envs.goals import GoalConditionedEnv, NavFields, check_goal_config
 from jaxmed.envs.landmark import (
     N_ACTIONS,
     LandmarkConfig,
@@ -107,7 +107,7 @@ def goal_slots(n_agents: int) -> tuple[str, ...]:
 
 
 @struct.dataclass
-class GoalLandmarkState:
+class GoalLandmarkState(NavFields):
     """Landmark env state plus the goals.
 
     Attributes:
@@ -127,11 +127,7 @@ class GoalLandmarkState:
     goal_vox: jax.Array
     osc_done: jax.Array
 
-    # the landmark state's fields learners and tools read (``done`` for the replay's ``valid`` flags)
-    done = property(lambda self: self.nav.done)
-    volume = property(lambda self: self.nav.volume)
-    pos = property(lambda self: self.nav.pos)
-    t = property(lambda self: self.nav.t)
+    pos = property(lambda self: self.nav.pos)  # (A, 3) level-0 voxels, as the landmark state's
 
 
 @struct.dataclass
@@ -348,8 +344,8 @@ class GoalLandmarkEnv(GoalConditionedEnv):
         return self.config.goals
 
     def eval_params(self, params: LandmarkParams) -> LandmarkParams:
-        """No stop at the goal (ground truth): agents run until they oscillate."""
-        return params.replace(terminate_at_target_mm=0.0)
+        """The landmark env's: no stop at the goal (ground truth); agents run until they oscillate."""
+        return self.nav.eval_params(params)
 
     def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> GoalLandmarkState:
         """``E = (n_volumes - 1) * n_starts * G`` states: every non-reference volume, ``n_starts``

@@ -62,7 +62,7 @@ from flax import struct
 
 from jaxmed.data.planes import PLANES, PlaneDefinition, _three_points, get_plane
 from jaxmed.envs.base import Box, Discrete, check_discrete_action, check_volume_bank, image_box
-from jaxmed.envs.goals import GoalConditionedEnv, check_goal_config
+from jaxmed.envs.goals import GoalConditionedEnv, NavFields, check_goal_config
 from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneState, PlaneObsState, PlaneEnv, PlaneConfig, perturbed_plane
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.linalg import HIGHEST, matmul, matvec, vdot
@@ -155,7 +155,7 @@ class GoalPlaneConfig:
 
 
 @struct.dataclass
-class GoalPlaneState:
+class GoalPlaneState(NavFields):
     """Plane env state (in the goal frame) plus the goal.
 
     Attributes:
@@ -171,11 +171,6 @@ class GoalPlaneState:
     frame: jax.Array
     goal_volume: jax.Array
     goal_plane: jax.Array
-
-    # the plane state's fields learners and tools read
-    done = property(lambda self: self.nav.done)
-    volume = property(lambda self: self.nav.volume)
-    t = property(lambda self: self.nav.t)
 
 
 @struct.dataclass

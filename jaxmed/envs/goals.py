@@ -32,6 +32,15 @@ def check_goal_config(config, what: str) -> tuple[str, ...]:
     return goals
 
 
+class NavFields:
+    """For a goal-conditioned state that wraps the state ``nav`` of the env it runs: the fields learners
+    and tools read from any state (``done`` for the replay's ``valid`` flags, ``volume``, ``t``)."""
+
+    done = property(lambda self: self.nav.done)
+    volume = property(lambda self: self.nav.volume)
+    t = property(lambda self: self.nav.t)
+
+
 class GoalConditionedEnv(ConfiguredEnv):
     """Base of the goal-conditioned envs: the goal changes per episode, so result rows are per goal."""
 

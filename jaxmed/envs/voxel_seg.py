@@ -142,7 +142,7 @@ class VoxelSegEnv(ConfiguredEnv):
 
     def metric_stats(self, states, values, metric: str) -> dict:
         """One row (the structure): the metric is the same for every voxel agent; agent 0's column."""
-        from jaxmed.evaluation import metric_stats
+        from jaxmed.envs.metrics import metric_stats
 
         return metric_stats(np.asarray(values)[:, :1], (self.config.structure,), metric)
 

@@ -70,13 +70,9 @@ class QHead(nn.Module):
         return nn.Dense(self.n_actions, dtype=jnp.float32, name="out")(h)
 
 
-class DuelingHead(nn.Module):
-    """Dueling head: ``Q = V + A - mean(A)``. ``(..., F) -> (..., n_actions)`` float32."""
-
-    n_actions: int = 6
-    hidden: Sequence[int] = (256, 128)
-    dtype: Dtype = jnp.float32
-    comm_axis: Optional[str] = None
+class DuelingHead(QHead):
+    """Dueling head: ``Q = V + A - mean(A)``. ``(..., F) -> (..., n_actions)`` float32; the fields of
+    :class:`QHead` (each stream is one)."""
 
     @nn.compact
     def __call__(self, features: jnp.ndarray) -> jnp.ndarray:
