@@ -182,7 +182,7 @@ def test_dqn_with_a_bfloat16_network_still_learns():
         def policy(o):
             key = jax.random.fold_in(jax.random.key(7), jnp.sum(o, dtype=jnp.uint32))
             random = jax.random.randint(key, o.shape[:2], 0, env.num_actions)
-            return jnp.where(use_random, random, learner.greedy_action(net, rs.params, o))
+            return jnp.where(use_random, random, learners.policy_action(cfg.train.learner, net, rs.params, o))
 
         return greedy_rollout(policy, env, eval_params, bank, states)["metrics"]["distance_mm"][:, 0]
 
