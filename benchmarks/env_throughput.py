@@ -46,19 +46,29 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
-import jax
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (compile_timed, fmt, load_avg, machine_info, machine_line, make_random_rollout, memcpy_bandwidth,  # noqa: E402
-                    parser, replot, reset_batch, run_and_write, save_figure)
+from common import (  # noqa: E402
+    compile_timed,
+    fmt,
+    load_avg,
+    machine_info,
+    machine_line,
+    make_random_rollout,
+    memcpy_bandwidth,
+    parser,
+    replot,
+    reset_batch,
+    run_and_write,
+    save_figure,
+)
 
 from jaxmed.data import afids  # noqa: E402
 from jaxmed.data.bank import build_bank  # noqa: E402
-from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig  # noqa: E402
+from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams  # noqa: E402
 from jaxmed.envs.reference import ReferenceLandmarkEnv  # noqa: E402
-
 
 FACTORS = (1, 2, 4)
 MULTI_TARGETS = ("AC", "PC", "genu of CC", "splenium of CC")
@@ -335,7 +345,8 @@ def markdown(result) -> str:
     lines += [format_row(r) for r in result["rows"] if "skipped" not in r]
     skipped = [r for r in result["rows"] if "skipped" in r]
     if skipped:
-        lines += ["", "Skipped: " + "; ".join(f"{r['config']} {r['dtype']} k={r['frames']} n={r['agents']} ({r['skipped']})" for r in skipped)]
+        skipped_rows = (f"{r['config']} {r['dtype']} k={r['frames']} n={r['agents']} ({r['skipped']})" for r in skipped)
+        lines += ["", "Skipped: " + "; ".join(skipped_rows)]
     return "\n".join(lines)
 
 

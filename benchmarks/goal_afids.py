@@ -34,7 +34,7 @@ from goal_common import dqn_config, reference_banks, rollout_metrics, train, wri
 
 from jaxmed.agents.her import HERConfig, transform_for  # noqa: E402
 from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv  # noqa: E402
-from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig  # noqa: E402
+from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams  # noqa: E402
 from jaxmed.evaluation import metric_stats  # noqa: E402
 from jaxmed.experiment import DataConfig  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
         env = GoalLandmarkEnv(GoalLandmarkConfig(goals=goals, crop_size=crop, frames=frames, levels=levels), labels=test_bank.labels)
         states = env.eval_states(eval_params, test_bank, args.eval_starts, seed=1)
         err, sec = rollout_errors(env, eval_params, net, gparams, test_bank, states)
-        result["goal_agent"][name] = {"per_goal": env.metric_stats(states, err, "distance_mm"), "all": metric_stats(err.reshape(-1, 1), ["all"])["all"],
+        result["goal_agent"][name] = {"per_goal": env.metric_stats(states, err, "distance_mm"),
+                                      "all": metric_stats(err.reshape(-1, 1), ["all"])["all"],
                                       "eval_s_incl_compile": sec}
         print(name, {g: round(v["median"], 2) for g, v in result["goal_agent"][name]["per_goal"].items()}, flush=True)
     save()

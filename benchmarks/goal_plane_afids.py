@@ -35,7 +35,7 @@ from common import machine_info  # noqa: E402
 from goal_common import dqn_config, reference_banks, rollout_metrics, train, writer  # noqa: E402
 
 from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv  # noqa: E402
-from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneEnv, PlaneConfig  # noqa: E402
+from jaxmed.envs.plane import N_ACTIONS, PlaneConfig, PlaneEnv, PlaneParams  # noqa: E402
 from jaxmed.evaluation import metric_stats  # noqa: E402
 from jaxmed.experiment import DataConfig  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
@@ -82,11 +82,13 @@ def main(argv=None) -> int:
     train_bank, test_bank, _ = reference_banks(data, labels, max_crop=3, packed=True)
     data_s = time.perf_counter() - t0
     params = PlaneParams(**PARAMS)
-    net = QNetwork(trunk="patch", head="dueling", n_actions=N_ACTIONS, trunk_kwargs={"patch_size": (3, 4, 4), "group": (1, 2, 2)}, head_kwargs={"hidden": (128, 64)})
+    net = QNetwork(trunk="patch", head="dueling", n_actions=N_ACTIONS, trunk_kwargs={"patch_size": (3, 4, 4), "group": (1, 2, 2)},
+                   head_kwargs={"hidden": (128, 64)})
     cfg = dqn_config(args.chunks, n_envs=args.n_envs)
     spec_chunks = max(1, args.chunks // len(args.train))
     result = {"machine": machine_info(), "args": vars(args), "train_planes": list(args.train), "held_out_planes": list(args.held_out),
-              "env": {**ENV, **PARAMS}, "dqn": {k: getattr(cfg, k) for k in ("n_envs", "chunk_steps", "batch_size", "learning_rate", "gamma")},
+              "env": {**ENV, **PARAMS},
+              "dqn": {k: getattr(cfg, k) for k in ("n_envs", "chunk_steps", "batch_size", "learning_rate", "gamma")},
               "data": {"n_train_subjects": data.n_train, "n_test_subjects": data.n_test, "spacing_mm": data.spacing,
                        "reference": "MNI152NLin2009cAsym template (AFIDs), bank volume 0", "data_prep_s": data_s},
               "budget_env_steps_goal_agent": args.chunks * cfg.env_steps_per_chunk,

@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
 from common import fmt, machine_info, machine_line, replot, run_and_write, save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,7 +311,8 @@ def markdown_plane(plane: str, r: dict) -> str:
     lines = [f"**{plane}** ({r['chunks']} chunks, {r['env_steps']:,} env steps, {r['train_s']:.0f} s training + "
              f"{r['compile_s']:.0f} s compile; {r['seconds_per_subject_prior']:.2f} s per subject with "
              f"{r['prior_starts_per_subject']} starts)", "",
-             "| method | angle (°) mean ± std | median | distance (mm) mean ± std | median | landmark distance (mm) mean ± std | median | n |",
+             "| method | angle (°) mean ± std | median | distance (mm) mean ± std | median "
+             "| landmark distance (mm) mean ± std | median | n |",
              "|---|---|---|---|---|---|---|---|"]
     for method in ("agent, perturbed starts", "perturbed start (no model)", "agent, template prior", "prior start",
                    "template plane (no model)", "oracle affine (no model)"):

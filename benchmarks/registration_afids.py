@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
 from common import machine_info  # noqa: E402
 
 from jaxmed import experiment as ex  # noqa: E402
@@ -180,7 +179,8 @@ def run_config(path: str, budget_s: float, overrides=(), baseline: bool = True, 
     test_bank, _, _ = ex.make_bank(cfg, "test", cfg.data.n_test)
     if len(train_bank.factors) > 1:  # one gather per sample whatever the level (RegistrationEnv.render)
         train_bank, test_bank = (b.replace(packed=pack_levels(b.levels)) for b in (train_bank, test_bank))
-    print(f"   {train_bank.n_volumes} train / {test_bank.n_volumes} test subjects ({train_bank_s:.0f} s); training <= {budget_s:.0f} s", flush=True)
+    print(f"   {train_bank.n_volumes} train / {test_bank.n_volumes} test subjects ({train_bank_s:.0f} s); "
+          f"training <= {budget_s:.0f} s", flush=True)
     saved = None if params_dir is None else Path(params_dir) / (Path(path).stem + "".join("_" + o.replace("=", "-") for o in overrides))
     if saved is not None and reuse and saved.with_suffix(".msgpack").exists():
         from flax import serialization

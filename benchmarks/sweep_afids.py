@@ -55,10 +55,10 @@ def main() -> int:
     args = p.parse_args()
 
     from common import load_avg, machine_info
+
     from jaxmed.config import apply_overrides, load_yaml
     from jaxmed.experiment import ExperimentConfig
-    from jaxmed.sweep import Space, run_sweep
-    from jaxmed.sweep import runner
+    from jaxmed.sweep import Space, run_sweep, runner
     from jaxmed.train import run_training
 
     overrides = OVERRIDES + list(args.set)
@@ -146,7 +146,8 @@ def markdown(result: dict) -> str:
         lines += [f"| same trials one after another in one process (measured, compiled once) | {seq['wall_s']:.0f} s |",
                   f"| speed-up of the vmapped sweep | {result['speedup_vmapped_vs_sequential']:.2f}x |"]
     lines += [f"| best trial | {s.get('best_trial')} {s.get('best_values')} |",
-              f"| validation distance at the full budget, best / default (mm) | {_num(s.get('best_metric'))} / {_num(s.get('default_metric'))} |"]
+              f"| validation distance at the full budget, best / default (mm) "
+              f"| {_num(s.get('best_metric'))} / {_num(s.get('default_metric'))} |"]
     for name, r in runs.items():
         lines.append(f"| held-out test distance, {name} config (mm) | {_fmt_stats(r['test_distance_mm'])} |")
     return "\n".join(lines)

@@ -44,31 +44,28 @@ Writes the JSON, a PNG plot beside it, and prints a Markdown table.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from env_throughput import initial, make_rollout  # noqa: E402  (shared benchmark helpers)
 from common import compile_timed, machine_info, machine_line, parser, replot, run_and_write, save_figure, timed  # noqa: E402
+from env_throughput import initial, make_rollout  # noqa: E402  (shared benchmark helpers)
 
 from jaxmed.agents.dqn import DQNConfig, make_optimizer, make_train, td_loss  # noqa: E402
 from jaxmed.agents.replay import ReplayBuffer  # noqa: E402
 from jaxmed.data import afids  # noqa: E402
 from jaxmed.data.bank import build_bank  # noqa: E402
-from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig, LandmarkObsState  # noqa: E402
+from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkObsState, LandmarkParams  # noqa: E402
 from jaxmed.envs.reference import ReferenceLandmarkEnv  # noqa: E402
 from jaxmed.networks import QNetwork  # noqa: E402
-
 
 TARGET = "AC"
 
@@ -449,7 +446,8 @@ def _fmt(x, digits=3):
 HEADER = (
     "| config | loop | n envs | env-steps/s | updates/s | s / update | compile s | ms / vector step "
     "| env | act fwd | update (jaxmed: sample+re-render+TD+Adam) | replay (python: insert+sample; jaxmed: of which sample+re-render) "
-    "| other | jaxmed in program: act+env+insert / update | jaxmed speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| other | jaxmed in program: act+env+insert / update | jaxmed speed-up |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -505,7 +503,8 @@ def plot(result, path: Path) -> None:
             if rr:
                 ax.plot([r["n_envs"] for r in rr], [r["env_steps_per_s"] for r in rr], style, color=f"C{i}", ms=5, label=f"{impl}, {cfg}")
     ax.axhline(9.0, color="grey", lw=1, ls=":", label="published reference training loop (9 env-steps/s)")
-    ax.set(xscale="log", yscale="log", xlabel="parallel environments n", ylabel="environment steps / s (training, 1 update per vector step)",
+    ax.set(xscale="log", yscale="log", xlabel="parallel environments n",
+           ylabel="environment steps / s (training, 1 update per vector step)",
            title="DQN training throughput")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)

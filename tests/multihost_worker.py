@@ -26,7 +26,7 @@ def run(devices=None):
     from jaxmed.agents import distributed
     from jaxmed.agents.dqn import DQNConfig
     from jaxmed.data import blob_phantom, build_bank
-    from jaxmed.envs.landmark import LandmarkParams, LandmarkEnv, LandmarkConfig
+    from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams
     from jaxmed.networks import QNetwork
 
     crop = 9

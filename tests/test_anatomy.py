@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from jaxmed.data import Landmarks, Volume, afids, build_bank
-from jaxmed.data.anatomy import (STRUCTURES, box_from_points, hull_points, point_labels, structure_landmarks,
-                                 structure_mask)
+from jaxmed.data.anatomy import STRUCTURES, box_from_points, hull_points, point_labels, structure_landmarks, structure_mask
 from jaxmed.data.synth import SynthConfig, make_population, synthesize_subject
 from jaxmed.errors import ConfigError, LandmarkError
 
@@ -110,7 +109,7 @@ def test_unknown_structure_raises(template):
 def test_box_env_reads_the_carried_structure_box(template, points):
     """Template + structure points -> synthetic subjects -> bank -> the env's target box is the box of
     each subject's carried points; the env knows its labels from the anatomy definitions alone."""
-    from jaxmed.envs.box import BoxEnv, BoxConfig
+    from jaxmed.envs.box import BoxConfig, BoxEnv
 
     volume, lm = template
     env = BoxEnv(BoxConfig(structure="fourth_ventricle", grid_size=8))

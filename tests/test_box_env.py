@@ -13,7 +13,7 @@ import jaxmed
 from jaxmed.agents.learners import run_chunks
 from jaxmed.data import build_bank
 from jaxmed.data.phantoms import ellipsoid_phantom, sphere_directions
-from jaxmed.envs.box import BoxEnv, BoxConfig, BoxParams, BoxState, apply_action, box_corners
+from jaxmed.envs.box import BoxConfig, BoxEnv, BoxParams, BoxState, apply_action, box_corners
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.iou import box_iou
 from jaxmed.ops.resample import trilinear_levels

@@ -12,7 +12,7 @@ from jaxmed.data.landmarks import Landmarks
 from jaxmed.data.planes import _MSP_LABELS
 from jaxmed.envs import make
 from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv, frame_rotation, goal_definition
-from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneEnv, PlaneConfig
+from jaxmed.envs.plane import N_ACTIONS, PlaneConfig, PlaneEnv, PlaneParams
 from jaxmed.errors import ConfigError, LandmarkError
 
 GOALS = ("phantom", "phantom_parallel_l3")

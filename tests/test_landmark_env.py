@@ -15,7 +15,7 @@ import pytest
 import jaxmed
 from jaxmed.data.bank import build_bank
 from jaxmed.data.phantoms import blob_phantom
-from jaxmed.envs import LandmarkParams, LandmarkEnv, LandmarkConfig, make, registered
+from jaxmed.envs import LandmarkConfig, LandmarkEnv, LandmarkParams, make, registered
 from jaxmed.errors import ConfigError, LandmarkError
 
 D = 9

@@ -11,10 +11,9 @@ from jaxmed.agents.dqn import greedy_action
 from jaxmed.agents.lookahead import lookahead_action, lookahead_rollout
 from jaxmed.agents.rollout import greedy_rollout
 from jaxmed.data import blob_phantom, build_bank
-from jaxmed.envs.landmark import LandmarkParams
-from jaxmed.envs.landmark import LandmarkEnv, LandmarkConfig
+from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams
+from jaxmed.envs.registration import RegistrationConfig, RegistrationEnv
 from jaxmed.envs.registration import RegistrationParams as RegParams
-from jaxmed.envs.registration import RegistrationEnv, RegistrationConfig
 from jaxmed.errors import ConfigError
 from jaxmed.networks import QNetwork
 

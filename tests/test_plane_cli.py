@@ -47,7 +47,8 @@ def _call(parser, argv):
 
 def test_parser_and_defaults(parser, tmp_path):
     args = parser.parse_args(["plane", "img.nii.gz", "--checkpoint", "runs/x", "-o", "p.json"])
-    assert (args.image, args.checkpoint, args.out, args.png, args.n_starts, args.overwrite) == ("img.nii.gz", "runs/x", "p.json", None, 9, False)
+    got = (args.image, args.checkpoint, args.out, args.png, args.n_starts, args.overwrite)
+    assert got == ("img.nii.gz", "runs/x", "p.json", None, 9, False)
     assert args.func is command._run
     with pytest.raises(SystemExit):
         parser.parse_args(["plane", "img.nii.gz", "-o", "p.json"])  # --checkpoint is required
@@ -84,7 +85,6 @@ def test_run_directories_that_are_not_plane_runs(parser, tmp_path):
 
 def test_bad_images_raise_image_errors(parser, tmp_path, plane_run, monkeypatch):
     import jaxmed.train
-
     from jaxmed.data import Volume
 
     cfg = type("Cfg", (), {"env": yaml.safe_load((plane_run / "config.yaml").read_text())["env"],

@@ -18,7 +18,7 @@ from scipy import ndimage
 from jaxmed.data import Landmarks, Volume, build_bank
 from jaxmed.data.planes import BILATERAL_AFIDS, MIDLINE_AFIDS, PLANES, get_plane, plane_phantom
 from jaxmed.envs import make
-from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneEnv, PlaneConfig
+from jaxmed.envs.plane import N_ACTIONS, PlaneConfig, PlaneEnv, PlaneParams
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.crop import pack_levels
 from jaxmed.ops.plane import (

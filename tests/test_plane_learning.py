@@ -21,7 +21,7 @@ import yaml
 from jaxmed.agents.learners import run_chunks
 from jaxmed.data import Volume, build_bank, save_nifti
 from jaxmed.data.planes import plane_phantom
-from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneEnv, PlaneConfig
+from jaxmed.envs.plane import N_ACTIONS, PlaneConfig, PlaneEnv, PlaneParams
 from jaxmed.errors import OverwriteError
 
 LABELS = ("L0", "L1", "L2")

@@ -13,9 +13,9 @@ from jaxmed.envs import make
 from jaxmed.envs.registration import (
     N_ACTIONS,
     REMAP_KNOTS,
-    RegistrationParams,
-    RegistrationEnv,
     RegistrationConfig,
+    RegistrationEnv,
+    RegistrationParams,
     remap_intensity,
 )
 from jaxmed.errors import ConfigError, LandmarkError
@@ -86,7 +86,8 @@ def test_observation_matches_scipy_affine_transform(float_bank, centre):
             shift = np.eye(4)
             shift[:3, 3] = origin
             grid = np.linalg.inv(aff) @ w @ aff @ shift
-            expected = ndimage.affine_transform(vol.astype(np.float64), grid[:3, :3], grid[:3, 3], output_shape=(D, D, D), order=1, mode="constant", cval=0.0)
+            expected = ndimage.affine_transform(vol.astype(np.float64), grid[:3, :3], grid[:3, 3], output_shape=(D, D, D), order=1,
+                                                mode="constant", cval=0.0)
             np.testing.assert_allclose(obs[0, 1], expected, atol=2e-4)
             assert np.abs(expected).sum() > 1.0  # the crop holds anatomy
 
@@ -105,7 +106,8 @@ def test_tre_and_errors_match_numpy(bank):
         tre = np.linalg.norm((hom @ t.T)[:, :3] - (hom @ g.T)[:, :3], axis=1).mean()
         m = jax.jit(env.eval_metrics)(state, None, bank)
         np.testing.assert_allclose(float(m["tre_mm"][0]), tre, rtol=1e-4)
-        np.testing.assert_allclose(float(m["translation_error_mm"][0]), np.linalg.norm(t[:3, 3] + t[:3, :3] @ c - g[:3, 3] - g[:3, :3] @ c), rtol=1e-4)
+        shift = np.linalg.norm(t[:3, 3] + t[:3, :3] @ c - g[:3, 3] - g[:3, :3] @ c)
+        np.testing.assert_allclose(float(m["translation_error_mm"][0]), shift, rtol=1e-4)
         rel = g[:3, :3].T @ t[:3, :3]
         angle = np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1, 1)))
         np.testing.assert_allclose(float(m["rotation_error_deg"][0]), angle, atol=2e-3)
@@ -274,7 +276,8 @@ def test_bad_inputs_raise_clear_errors(bank):
         _env(crop_size=21).reset(jax.random.key(0), None, bank)
     env = _env()
     _, s = env.reset(jax.random.key(0), None, bank)
-    for bad, match in ((jnp.array([12]), "0..11"), (jnp.array([-1]), "0..11"), (jnp.array([0.5]), "integers"), (jnp.array([1, 2]), "1 action")):
+    bad_actions = ((jnp.array([12]), "0..11"), (jnp.array([-1]), "0..11"), (jnp.array([0.5]), "integers"), (jnp.array([1, 2]), "1 action"))
+    for bad, match in bad_actions:
         with pytest.raises(ConfigError, match=match):
             env.step(jax.random.key(0), s, bad, None, bank)
     with pytest.raises(ConfigError, match="n_starts"):
@@ -291,7 +294,8 @@ def test_registry_builds_the_env():
     env, params = make("registration-v0", LABELS, crop_size=9, max_steps=30, remap="monotone")
     assert isinstance(env, RegistrationEnv) and env.required_labels == LABELS
     assert env.config.levels == (0, 1, 2) and env.config.steps == (1.0, 2.0, 4.0) and params.max_steps == 30
-    assert env.num_actions == 12 and env.n_agents == 1 and env.eval_params(params.replace(terminate_at_tre_mm=2.0)).terminate_at_tre_mm == 0.0
+    assert env.num_actions == 12 and env.n_agents == 1
+    assert env.eval_params(params.replace(terminate_at_tre_mm=2.0)).terminate_at_tre_mm == 0.0
 
 
 # ---------------------------------------------------------------- learning

@@ -9,13 +9,13 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from multiprocess import run_processes
 
 from jaxmed.config import apply_overrides, load_yaml
 from jaxmed.errors import ConfigError, OverwriteError
 from jaxmed.experiment import ExperimentConfig
 from jaxmed.sweep import Space, halving, run_sweep
 from jaxmed.sweep.space import get_path, make_trial, sample
-from multiprocess import run_processes
 
 TINY = ["data.n_train=2", "data.n_test=1", "data.phantom_shape=[24,24,24]", "env.max_steps=12", "env.eval_max_steps=10",
         "env.crop_size=9", "network.trunk.patch_size=3", "network.trunk.width=0.25", "network.head.hidden=[16]",
@@ -230,8 +230,9 @@ def test_sweep_resumes_after_a_kill_with_the_same_results(full_sweep, tmp_path):
 
 
 def test_sweep_cli_bad_space(tmp_path):
-    from jaxmed.commands import sweep as cmd
     import argparse
+
+    from jaxmed.commands import sweep as cmd
 
     parser = argparse.ArgumentParser()
     cmd.add_parser(parser.add_subparsers())
