@@ -193,13 +193,8 @@ def frame_view(bank, frame):
 
 
 class GoalPlaneEnv(GoalConditionedEnv):
-    """Goal-conditioned view-plane search (module docstring).
-
-    Args:
-      config: a :class:`GoalPlaneConfig`.
-      labels: the bank's landmark labels, checked now against the goal definitions when given.
-      name: the name reported by :attr:`name`.
-    """
+    """Goal-conditioned view-plane search (module docstring): a :class:`GoalPlaneConfig`, the bank's
+    landmark labels (checked now against every goal definition when given) and the env's name."""
 
     config_class = GoalPlaneConfig
     params_class = PlaneParams
