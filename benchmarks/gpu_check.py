@@ -288,13 +288,14 @@ def _config(base: str, overrides: list[str]):
     return ExperimentConfig.from_dict(apply_overrides(load_yaml(str(ROOT / base)), overrides), base)
 
 
-def _run_train_points(args, stage: str, specs) -> None:
-    """``specs``: ``(label, config path, overrides)``; banks are shared between equal data sections."""
+def _run_train_points(args, stage: str, specs, chunks: int = 2) -> None:
+    """``specs``: ``(label, config path, overrides)``; banks are shared between equal data sections;
+    ``chunks`` timed chunks per point after the warm-up chunk."""
     from jaxmed import experiment as ex
 
     rec = stage_record(stage, args)
     banks: dict[str, object] = {}
-    chunks = 1 if args.dry_run else 2
+    chunks = 1 if args.dry_run else chunks
     for label, base, overrides in specs:
         row: dict = {"label": label, "config": base, "overrides": overrides}
         try:
@@ -333,7 +334,7 @@ def stage_network3d(args) -> None:
         size = ["dqn.chunk_steps=8", "dqn.learning_starts=48", "data.spacing=2.0"]  # 32 updates per chunk (4 per step)
     common = [f"data.n_train={min(args.n_subjects, 2)}"] + size
     _run_train_points(args, "network3d", [(f"network3d_{dt}", "configs/afids_dqn_gpu.yaml", common + [f"network.dtype={dt}"])
-                                          for dt in ("float32", "bfloat16")])
+                                          for dt in ("float32", "bfloat16")], chunks=1)
 
 
 # ------------------------------------------------------------------ report
@@ -409,6 +410,7 @@ def stage_report(args) -> None:
     (out / "gpu_rows.md").write_text(text)
     width = max((len(s[0]) for s in summary), default=10)
     print("\n" + "=" * 30 + f" summary: {tag}")
+    print(f"{'what':<{width}}  {'measured':>14}  measured / before")
     for what, value, ratio in summary:
         print(f"{what:<{width}}  {value:>14}  {ratio}")
     print(f"\nwrote {out / 'gpu_rows.md'}")

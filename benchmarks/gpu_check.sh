@@ -38,7 +38,7 @@ if [ -n "$DRY" ]; then
   NPROC=2
 else
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
-  LIMITS=(35 120 150 80 100)
+  LIMITS=(35 120 125 80 125)
   TESTS=(tests/test_precision.py tests/test_ops.py tests/test_env_reference.py tests/test_landmark_env.py
          tests/test_bank.py tests/test_networks.py tests/test_replay.py tests/test_box_env.py tests/test_plane_env.py)
   NPROC=6
