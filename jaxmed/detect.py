@@ -249,20 +249,30 @@ def output_name(image: Path, suffix: str) -> str:
 
 
 def detect_files(detector: LandmarkDetector, images: Sequence[Path], out_dir: str | Path, *, suffix: str = ".fcsv",
-                 overwrite: bool = False, keep_going: bool = False, on_result=None) -> dict:
+                 overwrite: bool = False, keep_going: bool = False, on_result=None, group: int = 8) -> dict:
     """Detect landmarks in every image and write one landmark file per image into ``out_dir``
     (``<image name><suffix>``, each written atomically).
 
+    Images are read and conformed one by one and run ``group`` at a time in one bank (one rollout for
+    all their agents and starts: on a CPU one image alone is latency-bound); every group has the
+    same number of volumes (the last one is filled with repeats, whose answers are dropped), so
+    images of similar size share one compiled program. With the default 27 grid starts the answers
+    do not depend on the grouping; other start counts draw seeded random starts per bank volume, so
+    an image's starts depend on its place in the group (use ``group=1`` to reproduce single calls).
+
     Every output path is checked before any image is read (an existing file is an
     :class:`OverwriteError` without ``overwrite``; two images with the same name are refused). An
-    image that cannot be read raises its :class:`ImageError` (nothing more is written) unless
-    ``keep_going``, which skips it. ``on_result(image, landmarks | error, seconds)`` is called per image.
-    Returns ``{"written": [...], "failed": [(image, message)], "seconds": [per image, rollout only],
+    image that cannot be read raises its :class:`ImageError` after the images read before it are
+    written (no later one is) unless ``keep_going``, which skips it.
+    ``on_result(image, landmarks | error, seconds)`` is called per image. Returns ``{"written":
+    [...], "failed": [(image, message)], "seconds": [per image: its group's rollout / its images],
     "compilations": n, "compile_seconds": s}``.
     """
     from jaxmed.data import write_landmarks
     from jaxmed.errors import JaxmedError, OverwriteError, check_writable
 
+    if group < 1:
+        raise ConfigError(f"group must be >= 1, got {group}")
     out_dir = Path(out_dir)
     targets = [out_dir / output_name(Path(im), suffix) for im in images]
     dup = [t.name for t in targets if targets.count(t) > 1]
@@ -274,22 +284,37 @@ def detect_files(detector: LandmarkDetector, images: Sequence[Path], out_dir: st
         except OverwriteError as err:
             raise OverwriteError(f"{err} (pass --overwrite to replace outputs)") from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, failed, seconds = [], [], []
+    size = max(1, min(int(group), len(images)))
+    written, failed, seconds, pending = [], [], [], []
+
+    def flush():
+        if not pending:
+            return
+        volumes = [v for _, _, v in pending]
+        volumes += [volumes[-1]] * (size - len(volumes))  # a fixed bank size: one compilation
+        answers, dt = detector.find(volumes, sources=[f"jaxmed detect {im}" for im, _, _ in pending] + [""] * (size - len(pending)))
+        for (image, target, _), found in zip(pending, answers):
+            written.append(write_landmarks(found, target, overwrite=overwrite))
+            seconds.append(dt / len(pending))
+            if on_result is not None:
+                on_result(image, found, dt / len(pending))
+        pending.clear()
+
     for image, target in zip(images, targets):
         try:
             volume = read_conformed(image, detector.cfg.data.spacing)
         except JaxmedError as err:
             if not keep_going:
+                flush()
                 raise
             failed.append((str(image), str(err)))
             if on_result is not None:
                 on_result(image, err, None)
             continue
-        (found,), dt = detector.find([volume], sources=[f"jaxmed detect {image}"])
-        written.append(write_landmarks(found, target, overwrite=overwrite))
-        seconds.append(dt)
-        if on_result is not None:
-            on_result(image, found, dt)
+        pending.append((image, target, volume))
+        if len(pending) == size:
+            flush()
+    flush()
     return {"written": written, "failed": failed, "seconds": seconds, "compilations": detector.compilations,
             "compile_seconds": detector.compile_seconds}
 

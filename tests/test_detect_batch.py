@@ -27,12 +27,13 @@ def test_batch_writes_one_file_per_image_and_compiles_once(tmp_path, capsys):
     run = tmp_path / "run"
     untrained_run(run)
     images = _images(tmp_path)
-    det = LandmarkDetector.from_run(run, n_starts=2)
-    res = detect_files(det, images, tmp_path / "out")
+    det = LandmarkDetector.from_run(run, n_starts=27)
+    res = detect_files(det, images, tmp_path / "out", group=2)  # groups of 2: [a, b], [c + a repeat]
     assert [p.name for p in res["written"]] == ["a.fcsv", "b.fcsv", "c.fcsv"] and res["failed"] == []
     assert res["compilations"] == 1 and len(res["seconds"]) == 3  # similar sizes share the bucketed program
-    one = detect(run, images[1], n_starts=2)  # the same answer as a single-image call
-    np.testing.assert_allclose(read_landmarks(tmp_path / "out" / "b.fcsv").positions, one.positions, atol=1e-3)
+    for i, name in ((1, "b"), (2, "c")):  # the same answers as single-image calls (27 grid starts)
+        one = detect(run, images[i], n_starts=27)
+        np.testing.assert_allclose(read_landmarks(tmp_path / "out" / f"{name}.fcsv").positions, one.positions, atol=1e-3)
     # the CLI: a folder in, a directory out, timings printed
     assert main(["detect", str(tmp_path / "scans"), "--checkpoint", str(run), "-o", str(tmp_path / "cli"), "--starts", "2"]) == 0
     out = capsys.readouterr().out

@@ -57,7 +57,8 @@ def _batch(args, images) -> int:
         else:
             print(f"{image}: {seconds:.3f} s  " + "  ".join(f"{l} {np.round(p, 1).tolist()}" for l, p in zip(result.labels, result.positions)))
 
-    res = detect_files(detector, images, out, suffix=args.format, overwrite=args.overwrite, keep_going=args.keep_going, on_result=report)
+    res = detect_files(detector, images, out, suffix=args.format, overwrite=args.overwrite, keep_going=args.keep_going,
+                       on_result=report, group=args.group)
     total = time.perf_counter() - t0
     sec = np.asarray(res["seconds"])
     print(f"\n{len(res['written'])} landmark file(s) in {out}/; start-up {load_s:.1f} s (load the run), "
@@ -89,6 +90,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "several: a directory for one file per image")
     k.add_argument("--format", choices=FORMATS, default=".fcsv", help="file type written per image in batch mode (default %(default)s)")
     k.add_argument("--keep-going", action="store_true", help="batch: skip images that cannot be read (reported at the end, exit status 1)")
+    k.add_argument("--group", type=int, default=8, help="batch: images run together in one bank (default %(default)s)")
     k.add_argument("--labels", nargs="*", help="subset of the trained landmarks")
     k.add_argument("--starts", type=int, default=27, help="start points per agent (27: the 3x3x3 grid; default %(default)s)")
     k.add_argument("--aggregate", choices=("median", "mean", "trimmed", "geomedian"), default="median",
