@@ -84,7 +84,10 @@ def template_prior(data_cfg, env) -> tuple[np.ndarray, float] | None:
         return None
     from jaxmed import experiment as ex
 
-    volume, landmarks = ex.template(data_cfg)
+    reference = ex.template(data_cfg)
+    if reference is None:  # a source without an atlas (e.g. a folder of scans with no template)
+        return None
+    volume, landmarks = reference
     n, d = env.definition.from_landmarks(landmarks)
     if n[env.definition.normal_axis_index] < 0:
         n, d = -n, -d
