@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=3, help="synthetic test subjects per structure")
     ap.add_argument("--crop", type=int, default=20)
     ap.add_argument("--spacing", type=float, default=2.0)
-    ap.add_argument("--dqn-chunks", type=int, default=8)
+    ap.add_argument("--dqn-chunks", type=int, default=8, help="0: no threshold agent")
     ap.add_argument("--voxel-chunks", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="two structures, 2 + 1 subjects, 2 chunks (a smoke run)")
     args = ap.parse_args(argv)
@@ -102,8 +102,10 @@ def main(argv=None) -> int:
                                "head": {"name": "q", "hidden": [64, 32]}, "n_actions": env.num_actions,
                                "crop_size": (args.crop,) * 3})
     fns = dqn.make_train(dcfg, env, params, net)
-    state, _ = learners.run_chunks(fns, train_bank, args.dqn_chunks)
-    jax.block_until_ready(state)
+    state = None
+    if args.dqn_chunks > 0:
+        state, _ = learners.run_chunks(fns, train_bank, args.dqn_chunks)
+        jax.block_until_ready(state)
     dqn_s = time.perf_counter() - t0
     rollout = jax.jit(lambda p, b, s: greedy_rollout(lambda o: dqn.greedy_action(net, p, o), env, params, b, s))
     print(f"threshold agent: {args.dqn_chunks * dcfg.env_steps_per_chunk} env steps in {dqn_s:.0f} s", flush=True)
@@ -127,16 +129,16 @@ def main(argv=None) -> int:
     for s, subjects in test.items():
         bank = build_seg_bank(subjects, "aal")
         labels = np.asarray(bank.labels_mask) > 0
-        starts = env.eval_states(params, bank, 4)
-        final = rollout(state.params, bank, starts)["final_state"]
-        thr_masks = np.asarray(jax.vmap(env.mask, in_axes=(0, None))(final, bank)).reshape(len(subjects), 4, *labels.shape[1:])
         vfinal, _ = voxel_q.greedy_masks(vnet, vstate.params, venv, vparams, bank, venv.eval_states(vparams, bank, 1))
         methods = {
             "atlas transfer": np.asarray(bank.atlas) > 0,
             "Otsu + component": np.stack([otsu_component(np.asarray(bank.intensity(i))) for i in range(bank.n_volumes)]),
-            "threshold agent (DQN)": thr_masks.mean(axis=1) > 0.5,
             "voxel agents": np.asarray(vfinal.prob) > 0.5,
         }
+        if state is not None:
+            final = rollout(state.params, bank, env.eval_states(params, bank, 4))["final_state"]
+            thr = np.asarray(jax.vmap(env.mask, in_axes=(0, None))(final, bank)).reshape(len(subjects), 4, *labels.shape[1:])
+            methods["threshold agent (DQN)"] = thr.mean(axis=1) > 0.5
         rows[s] = {}
         for m, pred in methods.items():
             d = [float(dice(jnp.asarray(p), jnp.asarray(t))) for p, t in zip(pred, labels)]
