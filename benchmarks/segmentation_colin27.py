@@ -148,15 +148,21 @@ def main(argv=None) -> int:
 
     # ------------------------------------------------------------ report
     names = list(next(iter(rows.values())))
-    lines = ["| structure | " + " | ".join(f"{m} Dice" for m in names) + " | " + " | ".join(f"{m} HD95 (mm)" for m in names) + " |",
+    lines = ["| structure | " + " | ".join(f"{m} Dice" for m in names) + " | "
+             + " | ".join(f"{m} HD95 (mm)" for m in names) + " |",
              "|---|" + "---|" * (2 * len(names))]
 
     def fmt(v):
         v = np.asarray(v, np.float64)
-        return f"{np.mean(v):.2f} ± {np.std(v):.2f}" if np.all(np.isfinite(v)) else f"{np.nanmean(np.where(np.isfinite(v), v, np.nan)):.2f} ({int(np.sum(~np.isfinite(v)))} empty)"
+        finite = np.isfinite(v)
+        if finite.all():
+            return f"{np.mean(v):.2f} ± {np.std(v):.2f}"
+        return f"{np.mean(v[finite]):.2f} ({int(np.sum(~finite))} empty)"
 
-    for s, r in list(rows.items()) + [("all", {m: {k: sum((rows[x][m][k] for x in rows), []) for k in ("dice", "hd95_mm")} for m in names})]:
-        lines.append(f"| {s} | " + " | ".join(fmt(r[m]["dice"]) for m in names) + " | " + " | ".join(fmt(r[m]["hd95_mm"]) for m in names) + " |")
+    pooled = {m: {k: sum((rows[x][m][k] for x in rows), []) for k in ("dice", "hd95_mm")} for m in names}
+    for s, r in list(rows.items()) + [("all", pooled)]:
+        dice_cells = " | ".join(fmt(r[m]["dice"]) for m in names)
+        lines.append(f"| {s} | {dice_cells} | " + " | ".join(fmt(r[m]["hd95_mm"]) for m in names) + " |")
     table = "\n".join(lines)
     result = {"structures": args.structures, "n_train": args.n_train, "n_test": args.n_test, "crop": args.crop,
               "spacing_mm": args.spacing, "dqn_env_steps": args.dqn_chunks * dcfg.env_steps_per_chunk,

@@ -12,9 +12,10 @@ backward map. The structure's centroid is carried like a landmark (solving ``B(y
 
 Crops: every subject is cut to a fixed axis-aligned RAS grid of ``crop_size``³ voxels of
 ``spacing`` mm centred on its (carried) structure centroid, the image trilinearly (then its 1st /
-99th percentiles mapped to 0 / 1, :func:`normalise_crop`), the label by nearest neighbour. The *atlas* crop is the template's label cut on the same grid around the
-template centroid and simply laid on the subject's crop (translation-only atlas transfer: the
-classical baseline and a starting mask).
+99th percentiles mapped to 0 / 1, :func:`normalise_crop`), the label by nearest neighbour. The
+*atlas* crop is the template's label cut on the same grid around the template centroid and simply
+laid on the subject's crop (translation-only atlas transfer: the classical baseline and a starting
+mask).
 """
 
 from __future__ import annotations
