@@ -102,6 +102,15 @@ def test_labels_are_carried_by_nearest_neighbour(phantom, bank):
     assert m.sum() > 50 and not m[0].any()
     with pytest.raises(ConfigError):
         make_seg_bank(vol, lm, "no_such_structure", 1, crop_size=8)
+    # a label as box-env target points: their bounding box is the mask's (voxel centres)
+    from jaxmed.data.structures import mask_box, structure_points
+
+    pts = structure_points(vol, m, "organ", 26)
+    assert pts.labels[0] == "organ#000" and len(pts) == 26
+    world = vol.voxel_to_world(np.argwhere(m))
+    lo, hi = mask_box(vol, m)
+    np.testing.assert_allclose(lo, world.min(0), atol=1e-9)
+    np.testing.assert_allclose(hi, world.max(0), atol=1e-9)
 
 
 # ------------------------------------------------------------------ threshold env

@@ -89,6 +89,17 @@ def centroid_world(volume: Volume, mask: np.ndarray) -> np.ndarray:
     return volume.voxel_to_world(np.argwhere(mask).mean(axis=0))
 
 
+def structure_points(volume: Volume, mask: np.ndarray, name: str, n_points: int = 26) -> Landmarks:
+    """Surface points of a label as landmarks ``"<name>#000" ...`` (world RAS mm; the six axis extremes
+    first, :func:`jaxmed.data.anatomy.mask_points`): the form in which the box and corner-pair envs read
+    a target, so a label map (e.g. an AAL structure) becomes a box target when these points are carried
+    with the subjects like any landmark."""
+    from jaxmed.data.anatomy import mask_points, point_labels
+
+    points = mask_points(volume, np.asarray(mask, bool), n_points)
+    return Landmarks(point_labels(name, n_points), points, source=f"{name} surface of {volume.source}")
+
+
 def mask_box(volume: Volume, mask: np.ndarray, n_points: int = 26) -> tuple[np.ndarray, np.ndarray]:
     """Surface points of a label (:func:`jaxmed.data.anatomy.mask_points`) -> their world bounding box
     ``(min (3,), max (3,))`` mm: the target of the box envs for a label-defined structure."""
