@@ -32,10 +32,9 @@ import itertools
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
@@ -43,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt, load_avg, machine_info, machine_line, memcpy_bandwidth, parser, run_and_write, save_figure, timed  # noqa: E402
 
 from jaxmed import ops  # noqa: E402
-
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "uint8": np.uint8}
 

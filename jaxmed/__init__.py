@@ -1,7 +1,7 @@
 """jaxmed: reinforcement learning on 3D medical images, in JAX."""
 
-from jaxmed.errors import JaxmedError
 from jaxmed.envs.registry import make
+from jaxmed.errors import JaxmedError
 
 __version__ = "0.1.0"
 

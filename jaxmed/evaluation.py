@@ -195,8 +195,8 @@ class LandmarkSetResult:
         import io
         import re
 
-        from jaxmed.errors import OverwriteError
         from jaxmed.data.fetch import write_atomic
+        from jaxmed.errors import OverwriteError
 
         out_dir = Path(out_dir)
         stem = stem or "eval_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name).strip("_.")

@@ -24,7 +24,6 @@ import yaml
 from jaxmed import experiment as ex
 from jaxmed.errors import ConfigError, JaxmedError, OverwriteError
 
-
 # ------------------------------------------------------------------ checkpoints
 
 
@@ -144,7 +143,6 @@ def _trainer(cfg: ex.ExperimentConfig, env, params, network):
     """``(init, run_chunk)``, jitted, for one device, ``train.devices`` devices (pmap) or
     ``train.seeds`` seeds (vmapped: state leaves get a leading seed axis)."""
     from jaxmed.agents import learners
-
     from jaxmed.agents.her import transform_for
 
     learner = learners.module(cfg.train.learner)

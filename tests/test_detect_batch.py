@@ -3,13 +3,12 @@ images of similar size, clear errors and ``--keep-going`` on an unreadable image
 
 import numpy as np
 import pytest
+from test_evaluate_data import untrained_run
 
 from jaxmed.cli import main
 from jaxmed.data import Volume, blob_phantom, read_landmarks, save_nifti
 from jaxmed.detect import LandmarkDetector, detect, detect_files, expand_inputs
 from jaxmed.errors import ImageError
-
-from test_evaluate_data import untrained_run
 
 
 def _images(tmp_path):

@@ -10,9 +10,7 @@ import pytest
 from scipy import ndimage
 
 from jaxmed import experiment as ex
-from jaxmed.data import blob_phantom, make_population, write_landmarks, write_population
-from jaxmed.data import image_io
-from jaxmed.data import subject_cache
+from jaxmed.data import blob_phantom, image_io, make_population, subject_cache, write_landmarks, write_population
 from jaxmed.data.landmarks import Landmarks
 from jaxmed.data.sources import DataConfig, make
 from jaxmed.data.sources import files as files_source

@@ -11,7 +11,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from multiprocess import run_python_workers
 
 WORKER = Path(__file__).with_name("multihost_worker.py")

@@ -11,8 +11,8 @@ import pytest
 from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
-from jaxmed.data import geometry
 from jaxmed import ops
+from jaxmed.data import geometry
 
 SHAPE = (11, 9, 7)  # unpadded test volume, anisotropic on purpose
 

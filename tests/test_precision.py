@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmed import ops
 import jaxmed.ops.plane as plane_ops
+from jaxmed import ops
 
 _DOT = re.compile(r"stablehlo\.dot_general[^\n]*")
 

@@ -60,8 +60,17 @@ from jaxmed.bench.grid import AXES, GRID_KEYS, MEASURES, RESULT_KEYS, grid_from_
 from jaxmed.bench.measure import MESH_AXIS, measure_env, measure_point, measure_train, point_devices
 from jaxmed.bench.report import markdown, plot
 from jaxmed.bench.runner import run_grid, run_point_subprocess
-from jaxmed.bench.timing import (compile_timed, fmt, load_avg, machine_info, machine_line, make_random_rollout, reset_batch,
-                                 save_figure, timed)
+from jaxmed.bench.timing import (
+                                 compile_timed,
+                                 fmt,
+                                 load_avg,
+                                 machine_info,
+                                 machine_line,
+                                 make_random_rollout,
+                                 reset_batch,
+                                 save_figure,
+                                 timed,
+)
 
 __all__ = [
     "AXES", "GRID_KEYS", "MEASURES", "MESH_AXIS", "RESULT_KEYS", "compile_timed", "fmt", "grid_from_args", "load_avg",

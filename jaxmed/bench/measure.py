@@ -47,7 +47,8 @@ def point_devices(n_per_process: int | None):
 def _replicate(mesh, tree):
     """A host-local pytree (identical in every process) as global arrays replicated over ``mesh``."""
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     sharding = NamedSharding(mesh, P())
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
@@ -59,7 +60,8 @@ def measure_env(env, params, bank, n_envs: int, devices, n_steps: int, min_time:
     Returns ``env_agent_steps_per_s`` (reset and compilation excluded), ``env_seconds_per_call``,
     ``env_compile_s``."""
     import jax
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
 
     mesh = Mesh(np.array(devices), (MESH_AXIS,))
     rollout = make_random_rollout(env, n_envs, n_steps)

@@ -4,7 +4,16 @@ Nothing here imports from ``jaxmed.envs`` or ``jaxmed.agents``.
 """
 
 from jaxmed.data.bank import VolumeBank, build_bank
-from jaxmed.data.image_io import conform, load_image, normalise_intensity, read_dicom_series, read_nifti, reorient_to_ras, resample_isotropic, save_nifti
+from jaxmed.data.image_io import (
+    conform,
+    load_image,
+    normalise_intensity,
+    read_dicom_series,
+    read_nifti,
+    reorient_to_ras,
+    resample_isotropic,
+    save_nifti,
+)
 from jaxmed.data.landmark_files import read_landmarks, write_landmarks
 from jaxmed.data.landmarks import Landmarks
 from jaxmed.data.phantoms import blob_phantom, organ_phantom

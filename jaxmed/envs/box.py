@@ -72,7 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank, image_box
+from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_volume_bank, image_box
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.iou import box_iou
 from jaxmed.ops.linalg import apply_affine, matmul

@@ -55,7 +55,7 @@ import numpy as np
 from flax import struct
 
 from jaxmed.envs.box import REWARDS, start_box, target_point_labels, volume_world_bounds
-from jaxmed.envs.landmark import LandmarkParams, LandmarkState, LandmarkEnv, LandmarkConfig
+from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams, LandmarkState
 from jaxmed.errors import ConfigError
 from jaxmed.ops.iou import box_iou
 from jaxmed.ops.linalg import apply_affine

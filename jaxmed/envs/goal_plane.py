@@ -63,7 +63,7 @@ from flax import struct
 from jaxmed.data.planes import PLANES, PlaneDefinition, _three_points, get_plane
 from jaxmed.envs.base import Box, Discrete, check_discrete_action, check_volume_bank, image_box
 from jaxmed.envs.goals import GoalConditionedEnv, NavFields, check_goal_config
-from jaxmed.envs.plane import N_ACTIONS, PlaneParams, PlaneState, PlaneObsState, PlaneEnv, PlaneConfig, perturbed_plane
+from jaxmed.envs.plane import N_ACTIONS, PlaneConfig, PlaneEnv, PlaneObsState, PlaneParams, PlaneState, perturbed_plane
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.linalg import HIGHEST, matmul, matvec, vdot
 from jaxmed.ops.plane import plane_basis

@@ -89,7 +89,7 @@ import numpy as np
 from flax import struct
 
 from jaxmed.data.planes import PlaneDefinition, get_plane
-from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank, image_box
+from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_volume_bank, image_box
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.linalg import HIGHEST, apply_affine, vdot
 from jaxmed.ops.plane import (

@@ -100,7 +100,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, ConfiguredEnv, check_discrete_action, check_volume_bank
+from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_volume_bank
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.linalg import apply_affine, matmul, matvec
 from jaxmed.ops.resample import affine_grid, trilinear_levels

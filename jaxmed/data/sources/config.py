@@ -24,7 +24,6 @@ from jaxmed.config import build, coerce, to_dict
 from jaxmed.data.sources.base import source_class
 from jaxmed.errors import ConfigError
 
-
 #: Keys that every saved run config of earlier versions holds whatever its source (they were common
 #: fields then): dropped when the source does not use them and they say nothing (``phantom_shape``
 #: was ignored by non-phantom sources; ``structures`` empty), so those runs still load.
