@@ -262,7 +262,10 @@ class GoalLandmarkEnv(GoalConditionedEnv):
         goal in the episode's volume when known (it only drives rewards and metrics; NaN otherwise)."""
         A = self.n_agents
         goal_vox = jnp.broadcast_to(jnp.round(jnp.asarray(goal_vox)).astype(jnp.int32), (A, 3))
-        world = jnp.full((A, 3), jnp.nan, jnp.float32) if goal_world is None else jnp.broadcast_to(jnp.asarray(goal_world, jnp.float32), (A, 3))
+        if goal_world is None:
+            world = jnp.full((A, 3), jnp.nan, jnp.float32)
+        else:
+            world = jnp.broadcast_to(jnp.asarray(goal_world, jnp.float32), (A, 3))
         return self._state(bank, state.nav.volume, state.nav.pos, jnp.full((A,), -1, jnp.int32), world, goal_volume, goal_vox)
 
     # -------------------------------------------------------------- step

@@ -446,7 +446,8 @@ class PlaneEnv(ConfiguredEnv):
     def _batch_perturbed(self, bank, volumes, tilt, direction, shift):
         return jax.vmap(self._perturbed_state, in_axes=(None, 0, 0, 0, 0))(bank, volumes, tilt, direction, shift)
 
-    def prior_states(self, bank, n_starts: int = 1, seed: int = 0, max_angle_deg: float = 10.0, normal=None, offset: float = 0.0) -> PlaneState:
+    def prior_states(self, bank, n_starts: int = 1, seed: int = 0, max_angle_deg: float = 10.0, normal=None,
+                     offset: float = 0.0) -> PlaneState:
         """Start states that need no ground truth: per volume, a prior plane (start 0) and ``n_starts - 1``
         copies tilted by ``U(0, max_angle_deg)`` in seeded directions, at the coarsest scale.
 
@@ -466,8 +467,8 @@ class PlaneEnv(ConfiguredEnv):
         n_vol = bank.n_volumes
         vols = np.repeat(np.arange(n_vol, dtype=np.int32), n_starts)
         tile = lambda x: jnp.asarray(np.tile(x, n_vol), jnp.float32)  # noqa: E731
-        return self._batch_prior(bank, jnp.asarray(vols), tile(tilt), tile(direction), jnp.asarray(prior / np.linalg.norm(prior), jnp.float32),
-                                 jnp.asarray(offset, jnp.float32))
+        unit = jnp.asarray(prior / np.linalg.norm(prior), jnp.float32)
+        return self._batch_prior(bank, jnp.asarray(vols), tile(tilt), tile(direction), unit, jnp.asarray(offset, jnp.float32))
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def _batch_prior(self, bank, volumes, tilt, direction, prior, offset):
@@ -483,7 +484,8 @@ class PlaneEnv(ConfiguredEnv):
         """Deterministic start states, batched: ``volumes`` ``(E,)``, ``normals`` ``(E, 3)`` (world),
         ``offsets`` ``(E,)`` mm *world* offsets ``d`` (``n . x = d``), at the coarsest scale."""
         self.check_bank(bank)
-        return self._batch_world(bank, jnp.asarray(volumes, jnp.int32), jnp.asarray(normals, jnp.float32), jnp.asarray(offsets, jnp.float32))
+        return self._batch_world(bank, jnp.asarray(volumes, jnp.int32), jnp.asarray(normals, jnp.float32),
+                                 jnp.asarray(offsets, jnp.float32))
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def _batch_world(self, bank, volumes, normals, offsets):

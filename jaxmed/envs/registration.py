@@ -415,7 +415,8 @@ class RegistrationEnv(ConfiguredEnv):
         n_volumes = bank.levels[0].shape[0]
         u = jax.random.uniform(key, (1 + N_PARAMS,), jnp.float32)
         volume = jnp.minimum(jnp.floor(u[0] * n_volumes).astype(jnp.int32), n_volumes - 1)
-        scale = jnp.concatenate([jnp.full((3,), params.max_translation_mm, jnp.float32), jnp.full((3,), params.max_rotation_deg, jnp.float32)])
+        scale = jnp.concatenate([jnp.full((3,), params.max_translation_mm, jnp.float32),
+                                 jnp.full((3,), params.max_rotation_deg, jnp.float32)])
         return self.initial_state(bank, volume, (2.0 * u[1:] - 1.0) * scale)
 
     def draw_perturbations(self, params: RegistrationParams, n: int, seed: int) -> np.ndarray:
@@ -561,7 +562,8 @@ class RegistrationEnv(ConfiguredEnv):
         fixed = bank.to_intensity(bank.crops(volume, centre_vox, d, bank_level, candidates=c.levels))
         origin = (centre_vox - d // 2).astype(jnp.float32)
         shift = jnp.eye(4, dtype=jnp.float32).at[:3, 3].set(origin)
-        grid = matmul(matmul(matmul(jnp.linalg.inv(bank.affines[bank_level, moving]), residual), aff), shift)  # crop voxel -> moving level voxel
+        # crop voxel -> moving level voxel
+        grid = matmul(matmul(matmul(jnp.linalg.inv(bank.affines[bank_level, moving]), residual), aff), shift)
         points = affine_grid(grid, d)
         sampled = trilinear_levels(bank.levels, bank.shapes[:, moving], moving, bank_level, points, bank.margin, 0.0,
                                    candidates=c.levels, packed=bank.packed)
