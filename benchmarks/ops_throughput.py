@@ -172,7 +172,8 @@ def run(args) -> dict:
                         row["reference"] = "n/a (scipy.ndimage has no bfloat16)"
                     else:
                         out = np.empty((k, size, size, size), np.float32)
-                        tn, _ = median_time(lambda: scipy_windows(bank_np, idx, pos, size, margin, out), [()], args.min_time / 4, min_reps=2)
+                        tn, _ = median_time(lambda: scipy_windows(bank_np, idx, pos, size, margin, out), [()], args.min_time / 4,
+                                            min_reps=2)
                         row["reference"] = "scipy map_coordinates loop"
                     if tn is not None:
                         row["reference_per_s"] = k / tn
@@ -276,7 +277,8 @@ def plot(result, path: Path) -> None:
         for s in result["settings"]["sizes"]:
             rr = series("crop", d, s)
             if rr:
-                ax.plot([r["n"] for r in rr], [100 * r["frac_memcpy"] for r in rr], "-", color=colors[d], marker=markers[s], label=f"{d} D={s}")
+                ax.plot([r["n"] for r in rr], [100 * r["frac_memcpy"] for r in rr], "-", color=colors[d], marker=markers[s],
+                        label=f"{d} D={s}")
     ax.set(xscale="log", xlabel="parallel crops n", ylabel="output bytes/s, % of memcpy",
            title=f"crop bandwidth (memcpy = {result['memcpy_GBps']:.1f} GB/s)")
     ax.grid(True, which="both", alpha=0.3)

@@ -20,7 +20,8 @@ import sys
 from jaxmed.errors import JaxmedError
 
 #: Subcommand modules under ``jaxmed/commands`` (each has ``add_parser(subparsers)``), in help order.
-COMMAND_MODULES: tuple[str, ...] = ("quickstart", "train", "evaluate", "detect", "register", "plane", "segment", "sweep", "bench", "data", "cv")
+COMMAND_MODULES: tuple[str, ...] = ("quickstart", "train", "evaluate", "detect", "register", "plane", "segment", "sweep", "bench",
+                                    "data", "cv")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -362,8 +362,9 @@ def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None,
     placeholder = Landmarks((label,), volume.voxel_to_world((np.array(volume.shape) - 1) / 2)[None], source=str(image))
     bank = build_bank([reference, (volume, placeholder)], (label,), factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype)
     c = env.config
-    denv = GoalLandmarkEnv(GoalLandmarkConfig(goals=(label,), n_agents=c.n_agents, crop_size=c.crop_size, frames=c.frames,
-                                              levels=c.levels, osc_window=c.osc_window, reference_volume=0), labels=bank.labels, name=env.name)
+    goal_cfg = GoalLandmarkConfig(goals=(label,), n_agents=c.n_agents, crop_size=c.crop_size, frames=c.frames, levels=c.levels,
+                                  osc_window=c.osc_window, reference_volume=0)
+    denv = GoalLandmarkEnv(goal_cfg, labels=bank.labels, name=env.name)
     states = denv.eval_states(eval_params, bank, n_starts, seed=seed)
     rollout = make_policy_rollout(cfg, denv, eval_params, network)
     res = jax.device_get(rollout(seed_params(cfg, params, 0), bank, states))

@@ -217,7 +217,8 @@ class LandmarkSetResult:
 def summary_table(results: Sequence[LandmarkSetResult]) -> str:
     """Markdown, one row per evaluated set: mean error (mm, all subjects and landmarks) and seconds
     per subject of the agent and of both baselines."""
-    lines = ["| set | subjects | landmarks | agent mean (mm) | template prior (mm) | affine registration (mm) | agent s / subject | registration s / subject |",
+    lines = ["| set | subjects | landmarks | agent mean (mm) | template prior (mm) | affine registration (mm) | agent s / subject "
+             "| registration s / subject |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         row = r.summary_row()

@@ -93,8 +93,10 @@ class BaselineConfig:
             raise ConfigError(f"BaselineConfig: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         n = len(self.factors)
         if n == 0 or len(self.iterations) != n or len(self.learning_rate) != n:
-            raise ConfigError(f"BaselineConfig: factors, iterations and learning_rate need one entry per level, got {self.factors}, {self.iterations}, {self.learning_rate}")
-        if any(int(f) < 1 for f in self.factors) or any(int(i) < 1 for i in self.iterations) or any(not lr > 0 for lr in self.learning_rate):
+            raise ConfigError(f"BaselineConfig: factors, iterations and learning_rate need one entry per level, got {self.factors}, "
+                              f"{self.iterations}, {self.learning_rate}")
+        if (any(int(f) < 1 for f in self.factors) or any(int(i) < 1 for i in self.iterations)
+                or any(not lr > 0 for lr in self.learning_rate)):
             raise ConfigError("BaselineConfig: factors and iterations must be >= 1 and learning rates > 0")
         if int(self.bins) < 4:
             raise ConfigError(f"BaselineConfig: bins must be >= 4, got {self.bins}")

@@ -45,7 +45,8 @@ class Checkpoints:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
-        self.manager = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self.manager = ocp.CheckpointManager(directory.absolute(), options=options)
 
     def save(self, chunk: int, rs) -> None:
         self.manager.save(chunk, args=self._ocp.args.StandardSave(_host_tree(rs)))
@@ -224,7 +225,8 @@ def run_training(
             metrics = _summarise(jax.device_get(metrics))
             dt = time.perf_counter() - tc
             compile_s = dt if compile_s is None else compile_s
-            row = {"chunk": c + 1, **metrics, "env_steps_per_s": env_steps_per_chunk * cfg.train.seeds / dt, "wall_s": time.perf_counter() - t0}
+            row = {"chunk": c + 1, **metrics, "env_steps_per_s": env_steps_per_chunk * cfg.train.seeds / dt,
+                   "wall_s": time.perf_counter() - t0}
             log.write(row)
             bar.update(1)
             shown = {"steps_s": f"{row['env_steps_per_s']:.0f}", "reward": f"{metrics['reward']:.3f}"}
@@ -360,7 +362,8 @@ def load_params(run_dir: str | Path):
         raise ConfigError(f"{blob}: parameters do not fit the network configured in {cfg_path} ({err})") from None
     for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(params)):
         if np.shape(a) != np.shape(b):
-            raise ConfigError(f"{blob}: parameter shapes {np.shape(b)} do not fit the configured network ({np.shape(a)}): a checkpoint from a different network")
+            raise ConfigError(f"{blob}: parameter shapes {np.shape(b)} do not fit the configured network ({np.shape(a)}): "
+                              "a checkpoint from a different network")
     return cfg, network, jax.tree.map(jnp.asarray, params)
 
 
@@ -384,7 +387,8 @@ def make_policy_rollout(cfg: ex.ExperimentConfig, env, eval_params, network, rec
     return jax.jit(lambda p, b, s: greedy_rollout(policy(p), env, eval_params, b, s, record=record))
 
 
-def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | None = None, *, experiment: ex.Experiment | None = None) -> dict:
+def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | None = None, *,
+                 experiment: ex.Experiment | None = None) -> dict:
     """Greedy agents from the env's fixed evaluation starts on held-out test subjects: per-agent
     metrics (mm, degrees, IoU, ...) per label, beside the template prior for envs whose agents answer
     landmarks (:attr:`~jaxmed.envs.base.Environment.landmark_targets`). A multi-seed run is evaluated

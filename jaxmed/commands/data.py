@@ -136,7 +136,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     f = d.add_parser("fetch", help="download and verify a data set")
     f.add_argument("dataset", help="afids | colin27 | mni-t2w")
     f.add_argument("--force", action="store_true", help="download again even if the cache verifies")
-    f.add_argument("--wheel", help="afids / mni-t2w: use a local copy of the wheel (afids_cnn-0.2.1, autoafids-0.1.4) instead of downloading")
+    f.add_argument("--wheel",
+                   help="afids / mni-t2w: use a local copy of the wheel (afids_cnn-0.2.1, autoafids-0.1.4) instead of downloading")
     f.add_argument("--deb", help="colin27: use a local copy of mricron-data_1.2.20211006+dfsg-4_all.deb instead of apt-get download")
     f.set_defaults(func=_cmd_fetch)
 

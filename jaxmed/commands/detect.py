@@ -29,7 +29,8 @@ def _single(args, image) -> int:
 
     check_writable(Path(args.out), args.overwrite)  # before the run is loaded
     if args.goal is not None or args.goal_patch is not None:  # a goal-conditioned run, goal given by example
-        found = detect_goal(args.checkpoint, image, goal=args.goal, goal_patch=args.goal_patch, n_starts=args.starts, aggregate=args.aggregate)
+        found = detect_goal(args.checkpoint, image, goal=args.goal, goal_patch=args.goal_patch, n_starts=args.starts,
+                            aggregate=args.aggregate)
     else:
         found = detect(args.checkpoint, image, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate)
     print(write_landmarks(found, args.out, overwrite=args.overwrite))
@@ -55,7 +56,8 @@ def _batch(args, images) -> int:
         if seconds is None:
             print(f"skipped {image}: {result}", file=sys.stderr)
         else:
-            print(f"{image}: {seconds:.3f} s  " + "  ".join(f"{l} {np.round(p, 1).tolist()}" for l, p in zip(result.labels, result.positions)))
+            answers = (f"{l} {np.round(p, 1).tolist()}" for l, p in zip(result.labels, result.positions))
+            print(f"{image}: {seconds:.3f} s  " + "  ".join(answers))
 
     res = detect_files(detector, images, out, suffix=args.format, overwrite=args.overwrite, keep_going=args.keep_going,
                        on_result=report, group=args.group)
@@ -95,7 +97,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--starts", type=int, default=27, help="start points per agent (27: the 3x3x3 grid; default %(default)s)")
     k.add_argument("--aggregate", choices=("median", "mean", "trimmed", "geomedian"), default="median",
                    help="how the end points of all agents and starts of one landmark are combined (default %(default)s)")
-    k.add_argument("--goal", metavar="LABEL", help="goal-conditioned run: walk to this template landmark (shown by its template crop; need not be trained)")
+    k.add_argument("--goal", metavar="LABEL",
+                   help="goal-conditioned run: walk to this template landmark (shown by its template crop; need not be trained)")
     k.add_argument("--goal-patch", metavar="FILE", help="goal-conditioned run: walk to the centre of this .npy goal image "
                    "(crop_size x coarsest factor voxels per edge at the run's spacing)")
     k.add_argument("--overwrite", action="store_true")

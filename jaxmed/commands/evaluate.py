@@ -69,7 +69,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e = subparsers.add_parser("evaluate", help="evaluate a trained run on held-out subjects or any labelled set (--data)")
     e.add_argument("run_dir")
     e.add_argument("--data", nargs="+", metavar="SPEC",
-                   help="labelled set(s): colin27, mni-t2w, test (the run's held-out subjects), a folder, a manifest .csv/.tsv or a data .yaml")
+                   help="labelled set(s): colin27, mni-t2w, test (the run's held-out subjects), a folder, a manifest .csv/.tsv "
+                        "or a data .yaml")
     e.add_argument("--out", help="output directory for eval_<set>.md / .csv (default: the run directory)")
     e.add_argument("--starts", type=int, help="start points per agent and subject (default: the run's env.eval_starts)")
     e.add_argument("--aggregate", default="median", help="how a landmark's end points are combined (median, mean, trimmed, geomedian)")

@@ -3,7 +3,8 @@
 32 expert landmarks (AC, PC, pineal gland, genu/splenium of the corpus callosum, ...) in world RAS
 mm, MIT-licensed, shipped inside the PyPI wheel ``afids-cnn==0.2.1``. :func:`fetch` downloads that
 wheel with ``pip download --no-deps``, extracts the template and its ``.fcsv`` into the cache
-directory and verifies SHA-256 checksums (the shared mechanism of :mod:`jaxmed.data.fetch`); it is a no-op when the verified files are present.
+directory and verifies SHA-256 checksums (the shared mechanism of :mod:`jaxmed.data.fetch`); it is a no-op when the verified
+files are present.
 :func:`load` returns them as a (:class:`Volume`, :class:`Landmarks`) pair.
 
 Cache directory: ``$JAXMED_DATA/afids`` if ``JAXMED_DATA`` is set, else the platform user cache
@@ -34,7 +35,8 @@ DATASET = Dataset(
     name="afids", title="AFIDs", files=FILES, archive_kind="wheel", archive_name=WHEEL_NAME, archive_sha256=WHEEL_SHA256,
     member_dir=RESOURCE_DIR,
     download_cmd=("{python}", "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", WHEEL_REQUIREMENT, "-d", "{dest}"),
-    offline_flag="--wheel", how_to_get=f"needs access to PyPI; or download {WHEEL_NAME} elsewhere (`pip download --no-deps {WHEEL_REQUIREMENT}`)",
+    offline_flag="--wheel",
+    how_to_get=f"needs access to PyPI; or download {WHEEL_NAME} elsewhere (`pip download --no-deps {WHEEL_REQUIREMENT}`)",
     license=LICENSE)
 
 

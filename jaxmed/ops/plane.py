@@ -88,7 +88,8 @@ def slab_points(center, normal, u, v, size: Sequence[int] = (32, 32), n_slices: 
     )
 
 
-def sample_plane(volume, center, normal, size: Sequence[int] = (32, 32), n_slices: int = 1, spacing=1.0, slice_spacing=1.0, fill: float = 0.0):
+def sample_plane(volume, center, normal, size: Sequence[int] = (32, 32), n_slices: int = 1, spacing=1.0, slice_spacing=1.0,
+                 fill: float = 0.0):
     """Trilinearly sample a slab of planes through ``center`` perpendicular to ``normal``.
 
     Args:
@@ -102,7 +103,8 @@ def sample_plane(volume, center, normal, size: Sequence[int] = (32, 32), n_slice
     return trilinear(volume, plane_points(center, normal, size, n_slices, spacing, slice_spacing), fill)
 
 
-def sample_plane_from_stack(stack, index, center, normal, size: Sequence[int] = (32, 32), n_slices: int = 1, spacing=1.0, slice_spacing=1.0, fill: float = 0.0, margin: int = 0):
+def sample_plane_from_stack(stack, index, center, normal, size: Sequence[int] = (32, 32), n_slices: int = 1, spacing=1.0,
+                            slice_spacing=1.0, fill: float = 0.0, margin: int = 0):
     """:func:`sample_plane` on the ``index``-th volume of a padded ``(N, ...)`` stack (``center`` in
     unpadded voxel coordinates, ``margin`` the padding; see ``trilinear_from_stack``)."""
     pts = plane_points(center, normal, size, n_slices, spacing, slice_spacing)

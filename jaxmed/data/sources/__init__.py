@@ -23,7 +23,7 @@ A new source subclasses :class:`Source` with a ``name``, an ``Options`` frozen d
 registered with :func:`register`.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (built-in sources register in this order)
 
 import functools
 from pathlib import Path
