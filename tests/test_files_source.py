@@ -178,7 +178,8 @@ def test_second_load_hits_the_cache(tmp_path, population, monkeypatch):
     for a, b in zip(first, again):
         assert np.array_equal(a.volume.data, b.volume.data) and np.array_equal(a.volume.affine, b.volume.affine)
         assert a.volume.normalisation == b.volume.normalisation
-    make(DataConfig(source="files", root=str(root), image="*T1w.nii.gz", spacing=3.0, split_ratio=(1.0, 0.0, 0.0))).subjects("train", LABELS)
+    source = make(DataConfig(source="files", root=str(root), image="*T1w.nii.gz", spacing=3.0, split_ratio=(1.0, 0.0, 0.0)))
+    source.subjects("train", LABELS)
     assert len(calls) == 6  # another spacing is another entry
     img = next((root / "sub-00").glob("*T1w.nii.gz"))
     vol = nib.load(str(img))
@@ -195,7 +196,8 @@ def test_bad_subject_names_its_file_and_caches_nothing(tmp_path, population):
     far[0] += 500.0  # outside the image
     write_landmarks(population[1].landmarks.with_positions(far), lm_path, overwrite=True)
     cfg = _cfg(root, split_ratio=(1.0, 0.0, 0.0))
-    with pytest.raises(LandmarkError, match=r"subject sub-01: .*sub-0001_landmarks.fcsv: landmarks outside the image .*sub-01/sub-0001_T1w.nii.gz"):
+    message = r"subject sub-01: .*sub-0001_landmarks.fcsv: landmarks outside the image .*sub-01/sub-0001_T1w.nii.gz"
+    with pytest.raises(LandmarkError, match=message):
         make(cfg).subjects("train", LABELS)
     entries = sorted(cache.glob("*.json"))
     assert len(entries) == 1 and "sub-00" in json.loads(entries[0].read_text())["source"]  # sub-00 only; sub-01 not cached

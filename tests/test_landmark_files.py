@@ -131,7 +131,8 @@ def test_lps_mrk_json_reads_as_ras(tmp_path):
                 "coordinateSystem": "LPS",
                 "coordinateUnits": "mm",
                 "controlPoints": [
-                    {"id": "1", "label": "AC", "description": "anterior commissure", "position": [0.231, -2.93275, -4.899], "positionStatus": "defined"},
+                    {"id": "1", "label": "AC", "description": "anterior commissure", "position": [0.231, -2.93275, -4.899],
+                     "positionStatus": "defined"},
                     {"id": "2", "label": "PC", "description": "", "position": [0.24125, 25.07475, -2.169], "positionStatus": "defined"},
                 ],
             }

@@ -51,7 +51,8 @@ def test_apply_affine_matvec_vdot_match_numpy():
     affs = rng.normal(size=(2, 1, 4, 4)).astype(np.float32)
     want = np.einsum("bkij,bkj->bki", affs[..., :3, :3].astype(np.float64), ivox) + affs[..., :3, 3]
     np.testing.assert_allclose(np.asarray(ops.apply_affine(ivox, affs)), want, rtol=1e-6, atol=1e-3)
-    np.testing.assert_allclose(np.asarray(ops.matvec(aff, pts[0, 0, :].tolist() + [1.0])), aff @ np.r_[pts[0, 0], 1.0], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(ops.matvec(aff, pts[0, 0, :].tolist() + [1.0])), aff @ np.r_[pts[0, 0], 1.0],
+                               rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(np.asarray(ops.vdot(pts, pts)), np.sum(pts.astype(np.float64) ** 2, -1), rtol=1e-6)
     with pytest.raises(ValueError, match="points"):
         ops.apply_affine(np.zeros((4, 2)), aff)
@@ -75,13 +76,20 @@ def _kernels():
         ("resample_window", ops.resample_window, (vol, aff, 5), (2,)),
         ("resample_window_from_stack", lambda s, a: ops.resample_window_from_stack(s, 0, a, 5, margin=3), (stack, aff), ()),
         ("sample_plane", lambda v_, c_, n_: ops.sample_plane(v_, c_, n_, (6, 5), 3), (vol, c, n), ()),
-        ("sample_plane_world_from_stack", lambda s, a: plane_ops.sample_plane_world_from_stack(s, 0, a, c, n, u, v, (6, 5), 3, margin=3), (stack, aff), ()),
-        ("sample_plane_world_packed", lambda p, a: plane_ops.sample_plane_world_packed(p, (stack.shape[1:],), 0, 0, a, c, n, u, v, (6, 5), 3, margin=3), (packed, aff), ()),
+        ("sample_plane_world_from_stack",
+         lambda s, a: plane_ops.sample_plane_world_from_stack(s, 0, a, c, n, u, v, (6, 5), 3, margin=3), (stack, aff), ()),
+        ("sample_plane_world_packed",
+         lambda p, a: plane_ops.sample_plane_world_packed(p, (stack.shape[1:],), 0, 0, a, c, n, u, v, (6, 5), 3, margin=3),
+         (packed, aff), ()),
         ("rigid_matrix", ops.rigid_matrix, (params, c), ()),
-        ("compose / invert_rigid / matrix_to_params", lambda p: ops.matrix_to_params(ops.compose(ops.rigid_matrix(p), ops.invert_rigid(ops.rigid_matrix(p))), c), (params,), ()),
+        ("compose / invert_rigid / matrix_to_params",
+         lambda p: ops.matrix_to_params(ops.compose(ops.rigid_matrix(p), ops.invert_rigid(ops.rigid_matrix(p))), c), (params,), ()),
         ("rigid_distance", ops.rigid_distance, (params, params * 0.5), ()),
         ("fit_plane", plane_ops.fit_plane, (pts,), ()),
-        ("plane_from_points / distances", lambda p: plane_ops.plane_distance_angle(*ops.plane_from_points(p[0], p[1], p[2]), n, 1.0) + (plane_ops.point_plane_distance(p, n, 2.0),), (pts,), ()),
+        ("plane_from_points / distances",
+         lambda p: (plane_ops.plane_distance_angle(*ops.plane_from_points(p[0], p[1], p[2]), n, 1.0)
+                    + (plane_ops.point_plane_distance(p, n, 2.0),)),
+         (pts,), ()),
         ("plane_basis", plane_ops.plane_basis, (n, c), ()),
     ]
 

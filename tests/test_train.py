@@ -81,7 +81,8 @@ def test_run_dir_is_not_clobbered_and_resume_checks_config(tmp_path):
 
 def test_cli_train_evaluate_detect(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", CONFIG, "train.chunks=3", "dqn.chunk_steps=10", "data.n_test=1", "env.eval_starts=4", "--run-dir", str(run), "--quiet"]) == 0
+    assert main(["train", CONFIG, "train.chunks=3", "dqn.chunk_steps=10", "data.n_test=1", "env.eval_starts=4", "--run-dir", str(run),
+                 "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "| L0 |" in out and "template prior" in out
     assert (run / "trajectories.png").stat().st_size > 5000
@@ -187,7 +188,8 @@ def test_per_seed_hyperparameters_as_arrays(tmp_path):
     np.testing.assert_allclose(np.asarray(rs0.hparams.learning_rate), [1e-3, 1e-10])
     np.testing.assert_allclose(np.asarray(rs0.hparams.ent_coef), [0.02, 0.02])
     rs, _ = run_chunk(rs0, bank)
-    moved = [np.abs(np.asarray(a) - b).max(axis=tuple(range(1, b.ndim))) for a, b in zip(jax.tree.leaves(rs.params), jax.tree.leaves(start))]
+    moved = [np.abs(np.asarray(a) - b).max(axis=tuple(range(1, b.ndim)))
+             for a, b in zip(jax.tree.leaves(rs.params), jax.tree.leaves(start))]
     assert max(m[0] for m in moved) > 1e-4 and max(m[1] for m in moved) < 1e-7
     for bad, match in (("train.hparams={batch_size: [1, 2]}", "not hyperparameter leaves of ppo"),
                        ("train.hparams={learning_rate: [1.0e-3, 2.0e-3, 3.0e-3]}", "3 values for train.seeds=2")):
