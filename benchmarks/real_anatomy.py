@@ -106,6 +106,24 @@ def summary(result: dict, labels=None) -> dict:
     return out
 
 
+def merge(parts: list[dict]) -> dict:
+    """One result from several (each run's seeds appended in order); the sets, subjects and labels
+    must agree. Baselines and machine are the first part's; ``runs`` lists every part's run."""
+    first = parts[0]
+    out = dict(first, runs=[p["run"] for p in parts], seeds=sum(p["seeds"] for p in parts), sets={})
+    for spec, r in first["sets"].items():
+        per_seed = []
+        for p in parts:
+            q = p["sets"].get(spec)
+            if q is None or q["subjects"] != r["subjects"] or q["labels"] != r["labels"]:
+                raise SystemExit(f"merge: {p['run']} has no matching set {spec!r} (same subjects and labels)")
+            per_seed += q["per_seed"]
+        out["sets"][spec] = dict(r, per_seed=per_seed)
+    out["run"] = " + ".join(out["runs"])
+    out["summary"] = summary(out)
+    return out
+
+
 def markdown(result: dict) -> str:
     rows = summary(result)
     first = next(iter(result["sets"].values()))
@@ -137,6 +155,8 @@ def main(argv=None) -> int:
     g.add_argument("--run", type=Path, help="a trained run directory (all its seeds are evaluated)")
     g.add_argument("--config", type=Path, help="train this config first (jaxmed train)")
     g.add_argument("--report", type=Path, help="only print the Markdown table of a saved result")
+    g.add_argument("--merge", type=Path, nargs="+", help="combine the results of runs of one config trained with different "
+                   "train.seed (same sets and subjects) into one result with a seed per run (written to --out)")
     p.add_argument("--seeds", type=int, default=3, help="with --config: seeds trained in one program")
     p.add_argument("--run-dir", type=Path, default=None, help="with --config: where the run goes")
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
@@ -146,6 +166,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.report:
         print(markdown(json.loads(args.report.read_text())))
+        return 0
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        merged = merge(parts)
+        args.out.write_text(json.dumps(merged, indent=1))
+        args.out.with_suffix(".md").write_text(markdown(merged) + "\n")
+        print(markdown(merged))
         return 0
 
     from jaxmed.bench import machine_info
