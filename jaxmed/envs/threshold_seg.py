@@ -131,7 +131,31 @@ def check_seg_bank(env, bank, crop_size: int) -> None:
         raise ConfigError(f"{env.name}: crop_size {crop_size} but the bank's crops are {tuple(bank.images.shape[1:])}")
 
 
-class ThresholdSegEnv(ConfiguredEnv):
+def seg_box(shape: tuple[int, ...], bank=None) -> Box:
+    """The observation space of images rendered from a SegBank: ``shape``, the bank's storage dtype
+    (``uint8`` entries in ``[0, 255]``, floats in ``[0, inf)``); uint8 without a bank."""
+    dtype = bank.images.dtype if bank is not None else jnp.uint8
+    high = 255.0 if dtype == jnp.uint8 else np.inf
+    return Box(0.0, high, tuple(shape), dtype)
+
+
+class SegCropEnv(ConfiguredEnv):
+    """What the segmentation envs on a :class:`SegBank` of ``config.crop_size``³ crops share."""
+
+    @property
+    def wants_label_bank(self) -> bool:
+        """The experiment builds a :class:`SegBank` (image + label crops) for this env."""
+        return True
+
+    @property
+    def max_crop(self) -> int:
+        return self.config.crop_size
+
+    def check_bank(self, bank) -> None:
+        check_seg_bank(self, bank, self.config.crop_size)
+
+
+class ThresholdSegEnv(SegCropEnv):
     """Single-agent threshold-window segmentation (module docstring)."""
 
     config_class = ThresholdSegConfig
@@ -143,29 +167,15 @@ class ThresholdSegEnv(ConfiguredEnv):
     # -------------------------------------------------------------- descriptions
 
     @property
-    def wants_label_bank(self) -> bool:
-        """The experiment builds a :class:`SegBank` (image + label crops) for this env."""
-        return True
-
-    @property
-    def max_crop(self) -> int:
-        return self.config.crop_size
-
-    @property
     def metric_labels(self) -> tuple[str, ...]:
         return (self.config.structure,)
 
     def observation_space(self, params=None, bank=None) -> Box:
         d = self.config.crop_size
-        dtype = bank.images.dtype if bank is not None else jnp.uint8
-        high = 255.0 if dtype == jnp.uint8 else np.inf
-        return Box(0.0, high, (1, 2, d, d, d), dtype)
+        return seg_box((1, 2, d, d, d), bank)
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (1,))
-
-    def check_bank(self, bank) -> None:
-        check_seg_bank(self, bank, self.config.crop_size)
 
     def check_action(self, action):
         return check_discrete_action(self, action, N_ACTIONS, ", ".join(ACTION_NAMES))

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, is_concrete
-from jaxmed.envs.threshold_seg import check_seg_bank
+from jaxmed.envs.base import Box, Discrete, is_concrete
+from jaxmed.envs.threshold_seg import SegCropEnv, seg_box
 from jaxmed.errors import ConfigError
 from jaxmed.ops.masks import binary_cross_entropy, dice, patches, window_mask
 
@@ -113,7 +113,7 @@ class VoxelSegState:
     t: jax.Array
 
 
-class VoxelSegEnv(ConfiguredEnv):
+class VoxelSegEnv(SegCropEnv):
     """``D``³ voxel agents refining a probability map (module docstring)."""
 
     config_class = VoxelSegConfig
@@ -123,14 +123,6 @@ class VoxelSegEnv(ConfiguredEnv):
         self._setup(config, labels, name)
 
     # -------------------------------------------------------------- descriptions
-
-    @property
-    def wants_label_bank(self) -> bool:
-        return True
-
-    @property
-    def max_crop(self) -> int:
-        return self.config.crop_size
 
     @property
     def n_agents(self) -> int:
@@ -148,14 +140,10 @@ class VoxelSegEnv(ConfiguredEnv):
 
     def observation_space(self, params=None, bank=None) -> Box:
         p = self.config.patch_size
-        dtype = bank.images.dtype if bank is not None else jnp.uint8
-        return Box(0.0, 255.0 if dtype == jnp.uint8 else np.inf, (self.n_agents, 2, p, p, p), dtype)
+        return seg_box((self.n_agents, 2, p, p, p), bank)
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(len(self.config.deltas), (self.n_agents,))
-
-    def check_bank(self, bank) -> None:
-        check_seg_bank(self, bank, self.config.crop_size)
 
     def check_action(self, action):
         shape = tuple(getattr(action, "shape", np.shape(action)))
