@@ -116,19 +116,19 @@ class GoalPlaneConfig:
     Attributes:
       goals: the goal planes an episode draws from (:func:`goal_definition` names).
       size, n_slices, frames, levels, angle_steps, offset_steps, slice_gap, osc_window: as
-        :class:`jaxmed.envs.plane.PlaneConfig`.
+        :class:`jaxmed.envs.plane.PlaneConfig` (and its defaults).
       reference_volume: bank index of the annotated image the goal slabs are cut from.
     """
 
     goals: tuple[str, ...] = ("acpc_axial", "midsagittal")
-    size: int = 48
-    n_slices: int = 3
-    frames: int = 1
-    levels: tuple[int, ...] = (0, 0, 0, 0)
-    angle_steps: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
-    offset_steps: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
-    slice_gap: float = 1.0
-    osc_window: int = 8
+    size: int = PlaneConfig.size
+    n_slices: int = PlaneConfig.n_slices
+    frames: int = PlaneConfig.frames
+    levels: tuple[int, ...] = PlaneConfig.levels
+    angle_steps: tuple[float, ...] = PlaneConfig.angle_steps
+    offset_steps: tuple[float, ...] = PlaneConfig.offset_steps
+    slice_gap: float = PlaneConfig.slice_gap
+    osc_window: int = PlaneConfig.osc_window
     reference_volume: int = 0
 
     def __post_init__(self):
