@@ -59,23 +59,24 @@ from jax import lax
 Size = Union[int, Sequence[int]]
 
 
+def _positive3(value: Size, what: str) -> tuple[int, int, int]:
+    """Normalise a static ``value`` (int or 3 ints) to a tuple of three positive ints; ``what`` names
+    it in the ValueError."""
+    if isinstance(value, int):
+        value = (value, value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 3 or min(value) < 1:
+        raise ValueError(f"{what} must be a positive int or three positive ints, got {value}")
+    return value  # type: ignore[return-value]
+
+
 def _size3(size: Size) -> tuple[int, int, int]:
     """Normalise a static ``size`` (int or 3 ints) to a tuple of three positive ints."""
-    if isinstance(size, int):
-        size = (size, size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 3 or min(size) < 1:
-        raise ValueError(f"crop size must be a positive int or three positive ints, got {size}")
-    return size  # type: ignore[return-value]
+    return _positive3(size, "crop size")
 
 
 def _stride3(stride: Size) -> tuple[int, int, int]:
-    if isinstance(stride, int):
-        stride = (stride, stride, stride)
-    stride = tuple(int(s) for s in stride)
-    if len(stride) != 3 or min(stride) < 1:
-        raise ValueError(f"stride must be a positive int or three positive ints, got {stride}")
-    return stride  # type: ignore[return-value]
+    return _positive3(stride, "stride")
 
 
 def required_margin(size: Size, stride: Size = 1) -> int:
