@@ -14,6 +14,16 @@ from jaxmed.data.volume import Volume
 from jaxmed.errors import check_writable
 
 
+def _save(plt, fig, path: Path, title: str, dpi: int) -> Path:
+    """Title ``fig``, write it to ``path`` (parent folders created) and close it."""
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_landmarks(volume: Volume, landmarks, path: str | Path, *, overwrite: bool = False, title: str = "") -> Path:
     """Write a PNG of ``volume`` with its landmarks: a row of three orthogonal views per landmark
     group (the slices through the landmarks' centroid), every landmark marked and labelled."""
@@ -31,12 +41,8 @@ def plot_landmarks(volume: Volume, landmarks, path: str | Path, *, overwrite: bo
         ax.scatter(pv[:, h], pv[:, v], marker="+", color="red", s=25, linewidths=1)
         for p, lab in zip(pv, landmarks.labels):
             ax.annotate(lab, (p[h], p[v]), color="orange", fontsize=4.5, xytext=(2, 2), textcoords="offset points")
-    fig.suptitle(title or f"{volume.source.split('/')[-1]}: {len(landmarks)} landmarks (projected)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    title = title or f"{volume.source.split('/')[-1]}: {len(landmarks)} landmarks (projected)"
+    return _save(plt, fig, path, title, dpi=150)
 
 
 def subject_sheet(subjects, path: str | Path, *, label: str = "AC", overwrite: bool = False, title: str = "") -> Path:
@@ -62,9 +68,4 @@ def subject_sheet(subjects, path: str | Path, *, label: str = "AC", overwrite: b
         draw_orthogonal(axes[row], volume, centre, landmarks.positions, landmarks.labels)
         sp = "×".join(f"{s:.2g}" for s in volume.spacing)
         axes[row][0].set_title(f"{volume.source.split('/')[-1][:48]}\n{sp} mm voxels; axial", fontsize=6)
-    fig.suptitle(title or f"{len(pairs)} subjects, slices through {label}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title or f"{len(pairs)} subjects, slices through {label}", dpi=90)
