@@ -22,3 +22,11 @@ def run_env_section(run_dir, env_name: str, advice: str) -> dict:
         trained = f"environment {name!r}" if name else "a landmark environment (no env.name)"
         raise ConfigError(f"{run_dir}: this run trained {trained}, not {env_name!r}; {advice}")
     return env
+
+
+def add_image_run_args(p, env_id: str, out_help: str) -> None:
+    """The arguments every command that applies a trained run to a new image takes: the positional
+    ``image``, ``--checkpoint`` (a run of ``env_id``) and ``-o`` / ``--out`` (``out_help``)."""
+    p.add_argument("image", help="NIfTI image (any orientation / voxel size) or DICOM directory")
+    p.add_argument("--checkpoint", required=True, help=f"run directory of `jaxmed train` with env {env_id}")
+    p.add_argument("-o", "--out", required=True, help=out_help)

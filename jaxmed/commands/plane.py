@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmed.commands import run_env_section
+from jaxmed.commands import add_image_run_args, run_env_section
 from jaxmed.errors import ConfigError, check_writable
 
 ENV_NAME = "plane-v0"
@@ -256,9 +256,7 @@ def _run(args) -> int:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``plane`` subcommand to an ``argparse`` subparsers object (handler in ``func``)."""
     p = subparsers.add_parser("plane", help="find a trained view plane (e.g. ACPC, mid-sagittal) in a new image, write JSON")
-    p.add_argument("image", help="NIfTI image (any orientation / voxel size) or DICOM directory")
-    p.add_argument("--checkpoint", required=True, help="run directory of `jaxmed train` with env plane-v0")
-    p.add_argument("-o", "--out", required=True, help="output JSON file (normal, offset, a point on the plane)")
+    add_image_run_args(p, ENV_NAME, "output JSON file (normal, offset, a point on the plane)")
     p.add_argument("--png", help="also write a PNG of the image resliced on the found plane")
     p.add_argument("--n-starts", type=int, default=9, help="start planes whose answers are robustly averaged (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

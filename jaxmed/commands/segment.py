@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxmed.commands import run_env_section
+from jaxmed.commands import add_image_run_args, run_env_section
 from jaxmed.errors import ConfigError, ImageError, check_writable
 
 ENV_NAME = "threshold-seg-v0"
@@ -147,9 +147,7 @@ def _run(args) -> int:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``segment`` subcommand (handler in ``func``)."""
     p = subparsers.add_parser("segment", help="segment a structure with a trained threshold-seg agent, write a NIfTI mask")
-    p.add_argument("image", help="NIfTI image (any orientation / voxel size) or DICOM directory")
-    p.add_argument("--checkpoint", required=True, help="run directory of `jaxmed train` with env threshold-seg-v0")
-    p.add_argument("-o", "--out", required=True, help="output mask (.nii / .nii.gz, uint8, the input image's grid)")
+    add_image_run_args(p, ENV_NAME, "output mask (.nii / .nii.gz, uint8, the input image's grid)")
     p.add_argument("--center", help="crop centre x,y,z in world RAS mm (default: the structure's centroid in the run's template)")
     p.add_argument("--n-starts", type=int, default=4, help="start windows whose masks are majority-voted (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
