@@ -81,7 +81,7 @@ class LandmarkDetector:
 
     Args:
       cfg: the run's :class:`~jaxmed.experiment.ExperimentConfig`; network, params: its network and
-        parameters (one seed; see :func:`jaxmed.train.seed_params`).
+        parameters (one seed; see :func:`jaxmed.runs.seed_params`).
       labels: the landmarks to answer (default: every trained one).
       n_starts: start points per agent and volume (27: the 3x3x3 grid).
       aggregate: :data:`AGGREGATES`.
@@ -89,7 +89,7 @@ class LandmarkDetector:
 
     def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int = 27,
                  aggregate: str = "median", seed: int = 0, where: str = "run"):
-        from jaxmed.train import make_policy_rollout
+        from jaxmed.runs import make_policy_rollout
 
         if aggregate not in AGGREGATES:
             raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
@@ -167,7 +167,7 @@ class LandmarkDetector:
     @classmethod
     def from_run(cls, run_dir, **kwargs) -> "LandmarkDetector":
         """The detector of a run directory's saved network (seed 0)."""
-        from jaxmed.train import load_params, seed_params
+        from jaxmed.runs import load_params, seed_params
 
         cfg, network, params = load_params(run_dir)
         return cls(cfg, network, seed_params(cfg, params, 0), where=str(run_dir), **kwargs)
@@ -333,7 +333,7 @@ def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None,
 
     from jaxmed.data import Landmarks, build_bank, conform, load_image
     from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv, goal_example
-    from jaxmed.train import load_params, make_policy_rollout, seed_params
+    from jaxmed.runs import load_params, make_policy_rollout, seed_params
 
     if (goal is None) == (goal_patch is None):
         raise ConfigError("give exactly one of a goal label (--goal) or a goal patch file (--goal-patch)")

@@ -23,6 +23,7 @@ import yaml
 
 from jaxmed import experiment as ex
 from jaxmed.errors import ConfigError, JaxmedError, OverwriteError
+from jaxmed.runs import load_params, make_policy_rollout, save_network, seed_params  # noqa: F401  (re-exported)
 
 # ------------------------------------------------------------------ checkpoints
 
@@ -322,69 +323,6 @@ def evaluate_extra_sets(exp: ex.Experiment, net_params, run_dir) -> dict:
 
 
 # ------------------------------------------------------------------ evaluation
-
-
-def save_network(run_dir: Path, params) -> None:
-    """Write the network parameters alone (``network.msgpack``; with a leading seed axis when the run
-    trained several seeds), for evaluation and detection."""
-    from flax import serialization
-
-    tmp = run_dir / "network.msgpack.part"
-    tmp.write_bytes(serialization.to_bytes(jax.device_get(params)))
-    tmp.replace(run_dir / "network.msgpack")
-
-
-def load_params(run_dir: str | Path):
-    """``(config, network, params)`` of a run directory's latest saved network.
-
-    ``params`` has a leading seed axis when the run trained ``train.seeds > 1`` seeds (see
-    :func:`seed_params`). Raises :class:`ConfigError` when the directory is not a run, has no saved
-    network, or its parameters do not fit the configured network (a checkpoint from a different one).
-    """
-    from flax import serialization
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise ConfigError(f"{run_dir}: not a jaxmed run directory (no config.yaml)")
-    cfg = ex.ExperimentConfig.from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
-    blob = run_dir / "network.msgpack"
-    if not blob.exists():
-        raise ConfigError(f"{run_dir}: no trained network (network.msgpack) in this run directory")
-    env, _, _ = ex.make_env(cfg)
-    network = ex.make_network(cfg, env)
-    template = jax.eval_shape(network.init, jax.random.key(0), ex.dummy_observation(cfg, env))
-    seeds = cfg.train.seeds
-    template = jax.tree.map(lambda s: np.zeros(((seeds,) if seeds > 1 else ()) + s.shape, s.dtype), template)
-    try:
-        params = serialization.from_bytes(template, blob.read_bytes())
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{blob}: parameters do not fit the network configured in {cfg_path} ({err})") from None
-    for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(params)):
-        if np.shape(a) != np.shape(b):
-            raise ConfigError(f"{blob}: parameter shapes {np.shape(b)} do not fit the configured network ({np.shape(a)}): "
-                              "a checkpoint from a different network")
-    return cfg, network, jax.tree.map(jnp.asarray, params)
-
-
-def seed_params(cfg: ex.ExperimentConfig, params, seed: int = 0):
-    """The parameters of one seed of a (possibly multi-seed) run."""
-    if cfg.train.seeds <= 1:
-        return params
-    if not 0 <= seed < cfg.train.seeds:
-        raise ConfigError(f"seed {seed} out of range: the run trained {cfg.train.seeds} seeds")
-    return jax.tree.map(lambda x: x[seed], params)
-
-
-def make_policy_rollout(cfg: ex.ExperimentConfig, env, eval_params, network, record=None):
-    """A jitted ``(params, bank, states) -> rollout`` of the learner's greedy policy
-    (:func:`jaxmed.agents.rollout.greedy_rollout`)."""
-    from jaxmed.agents import learners
-    from jaxmed.agents.rollout import greedy_rollout
-
-    learner = cfg.train.learner
-    policy = lambda p: lambda o: learners.policy_action(learner, network, p, o)  # noqa: E731
-    return jax.jit(lambda p, b, s: greedy_rollout(policy(p), env, eval_params, b, s, record=record))
 
 
 def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | None = None, *,

@@ -94,7 +94,7 @@ def test_plane_command_finds_the_plane_of_a_new_image(trained, tmp_path, monkeyp
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"env": env_section, "network": NETWORK}))
     cfg = types.SimpleNamespace(env=env_section, data=types.SimpleNamespace(spacing=2.0, factors=(1, 2), dtype="uint8"),
                                 train=types.SimpleNamespace(learner="dqn"))
-    # the run directory's parameters: what jaxmed.train.load_params(run_dir) returns for this run
+    # the run directory's parameters: what jaxmed.runs.load_params(run_dir) returns for this run
     monkeypatch.setattr(jaxmed.train, "load_params", lambda d: (cfg, trained.net, trained.net_params))
 
     parser = argparse.ArgumentParser()

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxmed.agents import learners
+from jaxmed.agents import core
 from jaxmed.agents.core import (
     TrainFns,
     device_key,
@@ -104,7 +104,7 @@ def make_actor_critic_train(config, env, env_params, network, axis_name: str | N
         hparams = default_hparams(config) if hparams is None else hparams
         net_key, env_key = jax.random.split(key)  # the network key is shared by every device
         obs, env_state = v_reset(jax.random.split(device_key(env_key, axis_name), n_envs), env_params, bank)
-        params = learners.init_network(network, net_key, obs[:1], env)
+        params = core.init_network(network, net_key, obs[:1], env)
         return RunnerState(
             params=params, opt_state=optimizer.init(params), env_state=env_state, obs=obs,
             key=device_key(jax.random.fold_in(key, 1), axis_name),

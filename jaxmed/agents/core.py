@@ -274,3 +274,16 @@ def make_parallel(make_train: Callable, config, env, env_params, network, n_devi
         return p_init(jnp.arange(n), key, bank)
 
     return init, p_chunk
+
+
+def init_network(network, key, obs, env):
+    """``network.init(key, obs)``, refusing a network whose action outputs do not match the env
+    (:class:`ConfigError` at trace time: e.g. a 6-output Q-network on the plane env's 8 actions would
+    otherwise train without ever taking the missing actions). ``obs``: ``(B, ...)`` observations."""
+    params = network.init(key, obs)
+    out = jax.eval_shape(network.apply, params, obs)
+    logits = out[0] if isinstance(out, tuple) else out  # actor-critic: (logits, value)
+    if logits.shape[-1] != env.num_actions:
+        raise ConfigError(f"the network has {logits.shape[-1]} action outputs but env {env.name!r} has {env.num_actions} "
+                          f"actions; set network.n_actions (or build the network for this env)")
+    return params

@@ -38,8 +38,8 @@ import optax
 import rlax
 from flax import struct
 
+from jaxmed.agents import core
 from jaxmed.agents import hparams as hparams_lib
-from jaxmed.agents import learners
 from jaxmed.agents.core import (
     TrainFns,
     check_range,
@@ -277,7 +277,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
         hparams = default_hparams(config) if hparams is None else hparams
         net_key, env_key = jax.random.split(key)  # the network key is shared by every device
         obs, env_state = v_reset(jax.random.split(device_key(env_key, axis_name), n_envs), env_params, bank)
-        params = learners.init_network(network, net_key, obs[:1], env)
+        params = core.init_network(network, net_key, obs[:1], env)
         zero_action = jnp.zeros((n_envs, env.n_agents), jnp.int32)
         one_step = jax.vmap(transition)(env_state, zero_action, zero_action.astype(jnp.float32), env_state, jnp.zeros((n_envs,), bool))
         window = jax.tree.map(lambda x: jnp.zeros((n_step,) + x.shape, x.dtype), one_step)

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxmed.agents import core, learners
+from jaxmed.agents import core
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents import policy_gradient as pgl
 from jaxmed.errors import ConfigError
@@ -171,7 +171,7 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
         env.check_bank(bank)
         net_key, env_key = jax.random.split(key)
         obs, _ = v_reset(jax.random.split(env_key, 1), env_params, bank)
-        params = learners.init_network(network, net_key, obs, env)
+        params = core.init_network(network, net_key, obs, env)
         return RunnerState(params=params, opt_state=optimizer.init(params), key=core.device_key(jax.random.fold_in(key, 1), axis_name),
                            steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32), hparams=hparams)
 

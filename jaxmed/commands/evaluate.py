@@ -26,7 +26,7 @@ def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_s
     every seed of a multi-seed run with ``seeds``) and prints their tables and a summary."""
     from jaxmed.detect import LandmarkDetector
     from jaxmed.evaluation import evaluate_sets, summary_table
-    from jaxmed.train import load_params, seed_params
+    from jaxmed.runs import load_params, seed_params
 
     cfg, network, params = load_params(run_dir)
     starts = n_starts or cfg.eval_starts

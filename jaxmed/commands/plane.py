@@ -220,7 +220,7 @@ def plane_command(image: str | Path, checkpoint: str | Path, out: str | Path, pn
     """What ``jaxmed plane`` does; returns the JSON document written to ``out``."""
     from jaxmed.agents import learners
     from jaxmed.data import conform, load_image
-    from jaxmed.train import load_params
+    from jaxmed.runs import load_params
 
     out = Path(out)
     check_writable(out, overwrite)  # refuse before any work

@@ -100,7 +100,7 @@ def _load(path, spacing: float):
 def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, depth: int = 2, max_steps: int | None = None):
     """Register ``moving`` to ``fixed`` (conformed :class:`~jaxmed.data.Volume` s at the run's voxel
     size) with a trained ``registration-v0`` run ``run = (cfg, network, params)``
-    (:func:`jaxmed.train.load_params`): ``(matrix (4, 4) fixed world -> moving world, seconds of the
+    (:func:`jaxmed.runs.load_params`): ``(matrix (4, 4) fixed world -> moving world, seconds of the
     episode incl. compilation, steps taken)``."""
     import jax
 
@@ -110,7 +110,7 @@ def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, dept
     from jaxmed.data import Landmarks, build_bank
     from jaxmed.envs.registry import make
     from jaxmed.registration_baseline import grid_centre
-    from jaxmed.train import seed_params
+    from jaxmed.runs import seed_params
 
     cfg, network, params = run
     section = dict(cfg.env)
@@ -171,7 +171,7 @@ def register_command(fixed_path, moving_path, out, *, checkpoint=None, method: s
     run = None
     if checkpoint is not None:
         check_registration_run(checkpoint)  # fail before reading anything else
-        from jaxmed.train import load_params
+        from jaxmed.runs import load_params
 
         run = load_params(checkpoint)
         run_spacing = float(run[0].data.spacing)

@@ -100,7 +100,7 @@ def segment_command(image, checkpoint, out, *, center=None, n_starts: int = 4, o
     from jaxmed.data import load_image
     from jaxmed.data.structures import centroid_world, template_structure_mask
     from jaxmed.envs.registry import make
-    from jaxmed.train import load_params
+    from jaxmed.runs import load_params
 
     image, out = Path(image), Path(out)
     if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):

@@ -19,58 +19,20 @@ Parameter tree (``variables["params"]``): ``{"trunk": ..., "head": {"actor_hidde
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxmed.errors import ConfigError
 from jaxmed.networks.config import DTYPES, NetworkConfig, lookup
-from jaxmed.networks.heads import HiddenStack
+from jaxmed.networks.heads import ACTOR_CRITIC_HEADS, HEAD_NAME, ActorCriticHead  # noqa: F401  (ActorCriticHead re-exported)
 from jaxmed.networks.q_network import agent_axis_forward
 from jaxmed.networks.trunks import TRUNKS
 
 Dtype = Any
 
-#: The one head name an actor-critic network accepts (``network: {head: {name: actor_critic, ...}}``).
-HEAD_NAME = "actor_critic"
-
-
-def _small_init(key, shape, dtype=jnp.float32):
-    """LeCun-normal weights scaled by 0.01: the initial policy is close to uniform."""
-    return 0.01 * nn.initializers.lecun_normal()(key, shape, dtype)
-
-
-class ActorCriticHead(nn.Module):
-    """Policy and value heads on trunk features: ``(..., F) -> (logits (..., n_actions), value (...))``.
-
-    Attributes:
-      n_actions: number of discrete actions.
-      hidden: FC widths of each of the two stacks (policy, value).
-      dtype: compute dtype of the hidden layers; the output layers compute in float32.
-      comm_axis: CommNet axis name (see :mod:`.heads`) or ``None``.
-      critic: build the value stack; ``False`` returns zeros for the value (policy-only, GRPO).
-    """
-
-    n_actions: int = 6
-    hidden: Sequence[int] = (256, 128)
-    dtype: Dtype = jnp.float32
-    comm_axis: Optional[str] = None
-    critic: bool = True
-
-    @nn.compact
-    def __call__(self, features: jnp.ndarray):
-        h = HiddenStack(tuple(self.hidden), self.dtype, self.comm_axis, name="actor_hidden")(features)
-        logits = nn.Dense(self.n_actions, dtype=jnp.float32, kernel_init=_small_init,
-                          name="logits")(h)
-        if not self.critic:
-            return logits, jnp.zeros(logits.shape[:-1], jnp.float32)
-        hv = HiddenStack(tuple(self.hidden), self.dtype, self.comm_axis, name="critic_hidden")(features)
-        value = nn.Dense(1, dtype=jnp.float32, name="value")(hv)[..., 0]
-        return logits, value
-
-
-_HEADS = {HEAD_NAME: ActorCriticHead}
+_HEADS = ACTOR_CRITIC_HEADS
 
 
 class ActorCritic(nn.Module):

@@ -117,11 +117,10 @@ class NetworkConfig:
 
     def check(self, where: str = "network") -> "NetworkConfig":
         """Check the trunk and head names and options (the head against every head kind); returns self."""
-        from jaxmed.networks.actor_critic import _HEADS, HEAD_NAME
-        from jaxmed.networks.heads import HEADS
+        from jaxmed.networks.heads import ACTOR_CRITIC_HEADS, HEAD_NAME, HEADS
 
         self.trunk_spec(where)
-        heads = {**HEADS, **_HEADS}
+        heads = {**HEADS, **ACTOR_CRITIC_HEADS}
         default = "q" if self.head is None or not isinstance(self.head, Mapping) or "name" in self.head else HEAD_NAME
         self.head_spec(default, heads, where)
         return self

@@ -86,3 +86,45 @@ class DuelingHead(QHead):
 
 #: Head classes by config name.
 HEADS: dict[str, type[nn.Module]] = {"q": QHead, "dueling": DuelingHead}
+
+
+#: The one head name an actor-critic network accepts (``network: {head: {name: actor_critic, ...}}``).
+HEAD_NAME = "actor_critic"
+
+
+def _small_init(key, shape, dtype=jnp.float32):
+    """LeCun-normal weights scaled by 0.01: the initial policy is close to uniform."""
+    return 0.01 * nn.initializers.lecun_normal()(key, shape, dtype)
+
+
+class ActorCriticHead(nn.Module):
+    """Policy and value heads on trunk features: ``(..., F) -> (logits (..., n_actions), value (...))``.
+
+    Attributes:
+      n_actions: number of discrete actions.
+      hidden: FC widths of each of the two stacks (policy, value).
+      dtype: compute dtype of the hidden layers; the output layers compute in float32.
+      comm_axis: CommNet axis name (see :mod:`.heads`) or ``None``.
+      critic: build the value stack; ``False`` returns zeros for the value (policy-only, GRPO).
+    """
+
+    n_actions: int = 6
+    hidden: Sequence[int] = (256, 128)
+    dtype: Dtype = jnp.float32
+    comm_axis: Optional[str] = None
+    critic: bool = True
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray):
+        h = HiddenStack(tuple(self.hidden), self.dtype, self.comm_axis, name="actor_hidden")(features)
+        logits = nn.Dense(self.n_actions, dtype=jnp.float32, kernel_init=_small_init,
+                          name="logits")(h)
+        if not self.critic:
+            return logits, jnp.zeros(logits.shape[:-1], jnp.float32)
+        hv = HiddenStack(tuple(self.hidden), self.dtype, self.comm_axis, name="critic_hidden")(features)
+        value = nn.Dense(1, dtype=jnp.float32, name="value")(hv)[..., 0]
+        return logits, value
+
+
+#: The policy-gradient learners' head registry (one kind).
+ACTOR_CRITIC_HEADS: dict[str, type[nn.Module]] = {HEAD_NAME: ActorCriticHead}

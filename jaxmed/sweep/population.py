@@ -63,7 +63,7 @@ class Population:
 
     def __init__(self, cfg: ex.ExperimentConfig, bank, val=None, devices: Sequence | None = None):
         from jaxmed.agents import learners
-        from jaxmed.train import make_policy_rollout
+        from jaxmed.runs import make_policy_rollout
 
         self.cfg = cfg
         self.learner = learners.module(cfg.train.learner)
