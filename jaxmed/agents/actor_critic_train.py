@@ -151,7 +151,7 @@ def make_actor_critic_train(config, env, env_params, network, axis_name: str | N
         env.check_bank(bank)
         rs, (sums, means) = jax.lax.scan(lambda r, _: iteration(r, bank), rs, None, length=config.updates_per_chunk)
         metrics = reduce_chunk_metrics(jax.tree.map(lambda x: x.sum(0), sums), jax.tree.map(lambda x: x.mean(0), means), axis_name)
-        metrics.update(steps=rs.steps, updates=rs.updates)
+        metrics.update(core.chunk_counters(rs.steps, rs.updates, axis_name))
         return rs, metrics
 
     return TrainFns(init=init, run_chunk=run_chunk, network=network, optimizer=optimizer)

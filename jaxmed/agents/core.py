@@ -244,6 +244,14 @@ def reduce_chunk_metrics(sums: dict, means: dict, axis_name: str | None) -> dict
     return out
 
 
+
+def chunk_counters(steps, updates, axis_name: str | None) -> dict:
+    """``{"steps", "updates"}`` of a chunk's metrics. They are equal on every device; with ``axis_name``
+    a ``pmax`` makes that visible, so ``shard_map`` can return them as replicated outputs."""
+    counters = {"steps": steps, "updates": updates}
+    return counters if axis_name is None else jax.lax.pmax(counters, axis_name)
+
+
 # ------------------------------------------------------------------ data parallelism
 
 

@@ -345,7 +345,7 @@ def make_train(config: DQNConfig, env, env_params, network: nn.Module, axis_name
         means = {"reward": m["reward"].mean(), "loss": jnp.nanmean(m["loss"]), "abs_td": jnp.nanmean(m["abs_td"]),
                  "epsilon": epsilon(rs.hparams, rs.steps)}
         metrics = reduce_chunk_metrics(jax.tree.map(lambda x: x.sum(0), sums), means, axis_name)
-        metrics.update(steps=rs.steps, updates=rs.updates)
+        metrics.update(core.chunk_counters(rs.steps, rs.updates, axis_name))
         return rs, metrics
 
     return TrainFns(init=init, run_chunk=run_chunk, network=network, optimizer=optimizer)

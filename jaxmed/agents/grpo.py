@@ -235,7 +235,7 @@ def make_train(config: GRPOConfig, env, env_params, network, axis_name: str | No
         ref_params = rs.params  # the reference policy of the KL penalty: frozen for this chunk
         rs, (sums, means) = jax.lax.scan(lambda r, _: iteration(r, ref_params, bank), rs, None, length=config.updates_per_chunk)
         metrics = core.reduce_chunk_metrics(jax.tree.map(lambda x: x.sum(0), sums), jax.tree.map(lambda x: x.mean(0), means), axis_name)
-        metrics.update(steps=rs.steps, updates=rs.updates)
+        metrics.update(core.chunk_counters(rs.steps, rs.updates, axis_name))
         return rs, metrics
 
     return core.TrainFns(init=init, run_chunk=run_chunk, network=network, optimizer=optimizer)
