@@ -84,12 +84,12 @@ def test_run_directories_that_are_not_plane_runs(parser, tmp_path):
 
 
 def test_bad_images_raise_image_errors(parser, tmp_path, plane_run, monkeypatch):
-    import jaxmed.train
+    import jaxmed.runs
     from jaxmed.data import Volume
 
     cfg = type("Cfg", (), {"env": yaml.safe_load((plane_run / "config.yaml").read_text())["env"],
                            "data": type("Data", (), {"spacing": 2.0, "factors": (1, 2), "dtype": "uint8"})()})()
-    monkeypatch.setattr(jaxmed.train, "load_params", lambda d: (cfg, None, None))
+    monkeypatch.setattr(jaxmed.runs, "load_params", lambda d: (cfg, None, None))
     text = tmp_path / "notes.nii.gz"
     text.write_text("not an image")
     with pytest.raises(ImageError, match="notes.nii.gz"):

@@ -75,7 +75,7 @@ def test_dqn_learns_to_find_the_phantom_plane(trained):
 
 
 def test_plane_command_finds_the_plane_of_a_new_image(trained, tmp_path, monkeypatch):
-    import jaxmed.train
+    import jaxmed.runs
     from jaxmed.commands import plane as command
 
     # a held-out phantom, stored with flipped R and S axes (the command conforms it back to RAS)
@@ -95,7 +95,7 @@ def test_plane_command_finds_the_plane_of_a_new_image(trained, tmp_path, monkeyp
     cfg = types.SimpleNamespace(env=env_section, data=types.SimpleNamespace(spacing=2.0, factors=(1, 2), dtype="uint8"),
                                 train=types.SimpleNamespace(learner="dqn"))
     # the run directory's parameters: what jaxmed.runs.load_params(run_dir) returns for this run
-    monkeypatch.setattr(jaxmed.train, "load_params", lambda d: (cfg, trained.net, trained.net_params))
+    monkeypatch.setattr(jaxmed.runs, "load_params", lambda d: (cfg, trained.net, trained.net_params))
 
     parser = argparse.ArgumentParser()
     command.add_parser(parser.add_subparsers())
