@@ -4,10 +4,10 @@
 # limit, all results under $OUT (JSON per stage, tests.log, gpu_rows.md), a summary table last.
 # About 8 minutes on one GPU, compilation included.
 #
-#   OUT=/tmp/out GPU_CHECK_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh
+#   OUT=gpu_check_out GPU_CHECK_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh
 #   bash benchmarks/gpu_check.sh --dry-run     # every stage at tiny sizes on the CPU (a few minutes)
 #
-# Offline machines: wheels of missing pure-Python packages in .whl/ are installed into /tmp/site
+# Offline machines: wheels of missing pure-Python packages in .whl/ are installed into a fresh temporary directory
 # (no index, no dependencies), and .gpu_data/ (a copy of the jaxmed data cache: afids/) becomes
 # $JAXMED_DATA, so nothing is fetched. GPU_CHECK_COMMIT (or the file .gpu_data/commit) names the commit
 # when the copy has no .git.
@@ -23,9 +23,10 @@ T0=$(date +%s)
 stamp() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*"; }
 
 if [ -z "$DRY" ] && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+  SITE=$(mktemp -d)
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl \
     > "$OUT/pip.log" 2>&1 || stamp "pip install of .whl/ failed (see pip.log)"
-  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
