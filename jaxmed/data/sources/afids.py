@@ -16,16 +16,19 @@ from jaxmed.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class AfidsOptions:
     """``structures``: anatomical structures carried as surface points ``"<structure>#i"`` (box
-    targets; :data:`jaxmed.data.anatomy.STRUCTURES`). ``synth``: :class:`SynthConfig` overrides."""
+    targets; :data:`jaxmed.data.anatomy.STRUCTURES`, or ``aal:<name>`` AAL structures carried from
+    Colin27, :mod:`jaxmed.data.aal_targets`). ``synth``: :class:`SynthConfig` overrides."""
 
     structures: tuple[str, ...] = ()
     synth: dict = dataclasses.field(default_factory=dict)
 
     def check(self, cfg, where: str) -> None:
         if self.structures:
+            from jaxmed.data.aal_targets import check_structures, is_aal
             from jaxmed.data.anatomy import STRUCTURES
 
-            unknown = [s for s in self.structures if s not in STRUCTURES]
+            check_structures(self.structures, f"{where}.structures")
+            unknown = [s for s in self.structures if s not in STRUCTURES and not is_aal(s)]
             if unknown:
                 raise ConfigError(f"{where}.structures: unknown structure(s) {unknown}; available: {', '.join(STRUCTURES)}")
         synth_config(self.synth, f"{where}.synth")
@@ -42,10 +45,16 @@ class AfidsSource(SyntheticSource):
         from jaxmed.data.landmarks import Landmarks
 
         volume, landmarks = afids.load()
-        if self.options.structures:
+        from jaxmed.data.aal_targets import append, is_aal, template_points
+
+        mask_defined = [s for s in self.options.structures if not is_aal(s)]
+        aal = [s for s in self.options.structures if is_aal(s)]
+        if mask_defined:
             from jaxmed.data.anatomy import structure_landmarks
 
-            extra = structure_landmarks(volume, landmarks, self.options.structures)
+            extra = structure_landmarks(volume, landmarks, mask_defined)
             landmarks = Landmarks(landmarks.labels + extra.labels, np.concatenate([landmarks.positions, extra.positions]),
                                   landmarks.descriptions + extra.descriptions, source=landmarks.source)
+        if aal:
+            landmarks = append(landmarks, template_points(landmarks, aal))
         return volume, landmarks

@@ -107,14 +107,23 @@ def load_aal(spacing: float | None = None, *, download: bool = True):
 @dataclasses.dataclass(frozen=True)
 class Colin27Options:
     """``images``: which Colin27 images are subjects: ``ch2`` (with skull, ``colin27``) and/or
-    ``ch2bet`` (skull-stripped, ``colin27-bet``)."""
+    ``ch2bet`` (skull-stripped, ``colin27-bet``). ``structures``: AAL structures ``aal:<name>`` carried
+    as surface points of Colin27's own AAL labels (box targets; :mod:`jaxmed.data.aal_targets`)."""
 
     images: tuple[str, ...] = ("ch2", "ch2bet")
+    structures: tuple[str, ...] = ()
 
     def check(self, cfg, where: str) -> None:
         bad = [i for i in self.images if i not in IMAGES]
         if bad or not self.images or len(set(self.images)) != len(self.images):
             raise ConfigError(f"{where}.images: expected distinct names from {', '.join(IMAGES)}, got {list(self.images)}")
+        if self.structures:
+            from jaxmed.data.aal_targets import check_structures, is_aal
+
+            check_structures(self.structures, f"{where}.structures")
+            other = [s for s in self.structures if not is_aal(s)]
+            if other:
+                raise ConfigError(f"{where}.structures: Colin27 carries only AAL structures (aal:<name>), got {other}")
 
 
 @register
@@ -126,22 +135,36 @@ class Colin27Source(Source):
     def load_reference(self):
         from jaxmed.data import afids
 
-        return afids.load()
+        volume, lm = afids.load()
+        if self.options.structures:
+            from jaxmed.data.aal_targets import append, template_points
+
+            lm = append(lm, template_points(lm, self.options.structures))
+        return volume, lm
+
+    def _landmarks(self):
+        lm = landmarks()
+        if self.options.structures:
+            from jaxmed.data.aal_targets import append, colin27_points
+
+            lm = append(lm, colin27_points(self.options.structures))
+        return lm
 
     def labels(self) -> tuple[str, ...]:
-        return landmarks().labels
+        return self._landmarks().labels
 
     def subjects(self, split: str, labels: Sequence[str], *, epoch: int = 0, n: int | None = None) -> list[LabelledSubject]:
         check_split(split)
         if split != "test":
             raise ConfigError(f"data.source colin27 is an evaluation set: all its subjects are in the test split, "
                               f"none in {split!r}; train on another source and evaluate with `--data colin27`")
-        lm = landmarks()
+        lm = self._landmarks()
         check_labels(lm, labels, "Colin27")
         files = fetch()
         out = []
         for image in self.options.images:
-            volume, subject_lm = load(image, spacing=self.cfg.spacing)
+            volume, _ = load(image, spacing=self.cfg.spacing)
+            subject_lm = lm
             out.append(LabelledSubject(IMAGES[image], volume, subject_lm.select(labels),
                                        {"source": str(files[image]), "split": "test", "landmarks": LANDMARK_RESOURCE}))
         return out
