@@ -9,18 +9,17 @@ import dataclasses
 import numpy as np
 
 from jaxmed.data.sources.base import register
-from jaxmed.data.sources.synthetic import SyntheticSource, synth_config
+from jaxmed.data.sources.synthetic import SyntheticSource, SynthOptions
 from jaxmed.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
-class AfidsOptions:
+class AfidsOptions(SynthOptions):
     """``structures``: anatomical structures carried as surface points ``"<structure>#i"`` (box
     targets; :data:`jaxmed.data.anatomy.STRUCTURES`, or ``aal:<name>`` AAL structures carried from
-    Colin27, :mod:`jaxmed.data.aal_targets`). ``synth``: :class:`SynthConfig` overrides."""
+    Colin27, :mod:`jaxmed.data.aal_targets`); and ``synth`` (:class:`SynthOptions`)."""
 
     structures: tuple[str, ...] = ()
-    synth: dict = dataclasses.field(default_factory=dict)
 
     def check(self, cfg, where: str) -> None:
         if self.structures:
@@ -31,7 +30,7 @@ class AfidsOptions:
             unknown = [s for s in self.structures if s not in STRUCTURES and not is_aal(s)]
             if unknown:
                 raise ConfigError(f"{where}.structures: unknown structure(s) {unknown}; available: {', '.join(STRUCTURES)}")
-        synth_config(self.synth, f"{where}.synth")
+        super().check(cfg, where)
 
 
 @register

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from jaxmed.data.fetch import Dataset
 from jaxmed.data.sources.base import LabelledSubject, register
-from jaxmed.data.sources.synthetic import SyntheticSource, synth_config
+from jaxmed.data.sources.synthetic import SyntheticSource, SynthOptions
 
 WHEEL_REQUIREMENT = "autoafids==0.1.4"
 WHEEL_NAME = "autoafids-0.1.4-py3-none-any.whl"
@@ -56,14 +56,10 @@ def load(*, spacing: float | None = None, normalise: bool = True, download: bool
 
 
 @dataclasses.dataclass(frozen=True)
-class MniT2wOptions:
-    """``include_template``: add the template itself to the test split. ``synth``: :class:`SynthConfig` overrides."""
+class MniT2wOptions(SynthOptions):
+    """``include_template``: add the template itself to the test split; and ``synth`` (:class:`SynthOptions`)."""
 
     include_template: bool = False
-    synth: dict = dataclasses.field(default_factory=dict)
-
-    def check(self, cfg, where: str) -> None:
-        synth_config(self.synth, f"{where}.synth")
 
 
 @register

@@ -6,21 +6,20 @@ from __future__ import annotations
 import dataclasses
 
 from jaxmed.data.sources.base import register
-from jaxmed.data.sources.synthetic import SyntheticSource, synth_config
+from jaxmed.data.sources.synthetic import SyntheticSource, SynthOptions
 from jaxmed.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
-class PhantomOptions:
-    """``phantom_shape``: the phantom's grid (voxels at ``data.spacing``). ``synth``: :class:`SynthConfig` overrides."""
+class PhantomOptions(SynthOptions):
+    """``phantom_shape``: the phantom's grid (voxels at ``data.spacing``); and ``synth`` (:class:`SynthOptions`)."""
 
     phantom_shape: tuple[int, ...] = (32, 32, 32)
-    synth: dict = dataclasses.field(default_factory=dict)
 
     def check(self, cfg, where: str) -> None:
         if len(self.phantom_shape) != 3 or min(self.phantom_shape) < 8:
             raise ConfigError(f"{where}.phantom_shape: expected three sizes >= 8 voxels, got {list(self.phantom_shape)}")
-        synth_config(self.synth, f"{where}.synth")
+        super().check(cfg, where)
 
 
 @register

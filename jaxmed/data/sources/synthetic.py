@@ -7,6 +7,7 @@ Train, validation and test subjects come from disjoint seed ranges of ``data.see
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 from jaxmed.config import build
@@ -30,14 +31,27 @@ def epoch_seeds(split: str, n: int, base_seed: int, epoch: int) -> list[int]:
     return split_seeds(split, n * (epoch + 1), base_seed)[n * epoch:]
 
 
+@dataclasses.dataclass(frozen=True)
+class SynthOptions:
+    """The ``data.*`` key every synthetic source has: ``synth``, :class:`SynthConfig` overrides (a
+    mapping of its fields) that change the subject model. A source with keys of its own subclasses it
+    and extends :meth:`check`."""
+
+    synth: dict = dataclasses.field(default_factory=dict)
+
+    def check(self, cfg, where: str) -> None:
+        synth_config(self.synth, f"{where}.synth")
+
+
 class SyntheticSource(Source):
     """Subjects synthesised from :meth:`reference` (random affine + elastic warp, bias field, gamma,
     noise, voxel size, orientation and field of view; landmarks carried exactly). Subclasses implement
-    :meth:`load_reference`; an option ``synth`` (a mapping of :class:`SynthConfig` fields), if the
-    subclass declares it, changes the subject model."""
+    :meth:`load_reference`; their ``Options`` are :class:`SynthOptions` or a subclass of it."""
+
+    Options = SynthOptions
 
     def synth_config(self) -> SynthConfig:
-        return synth_config(getattr(self.options, "synth", None))
+        return synth_config(self.options.synth)
 
     def count(self, split: str) -> int:
         return self.cfg.n_train if split == "train" else self.cfg.n_test
