@@ -5,7 +5,9 @@ plus the sets listed in the run's ``eval.extra_sets``. With ``--data`` (landmark
 set (``colin27``, ``mni-t2w``, ``test`` for the run's own held-out subjects, a folder of scans with
 landmark files, a manifest, a data YAML); per landmark the agents' errors beside the template prior
 and the affine registration baseline on the same subjects, written to ``eval_<name>.md`` and
-``eval_<name>.csv`` (per subject) in the run directory or ``--out``.
+``eval_<name>.csv`` (per subject) in the run directory or ``--out``; box and corner-pair runs: IoU,
+centre error and wall distance beside the start boxes, the template box and the registration
+baseline (:mod:`jaxmed.box_evaluation`; ``eval_<name>.md`` / ``.json``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def _run(args) -> int:
     from jaxmed.train import evaluate_run, load_params
 
     if args.data:
+        from jaxmed.box_evaluation import evaluate_box_sets, is_box_run
+
+        if is_box_run(args.run_dir):  # box / corner-pair runs: IoU and centre error beside box baselines
+            for r in evaluate_box_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite,
+                                       registration=not args.no_registration, seeds=args.seeds, progress=_progress):
+                print(r["table"])
+            return 0
         evaluate_landmark_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite, n_starts=args.starts,
                                aggregate=args.aggregate, registration=not args.no_registration, seeds=args.seeds)
         return 0
