@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     venv, vparams = make("voxel-seg-v0", structure="aal", crop_size=args.crop, patch_size=3, max_steps=8, start="atlas")
     vcfg = voxel_q.VoxelQConfig(n_envs=4, chunk_steps=25)
-    vnet = voxel_q.network_for(venv, vcfg)
+    vnet = voxel_q.network_for(venv)
     vfns = voxel_q.make_train(vcfg, venv, vparams, vnet)
     vstate = jax.jit(vfns.init)(jax.random.key(0), train_bank)
     vchunk = jax.jit(vfns.run_chunk)

@@ -32,7 +32,7 @@ ENV_KEYS = {"name": "landmark-v0", "eval_starts": 27, "eval_max_steps": None}
 class TrainSection:
     """The outer loop."""
 
-    learner: str = "dqn"  # dqn | a2c | ppo | grpo: the section of that name configures it
+    learner: str = "dqn"  # dqn | a2c | ppo | grpo | voxel_q: the section of that name configures it
     chunks: int = 100  # jitted run_chunk calls
     checkpoint_every: int = 10  # chunks
     seed: int = 0
@@ -200,6 +200,19 @@ def template_subject(cfg: DataConfig, labels) -> tuple:
     return subject.pair()
 
 
+def seg_template(cfg: ExperimentConfig, structure: str):
+    """``(template Volume, structure mask)`` a segmentation run's subjects are synthesised from: an AAL
+    structure (:data:`jaxmed.data.structures.AAL_STRUCTURES`, e.g. ``caudate_l``) on Colin27 at
+    ``data.spacing`` (``jaxmed data fetch colin27``), else the source's template with its mask-defined
+    structure (an ellipsoid phantom's organ, an AFIDs structure)."""
+    from jaxmed.data.structures import AAL_STRUCTURES, colin27_structure, template_structure_mask
+
+    if structure in AAL_STRUCTURES:
+        return colin27_structure(structure, cfg.data.spacing)
+    volume, landmarks = template(cfg.data)
+    return volume, template_structure_mask(volume, landmarks, structure)
+
+
 def make_bank(cfg: ExperimentConfig, split: str, n: int, *, epoch: int = 0):
     """``(bank, subjects, seconds)``: ``n`` subjects of ``split`` (see :func:`make_subjects`) with the
     landmarks the env reads; for an env that :attr:`wants_reference` (goal-conditioned) the bank holds
@@ -210,11 +223,12 @@ def make_bank(cfg: ExperimentConfig, split: str, n: int, *, epoch: int = 0):
     labels = env.required_labels
     t0 = time.perf_counter()
     if getattr(env, "wants_label_bank", False):  # segmentation envs: image + label crops (jaxmed.data.structures)
-        from jaxmed.data.structures import make_seg_bank
+        from jaxmed.data.structures import build_seg_bank, seg_subjects
 
-        bank, subjects = make_seg_bank(*template(cfg.data), env.config.structure, n, split=split, base_seed=cfg.data.seed,
-                                       crop_size=env.config.crop_size, spacing=cfg.data.spacing, dtype=cfg.data.dtype)
-        return bank, subjects, time.perf_counter() - t0
+        volume, mask = seg_template(cfg, env.config.structure)
+        subjects = seg_subjects(volume, mask, n, split=split, base_seed=cfg.data.seed, crop_size=env.config.crop_size,
+                                spacing=cfg.data.spacing, name=env.config.structure)
+        return build_seg_bank(subjects, env.config.structure, cfg.data.dtype), subjects, time.perf_counter() - t0
     subjects = make_subjects(cfg.data, split, n, labels, epoch=epoch)
     # goal-conditioned envs cut their goal images from bank volume 0: make it the template
     volumes = [template_subject(cfg.data, labels)] + subjects if env.wants_reference else subjects

@@ -28,7 +28,7 @@ from jaxmed.errors import ConfigError
 class LearnerSpec:
     module: str  # import path of the learner module
     config_class: str  # name of its config dataclass
-    network: str  # "q" (network_from_config) or "actor_critic"
+    network: str  # "q" (network_from_config), "actor_critic" or "voxel_q" (per-voxel Q convolution)
 
 
 LEARNERS: dict[str, LearnerSpec] = {
@@ -36,6 +36,7 @@ LEARNERS: dict[str, LearnerSpec] = {
     "a2c": LearnerSpec("jaxmed.agents.a2c", "A2CConfig", "actor_critic"),
     "ppo": LearnerSpec("jaxmed.agents.ppo", "PPOConfig", "actor_critic"),
     "grpo": LearnerSpec("jaxmed.agents.grpo", "GRPOConfig", "actor_critic"),
+    "voxel_q": LearnerSpec("jaxmed.agents.voxel_q", "VoxelQConfig", "voxel_q"),  # voxel-seg-v0 only
 }
 
 
@@ -60,6 +61,8 @@ def network_from_config(name: str, cfg: dict):
     """Build learner ``name``'s network from a ``network:`` config mapping."""
     if spec(name).network == "q":
         from jaxmed.networks import network_from_config as build
+    elif spec(name).network == "voxel_q":
+        from jaxmed.agents.voxel_q import network_from_config as build
     else:
         from jaxmed.networks.actor_critic import actor_critic_from_config as build
     return build(cfg)
@@ -85,9 +88,10 @@ def run_chunks(fns, bank, n_chunks: int, state=None, seed: int = 0):
 def policy_action(name: str, network, params, obs):
     """``(..., A)`` int32: the deterministic action of learner ``name``'s trained ``network`` for
     observations ``(..., A, ...)``: the action of highest Q-value for a value learner
-    (:func:`jaxmed.agents.dqn.greedy_action`), the most probable action of the policy for an
-    actor-critic one (:func:`jaxmed.agents.policy_gradient.mode_action`)."""
-    if spec(name).network == "q":
+    (:func:`jaxmed.agents.dqn.greedy_action`; the per-voxel Q-network of ``voxel_q`` maps the env's
+    patches ``(..., A, 2, p, p, p)`` to ``(..., A, n_actions)`` too), the most probable action of the
+    policy for an actor-critic one (:func:`jaxmed.agents.policy_gradient.mode_action`)."""
+    if spec(name).network in ("q", "voxel_q"):
         from jaxmed.agents.dqn import greedy_action
 
         return greedy_action(network, params, obs)

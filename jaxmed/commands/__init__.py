@@ -6,10 +6,10 @@ from pathlib import Path
 from jaxmed.errors import ConfigError
 
 
-def run_env_section(run_dir, env_name: str, advice: str) -> dict:
-    """The ``env:`` section of ``RUN_DIR/config.yaml`` if that run trained ``env_name``; else a
-    :class:`ConfigError` ending with ``advice`` (what the user should run instead). Checked before any
-    model is loaded."""
+def run_env_section(run_dir, env_name: str | tuple[str, ...], advice: str) -> dict:
+    """The ``env:`` section of ``RUN_DIR/config.yaml`` if that run trained ``env_name`` (or one of several
+    names); else a :class:`ConfigError` ending with ``advice`` (what the user should run instead).
+    Checked before any model is loaded."""
     from jaxmed.config import load_yaml
 
     run_dir = Path(run_dir)
@@ -18,9 +18,11 @@ def run_env_section(run_dir, env_name: str, advice: str) -> dict:
         raise ConfigError(f"{run_dir}: not a jaxmed run directory (no config.yaml)")
     env = load_yaml(path).get("env")
     name = env.get("name") if isinstance(env, dict) else None
-    if name != env_name:
+    names = (env_name,) if isinstance(env_name, str) else tuple(env_name)
+    if name not in names:
         trained = f"environment {name!r}" if name else "a landmark environment (no env.name)"
-        raise ConfigError(f"{run_dir}: this run trained {trained}, not {env_name!r}; {advice}")
+        wanted = " or ".join(repr(n) for n in names)
+        raise ConfigError(f"{run_dir}: this run trained {trained}, not {wanted}; {advice}")
     return env
 
 

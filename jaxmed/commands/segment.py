@@ -1,11 +1,14 @@
 """``jaxmed segment IMAGE --checkpoint RUN_DIR -o mask.nii.gz``: segment a structure with a trained
-threshold-segmentation agent (``threshold-seg-v0``, :mod:`jaxmed.envs.threshold_seg`).
+segmentation run: a threshold agent (``threshold-seg-v0``, :mod:`jaxmed.envs.threshold_seg`) or voxel
+agents (``voxel-seg-v0``, :mod:`jaxmed.envs.voxel_seg`, learner ``voxel_q``).
 
 The image (NIfTI or DICOM series, any orientation / voxel size) is read; a ``D``³ crop of the
 run's voxel size (percentile-normalised like the training crops) is cut around ``--center`` (world RAS mm) or, by default, around
 the structure's centroid in the run's template (right for images in the template's space). The
 greedy agent runs from the env's fixed evaluation starts (no ground truth is read: the crop's
-label is empty); the final masks of the starts are combined by majority vote. The mask is written
+label is empty); the final masks of the starts are combined by majority vote. Voxel agents that start
+from the atlas map get the template's label cut around the template centroid and laid on the crop
+(the translation-only atlas transfer of their training crops). The mask is written
 in the *input image's own grid* (its shape and affine, before any reorientation): every voxel takes
 the crop's value at the nearest crop voxel, 0 outside the crop; uint8 0/1 NIfTI.
 """
@@ -21,7 +24,8 @@ import numpy as np
 from jaxmed.commands import add_image_run_args, run_env_section
 from jaxmed.errors import ConfigError, ImageError, check_writable
 
-ENV_NAME = "threshold-seg-v0"
+ENV_NAMES = ("threshold-seg-v0", "voxel-seg-v0")
+ENV_NAME = ENV_NAMES[0]
 
 
 def parse_center(text: str | None):
@@ -44,16 +48,18 @@ def _native_grid(image: Path):
     return read_dicom_series(image) if image.is_dir() else read_nifti(image)
 
 
-def segment_volume(volume, centre, env, env_params, policy, *, crop_spacing: float, n_starts: int, seed: int = 0):
-    """``(crop Volume of the 0/1 mask, per-start Dice agreement)``: the greedy agent on the crop of
-    ``volume`` (normalised, RAS) around ``centre`` (world mm); majority vote over ``n_starts`` starts."""
+def segment_volume(volume, centre, env, env_params, policy, *, crop_spacing: float, n_starts: int, seed: int = 0,
+                   atlas=None):
+    """Crop Volume of the 0/1 mask: the greedy agent on the crop of ``volume`` (normalised, RAS) around
+    ``centre`` (world mm); majority vote over ``n_starts`` starts. ``atlas``: the crop's ``(D, D, D)``
+    atlas map (start of atlas-started voxel agents; empty when ``None``)."""
     from jaxmed.agents.rollout import greedy_rollout
     from jaxmed.data.structures import crop_volume, image_bank, normalise_crop
     from jaxmed.data.volume import Volume
 
     d = env.config.crop_size
     crop = normalise_crop(crop_volume(volume, centre, d, crop_spacing, order=1))
-    bank = image_bank(crop, np.zeros(crop.shape), env.config.structure)
+    bank = image_bank(crop, np.zeros(crop.shape) if atlas is None else atlas, env.config.structure)
     states = env.eval_states(env_params, bank, n_starts, seed=seed)
     out = jax.jit(lambda b, s: greedy_rollout(policy, env, env_params, b, s))(bank, states)
     masks = np.asarray(jax.vmap(env.mask, in_axes=(0, None))(out["final_state"], bank))
@@ -98,7 +104,8 @@ def segment_command(image, checkpoint, out, *, center=None, n_starts: int = 4, o
     from jaxmed import experiment as ex
     from jaxmed.agents import learners
     from jaxmed.data import load_image
-    from jaxmed.data.structures import centroid_world, template_structure_mask
+    from jaxmed.data.structures import centroid_world, crop_volume
+    from jaxmed.data.volume import Volume
     from jaxmed.envs.registry import make
     from jaxmed.runs import load_params
 
@@ -111,24 +118,29 @@ def segment_command(image, checkpoint, out, *, center=None, n_starts: int = 4, o
     centre = parse_center(center)
     if not image.exists():
         raise ImageError(f"{image}: no such file or directory")
-    section = run_env_section(checkpoint, ENV_NAME, "`jaxmed segment` needs a threshold-seg-v0 run "
-                                                    "(configs/seg/*.yaml)")
+    section = run_env_section(checkpoint, ENV_NAMES, "`jaxmed segment` needs a threshold-seg-v0 or voxel-seg-v0 run "
+                                                     "(configs/seg/*.yaml)")
     cfg, network, params = load_params(checkpoint)
     options = {k: v for k, v in section.items() if k not in ex.ENV_KEYS}
-    env, env_params = make(ENV_NAME, **options)
+    env, env_params = make(section["name"], **options)
     env_params = env.eval_params(env_params)
     if section.get("eval_max_steps") is not None:
         env_params = env_params.replace(max_steps=int(section["eval_max_steps"]))
     native = _native_grid(image)
     volume = load_image(image, normalise=False)  # the crop is normalised (like the training crops), not the image
-    if centre is None:
-        tpl, tpl_landmarks = ex.template(cfg.data)
-        centre = centroid_world(tpl, template_structure_mask(tpl, tpl_landmarks, env.config.structure))
+    atlas = None
+    if centre is None or getattr(env.config, "start", None) == "atlas":
+        tpl, tpl_mask = ex.seg_template(cfg, env.config.structure)
+        tpl_centre = centroid_world(tpl, tpl_mask)
+        centre = tpl_centre if centre is None else centre
+        if getattr(env.config, "start", None) == "atlas":
+            label = Volume(tpl_mask.astype(np.float32), tpl.affine)
+            atlas = crop_volume(label, tpl_centre, env.config.crop_size, float(cfg.data.spacing), order=0).data > 0.5
     if not volume.contains(centre[None])[0]:
         raise ConfigError(f"{image}: the crop centre {np.round(centre, 1).tolist()} mm lies outside the image; give --center")
     learner = cfg.train.learner
     mask_crop = segment_volume(volume, centre, env, env_params, lambda obs: learners.policy_action(learner, network, params, obs),
-                               crop_spacing=float(cfg.data.spacing), n_starts=n_starts, seed=cfg.train.seed)
+                               crop_spacing=float(cfg.data.spacing), n_starts=n_starts, seed=cfg.train.seed, atlas=atlas)
     data = to_native_grid(mask_crop, native)
     write_mask(data, native.affine, out, overwrite)
     voxel_mm3 = float(abs(np.linalg.det(native.affine[:3, :3])))
@@ -146,8 +158,8 @@ def _run(args) -> int:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``segment`` subcommand (handler in ``func``)."""
-    p = subparsers.add_parser("segment", help="segment a structure with a trained threshold-seg agent, write a NIfTI mask")
-    add_image_run_args(p, ENV_NAME, "output mask (.nii / .nii.gz, uint8, the input image's grid)")
+    p = subparsers.add_parser("segment", help="segment a structure with a trained threshold-seg or voxel-seg run, write a NIfTI mask")
+    add_image_run_args(p, " or ".join(ENV_NAMES), "output mask (.nii / .nii.gz, uint8, the input image's grid)")
     p.add_argument("--center", help="crop centre x,y,z in world RAS mm (default: the structure's centroid in the run's template)")
     p.add_argument("--n-starts", type=int, default=4, help="start windows whose masks are majority-voted (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
