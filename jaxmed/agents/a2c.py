@@ -19,9 +19,8 @@ import dataclasses
 
 from jaxmed.agents import core
 from jaxmed.agents import hparams as hparams_lib
+from jaxmed.agents.actor_critic_train import ActorCriticConfig, RunnerState, make_actor_critic_train
 from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
-from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
-from jaxmed.agents.policy_gradient import ChunkCounts
 from jaxmed.errors import ConfigError
 
 __all__ = ["HPARAM_FIELDS", "A2CConfig", "Hparams", "RunnerState", "default_hparams", "make_parallel_train",
@@ -29,48 +28,23 @@ __all__ = ["HPARAM_FIELDS", "A2CConfig", "Hparams", "RunnerState", "default_hpar
 
 
 @dataclasses.dataclass(frozen=True)
-class A2CConfig(core.OptimizerConfig, ChunkCounts):
-    """A2C hyperparameters (the network and environment are configured separately).
+class A2CConfig(ActorCriticConfig):
+    """A2C hyperparameters: the fields of :class:`jaxmed.agents.actor_critic_train.ActorCriticConfig`
+    with classic A2C defaults: short rollouts (``num_steps``, one gradient step each, so
+    ``updates_per_chunk`` rollouts per chunk), n-step returns (``gae_lambda = 1``), the advantages of each
+    rollout not normalised."""
 
-    Attributes:
-      n_envs: environments per device.
-      num_steps: rollout length ``T`` (vector steps) per gradient step.
-      updates_per_chunk: rollouts (= gradient steps) per ``run_chunk`` call.
-      gamma, gae_lambda: discount and GAE λ (1.0: n-step returns).
-      vf_coef, ent_coef: weights of the value loss and of the entropy bonus.
-      normalize_advantages: normalise the advantages of each rollout (off in classic A2C).
-      learning_rate, adam_eps, lr_decay_steps, lr_final_fraction, max_grad_norm: as in
-        :class:`jaxmed.agents.ppo.PPOConfig` (one gradient step per rollout).
-    """
-
-    n_envs: int = 16
     num_steps: int = 5
     updates_per_chunk: int = 20
-    gamma: float = 0.99
     gae_lambda: float = 1.0
-    vf_coef: float = 0.5
-    ent_coef: float = 0.01
     normalize_advantages: bool = False
     learning_rate: float = 7e-4
-
-    def __post_init__(self):
-        core.validate_fields(self, ints=("n_envs", "num_steps", "updates_per_chunk"), non_negative_ints=("lr_decay_steps",),
-                        floats=("gamma", "gae_lambda", "vf_coef", "ent_coef") + core.OPTIMIZER_FLOATS,
-                        bools=("normalize_advantages",))
-        core.check_range(self, "gamma", 0.0, 1.0, low_open=True)
-        core.check_range(self, "gae_lambda", 0.0, 1.0)
-        core.check_non_negative(self, "vf_coef", "ent_coef")
-        core.check_optimizer_fields(self)
 
     # the shared actor-critic program reads these: one unclipped step on the whole rollout
     update_epochs = 1
     num_minibatches = 1
     clip_eps = None
     value_clip_eps = None
-
-    @property
-    def rollout_steps(self) -> int:
-        return self.num_steps
 
 
 #: A2C's hyperparameter leaves: learning_rate, lr_final_fraction, max_grad_norm, gamma, gae_lambda, vf_coef,

@@ -9,11 +9,10 @@ under ``jit``; the host only logs between chunks.
 
 A2C and PPO differ only in the loss and the number of passes: A2C takes one gradient step per
 rollout with the vanilla policy gradient and an unclipped value loss; PPO takes several with the
-clipped surrogate and (optionally) the clipped value loss (:mod:`jaxmed.agents.policy_gradient`). A learner
-config must provide ``n_envs``, ``num_steps``, ``updates_per_chunk``, ``update_epochs``,
-``num_minibatches``, ``gamma``, ``gae_lambda``, ``clip_eps`` (``None``: A2C), ``value_clip_eps``
-(``None``: unclipped), ``vf_coef``, ``ent_coef``, ``normalize_advantages`` and the optimiser fields
-of :func:`jaxmed.agents.core.make_apply_gradients`.
+clipped surrogate and (optionally) the clipped value loss (:mod:`jaxmed.agents.policy_gradient`). Their
+configs extend :class:`ActorCriticConfig` (the fields both have, the optimiser's among them) and
+provide ``update_epochs``, ``num_minibatches``, ``clip_eps`` (``None``: A2C) and ``value_clip_eps``
+(``None``: unclipped).
 
 Hyperparameter leaves: the numbers the update uses (``learning_rate``, ``lr_final_fraction``,
 ``max_grad_norm``, ``gamma``, ``gae_lambda``, ``vf_coef``, ``ent_coef`` and PPO's ``clip_eps``, also the
@@ -28,6 +27,7 @@ device acts in its own environments (keys folded with the device index), gradien
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -45,6 +45,7 @@ from jaxmed.agents.core import (
     render_batch,
 )
 from jaxmed.agents.policy_gradient import (
+    ChunkCounts,
     entropy,
     epochs_of_minibatches,
     flatten_time,
@@ -55,6 +56,47 @@ from jaxmed.agents.policy_gradient import (
     policy_value,
     value_loss,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorCriticConfig(core.OptimizerConfig, ChunkCounts):
+    """The hyperparameters A2C and PPO share (the network and environment are configured separately);
+    :class:`jaxmed.agents.a2c.A2CConfig` and :class:`jaxmed.agents.ppo.PPOConfig` extend it.
+
+    Attributes:
+      n_envs: environments per device.
+      num_steps: rollout length ``T`` (vector steps) per iteration.
+      updates_per_chunk: iterations (rollout + update) per ``run_chunk`` call.
+      gamma, gae_lambda: discount and GAE λ (1.0: n-step returns).
+      vf_coef, ent_coef: weights of the value loss and of the entropy bonus.
+      normalize_advantages: normalise the advantages (mean 0, std 1 over live agents) of each minibatch.
+      learning_rate, adam_eps: Adam.
+      lr_decay_steps: linear decay of the learning rate to ``lr_final_fraction * learning_rate`` over
+        this many gradient steps (0: constant); e.g. ``chunks * grad_steps_per_chunk`` anneals over a run.
+      max_grad_norm: global-norm gradient clipping.
+    """
+
+    n_envs: int = 16
+    num_steps: int = 128
+    updates_per_chunk: int = 1
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    vf_coef: float = 0.5
+    ent_coef: float = 0.01
+    normalize_advantages: bool = True
+
+    def __post_init__(self):
+        core.validate_fields(self, ints=("n_envs", "num_steps", "updates_per_chunk"), non_negative_ints=("lr_decay_steps",),
+                             floats=("gamma", "gae_lambda", "vf_coef", "ent_coef") + core.OPTIMIZER_FLOATS,
+                             bools=("normalize_advantages",))
+        core.check_range(self, "gamma", 0.0, 1.0, low_open=True)
+        core.check_range(self, "gae_lambda", 0.0, 1.0)
+        core.check_non_negative(self, "vf_coef", "ent_coef")
+        core.check_optimizer_fields(self)
+
+    @property
+    def rollout_steps(self) -> int:
+        return self.num_steps
 
 
 @struct.dataclass

@@ -26,9 +26,8 @@ from flax import struct
 
 from jaxmed.agents import core
 from jaxmed.agents import hparams as hparams_lib
+from jaxmed.agents.actor_critic_train import ActorCriticConfig, RunnerState, make_actor_critic_train
 from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
-from jaxmed.agents.actor_critic_train import RunnerState, make_actor_critic_train
-from jaxmed.agents.policy_gradient import ChunkCounts
 from jaxmed.errors import ConfigError
 
 __all__ = ["HPARAM_FIELDS", "PPOConfig", "Hparams", "RunnerState", "default_hparams", "make_parallel_train",
@@ -36,49 +35,25 @@ __all__ = ["HPARAM_FIELDS", "PPOConfig", "Hparams", "RunnerState", "default_hpar
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOConfig(core.OptimizerConfig, ChunkCounts):
-    """PPO hyperparameters (the network and environment are configured separately).
+class PPOConfig(ActorCriticConfig):
+    """PPO hyperparameters: the fields of :class:`jaxmed.agents.actor_critic_train.ActorCriticConfig` and
 
     Attributes:
-      n_envs: environments per device.
-      num_steps: rollout length ``T`` (vector steps) per iteration.
-      updates_per_chunk: iterations (rollout + update) per ``run_chunk`` call.
       update_epochs: passes over each rollout.
       num_minibatches: minibatches per pass; must divide ``n_envs * num_steps``.
-      gamma, gae_lambda: discount and GAE λ.
       clip_eps: ratio clip ε of the surrogate.
       clip_value: clip the value update to ± ``clip_eps`` around the rollout's value (PPO2 style).
-      vf_coef, ent_coef: weights of the value loss and of the entropy bonus.
-      normalize_advantages: normalise advantages per minibatch (mean 0, std 1 over live agents).
-      learning_rate, adam_eps: Adam.
-      lr_decay_steps: linear decay of the learning rate to ``lr_final_fraction * learning_rate`` over
-        this many gradient steps (0: constant); e.g. ``chunks * grad_steps_per_chunk`` anneals over a run.
-      max_grad_norm: global-norm gradient clipping.
     """
 
-    n_envs: int = 16
-    num_steps: int = 128
-    updates_per_chunk: int = 1
     update_epochs: int = 4
     num_minibatches: int = 4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
     clip_eps: float = 0.2
     clip_value: bool = True
-    vf_coef: float = 0.5
-    ent_coef: float = 0.01
-    normalize_advantages: bool = True
 
     def __post_init__(self):
-        core.validate_fields(self, ints=("n_envs", "num_steps", "updates_per_chunk", "update_epochs", "num_minibatches"),
-                        non_negative_ints=("lr_decay_steps",),
-                        floats=("gamma", "gae_lambda", "clip_eps", "vf_coef", "ent_coef") + core.OPTIMIZER_FLOATS,
-                        bools=("clip_value", "normalize_advantages"))
-        core.check_range(self, "gamma", 0.0, 1.0, low_open=True)
-        core.check_range(self, "gae_lambda", 0.0, 1.0)
+        super().__post_init__()
+        core.validate_fields(self, ints=("update_epochs", "num_minibatches"), floats=("clip_eps",), bools=("clip_value",))
         core.check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
-        core.check_non_negative(self, "vf_coef", "ent_coef")
-        core.check_optimizer_fields(self)
         if (self.n_envs * self.num_steps) % self.num_minibatches:
             raise ConfigError(f"PPOConfig.num_minibatches ({self.num_minibatches}) must divide n_envs * num_steps "
                               f"({self.n_envs} * {self.num_steps} = {self.n_envs * self.num_steps})")
@@ -87,10 +62,6 @@ class PPOConfig(core.OptimizerConfig, ChunkCounts):
     def value_clip_eps(self) -> float | None:
         """The value-loss clip (``clip_eps`` when ``clip_value``, else ``None``)."""
         return self.clip_eps if self.clip_value else None
-
-    @property
-    def rollout_steps(self) -> int:
-        return self.num_steps
 
 
 @struct.dataclass
