@@ -19,14 +19,21 @@ from jaxmed.data.landmarks import Landmarks
 from jaxmed.data.volume import Volume
 
 
-def _grid_world(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
-    return geometry.voxel_to_world(affine, idx)
-
-
-def _centred_affine(shape, spacing: float) -> np.ndarray:
+def centred_grid(shape: tuple[int, int, int], spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grid every phantom is drawn on: ``(affine, world, half)``, the axis-aligned RAS affine of
+    ``shape`` voxels of ``spacing`` mm centred on the world origin, the world position (mm) of every
+    voxel ``shape + (3,)`` and the half extent ``(3,)`` mm."""
     origin = -(np.asarray(shape, dtype=np.float64) - 1) / 2 * spacing
-    return geometry.axis_aligned_affine(spacing, origin)
+    affine = geometry.axis_aligned_affine(spacing, origin)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    return affine, geometry.voxel_to_world(affine, idx), (np.asarray(shape) - 1) / 2 * spacing
+
+
+def noisy_volume(data: np.ndarray, noise: float, rng: np.random.Generator, affine: np.ndarray, source: str) -> Volume:
+    """The last step of every phantom: ``data`` plus Gaussian noise of std ``noise`` (drawn from ``rng``),
+    clipped at 0, as float32 scaled to a maximum of 1, in a :class:`Volume` on ``affine``."""
+    data = np.clip(data + noise * rng.standard_normal(data.shape), 0.0, None).astype(np.float32)
+    return Volume(data / data.max(), affine, source=source)
 
 
 def blob_phantom(
@@ -42,9 +49,7 @@ def blob_phantom(
     at the blob centres (world RAS mm), at least ~4 blob radii apart and inside the head.
     """
     rng = np.random.default_rng(seed)
-    affine = _centred_affine(shape, spacing)
-    world = _grid_world(shape, affine)
-    half = (np.asarray(shape) - 1) / 2 * spacing
+    affine, world, half = centred_grid(shape, spacing)
     head = np.exp(-np.sum((world / (0.8 * half)) ** 8, axis=-1))  # flat-topped ellipsoid
     data = 0.25 * head
     centres = []
@@ -60,10 +65,7 @@ def blob_phantom(
         # Gaussian blobs of 1 to 2 voxels sigma, elongated along a different axis each
         radii = spacing * (1.0 + 0.5 * ((i + np.arange(3)) % 3))
         data = data + (0.5 + 0.5 * (i + 1) / n_landmarks) * np.exp(-0.5 * np.sum(((world - c) / radii) ** 2, axis=-1))
-    data = data + noise * rng.standard_normal(shape)
-    data = np.clip(data, 0.0, None).astype(np.float32)
-    data /= data.max()
-    volume = Volume(data, affine, source=f"blob_phantom(seed={seed})")
+    volume = noisy_volume(data, noise, rng, affine, f"blob_phantom(seed={seed})")
     labels = tuple(f"L{i}" for i in range(n_landmarks))
     return volume, Landmarks(labels, np.array(centres), source=volume.source)
 
@@ -81,9 +83,7 @@ def organ_phantom(
     mm: the axis-aligned bounding box of the ellipsoid (centre ± semi-axes).
     """
     rng = np.random.default_rng(seed)
-    affine = _centred_affine(shape, spacing)
-    world = _grid_world(shape, affine)
-    half = (np.asarray(shape) - 1) / 2 * spacing
+    affine, world, half = centred_grid(shape, spacing)
     data = np.zeros(shape, dtype=np.float64)
     boxes = {}
     for i in range(n_organs):
@@ -92,8 +92,7 @@ def organ_phantom(
         inside = np.sum(((world - centre) / semi) ** 2, axis=-1) <= 1.0
         data[inside] = 0.4 + 0.6 * (i + 1) / n_organs
         boxes[f"organ{i}"] = (centre - semi, centre + semi)
-    data = np.clip(data + noise * rng.standard_normal(shape), 0, None).astype(np.float32)
-    return Volume(data / data.max(), affine, source=f"organ_phantom(seed={seed})"), boxes
+    return noisy_volume(data, noise, rng, affine, f"organ_phantom(seed={seed})"), boxes
 
 
 def sphere_directions(n: int) -> np.ndarray:
@@ -133,9 +132,7 @@ def ellipsoid_phantom(
     Returns ``(volume, landmarks)``: data ``shape`` float32 in [0, 1], landmarks world RAS mm.
     """
     rng = np.random.default_rng(seed)
-    affine = _centred_affine(shape, spacing)
-    world = _grid_world(shape, affine)
-    half = (np.asarray(shape) - 1) / 2 * spacing
+    affine, world, half = centred_grid(shape, spacing)
     body = np.exp(-np.sum((world / (0.9 * half)) ** 6, axis=-1))
     data = 0.15 * body
     semi = rng.uniform(*semi_range, size=3) * half
@@ -150,8 +147,7 @@ def ellipsoid_phantom(
         data[inside] = 0.45
     inside = np.sum(((world - centre) / semi) ** 2, axis=-1) <= 1.0
     data[inside] = 1.0
-    data = np.clip(data + noise * rng.standard_normal(shape), 0, None).astype(np.float32)
-    volume = Volume(data / data.max(), affine, source=f"ellipsoid_phantom(seed={seed})")
+    volume = noisy_volume(data, noise, rng, affine, f"ellipsoid_phantom(seed={seed})")
     points = centre + semi * sphere_directions(n_points)
     labels = tuple(f"{name}#{i:03d}" for i in range(n_points))
     return volume, Landmarks(labels, points, source=volume.source)

@@ -251,17 +251,12 @@ def plane_phantom(
     Returns ``(Volume, Landmarks)`` with an axis-aligned RAS affine centred on the world origin,
     data float32 in ``[0, 1]``.
     """
-    from jaxmed.data import geometry
     from jaxmed.data.landmarks import Landmarks
-    from jaxmed.data.volume import Volume
+    from jaxmed.data.phantoms import centred_grid, noisy_volume
 
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
-    origin = -(np.asarray(shape, np.float64) - 1) / 2 * spacing
-    affine = geometry.axis_aligned_affine(spacing, origin)
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
-    world = geometry.voxel_to_world(affine, idx)
-    half = (np.asarray(shape) - 1) / 2 * spacing
+    affine, world, half = centred_grid(shape, spacing)
 
     tilt = np.deg2rad(rng.uniform(0.0, max_tilt_deg))
     phi = rng.uniform(0.0, 2 * np.pi)
@@ -270,8 +265,7 @@ def plane_phantom(
     s = (world - centre) @ normal
     head = np.sum((world / (np.array([0.85, 0.75, 0.65]) * half)) ** 2, axis=-1) <= 1.0
     data = head * (0.3 + 0.25 * np.tanh(s / 6.0) + 0.45 * np.exp(-0.5 * (s / 1.5) ** 2))
-    data = np.clip(data + noise * rng.standard_normal(shape), 0.0, None).astype(np.float32)
-    data /= data.max()
+    volume = noisy_volume(data, noise, rng, affine, f"plane_phantom(seed={seed})")
 
     e = np.eye(3)[np.argmin(np.abs(normal))]
     u = np.cross(normal, e)
@@ -279,5 +273,4 @@ def plane_phantom(
     v = np.cross(normal, u)
     r = 0.4 * half.min()
     points = [centre + r * (np.cos(a) * u + np.sin(a) * v) for a in np.deg2rad([0.0, 120.0, 240.0])] + [centre]
-    volume = Volume(data, affine, source=f"plane_phantom(seed={seed})")
     return volume, Landmarks(("L0", "L1", "L2", "L3"), np.array(points), source=volume.source)
