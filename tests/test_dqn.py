@@ -208,3 +208,23 @@ def test_network_with_other_action_count_is_refused(setup):
                                          "head": {"name": "actor_critic", "hidden": [8]}, "n_actions": 8})
     with pytest.raises(ConfigError, match="8 action outputs"):
         ppo.make_train(ppo.PPOConfig(n_envs=2, num_steps=4, num_minibatches=1), env, params, wrong_ac).init(jax.random.key(0), bank)
+
+
+def test_greedy_rollout_stops_early_and_equals_the_fixed_length_scan(setup):
+    """Without a record the rollout stops once every episode has ended (a while loop); the final
+    states, rewards and step counts equal the fixed-length scan's (taken when a record is asked)."""
+    bank, env, params = setup
+    net = _network()
+    p = jax.jit(net.init)(jax.random.key(3), jnp.zeros((1, 1, 1, D, D, D), jnp.uint8))
+    eval_params = params.replace(terminate_at_target_mm=0.0, max_steps=60)
+    vols, starts = _eval_starts(bank)
+    states = env.states_at(bank, vols, starts)
+    policy = lambda o: greedy_action(net, p, o)  # noqa: E731
+    early = jax.jit(lambda s: greedy_rollout(policy, env, eval_params, bank, s))(states)
+    full = jax.jit(lambda s: greedy_rollout(policy, env, eval_params, bank, s, record=lambda st: st.pos))(states)
+    for a, b in zip(jax.tree.leaves(early["final_state"]), jax.tree.leaves(full["final_state"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(early["steps"]), np.asarray(full["steps"]))
+    np.testing.assert_allclose(np.asarray(early["reward"]), np.asarray(full["reward"]), rtol=0, atol=0)
+    assert int(np.min(early["steps"])) < 60  # some episodes ended early: the case the while loop is for
+    assert full["record"].shape[0] == 61

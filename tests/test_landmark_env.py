@@ -23,14 +23,18 @@ SPACING = 2.0
 NO_TARGET_STOP = dict(terminate_at_target_mm=0.0)  # only oscillation / time end an episode
 
 
-@pytest.fixture(scope="module")
-def bank():
+def _subjects():
     subjects = []
     for shape, seed in (((32, 32, 32), 0), ((30, 28, 26), 1)):
         vol, lm = blob_phantom(shape, SPACING, 3, seed=seed)
         on_grid = vol.voxel_to_world(np.rint(vol.world_to_voxel(lm.positions)))
         subjects.append((vol, lm.with_positions(on_grid)))
-    return build_bank(subjects, factors=(1, 2, 4), max_crop=D)
+    return subjects
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return build_bank(_subjects(), factors=(1, 2, 4), max_crop=D)
 
 
 def _env(bank, targets=("L0",), **kw):
@@ -404,3 +408,67 @@ def test_bad_input_raises_jaxmed_errors(single, multi, bank):
         multi.step(key, mstate, jnp.array(0), params, bank)
     with pytest.raises(ConfigError, match="3 action"):  # the shape is checked under jit too
         jax.jit(multi.step)(key, mstate, jnp.zeros((2,), jnp.int32), params, bank)
+
+
+# ------------------------------------------------------------------ random contrast per episode
+
+
+def _numpy_table(values, knots, full=255.0):
+    """NumPy reference of :func:`jaxmed.ops.intensity.apply_knots` (uint8 or float storage)."""
+    values = np.asarray(values)
+    x = values.astype(np.float64) / full
+    y = np.interp(x, np.linspace(0, 1, len(knots)), np.asarray(knots, np.float64) / 255.0) * full
+    if values.dtype == np.uint8:
+        return np.clip(np.round(y), 0, full).astype(np.uint8)
+    return y.astype(values.dtype)
+
+
+def test_intensity_table_matches_numpy_and_identity_is_exact():
+    from jaxmed.ops.intensity import apply_knots, identity_knots, random_knots
+
+    values = np.arange(256, dtype=np.uint8).reshape(4, 4, 16)
+    for k in (2, 5, 6, 9):
+        np.testing.assert_array_equal(np.asarray(apply_knots(jnp.asarray(values), identity_knots(k), 255.0)), values)
+        knots = np.asarray(random_knots(jax.random.key(k), k, 1.0))
+        assert not np.array_equal(knots, np.asarray(identity_knots(k)))
+        got = np.asarray(apply_knots(jnp.asarray(values), jnp.asarray(knots), 255.0))
+        assert got.dtype == np.uint8
+        # float32 rounding of the interpolation may move a value that lands on .5 by one level
+        assert np.abs(got.astype(int) - _numpy_table(values, knots).astype(int)).max() <= 1
+        assert (got == _numpy_table(values, knots)).mean() > 0.97
+    fvals = jnp.linspace(0.0, 1.0, 11, dtype=jnp.float32)
+    knots = jnp.asarray([255, 0, 128], jnp.uint8)
+    np.testing.assert_allclose(np.asarray(apply_knots(fvals, knots, 1.0)),
+                               np.interp(np.asarray(fvals), [0, 0.5, 1], [1.0, 0.0, 128 / 255]), atol=1e-6)
+    assert not bool(jnp.any(random_knots(jax.random.key(0), 6, 0.0) != identity_knots(6)))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_random_contrast_per_episode_renders_the_same_crops_through_its_table(dtype):
+    bank = build_bank(_subjects(), factors=(1, 2, 4), max_crop=D, dtype=dtype)
+    full = 255.0 if dtype == "uint8" else 1.0 / float(bank.intensity_scale)
+    plain = _env(bank, targets=("L0", "L1"), levels=(0, 1))
+    env = _env(bank, targets=("L0", "L1"), levels=(0, 1), contrast_knots=6)
+    params = env.default_params.replace(contrast_prob=1.0)
+    drawn = [env.reset(jax.random.key(i), params, bank)[1] for i in range(8)]
+    assert all(s.contrast.shape == (6,) and s.contrast.dtype == jnp.uint8 for s in drawn)
+    assert len({tuple(np.asarray(s.contrast)) for s in drawn}) == 8  # a new table every episode
+    for s in drawn[:3]:
+        plain_state = s.replace(contrast=jnp.zeros((0,), jnp.uint8))
+        want = _numpy_table(np.asarray(plain.get_obs(plain_state, params, bank)), np.asarray(s.contrast), full)
+        got = np.asarray(env.get_obs(s, params, bank))
+        assert got.dtype == want.dtype == np.dtype(dtype)
+        if dtype == "uint8":
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 1 and (got == want).mean() > 0.97
+        else:
+            np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(env.render(env.obs_state(s), bank)), got)  # replay re-renders it
+        s2, *_ = env.step_env(jax.random.key(0), s, jnp.zeros((2,), jnp.int32), params, bank)
+        np.testing.assert_array_equal(np.asarray(s2.contrast), np.asarray(s.contrast))  # fixed for the episode
+    # never at evaluation: eval params draw none and evaluation starts see the stored intensities
+    assert float(env.eval_params(params).contrast_prob) == 0.0
+    s0 = env.reset(jax.random.key(0), env.eval_params(params), bank)[1]
+    np.testing.assert_array_equal(np.asarray(env.get_obs(s0, params, bank)),
+                                  np.asarray(plain.get_obs(s0.replace(contrast=jnp.zeros((0,), jnp.uint8)), params, bank)))
+    with pytest.raises(ConfigError, match="contrast_knots"):
+        _env(bank, contrast_knots=1)

@@ -4,6 +4,10 @@ A *policy* maps a batch of observations ``(E, A, ...)`` to actions ``(E, A)`` in
 ``lambda obs: dqn.greedy_action(network, params, obs)``). Episodes start from given states (an
 env's :meth:`~jaxmed.envs.base.Environment.eval_states`), run without auto-reset, and freeze once
 ``terminated | truncated``: the final state is the state the episode ended in.
+
+Without a ``record`` the rollout is a ``lax.while_loop`` that stops as soon as every episode has
+ended (a greedy search usually stops by oscillating long before ``max_steps``); with one it is a
+``lax.scan`` of fixed length (the record has one entry per step). Both give the same final states.
 """
 
 from __future__ import annotations
@@ -44,11 +48,25 @@ def greedy_rollout(policy: Callable, env, env_params, bank, states, max_steps: i
         return (state, finished, total), (finished, record(state) if record else None)
 
     init = (states, jnp.zeros((n,), bool), jnp.zeros((n, env.n_agents), jnp.float32))
-    (final, finished, total), (done, recorded) = jax.lax.scan(body, init, None, length=max_steps)
+    if record is None:  # stop once every episode has ended
+        def loop_body(carry):
+            t, steps, inner = carry
+            inner, (finished, _) = body(inner, None)
+            return t + 1, jnp.where(finished & (steps == max_steps), t + 1, steps), inner
+
+        def running(carry):
+            t, _, (_, finished, _) = carry
+            return (t < max_steps) & ~jnp.all(finished)
+
+        steps0 = jnp.full((n,), max_steps, jnp.int32)
+        _, steps, (final, finished, total) = jax.lax.while_loop(running, loop_body, (jnp.int32(0), steps0, init))
+    else:
+        (final, finished, total), (done, recorded) = jax.lax.scan(body, init, None, length=max_steps)
+        steps = jnp.where(done.any(0), jnp.argmax(done, axis=0) + 1, max_steps).astype(jnp.int32)
     out = {
         "metrics": jax.vmap(env.eval_metrics, in_axes=(0, None, None))(final, env_params, bank),
         "final_state": final,
-        "steps": jnp.where(done.any(0), jnp.argmax(done, axis=0) + 1, max_steps).astype(jnp.int32),
+        "steps": steps,
         "reward": total,
     }
     if record is not None:

@@ -70,6 +70,7 @@ from flax import struct
 
 from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_volume_bank, image_box, is_concrete
 from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.ops.intensity import apply_knots, identity_knots, random_knots
 from jaxmed.ops.linalg import apply_affine
 
 N_ACTIONS = 6
@@ -86,7 +87,10 @@ class LandmarkConfig:
       crop_size: ``D``, crop edge in voxels (at every level); must be ``<= bank.max_crop``.
       frames: ``k``, number of past positions rendered into the observation (frame 0 = now).
       levels: bank pyramid levels used, finest first, strictly increasing; multi-scale when > 1.
-      osc_window: how many recent positions the oscillation test looks at.
+      osc_window: how many recent positions the oscillation test looks at (at least 9 also stops an
+        agent that circles a square of four voxels: each position then recurs three times).
+      contrast_knots: ``K``, knots of the random intensity table drawn per episode for training
+        (:mod:`jaxmed.ops.intensity`, probability ``LandmarkParams.contrast_prob``); 0: off.
     """
 
     targets: tuple[str, ...] = ("L0",)
@@ -94,6 +98,7 @@ class LandmarkConfig:
     frames: int = 4
     levels: tuple[int, ...] = (0,)
     osc_window: int = 8
+    contrast_knots: int = 0
 
     def __post_init__(self):
         targets = (self.targets,) if isinstance(self.targets, str) else tuple(str(t) for t in self.targets)
@@ -109,6 +114,10 @@ class LandmarkConfig:
             object.__setattr__(self, name, int(value))
         if not levels or levels[0] < 0 or any(b <= a for a, b in zip(levels, levels[1:])):
             raise ConfigError(f"LandmarkConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
+        k = self.contrast_knots
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0 or k == 1:
+            raise ConfigError(f"LandmarkConfig: contrast_knots must be 0 (off) or an int >= 2, got {k!r}")
+        object.__setattr__(self, "contrast_knots", int(k))
 
     @property
     def n_agents(self) -> int:
@@ -132,6 +141,8 @@ class LandmarkParams:
       start_radius_mm: ``0``: random starts uniform in the central 80 % of the volume per axis;
         ``> 0``: uniform in a world cube of ± this many mm around each agent's target (clipped).
       osc_repeats: how many occurrences of the new position among the recent ones is an oscillation.
+      contrast_prob: probability that a reset draws a random intensity table (with
+        ``LandmarkConfig.contrast_knots > 0``); evaluation never does.
     """
 
     max_steps: int = 200
@@ -139,6 +150,7 @@ class LandmarkParams:
     terminate_at_target_mm: float = 1.0
     start_radius_mm: float = 0.0
     osc_repeats: int = 3
+    contrast_prob: float = 0.0
 
 
 @struct.dataclass
@@ -154,6 +166,8 @@ class LandmarkState:
       done: ``(A,)`` bool, the agent has finished.
       t: ``()`` int32, steps taken in this episode.
       prev_dist: ``(A,)`` float32, distance (mm) from ``pos`` to the agent's target.
+      contrast: ``(K,)`` uint8, the episode's intensity table (``K = config.contrast_knots``; identity
+        knots at the start states of evaluation).
     """
 
     volume: jax.Array
@@ -164,17 +178,20 @@ class LandmarkState:
     done: jax.Array
     t: jax.Array
     prev_dist: jax.Array
+    contrast: jax.Array
 
 
 @struct.dataclass
 class LandmarkObsState:
     """What an observation is rendered from (:meth:`LandmarkEnv.obs_state`, :meth:`LandmarkEnv.render`):
     ``volume`` ``()`` int32, ``history`` ``(A, k, 3)`` int16 level-0 voxels (the ``k`` newest positions),
-    ``level`` ``(A,)`` int8 index into ``config.levels``; ``4 + 7 k`` bytes per agent."""
+    ``level`` ``(A,)`` int8 index into ``config.levels``; ``4 + 7 k`` bytes per agent; ``contrast``
+    ``(K,)`` uint8, the episode's intensity table."""
 
     volume: jax.Array
     history: jax.Array
     level: jax.Array
+    contrast: jax.Array
 
 
 # ------------------------------------------------------------------ the environment
@@ -299,6 +316,7 @@ class LandmarkEnv(ConfiguredEnv):
             done=jnp.zeros((c.n_agents,), bool),
             t=jnp.zeros((), jnp.int32),
             prev_dist=self._distance(bank, volume, start),
+            contrast=identity_knots(c.contrast_knots),
         )
 
     def reset_env(self, key, params: LandmarkParams, bank) -> LandmarkState:
@@ -319,7 +337,10 @@ class LandmarkEnv(ConfiguredEnv):
         inv = jnp.linalg.inv(bank.affines[0, volume])
         near = jnp.round(apply_affine(world, inv)).astype(jnp.int32)
         start = jnp.where(radius > 0, near, central)
-        return self._initial_state(bank, volume, start)
+        state = self._initial_state(bank, volume, start)
+        if c.contrast_knots:
+            state = state.replace(contrast=random_knots(jax.random.fold_in(key, 1), c.contrast_knots, params.contrast_prob))
+        return state
 
     def reset_at(self, params: LandmarkParams | None, bank, volume, start_pos) -> tuple[jax.Array, LandmarkState]:
         """Deterministic reset: ``(obs, state)`` in bank volume ``volume`` with every agent at level-0 voxel
@@ -359,8 +380,9 @@ class LandmarkEnv(ConfiguredEnv):
         return self.config.targets
 
     def eval_params(self, params: LandmarkParams) -> LandmarkParams:
-        """No stop at the target (that would use the ground truth): agents run until they oscillate."""
-        return params.replace(terminate_at_target_mm=0.0)
+        """No stop at the target (that would use the ground truth): agents run until they oscillate; no
+        random contrast."""
+        return params.replace(terminate_at_target_mm=0.0, contrast_prob=0.0)
 
     def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> LandmarkState:
         """``E = n_volumes * n_starts`` start states (leading axis ``E``).
@@ -444,6 +466,7 @@ class LandmarkEnv(ConfiguredEnv):
             done=state.done | finished,
             t=state.t + 1,
             prev_dist=jnp.where(live, dist, state.prev_dist),
+            contrast=state.contrast,
         )
         terminated = jnp.all(new_state.done)
         truncated = (new_state.t >= params.max_steps) & ~terminated
@@ -460,7 +483,7 @@ class LandmarkEnv(ConfiguredEnv):
 
     def get_obs(self, state: LandmarkState, params=None, bank=None) -> jax.Array:
         """``(A, k, D, D, D)`` storage dtype: crops around ``history[:, :k]`` at each agent's current level."""
-        return self._render(bank, state.volume, state.history[:, : self.config.frames], state.level)
+        return self._render(bank, state.volume, state.history[:, : self.config.frames], state.level, state.contrast)
 
     def obs_state(self, state: LandmarkState) -> LandmarkObsState:
         """The few bytes the observation is a function of (what a replay buffer stores instead of pixels)."""
@@ -468,14 +491,17 @@ class LandmarkEnv(ConfiguredEnv):
             volume=state.volume.astype(jnp.int32),
             history=state.history[:, : self.config.frames].astype(jnp.int16),
             level=state.level.astype(jnp.int8),
+            contrast=state.contrast,
         )
 
     def render(self, obs_state: LandmarkObsState, bank) -> jax.Array:
         """The observation of an :class:`LandmarkObsState`; ``render(obs_state(s), bank) == get_obs(s, params, bank)``."""
-        return self._render(bank, obs_state.volume, obs_state.history.astype(jnp.int32), obs_state.level.astype(jnp.int32))
+        return self._render(bank, obs_state.volume, obs_state.history.astype(jnp.int32), obs_state.level.astype(jnp.int32),
+                            obs_state.contrast)
 
-    def _render(self, bank, volume, centres, level) -> jax.Array:
-        """Crops around level-0 voxels ``centres`` ``(A, k, 3)`` at each agent's level index ``level`` ``(A,)``.
+    def _render(self, bank, volume, centres, level, contrast=None) -> jax.Array:
+        """Crops around level-0 voxels ``centres`` ``(A, k, 3)`` at each agent's level index ``level`` ``(A,)``,
+        through the intensity table ``contrast`` ``(K,)`` uint8 when given and ``K > 0``.
 
         All ``A * k`` windows in one call of :meth:`VolumeBank.crops` (one XLA gather): a single-level
         env crops its level; a multi-scale env crops each agent at its own level, from the bank's
@@ -485,7 +511,12 @@ class LandmarkEnv(ConfiguredEnv):
         c = self.config
         if len(c.levels) == 1:
             lvl = c.levels[0]
-            return bank.crops(volume, centres // bank.factors[lvl], c.crop_size, lvl)
-        bank_level = jnp.asarray(c.levels, jnp.int32)[level]  # (A,)
-        factor = jnp.asarray(bank.factors, jnp.int32)[bank_level]
-        return bank.crops(volume, centres // factor[:, None, None], c.crop_size, bank_level[:, None], candidates=c.levels)
+            crops = bank.crops(volume, centres // bank.factors[lvl], c.crop_size, lvl)
+        else:
+            bank_level = jnp.asarray(c.levels, jnp.int32)[level]  # (A,)
+            factor = jnp.asarray(bank.factors, jnp.int32)[bank_level]
+            crops = bank.crops(volume, centres // factor[:, None, None], c.crop_size, bank_level[:, None], candidates=c.levels)
+        if contrast is None or contrast.shape[-1] == 0:
+            return crops
+        full = 255.0 if jnp.issubdtype(crops.dtype, jnp.integer) else 1.0 / bank.intensity_scale
+        return apply_knots(crops, contrast, full)
