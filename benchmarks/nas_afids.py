@@ -1,24 +1,29 @@
 """Architecture search on the AFIDs AC + PC task: RL controller vs random search vs successive halving.
 
 The three methods search the same space (``configs/sweeps/afids_nas_controller.yaml``: patch size,
-width, activation of the patch trunk; Q or dueling head and its depth) around a shortened
-``configs/afids_dqn_cpu.yaml`` (``OVERRIDES``), at the same total number of training chunks:
+width, activation of the patch trunk; Q or dueling head and its depth) around
+``configs/afids_dqn_cpu.yaml`` (the main job: 64 envs x 100 steps = 6 400 env steps per chunk) with
+its exploration and target schedules scaled to a child's budget (``OVERRIDES``: epsilon decays over
+4 chunks, target copies every 100 updates), at the same total number of training chunks:
 
 * ``controller``: ``jaxmed sweep --method controller`` (REINFORCE, moving-average baseline), the
-  space file's ``controller:`` section (rounds x batch children of ``chunks`` chunks);
+  space file's ``controller:`` section (rounds x batch children of ``chunks`` chunks), or
+  ``--rounds`` / ``--batch`` / ``--chunks``;
 * ``random``: the same schedule, architectures drawn uniformly (``--method random``);
 * ``halving``: successive halving of the space file (``trials`` at ``min_chunks``, eta 2, up to
-  ``max_chunks``), architectures drawn uniformly; every evaluation at any rung counts.
+  ``max_chunks``; or ``--trials`` / ``--min-chunks`` / ``--max-chunks``), architectures drawn
+  uniformly; every evaluation at any rung counts.
 
 Metric: mean distance (mm) of greedy episodes on validation subjects (the space's ``metric``).
 Curves: best validation error seen so far against total training env steps; written to
-``nas_afids.png``, with ``nas_afids.json`` and a Markdown table. The budget is small (a few minutes
-on a CPU): children train for 1-4 chunks, far from convergence, so this compares the search
-procedures at a tiny budget, not the architectures' final accuracy.
+``nas_afids.png``, with ``nas_afids.json`` and a Markdown table. A child of 8 chunks (51 200 env
+steps, 1/8 of the main job's 60 chunks) is trained: the main architecture at that budget and with
+these schedules reaches 3.2 / 2.0 mm (AC / PC) on the held-out subjects.
 
 Usage::
 
-    python benchmarks/nas_afids.py [--out benchmarks/results/nas_afids]
+    python benchmarks/nas_afids.py [--out benchmarks/results/nas_afids] [--rounds R --batch B --chunks C]
+                                   [--trials T --min-chunks M --max-chunks X]
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: configs/afids_dqn_cpu.yaml shortened for a CPU search.
-OVERRIDES = ["data.n_train=4", "data.n_test=2", "dqn.n_envs=16", "dqn.chunk_steps=50", "dqn.batch_size=64",
-             "dqn.replay_capacity=20000", "dqn.learning_starts=200", "dqn.eps_decay_steps=800",
-             "train.checkpoint_every=100", "env.max_steps=60", "env.eval_max_steps=60"]
+#: configs/afids_dqn_cpu.yaml with the schedules of a child's budget (a few chunks instead of 60): epsilon
+#: decays over 400 vector steps (4 chunks) instead of 3 000, the target network is copied every 100 updates
+#: instead of 500; no Colin27 evaluation.
+OVERRIDES = ["dqn.eps_decay_steps=400", "dqn.target_update_period=100", "train.checkpoint_every=100",
+             "eval.extra_sets=[]"]
 
 
 def halving_curve(out: Path, steps_per_chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,13 +72,21 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(ROOT / "configs/afids_dqn_cpu.yaml"))
     ap.add_argument("--space", default=str(ROOT / "configs/sweeps/afids_nas_controller.yaml"))
     ap.add_argument("--methods", nargs="*", default=["controller", "random", "halving"])
+    for name in ("rounds", "batch", "chunks"):
+        ap.add_argument(f"--{name}", type=int, help=f"controller / random: {name} (default: the space file's)")
+    for name in ("trials", "min-chunks", "max-chunks"):
+        ap.add_argument(f"--{name}", type=int, help=f"halving: {name} (default: the space file's)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     base = apply_overrides(load_yaml(args.config), OVERRIDES)
     space_data, settings = split_space(load_yaml(args.space), args.space)
+    settings = dataclasses.replace(settings, **{k: getattr(args, k) for k in ("rounds", "batch", "chunks")
+                                                if getattr(args, k) is not None})
+    space_data.update({k: getattr(args, k) for k in ("trials", "min_chunks", "max_chunks") if getattr(args, k) is not None})
     space = Space.from_dict(space_data, args.space)
-    steps_per_chunk = 16 * 50
+    steps_per_chunk = int(base["dqn"]["n_envs"]) * int(base["dqn"]["chunk_steps"])
     result = {"config": str(Path(args.config).relative_to(ROOT)), "overrides": OVERRIDES, "space": space.to_dict(),
+              "argv": sys.argv[1:] if argv is None else list(argv), "env_steps_per_chunk": steps_per_chunk,
               "controller": dataclasses.asdict(settings), "methods": {}}
     curves = {}
     for method in args.methods:
@@ -95,7 +109,7 @@ def main(argv=None) -> int:
         (args.out / "nas_afids.json").write_text(json.dumps(result, indent=1, default=str))
         print(method, result["methods"][method]["best_val_mm"], f"{result['methods'][method]['wall_s']:.0f} s", flush=True)
     plot_best_so_far(curves, space.metric.name, "min", args.out / "nas_afids.png",
-                     title="AFIDs AC+PC architecture search, equal chunk budget (small)")
+                     title=f"AFIDs AC+PC architecture search, equal compute ({settings.chunks}-chunk children)")
     lines = ["| method | total env steps | best val distance (mm) | best architecture | wall (s) |", "|---|---|---|---|---|"]
     for m, r in result["methods"].items():
         arch = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in (r["best_values"] or {}).items() if k != "network.trunk.group")
