@@ -45,7 +45,7 @@ from jaxmed.agents.core import (
     render_batch,
 )
 from jaxmed.agents.policy_gradient import (
-    ChunkCounts,
+    PolicyGradientConfig,
     entropy,
     epochs_of_minibatches,
     flatten_time,
@@ -59,40 +59,31 @@ from jaxmed.agents.policy_gradient import (
 
 
 @dataclasses.dataclass(frozen=True)
-class ActorCriticConfig(core.OptimizerConfig, ChunkCounts):
-    """The hyperparameters A2C and PPO share (the network and environment are configured separately);
-    :class:`jaxmed.agents.a2c.A2CConfig` and :class:`jaxmed.agents.ppo.PPOConfig` extend it.
+class ActorCriticConfig(PolicyGradientConfig):
+    """The hyperparameters A2C and PPO share: those of every policy-gradient learner
+    (:class:`jaxmed.agents.policy_gradient.PolicyGradientConfig`: ``n_envs``, ``updates_per_chunk``,
+    ``ent_coef``, the optimiser's) and the critic's; :class:`jaxmed.agents.a2c.A2CConfig` and
+    :class:`jaxmed.agents.ppo.PPOConfig` extend it.
 
     Attributes:
-      n_envs: environments per device.
       num_steps: rollout length ``T`` (vector steps) per iteration.
-      updates_per_chunk: iterations (rollout + update) per ``run_chunk`` call.
       gamma, gae_lambda: discount and GAE λ (1.0: n-step returns).
-      vf_coef, ent_coef: weights of the value loss and of the entropy bonus.
+      vf_coef: weight of the value loss.
       normalize_advantages: normalise the advantages (mean 0, std 1 over live agents) of each minibatch.
-      learning_rate, adam_eps: Adam.
-      lr_decay_steps: linear decay of the learning rate to ``lr_final_fraction * learning_rate`` over
-        this many gradient steps (0: constant); e.g. ``chunks * grad_steps_per_chunk`` anneals over a run.
-      max_grad_norm: global-norm gradient clipping.
     """
 
-    n_envs: int = 16
     num_steps: int = 128
-    updates_per_chunk: int = 1
     gamma: float = 0.99
     gae_lambda: float = 0.95
     vf_coef: float = 0.5
-    ent_coef: float = 0.01
     normalize_advantages: bool = True
 
     def __post_init__(self):
-        core.validate_fields(self, ints=("n_envs", "num_steps", "updates_per_chunk"), non_negative_ints=("lr_decay_steps",),
-                             floats=("gamma", "gae_lambda", "vf_coef", "ent_coef") + core.OPTIMIZER_FLOATS,
-                             bools=("normalize_advantages",))
+        super().__post_init__()
+        core.validate_fields(self, ints=("num_steps",), floats=("gamma", "gae_lambda", "vf_coef"), bools=("normalize_advantages",))
         core.check_range(self, "gamma", 0.0, 1.0, low_open=True)
         core.check_range(self, "gae_lambda", 0.0, 1.0)
-        core.check_non_negative(self, "vf_coef", "ent_coef")
-        core.check_optimizer_fields(self)
+        core.check_non_negative(self, "vf_coef")
 
     @property
     def rollout_steps(self) -> int:

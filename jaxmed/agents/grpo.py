@@ -56,31 +56,28 @@ __all__ = ["HPARAM_FIELDS", "GRPOConfig", "Hparams", "RunnerState", "default_hpa
 
 
 @dataclasses.dataclass(frozen=True)
-class GRPOConfig(core.OptimizerConfig, pgl.ChunkCounts):
-    """GRPO hyperparameters (module docstring).
+class GRPOConfig(pgl.PolicyGradientConfig):
+    """GRPO hyperparameters (module docstring): those of every policy-gradient learner
+    (:class:`jaxmed.agents.policy_gradient.PolicyGradientConfig`; ``n_envs / group_size`` groups per
+    device, no entropy bonus by default) and
 
     Attributes:
-      n_envs: environments per device (``n_envs / group_size`` groups).
       group_size: ``G``, episodes per start state.
       max_steps: steps scanned per episode (set it to the env's ``max_steps``; longer episodes are cut).
-      updates_per_chunk: iterations (group rollout + update) per ``run_chunk`` call.
       update_epochs, num_minibatches: passes over each rollout and minibatches per pass
         (``num_minibatches`` must divide ``max_steps * n_envs``).
       clip_eps: ratio clip ε.
       kl_coef: weight of the KL penalty to the reference policy (0: none).
-      ent_coef: entropy bonus.
       scale_by_std: divide the centred returns by the group std.
       adv_eps: ``eps`` of the advantage denominator.
       terminal_reward: ``""`` (summed reward) or the name of an ``info["final_<metric>"]`` key whose
         value at the episode's end, times ``terminal_reward_scale``, is the return.
       terminal_reward_scale: -1 for an error to minimise (distance), +1 for a score (IoU).
-      learning_rate, adam_eps, lr_decay_steps, lr_final_fraction, max_grad_norm: as in PPO.
     """
 
     n_envs: int = 64
     group_size: int = 8
     max_steps: int = 200
-    updates_per_chunk: int = 1
     update_epochs: int = 2
     num_minibatches: int = 4
     clip_eps: float = 0.2
@@ -92,14 +89,13 @@ class GRPOConfig(core.OptimizerConfig, pgl.ChunkCounts):
     terminal_reward_scale: float = -1.0
 
     def __post_init__(self):
-        core.validate_fields(self, ints=("n_envs", "group_size", "max_steps", "updates_per_chunk", "update_epochs", "num_minibatches"),
-                        non_negative_ints=("lr_decay_steps",),
-                        floats=("clip_eps", "kl_coef", "ent_coef", "adv_eps", "terminal_reward_scale") + core.OPTIMIZER_FLOATS,
-                        bools=("scale_by_std",), strings=("terminal_reward",))
+        super().__post_init__()
+        core.validate_fields(self, ints=("group_size", "max_steps", "update_epochs", "num_minibatches"),
+                             floats=("clip_eps", "kl_coef", "adv_eps", "terminal_reward_scale"),
+                             bools=("scale_by_std",), strings=("terminal_reward",))
         core.check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
-        core.check_non_negative(self, "kl_coef", "ent_coef")
+        core.check_non_negative(self, "kl_coef")
         core.check_range(self, "adv_eps", 0.0, float("inf"), low_open=True)
-        core.check_optimizer_fields(self)
         if self.group_size < 2:
             raise ConfigError(f"GRPOConfig.group_size must be >= 2 (advantages are relative to the group), got {self.group_size}")
         if self.n_envs % self.group_size:

@@ -20,11 +20,13 @@ Conventions (``T`` time steps, ``N`` environments, ``A`` agents per environment,
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from jaxmed.agents import core
 from jaxmed.agents.core import FINAL_PREFIX, episode_sums, final_metric_names, observe
 from jaxmed.errors import ConfigError
 
@@ -45,6 +47,33 @@ class ChunkCounts:
     def grad_steps_per_chunk(self) -> int:
         """Gradient (Adam) steps one ``run_chunk`` call takes."""
         return self.updates_per_chunk * self.update_epochs * self.num_minibatches
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyGradientConfig(core.OptimizerConfig, ChunkCounts):
+    """The hyperparameters every policy-gradient learner has (the network and environment are
+    configured separately); A2C's and PPO's configs (through
+    :class:`jaxmed.agents.actor_critic_train.ActorCriticConfig`) and GRPO's extend it.
+
+    Attributes:
+      n_envs: environments per device.
+      updates_per_chunk: iterations (rollout + update) per ``run_chunk`` call.
+      ent_coef: weight of the entropy bonus.
+      learning_rate, adam_eps: Adam.
+      lr_decay_steps: linear decay of the learning rate to ``lr_final_fraction * learning_rate`` over
+        this many gradient steps (0: constant); e.g. ``chunks * grad_steps_per_chunk`` anneals over a run.
+      max_grad_norm: global-norm gradient clipping.
+    """
+
+    n_envs: int = 16
+    updates_per_chunk: int = 1
+    ent_coef: float = 0.01
+
+    def __post_init__(self):
+        core.validate_fields(self, ints=("n_envs", "updates_per_chunk"), non_negative_ints=("lr_decay_steps",),
+                             floats=("ent_coef",) + core.OPTIMIZER_FLOATS)
+        core.check_non_negative(self, "ent_coef")
+        core.check_optimizer_fields(self)
 
 
 # ------------------------------------------------------------------ acting
