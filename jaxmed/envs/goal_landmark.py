@@ -179,12 +179,7 @@ class GoalLandmarkEnv(GoalConditionedEnv):
         if bank is None or not hasattr(bank, "levels") or not hasattr(bank, "margin"):
             raise ConfigError(f"{self.name}: needs a VolumeBank (jaxmed.data.bank.build_bank), got {type(bank).__name__}")
         check_goal_labels(self.name, self.config.goals, bank.labels)
-        n = bank.levels[0].shape[0]
-        if n < 2 or self.config.reference_volume >= n:
-            raise ConfigError(
-                f"{self.name}: the bank holds {n} volume(s); it needs the reference volume (index "
-                f"{self.config.reference_volume}, the annotated image goal crops are cut from) and at least one other to navigate in"
-            )
+        self.check_reference_volume(bank, "crops")
         self.nav.check_bank(bank.replace(labels=self.nav.config.targets))
 
     def check_action(self, action):

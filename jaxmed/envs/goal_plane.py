@@ -239,12 +239,7 @@ class GoalPlaneEnv(GoalConditionedEnv):
         least one other volume (host side, static attributes only)."""
         check_volume_bank(self, bank, self.config.levels)
         self._check_labels(bank.labels)
-        n = bank.levels[0].shape[0]
-        if n < 2 or self.config.reference_volume >= n:
-            raise ConfigError(
-                f"{self.name}: the bank holds {n} volume(s); it needs the reference volume (index "
-                f"{self.config.reference_volume}, the annotated image goal slabs are cut from) and at least one other to navigate in"
-            )
+        self.check_reference_volume(bank, "slabs")
 
     def check_action(self, action):
         return check_discrete_action(self, action, N_ACTIONS, "see jaxmed.envs.plane.ACTION_NAMES")

@@ -56,6 +56,17 @@ class GoalConditionedEnv(ConfiguredEnv):
         the reference is volume 0 (the default); episodes never run in it."""
         return self.config.reference_volume == 0
 
+    def check_reference_volume(self, bank, cut: str) -> None:
+        """:class:`ConfigError` unless ``bank`` holds the reference volume (``config.reference_volume``,
+        the annotated image the goal observations, ``cut`` (e.g. ``"crops"``), are cut from) and at
+        least one other volume to navigate in (host side)."""
+        n = bank.levels[0].shape[0]
+        if n < 2 or self.config.reference_volume >= n:
+            raise ConfigError(
+                f"{self.name}: the bank holds {n} volume(s); it needs the reference volume (index "
+                f"{self.config.reference_volume}, the annotated image goal {cut} are cut from) and at least one other to navigate in"
+            )
+
     def metric_stats(self, states, values, metric: str) -> dict:
         """Per-goal statistics (:func:`jaxmed.envs.metrics.metric_stats`, one row per goal name, ``"custom"``
         for goals given by example) of ``values`` ``(E, A)``, the metric of the episodes started from
