@@ -356,7 +356,7 @@ def epochs_of_minibatches(key, batch, n_epochs: int, n_minibatches: int, step: C
 
 def flatten_time(tree):
     """Merge the leading ``(T, N)`` axes of every leaf into one ``T * N`` axis."""
-    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+    return jax.tree.map(lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:]), tree)  # zero-size leaves too
 
 
 # ------------------------------------------------------------------ losses
