@@ -23,7 +23,7 @@ these schedules reaches 3.2 / 2.0 mm (AC / PC) on the held-out subjects.
 Usage::
 
     python benchmarks/nas_afids.py [--out benchmarks/results/nas_afids] [--rounds R --batch B --chunks C]
-                                   [--trials T --min-chunks M --max-chunks X]
+                                   [--trials T --min-chunks M --max-chunks X] [--methods ...] [--keep OLD.json ...]
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(ROOT / "configs/afids_dqn_cpu.yaml"))
     ap.add_argument("--space", default=str(ROOT / "configs/sweeps/afids_nas_controller.yaml"))
     ap.add_argument("--methods", nargs="*", default=["controller", "random", "halving"])
+    ap.add_argument("--keep", nargs="*", type=Path, default=[], metavar="JSON",
+                    help="nas_afids.json files of earlier invocations: their methods not run now join the table and figure")
     for name in ("rounds", "batch", "chunks"):
         ap.add_argument(f"--{name}", type=int, help=f"controller / random: {name} (default: the space file's)")
     for name in ("trials", "min-chunks", "max-chunks"):
@@ -89,6 +91,12 @@ def main(argv=None) -> int:
               "argv": sys.argv[1:] if argv is None else list(argv), "env_steps_per_chunk": steps_per_chunk,
               "controller": dataclasses.asdict(settings), "methods": {}}
     curves = {}
+    for path in args.keep:  # methods measured by earlier invocations (e.g. run as separate processes)
+        earlier = json.loads(Path(path).read_text())
+        for method, r in earlier["methods"].items():
+            if method not in args.methods and method not in result["methods"]:
+                result["methods"][method] = {**r, "argv": earlier.get("argv")}
+                curves[method] = (np.asarray(r["curve"]["env_steps"]), np.asarray(r["curve"]["best"], np.float64))
     for method in args.methods:
         t0 = time.perf_counter()
         out = args.out / method
@@ -108,6 +116,9 @@ def main(argv=None) -> int:
                                      "wall_s": time.perf_counter() - t0, "load_avg_1min": os.getloadavg()[0]}
         (args.out / "nas_afids.json").write_text(json.dumps(result, indent=1, default=str))
         print(method, result["methods"][method]["best_val_mm"], f"{result['methods'][method]['wall_s']:.0f} s", flush=True)
+    order = ["controller", "random", "halving"]
+    result["methods"] = dict(sorted(result["methods"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9))
+    curves = {m: curves[m] for m in result["methods"]}
     plot_best_so_far(curves, space.metric.name, "min", args.out / "nas_afids.png",
                      title=f"AFIDs AC+PC architecture search, equal compute ({settings.chunks}-chunk children)")
     lines = ["| method | total env steps | best val distance (mm) | best architecture | wall (s) |", "|---|---|---|---|---|"]
