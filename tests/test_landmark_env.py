@@ -445,6 +445,8 @@ def test_intensity_table_matches_numpy_and_identity_is_exact():
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_random_contrast_per_episode_renders_the_same_crops_through_its_table(dtype):
+    from jaxmed.ops.intensity import identity_knots
+
     bank = build_bank(_subjects(), factors=(1, 2, 4), max_crop=D, dtype=dtype)
     full = 255.0 if dtype == "uint8" else 1.0 / float(bank.intensity_scale)
     plain = _env(bank, targets=("L0", "L1"), levels=(0, 1))
@@ -454,7 +456,7 @@ def test_random_contrast_per_episode_renders_the_same_crops_through_its_table(dt
     assert all(s.contrast.shape == (6,) and s.contrast.dtype == jnp.uint8 for s in drawn)
     assert len({tuple(np.asarray(s.contrast)) for s in drawn}) == 8  # a new table every episode
     for s in drawn[:3]:
-        plain_state = s.replace(contrast=jnp.zeros((0,), jnp.uint8))
+        plain_state = s.replace(contrast=identity_knots(2))
         want = _numpy_table(np.asarray(plain.get_obs(plain_state, params, bank)), np.asarray(s.contrast), full)
         got = np.asarray(env.get_obs(s, params, bank))
         assert got.dtype == want.dtype == np.dtype(dtype)
@@ -469,6 +471,6 @@ def test_random_contrast_per_episode_renders_the_same_crops_through_its_table(dt
     assert float(env.eval_params(params).contrast_prob) == 0.0
     s0 = env.reset(jax.random.key(0), env.eval_params(params), bank)[1]
     np.testing.assert_array_equal(np.asarray(env.get_obs(s0, params, bank)),
-                                  np.asarray(plain.get_obs(s0.replace(contrast=jnp.zeros((0,), jnp.uint8)), params, bank)))
+                                  np.asarray(plain.get_obs(s0.replace(contrast=identity_knots(2)), params, bank)))
     with pytest.raises(ConfigError, match="contrast_knots"):
         _env(bank, contrast_knots=1)

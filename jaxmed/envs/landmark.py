@@ -167,7 +167,8 @@ class LandmarkState:
       t: ``()`` int32, steps taken in this episode.
       prev_dist: ``(A,)`` float32, distance (mm) from ``pos`` to the agent's target.
       contrast: ``(K,)`` uint8, the episode's intensity table (``K = config.contrast_knots``; identity
-        knots at the start states of evaluation).
+        knots at the start states of evaluation); two identity knots, never applied, when off (a
+        checkpoint cannot hold a zero-size array).
     """
 
     volume: jax.Array
@@ -316,7 +317,7 @@ class LandmarkEnv(ConfiguredEnv):
             done=jnp.zeros((c.n_agents,), bool),
             t=jnp.zeros((), jnp.int32),
             prev_dist=self._distance(bank, volume, start),
-            contrast=identity_knots(c.contrast_knots),
+            contrast=identity_knots(c.contrast_knots or 2),  # off: 2 identity knots, never applied
         )
 
     def reset_env(self, key, params: LandmarkParams, bank) -> LandmarkState:
@@ -516,7 +517,7 @@ class LandmarkEnv(ConfiguredEnv):
             bank_level = jnp.asarray(c.levels, jnp.int32)[level]  # (A,)
             factor = jnp.asarray(bank.factors, jnp.int32)[bank_level]
             crops = bank.crops(volume, centres // factor[:, None, None], c.crop_size, bank_level[:, None], candidates=c.levels)
-        if contrast is None or contrast.shape[-1] == 0:
+        if contrast is None or not c.contrast_knots:
             return crops
         full = 255.0 if jnp.issubdtype(crops.dtype, jnp.integer) else 1.0 / bank.intensity_scale
         return apply_knots(crops, contrast, full)
