@@ -39,17 +39,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SETS = ("colin27", "mni-t2w", "afids")
 
 
-def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log) -> dict:
-    """Evaluate every seed of ``run_dir`` on ``sets``; JSON-able results."""
+def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensemble: bool = False) -> dict:
+    """Evaluate every seed of ``run_dir`` on ``sets`` (or, with ``ensemble``, one detector pooling
+    every seed's end points); JSON-able results."""
     from jaxmed.detect import LandmarkDetector
     from jaxmed.evaluation import evaluate_landmark_set, resolve_set
     from jaxmed.inference import read_uncertainty
     from jaxmed.train import load_params, seed_params
 
     cfg, network, params = load_params(run_dir)
-    out = {"run": str(run_dir), "config": cfg.to_dict(), "seeds": cfg.train.seeds, "aggregate": aggregate, "sets": {}}
-    detectors = [LandmarkDetector(cfg, network, seed_params(cfg, params, s), aggregate=aggregate, where=str(run_dir))
-                 for s in range(cfg.train.seeds)]
+    members = [seed_params(cfg, params, s) for s in range(cfg.train.seeds)]
+    if ensemble:
+        detectors = [LandmarkDetector(cfg, network, members, aggregate=aggregate, where=str(run_dir))]
+    else:
+        detectors = [LandmarkDetector(cfg, network, m, aggregate=aggregate, where=str(run_dir)) for m in members]
+    out = {"run": str(run_dir), "config": cfg.to_dict(), "seeds": len(detectors), "aggregate": aggregate, "sets": {},
+           "ensemble_of_seeds": cfg.train.seeds if ensemble else 1}
     labels = detectors[0].labels
     for spec in sets:
         log(f"{spec}: building the subjects")
@@ -162,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     p.add_argument("--aggregate", default="median", help="jaxmed.inference aggregate (median, mean, trimmed, geomedian)")
     p.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline")
+    p.add_argument("--ensemble", action="store_true", help="one detector pooling every seed's end points (several agents per landmark)")
     p.add_argument("--out", type=Path, default=RESULTS / "real_anatomy.json")
     args = p.parse_args(argv)
     if args.report:
@@ -195,7 +201,7 @@ def main(argv=None) -> int:
         metrics = Path(run_dir) / "eval.json"
         if metrics.exists():
             train_s = json.loads(metrics.read_text()).get("train_seconds")
-    result = evaluate(Path(run_dir), args.sets, not args.no_registration, args.aggregate, log)
+    result = evaluate(Path(run_dir), args.sets, not args.no_registration, args.aggregate, log, ensemble=args.ensemble)
     result.update(machine=machine_info(), command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
                   train_seconds=train_s if train_s is not None else float("nan"))
     result["summary"] = summary(result)

@@ -81,7 +81,9 @@ class LandmarkDetector:
 
     Args:
       cfg: the run's :class:`~jaxmed.experiment.ExperimentConfig`; network, params: its network and
-        parameters (one seed; see :func:`jaxmed.runs.seed_params`).
+        parameters (one seed; see :func:`jaxmed.runs.seed_params`), or a list of parameter trees of
+        the same network (an ensemble, e.g. every seed of a ``--seeds S`` run): each member runs the
+        same compiled rollout and every member's end points are pooled into one answer.
       labels: the landmarks to answer (default: every trained one).
       n_starts: start points per agent and volume (27: the 3x3x3 grid).
       aggregate: :data:`AGGREGATES`.
@@ -95,7 +97,11 @@ class LandmarkDetector:
             raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
         if n_starts < 1:
             raise ConfigError(f"n_starts must be >= 1, got {n_starts}")
-        self.cfg, self.params = cfg, params
+        members = list(params) if isinstance(params, (list, tuple)) else [params]
+        if not members:
+            raise ConfigError(f"{where}: an ensemble needs at least one parameter set")
+        self.cfg, self.members = cfg, members
+        self.params = members[0]
         self.env, _, self.eval_params = ex.make_env(cfg)
         self.targets = self.env.landmark_targets
         if not self.targets:
@@ -139,25 +145,35 @@ class LandmarkDetector:
             self.compilations += 1
         return self._compiled[key]
 
-    def find(self, volumes, landmarks=None, sources: Sequence[str] | None = None) -> tuple[list, float]:
-        """``(answers, seconds)``: one :class:`jaxmed.data.Landmarks` (the :attr:`labels`, world RAS mm,
-        each description carrying its uncertainty, :func:`jaxmed.inference.estimate_landmarks`) per
-        conformed volume, and the wall time of the compiled rollout (compilation excluded).
-        End points are sub-voxel (:func:`jaxmed.inference.end_points`, the centre of each agent's
-        final oscillation)."""
+    def end_points(self, volumes, landmarks=None) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(world, volume_index, seconds)``: every ensemble member's sub-voxel end points
+        (:func:`jaxmed.inference.end_points`, the centre of each agent's final oscillation) in world
+        RAS mm, ``(M * E, A, 3)`` float64 (member after member, ``E`` = starts of all volumes), the
+        index into ``volumes`` of each row ``(M * E,)``, and the wall time of the compiled rollouts
+        (compilation excluded)."""
         import jax
 
         bank = self.bank(volumes, landmarks)
         states = self.env.eval_states(self.eval_params, bank, self.n_starts, seed=self.seed)
         compiled = self.compiled_for(bank, states)
         t0 = time.perf_counter()
-        final = jax.block_until_ready(compiled(self.params, bank, states)["final_state"])
+        finals = [jax.block_until_ready(compiled(p, bank, states)["final_state"]) for p in self.members]
         seconds = time.perf_counter() - t0
-        final = jax.device_get(final)
-        vox = inference.end_points(final, self.env.config.osc_window)  # (E, A, 3) level-0 voxels
-        vols = np.asarray(final.volume).reshape(-1)
-        affines = np.asarray(bank.affines[0], np.float64)[vols]  # (E, 4, 4)
-        world = np.einsum("eij,eaj->eai", affines[:, :3, :3], vox) + affines[:, None, :3, 3]
+        world, vols = [], []
+        for final in jax.device_get(finals):
+            vox = inference.end_points(final, self.env.config.osc_window)  # (E, A, 3) level-0 voxels
+            v = np.asarray(final.volume).reshape(-1)
+            affines = np.asarray(bank.affines[0], np.float64)[v]  # (E, 4, 4)
+            world.append(np.einsum("eij,eaj->eai", affines[:, :3, :3], vox) + affines[:, None, :3, 3])
+            vols.append(v)
+        return np.concatenate(world), np.concatenate(vols), seconds
+
+    def find(self, volumes, landmarks=None, sources: Sequence[str] | None = None) -> tuple[list, float]:
+        """``(answers, seconds)``: one :class:`jaxmed.data.Landmarks` (the :attr:`labels`, world RAS mm,
+        each description carrying its uncertainty, :func:`jaxmed.inference.estimate_landmarks`) per
+        conformed volume, aggregated over every agent, start and ensemble member
+        (:meth:`end_points`), and the wall time of the compiled rollouts (compilation excluded)."""
+        world, vols, seconds = self.end_points(volumes, landmarks)
         answers = []
         for s in range(len(volumes)):
             src = sources[s] if sources is not None else f"jaxmed detect {volumes[s].source}"
@@ -165,12 +181,14 @@ class LandmarkDetector:
         return answers, seconds
 
     @classmethod
-    def from_run(cls, run_dir, **kwargs) -> "LandmarkDetector":
-        """The detector of a run directory's saved network (seed 0)."""
+    def from_run(cls, run_dir, *, ensemble: bool = False, **kwargs) -> "LandmarkDetector":
+        """The detector of a run directory's saved network: seed 0, or with ``ensemble`` every seed of
+        a ``--seeds S`` run, their end points pooled."""
         from jaxmed.runs import load_params, seed_params
 
         cfg, network, params = load_params(run_dir)
-        return cls(cfg, network, seed_params(cfg, params, 0), where=str(run_dir), **kwargs)
+        seeds = range(cfg.train.seeds) if ensemble else range(1)
+        return cls(cfg, network, [seed_params(cfg, params, s) for s in seeds], where=str(run_dir), **kwargs)
 
 
 def read_conformed(image, spacing: float):

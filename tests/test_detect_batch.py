@@ -77,3 +77,36 @@ def test_cli_input_errors(tmp_path, capsys):
     assert "missing.nii.gz" in capsys.readouterr().err and not (tmp_path / "m.fcsv").exists()
     assert main(["data", "show", str(images[0]), "-l", str(tmp_path / "file.fcsv"), "-o", str(tmp_path / "x.fcsv")]) == 2
     assert "must be an image (.png" in capsys.readouterr().err and not (tmp_path / "x.fcsv").exists()
+
+
+
+def test_an_ensemble_pools_every_members_end_points(tmp_path):
+    """``LandmarkDetector`` with a list of parameter sets runs each through the same compiled rollout
+    and pools their end points: two copies of one network answer as it does from twice the points;
+    two different networks answer with the aggregate of both members' end points."""
+    import jax
+
+    from jaxmed.inference import estimate_landmarks
+    from jaxmed.runs import load_params
+
+    run = tmp_path / "run"
+    untrained_run(run)
+    cfg, network, params = load_params(run)
+    vol, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=0)
+    other = jax.tree.map(lambda x: -x, params)
+    single = LandmarkDetector(cfg, network, params, n_starts=8)
+    twice = LandmarkDetector(cfg, network, [params, params], n_starts=8)
+    both = LandmarkDetector(cfg, network, [params, other], n_starts=8)
+    only_other = LandmarkDetector(cfg, network, other, n_starts=8)
+    np.testing.assert_allclose(twice.find([vol])[0][0].positions, single.find([vol])[0][0].positions, atol=1e-9)
+    assert twice.compilations == 1
+    w1, v1, _ = single.end_points([vol])
+    w2, v2, _ = only_other.end_points([vol])
+    wb, vb, _ = both.end_points([vol])
+    np.testing.assert_array_equal(wb, np.concatenate([w1, w2]))
+    np.testing.assert_array_equal(vb, np.concatenate([v1, v2]))
+    assert not np.allclose(w1, w2)  # the members really differ
+    want = estimate_landmarks(wb, both.targets, both.labels, "median")
+    np.testing.assert_allclose(both.find([vol])[0][0].positions, want.positions, atol=1e-9)
+    with pytest.raises(Exception, match="at least one"):
+        LandmarkDetector(cfg, network, [], n_starts=8)

@@ -49,7 +49,8 @@ def _batch(args, images) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: with several images -o must be a directory (one landmark file per image is written there)")
     t0 = time.perf_counter()
-    detector = LandmarkDetector.from_run(args.checkpoint, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate)
+    detector = LandmarkDetector.from_run(args.checkpoint, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate,
+                                         ensemble=args.ensemble)
     load_s = time.perf_counter() - t0
 
     def report(image, result, seconds):
@@ -94,6 +95,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--keep-going", action="store_true", help="batch: skip images that cannot be read (reported at the end, exit status 1)")
     k.add_argument("--group", type=int, default=8, help="batch: images run together in one bank (default %(default)s)")
     k.add_argument("--labels", nargs="*", help="subset of the trained landmarks")
+    k.add_argument("--ensemble", action="store_true",
+                   help="a run trained with --seeds S: run every seed's agents and pool their end points (S times the work)")
     k.add_argument("--starts", type=int, default=27, help="start points per agent (27: the 3x3x3 grid; default %(default)s)")
     k.add_argument("--aggregate", choices=("median", "mean", "trimmed", "geomedian"), default="median",
                    help="how the end points of all agents and starts of one landmark are combined (default %(default)s)")
