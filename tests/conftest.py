@@ -29,6 +29,23 @@ def pytest_runtest_setup(item):
 
 
 @pytest.fixture(scope="session")
+def colin27_files():
+    """The verified Colin27 files in the user cache (``apt-get download`` once); skipped only on a
+    machine that has neither a cached copy nor apt-get."""
+    import shutil
+
+    from jaxmed.data.sources import colin27
+    from jaxmed.errors import DataFetchError
+
+    try:
+        return colin27.fetch(quiet=True)
+    except DataFetchError:
+        if shutil.which("apt-get") is None:
+            pytest.skip("Colin27 is not cached and this machine has no apt-get to download mricron-data")
+        raise
+
+
+@pytest.fixture(scope="session")
 def afids_data():
     """The real AFIDs template and landmarks (fetched once with pip into the user cache)."""
     from jaxmed.data import afids

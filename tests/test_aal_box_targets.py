@@ -4,7 +4,6 @@ configs load, both envs reset and step on an AAL target, and the box evaluation 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import jax
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxmed.data.sources import DataConfig, colin27, make
-from jaxmed.errors import ConfigError, DataFetchError
+from jaxmed.errors import ConfigError
 
 pytestmark = pytest.mark.realdata
 
@@ -22,14 +21,6 @@ CONFIGS = ("afids_box_aal_cpu.yaml", "afids_corner_pair_aal_cpu.yaml")
 AAL_IDS = {"aal:caudate_l": 71, "aal:putamen_r": 74, "aal:thalamus_l": 77, "aal:hippocampus_r": 38}
 
 
-@pytest.fixture(scope="module")
-def colin27_files():
-    try:
-        return colin27.fetch(quiet=True)
-    except DataFetchError:
-        if shutil.which("apt-get") is None:
-            pytest.skip("Colin27 is not cached and this machine has no apt-get to download mricron-data")
-        raise
 
 
 def _reference_box(files, label_id):

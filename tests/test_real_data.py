@@ -18,15 +18,6 @@ from jaxmed.errors import ConfigError, DataFetchError
 realdata = pytest.mark.realdata
 
 
-@pytest.fixture(scope="session")
-def colin27_files():
-    """The verified Colin27 files in the user cache (``apt-get download`` once)."""
-    try:
-        return colin27.fetch(quiet=True)
-    except DataFetchError:
-        if shutil.which("apt-get") is None:
-            pytest.skip("Colin27 is not cached and this machine has no apt-get to download mricron-data")
-        raise
 
 
 @pytest.fixture(scope="session")

@@ -228,6 +228,25 @@ def test_voxel_env_protocol_and_reference(bank):
 # ------------------------------------------------------------------ learning
 
 
+def _synthetic_organ_image(tmp_path, base_seed: int):
+    """A synthetic subject of the ellipsoid phantom written as NIfTI for ``jaxmed segment``:
+    ``(image path, subject, truth mask in the subject's own grid)``; the organ centroid is its one landmark."""
+    from jaxmed.data import synth
+    from jaxmed.data.image_io import save_nifti
+    from jaxmed.data.landmarks import Landmarks
+    from jaxmed.data.structures import centroid_world, ellipsoid_label
+
+    vol, lm = ellipsoid_phantom(shape=(32, 32, 32), spacing=2.0, seed=0)
+    organ = ellipsoid_label(vol, lm)
+    centroid = Landmarks(("organ",), centroid_world(vol, organ)[None])
+    seed = synth.split_seeds("test", 1, base_seed=base_seed)[0]
+    subject = synth.synthesize_subject(vol, centroid, seed)
+    image = save_nifti(subject.volume, tmp_path / "subject.nii.gz")
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in subject.volume.shape], indexing="ij"), -1).reshape(-1, 3)
+    truth = warped_label(vol, organ, centroid, seed, subject.volume.voxel_to_world(idx)).reshape(subject.volume.shape)
+    return image, subject, truth
+
+
 def test_dqn_learns_threshold_segmentation(tmp_path):
     """DQN on threshold-seg-v0 (ellipsoid phantoms, 12^3 crops): held-out greedy Dice well above the
     Dice of the fixed start windows."""
@@ -253,19 +272,8 @@ def test_dqn_learns_threshold_segmentation(tmp_path):
     import nibabel as nib
 
     from jaxmed.cli import main
-    from jaxmed.data import synth
-    from jaxmed.data.image_io import save_nifti
-    from jaxmed.data.landmarks import Landmarks
-    from jaxmed.data.structures import centroid_world, ellipsoid_label
 
-    vol, lm = ellipsoid_phantom(shape=(32, 32, 32), spacing=2.0, seed=0)
-    organ = ellipsoid_label(vol, lm)
-    centroid = Landmarks(("organ",), centroid_world(vol, organ)[None])
-    seed = synth.split_seeds("test", 1, base_seed=5)[0]
-    subject = synth.synthesize_subject(vol, centroid, seed)
-    image = save_nifti(subject.volume, tmp_path / "subject.nii.gz")
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in subject.volume.shape], indexing="ij"), -1).reshape(-1, 3)
-    truth = warped_label(vol, organ, centroid, seed, subject.volume.voxel_to_world(idx)).reshape(subject.volume.shape)
+    image, subject, truth = _synthetic_organ_image(tmp_path, base_seed=5)
     out = tmp_path / "mask.nii.gz"
     centre = "--center=" + ",".join(f"{v:.3f}" for v in subject.landmarks.positions[0])
     assert main(["segment", str(image), "--checkpoint", str(tmp_path / "run"), "-o", str(out), centre]) == 0
@@ -316,10 +324,6 @@ def test_voxel_q_trains_through_jaxmed_train(tmp_path):
     from jaxmed import experiment as ex
     from jaxmed.cli import main
     from jaxmed.config import load_yaml
-    from jaxmed.data import synth
-    from jaxmed.data.image_io import save_nifti
-    from jaxmed.data.landmarks import Landmarks
-    from jaxmed.data.structures import centroid_world, ellipsoid_label
 
     run = tmp_path / "run"
     assert main(["train", "configs/seg/phantom_voxel_q.yaml", "--run-dir", str(run), "--quiet"]) == 0
@@ -336,14 +340,7 @@ def test_voxel_q_trains_through_jaxmed_train(tmp_path):
     assert again == pytest.approx(learned, abs=1e-6)
 
     # `jaxmed segment`: a new synthetic phantom as NIfTI; the mask in its own grid, better than the atlas map
-    vol, lm = ellipsoid_phantom(shape=(32, 32, 32), spacing=2.0, seed=0)
-    organ = ellipsoid_label(vol, lm)
-    centroid = Landmarks(("organ",), centroid_world(vol, organ)[None])
-    seed = synth.split_seeds("test", 1, base_seed=7)[0]
-    subject = synth.synthesize_subject(vol, centroid, seed)
-    image = save_nifti(subject.volume, tmp_path / "subject.nii.gz")
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in subject.volume.shape], indexing="ij"), -1).reshape(-1, 3)
-    truth = warped_label(vol, organ, centroid, seed, subject.volume.voxel_to_world(idx)).reshape(subject.volume.shape)
+    image, subject, truth = _synthetic_organ_image(tmp_path, base_seed=7)
     out = tmp_path / "mask.nii.gz"
     centre = "--center=" + ",".join(f"{v:.3f}" for v in subject.landmarks.positions[0])
     assert main(["segment", str(image), "--checkpoint", str(run), "-o", str(out), centre, "--n-starts", "1"]) == 0
