@@ -144,20 +144,12 @@ def evaluate_box_set(cfg, network, params, spec: str, *, registration: bool = Tr
         tpl_points = _points(tpl_landmarks, structure, f"the template of {cfg.data.source}")
         answers["prior"] = np.broadcast_to(np.stack([tpl_points.min(0), tpl_points.max(0)]), truth.shape).copy()
         if registration:
-            from jaxmed.registration_baseline import AFFINE_LANDMARK, transfer_landmarks
+            from jaxmed.registration_baseline import transfer_to_subjects
 
-            tpl = conform(tpl_volume, cfg.data.spacing)
-            volumes = [s.volume for s in subjects]
-            pad = tuple(int(v) for v in np.max([v.shape for v in volumes + [tpl]], axis=0))
             if progress:
                 progress(f"{name}: affine registration of the template to {S} subject(s)")
-            transfer_landmarks(tpl, tpl_points, volumes[0], AFFINE_LANDMARK, pad_to=pad)  # compile once, untimed
-            reg, reg_s = [], []
-            for v in volumes:
-                pts, res = transfer_landmarks(tpl, tpl_points, v, AFFINE_LANDMARK, pad_to=pad)
-                reg.append(np.stack([pts.min(0), pts.max(0)]))
-                reg_s.append(res.seconds)
-            answers["registration"] = np.stack(reg)
+            pts, reg_s = transfer_to_subjects(conform(tpl_volume, cfg.data.spacing), tpl_points, [s.volume for s in subjects])
+            answers["registration"] = np.stack([pts.min(1), pts.max(1)], axis=1)  # (S, 2, 3) box corners
 
     result = {"set": name, "structure": structure, "env": cfg.env_name, "learner": cfg.train.learner,
               "subjects": [s.name for s in subjects], "starts_per_subject": n_starts, "methods": {}, "rows": [],

@@ -273,19 +273,11 @@ def evaluate_landmark_set(detector, subjects, template=None, *, name: str, regis
         tpl_points = tpl_landmarks.select(labels).positions
         prior = np.broadcast_to(tpl_points, truth.shape).copy()
         if registration:
-            from jaxmed.registration_baseline import AFFINE_LANDMARK, transfer_landmarks
+            from jaxmed.registration_baseline import AFFINE_LANDMARK, transfer_to_subjects
 
-            config = registration_config or AFFINE_LANDMARK
-            pad = tuple(int(v) for v in np.max([v.shape for v in volumes + [tpl_volume]], axis=0))
             if progress:
                 progress(f"{name}: affine registration of the template to {len(volumes)} subject(s)")
-            transfer_landmarks(tpl_volume, tpl_points, volumes[0], config, pad_to=pad)  # compile once, untimed
-            reg, reg_s = [], []
-            for v in volumes:
-                pts, res = transfer_landmarks(tpl_volume, tpl_points, v, config, pad_to=pad)
-                reg.append(pts)
-                reg_s.append(res.seconds)
-            reg, reg_s = np.asarray(reg), np.asarray(reg_s)
+            reg, reg_s = transfer_to_subjects(tpl_volume, tpl_points, volumes, registration_config or AFFINE_LANDMARK)
     return LandmarkSetResult(name=name, labels=tuple(labels), subjects=tuple(names), truth=truth, agent=agent, prior=prior,
                              registration=reg, agent_seconds=seconds / len(volumes), compile_seconds=detector.compile_seconds,
                              registration_seconds=reg_s)

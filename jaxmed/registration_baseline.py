@@ -311,6 +311,21 @@ def transfer_landmarks(template: Volume, template_points, subject: Volume, confi
     return pts @ inv[:3, :3].T + inv[:3, 3], res
 
 
+def transfer_to_subjects(template: Volume, template_points, subjects: Sequence[Volume],
+                         config: BaselineConfig = AFFINE_LANDMARK) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`transfer_landmarks` to every subject with one compilation (all padded to the largest
+    shape; a first, untimed registration compiles). Returns ``(points (S, K, 3) world RAS mm of each
+    subject, seconds (S,) per registration)``."""
+    pad = tuple(int(v) for v in np.max([v.shape for v in list(subjects) + [template]], axis=0))
+    transfer_landmarks(template, template_points, subjects[0], config, pad_to=pad)  # compile once, untimed
+    points, seconds = [], []
+    for v in subjects:
+        pts, res = transfer_landmarks(template, template_points, v, config, pad_to=pad)
+        points.append(pts)
+        seconds.append(res.seconds)
+    return np.asarray(points), np.asarray(seconds)
+
+
 # ------------------------------------------------------------------ the env's pairs
 
 
