@@ -128,8 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--figure", help="write a sagittal PNG here")
     args = ap.parse_args(argv)
 
-    from jaxmed.data import afids
-    from jaxmed.data.sources import colin27
+    from jaxmed.data import afids, colin27
 
     images = {"template (MNI152NLin2009cAsym)": afids.load(), "colin27": colin27.load("ch2"),
               "colin27-bet": colin27.load("ch2bet")}

@@ -34,7 +34,7 @@ def colin27_files():
     machine that has neither a cached copy nor apt-get."""
     import shutil
 
-    from jaxmed.data.sources import colin27
+    from jaxmed.data import colin27
     from jaxmed.errors import DataFetchError
 
     try:

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmed.data.sources import DataConfig, colin27, make
+from jaxmed.data import colin27
+from jaxmed.data.sources import DataConfig, make
 from jaxmed.errors import ConfigError
 
 pytestmark = pytest.mark.realdata

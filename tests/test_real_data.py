@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from jaxmed.cli import main
+from jaxmed.data import colin27, mni_t2w
 from jaxmed.data import fetch as fetch_mod
 from jaxmed.data.fetch import Dataset, sha256
-from jaxmed.data.sources import DataConfig, colin27, make, mni_t2w
+from jaxmed.data.sources import DataConfig, make
 from jaxmed.errors import ConfigError, DataFetchError
 
 realdata = pytest.mark.realdata

@@ -4,7 +4,7 @@ The box and corner-pair envs read a structure as the surface points ``"<structur
 with each subject's landmarks (:mod:`jaxmed.data.anatomy`). A structure named ``aal:<name>``
 (``<name>`` from :data:`jaxmed.data.structures.AAL_STRUCTURES`: left / right caudate 71 / 72,
 putamen 73 / 74, thalamus 77 / 78, hippocampus 37 / 38) is the AAL label of that name, whose only
-labelled brain is Colin27 (the AAL atlas is drawn on it; :func:`jaxmed.data.sources.colin27.load_aal`).
+labelled brain is Colin27 (the AAL atlas is drawn on it; :func:`jaxmed.data.colin27.load_aal`).
 
 * **On Colin27** (``data.source: colin27``, an evaluation set) the points are
   :func:`jaxmed.data.structures.structure_points` of the label on the native 1 mm grid: the six
@@ -64,7 +64,7 @@ def check_structures(structures: Sequence[str], where: str) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _colin27_labels():
-    from jaxmed.data.sources import colin27
+    from jaxmed.data import colin27
 
     volume, _ = colin27.load_aal(spacing=None)
     return volume
@@ -127,7 +127,7 @@ def afids_affine(source: Landmarks, target: Landmarks) -> np.ndarray:
 def template_points(template_landmarks: Landmarks, structures: Sequence[str], n_points: int = N_POINTS) -> Landmarks:
     """The Colin27 AAL points of ``structures`` carried onto a template by :func:`afids_affine` from
     Colin27's AFIDs to ``template_landmarks`` (module docstring)."""
-    from jaxmed.data.sources import colin27
+    from jaxmed.data import colin27
 
     pts = colin27_points(structures, n_points)
     a = afids_affine(colin27.landmarks(), template_landmarks)

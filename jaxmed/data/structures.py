@@ -298,7 +298,7 @@ def make_seg_bank(template: Volume, landmarks: Landmarks, structure: str, n: int
     return build_seg_bank(subjects, structure, dtype), subjects
 
 
-#: AAL atlas regions (label ids on the Colin27 grid, :func:`jaxmed.data.sources.colin27.load_aal`) of the
+#: AAL atlas regions (label ids on the Colin27 grid, :func:`jaxmed.data.colin27.load_aal`) of the
 #: deep grey-matter structures, left / right.
 AAL_STRUCTURES = {"caudate_l": (71,), "caudate_r": (72,), "putamen_l": (73,), "putamen_r": (74,),
                   "thalamus_l": (77,), "thalamus_r": (78,), "hippocampus_l": (37,), "hippocampus_r": (38,)}
@@ -308,7 +308,7 @@ def colin27_structure(name: str, spacing: float | None = 2.0, image: str = "ch2"
     """``(Colin27 volume, its AAL mask of structure name)`` on one grid (``spacing`` mm or 1 mm;
     the image normalised, the labels resampled by nearest neighbour). :class:`ConfigError` for an
     unknown name (listing :data:`AAL_STRUCTURES`); the data come from ``jaxmed data fetch colin27``."""
-    from jaxmed.data.sources import colin27
+    from jaxmed.data import colin27
 
     if name not in AAL_STRUCTURES:
         raise ConfigError(f"unknown AAL structure {name!r}; available: {', '.join(AAL_STRUCTURES)}")

@@ -47,8 +47,10 @@ def make(cfg: DataConfig) -> Source:
 def datasets() -> dict:
     """The downloadable data sets by ``jaxmed data fetch`` name: ``{name: jaxmed.data.fetch.Dataset}``."""
     from jaxmed.data import afids as afids_data
+    from jaxmed.data import colin27 as colin27_data
+    from jaxmed.data import mni_t2w as mni_t2w_data
 
-    return {"afids": afids_data.DATASET, "colin27": colin27.DATASET, "mni-t2w": mni_t2w.DATASET}
+    return {"afids": afids_data.DATASET, "colin27": colin27_data.DATASET, "mni-t2w": mni_t2w_data.DATASET}
 
 
 def from_spec(spec: str, spacing: float, **overrides) -> Source:

@@ -1,10 +1,6 @@
-"""``data.source: mni-t2w`` — the T2-weighted MNI152NLin2009cAsym 1 mm template and subjects made from it.
-
-The image ships in the PyPI wheel ``autoafids==0.1.4`` (``autoafids/resources/``) next to the
-AFIDs landmark file of the T1 template: both templates share one space, so the T1 template's 32
-AFIDs are the T2w template's landmarks. :data:`DATASET` fetches the wheel with ``pip download
---no-deps`` (or takes a local copy: ``jaxmed data fetch mni-t2w --wheel PATH``) and verifies the
-wheel's and each file's SHA-256 (:mod:`jaxmed.data.fetch`).
+"""``data.source: mni-t2w`` — synthetic subjects made from the T2-weighted MNI152NLin2009cAsym 1 mm
+template, whose landmarks are the T1 template's 32 AFIDs (both share one space). The files are
+fetched, verified and read by :mod:`jaxmed.data.mni_t2w`.
 
 The source draws ``n_train`` / ``n_test`` synthetic subjects from the T2w image with the population
 machinery of :mod:`jaxmed.data.synth` (held-out seeds as for ``afids``); ``include_template: true``
@@ -14,45 +10,11 @@ adds the template itself to the test split. Its template (the prior) is the T2w 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Sequence
 
-from jaxmed.data.fetch import Dataset
+from jaxmed.data.mni_t2w import load
 from jaxmed.data.sources.base import LabelledSubject, register
 from jaxmed.data.sources.synthetic import SyntheticSource, SynthOptions
-
-WHEEL_REQUIREMENT = "autoafids==0.1.4"
-WHEEL_NAME = "autoafids-0.1.4-py3-none-any.whl"
-
-DATASET = Dataset(
-    name="mni-t2w", title="MNI152NLin2009cAsym T2w",
-    files={"template": ("tpl-MNI152NLin2009cAsym_res-01_T2w.nii.gz", "6e39951e4478ff041f1290d31935dc05aa5425f9fd3f20ed57d4646f0d5be0ff"),
-           "landmarks": ("tpl-MNI152NLin2009cAsym_res-01_T1w.fcsv", "be67e25a94cacfaa417dcec9f171a224a077accc1d96e616a1737ef06aa359c8")},
-    archive_kind="wheel", archive_name=WHEEL_NAME,
-    archive_sha256="f949e0e1b01a01de122cd23fc8457444d455e50a7482cf4b2440f505778fcdbc",
-    member_dir="autoafids/resources/",
-    download_cmd=("{python}", "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", WHEEL_REQUIREMENT, "-d", "{dest}"),
-    offline_flag="--wheel",
-    how_to_get=f"needs access to PyPI; or download {WHEEL_NAME} elsewhere (`pip download --no-deps {WHEEL_REQUIREMENT}`)",
-    license="MIT (autoafids); template: MNI152NLin2009cAsym, see templateflow")
-
-
-def fetch(*, force: bool = False, wheel: str | Path | None = None, quiet: bool = False) -> dict[str, Path]:
-    """Make the verified T2w template and its landmark file available in the cache; their paths."""
-    return DATASET.fetch(force=force, archive=wheel, quiet=quiet)
-
-
-def load(*, spacing: float | None = None, normalise: bool = True, download: bool = True):
-    """``(volume, landmarks)``: the T2w template (RAS, 1 mm, 193 x 229 x 193, or resampled to
-    ``spacing`` mm; percentile-normalised) and the 32 AFIDs (world RAS mm)."""
-    from jaxmed.data.image_io import load_image
-    from jaxmed.data.landmark_files import read_landmarks
-
-    files = fetch() if download else DATASET.verify()
-    volume = load_image(files["template"], spacing=spacing, normalise=normalise)
-    landmarks = read_landmarks(files["landmarks"])
-    landmarks.check_inside(volume)
-    return volume, landmarks
 
 
 @dataclasses.dataclass(frozen=True)
