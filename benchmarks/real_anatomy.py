@@ -197,10 +197,10 @@ def main(argv=None) -> int:
         if rc:
             return rc
         train_s = time.perf_counter() - t0
-    else:
-        metrics = Path(run_dir) / "eval.json"
-        if metrics.exists():
-            train_s = json.loads(metrics.read_text()).get("train_seconds")
+    else:  # the run's own record of its training time (cumulative over resumes)
+        summary_file = Path(run_dir) / "summary.json"
+        if summary_file.exists():
+            train_s = json.loads(summary_file.read_text()).get("train_wall_s")
     result = evaluate(Path(run_dir), args.sets, not args.no_registration, args.aggregate, log, ensemble=args.ensemble)
     result.update(machine=machine_info(), command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
                   train_seconds=train_s if train_s is not None else float("nan"))

@@ -68,11 +68,16 @@ class Checkpoints:
 
 
 class MetricsLog:
-    """Appends one row per chunk to ``metrics.csv`` and to TensorBoard (``tb/``) when tensorboardX is installed."""
+    """Appends one row per chunk to ``metrics.csv`` and to TensorBoard (``tb/``) when tensorboardX is installed.
+
+    ``wall_before``: seconds of training the kept rows of a resumed run already took (the ``wall_s`` of
+    the last kept row; 0 for a new run), so that wall times stay cumulative across resumes.
+    """
 
     def __init__(self, run_dir: Path, resume_chunk: int = 0):
         self.path = run_dir / "metrics.csv"
         self._fields: list[str] | None = None
+        self.wall_before = 0.0
         if self.path.exists():
             with open(self.path) as f:
                 rows = list(csv.reader(f))
@@ -81,6 +86,8 @@ class MetricsLog:
             kept = [r for r in rows[1:] if r and int(float(r[0])) <= resume_chunk]
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerows(rows[:1] + kept)
+            if kept and self._fields and "wall_s" in self._fields:
+                self.wall_before = float(kept[-1][self._fields.index("wall_s")] or 0.0)
         try:
             from tensorboardX import SummaryWriter
 
@@ -214,6 +221,7 @@ def run_training(
         start = int(ckpt.latest())
         rs = ckpt.restore(start, rs)
     log = MetricsLog(run_dir, resume_chunk=start)
+    t0 -= log.wall_before  # a resumed run's wall times continue from the checkpoint's
     env_steps_per_chunk = cfg.learner.env_steps_per_chunk * cfg.train.devices  # per seed
     bar = _progress(cfg.train.chunks, start, progress)
     compile_s = None

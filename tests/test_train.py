@@ -1,6 +1,7 @@
 """The outer loop: typed configs, run directories, checkpoints and exact resume, evaluate, detect."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -64,6 +65,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     rows = (part / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4  # header + one row per chunk, no duplicates after the resume
+    header = rows[0].split(",")
+    wall = [float(r.split(",")[header.index("wall_s")]) for r in rows[1:]]
+    assert all(b > a for a, b in zip(wall, wall[1:])), wall  # cumulative across the resume
+    summary = json.loads((part / "summary.json").read_text())
+    assert summary["train_wall_s"] >= wall[-1] > wall[1]
 
 
 def test_run_dir_is_not_clobbered_and_resume_checks_config(tmp_path):
