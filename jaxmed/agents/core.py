@@ -128,6 +128,14 @@ def learning_rate(config, hp, updates) -> jax.Array:
     return hp.learning_rate * (1.0 + frac * (hp.lr_final_fraction - 1.0))
 
 
+def epsilon(hp, steps) -> jax.Array:
+    """The ε-greedy exploration rate after ``steps`` vector env steps: linear from ``hp.eps_start`` to
+    ``hp.eps_end`` over ``hp.eps_decay_steps`` vector steps, then constant (``hp``: a learner config or
+    the ``Hparams`` of a runner state with those fields, e.g. DQN's and voxel_q's)."""
+    frac = jnp.clip(steps / jnp.maximum(hp.eps_decay_steps, 1), 0.0, 1.0)
+    return hp.eps_start + frac * (hp.eps_end - hp.eps_start)
+
+
 def clip_by_global_norm(grads, max_norm):
     """``grads`` scaled down to global norm ``max_norm`` when larger (``max_norm`` may be traced: a leaf
     of the runner state); the same arithmetic as ``optax.clip_by_global_norm``."""

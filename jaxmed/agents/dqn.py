@@ -46,6 +46,7 @@ from jaxmed.agents.core import (
     descend,
     device_key,
     episode_sums,
+    epsilon,
     learning_rate,
     make_parallel,
     reduce_chunk_metrics,
@@ -156,13 +157,6 @@ class RunnerState:
     steps: jax.Array  # vector env steps taken
     updates: jax.Array  # gradient updates taken
     hparams: Hparams  # the numeric hyperparameters of this run (leaves; see :class:`Hparams`)
-
-
-def epsilon(config, steps) -> jax.Array:
-    """Linear epsilon schedule from ``eps_start`` to ``eps_end`` over ``eps_decay_steps`` vector steps
-    (``config``: a :class:`DQNConfig` or the :class:`Hparams` of a runner state)."""
-    frac = jnp.clip(steps / jnp.maximum(config.eps_decay_steps, 1), 0.0, 1.0)
-    return config.eps_start + frac * (config.eps_end - config.eps_start)
 
 
 def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:

@@ -43,6 +43,7 @@ from jaxmed.agents.core import (
     descend,
     device_key,
     episode_sums,
+    epsilon,
     make_parallel,
     pmean_if,
     reduce_chunk_metrics,
@@ -186,12 +187,6 @@ def network_from_config(cfg: Mapping[str, Any]) -> VoxelQNetwork:
     if cfg:
         raise ConfigError(f"network: option(s) {sorted(cfg)} do not apply to the voxel_q network (only head.hidden)")
     return VoxelQNetwork(n_actions=n_actions, patch_size=patch, hidden=hidden, n_agents=n_agents)
-
-
-def epsilon(hp: Hparams, updates) -> jax.Array:
-    """Linear ε from ``eps_start`` to ``eps_end`` over ``eps_decay_steps`` vector steps."""
-    frac = jnp.clip(updates.astype(jnp.float32) / jnp.maximum(hp.eps_decay_steps, 1.0), 0.0, 1.0)
-    return hp.eps_start + frac * (hp.eps_end - hp.eps_start)
 
 
 def make_train(config: VoxelQConfig, env, env_params, network: VoxelQNetwork, axis_name: str | None = None) -> TrainFns:
