@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import sys
 import time
@@ -104,7 +105,8 @@ class MetricsLog:
             csv.writer(f).writerow([row.get(k, "") for k in self._fields])
         if self.tb is not None:
             for k, v in row.items():
-                if k not in ("chunk", "steps"):
+                # a chunk in which no episode ended has no final distance (NaN): TensorBoard gets no point
+                if k not in ("chunk", "steps") and math.isfinite(v):
                     self.tb.add_scalar(k, v, int(row["steps"]))
 
     def close(self):
