@@ -46,3 +46,38 @@ def test_imports_point_down(layer):
             if target is None or target > level:
                 upward.append(f"{path.relative_to(ROOT.parent)}:{line} imports {module}")
     assert not upward, "imports that point up:\n" + "\n".join(upward)
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT.parent).with_suffix("").parts)
+
+
+def test_no_import_cycles_between_modules():
+    """No two modules import each other, directly or around a loop (imports inside functions
+    included; a package's ``__init__`` is left out: it gathers its own submodules by design)."""
+    modules = {_module_name(p): p for p in ROOT.rglob("*.py") if p.name != "__init__.py"}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
+                targets.add(node.module)
+            elif isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+        graph[name] = sorted(t for t in targets if t in modules and t != name)
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in graph[node]:
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
