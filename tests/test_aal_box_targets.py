@@ -22,8 +22,6 @@ CONFIGS = ("afids_box_aal_cpu.yaml", "afids_corner_pair_aal_cpu.yaml")
 AAL_IDS = {"aal:caudate_l": 71, "aal:putamen_r": 74, "aal:thalamus_l": 77, "aal:hippocampus_r": 38}
 
 
-
-
 def _reference_box(files, label_id):
     """NumPy reference: world mm box of the voxel centres carrying ``label_id`` in the AAL NIfTI
     (the file's own affine; no jaxmed reorientation or resampling)."""

@@ -79,7 +79,6 @@ def test_cli_input_errors(tmp_path, capsys):
     assert "must be an image (.png" in capsys.readouterr().err and not (tmp_path / "x.fcsv").exists()
 
 
-
 def test_an_ensemble_pools_every_members_end_points(tmp_path):
     """``LandmarkDetector`` with a list of parameter sets runs each through the same compiled rollout
     and pools their end points: two copies of one network answer as it does from twice the points;

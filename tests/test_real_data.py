@@ -19,8 +19,6 @@ from jaxmed.errors import ConfigError, DataFetchError
 realdata = pytest.mark.realdata
 
 
-
-
 @pytest.fixture(scope="session")
 def t2w_files():
     return mni_t2w.fetch(quiet=True)

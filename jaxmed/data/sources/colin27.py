@@ -74,7 +74,6 @@ class Colin27Source(Source):
         out = []
         for image in self.options.images:
             volume, _ = load(image, spacing=self.cfg.spacing)
-            subject_lm = lm
-            out.append(LabelledSubject(IMAGES[image], volume, subject_lm.select(labels),
+            out.append(LabelledSubject(IMAGES[image], volume, lm.select(labels),
                                        {"source": str(files[image]), "split": "test", "landmarks": LANDMARK_RESOURCE}))
         return out
