@@ -32,3 +32,24 @@ def add_image_run_args(p, env_id: str, out_help: str) -> None:
     p.add_argument("image", help="NIfTI image (any orientation / voxel size) or DICOM directory")
     p.add_argument("--checkpoint", required=True, help=f"run directory of `jaxmed train` with env {env_id}")
     p.add_argument("-o", "--out", required=True, help=out_help)
+
+
+def add_config_args(p, config_help: str, overrides_help: str) -> None:
+    """The positional arguments of every command that runs an experiment YAML: ``config`` (the file,
+    ``config_help``) and ``overrides`` (zero or more ``section.key=value`` strings applied on top of it,
+    ``overrides_help``)."""
+    p.add_argument("config", help=config_help)
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+
+
+def add_run_args(p, run_dir_help: str) -> None:
+    """The options of a command that trains into a run directory: ``--run-dir`` (``run_dir_help``; see
+    :func:`run_dir`) and ``--quiet`` (no progress bar)."""
+    p.add_argument("--run-dir", help=run_dir_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_dir(args, suffix: str = "") -> Path:
+    """The run directory of a command with :func:`add_config_args` and :func:`add_run_args`: ``--run-dir``
+    when given, else ``runs/<config file name without extension><suffix>``."""
+    return Path(args.run_dir) if args.run_dir else Path("runs") / f"{Path(args.config).stem}{suffix}"

@@ -16,6 +16,8 @@ import csv
 import io
 from pathlib import Path
 
+from jaxmed import commands
+
 
 def run_cv(config: str, overrides: list[str], folds: int, run_dir: Path, *, progress: bool = True, registration: bool = True) -> dict:
     """Train and evaluate every fold (skipping finished ones), pool the per-subject results; returns
@@ -62,7 +64,7 @@ def run_cv(config: str, overrides: list[str], folds: int, run_dir: Path, *, prog
 
 
 def _run(args) -> int:
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{Path(args.config).stem}_cv{args.folds}"
+    run_dir = commands.run_dir(args, f"_cv{args.folds}")
     res = run_cv(args.config, args.overrides, args.folds, run_dir, progress=not args.quiet, registration=not args.no_registration)
     print("\n" + res["table"])
     print(f"pooled results: {run_dir / 'cv.md'}, {run_dir / 'cv_subjects.csv'}")
@@ -71,11 +73,9 @@ def _run(args) -> int:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("cv", help="K-fold cross-validation on your own labelled scans (data.source: files)")
-    p.add_argument("config", help="experiment YAML with data.source: files")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    commands.add_config_args(p, "experiment YAML with data.source: files", "section.key=value overrides")
     p.add_argument("--folds", type=int, default=5, help="number of folds K (default %(default)s)")
-    p.add_argument("--run-dir", help="output directory (default: runs/CONFIG_NAME_cvK); fold k in D/fold<k>")
+    commands.add_run_args(p, "output directory (default: runs/CONFIG_NAME_cvK); fold k in D/fold<k>")
     p.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
     return p

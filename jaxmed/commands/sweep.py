@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jaxmed.commands import add_config_args
 from jaxmed.errors import ConfigError
 
 
@@ -80,8 +81,7 @@ def _run_controller(args, base: dict, out: Path) -> int:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("sweep", help="hyperparameter search: vmapped trial populations + successive halving / Hyperband")
-    p.add_argument("config", help="base experiment YAML (see configs/)")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides of the base config")
+    add_config_args(p, "base experiment YAML (see configs/)", "section.key=value overrides of the base config")
     p.add_argument("--space", required=True, help="search space YAML (see configs/sweeps/)")
     p.add_argument("--out", help="output directory (default: sweeps/CONFIG_NAME)")
     p.add_argument("--method", choices=("halving", "hyperband", "controller", "random"),

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
+
+from jaxmed import commands
 
 
 def load_config(config: str, overrides: list[str]):
@@ -22,7 +23,7 @@ def _run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.seeds is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=args.seeds))
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    run_dir = commands.run_dir(args)
     print(f"device: {device_description()}", flush=True)
     summary = run_training(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, evaluate=not args.no_eval)
     if "evaluation" in summary:
@@ -38,13 +39,11 @@ def _run(args) -> int:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     t = subparsers.add_parser("train", help="train any learner on any env from a YAML config (see configs/)")
-    t.add_argument("config", help="experiment YAML (see configs/)")
-    t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. dqn.learning_rate=3e-4")
-    t.add_argument("--run-dir", help="output directory (default: runs/CONFIG_NAME)")
+    commands.add_config_args(t, "experiment YAML (see configs/)", "section.key=value overrides, e.g. dqn.learning_rate=3e-4")
+    commands.add_run_args(t, "output directory (default: runs/CONFIG_NAME)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--seeds", type=int, help="train this many seeds at once in one compiled program (train.seeds); "
                    "the evaluation reports mean ± std across seeds")
     t.set_defaults(func=_run)
