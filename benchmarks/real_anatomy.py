@@ -39,12 +39,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SETS = ("colin27", "mni-t2w", "afids")
 
 
-def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensemble: bool = False) -> dict:
+def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensemble: bool = False, shape: bool = False) -> dict:
     """Evaluate every seed of ``run_dir`` on ``sets`` (or, with ``ensemble``, one detector pooling
-    every seed's end points); JSON-able results."""
+    every seed's end points); JSON-able results. ``shape``: also score the same answers after the
+    affine shape check (:func:`jaxmed.shape_model.check_shape` against the template's landmarks, as
+    ``jaxmed detect --shape affine`` answers)."""
     from jaxmed.detect import LandmarkDetector
     from jaxmed.evaluation import evaluate_landmark_set, resolve_set
-    from jaxmed.inference import read_uncertainty
+    from jaxmed.shape_model import check_shape
     from jaxmed.train import load_params, seed_params
 
     cfg, network, params = load_params(run_dir)
@@ -54,7 +56,7 @@ def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensem
     else:
         detectors = [LandmarkDetector(cfg, network, m, aggregate=aggregate, where=str(run_dir)) for m in members]
     out = {"run": str(run_dir), "config": cfg.to_dict(), "seeds": len(detectors), "aggregate": aggregate, "sets": {},
-           "ensemble_of_seeds": cfg.train.seeds if ensemble else 1}
+           "ensemble_of_seeds": cfg.train.seeds if ensemble else 1, "shape": "affine" if shape else "none"}
     labels = detectors[0].labels
     for spec in sets:
         log(f"{spec}: building the subjects")
@@ -64,10 +66,14 @@ def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensem
         for s, det in enumerate(detectors):
             log(f"{spec}: seed {s}")
             res = evaluate_landmark_set(det, subjects, template, name=spec, registration=registration and s == 0)
-            answers, _ = det.find([x.volume for x in subjects])
-            unc = np.array([[read_uncertainty(a)[l] for l in labels] for a in answers])  # (S, K) mm
-            per_seed.append({"errors_mm": res.errors("agent").tolist(), "uncertainty_mm": unc.tolist(),
-                             "agent_seconds_per_subject": res.agent_seconds, "compile_seconds": res.compile_seconds})
+            seed_result = {"errors_mm": res.errors("agent").tolist(), "uncertainty_mm": res.uncertainty.tolist(),
+                           "agent_seconds_per_subject": res.agent_seconds, "compile_seconds": res.compile_seconds}
+            if shape:
+                tpl = template[1].select(labels).positions
+                checks = [check_shape(a, tpl, seed=det.seed) for a in res.agent]
+                seed_result["shape_errors_mm"] = np.linalg.norm(np.stack([c.positions for c in checks]) - res.truth, axis=-1).tolist()
+                seed_result["shape_outliers"] = np.stack([c.outliers for c in checks]).tolist()
+            per_seed.append(seed_result)
             if s == 0:
                 baselines = {m: res.errors(m).tolist() for m in ("prior", "registration") if res.errors(m) is not None}
                 if res.registration_seconds is not None:
@@ -88,26 +94,33 @@ def _groups(result: dict):
 
 def summary(result: dict, labels=None) -> dict:
     """``{row: {label: {agent_mean, agent_std (over seeds), prior, registration, uncertainty}}, ...}``;
-    ``label`` ``"all"`` averages every landmark (and counts answers over 10 mm)."""
+    ``label`` ``"all"`` averages every landmark (and counts answers over 10 mm). A result scored with
+    the shape check (``shape_errors_mm``) gets a second row per set, ``<row> + shape check``, from the
+    same answers after it (``outliers``: answers it replaced)."""
     out = {}
     for row, spec, idx in _groups(result):
         r = result["sets"][spec]
         labs = labels or r["labels"]
         cols = [r["labels"].index(l) for l in labs]
-        entry = {}
-        for key, k in [(l, [c]) for l, c in zip(labs, cols)] + [("all", cols)]:
-            per_seed = np.array([np.mean(np.asarray(p["errors_mm"])[np.ix_(idx, k)]) for p in r["per_seed"]])
-            unc = np.array([np.mean(np.asarray(p["uncertainty_mm"])[np.ix_(idx, k)]) for p in r["per_seed"]])
-            e = {"agent_mean": float(per_seed.mean()), "agent_std": float(per_seed.std()), "per_seed": per_seed.tolist(),
-                 "uncertainty": float(unc.mean())}
-            if key == "all":
-                e["agent_over_10mm"] = int(sum((np.asarray(p["errors_mm"])[np.ix_(idx, k)] > 10).sum() for p in r["per_seed"]))
-            for m in ("prior", "registration"):
-                if m in r["baselines"]:
-                    e[m] = float(np.mean(np.asarray(r["baselines"][m])[np.ix_(idx, k)]))
-            entry[key] = e
-        entry["seconds"] = float(np.mean([p["agent_seconds_per_subject"] for p in r["per_seed"]]))
-        out[row] = entry
+        keys = [("errors_mm", row)] + ([("shape_errors_mm", f"{row} + shape check")] if "shape_errors_mm" in r["per_seed"][0] else [])
+        for field, name in keys:
+            entry = {}
+            for key, k in [(l, [c]) for l, c in zip(labs, cols)] + [("all", cols)]:
+                errs = [np.asarray(p[field])[np.ix_(idx, k)] for p in r["per_seed"]]
+                per_seed = np.array([np.mean(e) for e in errs])
+                unc = np.array([np.mean(np.asarray(p["uncertainty_mm"])[np.ix_(idx, k)]) for p in r["per_seed"]])
+                e = {"agent_mean": float(per_seed.mean()), "agent_std": float(per_seed.std()), "per_seed": per_seed.tolist(),
+                     "uncertainty": float(unc.mean())}
+                if key == "all":
+                    e["agent_over_10mm"] = int(sum((x > 10).sum() for x in errs))
+                    if field == "shape_errors_mm":
+                        e["outliers"] = int(sum(np.asarray(p["shape_outliers"])[np.ix_(idx, k)].sum() for p in r["per_seed"]))
+                for m in ("prior", "registration"):
+                    if m in r["baselines"]:
+                        e[m] = float(np.mean(np.asarray(r["baselines"][m])[np.ix_(idx, k)]))
+                entry[key] = e
+            entry["seconds"] = float(np.mean([p["agent_seconds_per_subject"] for p in r["per_seed"]]))
+            out[name] = entry
     return out
 
 
@@ -143,7 +156,8 @@ def markdown(result: dict) -> str:
         for l in shown:
             cells += [f"{e[l]['agent_mean']:.2f} ± {e[l]['agent_std']:.2f}", f(e[l], "prior"), f(e[l], "registration")]
         a = e["all"]
-        cells += [f"{a['agent_mean']:.2f} ± {a['agent_std']:.2f}", f(a, "prior"), f(a, "registration"), str(a["agent_over_10mm"]),
+        over = str(a["agent_over_10mm"]) + (f" ({a['outliers']} replaced)" if "outliers" in a else "")
+        cells += [f"{a['agent_mean']:.2f} ± {a['agent_std']:.2f}", f(a, "prior"), f(a, "registration"), over,
                   f"{a['uncertainty']:.2f}", f"{e['seconds']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     m = result.get("machine", {})
@@ -168,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--aggregate", default="median", help="jaxmed.inference aggregate (median, mean, trimmed, geomedian)")
     p.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline")
     p.add_argument("--ensemble", action="store_true", help="one detector pooling every seed's end points (several agents per landmark)")
+    p.add_argument("--shape", action="store_true", help="also score the answers after the affine shape check (jaxmed detect "
+                   "--shape affine; a model of >= 8 landmarks): one more row per set")
     p.add_argument("--out", type=Path, default=RESULTS / "real_anatomy.json")
     args = p.parse_args(argv)
     if args.report:
@@ -201,7 +217,8 @@ def main(argv=None) -> int:
         summary_file = Path(run_dir) / "summary.json"
         if summary_file.exists():
             train_s = json.loads(summary_file.read_text()).get("train_wall_s")
-    result = evaluate(Path(run_dir), args.sets, not args.no_registration, args.aggregate, log, ensemble=args.ensemble)
+    result = evaluate(Path(run_dir), args.sets, not args.no_registration, args.aggregate, log, ensemble=args.ensemble,
+                      shape=args.shape)
     result.update(machine=machine_info(), command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
                   train_seconds=train_s if train_s is not None else float("nan"))
     result["summary"] = summary(result)

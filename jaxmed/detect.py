@@ -24,6 +24,9 @@ from jaxmed import inference
 from jaxmed.errors import ConfigError, LandmarkError
 
 AGGREGATES = inference.AGGREGATES
+#: Shape checks of the answers (:mod:`jaxmed.shape_model`): ``none``, or ``affine`` (a robust affine fit
+#: of the template's landmarks finds answers that disagree with all the others and mends them).
+SHAPES = ("none", "affine")
 
 
 def robust_mean(points: np.ndarray, method: str = "median", trim: float = 0.2) -> np.ndarray:
@@ -87,14 +90,20 @@ class LandmarkDetector:
       labels: the landmarks to answer (default: every trained one).
       n_starts: start points per agent and volume (27: the 3x3x3 grid).
       aggregate: :data:`AGGREGATES`.
+      shape: :data:`SHAPES`: ``affine`` checks every image's answers for all trained landmarks against
+        the template's configuration (:func:`jaxmed.shape_model.check_landmarks`; the run's data
+        source must have a template and the run at least :data:`~jaxmed.shape_model.MIN_LANDMARKS`
+        landmarks) before the requested ``labels`` are picked.
     """
 
     def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int = 27,
-                 aggregate: str = "median", seed: int = 0, where: str = "run"):
+                 aggregate: str = "median", seed: int = 0, where: str = "run", shape: str = "none"):
         from jaxmed.runs import make_policy_rollout
 
         if aggregate not in AGGREGATES:
             raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
+        if shape not in SHAPES:
+            raise ConfigError(f"unknown shape check {shape!r}; choose one of {', '.join(SHAPES)}")
         if n_starts < 1:
             raise ConfigError(f"n_starts must be >= 1, got {n_starts}")
         members = list(params) if isinstance(params, (list, tuple)) else [params]
@@ -111,11 +120,28 @@ class LandmarkDetector:
         missing = [l for l in self.labels if l not in self.trained]
         if missing:
             raise LandmarkError(f"{where}: the model was trained for {', '.join(self.trained)}; it cannot detect {', '.join(missing)}")
-        self.n_starts, self.aggregate, self.seed = int(n_starts), aggregate, int(seed)
+        self.n_starts, self.aggregate, self.seed, self.shape = int(n_starts), aggregate, int(seed), shape
+        self.shape_template = self._shape_template(where) if shape != "none" else None
         self._rollout = make_policy_rollout(cfg, self.env, self.eval_params, network)
         self._compiled: dict = {}
         self.compilations = 0
         self.compile_seconds = 0.0
+
+    def _shape_template(self, where: str):
+        """The template's landmarks (every trained label) for the shape check; clear errors when the
+        run cannot have one."""
+        from jaxmed.shape_model import MIN_LANDMARKS
+
+        if len(self.trained) < MIN_LANDMARKS:
+            raise ConfigError(f"{where}: the shape check needs a model of at least {MIN_LANDMARKS} landmarks; "
+                              f"this one answers {len(self.trained)} ({', '.join(self.trained)})")
+        reference = ex.template(self.cfg.data)
+        if reference is None:
+            raise ConfigError(f"{where}: data.source {self.cfg.data.source} has no template for the shape check")
+        missing = [l for l in self.trained if l not in reference[1].labels]
+        if missing:
+            raise ConfigError(f"{where}: the template has no {', '.join(missing)} for the shape check")
+        return reference[1].select(self.trained)
 
     def bank(self, volumes, landmarks=None):
         """A bucketed detection bank of conformed ``volumes``; ``landmarks`` (one per volume, with the
@@ -172,12 +198,19 @@ class LandmarkDetector:
         """``(answers, seconds)``: one :class:`jaxmed.data.Landmarks` (the :attr:`labels`, world RAS mm,
         each description carrying its uncertainty, :func:`jaxmed.inference.estimate_landmarks`) per
         conformed volume, aggregated over every agent, start and ensemble member
-        (:meth:`end_points`), and the wall time of the compiled rollouts (compilation excluded)."""
+        (:meth:`end_points`), then shape-checked (``shape``), and the wall time of the compiled
+        rollouts (compilation excluded)."""
+        from jaxmed.shape_model import check_landmarks
+
         world, vols, seconds = self.end_points(volumes, landmarks)
         answers = []
         for s in range(len(volumes)):
             src = sources[s] if sources is not None else f"jaxmed detect {volumes[s].source}"
-            answers.append(inference.estimate_landmarks(world[vols == s], self.targets, self.labels, self.aggregate, source=src))
+            if self.shape_template is None:
+                answers.append(inference.estimate_landmarks(world[vols == s], self.targets, self.labels, self.aggregate, source=src))
+                continue
+            every = inference.estimate_landmarks(world[vols == s], self.targets, self.trained, self.aggregate, source=src)
+            answers.append(check_landmarks(every, self.shape_template, seed=self.seed)[0].select(self.labels))
         return answers, seconds
 
     @classmethod
@@ -208,13 +241,13 @@ def read_conformed(image, spacing: float):
 
 
 def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, n_starts: int = 27,
-           aggregate: str = "median", seed: int = 0):
+           aggregate: str = "median", seed: int = 0, shape: str = "none"):
     """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass.
 
     Returns :class:`jaxmed.data.Landmarks` in world RAS mm. For many images use
     :class:`LandmarkDetector` (one compilation) or :func:`detect_files`.
     """
-    det = LandmarkDetector.from_run(run_dir, labels=labels, n_starts=n_starts, aggregate=aggregate, seed=seed)
+    det = LandmarkDetector.from_run(run_dir, labels=labels, n_starts=n_starts, aggregate=aggregate, seed=seed, shape=shape)
     volume = read_conformed(image, det.cfg.data.spacing)
     answers, _ = det.find([volume], sources=[f"jaxmed detect {image}"])
     return answers[0]

@@ -16,6 +16,7 @@ import numpy as np
 from jaxmed.envs.metrics import THRESHOLDS_DEG, THRESHOLDS_IOU, THRESHOLDS_MM, metric_stats  # noqa: F401  (re-exported)
 from jaxmed.envs.metrics import success_key as _success_key
 from jaxmed.envs.metrics import success_thresholds as _success_thresholds
+from jaxmed.inference import read_uncertainty
 
 
 def landmark_stats(errors_mm: np.ndarray, labels: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -104,6 +105,8 @@ class LandmarkSetResult:
       agent_seconds: seconds per subject of all agents (compiled program, compilation excluded);
         compile_seconds: the one compilation.
       registration_seconds: ``(S,)`` per subject (compilation excluded) or ``None``.
+      uncertainty: ``(S, K)`` mm, the agents' own uncertainty per answer (median distance of the end
+        points from it, :mod:`jaxmed.inference`), or ``None``.
     """
 
     name: str
@@ -116,6 +119,7 @@ class LandmarkSetResult:
     agent_seconds: float
     compile_seconds: float
     registration_seconds: np.ndarray | None
+    uncertainty: np.ndarray | None = None
 
     def errors(self, method: str) -> np.ndarray | None:
         """``(S, K)`` mm of ``agent`` / ``prior`` / ``registration`` (``None`` if not measured)."""
@@ -264,6 +268,7 @@ def evaluate_landmark_set(detector, subjects, template=None, *, name: str, regis
     truth = np.asarray(truth, np.float64)
     answers, seconds = detector.find(volumes, sources=[f"{name}/{n}" for n in names])
     agent = np.stack([a.positions for a in answers])
+    uncertainty = np.array([[read_uncertainty(a).get(l, np.nan) for l in labels] for a in answers])
     prior = reg = reg_s = None
     if template is not None:
         tpl_volume, tpl_landmarks = (template.volume, template.landmarks) if hasattr(template, "volume") else template
@@ -280,7 +285,7 @@ def evaluate_landmark_set(detector, subjects, template=None, *, name: str, regis
             reg, reg_s = transfer_to_subjects(tpl_volume, tpl_points, volumes, registration_config or AFFINE_LANDMARK)
     return LandmarkSetResult(name=name, labels=tuple(labels), subjects=tuple(names), truth=truth, agent=agent, prior=prior,
                              registration=reg, agent_seconds=seconds / len(volumes), compile_seconds=detector.compile_seconds,
-                             registration_seconds=reg_s)
+                             registration_seconds=reg_s, uncertainty=uncertainty)
 
 
 def set_name(spec: str) -> str:

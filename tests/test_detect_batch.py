@@ -8,7 +8,7 @@ from test_evaluate_data import untrained_run
 from jaxmed.cli import main
 from jaxmed.data import Volume, blob_phantom, read_landmarks, save_nifti
 from jaxmed.detect import LandmarkDetector, detect, detect_files, expand_inputs
-from jaxmed.errors import ImageError
+from jaxmed.errors import ConfigError, ImageError
 
 
 def _images(tmp_path):
@@ -109,3 +109,44 @@ def test_an_ensemble_pools_every_members_end_points(tmp_path):
     np.testing.assert_allclose(both.find([vol])[0][0].positions, want.positions, atol=1e-9)
     with pytest.raises(Exception, match="at least one"):
         LandmarkDetector(cfg, network, [], n_starts=8)
+
+
+def test_shape_check_needs_eight_landmarks_and_a_template(tmp_path, capsys):
+    run = tmp_path / "run"
+    untrained_run(run)  # the phantom run answers one landmark
+    with pytest.raises(ConfigError, match=r"run: the shape check needs a model of at least 8 landmarks; this one answers 1 \(L0\)"):
+        LandmarkDetector.from_run(run, shape="affine")
+    with pytest.raises(ConfigError, match="unknown shape check 'rigid'"):
+        LandmarkDetector.from_run(run, shape="rigid")
+    images = _images(tmp_path)
+    assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "a.fcsv"), "--shape", "affine"]) == 2
+    assert "at least 8 landmarks" in capsys.readouterr().err and not (tmp_path / "a.fcsv").exists()
+
+
+@pytest.mark.afids
+def test_shape_check_mends_answers_that_disagree_with_the_template(tmp_path, afids_data):
+    """An (untrained) 10-landmark AFIDs model on the template itself: with ``shape="affine"`` every
+    answer carries its residual, the inliers are the plain answers, and each outlier is the template
+    landmark mapped through the affine fit of the inliers."""
+    from jaxmed.data import conform
+    from jaxmed.inference import read_uncertainty
+    from jaxmed.shape_model import apply_affine, fit_affine
+
+    labels = ["AC", "PC", "infracollicular sulcus", "PMJ", "culmen", "genu of CC", "splenium of CC", "R LV at AC",
+              "L LV at AC", "pineal gland"]
+    untrained_run(tmp_path / "run", [f"env.targets={labels}", "env.start_radius_mm=0.0"],
+                  data={"source": "afids", "spacing": 4.0, "n_train": 1, "n_test": 1, "dtype": "uint8"})
+    volume = conform(afids_data[0], 4.0)
+    plain = LandmarkDetector.from_run(tmp_path / "run", n_starts=4).find([volume])[0][0]
+    checked = LandmarkDetector.from_run(tmp_path / "run", n_starts=4, shape="affine").find([volume])[0][0]
+    assert checked.labels == tuple(labels)
+    out = np.array(["shape_outlier" in d for d in checked.descriptions])
+    assert 1 <= out.sum() <= 2, checked.descriptions  # the untrained agents lose one or two landmarks here
+    assert all("shape_residual_mm=" in d for d in checked.descriptions)
+    np.testing.assert_allclose(checked.positions[~out], plain.positions[~out])
+    tpl = afids_data[1].select(labels).positions
+    matrix = fit_affine(tpl[~out], plain.positions[~out])
+    np.testing.assert_allclose(checked.positions[out], apply_affine(matrix, tpl)[out], atol=1e-6)
+    assert set(read_uncertainty(checked)) == set(labels)
+    some = LandmarkDetector.from_run(tmp_path / "run", n_starts=4, shape="affine", labels=["PC", "AC"]).find([volume])[0][0]
+    np.testing.assert_allclose(some.positions, checked.select(["PC", "AC"]).positions)  # checked on all, then picked

@@ -17,9 +17,13 @@ from jaxmed.train import prepare_run_dir, save_network
 CONFIG = "configs/phantom_dqn.yaml"
 
 
-def untrained_run(run_dir, overrides=()):
-    """A run directory holding an initialised (untrained) network: what evaluation and detection read."""
-    cfg = ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["env.eval_starts=2", "env.eval_max_steps=6", *overrides]), CONFIG)
+def untrained_run(run_dir, overrides=(), data=None):
+    """A run directory holding an initialised (untrained) network: what evaluation and detection read
+    (the phantom config, or its ``data`` section replaced)."""
+    raw = load_yaml(CONFIG)
+    if data is not None:
+        raw["data"] = data
+    cfg = ExperimentConfig.from_dict(apply_overrides(raw, ["env.eval_starts=2", "env.eval_max_steps=6", *overrides]), CONFIG)
     env, _, _ = make_env(cfg)
     params = make_network(cfg, env).init(jax.random.key(0), dummy_observation(cfg, env))
     prepare_run_dir(run_dir, cfg, resume=False, overwrite=False)

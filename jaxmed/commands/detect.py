@@ -32,7 +32,8 @@ def _single(args, image) -> int:
         found = detect_goal(args.checkpoint, image, goal=args.goal, goal_patch=args.goal_patch, n_starts=args.starts,
                             aggregate=args.aggregate)
     else:
-        found = detect(args.checkpoint, image, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate)
+        found = detect(args.checkpoint, image, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate,
+                       shape=args.shape)
     print(write_landmarks(found, args.out, overwrite=args.overwrite))
     for label, p in zip(found.labels, found.positions):
         print(f"{label}: {np.round(p, 2).tolist()} mm (RAS)")
@@ -50,7 +51,7 @@ def _batch(args, images) -> int:
         raise ConfigError(f"{out}: with several images -o must be a directory (one landmark file per image is written there)")
     t0 = time.perf_counter()
     detector = LandmarkDetector.from_run(args.checkpoint, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate,
-                                         ensemble=args.ensemble)
+                                         ensemble=args.ensemble, shape=args.shape)
     load_s = time.perf_counter() - t0
 
     def report(image, result, seconds):
@@ -100,6 +101,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--starts", type=int, default=27, help="start points per agent (27: the 3x3x3 grid; default %(default)s)")
     k.add_argument("--aggregate", choices=("median", "mean", "trimmed", "geomedian"), default="median",
                    help="how the end points of all agents and starts of one landmark are combined (default %(default)s)")
+    k.add_argument("--shape", choices=("none", "affine"), default="none",
+                   help="affine: check every image's answers against the template's landmark configuration (a robust "
+                        "affine fit; needs a model of >= 8 landmarks) and replace the ones that disagree with it "
+                        "(tagged shape_outlier in the file; default %(default)s)")
     k.add_argument("--goal", metavar="LABEL",
                    help="goal-conditioned run: walk to this template landmark (shown by its template crop; need not be trained)")
     k.add_argument("--goal-patch", metavar="FILE", help="goal-conditioned run: walk to the centre of this .npy goal image "

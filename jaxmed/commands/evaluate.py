@@ -23,7 +23,7 @@ def _progress(message: str) -> None:
 
 
 def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_starts=None, aggregate="median",
-                           registration=True, seeds=False) -> list:
+                           registration=True, seeds=False, shape="none") -> list:
     """Evaluate a landmark run directory on each ``--data`` spec; returns the results (seed 0, or
     every seed of a multi-seed run with ``seeds``) and prints their tables and a summary."""
     from jaxmed.detect import LandmarkDetector
@@ -37,7 +37,7 @@ def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_s
     results = []
     for seed in members:
         detector = LandmarkDetector(cfg, network, seed_params(cfg, params, seed), n_starts=starts, aggregate=aggregate,
-                                    seed=cfg.train.seed, where=str(run_dir))
+                                    seed=cfg.train.seed, where=str(run_dir), shape=shape)
         target = out / f"seed{seed}" if seeds and cfg.train.seeds > 1 else out
         res = evaluate_sets(detector, specs, out_dir=target, overwrite=overwrite, registration=registration, progress=_progress)
         for r in res:
@@ -60,7 +60,8 @@ def _run(args) -> int:
                 print(r["table"])
             return 0
         evaluate_landmark_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite, n_starts=args.starts,
-                               aggregate=args.aggregate, registration=not args.no_registration, seeds=args.seeds)
+                               aggregate=args.aggregate, registration=not args.no_registration, seeds=args.seeds,
+                               shape=args.shape)
         return 0
     cfg, _, params = load_params(args.run_dir)
     if args.n_test:
@@ -83,6 +84,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--out", help="output directory for eval_<set>.md / .csv (default: the run directory)")
     e.add_argument("--starts", type=int, help="start points per agent and subject (default: the run's env.eval_starts)")
     e.add_argument("--aggregate", default="median", help="how a landmark's end points are combined (median, mean, trimmed, geomedian)")
+    e.add_argument("--shape", choices=("none", "affine"), default="none",
+                   help="with --data: shape-check each subject's answers against the template's landmark configuration "
+                        "(jaxmed detect --shape)")
     e.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline (slow on large sets)")
     e.add_argument("--seeds", action="store_true", help="evaluate every seed of a multi-seed run (default: seed 0)")
     e.add_argument("--overwrite", action="store_true", help="replace existing eval_<set> files")
