@@ -5,11 +5,14 @@ surface points (``structures``, box targets; :mod:`jaxmed.data.anatomy`)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
+from jaxmed.data.landmarks import Landmarks
 from jaxmed.data.sources.base import register
 from jaxmed.data.sources.synthetic import SyntheticSource, SynthOptions
+from jaxmed.data.volume import Volume
 from jaxmed.errors import ConfigError
 
 
@@ -40,20 +43,28 @@ class AfidsSource(SyntheticSource):
     summary = "synthetic subjects from the AFIDs MNI152NLin2009cAsym T1 template (32 landmarks; pip wheel afids-cnn)"
 
     def load_reference(self):
-        from jaxmed.data import afids
-        from jaxmed.data.landmarks import Landmarks
+        return afids_template(self.options.structures)
 
-        volume, landmarks = afids.load()
-        from jaxmed.data.aal_targets import append, is_aal, template_points
 
-        mask_defined = [s for s in self.options.structures if not is_aal(s)]
-        aal = [s for s in self.options.structures if is_aal(s)]
-        if mask_defined:
-            from jaxmed.data.anatomy import structure_landmarks
+def afids_template(structures: Sequence[str] = ()) -> tuple[Volume, Landmarks]:
+    """The AFIDs MNI152NLin2009cAsym T1 template as loaded (:func:`jaxmed.data.afids.load`: normalised,
+    not conformed) with its 32 landmarks (world RAS mm), followed by the surface points ``"<structure>#i"``
+    of ``structures``: first those of :data:`jaxmed.data.anatomy.STRUCTURES` (from the template's own
+    masks), then the ``aal:<name>`` ones (Colin27's AAL labels carried onto the template,
+    :func:`jaxmed.data.aal_targets.template_points`). The reference of the ``afids`` source and the
+    template (prior) of ``colin27``, which shares its space."""
+    from jaxmed.data import afids
+    from jaxmed.data.aal_targets import append, is_aal, template_points
 
-            extra = structure_landmarks(volume, landmarks, mask_defined)
-            landmarks = Landmarks(landmarks.labels + extra.labels, np.concatenate([landmarks.positions, extra.positions]),
-                                  landmarks.descriptions + extra.descriptions, source=landmarks.source)
-        if aal:
-            landmarks = append(landmarks, template_points(landmarks, aal))
-        return volume, landmarks
+    volume, landmarks = afids.load()
+    mask_defined = [s for s in structures if not is_aal(s)]
+    aal = [s for s in structures if is_aal(s)]
+    if mask_defined:
+        from jaxmed.data.anatomy import structure_landmarks
+
+        extra = structure_landmarks(volume, landmarks, mask_defined)
+        landmarks = Landmarks(landmarks.labels + extra.labels, np.concatenate([landmarks.positions, extra.positions]),
+                              landmarks.descriptions + extra.descriptions, source=landmarks.source)
+    if aal:
+        landmarks = append(landmarks, template_points(landmarks, aal))
+    return volume, landmarks

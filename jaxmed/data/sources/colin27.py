@@ -10,6 +10,7 @@ import dataclasses
 from typing import Sequence
 
 from jaxmed.data.colin27 import IMAGES, LANDMARK_RESOURCE, fetch, landmarks, load
+from jaxmed.data.sources.afids import afids_template
 from jaxmed.data.sources.base import LabelledSubject, Source, check_labels, check_split, register
 from jaxmed.errors import ConfigError
 
@@ -43,14 +44,7 @@ class Colin27Source(Source):
     summary = "Colin27 with and without skull + its 32 AFIDs: a real brain, test split only (Debian mricron-data)"
 
     def load_reference(self):
-        from jaxmed.data import afids
-
-        volume, lm = afids.load()
-        if self.options.structures:
-            from jaxmed.data.aal_targets import append, template_points
-
-            lm = append(lm, template_points(lm, self.options.structures))
-        return volume, lm
+        return afids_template(self.options.structures)  # only aal: structures (Options.check)
 
     def _landmarks(self):
         lm = landmarks()
