@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -155,6 +155,17 @@ def check_discrete_action(env, action, n_actions: int, meaning: str):
         if not isinstance(action, jax.Array):
             action = jnp.asarray(a, jnp.int32)  # a list / NumPy array: one array argument for jit
     return action
+
+
+def check_labels_present(wanted: Sequence[str], labels: Sequence[str], what: str) -> None:
+    """Raise :class:`jaxmed.errors.LandmarkError` ``"<what> 'A', 'B'; available: <labels>"`` naming the
+    entries of ``wanted`` (landmark labels an env reads) that are not among ``labels`` (a bank's
+    landmark labels); ``what`` says who needs them (``"landmark: unknown target landmark(s)"``)."""
+    from jaxmed.errors import LandmarkError
+
+    missing = [w for w in wanted if w not in tuple(labels)]
+    if missing:
+        raise LandmarkError(f"{what} {', '.join(map(repr, missing))}; available: {', '.join(labels)}")
 
 
 # ------------------------------------------------------------------ the protocol
@@ -337,27 +348,40 @@ class Environment:
 
 class ConfiguredEnv(Environment):
     """An :class:`Environment` described by a frozen static config and a params dataclass: the
-    constructor part, ``name``, ``default_params``, hashing and ``repr`` every task env shares.
+    constructor, ``name``, ``default_params``, hashing and ``repr`` every task env shares.
 
     Subclasses set the class attributes ``config_class`` (the static config dataclass; its instance
-    is ``self.config``) and ``params_class`` (the default :attr:`default_params`), and call
-    :meth:`_setup` first in ``__init__``. Two instances are equal (one compiled program) when their
-    type, config and bank labels are.
+    is ``self.config``), ``params_class`` (the default :attr:`default_params`) and ``default_name``,
+    and override :meth:`check_labels` when they read bank landmarks by name; one that needs more
+    state calls ``super().__init__(config, labels, name)`` first. Two instances are equal (one
+    compiled program) when their type, config and bank labels are.
     """
 
     config_class: type = type(None)
     params_class: type = type(None)
+    #: the :attr:`name` of an instance constructed without one
+    default_name: str = ""
 
-    def _setup(self, config, labels, name: str) -> None:
-        """``self.config`` (``config_class()`` when ``None``; :class:`ConfigError` for another type),
-        ``self.labels`` (tuple of the bank's landmark labels, or ``None``) and the env's name."""
+    def __init__(self, config=None, labels: Sequence[str] | None = None, name: str | None = None):
+        """Args:
+          config: a ``config_class`` instance (``None``: its defaults; another type is a :class:`ConfigError`).
+          labels: the landmark labels of the bank(s) the env will run on (``bank.labels``), kept as
+            ``self.labels`` (a tuple, or ``None``) and checked now by :meth:`check_labels` when given.
+          name: the name reported by :attr:`name` (``None``: ``default_name``; the registry passes its own).
+        """
         from jaxmed.errors import ConfigError
 
         self.config = config if config is not None else self.config_class()
         if not isinstance(self.config, self.config_class):
             raise ConfigError(f"{type(self).__name__}: config must be a {self.config_class.__name__}, got {type(config).__name__}")
         self.labels = tuple(labels) if labels is not None else None
-        self._name = name
+        self._name = self.default_name if name is None else name
+        if self.labels is not None:
+            self.check_labels(self.labels)
+
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """Raise :class:`jaxmed.errors.LandmarkError` unless the bank landmarks this env reads by name
+        are among ``labels`` (a bank's landmark labels); the base env reads none."""
 
     @property
     def name(self) -> str:

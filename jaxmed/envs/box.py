@@ -306,11 +306,7 @@ class BoxEnv(ConfiguredEnv):
 
     config_class = BoxConfig
     params_class = BoxParams
-
-    def __init__(self, config: BoxConfig | None = None, labels: Sequence[str] | None = None, name: str = "box"):
-        self._setup(config, labels, name)
-        if self.labels is not None:
-            self._point_labels(self.labels)
+    default_name = "box"
 
     # -------------------------------------------------------------- descriptions
 
@@ -342,6 +338,10 @@ class BoxEnv(ConfiguredEnv):
 
     def _point_labels(self, labels: Sequence[str] | None) -> tuple[str, ...]:
         return target_point_labels(self.name, self.config.structure, self.config.n_points, labels)
+
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """At least two points of the target structure among ``labels``."""
+        self._point_labels(labels)
 
     def _point_indices(self, bank) -> np.ndarray:
         return np.array([bank.labels.index(l) for l in self._point_labels(bank.labels)], np.int32)

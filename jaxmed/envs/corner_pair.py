@@ -132,15 +132,17 @@ class CornerPairEnv(LandmarkEnv):
       name: the name reported by :attr:`name`.
     """
 
-    def __init__(self, config: CornerPairConfig | None = None, labels: Sequence[str] | None = None, name: str = "corner-pair"):
-        corner_config = config if config is not None else CornerPairConfig()
-        if not isinstance(corner_config, CornerPairConfig):
+    default_name = "corner-pair"
+
+    def __init__(self, config: CornerPairConfig | None = None, labels: Sequence[str] | None = None, name: str | None = None):
+        self.corner_config = config if config is not None else CornerPairConfig()
+        if not isinstance(self.corner_config, CornerPairConfig):
             raise ConfigError(f"CornerPairEnv: config must be a CornerPairConfig, got {type(config).__name__}")
-        super().__init__(corner_config.landmark_config(), labels=None, name=name)
-        self.corner_config = corner_config
-        self.labels = tuple(labels) if labels is not None else None
-        if self.labels is not None:
-            self._point_labels(self.labels)
+        super().__init__(self.corner_config.landmark_config(), labels, name)
+
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """At least two points of the structure among ``labels`` (its corners are no bank landmarks)."""
+        self._point_labels(labels)
 
     @property
     def default_params(self) -> CornerPairParams:

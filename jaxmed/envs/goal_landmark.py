@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, image_box
+from jaxmed.envs.base import Box, Discrete, check_labels_present, image_box
 from jaxmed.envs.goals import GoalConditionedEnv, NavFields, check_goal_config
 from jaxmed.envs.landmark import (
     N_ACTIONS,
@@ -61,7 +61,7 @@ from jaxmed.envs.landmark import (
     distance_reward,
     reached_target,
 )
-from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.errors import ConfigError
 from jaxmed.ops.linalg import apply_affine
 
 
@@ -146,12 +146,15 @@ class GoalLandmarkEnv(GoalConditionedEnv):
 
     config_class = GoalLandmarkConfig
     params_class = LandmarkParams
+    default_name = "goal-landmark"
 
-    def __init__(self, config: GoalLandmarkConfig | None = None, labels: Sequence[str] | None = None, name: str = "goal-landmark"):
-        self._setup(config, labels, name)
-        if self.labels is not None:
-            check_goal_labels(name, self.config.goals, self.labels)
-        self.nav = LandmarkEnv(self.config.nav_config(), name=name)
+    def __init__(self, config: GoalLandmarkConfig | None = None, labels: Sequence[str] | None = None, name: str | None = None):
+        super().__init__(config, labels, name)
+        self.nav = LandmarkEnv(self.config.nav_config(), name=self.name)
+
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """The goal landmarks among ``labels``."""
+        check_goal_labels(self.name, self.config.goals, labels)
 
     # -------------------------------------------------------------- descriptions
 
@@ -178,7 +181,7 @@ class GoalLandmarkEnv(GoalConditionedEnv):
         levels within the bank (host side, static attributes only)."""
         if bank is None or not hasattr(bank, "levels") or not hasattr(bank, "margin"):
             raise ConfigError(f"{self.name}: needs a VolumeBank (jaxmed.data.bank.build_bank), got {type(bank).__name__}")
-        check_goal_labels(self.name, self.config.goals, bank.labels)
+        self.check_labels(bank.labels)
         self.check_reference_volume(bank, "crops")
         self.nav.check_bank(bank.replace(labels=self.nav.config.targets))
 
@@ -378,9 +381,7 @@ class GoalLandmarkEnv(GoalConditionedEnv):
 
 def check_goal_labels(name: str, goals: Sequence[str], labels: Sequence[str]) -> None:
     """Raise :class:`LandmarkError` naming the unknown goal labels and the available ones."""
-    missing = [g for g in goals if g not in tuple(labels)]
-    if missing:
-        raise LandmarkError(f"{name}: unknown goal landmark(s) {', '.join(map(repr, missing))}; available: {', '.join(labels)}")
+    check_labels_present(goals, labels, f"{name}: unknown goal landmark(s)")
 
 
 def goal_example(patch, spacing: float, edge: int, label: str = "goal"):

@@ -61,10 +61,10 @@ import numpy as np
 from flax import struct
 
 from jaxmed.data.planes import PLANES, PlaneDefinition, _three_points, get_plane
-from jaxmed.envs.base import Box, Discrete, check_discrete_action, check_volume_bank, image_box
+from jaxmed.envs.base import Box, Discrete, check_discrete_action, check_labels_present, check_volume_bank, image_box
 from jaxmed.envs.goals import GoalConditionedEnv, NavFields, check_goal_config
 from jaxmed.envs.plane import N_ACTIONS, PlaneConfig, PlaneEnv, PlaneObsState, PlaneParams, PlaneState, perturbed_plane
-from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.errors import ConfigError
 from jaxmed.ops.linalg import HIGHEST, matmul, matvec, vdot
 from jaxmed.ops.plane import plane_basis
 
@@ -198,12 +198,11 @@ class GoalPlaneEnv(GoalConditionedEnv):
 
     config_class = GoalPlaneConfig
     params_class = PlaneParams
+    default_name = "goal-plane"
 
-    def __init__(self, config: GoalPlaneConfig | None = None, labels: Sequence[str] | None = None, name: str = "goal-plane"):
-        self._setup(config, labels, name)
-        if self.labels is not None:
-            self._check_labels(self.labels)
-        self.nav = PlaneEnv(self.config.plane_config(), name=name)
+    def __init__(self, config: GoalPlaneConfig | None = None, labels: Sequence[str] | None = None, name: str | None = None):
+        super().__init__(config, labels, name)
+        self.nav = PlaneEnv(self.config.plane_config(), name=self.name)
         self._frames = np.stack([frame_rotation(d) for d in self.config.definitions])  # (G, 3, 3)
 
     # -------------------------------------------------------------- descriptions
@@ -227,18 +226,16 @@ class GoalPlaneEnv(GoalConditionedEnv):
 
     # -------------------------------------------------------------- checks
 
-    def _check_labels(self, labels) -> None:
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """The landmarks of every goal plane's definition among ``labels``."""
         for d in self.config.definitions:
-            missing = [label for label in d.labels if label not in tuple(labels)]
-            if missing:
-                raise LandmarkError(f"{self.name}: goal plane {d.name!r} needs landmark(s) {', '.join(map(repr, missing))}; "
-                                    f"available: {', '.join(labels)}")
+            check_labels_present(d.labels, labels, f"{self.name}: goal plane {d.name!r} needs landmark(s)")
 
     def check_bank(self, bank) -> None:
         """A VolumeBank with the configured levels, the goals' landmarks, the reference volume and at
         least one other volume (host side, static attributes only)."""
         check_volume_bank(self, bank, self.config.levels)
-        self._check_labels(bank.labels)
+        self.check_labels(bank.labels)
         self.check_reference_volume(bank, "slabs")
 
     def check_action(self, action):

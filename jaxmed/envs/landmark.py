@@ -68,8 +68,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_volume_bank, image_box, is_concrete
-from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.envs.base import (
+    Box,
+    ConfiguredEnv,
+    Discrete,
+    check_discrete_action,
+    check_labels_present,
+    check_volume_bank,
+    image_box,
+    is_concrete,
+)
+from jaxmed.errors import ConfigError
 from jaxmed.ops.intensity import apply_knots, identity_knots, random_knots
 from jaxmed.ops.linalg import apply_affine
 
@@ -226,15 +235,11 @@ class LandmarkEnv(ConfiguredEnv):
 
     config_class = LandmarkConfig
     params_class = LandmarkParams
+    default_name = "landmark"
 
-    def __init__(self, config: LandmarkConfig | None = None, labels: Sequence[str] | None = None, name: str = "landmark"):
-        self._setup(config, labels, name)
-        if self.labels is not None:
-            missing = [t for t in self.config.targets if t not in self.labels]
-            if missing:
-                raise LandmarkError(
-                    f"{name}: unknown target landmark(s) {', '.join(map(repr, missing))}; available: {', '.join(self.labels)}"
-                )
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """Every agent's target among ``labels``."""
+        check_labels_present(self.config.targets, labels, f"{self.name}: unknown target landmark(s)")
 
     # -------------------------------------------------------------- descriptions
 

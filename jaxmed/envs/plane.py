@@ -89,8 +89,8 @@ import numpy as np
 from flax import struct
 
 from jaxmed.data.planes import PlaneDefinition, get_plane
-from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_volume_bank, image_box
-from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_labels_present, check_volume_bank, image_box
+from jaxmed.errors import ConfigError
 from jaxmed.ops.linalg import HIGHEST, apply_affine, vdot
 from jaxmed.ops.plane import (
     plane_basis,
@@ -285,12 +285,12 @@ class PlaneEnv(ConfiguredEnv):
 
     config_class = PlaneConfig
     params_class = PlaneParams
+    default_name = "plane"
 
-    def __init__(self, config: PlaneConfig | None = None, labels: Sequence[str] | None = None, name: str = "plane"):
-        self._setup(config, labels, name)
-        self.definition = self.config.definition
-        if self.labels is not None:
-            self._check_labels(self.labels)
+    @functools.cached_property
+    def definition(self) -> PlaneDefinition:
+        """The target plane's definition (``config.definition``)."""
+        return self.config.definition
 
     # -------------------------------------------------------------- descriptions
 
@@ -319,18 +319,14 @@ class PlaneEnv(ConfiguredEnv):
 
     # -------------------------------------------------------------- host-side checks
 
-    def _check_labels(self, labels) -> None:
-        missing = [label for label in self.definition.labels if label not in labels]
-        if missing:
-            raise LandmarkError(
-                f"{self.name}: plane {self.config.target!r} needs landmark(s) {', '.join(map(repr, missing))}; "
-                f"available: {', '.join(labels)}"
-            )
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """The landmarks the target definition reads among ``labels``."""
+        check_labels_present(self.definition.labels, labels, f"{self.name}: plane {self.config.target!r} needs landmark(s)")
 
     def check_bank(self, bank) -> None:
         """A :class:`VolumeBank` with the configured levels and the definition's landmarks (static checks)."""
         check_volume_bank(self, bank, self.config.levels)
-        self._check_labels(bank.labels)
+        self.check_labels(bank.labels)
 
     def check_action(self, action):
         """``(1,)`` (or scalar) integers in ``0..7``; values checked when concrete."""

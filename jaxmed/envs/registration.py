@@ -100,8 +100,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_volume_bank
-from jaxmed.errors import ConfigError, LandmarkError
+from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_labels_present, check_volume_bank
+from jaxmed.errors import ConfigError
 from jaxmed.ops.linalg import apply_affine, matmul, matvec
 from jaxmed.ops.resample import affine_grid, trilinear_levels
 from jaxmed.ops.rigid import invert_rigid, matrix_to_params, rigid_distance, rigid_matrix
@@ -300,13 +300,11 @@ class RegistrationEnv(ConfiguredEnv):
 
     config_class = RegistrationConfig
     params_class = RegistrationParams
+    default_name = "registration"
 
-    def __init__(self, config: RegistrationConfig | None = None, labels: Sequence[str] | None = None, name: str = "registration"):
-        self._setup(config, labels, name)
-        if self.labels is not None:
-            missing = [t for t in self.config.landmarks if t not in self.labels]
-            if missing:
-                raise LandmarkError(f"{name}: unknown TRE landmark(s) {', '.join(map(repr, missing))}; available: {', '.join(self.labels)}")
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """The TRE landmarks among ``labels``."""
+        check_labels_present(self.config.landmarks, labels, f"{self.name}: unknown TRE landmark(s)")
 
     # -------------------------------------------------------------- descriptions
 

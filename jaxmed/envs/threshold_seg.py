@@ -160,9 +160,7 @@ class ThresholdSegEnv(SegCropEnv):
 
     config_class = ThresholdSegConfig
     params_class = ThresholdSegParams
-
-    def __init__(self, config: ThresholdSegConfig | None = None, labels=None, name: str = "threshold-seg"):
-        self._setup(config, labels, name)
+    default_name = "threshold-seg"
 
     # -------------------------------------------------------------- descriptions
 

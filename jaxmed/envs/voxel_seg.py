@@ -118,9 +118,7 @@ class VoxelSegEnv(SegCropEnv):
 
     config_class = VoxelSegConfig
     params_class = VoxelSegParams
-
-    def __init__(self, config: VoxelSegConfig | None = None, labels=None, name: str = "voxel-seg"):
-        self._setup(config, labels, name)
+    default_name = "voxel-seg"
 
     # -------------------------------------------------------------- descriptions
 
