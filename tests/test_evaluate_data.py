@@ -147,3 +147,22 @@ def test_train_prints_its_device_and_evaluates_the_extra_sets(tmp_path, capsys):
     assert "| test | 1 | 1 |" in captured.out and "| scans | 1 | 1 |" in captured.out
     assert "nowhere not evaluated" in captured.err  # a set that cannot be loaded is reported; the run stands
     assert (run / "eval_scans.csv").exists() and (run / "summary.json").exists() and (run / "eval.md").exists()
+
+
+def test_a_set_result_carries_the_agents_uncertainty(tmp_path):
+    """``evaluate_landmark_set`` keeps each answer's uncertainty ``(S, K)``, as ``find`` writes it."""
+    from jaxmed.data import sources
+    from jaxmed.detect import LandmarkDetector
+    from jaxmed.evaluation import evaluate_landmark_set
+    from jaxmed.inference import read_uncertainty
+
+    run = tmp_path / "run"
+    cfg = untrained_run(run)
+    _, manifest = _population(tmp_path)
+    subjects = sources.from_spec(str(manifest), cfg.data.spacing).subjects("test", ["L0"])
+    det = LandmarkDetector.from_run(run, n_starts=4)
+    res = evaluate_landmark_set(det, subjects, name="scans", registration=False)
+    answers, _ = det.find([s.volume for s in subjects])
+    want = [[read_uncertainty(a)["L0"]] for a in answers]
+    assert res.uncertainty.shape == (2, 1) and np.all(res.uncertainty >= 0)
+    np.testing.assert_allclose(res.uncertainty, want)
