@@ -231,6 +231,8 @@ def run_training(
         for c in range(start, cfg.train.chunks):
             if refresh is not None:  # the bank of this chunk's epoch (a function of c alone: resume stays exact)
                 bank = refresh.for_chunk(c)
+                if c > 0 and c % refresh.every == 0:  # a new epoch: nothing collected on the old subjects survives
+                    rs = restart_on_new_bank(rs, init(jax.random.fold_in(jax.random.key(cfg.train.seed), c), bank))
             tc = time.perf_counter()
             rs, metrics = chunk_fn(rs, bank)
             metrics = _summarise(jax.device_get(metrics))
@@ -276,6 +278,22 @@ def device_description() -> str:
         return f"cpu x{len(devices)}"
     name = f"{'cuda' if d.platform == 'gpu' else d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip()
     return name + (f" (+{len(devices) - 1} more)" if len(devices) > 1 else "")
+
+
+#: Runner-state fields that hold data about the bank's subjects: replayed transitions, in-flight
+#: n-step windows, env states and their observations. Replay stores env states, not pixels, and
+#: re-renders observations from the bank when it samples, so a transition is only valid with the
+#: subjects it was collected on: after a bank refresh it would pair one subject's observation with
+#: another subject's reward.
+BANK_BOUND_FIELDS = ("buffer", "window", "env_state", "obs")
+
+
+def restart_on_new_bank(rs, fresh):
+    """``rs`` (a learner's runner state) with every :data:`BANK_BOUND_FIELDS` field it has taken
+    from ``fresh``, a runner state initialised on the new bank: the replay buffer starts empty
+    (learning pauses until it holds ``learning_starts`` again), episodes restart on the new subjects;
+    parameters, optimiser state, counters, keys and hyperparameters carry on."""
+    return rs.replace(**{f: getattr(fresh, f) for f in BANK_BOUND_FIELDS if hasattr(rs, f)})
 
 
 class _BankRefresher:

@@ -256,6 +256,16 @@ def test_refresh_every_rebuilds_the_training_bank_without_retrace_and_resumes_ex
     assert b0.labels == b1.labels and not np.allclose(np.asarray(b0.landmarks_world), np.asarray(b1.landmarks_world))
     full = run_training(cfg, tmp_path / "full", progress=False, evaluate=False)
     assert full["bank_epochs"] == [0, 1, 2] and full["chunk_compilations"] == 1  # fresh subjects, one compiled program
+    # replay stores env states and re-renders them from the bank: a new epoch starts with an empty
+    # buffer (else old subjects' rewards would be replayed with the new subjects' observations)
+    from jaxmed.train import Checkpoints, _trainer
+
+    init, _ = _trainer(cfg, exp.env, exp.env_params, exp.network)
+    ckpt = Checkpoints(tmp_path / "full" / "checkpoints")
+    saved = ckpt.restore(3, init(jax.random.key(0), exp.bank))
+    ckpt.close()
+    assert int(saved.buffer.size) == cfg.dqn.n_envs * cfg.dqn.chunk_steps  # only the last chunk's transitions
+    assert int(saved.steps) == 3 * cfg.dqn.chunk_steps and int(saved.updates) > 0  # counters and learning carry on
 
     class Killed(Exception):
         pass
