@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxmed import experiment as ex
 from jaxmed import inference
+from jaxmed.data import bank as bank_lib
 from jaxmed.errors import ConfigError, LandmarkError
 
 AGGREGATES = inference.AGGREGATES
@@ -37,39 +38,14 @@ def robust_mean(points: np.ndarray, method: str = "median", trim: float = 0.2) -
 
 #: Level-0 extents of detection banks are rounded up to a multiple of this many voxels times the
 #: coarsest pyramid factor, so that images of similar size share one compiled program.
-SHAPE_BUCKET = 16
+SHAPE_BUCKET = bank_lib.SHAPE_BUCKET
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".img", ".hdr")
 
 
-def bucket_shapes(bank, bucket: int = SHAPE_BUCKET) -> list[tuple[int, int, int]]:
-    """Padded spatial shapes of each level of ``bank`` rounded up to a bucket: the level-0 extent to a
-    multiple of ``bucket * max(factors)`` voxels, level ``l`` that divided by its factor, plus the
-    margins (images of similar size get the same shapes, hence the same compiled programs)."""
-    q = bucket * max(bank.factors)
-    ext0 = np.asarray(bank.levels[0].shape[1:]) - 2 * bank.margin
-    b0 = -(-ext0 // q) * q
-    return [tuple(int(v) for v in b0 // f + 2 * bank.margin) for f in bank.factors]
-
-
-def pad_bank(bank, level_shapes):
-    """``bank`` with each level's stack zero-padded at the high end to ``level_shapes`` (at least its
-    own). ``bank.shapes`` (the true extents) is unchanged, so start points, bounds and answers are
-    those of the unpadded bank; only the array shapes, hence the compiled program, are shared."""
-    import jax.numpy as jnp
-
-    levels = []
-    for a, target in zip(bank.levels, level_shapes):
-        pad = [(0, 0)] + [(0, int(t) - int(s)) for t, s in zip(target, a.shape[1:])]
-        if any(p[1] < 0 for p in pad):
-            raise ConfigError(f"pad_bank: level shape {a.shape[1:]} is larger than the target {tuple(target)}")
-        levels.append(jnp.pad(a, pad) if any(p[1] for p in pad) else a)
-    return bank.replace(levels=tuple(levels))
-
-
 def _bucket_bank(bank, bucket: int = SHAPE_BUCKET):
-    """``bank`` padded to its :func:`bucket_shapes`."""
-    return pad_bank(bank, bucket_shapes(bank, bucket))
+    """``bank`` padded to its :meth:`~jaxmed.data.bank.VolumeBank.bucket_shapes`."""
+    return bank.padded_to(bank.bucket_shapes(bucket))
 
 
 class LandmarkDetector:

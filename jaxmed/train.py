@@ -298,27 +298,23 @@ def restart_on_new_bank(rs, fresh):
 
 class _BankRefresher:
     """The training bank of each epoch (``train.refresh_every`` chunks each), all padded to one shape
-    (bucketed with headroom, :func:`jaxmed.detect.bucket_shapes`) so the chunk function never
+    (bucketed with headroom, :meth:`jaxmed.data.bank.VolumeBank.bucket_shapes`) so the chunk function never
     recompiles; a later epoch's bank that does not fit grows the shape (one recompilation, reported)."""
 
     def __init__(self, exp: ex.Experiment):
-        from jaxmed.detect import bucket_shapes
-
         self.exp, self.every = exp, int(exp.cfg.train.refresh_every)
-        self.shapes = bucket_shapes(exp.bank)
+        self.shapes = exp.bank.bucket_shapes()
         self.epoch, self.bank = 0, self._fit(exp.bank)
         self.epochs_built = [0]
 
     def _fit(self, bank):
-        from jaxmed.detect import pad_bank
-
         own = [a.shape[1:] for a in bank.levels]
         grown = [tuple(max(int(a), int(b)) for a, b in zip(s, o)) for s, o in zip(self.shapes, own)]
         if grown != self.shapes:
             print(f"train.refresh_every: the new subjects need a larger bank {grown} than {self.shapes}: one recompilation",
                   file=sys.stderr)
             self.shapes = grown
-        return pad_bank(bank, self.shapes)
+        return bank.padded_to(self.shapes)
 
     def for_chunk(self, chunk: int):
         epoch = chunk // self.every

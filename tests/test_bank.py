@@ -137,3 +137,23 @@ def test_packed_pyramid_is_optional_derived_and_crops_every_level(subjects):
     static = np.asarray(jax.jit(lambda b, i, c: b.crops(i, c, d, 1))(packed, vol, np.minimum(cen, 4)))
     single = np.asarray(jax.vmap(jax.vmap(lambda i, c: packed.crop(i, c, d, level=1)))(vol, np.minimum(cen, 4)))
     np.testing.assert_array_equal(static, single)
+
+
+def test_bucket_shapes_and_padding_keep_every_crop_and_true_extent(subjects):
+    bank = build_bank(subjects, factors=(1, 2), max_crop=5, packed=True)
+    shapes = bank.bucket_shapes(4)  # level-0 extents to a multiple of 4 * 2 = 8 voxels, plus the margins
+    m = bank.margin
+    ext0 = np.asarray(bank.levels[0].shape[1:]) - 2 * m
+    assert shapes[0] == tuple(int(-(-e // 8) * 8 + 2 * m) for e in ext0)
+    assert shapes[1] == tuple(int((s - 2 * m) // 2 + 2 * m) for s in shapes[0])
+    padded = bank.padded_to(shapes)
+    assert padded.level_shapes == tuple(shapes)
+    np.testing.assert_array_equal(padded.shapes, bank.shapes)  # the true extents stay
+    assert padded.packed is not None and padded.packed.shape[1] > bank.packed.shape[1]  # derived copy rebuilt
+    for lvl in range(bank.n_levels):  # every window of the original bank is unchanged
+        for i in range(bank.n_volumes):
+            c = jnp.asarray(np.asarray(bank.shapes[lvl, i]) - 1, jnp.int32)
+            np.testing.assert_array_equal(np.asarray(padded.crop(i, c, 5, level=lvl)), np.asarray(bank.crop(i, c, 5, level=lvl)))
+    assert bank.padded_to(bank.level_shapes).levels[0] is bank.levels[0]  # nothing to pad: the same array
+    with pytest.raises(ValueError, match="larger than the target"):
+        bank.padded_to([tuple(s - 1 for s in bank.level_shapes[0]), shapes[1]])

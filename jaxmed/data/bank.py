@@ -39,6 +39,10 @@ from jaxmed.errors import ConfigError, LandmarkError
 
 STORAGE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "uint8": jnp.uint8}
 
+#: :meth:`VolumeBank.bucket_shapes` rounds level-0 extents up to a multiple of this many voxels times
+#: the coarsest pyramid factor, so that banks of similar size share one compiled program.
+SHAPE_BUCKET = 16
+
 
 @struct.dataclass
 class VolumeBank:
@@ -98,6 +102,27 @@ class VolumeBank:
     def level_shapes(self) -> tuple[tuple[int, int, int], ...]:
         """Static padded spatial shape ``(X_l + 2m, Y_l + 2m, Z_l + 2m)`` of each level."""
         return tuple(tuple(int(v) for v in a.shape[1:]) for a in self.levels)
+
+    def bucket_shapes(self, bucket: int = SHAPE_BUCKET) -> list[tuple[int, int, int]]:
+        """Padded spatial shapes of each level rounded up to a bucket: the level-0 extent to a multiple
+        of ``bucket * max(factors)`` voxels, level ``l`` that divided by its factor, plus the margins
+        (banks of similar size get the same shapes, hence the same compiled programs)."""
+        q = bucket * max(self.factors)
+        ext0 = np.asarray(self.levels[0].shape[1:]) - 2 * self.margin
+        b0 = -(-ext0 // q) * q
+        return [tuple(int(v) for v in b0 // f + 2 * self.margin) for f in self.factors]
+
+    def padded_to(self, level_shapes) -> VolumeBank:
+        """This bank with each level's stack zero-padded at the high end to ``level_shapes`` (at least
+        its own). ``shapes`` (the true extents) is unchanged, so start points, bounds and answers are
+        those of the unpadded bank; only the array shapes, hence the compiled programs, are shared."""
+        levels = []
+        for a, target in zip(self.levels, level_shapes):
+            pad = [(0, 0)] + [(0, int(t) - int(s)) for t, s in zip(target, a.shape[1:])]
+            if any(p[1] < 0 for p in pad):
+                raise ValueError(f"VolumeBank.padded_to: level shape {a.shape[1:]} is larger than the target {tuple(target)}")
+            levels.append(jnp.pad(a, pad) if any(p[1] for p in pad) else a)
+        return self.replace(levels=tuple(levels))
 
     def label_index(self, label: str) -> int:
         """Index of ``label`` among the bank's landmarks (:class:`LandmarkError` if absent)."""
