@@ -21,7 +21,6 @@ import numpy as np
 
 from jaxmed import experiment as ex
 from jaxmed import inference
-from jaxmed.data import bank as bank_lib
 from jaxmed.errors import ConfigError, LandmarkError
 
 AGGREGATES = inference.AGGREGATES
@@ -36,23 +35,14 @@ def robust_mean(points: np.ndarray, method: str = "median", trim: float = 0.2) -
     return inference.aggregate(points, method, trim).position
 
 
-#: Level-0 extents of detection banks are rounded up to a multiple of this many voxels times the
-#: coarsest pyramid factor, so that images of similar size share one compiled program.
-SHAPE_BUCKET = bank_lib.SHAPE_BUCKET
-
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".img", ".hdr")
-
-
-def _bucket_bank(bank, bucket: int = SHAPE_BUCKET):
-    """``bank`` padded to its :meth:`~jaxmed.data.bank.VolumeBank.bucket_shapes`."""
-    return bank.padded_to(bank.bucket_shapes(bucket))
 
 
 class LandmarkDetector:
     """A landmark run's agents, ready to answer landmarks in many images in one process.
 
     Built once from a run's config and network parameters; every call of :meth:`find` stacks the
-    given conformed volumes in one bank, pads it to a bucketed shape (:data:`SHAPE_BUCKET`) and runs
+    given conformed volumes in one bank, pads it to a bucketed shape (:meth:`~jaxmed.data.bank.VolumeBank.bucket_shapes`) and runs
     all agents from ``n_starts`` fixed starts per volume in one jitted, vmapped rollout; the
     compiled program is kept per bank shape, so images of similar size compile once
     (:attr:`compilations` counts them). Each landmark's answer aggregates the end points of every
@@ -132,7 +122,7 @@ class LandmarkDetector:
         bank = build_bank(list(zip(volumes, landmarks)), self.trained, factors=cfg.data.factors, max_crop=env.max_crop,
                           dtype=cfg.data.dtype, packed=env.wants_packed_bank)
         env.check_bank(bank)
-        return _bucket_bank(bank)
+        return bank.padded_to(bank.bucket_shapes())  # images of similar size share one compiled program
 
     def compiled_for(self, bank, states):
         """The compiled rollout for this bank shape (compiling it the first time, timed)."""

@@ -308,8 +308,7 @@ class _BankRefresher:
         self.epochs_built = [0]
 
     def _fit(self, bank):
-        own = [a.shape[1:] for a in bank.levels]
-        grown = [tuple(max(int(a), int(b)) for a, b in zip(s, o)) for s, o in zip(self.shapes, own)]
+        grown = [tuple(max(int(a), int(b)) for a, b in zip(s, o)) for s, o in zip(self.shapes, bank.level_shapes)]
         if grown != self.shapes:
             print(f"train.refresh_every: the new subjects need a larger bank {grown} than {self.shapes}: one recompilation",
                   file=sys.stderr)
