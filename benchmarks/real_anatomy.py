@@ -40,11 +40,12 @@ SETS = ("colin27", "mni-t2w", "afids")
 
 
 def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensemble: bool = False, shape: bool = False,
-             n_starts: int = 27) -> dict:
+             n_starts: int = 27, intensity_scales=None) -> dict:
     """Evaluate every seed of ``run_dir`` on ``sets`` (or, with ``ensemble``, one detector pooling
     every seed's end points); JSON-able results. ``shape``: also score the same answers after the
     affine shape check (:func:`jaxmed.shape_model.check_shape` against the template's landmarks, as
-    ``jaxmed detect --shape affine`` answers)."""
+    ``jaxmed detect --shape affine`` answers). ``intensity_scales``: test-time intensity augmentation
+    (``jaxmed detect --intensity-scales``; default the run's ``eval.intensity_scales``)."""
     from jaxmed.detect import LandmarkDetector
     from jaxmed.evaluation import evaluate_landmark_set, resolve_set
     from jaxmed.shape_model import check_shape
@@ -53,12 +54,14 @@ def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensem
     cfg, network, params = load_params(run_dir)
     members = [seed_params(cfg, params, s) for s in range(cfg.train.seeds)]
     if ensemble:
-        detectors = [LandmarkDetector(cfg, network, members, aggregate=aggregate, n_starts=n_starts, where=str(run_dir))]
+        detectors = [LandmarkDetector(cfg, network, members, aggregate=aggregate, n_starts=n_starts, where=str(run_dir),
+                                      intensity_scales=intensity_scales)]
     else:
-        detectors = [LandmarkDetector(cfg, network, m, aggregate=aggregate, n_starts=n_starts, where=str(run_dir)) for m in members]
+        detectors = [LandmarkDetector(cfg, network, m, aggregate=aggregate, n_starts=n_starts, where=str(run_dir),
+                                      intensity_scales=intensity_scales) for m in members]
     out = {"run": str(run_dir), "config": cfg.to_dict(), "seeds": len(detectors), "aggregate": aggregate, "sets": {},
            "ensemble_of_seeds": cfg.train.seeds if ensemble else 1, "shape": "affine" if shape else "none",
-           "starts": n_starts}
+           "starts": n_starts, "intensity_scales": list(detectors[0].intensity_scales)}
     labels = detectors[0].labels
     for spec in sets:
         log(f"{spec}: building the subjects")
@@ -164,7 +167,8 @@ def markdown(result: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     m = result.get("machine", {})
     header = (f"Run `{result.get('run')}` ({result['seeds']} seed(s), mean ± std over seeds; {len(labels)} landmark(s), "
-              f"aggregate `{result['aggregate']}`, {result.get('starts', 27)} starts per agent); "
+              f"aggregate `{result['aggregate']}`, {result.get('starts', 27)} starts per agent"
+              + (f", intensity scales {result['intensity_scales']}" if len(result.get('intensity_scales', [1.0])) > 1 else "") + "); "
               f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {str(m.get('date', ''))[:16]}, "
               f"commit {m.get('git_commit', '?')}; training {result.get('train_seconds', float('nan')):.0f} s.\n"
               f"Command: `{result.get('command', '')}`\n")
@@ -186,6 +190,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline")
     p.add_argument("--ensemble", action="store_true", help="one detector pooling every seed's end points (several agents per landmark)")
     p.add_argument("--starts", type=int, default=27, help="start points per agent and subject (27: the 3x3x3 grid; default %(default)s)")
+    p.add_argument("--intensity-scales", type=float, nargs="+", metavar="S", help="test-time intensity augmentation "
+                   "(jaxmed detect --intensity-scales; default: the run's eval.intensity_scales)")
     p.add_argument("--shape", action="store_true", help="also score the answers after the affine shape check (jaxmed detect "
                    "--shape affine; a model of >= 8 landmarks): one more row per set")
     p.add_argument("--out", type=Path, default=RESULTS / "real_anatomy.json")
@@ -222,7 +228,7 @@ def main(argv=None) -> int:
         if summary_file.exists():
             train_s = json.loads(summary_file.read_text()).get("train_wall_s")
     result = evaluate(Path(run_dir), args.sets, not args.no_registration, args.aggregate, log, ensemble=args.ensemble,
-                      shape=args.shape, n_starts=args.starts)
+                      shape=args.shape, n_starts=args.starts, intensity_scales=args.intensity_scales)
     result.update(machine=machine_info(), command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
                   train_seconds=train_s if train_s is not None else float("nan"))
     result["summary"] = summary(result)

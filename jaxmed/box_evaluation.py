@@ -110,7 +110,7 @@ def evaluate_box_set(cfg, network, params, spec: str, *, registration: bool = Tr
     if progress:
         progress(f"{name}: {len(subjects)} subject(s), structure {structure}")
     bank = build_bank([s.pair() for s in subjects], labels, factors=cfg.data.factors, max_crop=env.max_crop,
-                      dtype=cfg.data.dtype, packed=env.wants_packed_bank)
+                      dtype=cfg.data.dtype, packed=env.wants_packed_bank, full_scale=cfg.data.intensity_ceiling)
     env.check_bank(bank)
     n_starts = cfg.eval_starts
     states = env.eval_states(eval_params, bank, n_starts, seed=cfg.train.seed)

@@ -4,7 +4,9 @@ Slicer ``.fcsv``.
 All agents of the run (one per landmark, or several per landmark with ``agents_per_target``) start
 from ``n_starts`` fixed points and run greedily in one jitted, vmapped rollout; each landmark's answer
 aggregates the end points of every agent that hunts it, from every start (the "several agents, one
-landmark" estimate of multi-agent landmark detection).
+landmark" estimate of multi-agent landmark detection). With test-time intensity augmentation
+(``intensity_scales``) every image also runs with its intensities scaled, and the end points of all
+copies are pooled too.
 
 Many images in one process: :class:`LandmarkDetector` keeps the compiled program per (bucketed)
 bank shape, so a batch of images pays the start-up and the compilation once
@@ -60,10 +62,15 @@ class LandmarkDetector:
         the template's configuration (:func:`jaxmed.shape_model.check_landmarks`; the run's data
         source must have a template and the run at least :data:`~jaxmed.shape_model.MIN_LANDMARKS`
         landmarks) before the requested ``labels`` are picked.
+      intensity_scales: test-time intensity augmentation (default: the run's
+        ``eval.intensity_scales``, ``(1.0,)`` unless set): every volume also runs with its
+        intensities multiplied by each factor (:func:`scaled_copies`) and a landmark's answer pools
+        the end points of every copy, as it pools agents, starts and ensemble members.
     """
 
     def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int = 27,
-                 aggregate: str = "median", seed: int = 0, where: str = "run", shape: str = "none"):
+                 aggregate: str = "median", seed: int = 0, where: str = "run", shape: str = "none",
+                 intensity_scales: Sequence[float] | None = None):
         from jaxmed.runs import make_policy_rollout
 
         if aggregate not in AGGREGATES:
@@ -87,6 +94,8 @@ class LandmarkDetector:
         if missing:
             raise LandmarkError(f"{where}: the model was trained for {', '.join(self.trained)}; it cannot detect {', '.join(missing)}")
         self.n_starts, self.aggregate, self.seed, self.shape = int(n_starts), aggregate, int(seed), shape
+        self.intensity_scales = (cfg.eval.intensity_scales if intensity_scales is None
+                                 else ex.check_intensity_scales(intensity_scales, f"{where}: intensity_scales"))
         self.shape_template = self._shape_template(where) if shape != "none" else None
         self._rollout = make_policy_rollout(cfg, self.env, self.eval_params, network)
         self._compiled: dict = {}
@@ -109,10 +118,11 @@ class LandmarkDetector:
             raise ConfigError(f"{where}: the template has no {', '.join(missing)} for the shape check")
         return reference[1].select(self.trained)
 
-    def bank(self, volumes, landmarks=None):
+    def bank(self, volumes, landmarks=None, full_scale: float | None = None):
         """A bucketed detection bank of conformed ``volumes``; ``landmarks`` (one per volume, with the
         trained labels) are carried for evaluation, else a placeholder (detection never reads them:
-        no reward, no target stop)."""
+        no reward, no target stop). uint8 storage scale: ``full_scale``, else the run's
+        ``data.intensity_ceiling``, else the volumes' maximum (:func:`jaxmed.data.build_bank`)."""
         from jaxmed.data import Landmarks, build_bank
 
         cfg, env = self.cfg, self.env
@@ -120,7 +130,8 @@ class LandmarkDetector:
             landmarks = [Landmarks(self.trained, np.repeat(v.voxel_to_world((np.array(v.shape) - 1) / 2)[None], len(self.trained), 0),
                                    source=v.source) for v in volumes]
         bank = build_bank(list(zip(volumes, landmarks)), self.trained, factors=cfg.data.factors, max_crop=env.max_crop,
-                          dtype=cfg.data.dtype, packed=env.wants_packed_bank)
+                          dtype=cfg.data.dtype, packed=env.wants_packed_bank,
+                          full_scale=cfg.data.intensity_ceiling if full_scale is None else full_scale)
         env.check_bank(bank)
         return bank.padded_to(bank.bucket_shapes())  # images of similar size share one compiled program
 
@@ -140,24 +151,30 @@ class LandmarkDetector:
     def end_points(self, volumes, landmarks=None) -> tuple[np.ndarray, np.ndarray, float]:
         """``(world, volume_index, seconds)``: every ensemble member's sub-voxel end points
         (:func:`jaxmed.inference.end_points`, the centre of each agent's final oscillation) in world
-        RAS mm, ``(M * E, A, 3)`` float64 (member after member, ``E`` = starts of all volumes), the
-        index into ``volumes`` of each row ``(M * E,)``, and the wall time of the compiled rollouts
-        (compilation excluded)."""
+        RAS mm, ``(C * M * E, A, 3)`` float64 (intensity copy after copy, member after member within
+        one, ``E`` = starts of all volumes), the index into ``volumes`` of each row, and the wall
+        time of the compiled rollouts (compilation excluded). The :attr:`intensity_scales` copies
+        run one after another, each in a bank of its own (the same shape: one compiled program, the
+        same starts, and memory for one copy of the volumes at a time), all stored on the scale of
+        the unscaled volumes (so that a uint8 bank keeps a copy's dimming)."""
         import jax
 
-        bank = self.bank(volumes, landmarks)
-        states = self.env.eval_states(self.eval_params, bank, self.n_starts, seed=self.seed)
-        compiled = self.compiled_for(bank, states)
-        t0 = time.perf_counter()
-        finals = [jax.block_until_ready(compiled(p, bank, states)["final_state"]) for p in self.members]
-        seconds = time.perf_counter() - t0
-        world, vols = [], []
-        for final in jax.device_get(finals):
-            vox = inference.end_points(final, self.env.config.osc_window)  # (E, A, 3) level-0 voxels
-            v = np.asarray(final.volume).reshape(-1)
-            affines = np.asarray(bank.affines[0], np.float64)[v]  # (E, 4, 4)
-            world.append(np.einsum("eij,eaj->eai", affines[:, :3, :3], vox) + affines[:, None, :3, 3])
-            vols.append(v)
+        world, vols, seconds = [], [], 0.0
+        full_scale = self.cfg.data.intensity_ceiling or max(float(np.max(v.data)) for v in volumes) or 1.0
+        for scale in self.intensity_scales:
+            bank = self.bank(scaled_copies(volumes, [scale]), landmarks, full_scale=full_scale)
+            states = self.env.eval_states(self.eval_params, bank, self.n_starts, seed=self.seed)
+            compiled = self.compiled_for(bank, states)
+            t0 = time.perf_counter()
+            finals = [jax.block_until_ready(compiled(p, bank, states)["final_state"]) for p in self.members]
+            seconds += time.perf_counter() - t0
+            for final in jax.device_get(finals):
+                vox = inference.end_points(final, self.env.config.osc_window)  # (E, A, 3) level-0 voxels
+                v = np.asarray(final.volume).reshape(-1)
+                affines = np.asarray(bank.affines[0], np.float64)[v]  # (E, 4, 4)
+                world.append(np.einsum("eij,eaj->eai", affines[:, :3, :3], vox) + affines[:, None, :3, 3])
+                vols.append(v)
+            del bank, states, finals
         return np.concatenate(world), np.concatenate(vols), seconds
 
     def find(self, volumes, landmarks=None, sources: Sequence[str] | None = None) -> tuple[list, float]:
@@ -190,6 +207,18 @@ class LandmarkDetector:
         return cls(cfg, network, [seed_params(cfg, params, s) for s in seeds], where=str(run_dir), **kwargs)
 
 
+def scaled_copies(volumes, scales: Sequence[float]) -> list:
+    """Each volume once per factor of ``scales`` (volume after volume: ``len(volumes) * len(scales)``
+    volumes), its intensities multiplied by the factor and clipped to the volume's own maximum (a
+    normalised image stays in its range; a factor of 1 is the volume itself)."""
+    out = []
+    for v in volumes:
+        data = np.asarray(v.data, np.float32)
+        top = float(data.max())
+        out.extend(v if s == 1.0 else v.replace(data=np.minimum(data * np.float32(s), np.float32(top))) for s in scales)
+    return out
+
+
 def read_conformed(image, spacing: float):
     """Load ``image`` (any NIfTI / DICOM) and conform it to ``spacing`` mm; every failure is an
     :class:`ImageError` naming the file (raised before any compilation)."""
@@ -207,13 +236,15 @@ def read_conformed(image, spacing: float):
 
 
 def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, n_starts: int = 27,
-           aggregate: str = "median", seed: int = 0, shape: str = "none"):
-    """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass.
+           aggregate: str = "median", seed: int = 0, shape: str = "none", intensity_scales: Sequence[float] | None = None):
+    """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass
+    (``intensity_scales``: :class:`LandmarkDetector`).
 
     Returns :class:`jaxmed.data.Landmarks` in world RAS mm. For many images use
     :class:`LandmarkDetector` (one compilation) or :func:`detect_files`.
     """
-    det = LandmarkDetector.from_run(run_dir, labels=labels, n_starts=n_starts, aggregate=aggregate, seed=seed, shape=shape)
+    det = LandmarkDetector.from_run(run_dir, labels=labels, n_starts=n_starts, aggregate=aggregate, seed=seed, shape=shape,
+                                    intensity_scales=intensity_scales)
     volume = read_conformed(image, det.cfg.data.spacing)
     answers, _ = det.find([volume], sources=[f"jaxmed detect {image}"])
     return answers[0]
@@ -377,7 +408,8 @@ def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None,
     volume = conform(load_image(image), cfg.data.spacing)
     # the subject's goal position is unknown and never read (no reward, no target stop)
     placeholder = Landmarks((label,), volume.voxel_to_world((np.array(volume.shape) - 1) / 2)[None], source=str(image))
-    bank = build_bank([reference, (volume, placeholder)], (label,), factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype)
+    bank = build_bank([reference, (volume, placeholder)], (label,), factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype,
+                      full_scale=cfg.data.intensity_ceiling)
     c = env.config
     goal_cfg = GoalLandmarkConfig(goals=(label,), n_agents=c.n_agents, crop_size=c.crop_size, frames=c.frames, levels=c.levels,
                                   osc_window=c.osc_window, reference_volume=0)

@@ -10,6 +10,7 @@ options, ``eval_starts`` / ``eval_max_steps``), ``network`` (the learner's netwo
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -72,6 +73,18 @@ class TrainSection:
         return [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in self.hparams.items()} for i in range(self.seeds)]
 
 
+def check_intensity_scales(scales, where: str) -> tuple[float, ...]:
+    """``scales`` as a tuple of floats; :class:`ConfigError` naming ``where`` unless it is a non-empty
+    sequence of finite numbers > 0 without repeats."""
+    try:
+        values = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a list of numbers > 0, got {scales!r}") from None
+    if not values or any(not math.isfinite(s) or s <= 0 for s in values) or len(set(values)) != len(values):
+        raise ConfigError(f"{where}: expected a non-empty list of distinct finite numbers > 0, got {list(scales)}")
+    return values
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalSection:
     """What ``jaxmed train`` evaluates after training and ``jaxmed evaluate`` by default.
@@ -82,10 +95,19 @@ class EvalSection:
         a data YAML); each gives ``eval_<name>.md`` / ``.csv`` with the template-prior and
         registration baselines, and one row of the summary beside the held-out one.
       registration: run the affine registration baseline on those sets.
+      intensity_scales: test-time intensity augmentation of landmark detection: every image is also
+        run with its normalised intensities multiplied by each of these factors (clipped to the
+        image's own maximum) and the end points of all copies are pooled into one answer per
+        landmark (:class:`jaxmed.detect.LandmarkDetector`); ``(1.0,)``, the default, runs the image
+        as it is. Costs ``len(intensity_scales)`` times the detection work.
     """
 
     extra_sets: tuple[str, ...] = ()
     registration: bool = True
+    intensity_scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self):
+        check_intensity_scales(self.intensity_scales, "eval.intensity_scales")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +255,7 @@ def make_bank(cfg: ExperimentConfig, split: str, n: int, *, epoch: int = 0):
     # goal-conditioned envs cut their goal images from bank volume 0: make it the template
     volumes = [template_subject(cfg.data, labels)] + subjects if env.wants_reference else subjects
     bank = build_bank(volumes, labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype,
-                      packed=env.wants_packed_bank)
+                      packed=env.wants_packed_bank, full_scale=cfg.data.intensity_ceiling)
     return bank, subjects, time.perf_counter() - t0
 
 

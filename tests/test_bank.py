@@ -157,3 +157,41 @@ def test_bucket_shapes_and_padding_keep_every_crop_and_true_extent(subjects):
     assert bank.padded_to(bank.level_shapes).levels[0] is bank.levels[0]  # nothing to pad: the same array
     with pytest.raises(ValueError, match="larger than the target"):
         bank.padded_to([tuple(s - 1 for s in bank.level_shapes[0]), shapes[1]])
+
+
+def test_a_fixed_full_scale_stores_a_volume_alike_whatever_shares_its_bank():
+    """uint8 banks scale to their own maximum unless ``full_scale`` is given: then a volume's stored
+    values do not depend on the other volumes of the bank (a real image detected alone is stored as
+    it was among training subjects), intensities above it are clipped, and bad values are refused."""
+    from jaxmed.data import Volume
+    from jaxmed.data.sources import DataConfig
+
+    vol, lm = blob_phantom(shape=(20, 20, 20), spacing=2.0, n_landmarks=2, seed=0)
+    data = np.asarray(vol.data, np.float32) / float(np.max(vol.data))  # max 1.0, like a normalised image
+    dim = Volume(data, vol.affine)
+    bright = Volume(np.minimum(1.2 * data, 1.2), vol.affine)  # a synthetic subject up to clip_max 1.2
+    alone = build_bank([(dim, lm)], dtype="uint8", factors=(1, 2), max_crop=5)
+    shared = build_bank([(dim, lm), (bright, lm)], dtype="uint8", factors=(1, 2), max_crop=5)
+    assert not np.array_equal(np.asarray(alone.levels[0][0]), np.asarray(shared.levels[0][0]))  # the old coupling
+    fixed_alone = build_bank([(dim, lm)], dtype="uint8", factors=(1, 2), max_crop=5, full_scale=1.2)
+    fixed_shared = build_bank([(dim, lm), (bright, lm)], dtype="uint8", factors=(1, 2), max_crop=5, full_scale=1.2)
+    for level in range(2):
+        np.testing.assert_array_equal(np.asarray(fixed_alone.levels[level][0]), np.asarray(fixed_shared.levels[level][0]))
+    np.testing.assert_array_equal(np.asarray(fixed_shared.levels[0][1]), np.asarray(shared.levels[0][1]))  # max 1.2 here
+    assert float(fixed_alone.intensity_scale) == pytest.approx(1.2 / 255)
+    m = fixed_alone.margin
+    stored = np.asarray(fixed_alone.levels[0][0])[m:m + 20, m:m + 20, m:m + 20]
+    np.testing.assert_allclose(stored * float(fixed_alone.intensity_scale), data, atol=0.5 * 1.2 / 255 + 1e-6)
+    clipped = build_bank([(bright, lm)], dtype="uint8", max_crop=5, full_scale=0.6)
+    assert int(np.asarray(clipped.levels[0]).max()) == 255
+    f32 = build_bank([(bright, lm)], dtype="float32", max_crop=5, full_scale=0.6)  # float banks: as they are
+    assert float(np.asarray(f32.levels[0]).max()) == pytest.approx(float(np.max(bright.data)))
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ConfigError, match="full_scale"):
+            build_bank([(dim, lm)], dtype="uint8", max_crop=5, full_scale=bad)
+    # the data section carries it for every bank of a run
+    cfg = DataConfig.from_mapping({"source": "phantom", "intensity_ceiling": 1.2})
+    assert cfg.intensity_ceiling == 1.2 and cfg.to_mapping()["intensity_ceiling"] == 1.2
+    assert DataConfig.from_mapping(cfg.to_mapping()) == cfg and DataConfig().intensity_ceiling is None
+    with pytest.raises(ConfigError, match="data.intensity_ceiling"):
+        DataConfig.from_mapping({"source": "phantom", "intensity_ceiling": 0})

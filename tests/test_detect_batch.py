@@ -150,3 +150,80 @@ def test_shape_check_mends_answers_that_disagree_with_the_template(tmp_path, afi
     assert set(read_uncertainty(checked)) == set(labels)
     some = LandmarkDetector.from_run(tmp_path / "run", n_starts=4, shape="affine", labels=["PC", "AC"]).find([volume])[0][0]
     np.testing.assert_allclose(some.positions, checked.select(["PC", "AC"]).positions)  # checked on all, then picked
+
+
+def test_intensity_augmentation_pools_the_end_points_of_scaled_copies(tmp_path, capsys):
+    """``intensity_scales``: each volume also runs with its intensities scaled (clipped to its own
+    maximum); the end points of all copies are those of the copies run as separate volumes, mapped
+    back to their volume, and the answer aggregates them all. ``(1.0,)`` is plain detection; the
+    run's ``eval.intensity_scales`` is the default; bad factors are refused naming the key."""
+    import dataclasses
+
+    from jaxmed.config import build
+    from jaxmed.detect import read_conformed, scaled_copies
+    from jaxmed.experiment import EvalSection
+    from jaxmed.inference import estimate_landmarks
+    from jaxmed.runs import load_params
+
+    run = tmp_path / "run"
+    untrained_run(run)
+    cfg, network, params = load_params(run)
+    vol, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=0)
+    other, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=1)
+    scales = (0.5, 1.0, 1.5)
+    copies = scaled_copies([vol, other], scales)
+    data, top = np.asarray(vol.data, np.float32), float(np.max(vol.data))
+    assert len(copies) == 6 and copies[1] is vol and copies[4] is other
+    np.testing.assert_allclose(copies[0].data, 0.5 * data, rtol=1e-6)
+    np.testing.assert_allclose(copies[2].data, np.minimum(1.5 * data, top), rtol=1e-6)
+    assert float(np.max(copies[2].data)) == pytest.approx(top) and np.all(copies[2].affine == vol.affine)
+
+    # with the bank's uint8 scale fixed (data.intensity_ceiling), each scale's copies run as a batch of their own
+    top_all = max(top, float(np.max(other.data)))
+    cfg_fixed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, intensity_ceiling=top_all))
+    plain = LandmarkDetector(cfg_fixed, network, params, n_starts=8)
+    tta = LandmarkDetector(cfg_fixed, network, params, n_starts=8, intensity_scales=scales)
+    per_scale = [plain.end_points(copies[c::3]) for c in range(3)]
+    w, v, _ = tta.end_points([vol, other])
+    np.testing.assert_array_equal(w, np.concatenate([p[0] for p in per_scale]))
+    np.testing.assert_array_equal(v, np.concatenate([p[1] for p in per_scale]))
+    assert np.bincount(v).tolist() == [3 * 8, 3 * 8] and tta.compilations == 1  # 8 starts x 3 copies, one program
+    answers, _ = tta.find([vol, other])
+    for i in range(2):
+        want = estimate_landmarks(w[v == i], tta.targets, tta.labels, "median")
+        np.testing.assert_allclose(answers[i].positions, want.positions, atol=1e-9)
+    half, whole = (np.asarray(plain.bank(copies[c::3]).levels[0][0], np.float64) for c in (0, 1))
+    assert np.abs(half - 0.5 * whole).max() <= 1.0 and whole.max() > 100  # the dimmed copy is stored dimmed
+    # without a ceiling the copies are stored on the scale of the unscaled volumes: the same end points
+    free = LandmarkDetector(cfg, network, params, n_starts=8, intensity_scales=scales)
+    np.testing.assert_array_equal(free.end_points([vol, other])[0], w)
+    one = LandmarkDetector(cfg, network, params, n_starts=8, intensity_scales=[1])
+    unscaled = LandmarkDetector(cfg, network, params, n_starts=8)
+    np.testing.assert_allclose(one.find([vol])[0][0].positions, unscaled.find([vol])[0][0].positions, atol=1e-9)
+
+    # the run's eval.intensity_scales is the default; the argument overrides it
+    cfg_tta = dataclasses.replace(cfg, eval=build(EvalSection, {"intensity_scales": [0.5, 1.0, 1.5]}, "run.eval"))
+    assert LandmarkDetector(cfg_tta, network, params).intensity_scales == scales
+    assert LandmarkDetector(cfg_tta, network, params, intensity_scales=[1.0]).intensity_scales == (1.0,)
+    assert LandmarkDetector(cfg, network, params).intensity_scales == (1.0,)
+    for bad in ([], [0.0], [1.0, -1.0], [1.0, 1.0], [float("nan")], "x"):
+        with pytest.raises(ConfigError, match="eval.intensity_scales"):
+            build(EvalSection, {"intensity_scales": bad}, "run.eval")
+        with pytest.raises(ConfigError, match="run: intensity_scales"):
+            LandmarkDetector(cfg, network, params, intensity_scales=bad)
+
+    # the run's data.intensity_ceiling fixes the detection bank's uint8 scale (as in its training banks)
+    assert cfg.data.dtype == "uint8"
+    cfg_ceiling = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, intensity_ceiling=2.5))
+    assert float(LandmarkDetector(cfg_ceiling, network, params).bank([vol]).intensity_scale) == pytest.approx(2.5 / 255)
+    assert float(unscaled.bank([vol]).intensity_scale) == pytest.approx(top / 255)
+
+    # the command line: one image, three copies, one landmark file
+    images = _images(tmp_path)
+    assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "a.fcsv"), "--starts", "8",
+                 "--intensity-scales", "0.5", "1", "1.5"]) == 0
+    want = tta.find([read_conformed(images[0], cfg.data.spacing)])[0][0]
+    np.testing.assert_allclose(read_landmarks(tmp_path / "a.fcsv").positions, want.positions, atol=1e-3)
+    assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "b.fcsv"),
+                 "--intensity-scales", "0"]) == 2
+    assert "intensity_scales" in capsys.readouterr().err and not (tmp_path / "b.fcsv").exists()

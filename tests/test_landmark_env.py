@@ -474,3 +474,53 @@ def test_random_contrast_per_episode_renders_the_same_crops_through_its_table(dt
                                   np.asarray(plain.get_obs(s0.replace(contrast=identity_knots(2)), params, bank)))
     with pytest.raises(ConfigError, match="contrast_knots"):
         _env(bank, contrast_knots=1)
+
+
+def test_random_gain_per_episode_scales_the_crops_and_never_at_evaluation():
+    """``gain_prob``: a reset without a random table draws a gain table instead (``v -> min(g v, full)``
+    with ``g`` log-uniform in ``[gain_min, gain_max]``); the crops are the plain ones scaled and clipped;
+    evaluation draws none; the options are checked."""
+    from jaxmed.envs import make
+    from jaxmed.ops.intensity import gain_knots, identity_knots, random_gain_knots
+
+    np.testing.assert_array_equal(np.asarray(gain_knots(6, 1.0)), np.asarray(identity_knots(6)))
+    np.testing.assert_array_equal(np.asarray(gain_knots(5, 0.5)), np.round(0.5 * np.linspace(0, 255, 5)).astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(gain_knots(5, 2.0)), [0, 128, 255, 255, 255])
+    gains = []
+    for i in range(64):
+        k = np.asarray(random_gain_knots(jax.random.key(i), 6, 1.0, 0.6, 1.3)).astype(float)
+        gains.append(k[1] / 51.0)  # knot 1 sits at a fifth of full scale: gain = value / 51
+    gains = np.array(gains)
+    assert gains.min() >= 0.6 - 0.02 and gains.max() <= 1.3 + 0.02 and gains.std() > 0.1
+    assert (gains < 0.9).sum() > 10 and (gains > 1.05).sum() > 10
+    assert not bool(jnp.any(random_gain_knots(jax.random.key(0), 6, 0.0, 0.6, 1.3) != identity_knots(6)))
+
+    bank = build_bank(_subjects(), factors=(1, 2, 4), max_crop=D, dtype="float32")
+    full = 1.0 / float(bank.intensity_scale)
+    plain = _env(bank, targets=("L0", "L1"), levels=(0, 1))
+    env = _env(bank, targets=("L0", "L1"), levels=(0, 1), contrast_knots=6)
+    params = env.default_params.replace(gain_prob=1.0, gain_min=0.6, gain_max=1.3)
+    drawn = [env.reset(jax.random.key(i), params, bank)[1] for i in range(6)]
+    for s in drawn:
+        knots = np.asarray(s.contrast).astype(float)
+        g = knots[1] / 51.0
+        assert 0.58 <= g <= 1.32 and np.all(np.diff(knots) >= 0)  # a monotone gain, not a random table
+        want = np.asarray(plain.get_obs(s.replace(contrast=identity_knots(2)), params, bank))
+        got = np.asarray(env.get_obs(s, params, bank))
+        inside = want < 0.7 * full / max(g, 1.0)  # away from the clip and the kink between knots
+        np.testing.assert_allclose(got[inside], g * want[inside], rtol=0.02, atol=2e-3 * full)
+    # the random table wins when both are drawn; the default (gain_prob 0) leaves the table stream as it was
+    both = env.default_params.replace(contrast_prob=1.0, gain_prob=1.0, gain_min=0.6, gain_max=1.3)
+    only_table = env.default_params.replace(contrast_prob=1.0)
+    for i in range(4):
+        np.testing.assert_array_equal(np.asarray(env.reset(jax.random.key(i), both, bank)[1].contrast),
+                                      np.asarray(env.reset(jax.random.key(i), only_table, bank)[1].contrast))
+    assert float(env.eval_params(params).gain_prob) == 0.0
+    s0 = env.reset(jax.random.key(0), env.eval_params(params), bank)[1]
+    np.testing.assert_array_equal(np.asarray(s0.contrast), np.asarray(identity_knots(6)))
+    with pytest.raises(ConfigError, match="env.gain_prob > 0 needs env.contrast_knots"):
+        make("landmark-v0", bank_labels=bank.labels, gain_prob=0.5, gain_min=0.6, gain_max=1.3)
+    with pytest.raises(ConfigError, match="gain_min <= gain_max"):
+        make("landmark-v0", bank_labels=bank.labels, contrast_knots=6, gain_prob=0.5, gain_min=1.3, gain_max=0.6)
+    env2, p2 = make("landmark-v0", bank_labels=bank.labels, contrast_knots=6, gain_prob=0.5, gain_min=0.6, gain_max=1.3)
+    assert float(p2.gain_prob) == 0.5 and float(p2.gain_max) == pytest.approx(1.3)

@@ -96,10 +96,12 @@ def template_prior(data_cfg, env) -> tuple[np.ndarray, float] | None:
 
 
 def find_plane(volume, env, env_params, policy, *, factors=(1,), dtype: str = "float32", n_starts: int = 9,
-               max_steps: int | None = None, seed: int = 0, prior: tuple[np.ndarray, float] | None = None) -> dict:
+               max_steps: int | None = None, seed: int = 0, prior: tuple[np.ndarray, float] | None = None,
+               full_scale: float | None = None) -> dict:
     """Run a greedy view-plane ``policy`` (``obs (E, 1, ...) -> actions (E, 1)``) on ``volume`` (a
     conformed :class:`jaxmed.data.Volume`) from ``n_starts`` starts around ``prior`` (``(normal,
-    offset about the image centre)``; default: the world-axis plane through the centre).
+    offset about the image centre)``; default: the world-axis plane through the centre); ``factors``,
+    ``dtype``, ``full_scale``: the bank's, as the run's ``data`` section has them.
 
     Returns ``{"normal" (3,), "offset", "point" (3,), "pivot" (3,), "normals" (E, 3), "offsets" (E,),
     "steps" (E,)}`` (NumPy, world RAS mm): the robust mean plane, the projection of the image centre
@@ -112,7 +114,8 @@ def find_plane(volume, env, env_params, policy, *, factors=(1,), dtype: str = "f
     # The bank needs landmark positions; nothing here reads them (no reward, no target stop).
     centre = volume.voxel_to_world((np.array(volume.shape) - 1) / 2)
     placeholder = Landmarks(labels, np.repeat(centre[None], len(labels), 0), source=str(volume.source))
-    bank = build_bank([(volume, placeholder)], labels, factors=factors, max_crop=3, dtype=dtype, packed=env.wants_packed_bank)
+    bank = build_bank([(volume, placeholder)], labels, factors=factors, max_crop=3, dtype=dtype, packed=env.wants_packed_bank,
+                      full_scale=full_scale)
     eval_params = env.eval_params(env_params)
     max_tilt = min(10.0, 0.5 * float(env_params.max_start_angle_deg))
     normal, offset = (None, 0.0) if prior is None else prior
@@ -235,7 +238,7 @@ def plane_command(image: str | Path, checkpoint: str | Path, out: str | Path, pn
     learner = cfg.train.learner
     result = find_plane(volume, env, env_params, lambda obs: learners.policy_action(learner, network, params, obs),
                         factors=tuple(cfg.data.factors), dtype=cfg.data.dtype, n_starts=n_starts, max_steps=eval_max_steps,
-                        prior=template_prior(cfg.data, env))
+                        prior=template_prior(cfg.data, env), full_scale=cfg.data.intensity_ceiling)
     doc = plane_json(result, env.definition, str(image), str(checkpoint))
     _write_atomic(out, json.dumps(doc, indent=2) + "\n")
     if png is not None:

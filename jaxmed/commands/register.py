@@ -134,7 +134,7 @@ def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, dept
     stand_in = Landmarks(labels, np.repeat(c[None], len(labels), axis=0), source="registration centre")
     moving_lm = Landmarks(labels, np.repeat(grid_centre(moving)[None], len(labels), axis=0), source="moving image centre (unused)")
     bank = build_bank([(fixed, stand_in), (moving, moving_lm)], labels, factors=cfg.data.factors, max_crop=env.max_crop,
-                      dtype=cfg.data.dtype)
+                      dtype=cfg.data.dtype, full_scale=cfg.data.intensity_ceiling)
     state = jax.tree.map(lambda x: x[None], env.pair_state(bank, 0, 1))
     t0 = time.perf_counter()
     if lookahead > 1:

@@ -222,6 +222,7 @@ def build_bank(
     max_crop: int = 45,
     dtype: str = "float32",
     packed: bool = False,
+    full_scale: float | None = None,
 ) -> VolumeBank:
     """Stack subjects into a :class:`VolumeBank`.
 
@@ -234,7 +235,12 @@ def build_bank(
       factors: pyramid downsampling factors, strictly increasing, starting at 1.
       max_crop: the largest crop edge (voxels, at any level) that will be taken; sets the margin
         ``max_crop // 2 + 1``.
-      dtype: storage dtype, ``"float32"``, ``"bfloat16"`` or ``"uint8"`` (scaled to the bank's max).
+      dtype: storage dtype, ``"float32"``, ``"bfloat16"`` or ``"uint8"`` (``[0, full_scale]`` stored as
+        ``0..255``).
+      full_scale: uint8 banks: the intensity stored as 255 (larger ones are clipped to it). ``None``:
+        the bank's own maximum, so that a volume's stored values (what a network sees) depend on
+        the other volumes of its bank; a fixed value stores every volume alike, in training and in
+        detection (``data.intensity_ceiling``). Float banks store intensities as they are.
       packed: also store all levels in one ``(N, V)`` buffer for per-window-level crops (module
         docstring; doubles the pyramid's memory). Off by default.
     """
@@ -250,7 +256,9 @@ def build_bank(
     pairs = [_as_pair(s) for s in subjects]
     labels = tuple(labels) if labels is not None else pairs[0][1].labels
     margin = max_crop // 2 + 1
-    vmax = max(float(v.data.max()) for v, _ in pairs) or 1.0
+    if full_scale is not None and not (np.isfinite(full_scale) and full_scale > 0):
+        raise ConfigError(f"build_bank: full_scale must be a finite number > 0, got {full_scale!r}")
+    vmax = float(full_scale) if full_scale is not None else (max(float(v.data.max()) for v, _ in pairs) or 1.0)
     scale = vmax / 255.0 if dtype == "uint8" else 1.0
 
     level_arrays, shapes, affines, lm_vox = [], [], [], []

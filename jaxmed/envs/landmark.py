@@ -79,7 +79,7 @@ from jaxmed.envs.base import (
     is_concrete,
 )
 from jaxmed.errors import ConfigError
-from jaxmed.ops.intensity import apply_knots, identity_knots, random_knots
+from jaxmed.ops.intensity import apply_knots, identity_knots, random_gain_knots, random_knots
 from jaxmed.ops.linalg import apply_affine
 
 N_ACTIONS = 6
@@ -152,6 +152,9 @@ class LandmarkParams:
       osc_repeats: how many occurrences of the new position among the recent ones is an oscillation.
       contrast_prob: probability that a reset draws a random intensity table (with
         ``LandmarkConfig.contrast_knots > 0``); evaluation never does.
+      gain_prob: probability that a reset without a random table draws a random gain instead (every
+        intensity times a factor log-uniform in ``[gain_min, gain_max]``, clipped to full scale;
+        :func:`jaxmed.ops.intensity.random_gain_knots`; needs ``contrast_knots > 0``); evaluation never does.
     """
 
     max_steps: int = 200
@@ -160,6 +163,9 @@ class LandmarkParams:
     start_radius_mm: float = 0.0
     osc_repeats: int = 3
     contrast_prob: float = 0.0
+    gain_prob: float = 0.0
+    gain_min: float = 1.0
+    gain_max: float = 1.0
 
 
 @struct.dataclass
@@ -345,7 +351,9 @@ class LandmarkEnv(ConfiguredEnv):
         start = jnp.where(radius > 0, near, central)
         state = self._initial_state(bank, volume, start)
         if c.contrast_knots:
-            state = state.replace(contrast=random_knots(jax.random.fold_in(key, 1), c.contrast_knots, params.contrast_prob))
+            table = random_knots(jax.random.fold_in(key, 1), c.contrast_knots, params.contrast_prob)
+            gain = random_gain_knots(jax.random.fold_in(key, 2), c.contrast_knots, params.gain_prob, params.gain_min, params.gain_max)
+            state = state.replace(contrast=jnp.where(jnp.all(table == identity_knots(c.contrast_knots)), gain, table))
         return state
 
     def reset_at(self, params: LandmarkParams | None, bank, volume, start_pos) -> tuple[jax.Array, LandmarkState]:
@@ -387,8 +395,8 @@ class LandmarkEnv(ConfiguredEnv):
 
     def eval_params(self, params: LandmarkParams) -> LandmarkParams:
         """No stop at the target (that would use the ground truth): agents run until they oscillate; no
-        random contrast."""
-        return params.replace(terminate_at_target_mm=0.0, contrast_prob=0.0)
+        random contrast or gain."""
+        return params.replace(terminate_at_target_mm=0.0, contrast_prob=0.0, gain_prob=0.0)
 
     def eval_states(self, params, bank, n_starts: int, seed: int = 0) -> LandmarkState:
         """``E = n_volumes * n_starts`` start states (leading axis ``E``).

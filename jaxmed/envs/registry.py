@@ -108,7 +108,9 @@ def _landmark_factory(levels: tuple[int, ...], n_default_targets: int | None):
             targets = (config_kw["targets"],) if isinstance(config_kw["targets"], str) else tuple(config_kw["targets"])
             config_kw["targets"] = tuple(t for t in targets for _ in range(copies))
         env = LandmarkEnv(LandmarkConfig(**config_kw), labels=bank_labels, name=name)
-        return env, LandmarkParams(**params_kw)
+        params = LandmarkParams(**params_kw)
+        _check_intensity_tables(name, env.config, params)
+        return env, params
 
     return factory
 
@@ -116,6 +118,17 @@ def _landmark_factory(levels: tuple[int, ...], n_default_targets: int | None):
 register("landmark-v0", _landmark_factory((0,), 1))
 register("landmark-multiscale-v0", _landmark_factory((0, 1, 2), 1))
 register("landmark-multiagent-v0", _landmark_factory((0,), 4))
+
+
+def _check_intensity_tables(name: str, config, params) -> None:
+    """Random contrast and gain need the episode's intensity table (``contrast_knots > 0``); a gain
+    range is ``0 < gain_min <= gain_max``."""
+    for key in ("contrast_prob", "gain_prob"):
+        if float(getattr(params, key)) > 0 and not config.contrast_knots:
+            raise ConfigError(f"{name}: env.{key} > 0 needs env.contrast_knots (the episode's intensity table), e.g. 6")
+    lo, hi = float(params.gain_min), float(params.gain_max)
+    if not 0 < lo <= hi:
+        raise ConfigError(f"{name}: env.gain_min / env.gain_max must satisfy 0 < gain_min <= gain_max, got {lo}, {hi}")
 
 
 def _labels_from_bank(name: str, config_kw: dict, key: str, bank_labels, what: str) -> None:

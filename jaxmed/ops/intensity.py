@@ -5,6 +5,10 @@ at ``K`` evenly spaced stored intensities from 0 to full scale; a stored value `
 piecewise-linear interpolation through the knots, ``interp(v / full, linspace(0, 1, K), knots / 255)
 * full`` (rounded for integer storage). The identity knots leave every value exactly as it is.
 
+A *gain* table (:func:`random_gain_knots`) is the narrow case real scans differ by most often: all
+intensities times one factor, clipped to full scale (a brain normalised with or without its bright
+scalp, another scanner's scaling).
+
 Random knots are uniform and independent, so the look-up table is any piecewise-linear function:
 monotone (another T1 weighting), reversed (T2-like), or neither, as in SynthSeg (Billot et al. 2023),
 where each tissue class draws its own intensity. Applied to the few crops an agent sees rather than to
@@ -30,6 +34,22 @@ def random_knots(key, n_knots: int, prob) -> jax.Array:
     drawn = jnp.floor(jax.random.uniform(k_knots, (n_knots,)) * 256.0).clip(0, 255).astype(jnp.uint8)
     use = jax.random.uniform(k_use, ()) < prob
     return jnp.where(use, drawn, identity_knots(n_knots))
+
+
+def gain_knots(n_knots: int, gain) -> jax.Array:
+    """``(K,)`` uint8 knots of ``v -> min(gain * v, full scale)`` (``gain`` a scalar > 0; the kink
+    falls between knots, so the table is that line to within one knot spacing)."""
+    return jnp.round(jnp.clip(gain * jnp.linspace(0.0, 255.0, n_knots), 0.0, 255.0)).astype(jnp.uint8)
+
+
+def random_gain_knots(key, n_knots: int, prob, gain_min, gain_max) -> jax.Array:
+    """``(K,)`` uint8: with probability ``prob`` the :func:`gain_knots` of a gain drawn log-uniformly in
+    ``[gain_min, gain_max]``, else the identity (scalars; a draw is the identity when both are 1)."""
+    k_use, k_gain = jax.random.split(key)
+    lo, hi = jnp.log(jnp.asarray(gain_min, jnp.float32)), jnp.log(jnp.asarray(gain_max, jnp.float32))
+    gain = jnp.exp(lo + (hi - lo) * jax.random.uniform(k_gain, ()))
+    use = jax.random.uniform(k_use, ()) < prob
+    return jnp.where(use, gain_knots(n_knots, gain), identity_knots(n_knots))
 
 
 def apply_knots(values: jax.Array, knots: jax.Array, full_scale) -> jax.Array:

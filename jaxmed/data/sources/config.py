@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any, Mapping
 
@@ -44,6 +45,11 @@ class DataConfig:
         augmentation with it.
       dtype: bank storage dtype (``uint8``, ``bfloat16``, ``float32``; checked when the bank is built).
       factors: pyramid downsampling factors of the bank.
+      intensity_ceiling: uint8 banks store ``[0, intensity_ceiling]`` as ``0..255`` in training,
+        evaluation and detection alike (:func:`jaxmed.data.build_bank` ``full_scale``). ``None``: each
+        bank scales to its own maximum, so a network sees a real image (normalised to [0, 1]) in a
+        bank of its own brighter than the synthetic subjects it trained on (up to
+        ``synth.clip_max``); real-scan configs set it to the synthesis ceiling.
       options: the source's own keys (a frozen dataclass, ``sources.source_class(source).Options``);
         readable as attributes of the config too (``cfg.phantom_shape``).
 
@@ -58,11 +64,12 @@ class DataConfig:
     seed: int = 0
     dtype: str = "uint8"
     factors: tuple[int, ...] = (1,)
+    intensity_ceiling: float | None = None
     options: Any = None
 
     def __init__(self, source: str = "afids", spacing: float = 2.0, n_train: int = 16, n_test: int = 8, seed: int = 0,
-                 dtype: str = "uint8", factors: tuple[int, ...] = (1,), options: Any = None, *, _where: str = "data",
-                 **source_options):
+                 dtype: str = "uint8", factors: tuple[int, ...] = (1,), intensity_ceiling: float | None = None,
+                 options: Any = None, *, _where: str = "data", **source_options):
         cls = source_class(source)
         if options is None or isinstance(options, Mapping):
             opts = dict(options or {})
@@ -87,7 +94,9 @@ class DataConfig:
             opts = build(cls.Options, opts, _where)
         for name, value in (("source", source), ("spacing", float(spacing)), ("n_train", int(n_train)),
                             ("n_test", int(n_test)), ("seed", int(seed)), ("dtype", dtype),
-                            ("factors", tuple(int(f) for f in factors)), ("options", opts)):
+                            ("factors", tuple(int(f) for f in factors)),
+                            ("intensity_ceiling", None if intensity_ceiling is None else float(intensity_ceiling)),
+                            ("options", opts)):
             object.__setattr__(self, name, value)
         if not self.spacing > 0:
             raise ConfigError(f"{_where}.spacing: must be > 0 mm, got {spacing!r}")
@@ -95,6 +104,8 @@ class DataConfig:
             raise ConfigError(f"{_where}.n_train and {_where}.n_test must be >= 1")
         if self.seed < 0:
             raise ConfigError(f"{_where}.seed: must be >= 0, got {seed!r}")
+        if self.intensity_ceiling is not None and not (math.isfinite(self.intensity_ceiling) and self.intensity_ceiling > 0):
+            raise ConfigError(f"{_where}.intensity_ceiling: must be a finite number > 0 (or null), got {intensity_ceiling!r}")
         check = getattr(opts, "check", None)
         if check is not None:
             check(self, _where)
