@@ -148,7 +148,8 @@ class LandmarkDetector:
             self.compilations += 1
         return self._compiled[key]
 
-    def end_points(self, volumes, landmarks=None) -> tuple[np.ndarray, np.ndarray, float]:
+    def end_points(self, volumes, landmarks=None, intensity_scales: Sequence[float] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
         """``(world, volume_index, seconds)``: every ensemble member's sub-voxel end points
         (:func:`jaxmed.inference.end_points`, the centre of each agent's final oscillation) in world
         RAS mm, ``(C * M * E, A, 3)`` float64 (intensity copy after copy, member after member within
@@ -156,12 +157,14 @@ class LandmarkDetector:
         time of the compiled rollouts (compilation excluded). The :attr:`intensity_scales` copies
         run one after another, each in a bank of its own (the same shape: one compiled program, the
         same starts, and memory for one copy of the volumes at a time), all stored on the scale of
-        the unscaled volumes (so that a uint8 bank keeps a copy's dimming)."""
+        the unscaled volumes (so that a uint8 bank keeps a copy's dimming). ``intensity_scales``
+        overrides the detector's for this call (the same compiled program)."""
         import jax
 
         world, vols, seconds = [], [], 0.0
         full_scale = self.cfg.data.intensity_ceiling or max(float(np.max(v.data)) for v in volumes) or 1.0
-        for scale in self.intensity_scales:
+        scales = self.intensity_scales if intensity_scales is None else ex.check_intensity_scales(intensity_scales, "intensity_scales")
+        for scale in scales:
             bank = self.bank(scaled_copies(volumes, [scale]), landmarks, full_scale=full_scale)
             states = self.env.eval_states(self.eval_params, bank, self.n_starts, seed=self.seed)
             compiled = self.compiled_for(bank, states)

@@ -197,6 +197,9 @@ def test_intensity_augmentation_pools_the_end_points_of_scaled_copies(tmp_path, 
     # without a ceiling the copies are stored on the scale of the unscaled volumes: the same end points
     free = LandmarkDetector(cfg, network, params, n_starts=8, intensity_scales=scales)
     np.testing.assert_array_equal(free.end_points([vol, other])[0], w)
+    # one call may run other factors (the same compiled program)
+    np.testing.assert_array_equal(tta.end_points([vol, other], intensity_scales=[0.5])[0], per_scale[0][0])
+    assert tta.compilations == 1
     one = LandmarkDetector(cfg, network, params, n_starts=8, intensity_scales=[1])
     unscaled = LandmarkDetector(cfg, network, params, n_starts=8)
     np.testing.assert_allclose(one.find([vol])[0][0].positions, unscaled.find([vol])[0][0].positions, atol=1e-9)
