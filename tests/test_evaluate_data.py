@@ -80,6 +80,14 @@ def test_evaluate_data_on_held_out_and_a_folder_of_scans(tmp_path, capsys):
     out_dir = tmp_path / "elsewhere"
     assert main(["evaluate", str(run), "--data", str(manifest), "--no-registration", "--out", str(out_dir)]) == 0
     assert {r["registration_error_mm"] for r in _read(out_dir / "eval_scans.csv")} == {""}
+    # test-time intensity copies: the same subjects and columns; bad factors refused before anything is written
+    tta_dir = tmp_path / "tta"
+    assert main(["evaluate", str(run), "--data", str(manifest), "--no-registration", "--out", str(tta_dir),
+                 "--intensity-scales", "0.8", "1", "1.2"]) == 0
+    assert [r["subject"] for r in _read(tta_dir / "eval_scans.csv")] == ["sub-0001", "sub-0002"]
+    assert main(["evaluate", str(run), "--data", str(manifest), "--no-registration", "--out", str(tmp_path / "bad"),
+                 "--intensity-scales", "-1"]) == 2
+    assert "intensity_scales" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_extra_sets_of_the_config_are_evaluated_by_default(tmp_path, capsys):
