@@ -18,7 +18,7 @@ import numpy as np
 from jaxmed.bench import compile_timed, fmt, load_avg, machine_info, machine_line, make_random_rollout, reset_batch, save_figure, timed
 
 __all__ = ["compile_timed", "fmt", "load_avg", "machine_info", "machine_line", "make_random_rollout", "memcpy_bandwidth", "parser",
-           "replot", "reset_batch", "run_and_write", "run_grid_script", "save_figure", "timed"]
+           "replot", "reset_batch", "run_and_write", "run_grid_script", "save_figure", "timed", "write_result"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GRIDS = Path(__file__).resolve().parent / "grids"
@@ -74,6 +74,22 @@ def replot(path: Path, plot: Callable, markdown: Callable) -> dict:
     plot(result, Path(path).with_suffix(".png"))
     print(markdown(result))
     return result
+
+
+def write_result(out: Path, result: dict, markdown: Callable, argv=None) -> str:
+    """Stamp ``result`` with the machine (:func:`machine_info`) and the command line that made it
+    (``argv``, default ``sys.argv[1:]``), write it to ``out`` (JSON) and its Markdown table beside it
+    (``.md``), print the table and return it."""
+    import shlex
+
+    result.update(machine=machine_info(), command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    table = markdown(result)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    return table
 
 
 def run_and_write(run: Callable, args, plot: Callable, markdown: Callable) -> dict:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -132,18 +131,13 @@ def main(argv=None) -> int:
     if missing:
         p.error(f"--pools uses factors not in --factors: {missing}")
 
-    from jaxmed.bench import machine_info
+    from common import write_result
+
     from jaxmed.errors import check_writable
 
     check_writable(args.out, True)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    result = measure(args.run, args.factors, pools, log)
-    result.update(machine=machine_info(), command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    table = markdown(result)
-    args.out.with_suffix(".md").write_text(table + "\n")
-    print(table)
+    write_result(args.out, measure(args.run, args.factors, pools, log), markdown, argv)
     return 0
 
 

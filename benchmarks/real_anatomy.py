@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -207,7 +206,8 @@ def main(argv=None) -> int:
         print(markdown(merged))
         return 0
 
-    from jaxmed.bench import machine_info
+    from common import write_result
+
     from jaxmed.errors import check_writable
 
     check_writable(args.out, True)
@@ -229,14 +229,9 @@ def main(argv=None) -> int:
             train_s = json.loads(summary_file.read_text()).get("train_wall_s")
     result = evaluate(Path(run_dir), args.sets, not args.no_registration, args.aggregate, log, ensemble=args.ensemble,
                       shape=args.shape, n_starts=args.starts, intensity_scales=args.intensity_scales)
-    result.update(machine=machine_info(), command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-                  train_seconds=train_s if train_s is not None else float("nan"))
+    result["train_seconds"] = train_s if train_s is not None else float("nan")
     result["summary"] = summary(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    table = markdown(result)
-    args.out.with_suffix(".md").write_text(table + "\n")
-    print(table)
+    write_result(args.out, result, markdown, argv)
     return 0
 
 
