@@ -92,7 +92,8 @@ def test_plane_command_finds_the_plane_of_a_new_image(trained, tmp_path, monkeyp
     run_dir.mkdir()
     env_section = {"name": "plane-v0", **ENV, **PARAMS, "eval_max_steps": 40, "eval_starts": 8}
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"env": env_section, "network": NETWORK}))
-    cfg = types.SimpleNamespace(env=env_section, data=types.SimpleNamespace(spacing=2.0, factors=(1, 2), dtype="uint8"),
+    data = types.SimpleNamespace(spacing=2.0, factors=(1, 2), dtype="uint8", intensity_ceiling=None)
+    cfg = types.SimpleNamespace(env=env_section, data=data,
                                 train=types.SimpleNamespace(learner="dqn"))
     # the run directory's parameters: what jaxmed.runs.load_params(run_dir) returns for this run
     monkeypatch.setattr(jaxmed.runs, "load_params", lambda d: (cfg, trained.net, trained.net_params))
