@@ -66,11 +66,14 @@ class LandmarkDetector:
         ``eval.intensity_scales``, ``(1.0,)`` unless set): every volume also runs with its
         intensities multiplied by each factor (:func:`scaled_copies`) and a landmark's answer pools
         the end points of every copy, as it pools agents, starts and ensemble members.
+      split_starts: with several intensity copies, every start runs on one copy only
+        (:func:`deal_starts`) rather than on all: one copy's work (default: the run's
+        ``eval.split_starts``).
     """
 
     def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int = 27,
                  aggregate: str = "median", seed: int = 0, where: str = "run", shape: str = "none",
-                 intensity_scales: Sequence[float] | None = None):
+                 intensity_scales: Sequence[float] | None = None, split_starts: bool | None = None):
         from jaxmed.runs import make_policy_rollout
 
         if aggregate not in AGGREGATES:
@@ -96,6 +99,9 @@ class LandmarkDetector:
         self.n_starts, self.aggregate, self.seed, self.shape = int(n_starts), aggregate, int(seed), shape
         self.intensity_scales = (cfg.eval.intensity_scales if intensity_scales is None
                                  else ex.check_intensity_scales(intensity_scales, f"{where}: intensity_scales"))
+        self.split_starts = bool(cfg.eval.split_starts if split_starts is None else split_starts)
+        if self.split_starts:
+            deal_starts(self.n_starts, len(self.intensity_scales))  # refuses too few starts now
         self.shape_template = self._shape_template(where) if shape != "none" else None
         self._rollout = make_policy_rollout(cfg, self.env, self.eval_params, network)
         self._compiled: dict = {}
@@ -152,21 +158,26 @@ class LandmarkDetector:
                    ) -> tuple[np.ndarray, np.ndarray, float]:
         """``(world, volume_index, seconds)``: every ensemble member's sub-voxel end points
         (:func:`jaxmed.inference.end_points`, the centre of each agent's final oscillation) in world
-        RAS mm, ``(C * M * E, A, 3)`` float64 (intensity copy after copy, member after member within
-        one, ``E`` = starts of all volumes), the index into ``volumes`` of each row, and the wall
-        time of the compiled rollouts (compilation excluded). The :attr:`intensity_scales` copies
-        run one after another, each in a bank of its own (the same shape: one compiled program, the
-        same starts, and memory for one copy of the volumes at a time), all stored on the scale of
-        the unscaled volumes (so that a uint8 bank keeps a copy's dimming). ``intensity_scales``
-        overrides the detector's for this call (the same compiled program)."""
+        RAS mm, ``(R, A, 3)`` float64, the index into ``volumes`` of each row ``(R,)``, and the wall
+        time of the compiled rollouts (compilation excluded). Rows come intensity copy after copy,
+        member after member within one; a copy has a row per start of every volume, or with
+        :attr:`split_starts` only the starts :func:`deal_starts` gives it (``R = M * E`` then, ``E`` =
+        starts of all volumes, else ``R = C * M * E``). The :attr:`intensity_scales` copies run one
+        after another, each in a bank of its own (memory for one copy of the volumes at a time),
+        all stored on the scale of the unscaled volumes (so that a uint8 bank keeps a copy's
+        dimming). ``intensity_scales`` overrides the detector's for this call."""
         import jax
 
         world, vols, seconds = [], [], 0.0
         full_scale = self.cfg.data.intensity_ceiling or max(float(np.max(v.data)) for v in volumes) or 1.0
         scales = self.intensity_scales if intensity_scales is None else ex.check_intensity_scales(intensity_scales, "intensity_scales")
-        for scale in scales:
+        dealt = deal_starts(self.n_starts, len(scales)) if self.split_starts else None
+        for c, scale in enumerate(scales):
             bank = self.bank(scaled_copies(volumes, [scale]), landmarks, full_scale=full_scale)
             states = self.env.eval_states(self.eval_params, bank, self.n_starts, seed=self.seed)
+            if dealt is not None:  # rows are volume-major: row r is start r % n_starts of its volume
+                rows = np.flatnonzero(np.tile(dealt == c, bank.n_volumes))
+                states = jax.tree.map(lambda x: x[rows], states)
             compiled = self.compiled_for(bank, states)
             t0 = time.perf_counter()
             finals = [jax.block_until_ready(compiled(p, bank, states)["final_state"]) for p in self.members]
@@ -210,6 +221,22 @@ class LandmarkDetector:
         return cls(cfg, network, [seed_params(cfg, params, s) for s in seeds], where=str(run_dir), **kwargs)
 
 
+def deal_starts(n_starts: int, n_copies: int) -> np.ndarray:
+    """``(n_starts,)`` int: the intensity copy each start of an image runs on when the copies share
+    the starts (:attr:`LandmarkDetector.split_starts`). For the ``k x k x k`` start grid
+    (``n_starts == k**3``, e.g. 27) start ``(i, j, l)`` goes to copy ``(i + j + l) % n_copies``, so that
+    with ``n_copies == k`` every copy has one start on each grid line (each copy sees the whole
+    image); other counts go round in turn (``i % n_copies``). :class:`ConfigError` when there are
+    fewer starts than copies (a copy would run nothing)."""
+    if n_starts < n_copies:
+        raise ConfigError(f"split_starts: {n_starts} start(s) cannot be dealt out among {n_copies} intensity copies")
+    k = round(n_starts ** (1 / 3))
+    if k ** 3 == n_starts:
+        digits = np.stack(np.unravel_index(np.arange(n_starts), (k, k, k)), axis=-1)
+        return digits.sum(axis=-1) % n_copies
+    return np.arange(n_starts) % n_copies
+
+
 def scaled_copies(volumes, scales: Sequence[float]) -> list:
     """Each volume once per factor of ``scales`` (volume after volume: ``len(volumes) * len(scales)``
     volumes), its intensities multiplied by the factor and clipped to the volume's own maximum (a
@@ -239,15 +266,16 @@ def read_conformed(image, spacing: float):
 
 
 def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, n_starts: int = 27,
-           aggregate: str = "median", seed: int = 0, shape: str = "none", intensity_scales: Sequence[float] | None = None):
+           aggregate: str = "median", seed: int = 0, shape: str = "none", intensity_scales: Sequence[float] | None = None,
+           split_starts: bool | None = None):
     """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass
-    (``intensity_scales``: :class:`LandmarkDetector`).
+    (``intensity_scales``, ``split_starts``: :class:`LandmarkDetector`).
 
     Returns :class:`jaxmed.data.Landmarks` in world RAS mm. For many images use
     :class:`LandmarkDetector` (one compilation) or :func:`detect_files`.
     """
     det = LandmarkDetector.from_run(run_dir, labels=labels, n_starts=n_starts, aggregate=aggregate, seed=seed, shape=shape,
-                                    intensity_scales=intensity_scales)
+                                    intensity_scales=intensity_scales, split_starts=split_starts)
     volume = read_conformed(image, det.cfg.data.spacing)
     answers, _ = det.find([volume], sources=[f"jaxmed detect {image}"])
     return answers[0]

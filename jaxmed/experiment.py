@@ -99,12 +99,16 @@ class EvalSection:
         run with its normalised intensities multiplied by each of these factors (clipped to the
         image's own maximum) and the end points of all copies are pooled into one answer per
         landmark (:class:`jaxmed.detect.LandmarkDetector`); ``(1.0,)``, the default, runs the image
-        as it is. Costs ``len(intensity_scales)`` times the detection work.
+        as it is. Costs ``len(intensity_scales)`` times the detection work, unless ``split_starts``.
+      split_starts: with several ``intensity_scales``, deal an image's starts out among the copies
+        (:func:`jaxmed.detect.deal_starts`: every start runs once, on one copy) instead of running
+        every start on every copy: the detection work of one copy, the same number of end points.
     """
 
     extra_sets: tuple[str, ...] = ()
     registration: bool = True
     intensity_scales: tuple[float, ...] = (1.0,)
+    split_starts: bool = False
 
     def __post_init__(self):
         check_intensity_scales(self.intensity_scales, "eval.intensity_scales")

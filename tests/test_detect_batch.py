@@ -230,3 +230,75 @@ def test_intensity_augmentation_pools_the_end_points_of_scaled_copies(tmp_path, 
     assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "b.fcsv"),
                  "--intensity-scales", "0"]) == 2
     assert "intensity_scales" in capsys.readouterr().err and not (tmp_path / "b.fcsv").exists()
+
+
+def test_deal_starts_gives_every_copy_a_start_on_each_grid_line():
+    from jaxmed.detect import deal_starts
+
+    dealt = deal_starts(27, 3)
+    assert dealt.shape == (27,) and np.bincount(dealt).tolist() == [9, 9, 9]
+    grid = dealt.reshape(3, 3, 3)  # start (i, j, l) is row 9 i + 3 j + l of the 3x3x3 grid
+    for c in range(3):  # along every axis, every line of the grid has exactly one start of each copy
+        for axis in range(3):
+            assert np.all((grid == c).sum(axis=axis) == 1)
+    assert deal_starts(8, 2).tolist() == [0, 1, 1, 0, 1, 0, 0, 1]  # the 2x2x2 grid: a checkerboard
+    assert deal_starts(10, 3).tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]  # not a grid: in turn
+    assert deal_starts(5, 1).tolist() == [0] * 5
+    with pytest.raises(ConfigError, match="2 start.*3 intensity copies"):
+        deal_starts(2, 3)
+
+
+def test_split_starts_runs_each_start_on_one_intensity_copy(tmp_path, capsys):
+    """``split_starts``: the copies share the starts; the end points are exactly those rows of the
+    every-start-on-every-copy run (each start's rollout is independent of the others in its batch),
+    so the copies cost one copy's work; the run's ``eval.split_starts`` is the default; too few
+    starts are refused before anything is written."""
+    import dataclasses
+
+    from jaxmed.config import build
+    from jaxmed.detect import deal_starts
+    from jaxmed.experiment import EvalSection
+    from jaxmed.runs import load_params
+
+    run = tmp_path / "run"
+    untrained_run(run)
+    cfg, network, params = load_params(run)
+    vol, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=0)
+    other, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=1)
+    scales = (0.5, 1.0, 1.5)
+    every = LandmarkDetector(cfg, network, params, n_starts=27, intensity_scales=scales)
+    split = LandmarkDetector(cfg, network, params, n_starts=27, intensity_scales=scales, split_starts=True)
+    w_all, v_all, _ = every.end_points([vol, other])
+    w, v, _ = split.end_points([vol, other])
+    assert w.shape == (2 * 27, w_all.shape[1], 3) and np.bincount(v).tolist() == [27, 27]
+    start = np.tile(np.arange(27), 2)  # rows of one copy: volume after volume, start after start
+    keep = np.concatenate([deal_starts(27, 3)[start] == c for c in range(3)])
+    np.testing.assert_allclose(w, w_all[keep], atol=1e-5)
+    np.testing.assert_array_equal(v, v_all[keep])
+    assert split.compilations == 1  # 9 starts per copy: one program for the three copies
+    answers, _ = split.find([vol, other])
+    assert answers[0].positions.shape == (len(split.labels), 3)
+
+    # the run's eval.split_starts is the default, the argument overrides it; one copy is unaffected
+    cfg_split = dataclasses.replace(cfg, eval=build(EvalSection, {"intensity_scales": list(scales), "split_starts": True}, "run.eval"))
+    assert LandmarkDetector(cfg_split, network, params).split_starts
+    assert not LandmarkDetector(cfg_split, network, params, split_starts=False).split_starts
+    assert not LandmarkDetector(cfg, network, params).split_starts
+    one = LandmarkDetector(cfg, network, params, n_starts=4, split_starts=True)
+    np.testing.assert_array_equal(one.end_points([vol])[0], LandmarkDetector(cfg, network, params, n_starts=4).end_points([vol])[0])
+    with pytest.raises(ConfigError, match="run.eval.split_starts"):
+        build(EvalSection, {"split_starts": "often"}, "run.eval")
+    with pytest.raises(ConfigError, match="2 start"):
+        LandmarkDetector(cfg, network, params, n_starts=2, intensity_scales=scales, split_starts=True)
+
+    # the command line: the same answer as the detector; too few starts refused, nothing written
+    images = _images(tmp_path)
+    assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "a.fcsv"),
+                 "--intensity-scales", "0.5", "1", "1.5", "--split-starts"]) == 0
+    from jaxmed.detect import read_conformed
+
+    want = split.find([read_conformed(images[0], cfg.data.spacing)])[0][0]
+    np.testing.assert_allclose(read_landmarks(tmp_path / "a.fcsv").positions, want.positions, atol=1e-3)
+    assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "b.fcsv"), "--starts", "2",
+                 "--intensity-scales", "0.5", "1", "1.5", "--split-starts"]) == 2
+    assert "split_starts" in capsys.readouterr().err and not (tmp_path / "b.fcsv").exists()

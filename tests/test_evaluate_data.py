@@ -88,6 +88,13 @@ def test_evaluate_data_on_held_out_and_a_folder_of_scans(tmp_path, capsys):
     assert main(["evaluate", str(run), "--data", str(manifest), "--no-registration", "--out", str(tmp_path / "bad"),
                  "--intensity-scales", "-1"]) == 2
     assert "intensity_scales" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    split_dir = tmp_path / "split"  # the copies sharing the starts: one copy's work, the same subjects
+    assert main(["evaluate", str(run), "--data", str(manifest), "--no-registration", "--out", str(split_dir),
+                 "--intensity-scales", "0.8", "1", "1.2", "--split-starts", "--starts", "6"]) == 0
+    assert [r["subject"] for r in _read(split_dir / "eval_scans.csv")] == ["sub-0001", "sub-0002"]
+    assert main(["evaluate", str(run), "--data", str(manifest), "--no-registration", "--out", str(tmp_path / "bad"),
+                 "--intensity-scales", "0.8", "1", "1.2", "--split-starts", "--starts", "2"]) == 2
+    assert "split_starts" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_extra_sets_of_the_config_are_evaluated_by_default(tmp_path, capsys):

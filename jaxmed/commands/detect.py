@@ -33,7 +33,7 @@ def _single(args, image) -> int:
                             aggregate=args.aggregate)
     else:
         found = detect(args.checkpoint, image, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate,
-                       shape=args.shape, intensity_scales=args.intensity_scales)
+                       shape=args.shape, intensity_scales=args.intensity_scales, split_starts=args.split_starts)
     print(write_landmarks(found, args.out, overwrite=args.overwrite))
     for label, p in zip(found.labels, found.positions):
         print(f"{label}: {np.round(p, 2).tolist()} mm (RAS)")
@@ -51,7 +51,8 @@ def _batch(args, images) -> int:
         raise ConfigError(f"{out}: with several images -o must be a directory (one landmark file per image is written there)")
     t0 = time.perf_counter()
     detector = LandmarkDetector.from_run(args.checkpoint, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate,
-                                         ensemble=args.ensemble, shape=args.shape, intensity_scales=args.intensity_scales)
+                                         ensemble=args.ensemble, shape=args.shape, intensity_scales=args.intensity_scales,
+                                         split_starts=args.split_starts)
     load_s = time.perf_counter() - t0
 
     def report(image, result, seconds):
@@ -109,6 +110,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="test-time intensity augmentation: also run each image with its intensities times each S "
                         "and pool all end points (e.g. 0.7 0.85 1 1.15 1.3: five times the work; default: the run's "
                         "eval.intensity_scales, 1 unless set)")
+    k.add_argument("--split-starts", action=argparse.BooleanOptionalAction, default=None,
+                   help="with several intensity scales: each start runs on one copy only, so the copies cost one "
+                        "copy's work (default: the run's eval.split_starts)")
     k.add_argument("--goal", metavar="LABEL",
                    help="goal-conditioned run: walk to this template landmark (shown by its template crop; need not be trained)")
     k.add_argument("--goal-patch", metavar="FILE", help="goal-conditioned run: walk to the centre of this .npy goal image "

@@ -23,10 +23,10 @@ def _progress(message: str) -> None:
 
 
 def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_starts=None, aggregate="median",
-                           registration=True, seeds=False, shape="none", intensity_scales=None) -> list:
+                           registration=True, seeds=False, shape="none", intensity_scales=None, split_starts=None) -> list:
     """Evaluate a landmark run directory on each ``--data`` spec; returns the results (seed 0, or
     every seed of a multi-seed run with ``seeds``) and prints their tables and a summary
-    (``intensity_scales``: :class:`jaxmed.detect.LandmarkDetector`, default the run's own)."""
+    (``intensity_scales``, ``split_starts``: :class:`jaxmed.detect.LandmarkDetector`, default the run's own)."""
     from jaxmed.detect import LandmarkDetector
     from jaxmed.evaluation import evaluate_sets, summary_table
     from jaxmed.runs import load_params, seed_params
@@ -38,7 +38,8 @@ def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_s
     results = []
     for seed in members:
         detector = LandmarkDetector(cfg, network, seed_params(cfg, params, seed), n_starts=starts, aggregate=aggregate,
-                                    seed=cfg.train.seed, where=str(run_dir), shape=shape, intensity_scales=intensity_scales)
+                                    seed=cfg.train.seed, where=str(run_dir), shape=shape, intensity_scales=intensity_scales,
+                                    split_starts=split_starts)
         target = out / f"seed{seed}" if seeds and cfg.train.seeds > 1 else out
         res = evaluate_sets(detector, specs, out_dir=target, overwrite=overwrite, registration=registration, progress=_progress)
         for r in res:
@@ -62,7 +63,7 @@ def _run(args) -> int:
             return 0
         evaluate_landmark_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite, n_starts=args.starts,
                                aggregate=args.aggregate, registration=not args.no_registration, seeds=args.seeds,
-                               shape=args.shape, intensity_scales=args.intensity_scales)
+                               shape=args.shape, intensity_scales=args.intensity_scales, split_starts=args.split_starts)
         return 0
     cfg, _, params = load_params(args.run_dir)
     if args.n_test:
@@ -73,7 +74,7 @@ def _run(args) -> int:
         evaluate_landmark_sets(args.run_dir, ["test", *cfg.eval.extra_sets], out_dir=args.out, overwrite=args.overwrite,
                                n_starts=args.starts, aggregate=args.aggregate,
                                registration=cfg.eval.registration and not args.no_registration,
-                               intensity_scales=args.intensity_scales)
+                               intensity_scales=args.intensity_scales, split_starts=args.split_starts)
     return 0
 
 
@@ -92,6 +93,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--intensity-scales", type=float, nargs="+", metavar="S",
                    help="landmark runs: test-time intensity augmentation, the end points of each image times every S "
                         "pooled (jaxmed detect --intensity-scales; default: the run's eval.intensity_scales)")
+    e.add_argument("--split-starts", action=argparse.BooleanOptionalAction, default=None,
+                   help="landmark runs with several intensity scales: each start runs on one copy only (jaxmed detect "
+                        "--split-starts; default: the run's eval.split_starts)")
     e.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline (slow on large sets)")
     e.add_argument("--seeds", action="store_true", help="evaluate every seed of a multi-seed run (default: seed 0)")
     e.add_argument("--overwrite", action="store_true", help="replace existing eval_<set> files")
