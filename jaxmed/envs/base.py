@@ -168,6 +168,61 @@ def check_labels_present(wanted: Sequence[str], labels: Sequence[str], what: str
         raise LandmarkError(f"{what} {', '.join(map(repr, missing))}; available: {', '.join(labels)}")
 
 
+# ------------------------------------------------------------------ config checks shared by the envs
+
+
+def check_int_fields(config, lows: dict[str, int], what: str) -> None:
+    """Check the int fields of a frozen env config and store them as Python ints: ``lows`` maps each
+    field name to its least allowed value. Raise :class:`ConfigError` ``"<what>: <name> must be a positive
+    int"`` (least value 1) or ``"... must be an int >= <low>"`` for a bool, a non-int or a smaller value."""
+    from jaxmed.errors import ConfigError
+
+    for name, low in lows.items():
+        value = getattr(config, name)
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            need = "a positive int" if low == 1 else f"an int >= {low}"
+            raise ConfigError(f"{what}: {name} must be {need}, got {value!r}")
+        object.__setattr__(config, name, int(value))
+
+
+def check_levels(config, what: str) -> tuple[int, ...]:
+    """Store ``config.levels`` (one pyramid level or several) on the frozen ``config`` as a tuple of
+    ints and return it; :class:`ConfigError` naming ``what`` unless it is non-empty, non-negative and
+    strictly increasing (finest level first)."""
+    from jaxmed.errors import ConfigError
+
+    levels = (int(config.levels),) if np.ndim(config.levels) == 0 else tuple(int(v) for v in config.levels)
+    object.__setattr__(config, "levels", levels)
+    if not levels or levels[0] < 0 or any(b <= a for a, b in zip(levels, levels[1:])):
+        raise ConfigError(f"{what}: levels must be non-negative and strictly increasing (finest first), got {levels}")
+    return levels
+
+
+# ------------------------------------------------------------------ step pieces shared by the envs (traced)
+
+
+def oscillation(same, since_switch, osc_window: int, osc_repeats, live):
+    """The oscillation test of a coarse-to-fine step.
+
+    ``same`` ``(..., H)`` bool: whether each entry of the ring of recent positions (newest first, the
+    new position included) counts as the new position; only the ``min(osc_window, since + 1)`` newest
+    entries are looked at, ``since = since_switch + 1`` the steps since the reset or the last level
+    switch. Returns ``(oscillated, since)``: ``live`` agents whose new position stands at least
+    ``osc_repeats`` times among those entries (``(...)`` bool), and ``since`` (``(...)`` int32)."""
+    since = since_switch + 1
+    window = jnp.minimum(osc_window, since + 1)
+    recent = jnp.arange(same.shape[-1]) < jnp.expand_dims(window, -1)
+    return live & (jnp.sum(same & recent, axis=-1) >= osc_repeats), since
+
+
+def episode_end(done, t, max_steps):
+    """``(terminated, truncated, ended)`` ``()`` bool after a step: every agent ``done``; the step count
+    ``t`` reached ``max_steps`` without that; either."""
+    terminated = jnp.all(done)
+    truncated = (t >= max_steps) & ~terminated
+    return terminated, truncated, terminated | truncated
+
+
 # ------------------------------------------------------------------ the protocol
 
 

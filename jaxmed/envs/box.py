@@ -72,7 +72,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_volume_bank, image_box
+from jaxmed.envs.base import (
+    Box,
+    ConfiguredEnv,
+    Discrete,
+    check_discrete_action,
+    check_int_fields,
+    check_levels,
+    check_volume_bank,
+    episode_end,
+    image_box,
+)
 from jaxmed.errors import ConfigError, LandmarkError
 from jaxmed.ops.iou import box_iou
 from jaxmed.ops.linalg import apply_affine, matmul
@@ -152,20 +162,13 @@ class BoxConfig:
     osc_window: int = 8
 
     def __post_init__(self):
-        levels = (int(self.levels),) if np.ndim(self.levels) == 0 else tuple(int(l) for l in self.levels)
-        object.__setattr__(self, "levels", levels)
         if not isinstance(self.structure, str) or not self.structure or "#" in self.structure:
             raise ConfigError(f"BoxConfig: structure must be a non-empty name without '#', got {self.structure!r}")
-        for name, low in (("n_points", 0), ("grid_size", 2), ("frames", 1), ("osc_window", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"BoxConfig: {name} must be an int >= {low}, got {value!r}")
-            object.__setattr__(self, name, int(value))
+        check_int_fields(self, {"n_points": 0, "grid_size": 2, "frames": 1, "osc_window": 1}, "BoxConfig")
         if not isinstance(self.context, (int, float)) or isinstance(self.context, bool) or not 0 <= self.context <= 2:
             raise ConfigError(f"BoxConfig: context must be a number in [0, 2] (fraction of the box size), got {self.context!r}")
         object.__setattr__(self, "context", float(self.context))
-        if not levels or levels[0] < 0 or any(b <= a for a, b in zip(levels, levels[1:])):
-            raise ConfigError(f"BoxConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
+        check_levels(self, "BoxConfig")
         if self.reward not in REWARDS:
             raise ConfigError(f"BoxConfig: reward must be one of {REWARDS}, got {self.reward!r}")
         object.__setattr__(self, "trigger", bool(self.trigger))
@@ -474,9 +477,7 @@ class BoxEnv(ConfiguredEnv):
             t=state.t + 1,
             iou=iou,
         )
-        terminated = jnp.all(new_state.done)
-        truncated = (new_state.t >= params.max_steps) & ~terminated
-        ended = terminated | truncated
+        terminated, truncated, ended = episode_end(new_state.done, new_state.t, params.max_steps)
         metrics = self._metrics(bank, state.volume, box)
         nan = jnp.full((1,), jnp.nan, jnp.float32)
         info = {

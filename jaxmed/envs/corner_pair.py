@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxmed.envs.base import check_int_fields
 from jaxmed.envs.box import REWARDS, start_box, target_point_labels, volume_world_bounds
 from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams, LandmarkState
 from jaxmed.errors import ConfigError
@@ -87,8 +88,7 @@ class CornerPairConfig:
     def __post_init__(self):
         if not isinstance(self.structure, str) or not self.structure or "#" in self.structure:
             raise ConfigError(f"CornerPairConfig: structure must be a non-empty name without '#', got {self.structure!r}")
-        if not isinstance(self.n_points, int) or isinstance(self.n_points, bool) or self.n_points < 0:
-            raise ConfigError(f"CornerPairConfig: n_points must be an int >= 0, got {self.n_points!r}")
+        check_int_fields(self, {"n_points": 0}, "CornerPairConfig")
         if self.reward not in REWARDS:
             raise ConfigError(f"CornerPairConfig: reward must be one of {REWARDS}, got {self.reward!r}")
         lm = self.landmark_config()  # validates the shared fields

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, check_labels_present, image_box
+from jaxmed.envs.base import Box, Discrete, check_int_fields, check_labels_present, image_box
 from jaxmed.envs.goals import GoalConditionedEnv, NavFields, check_goal_config
 from jaxmed.envs.landmark import (
     N_ACTIONS,
@@ -89,9 +89,7 @@ class GoalLandmarkConfig:
 
     def __post_init__(self):
         check_goal_config(self, "landmark label")
-        v = self.n_agents
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"GoalLandmarkConfig: n_agents must be a positive int, got {v!r}")
+        check_int_fields(self, {"n_agents": 1}, "GoalLandmarkConfig")
         nav = self.nav_config()  # validates crop_size / frames / levels / osc_window
         object.__setattr__(self, "levels", nav.levels)
 

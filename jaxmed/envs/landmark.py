@@ -73,10 +73,14 @@ from jaxmed.envs.base import (
     ConfiguredEnv,
     Discrete,
     check_discrete_action,
+    check_int_fields,
     check_labels_present,
+    check_levels,
     check_volume_bank,
+    episode_end,
     image_box,
     is_concrete,
+    oscillation,
 )
 from jaxmed.errors import ConfigError
 from jaxmed.ops.intensity import apply_knots, identity_knots, random_gain_knots, random_knots
@@ -111,18 +115,11 @@ class LandmarkConfig:
 
     def __post_init__(self):
         targets = (self.targets,) if isinstance(self.targets, str) else tuple(str(t) for t in self.targets)
-        levels = (int(self.levels),) if np.ndim(self.levels) == 0 else tuple(int(l) for l in self.levels)
         object.__setattr__(self, "targets", targets)
-        object.__setattr__(self, "levels", levels)
         if not targets:
             raise ConfigError("LandmarkConfig: targets is empty; give one landmark label per agent")
-        for name in ("crop_size", "frames", "osc_window"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"LandmarkConfig: {name} must be a positive int, got {value!r}")
-            object.__setattr__(self, name, int(value))
-        if not levels or levels[0] < 0 or any(b <= a for a, b in zip(levels, levels[1:])):
-            raise ConfigError(f"LandmarkConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
+        check_int_fields(self, {"crop_size": 1, "frames": 1, "osc_window": 1}, "LandmarkConfig")
+        check_levels(self, "LandmarkConfig")
         k = self.contrast_knots
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0 or k == 1:
             raise ConfigError(f"LandmarkConfig: contrast_knots must be 0 (off) or an int >= 2, got {k!r}")
@@ -460,11 +457,8 @@ class LandmarkEnv(ConfiguredEnv):
         reward = distance_reward(state.prev_dist, dist, live, params)
 
         pushed = jnp.concatenate([pos[:, None, :], state.history[:, :-1]], axis=1)
-        since = state.since_switch + 1
-        window = jnp.minimum(c.osc_window, since + 1)  # (A,)
-        recent = jnp.arange(c.history_len)[None, :] < window[:, None]
-        repeats = jnp.sum(jnp.all(pushed == pos[:, None, :], axis=-1) & recent, axis=-1)
-        oscillated = live & (repeats >= params.osc_repeats)
+        same = jnp.all(pushed == pos[:, None, :], axis=-1)  # (A, H)
+        oscillated, since = oscillation(same, state.since_switch, c.osc_window, params.osc_repeats, live)
 
         at_finest = state.level == 0  # the level this step's move was made at
         switch = oscillated & ~at_finest
@@ -482,9 +476,7 @@ class LandmarkEnv(ConfiguredEnv):
             prev_dist=jnp.where(live, dist, state.prev_dist),
             contrast=state.contrast,
         )
-        terminated = jnp.all(new_state.done)
-        truncated = (new_state.t >= params.max_steps) & ~terminated
-        ended = terminated | truncated
+        terminated, truncated, ended = episode_end(new_state.done, new_state.t, params.max_steps)
         info = {
             "distance_mm": new_state.prev_dist,
             "final_distance_mm": jnp.where(ended, new_state.prev_dist, jnp.nan),

@@ -89,7 +89,18 @@ import numpy as np
 from flax import struct
 
 from jaxmed.data.planes import PlaneDefinition, get_plane
-from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_labels_present, check_volume_bank, image_box
+from jaxmed.envs.base import (
+    Box,
+    ConfiguredEnv,
+    Discrete,
+    check_discrete_action,
+    check_int_fields,
+    check_labels_present,
+    check_volume_bank,
+    episode_end,
+    image_box,
+    oscillation,
+)
 from jaxmed.errors import ConfigError
 from jaxmed.ops.linalg import HIGHEST, apply_affine, vdot
 from jaxmed.ops.plane import (
@@ -146,11 +157,7 @@ class PlaneConfig:
         object.__setattr__(self, "angle_steps", angles)
         object.__setattr__(self, "offset_steps", offsets)
         object.__setattr__(self, "slice_gap", float(self.slice_gap))
-        for name in ("size", "n_slices", "frames", "osc_window"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"PlaneConfig: {name} must be a positive int, got {value!r}")
-            object.__setattr__(self, name, int(value))
+        check_int_fields(self, {"size": 1, "n_slices": 1, "frames": 1, "osc_window": 1}, "PlaneConfig")
         if not (len(levels) == len(angles) == len(offsets)) or not levels:
             raise ConfigError(
                 f"PlaneConfig: levels, angle_steps and offset_steps need one entry per scale (finest first), "
@@ -543,10 +550,7 @@ class PlaneEnv(ConfiguredEnv):
         offset_tol = tol * jnp.asarray(c.offset_steps, jnp.float32)[state.scale]
         cos_sim = jnp.einsum("ahj,aj->ah", pushed[..., :3], normal, precision=HIGHEST)
         same = (cos_sim >= jnp.cos(jnp.radians(angle_tol))[:, None]) & (jnp.abs(pushed[..., 3] - offset[:, None]) <= offset_tol[:, None])
-        since = state.since_switch + 1
-        window = jnp.minimum(c.osc_window, since + 1)
-        recent = jnp.arange(c.history_len)[None, :] < window[:, None]
-        oscillated = live & (jnp.sum(same & recent, axis=-1) >= params.osc_repeats)
+        oscillated, since = oscillation(same, state.since_switch, c.osc_window, params.osc_repeats, live)
 
         at_finest = state.scale == 0
         switch = oscillated & ~at_finest
@@ -564,9 +568,7 @@ class PlaneEnv(ConfiguredEnv):
             t=state.t + 1,
             prev_error=jnp.where(live, error, state.prev_error),
         )
-        terminated = jnp.all(new_state.done)
-        truncated = (new_state.t >= params.max_steps) & ~terminated
-        ended = terminated | truncated
+        terminated, truncated, ended = episode_end(new_state.done, new_state.t, params.max_steps)
         world_n, world_d = self.plane_world(new_state, bank)
         angle, distance = self._angle_distance(new_state, world_n, world_d)
         info = {

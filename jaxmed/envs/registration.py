@@ -100,7 +100,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_labels_present, check_volume_bank
+from jaxmed.envs.base import (
+    Box,
+    ConfiguredEnv,
+    Discrete,
+    check_discrete_action,
+    check_int_fields,
+    check_labels_present,
+    check_levels,
+    check_volume_bank,
+    episode_end,
+    oscillation,
+)
 from jaxmed.errors import ConfigError
 from jaxmed.ops.linalg import apply_affine, matmul, matvec
 from jaxmed.ops.resample import affine_grid, trilinear_levels
@@ -190,22 +201,15 @@ class RegistrationConfig:
 
     def __post_init__(self):
         landmarks = (self.landmarks,) if isinstance(self.landmarks, str) else tuple(str(t) for t in self.landmarks)
-        levels = (int(self.levels),) if np.ndim(self.levels) == 0 else tuple(int(l) for l in self.levels)
         steps = (float(self.steps),) if np.ndim(self.steps) == 0 else tuple(float(s) for s in self.steps)
         object.__setattr__(self, "landmarks", landmarks)
-        object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "steps", steps)
         if not landmarks:
             raise ConfigError("RegistrationConfig: landmarks is empty; name the landmarks the TRE is measured over")
         if len(set(landmarks)) != len(landmarks):
             raise ConfigError(f"RegistrationConfig: duplicate landmarks in {landmarks}")
-        for name in ("crop_size", "osc_window"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"RegistrationConfig: {name} must be a positive int, got {value!r}")
-            object.__setattr__(self, name, int(value))
-        if not levels or levels[0] < 0 or any(b <= a for a, b in zip(levels, levels[1:])):
-            raise ConfigError(f"RegistrationConfig: levels must be non-negative and strictly increasing (finest first), got {levels}")
+        check_int_fields(self, {"crop_size": 1, "osc_window": 1}, "RegistrationConfig")
+        levels = check_levels(self, "RegistrationConfig")
         if len(steps) != len(levels):
             raise ConfigError(f"RegistrationConfig: one step per level needed: levels {levels}, steps {steps}")
         if any(not np.isfinite(s) or s <= 0 for s in steps) or any(b < a for a, b in zip(steps, steps[1:])):
@@ -474,12 +478,8 @@ class RegistrationEnv(ConfiguredEnv):
         reward = jnp.where(live, jnp.clip(state.prev_error - err, -clip, clip), 0.0).astype(jnp.float32)
 
         pushed = jnp.concatenate([estimate[None], state.history[:-1]], axis=0)
-        since = state.since_switch + 1
-        window = jnp.minimum(c.osc_window, since + 1)
-        recent = jnp.arange(c.history_len) < window
         close = jnp.all(jnp.abs(pushed - estimate[None]) <= 0.25 * step, axis=-1)
-        repeats = jnp.sum(close & recent)
-        oscillated = live & (repeats >= params.osc_repeats)
+        oscillated, since = oscillation(close, state.since_switch, c.osc_window, params.osc_repeats, live)
         at_finest = state.level == 0
         switch = oscillated & ~at_finest
         thr = jnp.asarray(params.terminate_at_tre_mm, jnp.float32)
@@ -495,9 +495,7 @@ class RegistrationEnv(ConfiguredEnv):
             t=state.t + 1,
             prev_error=jnp.where(live, err, state.prev_error),
         )
-        terminated = jnp.all(new.done)
-        truncated = (new.t >= params.max_steps) & ~terminated
-        ended = terminated | truncated
+        terminated, truncated, ended = episode_end(new.done, new.t, params.max_steps)
         info = {
             "tre_mm": metrics["tre_mm"],
             "oscillated": oscillated[None],

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action
+from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_int_fields, episode_end
 from jaxmed.errors import ConfigError
 from jaxmed.ops.masks import dice, opening, window_mask
 
@@ -65,11 +65,7 @@ class ThresholdSegConfig:
     def __post_init__(self):
         if not isinstance(self.structure, str) or not self.structure:
             raise ConfigError(f"ThresholdSegConfig: structure must be a non-empty name, got {self.structure!r}")
-        for name, low in (("crop_size", 3), ("max_radius", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"ThresholdSegConfig: {name} must be an int >= {low}, got {value!r}")
-            object.__setattr__(self, name, int(value))
+        check_int_fields(self, {"crop_size": 3, "max_radius": 0}, "ThresholdSegConfig")
         if self.reward not in REWARDS:
             raise ConfigError(f"ThresholdSegConfig: reward must be one of {REWARDS}, got {self.reward!r}")
 
@@ -270,9 +266,7 @@ class ThresholdSegEnv(SegCropEnv):
         reward = jnp.where(move, reward, 0.0).astype(jnp.float32)
         new_state = ThresholdSegState(volume=state.volume, window=window, radius=radius, t=state.t + 1,
                                       done=state.done | stop, dice=new_dice)
-        terminated = jnp.all(new_state.done)
-        truncated = (new_state.t >= params.max_steps) & ~terminated
-        ended = terminated | truncated
+        terminated, truncated, ended = episode_end(new_state.done, new_state.t, params.max_steps)
         info = {"dice": new_dice, "final_dice": jnp.where(ended, new_dice, jnp.nan), "stopped": stop[None]}
         return new_state, reward, terminated, truncated, info
 

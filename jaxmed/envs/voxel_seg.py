@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, is_concrete
+from jaxmed.envs.base import Box, Discrete, check_int_fields, is_concrete
 from jaxmed.envs.threshold_seg import SegCropEnv, seg_box
 from jaxmed.errors import ConfigError
 from jaxmed.ops.masks import binary_cross_entropy, dice, patches, window_mask
@@ -69,11 +69,7 @@ class VoxelSegConfig:
     p_min: float = 0.01
 
     def __post_init__(self):
-        for name, low in (("crop_size", 3), ("patch_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"VoxelSegConfig: {name} must be an int >= {low}, got {value!r}")
-            object.__setattr__(self, name, int(value))
+        check_int_fields(self, {"crop_size": 3, "patch_size": 1}, "VoxelSegConfig")
         if self.patch_size % 2 != 1:
             raise ConfigError(f"VoxelSegConfig: patch_size must be odd, got {self.patch_size}")
         deltas = tuple(float(d) for d in np.atleast_1d(self.deltas))
