@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: the options every throughput script has, memcpy
-bandwidth, and writing a result (JSON + PNG + Markdown table). The machine description, number
+bandwidth, the start, result and Markdown table of a throughput sweep, compiling an experiment's
+DQN, and writing a result (JSON + PNG + Markdown table). The machine description, number
 formatting, figure saving, timing and the random-policy rollout live in :mod:`jaxmed.bench`
 (shared with ``jaxmed bench``, the one way to measure throughput; ``benchmarks/grids/*.yaml`` are its
 grids and :func:`run_grid_script` runs one of them as a script)."""
@@ -17,8 +18,9 @@ import numpy as np
 
 from jaxmed.bench import compile_timed, fmt, load_avg, machine_info, machine_line, make_random_rollout, reset_batch, save_figure, timed
 
-__all__ = ["compile_timed", "fmt", "load_avg", "machine_info", "machine_line", "make_random_rollout", "memcpy_bandwidth", "parser",
-           "replot", "reset_batch", "run_and_write", "run_grid_script", "save_figure", "timed", "write_result"]
+__all__ = ["compile_dqn", "compile_timed", "fmt", "load_avg", "machine_info", "machine_line", "make_random_rollout", "memcpy_bandwidth",
+           "parser", "replot", "replot_or_run", "reset_batch", "rows_markdown", "run_and_write", "run_grid_script", "save_figure",
+           "start_sweep", "sweep_result", "timed", "write_result"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GRIDS = Path(__file__).resolve().parent / "grids"
@@ -68,6 +70,59 @@ def memcpy_bandwidth(nbytes: int, repeats: int = 5) -> float:
     return nbytes / float(np.median(times[1:])) / 1e9
 
 
+def start_sweep(memcpy_mb: int) -> tuple[dict, float]:
+    """``(machine_info(), memcpy GB/s)`` at the start of a throughput sweep, both printed as ``#`` lines;
+    the bandwidth is :func:`memcpy_bandwidth` of a ``memcpy_mb`` MiB copy."""
+    info = machine_info()
+    print(f"# machine: {info['cpu']}, {info['cores']} cores, {info['device']}, jax {info['jax']}", flush=True)
+    bw = memcpy_bandwidth(memcpy_mb * 2**20)
+    print(f"# memcpy (numpy copy of {memcpy_mb} MiB): {bw:.2f} GB/s", flush=True)
+    return info, bw
+
+
+def sweep_result(info: dict, bw: float, settings: dict, rows: list) -> dict:
+    """The result of a throughput sweep started by :func:`start_sweep`: ``machine`` (``info`` with the
+    load average at the end), ``memcpy_GBps``, ``settings`` and ``rows``."""
+    info["load_avg_1m_at_end"] = load_avg()
+    return {"machine": info, "memcpy_GBps": bw, "settings": settings, "rows": rows}
+
+
+def rows_markdown(machine: dict, intro: str, header: str, rows: list, format_row: Callable, skipped_name: Callable) -> str:
+    """The Markdown of a throughput sweep: a ``Machine: ...;`` line on ``machine`` (:func:`machine_info`)
+    continued by ``intro``, a blank line, the table (``header``, then ``format_row(row)`` of every
+    measured row) and, if any row carries a ``skipped`` reason, a ``Skipped:`` line listing
+    ``skipped_name(row) (reason)`` of those rows."""
+    m = machine
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; jax {m['jax']}; {m['date']}; commit {m['git_commit'] or 'n/a'}; " + intro,
+        "",
+        header,
+    ]
+    lines += [format_row(r) for r in rows if "skipped" not in r]
+    skipped = [r for r in rows if "skipped" in r]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"{skipped_name(r)} ({r['skipped']})" for r in skipped)]
+    return "\n".join(lines)
+
+
+def compile_dqn(cfg, bank):
+    """The DQN of the experiment config ``cfg`` (:func:`jaxmed.agents.dqn.make_train` on the env and
+    network the config names) ready to train on ``bank``: ``(env, env params, network, initial train
+    state (seed ``cfg.train.seed``), compiled ``run_chunk``, seconds to initialise and compile)``."""
+    import jax
+
+    from jaxmed import experiment as ex
+    from jaxmed.agents.dqn import make_train
+
+    env, params, _ = ex.make_env(cfg, bank.labels)
+    network = ex.make_network(cfg, env)
+    fns = make_train(cfg.dqn, env, params, network)
+    t0 = time.perf_counter()
+    rs = jax.jit(fns.init)(jax.random.key(cfg.train.seed), bank)
+    chunk = jax.jit(fns.run_chunk).lower(rs, bank).compile()
+    return env, params, network, rs, chunk, time.perf_counter() - t0
+
+
 def replot(path: Path, plot: Callable, markdown: Callable) -> dict:
     """Redraw the PNG and reprint the table of a saved result JSON."""
     result = json.loads(Path(path).read_text())
@@ -105,3 +160,10 @@ def run_and_write(run: Callable, args, plot: Callable, markdown: Callable) -> di
     print(markdown(result))
     print(f"\nwrote {args.out} and {png} ({result['wall_seconds']:.0f} s)")
     return result
+
+
+def replot_or_run(run: Callable, args, plot: Callable, markdown: Callable) -> dict:
+    """A throughput script's ``main``: :func:`replot` ``args.replot`` when given, else :func:`run_and_write`."""
+    if args.replot is not None:
+        return replot(args.replot, plot, markdown)
+    return run_and_write(run, args, plot, markdown)

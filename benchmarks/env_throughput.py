@@ -54,15 +54,15 @@ from common import (  # noqa: E402
     compile_timed,
     fmt,
     load_avg,
-    machine_info,
     machine_line,
     make_random_rollout,
-    memcpy_bandwidth,
     parser,
-    replot,
+    replot_or_run,
     reset_batch,
-    run_and_write,
+    rows_markdown,
     save_figure,
+    start_sweep,
+    sweep_result,
 )
 
 from jaxmed.data import afids  # noqa: E402
@@ -265,10 +265,7 @@ def measure_case(case: Case, bank, params, bw_GBps: float, mem_bytes: int, args)
 
 
 def run(args) -> dict:
-    info = machine_info()
-    print(f"# machine: {info['cpu']}, {info['cores']} cores, {info['device']}, jax {info['jax']}", flush=True)
-    bw = memcpy_bandwidth(args.memcpy_mb * 2**20)
-    print(f"# memcpy (numpy copy of {args.memcpy_mb} MiB): {bw:.2f} GB/s", flush=True)
+    info, bw = start_sweep(args.memcpy_mb)
     mem = available_memory_bytes()
     banks = afids_banks(args.n_volumes, args.spacing, args.crop, args.dtypes)
     params = LandmarkParams()
@@ -287,28 +284,22 @@ def run(args) -> dict:
         rows += measure_case(case, bank, params, bw, mem, args)
         del bank
     bank = banks[args.dtypes[0]]
-    info["load_avg_1m_at_end"] = load_avg()
-    return {
-        "machine": info,
-        "memcpy_GBps": bw,
-        "settings": {
-            "bank": f"AFIDs MNI152NLin2009cAsym T1 template at {args.spacing} mm, x{args.n_volumes} volumes, factors {FACTORS}",
-            "level0_shape": [int(s) for s in np.asarray(bank.shapes)[0, 0]],
-            "margin": bank.margin,
-            "crop": args.crop,
-            "steps_per_call": args.steps,
-            "agents": args.agents,
-            "reference_agents": args.reference_agents,
-            "reference_seconds": args.reference_time,
-            "policy": "uniform random actions; auto-reset (jaxmed) / caller reset (reference)",
-            "env_params": {f.name: float(getattr(params, f.name)) for f in dataclasses.fields(params)},
-            "memory_bytes": mem,
-            "mem_fraction": args.mem_fraction,
-            "max_call_s": args.max_call_s,
-            "quick": args.quick,
-        },
-        "rows": rows,
-    }
+    return sweep_result(info, bw, {
+        "bank": f"AFIDs MNI152NLin2009cAsym T1 template at {args.spacing} mm, x{args.n_volumes} volumes, factors {FACTORS}",
+        "level0_shape": [int(s) for s in np.asarray(bank.shapes)[0, 0]],
+        "margin": bank.margin,
+        "crop": args.crop,
+        "steps_per_call": args.steps,
+        "agents": args.agents,
+        "reference_agents": args.reference_agents,
+        "reference_seconds": args.reference_time,
+        "policy": "uniform random actions; auto-reset (jaxmed) / caller reset (reference)",
+        "env_params": {f.name: float(getattr(params, f.name)) for f in dataclasses.fields(params)},
+        "memory_bytes": mem,
+        "mem_fraction": args.mem_fraction,
+        "max_call_s": args.max_call_s,
+        "quick": args.quick,
+    }, rows)
 
 # ------------------------------------------------------------------ output
 
@@ -334,20 +325,11 @@ def format_row(r) -> str:
 
 
 def markdown(result) -> str:
-    m, s = result["machine"], result["settings"]
-    lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; jax {m['jax']}; {m['date']}; commit {m['git_commit'] or 'n/a'}; "
-        f"memcpy {result['memcpy_GBps']:.1f} GB/s at the start (% of memcpy: against copies interleaved with each row's calls). "
-        f"Bank: {s['bank']}; crop {s['crop']}³; {s['steps_per_call']} steps per call; load = 1-minute load average (2 cores).",
-        "",
-        HEADER,
-    ]
-    lines += [format_row(r) for r in result["rows"] if "skipped" not in r]
-    skipped = [r for r in result["rows"] if "skipped" in r]
-    if skipped:
-        skipped_rows = (f"{r['config']} {r['dtype']} k={r['frames']} n={r['agents']} ({r['skipped']})" for r in skipped)
-        lines += ["", "Skipped: " + "; ".join(skipped_rows)]
-    return "\n".join(lines)
+    s = result["settings"]
+    intro = (f"memcpy {result['memcpy_GBps']:.1f} GB/s at the start (% of memcpy: against copies interleaved with each row's calls). "
+             f"Bank: {s['bank']}; crop {s['crop']}³; {s['steps_per_call']} steps per call; load = 1-minute load average (2 cores).")
+    return rows_markdown(result["machine"], intro, HEADER, result["rows"], format_row,
+                         lambda r: f"{r['config']} {r['dtype']} k={r['frames']} n={r['agents']}")
 
 
 def _series(rows, key):
@@ -415,10 +397,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.replot is not None:
-        return replot(args.replot, plot, markdown)
-    return run_and_write(run, args, plot, markdown)
+    return replot_or_run(run, parse_args(argv), plot, markdown)
 
 
 if __name__ == "__main__":

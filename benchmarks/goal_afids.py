@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
-from goal_common import dqn_config, reference_banks, rollout_metrics, train, writer  # noqa: E402
+from goal_common import dqn_config, not_reference, parse_args, print_report, reference_banks, rollout_metrics, train, writer  # noqa: E402
 
 from jaxmed.agents.her import HERConfig, transform_for  # noqa: E402
 from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv  # noqa: E402
@@ -57,19 +54,14 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--eval-starts", type=int, default=8)
     ap.add_argument("--her", type=float, default=0.3, help="hindsight relabelling fraction of the goal agent")
-    ap.add_argument("--out", default="benchmarks/results/goal_afids.json")
-    ap.add_argument("--report", metavar="JSON", help="print the Markdown table of a saved result and exit")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv, "goal_afids.json")
     if args.report:
-        print(markdown(json.loads(Path(args.report).read_text())))
-        return 0
+        return print_report(args.report, markdown)
 
     data = DataConfig(source="afids", spacing=2.0, n_train=args.n_train, n_test=args.n_test, seed=0, dtype="uint8", factors=(1, 2, 4))
     labels = TRAIN + HELD_OUT
     crop, frames, levels = 15, 2, (0, 1, 2)
-    t0 = time.perf_counter()
-    train_bank, test_bank, tpl_lms = reference_banks(data, labels, crop)
-    data_s = time.perf_counter() - t0
+    train_bank, test_bank, tpl_lms, data_info = reference_banks(data, labels, crop)
     env_params = LandmarkParams(max_steps=150, start_radius_mm=0.0, terminate_at_target_mm=2.0)
     eval_params = env_params.replace(terminate_at_target_mm=0.0)
     net = QNetwork(trunk="patch", head="dueling", trunk_kwargs={"patch_size": 5}, head_kwargs={"hidden": (128, 64)})
@@ -77,8 +69,7 @@ def main(argv=None) -> int:
     cfg = dqn(args.chunks)
     total_steps = args.chunks * cfg.env_steps_per_chunk
     result = {"machine": machine_info(), "args": vars(args), "train_goals": TRAIN, "held_out_goals": HELD_OUT,
-              "data": {"n_train_subjects": data.n_train, "n_test_subjects": data.n_test, "spacing_mm": data.spacing,
-                       "reference": "MNI152NLin2009cAsym template (AFIDs), bank volume 0", "data_prep_s": data_s},
+              "data": data_info,
               "budget_env_steps_goal_agent": total_steps, "budget_env_steps_per_specialist": total_steps // len(TRAIN)}
     save = writer(args.out, result)
 
@@ -106,9 +97,8 @@ def main(argv=None) -> int:
         env = LandmarkEnv(LandmarkConfig(targets=(label,), crop_size=crop, frames=frames, levels=levels), labels=train_bank.labels)
         sparams, swall, _ = train(env, env_params, net, dqn(spec_chunks), train_bank, spec_chunks)
         tenv = LandmarkEnv(env.config, labels=test_bank.labels)
-        states = tenv.eval_states(eval_params, test_bank, args.eval_starts, seed=1)
-        keep = np.asarray(states.volume) != 0  # not in the template (the goal agent never runs there either)
-        states = jax.tree.map(lambda x: x[keep], states)
+        # not in the template (the goal agent never runs there either)
+        states = not_reference(tenv.eval_states(eval_params, test_bank, args.eval_starts, seed=1))
         err, _ = rollout_errors(tenv, eval_params, net, sparams, test_bank, states)
         result["specialists"][label] = {"train_wall_s": swall, "env_steps": spec_chunks * dqn(spec_chunks).env_steps_per_chunk,
                                         **metric_stats(err, [label])[label]}

@@ -1,9 +1,11 @@
 """Pieces shared by the goal-conditioned generalisation benchmarks (``goal_afids.py`` for landmarks,
 ``goal_plane_afids.py`` for view planes): banks with the template as the goal reference, a DQN
-training loop with wall time, greedy evaluation rollouts, the DQN settings and the JSON writer."""
+training loop with wall time, greedy evaluation rollouts, the DQN settings, the output options and
+the JSON writer."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -18,14 +20,26 @@ from jaxmed.experiment import DataConfig, make_subjects, template, template_subj
 
 
 def reference_banks(data: DataConfig, labels, max_crop: int, packed: bool = False):
-    """``(train_bank, test_bank, template_landmarks)``: banks ``[template] + subjects`` of the train
-    and test splits; the template (bank volume 0) is the goal reference the goal images are cut from."""
+    """``(train_bank, test_bank, template_landmarks, summary)``: banks ``[template] + subjects`` of the
+    train and test splits; the template (bank volume 0) is the goal reference the goal images are cut
+    from. ``summary`` is the result's ``data`` entry (subject counts, spacing, the reference and the
+    seconds this took)."""
+    t0 = time.perf_counter()
     tpl = template_subject(data, labels)
     out = []
     for split, n in (("train", data.n_train), ("test", data.n_test)):
         subjects = make_subjects(data, split, n, labels)
         out.append(build_bank([tpl] + subjects, labels, factors=data.factors, max_crop=max_crop, dtype=data.dtype, packed=packed))
-    return out[0], out[1], template(data)[1]
+    tpl_landmarks = template(data)[1]
+    summary = {"n_train_subjects": data.n_train, "n_test_subjects": data.n_test, "spacing_mm": data.spacing,
+               "reference": "MNI152NLin2009cAsym template (AFIDs), bank volume 0", "data_prep_s": time.perf_counter() - t0}
+    return out[0], out[1], tpl_landmarks, summary
+
+
+def not_reference(states):
+    """The states whose volume is not bank volume 0 (the template)."""
+    keep = np.asarray(states.volume) != 0
+    return jax.tree.map(lambda x: x[keep], states)
 
 
 def dqn_config(chunks: int, n_envs: int = 16, chunk_steps: int = 100, **overrides) -> DQNConfig:
@@ -68,3 +82,17 @@ def writer(path: str | Path, result: dict):
         out.write_text(json.dumps(result, indent=2))
 
     return save
+
+
+def parse_args(ap: argparse.ArgumentParser, argv, out_name: str) -> argparse.Namespace:
+    """Add the options every goal benchmark ends with (``--out``, default ``benchmarks/results/OUT_NAME``,
+    and ``--report``) to ``ap`` and parse ``argv``."""
+    ap.add_argument("--out", default=f"benchmarks/results/{out_name}")
+    ap.add_argument("--report", metavar="JSON", help="print the Markdown table of a saved result and exit")
+    return ap.parse_args(argv)
+
+
+def print_report(path: str | Path, markdown) -> int:
+    """``--report``: print ``markdown`` of the saved result at ``path``; returns the exit status 0."""
+    print(markdown(json.loads(Path(path).read_text())))
+    return 0

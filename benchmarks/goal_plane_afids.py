@@ -22,7 +22,6 @@ Usage (2 CPU cores, about 20-25 minutes under load)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
-from goal_common import dqn_config, reference_banks, rollout_metrics, train, writer  # noqa: E402
+from goal_common import dqn_config, not_reference, parse_args, print_report, reference_banks, rollout_metrics, train, writer  # noqa: E402
 
 from jaxmed.envs.goal_plane import GoalPlaneConfig, GoalPlaneEnv  # noqa: E402
 from jaxmed.envs.plane import N_ACTIONS, PlaneConfig, PlaneEnv, PlaneParams  # noqa: E402
@@ -45,12 +44,6 @@ METRICS = ("angle_deg", "distance_mm", "landmark_distance_mm")
 ENV = dict(size=32, n_slices=3, slice_gap=3.0, frames=1, levels=(0, 0, 1, 1), angle_steps=(1.0, 2.0, 4.0, 8.0),
            offset_steps=(1.0, 2.0, 3.0, 4.0))
 PARAMS = dict(max_steps=80, max_start_angle_deg=20.0, max_start_offset_mm=20.0)
-
-
-def not_reference(states):
-    """The states whose volume is not bank volume 0 (the template)."""
-    keep = np.asarray(states.volume) != 0
-    return jax.tree.map(lambda x: x[keep], states)
 
 
 def per_metric(stats_fn, metrics) -> dict:
@@ -67,20 +60,15 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--eval-starts", type=int, default=8)
     ap.add_argument("--specialists", nargs="*", help="planes to train specialists for (default: every plane)")
-    ap.add_argument("--out", default="benchmarks/results/goal_plane_afids.json")
-    ap.add_argument("--report", metavar="JSON", help="print the Markdown table of a saved result and exit")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv, "goal_plane_afids.json")
     if args.report:
-        print(markdown(json.loads(Path(args.report).read_text())))
-        return 0
+        return print_report(args.report, markdown)
     t_start = time.perf_counter()
 
     data = DataConfig(source="afids", spacing=2.0, n_train=args.n_train, n_test=args.n_test, seed=0, dtype="uint8", factors=(1, 2))
     planes = tuple(args.train) + tuple(args.held_out)
     labels = GoalPlaneConfig(goals=planes, **ENV).labels
-    t0 = time.perf_counter()
-    train_bank, test_bank, _ = reference_banks(data, labels, max_crop=3, packed=True)
-    data_s = time.perf_counter() - t0
+    train_bank, test_bank, _, data_info = reference_banks(data, labels, max_crop=3, packed=True)
     params = PlaneParams(**PARAMS)
     net = QNetwork(trunk="patch", head="dueling", n_actions=N_ACTIONS, trunk_kwargs={"patch_size": (3, 4, 4), "group": (1, 2, 2)},
                    head_kwargs={"hidden": (128, 64)})
@@ -89,8 +77,7 @@ def main(argv=None) -> int:
     result = {"machine": machine_info(), "args": vars(args), "train_planes": list(args.train), "held_out_planes": list(args.held_out),
               "env": {**ENV, **PARAMS},
               "dqn": {k: getattr(cfg, k) for k in ("n_envs", "chunk_steps", "batch_size", "learning_rate", "gamma")},
-              "data": {"n_train_subjects": data.n_train, "n_test_subjects": data.n_test, "spacing_mm": data.spacing,
-                       "reference": "MNI152NLin2009cAsym template (AFIDs), bank volume 0", "data_prep_s": data_s},
+              "data": data_info,
               "budget_env_steps_goal_agent": args.chunks * cfg.env_steps_per_chunk,
               "budget_env_steps_per_specialist": spec_chunks * cfg.env_steps_per_chunk}
     save = writer(args.out, result)

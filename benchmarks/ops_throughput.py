@@ -39,7 +39,7 @@ from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, load_avg, machine_info, machine_line, memcpy_bandwidth, parser, run_and_write, save_figure, timed  # noqa: E402
+from common import fmt, machine_line, parser, rows_markdown, run_and_write, save_figure, start_sweep, sweep_result, timed  # noqa: E402
 
 from jaxmed import ops  # noqa: E402
 
@@ -113,10 +113,7 @@ def run(args) -> dict:
     margin = ops.required_margin(max(sizes))
     padded = args.padded
     inner = padded - 2 * margin
-    info = machine_info()
-    print(f"# machine: {info['cpu']}, {info['cores']} cores, {info['device']}, jax {info['jax']}", flush=True)
-    bw = memcpy_bandwidth(args.memcpy_mb * 2**20)
-    print(f"# memcpy (numpy copy of {args.memcpy_mb} MiB): {bw:.2f} GB/s", flush=True)
+    info, bw = start_sweep(args.memcpy_mb)
 
     base = rng.random((args.n_volumes, padded, padded, padded), dtype=np.float32)
     rows = []
@@ -182,23 +179,17 @@ def run(args) -> dict:
                     rows.append(row)
                     print(format_row(row), flush=True)
         bank = bank_np = None  # free this dtype's bank before the next (the reference lambdas close over bank_np)
-    info["load_avg_1m_at_end"] = load_avg()
-    return {
-        "machine": info,
-        "memcpy_GBps": bw,
-        "settings": {
-            "n_volumes": args.n_volumes,
-            "padded_shape": [padded] * 3,
-            "margin": margin,
-            "sizes": sizes,
-            "batches": args.batches,
-            "dtypes": args.dtypes,
-            "max_out_bytes": args.max_out_bytes,
-            "max_call_s": args.max_call_s,
-            "quick": args.quick,
-        },
-        "rows": rows,
-    }
+    return sweep_result(info, bw, {
+        "n_volumes": args.n_volumes,
+        "padded_shape": [padded] * 3,
+        "margin": margin,
+        "sizes": sizes,
+        "batches": args.batches,
+        "dtypes": args.dtypes,
+        "max_out_bytes": args.max_out_bytes,
+        "max_call_s": args.max_call_s,
+        "quick": args.quick,
+    }, rows)
 
 
 # ------------------------------------------------------------------ output
@@ -224,19 +215,10 @@ def format_row(r) -> str:
 
 
 def markdown(result) -> str:
-    m = result["machine"]
-    lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; jax {m['jax']}; {m['date']}; commit {m['git_commit'] or 'n/a'}; "
-        f"memcpy {result['memcpy_GBps']:.1f} GB/s; bank {result['settings']['n_volumes']} × {result['settings']['padded_shape'][0]}³.",
-        "",
-        HEADER,
-    ]
-    lines += [format_row(r) for r in result["rows"] if "skipped" not in r]
-    skipped = [r for r in result["rows"] if "skipped" in r]
-    if skipped:
-        lines.append("")
-        lines.append("Skipped: " + "; ".join(f"{r['op']} {r['dtype']} D={r['size']} n={r['n']} ({r['skipped']})" for r in skipped))
-    return "\n".join(lines)
+    s = result["settings"]
+    intro = f"memcpy {result['memcpy_GBps']:.1f} GB/s; bank {s['n_volumes']} × {s['padded_shape'][0]}³."
+    return rows_markdown(result["machine"], intro, HEADER, result["rows"], format_row,
+                         lambda r: f"{r['op']} {r['dtype']} D={r['size']} n={r['n']}")
 
 
 def plot(result, path: Path) -> None:

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import fmt, machine_info, machine_line, replot, run_and_write, save_figure  # noqa: E402
+from common import compile_dqn, fmt, machine_info, machine_line, replot, run_and_write, save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_MM = {"acpc_axial": 1.98, "midsagittal": 1.53}  # Alansary et al. 2018, landmark-to-plane distance
@@ -78,16 +78,7 @@ def metrics_of_planes(env, eval_params, bank, volumes, normals, offsets) -> dict
 
 def train_plane(cfg, bank, budget_s: float, log) -> dict:
     """Train with :func:`jaxmed.agents.dqn.make_train` for ``train.chunks`` chunks or ``budget_s`` seconds."""
-    from jaxmed import experiment as ex
-    from jaxmed.agents.dqn import make_train
-
-    env, params, _ = ex.make_env(cfg, bank.labels)
-    network = ex.make_network(cfg, env)
-    fns = make_train(cfg.dqn, env, params, network)
-    t0 = time.perf_counter()
-    rs = jax.jit(fns.init)(jax.random.key(cfg.train.seed), bank)
-    chunk = jax.jit(fns.run_chunk).lower(rs, bank).compile()
-    compile_s = time.perf_counter() - t0
+    env, params, network, rs, chunk, compile_s = compile_dqn(cfg, bank)
     t1, history = time.perf_counter(), []
     for c in range(cfg.train.chunks):
         rs, m = chunk(rs, bank)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import machine_info  # noqa: E402
+from common import compile_dqn, machine_info  # noqa: E402
 
 from jaxmed import experiment as ex  # noqa: E402
 from jaxmed.config import apply_overrides, load_yaml  # noqa: E402
@@ -58,15 +58,7 @@ def tre_stats(tre, rot=None, trans=None, seconds=None) -> dict:
 
 def train_agent(cfg, bank, budget_s: float, log=print):
     """Train the DQN agent of ``cfg`` on ``bank`` for at most ``budget_s`` seconds (whole chunks)."""
-    from jaxmed.agents.dqn import make_train
-
-    env, params, _ = ex.make_env(cfg, bank.labels)
-    network = ex.make_network(cfg, env)
-    fns = make_train(cfg.dqn, env, params, network)
-    t0 = time.perf_counter()
-    rs = jax.jit(fns.init)(jax.random.key(cfg.train.seed), bank)
-    chunk = jax.jit(fns.run_chunk).lower(rs, bank).compile()
-    compile_s = time.perf_counter() - t0
+    _, _, network, rs, chunk, compile_s = compile_dqn(cfg, bank)
     t1, chunks, history = time.perf_counter(), 0, []
     while chunks < cfg.train.chunks and time.perf_counter() - t1 < budget_s:
         rs, m = chunk(rs, bank)

@@ -56,7 +56,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compile_timed, machine_info, machine_line, parser, replot, run_and_write, save_figure, timed  # noqa: E402
+from common import compile_timed, machine_info, machine_line, parser, replot_or_run, rows_markdown, save_figure, timed  # noqa: E402
 from env_throughput import initial, make_rollout  # noqa: E402  (shared benchmark helpers)
 
 from jaxmed.agents.dqn import DQNConfig, make_optimizer, make_train, td_loss  # noqa: E402
@@ -470,19 +470,11 @@ def format_row(r) -> str:
 
 def markdown(result) -> str:
     m, s = result["machine"], result["settings"]
-    lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; jax {m['jax']}; {m['date']}; commit {m['git_commit'] or 'n/a'}; "
-        f"load avg (1 min) {m['load_avg_1m_at_start']:.2f} at start, {m['load_avg_1m_at_end']:.2f} at end. Bank: {s['bank']}. "
-        f"Network: {s['network']}; batch {s['dqn']['batch_size']}, {s['updates']}. Times per vector step (one step of all n envs) in ms; "
-        "jaxmed pieces are separately jitted programs with the same shapes, python-loop phases are timed inline.",
-        "",
-        HEADER,
-    ]
-    lines += [format_row(r) for r in result["rows"] if "skipped" not in r]
-    skipped = [r for r in result["rows"] if "skipped" in r]
-    if skipped:
-        lines += ["", "Skipped: " + "; ".join(f"{r['config']} {r['impl']} n={r['n_envs']} ({r['skipped']})" for r in skipped)]
-    return "\n".join(lines)
+    intro = (f"load avg (1 min) {m['load_avg_1m_at_start']:.2f} at start, {m['load_avg_1m_at_end']:.2f} at end. Bank: {s['bank']}. "
+             f"Network: {s['network']}; batch {s['dqn']['batch_size']}, {s['updates']}. "
+             "Times per vector step (one step of all n envs) in ms; "
+             "jaxmed pieces are separately jitted programs with the same shapes, python-loop phases are timed inline.")
+    return rows_markdown(m, intro, HEADER, result["rows"], format_row, lambda r: f"{r['config']} {r['impl']} n={r['n_envs']}")
 
 
 def plot(result, path: Path) -> None:
@@ -577,10 +569,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.replot is not None:
-        return replot(args.replot, plot, markdown)
-    return run_and_write(run, args, plot, markdown)
+    return replot_or_run(run, parse_args(argv), plot, markdown)
 
 
 if __name__ == "__main__":
