@@ -152,6 +152,16 @@ def test_shape_check_mends_answers_that_disagree_with_the_template(tmp_path, afi
     np.testing.assert_allclose(some.positions, checked.select(["PC", "AC"]).positions)  # checked on all, then picked
 
 
+def _untrained_run_and_two_phantoms(tmp_path):
+    """``(run_dir, cfg, network, params, (volume, other))``: an untrained landmark run and two 32³ phantoms."""
+    from jaxmed.runs import load_params
+
+    run = tmp_path / "run"
+    untrained_run(run)
+    cfg, network, params = load_params(run)
+    return run, cfg, network, params, tuple(blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=s)[0] for s in (0, 1))
+
+
 def test_intensity_augmentation_pools_the_end_points_of_scaled_copies(tmp_path, capsys):
     """``intensity_scales``: each volume also runs with its intensities scaled (clipped to its own
     maximum); the end points of all copies are those of the copies run as separate volumes, mapped
@@ -163,13 +173,8 @@ def test_intensity_augmentation_pools_the_end_points_of_scaled_copies(tmp_path, 
     from jaxmed.detect import read_conformed, scaled_copies
     from jaxmed.experiment import EvalSection
     from jaxmed.inference import estimate_landmarks
-    from jaxmed.runs import load_params
 
-    run = tmp_path / "run"
-    untrained_run(run)
-    cfg, network, params = load_params(run)
-    vol, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=0)
-    other, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=1)
+    run, cfg, network, params, (vol, other) = _untrained_run_and_two_phantoms(tmp_path)
     scales = (0.5, 1.0, 1.5)
     copies = scaled_copies([vol, other], scales)
     data, top = np.asarray(vol.data, np.float32), float(np.max(vol.data))
@@ -258,13 +263,8 @@ def test_split_starts_runs_each_start_on_one_intensity_copy(tmp_path, capsys):
     from jaxmed.config import build
     from jaxmed.detect import deal_starts
     from jaxmed.experiment import EvalSection
-    from jaxmed.runs import load_params
 
-    run = tmp_path / "run"
-    untrained_run(run)
-    cfg, network, params = load_params(run)
-    vol, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=0)
-    other, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=1)
+    run, cfg, network, params, (vol, other) = _untrained_run_and_two_phantoms(tmp_path)
     scales = (0.5, 1.0, 1.5)
     every = LandmarkDetector(cfg, network, params, n_starts=27, intensity_scales=scales)
     split = LandmarkDetector(cfg, network, params, n_starts=27, intensity_scales=scales, split_starts=True)
