@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmed.config import check_int_fields
 from jaxmed.errors import ConfigError
 
 #: Prefix of the per-episode metrics an env reports in ``info`` where an episode ended.
@@ -51,13 +52,7 @@ def validate_fields(config, ints=(), non_negative_ints=(), floats=(), bools=(), 
     def bad(name, what):
         raise ConfigError(f"{cls}.{name} must be {what}, got {getattr(config, name)!r}")
 
-    for name in tuple(ints) + tuple(non_negative_ints):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            bad(name, "an int")
-        if value < (1 if name in ints else 0):
-            bad(name, "an int >= 1" if name in ints else "an int >= 0")
-        object.__setattr__(config, name, int(value))
+    check_int_fields(config, {**dict.fromkeys(ints, 1), **dict.fromkeys(non_negative_ints, 0)}, cls)
     for name in floats:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):

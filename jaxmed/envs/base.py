@@ -171,20 +171,6 @@ def check_labels_present(wanted: Sequence[str], labels: Sequence[str], what: str
 # ------------------------------------------------------------------ config checks shared by the envs
 
 
-def check_int_fields(config, lows: dict[str, int], what: str) -> None:
-    """Check the int fields of a frozen env config and store them as Python ints: ``lows`` maps each
-    field name to its least allowed value. Raise :class:`ConfigError` ``"<what>: <name> must be a positive
-    int"`` (least value 1) or ``"... must be an int >= <low>"`` for a bool, a non-int or a smaller value."""
-    from jaxmed.errors import ConfigError
-
-    for name, low in lows.items():
-        value = getattr(config, name)
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            need = "a positive int" if low == 1 else f"an int >= {low}"
-            raise ConfigError(f"{what}: {name} must be {need}, got {value!r}")
-        object.__setattr__(config, name, int(value))
-
-
 def check_levels(config, what: str) -> tuple[int, ...]:
     """Store ``config.levels`` (one pyramid level or several) on the frozen ``config`` as a tuple of
     ints and return it; :class:`ConfigError` naming ``what`` unless it is non-empty, non-negative and

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import check_int_fields
+from jaxmed.config import check_int_fields
 from jaxmed.envs.box import REWARDS, start_box, target_point_labels, volume_world_bounds
 from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams, LandmarkState
 from jaxmed.errors import ConfigError

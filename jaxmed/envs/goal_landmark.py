@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, check_int_fields, check_labels_present, image_box
+from jaxmed.config import check_int_fields
+from jaxmed.envs.base import Box, Discrete, check_labels_present, image_box
 from jaxmed.envs.goals import GoalConditionedEnv, NavFields, check_goal_config
 from jaxmed.envs.landmark import (
     N_ACTIONS,

@@ -88,13 +88,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxmed.config import check_int_fields
 from jaxmed.data.planes import PlaneDefinition, get_plane
 from jaxmed.envs.base import (
     Box,
     ConfiguredEnv,
     Discrete,
     check_discrete_action,
-    check_int_fields,
     check_labels_present,
     check_volume_bank,
     episode_end,

@@ -100,12 +100,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxmed.config import check_int_fields
 from jaxmed.envs.base import (
     Box,
     ConfiguredEnv,
     Discrete,
     check_discrete_action,
-    check_int_fields,
     check_labels_present,
     check_levels,
     check_volume_bank,

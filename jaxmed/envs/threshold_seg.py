@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, check_int_fields, episode_end
+from jaxmed.config import check_int_fields
+from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, episode_end
 from jaxmed.errors import ConfigError
 from jaxmed.ops.masks import dice, opening, window_mask
 

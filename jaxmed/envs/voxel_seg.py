@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.envs.base import Box, Discrete, check_int_fields, is_concrete
+from jaxmed.config import check_int_fields
+from jaxmed.envs.base import Box, Discrete, is_concrete
 from jaxmed.envs.threshold_seg import SegCropEnv, seg_box
 from jaxmed.errors import ConfigError
 from jaxmed.ops.masks import binary_cross_entropy, dice, patches, window_mask
