@@ -223,10 +223,11 @@ class LandmarkDetector:
 
 def deal_starts(n_starts: int, n_copies: int) -> np.ndarray:
     """``(n_starts,)`` int: the intensity copy each start of an image runs on when the copies share
-    the starts (:attr:`LandmarkDetector.split_starts`). For the ``k x k x k`` start grid
-    (``n_starts == k**3``, e.g. 27) start ``(i, j, l)`` goes to copy ``(i + j + l) % n_copies``, so that
-    with ``n_copies == k`` every copy has one start on each grid line (each copy sees the whole
-    image); other counts go round in turn (``i % n_copies``). :class:`ConfigError` when there are
+    the starts (:attr:`LandmarkDetector.split_starts`). A cube count (``n_starts == k**3``) is dealt as
+    a ``k x k x k`` grid: start ``(i, j, l)`` goes to copy ``(i + j + l) % n_copies``. For the landmark
+    env's 27 starts, its 3x3x3 grid, every copy of three then has one start on each grid line (each
+    copy sees the whole image); other cube counts are random points there, for which this is just
+    another even deal. Other counts go round in turn (``i % n_copies``). :class:`ConfigError` when there are
     fewer starts than copies (a copy would run nothing)."""
     if n_starts < n_copies:
         raise ConfigError(f"split_starts: {n_starts} start(s) cannot be dealt out among {n_copies} intensity copies")
