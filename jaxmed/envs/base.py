@@ -389,19 +389,44 @@ class Environment:
 
 class ConfiguredEnv(Environment):
     """An :class:`Environment` described by a frozen static config and a params dataclass: the
-    constructor, ``name``, ``default_params``, hashing and ``repr`` every task env shares.
+    constructor, ``name``, ``default_params``, the bank-label checks, hashing and ``repr`` every task
+    env shares.
 
-    Subclasses set the class attributes ``config_class`` (the static config dataclass; its instance
-    is ``self.config``), ``params_class`` (the default :attr:`default_params`) and ``default_name``,
-    and override :meth:`check_labels` when they read bank landmarks by name; one that needs more
-    state calls ``super().__init__(config, labels, name)`` first. Two instances are equal (one
-    compiled program) when their type, config and bank labels are.
+    A subclass declares what it is made of as class keywords::
+
+        class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=RegistrationParams,
+                              name="registration", label_field="landmarks", label_role="TRE"):
+
+    which set the class attributes ``config_class`` (the static config dataclass; its instance is
+    ``self.config``), ``params_class`` (the default :attr:`default_params`), ``default_name``,
+    ``label_field`` and ``label_role``; a keyword left out is inherited. An env that reads the bank
+    landmarks named by one config field (a sequence of labels) names that field ``label_field``:
+    :attr:`required_labels` is then its labels, each once, and :meth:`check_labels` raises
+    ``"<name>: unknown <label_role> landmark(s) ..."`` for those missing from a bank. An env that
+    reads landmarks otherwise overrides both. One that needs more state calls
+    ``super().__init__(config, labels, name)`` first. Two instances are equal (one compiled program)
+    when their type, config and bank labels are.
     """
 
     config_class: type = type(None)
     params_class: type = type(None)
     #: the :attr:`name` of an instance constructed without one
     default_name: str = ""
+    #: the config field holding the bank landmark labels this env reads (``""``: none, or see the subclass)
+    label_field: str = ""
+    #: what the labels of ``label_field`` are to the env, in the message naming missing ones (``"target"``)
+    label_role: str = ""
+
+    def __init_subclass__(cls, *, config: type | None = None, params: type | None = None, name: str | None = None,
+                          label_field: str | None = None, label_role: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        declared = {"config_class": config, "params_class": params, "default_name": name,
+                    "label_field": label_field, "label_role": label_role}
+        for attr, value in declared.items():
+            if value is not None:
+                setattr(cls, attr, value)
+        if bool(cls.label_field) != bool(cls.label_role):
+            raise TypeError(f"{cls.__name__}: label_field and label_role go together")
 
     def __init__(self, config=None, labels: Sequence[str] | None = None, name: str | None = None):
         """Args:
@@ -422,7 +447,16 @@ class ConfiguredEnv(Environment):
 
     def check_labels(self, labels: Sequence[str]) -> None:
         """Raise :class:`jaxmed.errors.LandmarkError` unless the bank landmarks this env reads by name
-        are among ``labels`` (a bank's landmark labels); the base env reads none."""
+        are among ``labels`` (a bank's landmark labels): those of ``config.<label_field>`` (none
+        without a ``label_field``)."""
+        if self.label_field:
+            wanted = getattr(self.config, self.label_field)
+            check_labels_present(wanted, labels, f"{self.name}: unknown {self.label_role} landmark(s)")
+
+    @property
+    def required_labels(self) -> tuple[str, ...]:
+        """The labels of ``config.<label_field>``, each once (``()`` without a ``label_field``)."""
+        return tuple(dict.fromkeys(getattr(self.config, self.label_field))) if self.label_field else ()
 
     @property
     def name(self) -> str:

@@ -295,7 +295,7 @@ def start_box(lo, hi, u, size_lo, size_hi, centre_range) -> jax.Array:
 # ------------------------------------------------------------------ the environment
 
 
-class BoxEnv(ConfiguredEnv):
+class BoxEnv(ConfiguredEnv, config=BoxConfig, params=BoxParams, name="box"):
     """Single-agent bounding-box search (module docstring).
 
     Args:
@@ -306,10 +306,6 @@ class BoxEnv(ConfiguredEnv):
         :attr:`required_labels` is unavailable.
       name: the name reported by :attr:`name`.
     """
-
-    config_class = BoxConfig
-    params_class = BoxParams
-    default_name = "box"
 
     # -------------------------------------------------------------- descriptions
 

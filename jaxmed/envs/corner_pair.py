@@ -122,7 +122,7 @@ class CornerPairParams(LandmarkParams):
     start_centre_range: float = 0.2
 
 
-class CornerPairEnv(LandmarkEnv):
+class CornerPairEnv(LandmarkEnv, name="corner-pair", label_field="", label_role=""):
     """Two agents moving the min and max corners of a box onto a structure's box (module docstring).
 
     Args:
@@ -131,8 +131,6 @@ class CornerPairEnv(LandmarkEnv):
         (:class:`LandmarkError` if it has fewer than two).
       name: the name reported by :attr:`name`.
     """
-
-    default_name = "corner-pair"
 
     def __init__(self, config: CornerPairConfig | None = None, labels: Sequence[str] | None = None, name: str | None = None):
         self.corner_config = config if config is not None else CornerPairConfig()

@@ -50,7 +50,7 @@ import numpy as np
 from flax import struct
 
 from jaxmed.config import check_int_fields
-from jaxmed.envs.base import Box, Discrete, check_labels_present, image_box
+from jaxmed.envs.base import Box, Discrete, image_box
 from jaxmed.envs.goals import GoalConditionedEnv, NavFields, check_goal_config
 from jaxmed.envs.landmark import (
     N_ACTIONS,
@@ -140,30 +140,20 @@ class GoalLandmarkObsState:
     osc_done: jax.Array
 
 
-class GoalLandmarkEnv(GoalConditionedEnv):
-    """Goal-conditioned landmark navigation (module docstring)."""
-
-    config_class = GoalLandmarkConfig
-    params_class = LandmarkParams
-    default_name = "goal-landmark"
+class GoalLandmarkEnv(GoalConditionedEnv, config=GoalLandmarkConfig, params=LandmarkParams, name="goal-landmark",
+                      label_field="goals", label_role="goal"):
+    """Goal-conditioned landmark navigation (module docstring); reads the goal landmarks
+    (:attr:`required_labels`)."""
 
     def __init__(self, config: GoalLandmarkConfig | None = None, labels: Sequence[str] | None = None, name: str | None = None):
         super().__init__(config, labels, name)
         self.nav = LandmarkEnv(self.config.nav_config(), name=self.name)
-
-    def check_labels(self, labels: Sequence[str]) -> None:
-        """The goal landmarks among ``labels``."""
-        check_goal_labels(self.name, self.config.goals, labels)
 
     # -------------------------------------------------------------- descriptions
 
     @property
     def n_agents(self) -> int:
         return self.config.n_agents
-
-    @property
-    def max_crop(self) -> int:
-        return self.config.crop_size
 
     def observation_space(self, params=None, bank=None) -> Box:
         """``(A, k + 1, D, D, D)``."""
@@ -339,10 +329,6 @@ class GoalLandmarkEnv(GoalConditionedEnv):
 
     # -------------------------------------------------------------- task protocol
 
-    @property
-    def required_labels(self) -> tuple[str, ...]:
-        return self.config.goals
-
     def eval_params(self, params: LandmarkParams) -> LandmarkParams:
         """The landmark env's: no stop at the goal (ground truth); agents run until they oscillate."""
         return self.nav.eval_params(params)
@@ -376,11 +362,6 @@ class GoalLandmarkEnv(GoalConditionedEnv):
     def positions_world(self, state: GoalLandmarkState, bank) -> jax.Array:
         """``(A, 3)`` float32 world mm: the agents' answers."""
         return self.nav.positions_world(state.nav, bank)
-
-
-def check_goal_labels(name: str, goals: Sequence[str], labels: Sequence[str]) -> None:
-    """Raise :class:`LandmarkError` naming the unknown goal labels and the available ones."""
-    check_labels_present(goals, labels, f"{name}: unknown goal landmark(s)")
 
 
 def goal_example(patch, spacing: float, edge: int, label: str = "goal"):

@@ -192,13 +192,9 @@ def frame_view(bank, frame):
                         landmarks_world=matmul(bank.landmarks_world, frame.T))
 
 
-class GoalPlaneEnv(GoalConditionedEnv):
+class GoalPlaneEnv(GoalConditionedEnv, config=GoalPlaneConfig, params=PlaneParams, name="goal-plane"):
     """Goal-conditioned view-plane search (module docstring): a :class:`GoalPlaneConfig`, the bank's
     landmark labels (checked now against every goal definition when given) and the env's name."""
-
-    config_class = GoalPlaneConfig
-    params_class = PlaneParams
-    default_name = "goal-plane"
 
     def __init__(self, config: GoalPlaneConfig | None = None, labels: Sequence[str] | None = None, name: str | None = None):
         super().__init__(config, labels, name)

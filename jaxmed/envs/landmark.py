@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +73,6 @@ from jaxmed.envs.base import (
     ConfiguredEnv,
     Discrete,
     check_discrete_action,
-    check_labels_present,
     check_levels,
     check_volume_bank,
     episode_end,
@@ -224,25 +222,19 @@ def reached_target(dist, at_finest, params: LandmarkParams) -> jax.Array:
     return at_finest & (thr > 0) & (dist <= thr)
 
 
-class LandmarkEnv(ConfiguredEnv):
+class LandmarkEnv(ConfiguredEnv, config=LandmarkConfig, params=LandmarkParams, name="landmark",
+                  label_field="targets", label_role="target"):
     """Single-agent, multi-agent and multi-scale landmark search (module docstring).
 
     Args:
       config: a :class:`LandmarkConfig`.
       labels: the landmark labels of the bank(s) this env will run on (``bank.labels``); when given,
         every target is checked against them now (:class:`LandmarkError` naming the available
-        labels). Target indices are always resolved from the bank passed to ``reset`` / ``step``
-        (its ``labels`` are static), so banks with a different label order work too.
+        labels); :attr:`required_labels` are the targets, each once. Target indices are always
+        resolved from the bank passed to ``reset`` / ``step`` (its ``labels`` are static), so banks
+        with a different label order work too.
       name: the name reported by :attr:`name` (the registry passes its name).
     """
-
-    config_class = LandmarkConfig
-    params_class = LandmarkParams
-    default_name = "landmark"
-
-    def check_labels(self, labels: Sequence[str]) -> None:
-        """Every agent's target among ``labels``."""
-        check_labels_present(self.config.targets, labels, f"{self.name}: unknown target landmark(s)")
 
     # -------------------------------------------------------------- descriptions
 
@@ -380,11 +372,6 @@ class LandmarkEnv(ConfiguredEnv):
         return grid.reshape(-1, 3)
 
     # -------------------------------------------------------------- task protocol
-
-    @property
-    def required_labels(self) -> tuple[str, ...]:
-        """The target labels, each once."""
-        return tuple(dict.fromkeys(self.config.targets))
 
     @property
     def metric_labels(self) -> tuple[str, ...]:

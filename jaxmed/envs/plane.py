@@ -281,7 +281,7 @@ def plane_error(normal, offset, target_normal, target_offset):
 # ------------------------------------------------------------------ the environment
 
 
-class PlaneEnv(ConfiguredEnv):
+class PlaneEnv(ConfiguredEnv, config=PlaneConfig, params=PlaneParams, name="plane"):
     """View-plane search (module docstring).
 
     Args:
@@ -289,10 +289,6 @@ class PlaneEnv(ConfiguredEnv):
       labels: the bank's landmark labels, checked now against the target definition when given.
       name: the name reported by :attr:`name`.
     """
-
-    config_class = PlaneConfig
-    params_class = PlaneParams
-    default_name = "plane"
 
     @functools.cached_property
     def definition(self) -> PlaneDefinition:

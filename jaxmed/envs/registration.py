@@ -93,7 +93,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +105,6 @@ from jaxmed.envs.base import (
     ConfiguredEnv,
     Discrete,
     check_discrete_action,
-    check_labels_present,
     check_levels,
     check_volume_bank,
     episode_end,
@@ -292,30 +290,18 @@ class RegistrationObsState:
 # ------------------------------------------------------------------ the environment
 
 
-class RegistrationEnv(ConfiguredEnv):
+class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=RegistrationParams, name="registration",
+                      label_field="landmarks", label_role="TRE"):
     """Rigid registration of a moving image to a fixed image by 12 discrete moves (module docstring).
 
     Args:
       config: a :class:`RegistrationConfig`.
-      labels: the bank's landmark labels (``bank.labels``); when given, ``config.landmarks`` is
-        checked against them now.
+      labels: the bank's landmark labels (``bank.labels``); when given, ``config.landmarks`` (the TRE
+        landmarks, :attr:`required_labels`) is checked against them now.
       name: the name reported by :attr:`name` (the registry passes its name).
     """
 
-    config_class = RegistrationConfig
-    params_class = RegistrationParams
-    default_name = "registration"
-
-    def check_labels(self, labels: Sequence[str]) -> None:
-        """The TRE landmarks among ``labels``."""
-        check_labels_present(self.config.landmarks, labels, f"{self.name}: unknown TRE landmark(s)")
-
     # -------------------------------------------------------------- descriptions
-
-    @property
-    def required_labels(self) -> tuple[str, ...]:
-        """The bank landmark labels this env reads (the TRE landmarks)."""
-        return self.config.landmarks
 
     @property
     def wants_packed_bank(self) -> bool:

@@ -144,20 +144,12 @@ class SegCropEnv(ConfiguredEnv):
         """The experiment builds a :class:`SegBank` (image + label crops) for this env."""
         return True
 
-    @property
-    def max_crop(self) -> int:
-        return self.config.crop_size
-
     def check_bank(self, bank) -> None:
         check_seg_bank(self, bank, self.config.crop_size)
 
 
-class ThresholdSegEnv(SegCropEnv):
+class ThresholdSegEnv(SegCropEnv, config=ThresholdSegConfig, params=ThresholdSegParams, name="threshold-seg"):
     """Single-agent threshold-window segmentation (module docstring)."""
-
-    config_class = ThresholdSegConfig
-    params_class = ThresholdSegParams
-    default_name = "threshold-seg"
 
     # -------------------------------------------------------------- descriptions
 

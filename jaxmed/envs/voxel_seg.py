@@ -110,12 +110,8 @@ class VoxelSegState:
     t: jax.Array
 
 
-class VoxelSegEnv(SegCropEnv):
+class VoxelSegEnv(SegCropEnv, config=VoxelSegConfig, params=VoxelSegParams, name="voxel-seg"):
     """``D``³ voxel agents refining a probability map (module docstring)."""
-
-    config_class = VoxelSegConfig
-    params_class = VoxelSegParams
-    default_name = "voxel-seg"
 
     # -------------------------------------------------------------- descriptions
 
