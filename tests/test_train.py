@@ -171,8 +171,16 @@ def test_vmapped_seeds_train_in_one_program_and_report_mean_and_std(tmp_path):
     rs = jax.jit(fns.init)(jax.random.split(jax.random.key(cfg.train.seed), 2)[1], bank)
     for _ in range(2):
         rs, _ = jax.jit(fns.run_chunk)(rs, bank)
-    for a, b in zip(jax.tree.leaves(rs.params), jax.tree.leaves(stacked)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b)[1], rtol=2e-5, atol=2e-6)
+    # The batched and the plain program may sum in different orders, so single float32 parameters
+    # can differ by rounding (~1e-6 of values ~1e-2 after two chunks). Compare each leaf by its
+    # relative norm instead: rounding gives ~1e-7, any difference of logic (key, data, hyperparameter)
+    # gives O(1), as the other seed shows.
+    def rel_err(tree, seed):
+        return max(float(np.linalg.norm(np.asarray(a) - np.asarray(b)[seed]) / np.linalg.norm(np.asarray(b)[seed]))
+                   for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(stacked)))
+
+    assert rel_err(rs.params, 1) < 1e-5
+    assert rel_err(rs.params, 0) > 1e-2
 
 
 def test_per_seed_hyperparameters_as_arrays(tmp_path):
