@@ -46,7 +46,7 @@ def test_variant_learns_to_find_landmark(setup, name, n_step):
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
                     eps_decay_steps=600, target_update_period=100, double=double, n_step=n_step)
     fns = make_train(cfg, env, params, net)
-    # n-step targets mix in 3 exploratory rewards: those variants get 6 more chunks (about 2 s each)
+    # n-step targets mix in 3 exploratory rewards: those variants get 6 more chunks
     rs, metrics = run_chunks(fns, bank, 14 if n_step == 1 else 20, seed=0)
     assert np.isfinite(float(metrics["loss"]))
     eval_params = params.replace(terminate_at_target_mm=0.0)  # never use the ground truth at test time
