@@ -69,11 +69,15 @@ class LandmarkDetector:
       split_starts: with several intensity copies, every start runs on one copy only
         (:func:`deal_starts`) rather than on all: one copy's work (default: the run's
         ``eval.split_starts``).
+      level_step_limit: moves an agent may make at one search level before it moves on as if it had
+        oscillated (:attr:`jaxmed.experiment.EvalSection.level_step_limit`; ``0``: no limit;
+        default: the run's ``eval.level_step_limit``, else the env's own).
     """
 
     def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int = 27,
                  aggregate: str = "median", seed: int = 0, where: str = "run", shape: str = "none",
-                 intensity_scales: Sequence[float] | None = None, split_starts: bool | None = None):
+                 intensity_scales: Sequence[float] | None = None, split_starts: bool | None = None,
+                 level_step_limit: int | None = None):
         from jaxmed.runs import make_policy_rollout
 
         if aggregate not in AGGREGATES:
@@ -91,6 +95,8 @@ class LandmarkDetector:
         self.targets = self.env.landmark_targets
         if not self.targets:
             raise ConfigError(f"{where}: a {cfg.env_name} run does not detect landmarks (use the command for that task)")
+        self.eval_params = ex.with_level_step_limit(self.eval_params, level_step_limit, f"{where}: level_step_limit")
+        self.level_step_limit = int(getattr(self.eval_params, "level_step_limit", 0))
         self.trained = self.env.required_labels
         self.labels = tuple(labels) if labels else self.trained
         missing = [l for l in self.labels if l not in self.trained]
@@ -268,15 +274,16 @@ def read_conformed(image, spacing: float):
 
 def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, n_starts: int = 27,
            aggregate: str = "median", seed: int = 0, shape: str = "none", intensity_scales: Sequence[float] | None = None,
-           split_starts: bool | None = None):
+           split_starts: bool | None = None, level_step_limit: int | None = None):
     """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass
-    (``intensity_scales``, ``split_starts``: :class:`LandmarkDetector`).
+    (``intensity_scales``, ``split_starts``, ``level_step_limit``: :class:`LandmarkDetector`).
 
     Returns :class:`jaxmed.data.Landmarks` in world RAS mm. For many images use
     :class:`LandmarkDetector` (one compilation) or :func:`detect_files`.
     """
     det = LandmarkDetector.from_run(run_dir, labels=labels, n_starts=n_starts, aggregate=aggregate, seed=seed, shape=shape,
-                                    intensity_scales=intensity_scales, split_starts=split_starts)
+                                    intensity_scales=intensity_scales, split_starts=split_starts,
+                                    level_step_limit=level_step_limit)
     volume = read_conformed(image, det.cfg.data.spacing)
     answers, _ = det.find([volume], sources=[f"jaxmed detect {image}"])
     return answers[0]

@@ -103,15 +103,43 @@ class EvalSection:
       split_starts: with several ``intensity_scales``, deal an image's starts out among the copies
         (:func:`jaxmed.detect.deal_starts`: every start runs once, on one copy) instead of running
         every start on every copy: the detection work of one copy, the same number of end points.
+      level_step_limit: greedy evaluation and detection of a landmark env: an agent that has made
+        this many moves at one search level without oscillating moves on to the next finer level (or
+        ends at the finest), as if it had oscillated (``level_step_limit`` of
+        :class:`jaxmed.envs.LandmarkParams`); ``0`` never; ``None`` (default): the env's own value,
+        as in training. A greedy policy caught in a cycle longer than the oscillation window
+        otherwise runs to ``eval_max_steps`` at a coarse level.
     """
 
     extra_sets: tuple[str, ...] = ()
     registration: bool = True
     intensity_scales: tuple[float, ...] = (1.0,)
     split_starts: bool = False
+    level_step_limit: int | None = None
 
     def __post_init__(self):
         check_intensity_scales(self.intensity_scales, "eval.intensity_scales")
+        if self.level_step_limit is not None:
+            check_level_step_limit(self.level_step_limit, "eval.level_step_limit")
+
+
+def check_level_step_limit(limit, where: str) -> int:
+    """``limit`` as an int; :class:`ConfigError` naming ``where`` unless it is a whole number >= 0."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit != int(limit) or limit < 0:
+        raise ConfigError(f"{where}: expected a whole number of moves >= 0 (0: no limit), got {limit!r}")
+    return int(limit)
+
+
+def with_level_step_limit(params, limit, where: str):
+    """``params`` (an env's params) with ``level_step_limit = limit``; unchanged for ``None``;
+    :class:`ConfigError` naming ``where`` when the env has no such parameter or the value is not a
+    whole number >= 0."""
+    if limit is None:
+        return params
+    limit = check_level_step_limit(limit, where)
+    if not hasattr(params, "level_step_limit"):
+        raise ConfigError(f"{where}: {type(params).__name__} has no level_step_limit (an option of the landmark search)")
+    return params.replace(level_step_limit=limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +337,8 @@ def build_experiment(cfg: ExperimentConfig, *, with_data: bool = True) -> Experi
 def make_env(cfg: ExperimentConfig, labels=None):
     """``(env, params, eval_params)`` from the ``env:`` section (``jaxmed.make(name, labels, **options)``).
 
-    ``eval_params`` are the env's :meth:`eval_params` with ``max_steps = env.eval_max_steps`` when given.
+    ``eval_params`` are the env's :meth:`eval_params` with ``max_steps = env.eval_max_steps`` and
+    ``level_step_limit = eval.level_step_limit`` when given.
     """
     from jaxmed.envs import make
 
@@ -318,6 +347,7 @@ def make_env(cfg: ExperimentConfig, labels=None):
     eval_max = cfg.env.get("eval_max_steps")
     if eval_max is not None:
         eval_params = eval_params.replace(max_steps=int(eval_max))
+    eval_params = with_level_step_limit(eval_params, cfg.eval.level_step_limit, "eval.level_step_limit")
     return env, params, eval_params
 
 

@@ -302,3 +302,58 @@ def test_split_starts_runs_each_start_on_one_intensity_copy(tmp_path, capsys):
     assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "b.fcsv"), "--starts", "2",
                  "--intensity-scales", "0.5", "1", "1.5", "--split-starts"]) == 2
     assert "split_starts" in capsys.readouterr().err and not (tmp_path / "b.fcsv").exists()
+
+
+def test_level_step_limit_ends_searches_that_never_oscillate(tmp_path, capsys):
+    """``level_step_limit``: an agent that has made that many moves at one level ends there as if it
+    had oscillated (greedy untrained agents otherwise wander up to ``eval_max_steps``); answers of
+    episodes that ended sooner are unchanged; the run's ``eval.level_step_limit`` is the default, the
+    argument and ``--level-step-limit`` override it; bad values and envs without the option are
+    refused naming the key, before anything is written."""
+    import dataclasses
+
+    from jaxmed.config import build, load_yaml
+    from jaxmed.detect import read_conformed
+    from jaxmed.experiment import EvalSection, ExperimentConfig
+    from jaxmed.runs import load_params
+
+    run = tmp_path / "run"
+    untrained_run(run, ["env.eval_max_steps=40"])
+    cfg, network, params = load_params(run)
+    vol = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=0)[0]
+
+    def rollout(det):
+        bank = det.bank([vol])
+        states = det.env.eval_states(det.eval_params, bank, det.n_starts, seed=0)
+        return det.end_points([vol])[0], np.asarray(det.compiled_for(bank, states)(det.params, bank, states)["steps"])
+
+    free = LandmarkDetector(cfg, network, params, n_starts=27)
+    capped = LandmarkDetector(cfg, network, params, n_starts=27, level_step_limit=3)
+    assert (free.level_step_limit, capped.level_step_limit) == (0, 3)
+    (w_free, s_free), (w_cap, s_cap) = rollout(free), rollout(capped)
+    assert s_cap.max() <= 3 < s_free.max()  # some untrained searches run on; none past the limit
+    early = s_free < 3  # ended by oscillating before the limit: the same end points
+    np.testing.assert_array_equal(w_cap[early], w_free[early])
+
+    # the run's eval.level_step_limit is the default; the argument overrides it
+    cfg3 = dataclasses.replace(cfg, eval=build(EvalSection, {"level_step_limit": 3}, "run.eval"))
+    assert LandmarkDetector(cfg3, network, params).level_step_limit == 3
+    assert LandmarkDetector(cfg3, network, params, level_step_limit=0).level_step_limit == 0
+    for bad in (-1, 2.5, "x", True):
+        with pytest.raises(ConfigError, match="eval.level_step_limit"):
+            build(EvalSection, {"level_step_limit": bad}, "run.eval")
+        with pytest.raises(ConfigError, match="run: level_step_limit"):
+            LandmarkDetector(cfg, network, params, level_step_limit=bad)
+    raw = load_yaml("configs/phantom_box_dqn.yaml")
+    with pytest.raises(ConfigError, match="eval.level_step_limit.*no level_step_limit"):
+        ExperimentConfig.from_dict(dict(raw, eval={"level_step_limit": 3}), "box.yaml")
+
+    # the command line: the capped detector's answer; a bad value refused, nothing written
+    images = _images(tmp_path)
+    assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "a.fcsv"),
+                 "--level-step-limit", "3"]) == 0
+    want = capped.find([read_conformed(images[0], cfg.data.spacing)])[0][0]
+    np.testing.assert_allclose(read_landmarks(tmp_path / "a.fcsv").positions, want.positions, atol=1e-3)
+    assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "b.fcsv"),
+                 "--level-step-limit", "-1"]) == 2
+    assert "level_step_limit" in capsys.readouterr().err and not (tmp_path / "b.fcsv").exists()

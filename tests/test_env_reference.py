@@ -199,3 +199,15 @@ def test_reference_resets_its_history(blob_bank):
     obs = ref.reset_at(1, [10, 9, 8])
     assert np.array_equal(obs[0, 0], obs[0, 1]) and np.array_equal(obs[0, 0], obs[0, 2])
     np.testing.assert_array_equal(obs[0, 0], ref.crop(0, np.array([10, 9, 8])))
+
+
+def test_level_step_limit_moves_a_cycling_search_on(blob_bank):
+    """A 4-cycle never oscillates in a window of 8 (``square``); with ``level_step_limit`` the agent
+    switches one level finer after that many moves at a level and ends at the finest, in both envs."""
+    params = landmark.LandmarkParams(terminate_at_target_mm=0.0, level_step_limit=6, max_steps=N_STEPS)
+    sim = Lockstep(_config(["L0"], levels=(0, 1, 2), crop=9, frames=2), params, blob_bank)
+    lengths = _check_all_sequences(sim, seed=5)
+    assert lengths["square@0"] == lengths["square@1"] == 3 * 6  # six moves at each of the three levels
+    assert all(n <= 3 * 6 for n in lengths.values())  # no episode outlives the limit at every level
+    off = Lockstep(_config(["L0"], levels=(0, 1, 2), crop=9, frames=2), params.replace(level_step_limit=0), blob_bank)
+    assert off.run(0, np.tile(off.ref.shapes0[0] // 2, (1, 1)), lambda t: np.full(1, (0, 2, 1, 3)[t % 4])) == N_STEPS

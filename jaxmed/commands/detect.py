@@ -33,7 +33,8 @@ def _single(args, image) -> int:
                             aggregate=args.aggregate)
     else:
         found = detect(args.checkpoint, image, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate,
-                       shape=args.shape, intensity_scales=args.intensity_scales, split_starts=args.split_starts)
+                       shape=args.shape, intensity_scales=args.intensity_scales, split_starts=args.split_starts,
+                       level_step_limit=args.level_step_limit)
     print(write_landmarks(found, args.out, overwrite=args.overwrite))
     for label, p in zip(found.labels, found.positions):
         print(f"{label}: {np.round(p, 2).tolist()} mm (RAS)")
@@ -52,7 +53,7 @@ def _batch(args, images) -> int:
     t0 = time.perf_counter()
     detector = LandmarkDetector.from_run(args.checkpoint, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate,
                                          ensemble=args.ensemble, shape=args.shape, intensity_scales=args.intensity_scales,
-                                         split_starts=args.split_starts)
+                                         split_starts=args.split_starts, level_step_limit=args.level_step_limit)
     load_s = time.perf_counter() - t0
 
     def report(image, result, seconds):
@@ -113,6 +114,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--split-starts", action=argparse.BooleanOptionalAction, default=None,
                    help="with several intensity scales: each start runs on one copy only, so the copies cost one "
                         "copy's work (default: the run's eval.split_starts)")
+    k.add_argument("--level-step-limit", type=int, metavar="N",
+                   help="an agent that has made N moves at one search level without oscillating moves on to the "
+                        "finer level (or ends at the finest); 0: no limit (default: the run's eval.level_step_limit, "
+                        "else as in training)")
     k.add_argument("--goal", metavar="LABEL",
                    help="goal-conditioned run: walk to this template landmark (shown by its template crop; need not be trained)")
     k.add_argument("--goal-patch", metavar="FILE", help="goal-conditioned run: walk to the centre of this .npy goal image "

@@ -23,10 +23,12 @@ def _progress(message: str) -> None:
 
 
 def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_starts=None, aggregate="median",
-                           registration=True, seeds=False, shape="none", intensity_scales=None, split_starts=None) -> list:
+                           registration=True, seeds=False, shape="none", intensity_scales=None, split_starts=None,
+                           level_step_limit=None) -> list:
     """Evaluate a landmark run directory on each ``--data`` spec; returns the results (seed 0, or
     every seed of a multi-seed run with ``seeds``) and prints their tables and a summary
-    (``intensity_scales``, ``split_starts``: :class:`jaxmed.detect.LandmarkDetector`, default the run's own)."""
+    (``intensity_scales``, ``split_starts``, ``level_step_limit``: :class:`jaxmed.detect.LandmarkDetector`,
+    default the run's own)."""
     from jaxmed.detect import LandmarkDetector
     from jaxmed.evaluation import evaluate_sets, summary_table
     from jaxmed.runs import load_params, seed_params
@@ -39,7 +41,7 @@ def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_s
     for seed in members:
         detector = LandmarkDetector(cfg, network, seed_params(cfg, params, seed), n_starts=starts, aggregate=aggregate,
                                     seed=cfg.train.seed, where=str(run_dir), shape=shape, intensity_scales=intensity_scales,
-                                    split_starts=split_starts)
+                                    split_starts=split_starts, level_step_limit=level_step_limit)
         target = out / f"seed{seed}" if seeds and cfg.train.seeds > 1 else out
         res = evaluate_sets(detector, specs, out_dir=target, overwrite=overwrite, registration=registration, progress=_progress)
         for r in res:
@@ -63,18 +65,22 @@ def _run(args) -> int:
             return 0
         evaluate_landmark_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite, n_starts=args.starts,
                                aggregate=args.aggregate, registration=not args.no_registration, seeds=args.seeds,
-                               shape=args.shape, intensity_scales=args.intensity_scales, split_starts=args.split_starts)
+                               shape=args.shape, intensity_scales=args.intensity_scales, split_starts=args.split_starts,
+                               level_step_limit=args.level_step_limit)
         return 0
     cfg, _, params = load_params(args.run_dir)
     if args.n_test:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_test=args.n_test))
+    if args.level_step_limit is not None:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, level_step_limit=args.level_step_limit))
     ev = evaluate_run(cfg, params, args.out or args.run_dir)
     print(ev["table"])
     if cfg.eval.extra_sets:
         evaluate_landmark_sets(args.run_dir, ["test", *cfg.eval.extra_sets], out_dir=args.out, overwrite=args.overwrite,
                                n_starts=args.starts, aggregate=args.aggregate,
                                registration=cfg.eval.registration and not args.no_registration,
-                               intensity_scales=args.intensity_scales, split_starts=args.split_starts)
+                               intensity_scales=args.intensity_scales, split_starts=args.split_starts,
+                               level_step_limit=args.level_step_limit)
     return 0
 
 
@@ -96,6 +102,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--split-starts", action=argparse.BooleanOptionalAction, default=None,
                    help="landmark runs with several intensity scales: each start runs on one copy only (jaxmed detect "
                         "--split-starts; default: the run's eval.split_starts)")
+    e.add_argument("--level-step-limit", type=int, metavar="N",
+                   help="landmark runs: moves an agent may make at one search level before it moves on as if it had "
+                        "oscillated (jaxmed detect --level-step-limit; 0: no limit; default: the run's eval.level_step_limit)")
     e.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline (slow on large sets)")
     e.add_argument("--seeds", action="store_true", help="evaluate every seed of a multi-seed run (default: seed 0)")
     e.add_argument("--overwrite", action="store_true", help="replace existing eval_<set> files")

@@ -187,18 +187,24 @@ def check_levels(config, what: str) -> tuple[int, ...]:
 # ------------------------------------------------------------------ step pieces shared by the envs (traced)
 
 
-def oscillation(same, since_switch, osc_window: int, osc_repeats, live):
+def oscillation(same, since_switch, osc_window: int, osc_repeats, live, level_step_limit=0):
     """The oscillation test of a coarse-to-fine step.
 
     ``same`` ``(..., H)`` bool: whether each entry of the ring of recent positions (newest first, the
     new position included) counts as the new position; only the ``min(osc_window, since + 1)`` newest
     entries are looked at, ``since = since_switch + 1`` the steps since the reset or the last level
     switch. Returns ``(oscillated, since)``: ``live`` agents whose new position stands at least
-    ``osc_repeats`` times among those entries (``(...)`` bool), and ``since`` (``(...)`` int32)."""
+    ``osc_repeats`` times among those entries (``(...)`` bool), and ``since`` (``(...)`` int32).
+
+    ``level_step_limit > 0``: an agent that has made that many moves at its level (``since``) counts as
+    oscillated too, so a search caught in a cycle too long for the window (period ``> (osc_window - 1)
+    // (osc_repeats - 1)``) still moves on to the finer level or ends; ``0`` turns this off."""
     since = since_switch + 1
     window = jnp.minimum(osc_window, since + 1)
     recent = jnp.arange(same.shape[-1]) < jnp.expand_dims(window, -1)
-    return live & (jnp.sum(same & recent, axis=-1) >= osc_repeats), since
+    repeated = jnp.sum(same & recent, axis=-1) >= osc_repeats
+    stalled = (level_step_limit > 0) & (since >= level_step_limit)
+    return live & (repeated | stalled), since
 
 
 def episode_end(done, t, max_steps):

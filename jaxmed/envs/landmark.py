@@ -35,7 +35,8 @@ Shapes and units (``A`` = ``n_agents`` = ``len(config.targets)``, ``k`` = ``conf
 * termination (per agent, ``done``): oscillation at the finest level (the new position occurs at least
   ``osc_repeats`` times among the newest ``min(osc_window, since_switch + 1)`` positions), or, when
   ``terminate_at_target_mm > 0`` and the agent moved at the finest level, ``new_dist <=
-  terminate_at_target_mm`` (uses ground truth: disable it for evaluation). Done agents freeze (no
+  terminate_at_target_mm`` (uses ground truth: disable it for evaluation); with ``level_step_limit > 0``
+  also after that many moves at one level (``since_switch``), as if oscillated. Done agents freeze (no
   move, no history push, reward 0). The episode is ``terminated`` when *all* agents are done and
   ``truncated`` when ``t >= max_steps`` and not terminated: two separate ``()`` bool flags.
 * multi-scale (``len(config.levels) > 1``): agents start at the coarsest level; an oscillation at a
@@ -145,6 +146,9 @@ class LandmarkParams:
       start_radius_mm: ``0``: random starts uniform in the central 80 % of the volume per axis;
         ``> 0``: uniform in a world cube of ± this many mm around each agent's target (clipped).
       osc_repeats: how many occurrences of the new position among the recent ones is an oscillation.
+      level_step_limit: ``> 0``: an agent that has made this many moves at one level without
+        oscillating counts as oscillated (moves one level finer, or is done at the finest): a greedy
+        search caught in a cycle too long for ``osc_window`` still ends; ``0``: no limit.
       contrast_prob: probability that a reset draws a random intensity table (with
         ``LandmarkConfig.contrast_knots > 0``); evaluation never does.
       gain_prob: probability that a reset without a random table draws a random gain instead (every
@@ -157,6 +161,7 @@ class LandmarkParams:
     terminate_at_target_mm: float = 1.0
     start_radius_mm: float = 0.0
     osc_repeats: int = 3
+    level_step_limit: int = 0
     contrast_prob: float = 0.0
     gain_prob: float = 0.0
     gain_min: float = 1.0
@@ -445,7 +450,8 @@ class LandmarkEnv(ConfiguredEnv, config=LandmarkConfig, params=LandmarkParams, n
 
         pushed = jnp.concatenate([pos[:, None, :], state.history[:, :-1]], axis=1)
         same = jnp.all(pushed == pos[:, None, :], axis=-1)  # (A, H)
-        oscillated, since = oscillation(same, state.since_switch, c.osc_window, params.osc_repeats, live)
+        oscillated, since = oscillation(same, state.since_switch, c.osc_window, params.osc_repeats, live,
+                                        params.level_step_limit)
 
         at_finest = state.level == 0  # the level this step's move was made at
         switch = oscillated & ~at_finest

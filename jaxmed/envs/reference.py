@@ -55,7 +55,8 @@ class ReferenceLandmarkEnv:
       config: a :class:`jaxmed.envs.landmark.LandmarkConfig` (read by attribute: ``targets``,
         ``crop_size``, ``frames``, ``levels``, ``osc_window``).
       params: an ``LandmarkParams`` (read by attribute: ``max_steps``, ``reward_clip``,
-        ``terminate_at_target_mm``, ``start_radius_mm``, ``osc_repeats``); JAX scalars are fine.
+        ``terminate_at_target_mm``, ``start_radius_mm``, ``osc_repeats``, ``level_step_limit``); JAX
+        scalars are fine.
       bank: a :class:`jaxmed.data.bank.VolumeBank`; its arrays are converted to NumPy once, here.
 
     Attributes after :meth:`reset_at`:
@@ -81,6 +82,7 @@ class ReferenceLandmarkEnv:
         self.terminate_at_target_mm = float(params.terminate_at_target_mm)
         self.start_radius_mm = float(params.start_radius_mm)
         self.osc_repeats = int(params.osc_repeats)
+        self.level_step_limit = int(getattr(params, "level_step_limit", 0))
         self.targets = [bank.label_index(label) for label in config.targets]
         # host copies of the bank, once (the published code keeps images in host memory too)
         self.stacks = [np.asarray(bank.levels[l]) for l in self.levels]
@@ -174,7 +176,10 @@ class ReferenceLandmarkEnv:
 
     def _oscillates(self, agent: _Agent) -> bool:
         """The new position occurs ``>= osc_repeats`` times among the newest
-        ``min(osc_window, since_switch + 1)`` ring entries (itself included)."""
+        ``min(osc_window, since_switch + 1)`` ring entries (itself included), or the agent has made
+        ``level_step_limit`` moves at its level (when that is ``> 0``)."""
+        if 0 < self.level_step_limit <= agent.since_switch:
+            return True
         recent = agent.history[: min(self.osc_window, agent.since_switch + 1)]
         counts = Counter(tuple(int(v) for v in p) for p in recent)
         return counts[tuple(int(v) for v in agent.pos)] >= self.osc_repeats
