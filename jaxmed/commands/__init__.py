@@ -53,3 +53,22 @@ def run_dir(args, suffix: str = "") -> Path:
     """The run directory of a command with :func:`add_config_args` and :func:`add_run_args`: ``--run-dir``
     when given, else ``runs/<config file name without extension><suffix>``."""
     return Path(args.run_dir) if args.run_dir else Path("runs") / f"{Path(args.config).stem}{suffix}"
+
+
+def add_detection_options(p) -> None:
+    """The test-time options of landmark detection that ``jaxmed detect`` and ``jaxmed evaluate`` share
+    (:class:`jaxmed.detect.LandmarkDetector`), each defaulting to the run's ``eval`` section:
+    ``--intensity-scales``, ``--split-starts`` and ``--level-step-limit``."""
+    import argparse
+
+    p.add_argument("--intensity-scales", type=float, nargs="+", metavar="S",
+                   help="landmark runs: test-time intensity augmentation, each image also run with its intensities "
+                        "times every S and all end points pooled (e.g. 0.7 0.85 1 1.15 1.3: five times the work; "
+                        "default: the run's eval.intensity_scales, 1 unless set)")
+    p.add_argument("--split-starts", action=argparse.BooleanOptionalAction, default=None,
+                   help="with several intensity scales: each start runs on one copy only, so the copies cost one "
+                        "copy's work (default: the run's eval.split_starts)")
+    p.add_argument("--level-step-limit", type=int, metavar="N",
+                   help="an agent that has made N moves at one search level without oscillating moves on to the "
+                        "finer level (or ends at the finest); 0: no limit (default: the run's eval.level_step_limit, "
+                        "else as in training)")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmed.commands import add_detection_options
+
 FORMATS = (".fcsv", ".mrk.json", ".csv", ".json")
 
 
@@ -107,17 +109,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="affine: check every image's answers against the template's landmark configuration (a robust "
                         "affine fit; needs a model of >= 8 landmarks) and replace the ones that disagree with it "
                         "(tagged shape_outlier in the file; default %(default)s)")
-    k.add_argument("--intensity-scales", type=float, nargs="+", metavar="S",
-                   help="test-time intensity augmentation: also run each image with its intensities times each S "
-                        "and pool all end points (e.g. 0.7 0.85 1 1.15 1.3: five times the work; default: the run's "
-                        "eval.intensity_scales, 1 unless set)")
-    k.add_argument("--split-starts", action=argparse.BooleanOptionalAction, default=None,
-                   help="with several intensity scales: each start runs on one copy only, so the copies cost one "
-                        "copy's work (default: the run's eval.split_starts)")
-    k.add_argument("--level-step-limit", type=int, metavar="N",
-                   help="an agent that has made N moves at one search level without oscillating moves on to the "
-                        "finer level (or ends at the finest); 0: no limit (default: the run's eval.level_step_limit, "
-                        "else as in training)")
+    add_detection_options(k)
     k.add_argument("--goal", metavar="LABEL",
                    help="goal-conditioned run: walk to this template landmark (shown by its template crop; need not be trained)")
     k.add_argument("--goal-patch", metavar="FILE", help="goal-conditioned run: walk to the centre of this .npy goal image "

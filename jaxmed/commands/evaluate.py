@@ -17,6 +17,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from jaxmed.commands import add_detection_options
+
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -96,15 +98,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--shape", choices=("none", "affine"), default="none",
                    help="with --data: shape-check each subject's answers against the template's landmark configuration "
                         "(jaxmed detect --shape)")
-    e.add_argument("--intensity-scales", type=float, nargs="+", metavar="S",
-                   help="landmark runs: test-time intensity augmentation, the end points of each image times every S "
-                        "pooled (jaxmed detect --intensity-scales; default: the run's eval.intensity_scales)")
-    e.add_argument("--split-starts", action=argparse.BooleanOptionalAction, default=None,
-                   help="landmark runs with several intensity scales: each start runs on one copy only (jaxmed detect "
-                        "--split-starts; default: the run's eval.split_starts)")
-    e.add_argument("--level-step-limit", type=int, metavar="N",
-                   help="landmark runs: moves an agent may make at one search level before it moves on as if it had "
-                        "oscillated (jaxmed detect --level-step-limit; 0: no limit; default: the run's eval.level_step_limit)")
+    add_detection_options(e)
     e.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline (slow on large sets)")
     e.add_argument("--seeds", action="store_true", help="evaluate every seed of a multi-seed run (default: seed 0)")
     e.add_argument("--overwrite", action="store_true", help="replace existing eval_<set> files")
