@@ -183,6 +183,8 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from jaxmed.commands import add_detection_options
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--run", type=Path, help="a trained run directory (all its seeds are evaluated)")
@@ -197,14 +199,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline")
     p.add_argument("--ensemble", action="store_true", help="one detector pooling every seed's end points (several agents per landmark)")
     p.add_argument("--starts", type=int, default=27, help="start points per agent and subject (27: the 3x3x3 grid; default %(default)s)")
-    p.add_argument("--intensity-scales", type=float, nargs="+", metavar="S", help="test-time intensity augmentation "
-                   "(jaxmed detect --intensity-scales; default: the run's eval.intensity_scales)")
-    p.add_argument("--split-starts", action=argparse.BooleanOptionalAction, default=None,
-                   help="each start runs on one intensity copy only (jaxmed detect --split-starts; default: the run's "
-                        "eval.split_starts)")
-    p.add_argument("--level-step-limit", type=int, metavar="N",
-                   help="moves an agent may make at one search level before it moves on as if it had oscillated "
-                        "(jaxmed detect --level-step-limit; 0: no limit; default: the run's eval.level_step_limit)")
+    add_detection_options(p)  # --intensity-scales, --split-starts, --level-step-limit, as jaxmed detect takes them
     p.add_argument("--shape", action="store_true", help="also score the answers after the affine shape check (jaxmed detect "
                    "--shape affine; a model of >= 8 landmarks): one more row per set")
     p.add_argument("--out", type=Path, default=RESULTS / "real_anatomy.json")
