@@ -1,7 +1,9 @@
 """Typed run configurations: YAML files and ``key.sub=value`` overrides -> frozen dataclasses.
 
-One way to declare and check a config section: a frozen dataclass with typed fields (range checks
-in its ``__post_init__``), instantiated from a mapping with :func:`build`. Unknown keys and wrong
+One way to declare and check a config section: a frozen dataclass with typed fields, each numeric
+one declaring the interval it must lie in with :func:`bounded`, checked by :func:`check_fields`
+from its ``__post_init__`` (cross-field rules stay there too), instantiated from a mapping with
+:func:`build`. Unknown keys and wrong
 types raise :class:`ConfigError` naming the key path (``config.dqn.gamma``,
 ``config.network.trunk.width``) and the allowed keys, before anything is compiled. Learner
 sections, env options (the env's config and params dataclasses) and the network section (trunk and
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
+import math
 import types
 import typing
 from pathlib import Path
@@ -140,6 +144,119 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The interval a numeric config field must lie in: ``low`` / ``high`` (``±inf``: unbounded),
+    each end closed unless ``low_open`` / ``high_open``."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return bool(above and below)
+
+    def describe(self, kind: str) -> str:
+        """What a value must be, e.g. ``"a positive int"``, ``"an int >= 0"``, ``"a number in (0, 1]"``."""
+        noun = "an int" if kind == "int" else "a number"
+        if kind == "int" and self.low == 1 and not self.low_open and self.high == math.inf:
+            return "a positive int"
+        if self.high == math.inf:
+            return noun if self.low == -math.inf else f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low == -math.inf:
+            return f"{noun} {'<' if self.high_open else '<='} {self.high:g}"
+        return f"{noun} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+#: The ``dataclasses.field`` metadata key of a field's :class:`Bounds`.
+BOUNDS = "jaxmed.bounds"
+
+
+def bounded(default, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
+            high_open: bool = False) -> Any:
+    """A config dataclass field with a default and the interval :func:`check_fields` holds it to::
+
+        gamma: float = bounded(0.9, 0.0, 1.0, low_open=True)   # (0, 1]
+        n_envs: int = bounded(16, 1)                            # a positive int
+    """
+    return dataclasses.field(default=default, metadata={BOUNDS: Bounds(low, high, low_open, high_open)})
+
+
+def field_bounds(cls, name: str) -> Bounds | None:
+    """The :class:`Bounds` of field ``name`` of dataclass ``cls``, declared by ``cls`` or, when a
+    subclass only changes the default (``num_steps: int = 5``), by the nearest base class that
+    declared it with :func:`bounded`; ``None`` for a field without bounds."""
+    for klass in cls.__mro__:
+        field = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if field is not None and BOUNDS in field.metadata:
+            return field.metadata[BOUNDS]
+    return None
+
+
+_SCALARS = (int, float, bool, str)
+
+
+@functools.lru_cache(maxsize=None)
+def _scalar_fields(cls) -> tuple[tuple[str, type, bool, Bounds | None], ...]:
+    """``(name, type, optional, bounds)`` of the fields of dataclass ``cls`` annotated int, float,
+    bool or str, or one of those ``| None`` (``optional``)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+        optional = len(args) == 2 and type(None) in args
+        kind = next(a for a in args if a is not type(None)) if optional else hint
+        if kind in _SCALARS:
+            out.append((f.name, kind, optional, field_bounds(cls, f.name)))
+    return tuple(out)
+
+
+def check_value(value, kind: type, bounds: Bounds | None, where: str):
+    """``value`` as a plain Python ``kind`` (int, float, bool or str) inside ``bounds``; else
+    :class:`ConfigError` ``"<where> must be <what>, got <value>"``. An int is an int (NumPy ints too,
+    never a bool); a float a finite number (ints converted)."""
+    if kind is int:
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        value = int(value) if ok else value
+    elif kind is float:
+        ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+              and bool(np.isfinite(value)))
+        value = float(value) if ok else value
+    elif kind is bool:
+        ok = isinstance(value, (bool, np.bool_))
+        value = bool(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if ok and (bounds is None or value in bounds):
+        return value
+    what = {bool: "true or false", str: "a string"}.get(kind)
+    if what is None:
+        what = (bounds or Bounds()).describe("int" if kind is int else "float")
+        what = "a finite number" if what == "a number" else what
+    raise ConfigError(f"{where} must be {what}, got {value!r}")
+
+
+def check_fields(config, where: str | None = None) -> None:
+    """Check the scalar fields of a config dataclass instance against their annotations and declared
+    :func:`bounded` intervals (:func:`check_value`), and store them as plain Python values (host
+    side: call it from ``__post_init__`` of a static config, or on a params instance built from user
+    options). A field annotated ``X | None`` may also be ``None``.
+
+    Raise :class:`ConfigError` ``"<where>.<name> must be <what>, got <value>"`` (``where``: the class
+    name by default), e.g. ``DQNConfig.gamma must be a number in (0, 1], got 2.0`` or
+    ``env.max_steps must be a positive int, got 0``; :func:`build` turns a message that starts with
+    the class name into one that names the key path (``config.dqn.gamma must be ...``).
+    """
+    where = type(config).__name__ if where is None else where
+    for name, kind, optional, bounds in _scalar_fields(type(config)):
+        value = getattr(config, name)
+        if not (optional and value is None):
+            object.__setattr__(config, name, check_value(value, kind, bounds, f"{where}.{name}"))
+
+
 def check_int_fields(config, lows: dict[str, int], what: str) -> None:
     """Check the int fields of a frozen config dataclass (an env's or a learner's) and store them as
     Python ints: ``lows`` maps each field name to its least allowed value. Raise :class:`ConfigError`
@@ -166,6 +283,11 @@ def build(cls, data: Mapping[str, Any] | None, where: str = "config"):
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except ConfigError as e:  # a field check naming the class (check_fields) names the key path instead
+        prefix = f"{cls.__name__}."
+        if str(e).startswith(prefix):
+            raise ConfigError(f"{where}.{str(e)[len(prefix):]}") from None
+        raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 

@@ -14,7 +14,7 @@ import math
 import time
 from typing import Any
 
-from jaxmed.config import build
+from jaxmed.config import bounded, build, check_fields, check_value, field_bounds
 from jaxmed.data.sources import DataConfig  # noqa: F401  (the data section; re-exported here)
 from jaxmed.data.sources import names as _source_names
 from jaxmed.errors import ConfigError
@@ -115,31 +115,22 @@ class EvalSection:
     registration: bool = True
     intensity_scales: tuple[float, ...] = (1.0,)
     split_starts: bool = False
-    level_step_limit: int | None = None
+    level_step_limit: int | None = bounded(None, 0)
 
     def __post_init__(self):
+        check_fields(self, "eval")
         check_intensity_scales(self.intensity_scales, "eval.intensity_scales")
-        if self.level_step_limit is not None:
-            check_level_step_limit(self.level_step_limit, "eval.level_step_limit")
-
-
-def check_level_step_limit(limit, where: str) -> int:
-    """``limit`` as an int; :class:`ConfigError` naming ``where`` unless it is a whole number >= 0."""
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit != int(limit) or limit < 0:
-        raise ConfigError(f"{where}: expected a whole number of moves >= 0 (0: no limit), got {limit!r}")
-    return int(limit)
 
 
 def with_level_step_limit(params, limit, where: str):
     """``params`` (an env's params) with ``level_step_limit = limit``; unchanged for ``None``;
-    :class:`ConfigError` naming ``where`` when the env has no such parameter or the value is not a
-    whole number >= 0."""
+    :class:`ConfigError` naming ``where`` when the env has no such parameter or the value is not an
+    int in the interval the params declare (>= 0)."""
     if limit is None:
         return params
-    limit = check_level_step_limit(limit, where)
     if not hasattr(params, "level_step_limit"):
         raise ConfigError(f"{where}: {type(params).__name__} has no level_step_limit (an option of the landmark search)")
-    return params.replace(level_step_limit=limit)
+    return params.replace(level_step_limit=check_value(limit, int, field_bounds(type(params), "level_step_limit"), where))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -478,7 +478,7 @@ def test_bad_configs_raise_config_error():
         a2c.A2CConfig(normalize_advantages="yes")
     with pytest.raises(ConfigError, match="multiple of group_size"):
         grpo.GRPOConfig(n_envs=10, group_size=4)
-    with pytest.raises(ConfigError, match="group_size must be >= 2"):
+    with pytest.raises(ConfigError, match="group_size must be an int >= 2"):
         grpo.GRPOConfig(n_envs=10, group_size=1)
     with pytest.raises(ConfigError, match="final_"):
         grpo.GRPOConfig(terminal_reward="distance_mm")

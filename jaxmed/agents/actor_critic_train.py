@@ -56,6 +56,7 @@ from jaxmed.agents.policy_gradient import (
     policy_value,
     value_loss,
 )
+from jaxmed.config import bounded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,18 +73,11 @@ class ActorCriticConfig(PolicyGradientConfig):
       normalize_advantages: normalise the advantages (mean 0, std 1 over live agents) of each minibatch.
     """
 
-    num_steps: int = 128
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    vf_coef: float = 0.5
+    num_steps: int = bounded(128, 1)
+    gamma: float = bounded(0.99, 0.0, 1.0, low_open=True)
+    gae_lambda: float = bounded(0.95, 0.0, 1.0)
+    vf_coef: float = bounded(0.5, 0.0)
     normalize_advantages: bool = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        core.validate_fields(self, ints=("num_steps",), floats=("gamma", "gae_lambda", "vf_coef"), bools=("normalize_advantages",))
-        core.check_range(self, "gamma", 0.0, 1.0, low_open=True)
-        core.check_range(self, "gae_lambda", 0.0, 1.0)
-        core.check_non_negative(self, "vf_coef")
 
     @property
     def rollout_steps(self) -> int:

@@ -1,4 +1,4 @@
-"""What every learner shares: the ``TrainFns`` type, config checks, the optimiser step and its
+"""What every learner shares: the ``TrainFns`` type, the optimiser's config fields and step and its
 learning-rate schedule, episode metrics, batch rendering and the data-parallel plumbing.
 
 The learners build on this module: the DQN family (:mod:`jaxmed.agents.dqn`) and the
@@ -16,10 +16,9 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxmed.config import check_int_fields
+from jaxmed.config import bounded, check_fields
 from jaxmed.errors import ConfigError
 
 #: Prefix of the per-episode metrics an env reports in ``info`` where an episode ended.
@@ -40,74 +39,22 @@ class TrainFns(NamedTuple):
 # ------------------------------------------------------------------ config checks
 
 
-def validate_fields(config, ints=(), non_negative_ints=(), floats=(), bools=(), strings=()) -> None:
-    """Type-check and coerce the fields of a frozen learner config (YAML gives ``1`` for ``1.0``).
-
-    ``ints`` must be ints >= 1, ``non_negative_ints`` ints >= 0, ``floats`` finite numbers (ints are
-    converted), ``bools`` bools, ``strings`` strings; anything else raises :class:`ConfigError`
-    naming the class and the field.
-    """
-    cls = type(config).__name__
-
-    def bad(name, what):
-        raise ConfigError(f"{cls}.{name} must be {what}, got {getattr(config, name)!r}")
-
-    check_int_fields(config, {**dict.fromkeys(ints, 1), **dict.fromkeys(non_negative_ints, 0)}, cls)
-    for name in floats:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
-            bad(name, "a finite number")
-        object.__setattr__(config, name, float(value))
-    for name in bools:
-        if not isinstance(getattr(config, name), (bool, np.bool_)):
-            bad(name, "true or false")
-        object.__setattr__(config, name, bool(getattr(config, name)))
-    for name in strings:
-        if not isinstance(getattr(config, name), str):
-            bad(name, "a string")
-
-
-def check_range(config, name: str, low: float, high: float, low_open=False, high_open=False) -> None:
-    """Raise :class:`ConfigError` unless ``low <(=) config.<name> <(=) high`` (after :func:`validate_fields`)."""
-    v = getattr(config, name)
-    ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ConfigError(f"{type(config).__name__}.{name} must be in {lo}{low}, {high}{hi}, got {v!r}")
-
-
-def check_non_negative(config, *names: str) -> None:
-    """:func:`check_range` ``[0, inf]`` for each of ``names``."""
-    for name in names:
-        check_range(config, name, 0.0, float("inf"))
-
-
-#: The optimiser fields of the policy-gradient learner configs (finite numbers).
-OPTIMIZER_FLOATS = ("learning_rate", "lr_final_fraction", "max_grad_norm", "adam_eps")
-
-
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """The optimiser fields the policy-gradient learner configs share (checked by
-    :func:`check_optimizer_fields`): Adam's ``learning_rate`` and ``adam_eps``, a linear decay of the
-    learning rate to ``lr_final_fraction`` of it over ``lr_decay_steps`` gradient steps (0: constant),
-    global-norm clipping to ``max_grad_norm``."""
+    """The optimiser fields the policy-gradient learner configs share: Adam's ``learning_rate`` and
+    ``adam_eps``, a linear decay of the learning rate to ``lr_final_fraction`` of it over
+    ``lr_decay_steps`` gradient steps (0: constant), global-norm clipping to ``max_grad_norm``.
+    Every field is checked against its type and declared interval (:func:`jaxmed.config.check_fields`)
+    when a subclass is built."""
 
-    learning_rate: float = 3e-4
-    lr_decay_steps: int = 0
-    lr_final_fraction: float = 0.0
-    max_grad_norm: float = 0.5
-    adam_eps: float = 1e-5
+    learning_rate: float = bounded(3e-4, 0.0, low_open=True)
+    lr_decay_steps: int = bounded(0, 0)
+    lr_final_fraction: float = bounded(0.0, 0.0, 1.0)
+    max_grad_norm: float = bounded(0.5, 0.0, low_open=True)
+    adam_eps: float = bounded(1e-5, 0.0, low_open=True)
 
-
-def check_optimizer_fields(config) -> None:
-    """Ranges of the optimiser fields (``learning_rate``, ``lr_decay_steps``, ``lr_final_fraction``,
-    ``max_grad_norm``, ``adam_eps``), after :func:`validate_fields`."""
-    inf = float("inf")
-    check_range(config, "learning_rate", 0.0, inf, low_open=True)
-    check_range(config, "lr_final_fraction", 0.0, 1.0)
-    check_range(config, "max_grad_norm", 0.0, inf, low_open=True)
-    check_range(config, "adam_eps", 0.0, inf, low_open=True)
+    def __post_init__(self):
+        check_fields(self, type(self).__name__)
 
 
 # ------------------------------------------------------------------ optimiser and schedule

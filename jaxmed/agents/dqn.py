@@ -42,7 +42,6 @@ from jaxmed.agents import core
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.core import (
     TrainFns,
-    check_range,
     descend,
     device_key,
     episode_sums,
@@ -51,10 +50,10 @@ from jaxmed.agents.core import (
     make_parallel,
     reduce_chunk_metrics,
     render_batch,
-    validate_fields,
 )
 from jaxmed.agents.her import HERConfig
 from jaxmed.agents.replay import BufferState, ReplayBuffer
+from jaxmed.config import bounded, check_fields
 from jaxmed.errors import ConfigError
 
 VARIANTS = {"dqn": (False, "q"), "double": (True, "q"), "dueling": (False, "dueling"), "dueling-double": (True, "dueling")}
@@ -74,23 +73,23 @@ class DQNConfig:
     Step counts are in *vector* environment steps (one step of all ``n_envs`` environments).
     """
 
-    n_envs: int = 16
-    chunk_steps: int = 100
-    batch_size: int = 48
-    gamma: float = 0.9
-    learning_rate: float = 1e-4
-    lr_decay_steps: int = 0  # linear decay to lr_final_fraction * lr over this many updates (0: constant)
-    lr_final_fraction: float = 0.1
-    replay_capacity: int = 100_000
-    learning_starts: int = 1_000  # transitions in the replay (per device) before updates begin
-    updates_per_step: int = 1
+    n_envs: int = bounded(16, 1)
+    chunk_steps: int = bounded(100, 1)
+    batch_size: int = bounded(48, 1)
+    gamma: float = bounded(0.9, 0.0, 1.0, low_open=True)
+    learning_rate: float = bounded(1e-4, 0.0, low_open=True)
+    lr_decay_steps: int = bounded(0, 0)  # linear decay to lr_final_fraction * lr over this many updates (0: constant)
+    lr_final_fraction: float = bounded(0.1, 0.0, 1.0)
+    replay_capacity: int = bounded(100_000, 1)
+    learning_starts: int = bounded(1_000, 0)  # transitions in the replay (per device) before updates begin
+    updates_per_step: int = bounded(1, 1)
     eps_start: float = 1.0
     eps_end: float = 0.1
-    eps_decay_steps: int = 10_000
-    target_update_period: int = 500  # updates between hard target copies (used when tau == 1)
-    tau: float = 1.0  # Polyak factor per update when < 1
+    eps_decay_steps: int = bounded(10_000, 0)
+    target_update_period: int = bounded(500, 1)  # updates between hard target copies (used when tau == 1)
+    tau: float = bounded(1.0, 0.0, 1.0, low_open=True)  # Polyak factor per update when < 1
     double: bool = True
-    n_step: int = 1  # n-step returns, aggregated on the actor side before insertion
+    n_step: int = bounded(1, 1)  # n-step returns, aggregated on the actor side before insertion
     huber_delta: float = 1.0
     max_grad_norm: float = 10.0
     her: HERConfig = HERConfig()  # hindsight relabelling of sampled batches (goal-conditioned envs; fraction 0: off)
@@ -101,16 +100,7 @@ class DQNConfig:
         return self.chunk_steps * self.n_envs
 
     def __post_init__(self):
-        validate_fields(self, ints=("n_envs", "chunk_steps", "batch_size", "replay_capacity", "updates_per_step",
-                                    "target_update_period", "n_step"),
-                        non_negative_ints=("lr_decay_steps", "learning_starts", "eps_decay_steps"),
-                        floats=("gamma", "learning_rate", "lr_final_fraction", "eps_start", "eps_end", "tau", "huber_delta",
-                                "max_grad_norm"),
-                        bools=("double",))
-        check_range(self, "gamma", 0.0, 1.0, low_open=True)
-        check_range(self, "tau", 0.0, 1.0, low_open=True)
-        check_range(self, "learning_rate", 0.0, float("inf"), low_open=True)
-        check_range(self, "lr_final_fraction", 0.0, 1.0)
+        check_fields(self, "DQNConfig")
         if not isinstance(self.her, HERConfig):
             raise ConfigError(f"DQNConfig.her must be a HERConfig (YAML: dqn.her: {{fraction, strategy, radius_mm}}), got {self.her!r}")
         if self.her.fraction > 0 and self.n_step != 1:

@@ -49,6 +49,7 @@ from flax import struct
 from jaxmed.agents import core
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents import policy_gradient as pgl
+from jaxmed.config import bounded
 from jaxmed.errors import ConfigError
 
 __all__ = ["HPARAM_FIELDS", "GRPOConfig", "Hparams", "RunnerState", "default_hparams", "make_parallel_train",
@@ -76,28 +77,20 @@ class GRPOConfig(pgl.PolicyGradientConfig):
     """
 
     n_envs: int = 64
-    group_size: int = 8
-    max_steps: int = 200
-    update_epochs: int = 2
-    num_minibatches: int = 4
-    clip_eps: float = 0.2
-    kl_coef: float = 0.0
+    group_size: int = bounded(8, 2)  # advantages are relative to the group
+    max_steps: int = bounded(200, 1)
+    update_epochs: int = bounded(2, 1)
+    num_minibatches: int = bounded(4, 1)
+    clip_eps: float = bounded(0.2, 0.0, low_open=True)
+    kl_coef: float = bounded(0.0, 0.0)
     ent_coef: float = 0.0
     scale_by_std: bool = True
-    adv_eps: float = 1e-6
+    adv_eps: float = bounded(1e-6, 0.0, low_open=True)
     terminal_reward: str = ""
     terminal_reward_scale: float = -1.0
 
     def __post_init__(self):
         super().__post_init__()
-        core.validate_fields(self, ints=("group_size", "max_steps", "update_epochs", "num_minibatches"),
-                             floats=("clip_eps", "kl_coef", "adv_eps", "terminal_reward_scale"),
-                             bools=("scale_by_std",), strings=("terminal_reward",))
-        core.check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
-        core.check_non_negative(self, "kl_coef")
-        core.check_range(self, "adv_eps", 0.0, float("inf"), low_open=True)
-        if self.group_size < 2:
-            raise ConfigError(f"GRPOConfig.group_size must be >= 2 (advantages are relative to the group), got {self.group_size}")
         if self.n_envs % self.group_size:
             raise ConfigError(f"GRPOConfig.n_envs ({self.n_envs}) must be a multiple of group_size ({self.group_size})")
         if (self.n_envs * self.max_steps) % self.num_minibatches:

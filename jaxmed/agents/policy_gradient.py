@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from jaxmed.agents import core
 from jaxmed.agents.core import FINAL_PREFIX, episode_sums, final_metric_names, observe
+from jaxmed.config import bounded
 from jaxmed.errors import ConfigError
 
 # ------------------------------------------------------------------ configs
@@ -65,15 +66,9 @@ class PolicyGradientConfig(core.OptimizerConfig, ChunkCounts):
       max_grad_norm: global-norm gradient clipping.
     """
 
-    n_envs: int = 16
-    updates_per_chunk: int = 1
-    ent_coef: float = 0.01
-
-    def __post_init__(self):
-        core.validate_fields(self, ints=("n_envs", "updates_per_chunk"), non_negative_ints=("lr_decay_steps",),
-                             floats=("ent_coef",) + core.OPTIMIZER_FLOATS)
-        core.check_non_negative(self, "ent_coef")
-        core.check_optimizer_fields(self)
+    n_envs: int = bounded(16, 1)
+    updates_per_chunk: int = bounded(1, 1)
+    ent_coef: float = bounded(0.01, 0.0)
 
 
 # ------------------------------------------------------------------ acting

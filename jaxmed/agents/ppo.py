@@ -28,6 +28,7 @@ from jaxmed.agents import core
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.actor_critic_train import ActorCriticConfig, RunnerState, make_actor_critic_train
 from jaxmed.agents.actor_critic_train import Hparams as ActorCriticHparams
+from jaxmed.config import bounded
 from jaxmed.errors import ConfigError
 
 __all__ = ["HPARAM_FIELDS", "PPOConfig", "Hparams", "RunnerState", "default_hparams", "make_parallel_train",
@@ -45,15 +46,13 @@ class PPOConfig(ActorCriticConfig):
       clip_value: clip the value update to ± ``clip_eps`` around the rollout's value (PPO2 style).
     """
 
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    clip_eps: float = 0.2
+    update_epochs: int = bounded(4, 1)
+    num_minibatches: int = bounded(4, 1)
+    clip_eps: float = bounded(0.2, 0.0, low_open=True)
     clip_value: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        core.validate_fields(self, ints=("update_epochs", "num_minibatches"), floats=("clip_eps",), bools=("clip_value",))
-        core.check_range(self, "clip_eps", 0.0, float("inf"), low_open=True)
         if (self.n_envs * self.num_steps) % self.num_minibatches:
             raise ConfigError(f"PPOConfig.num_minibatches ({self.num_minibatches}) must divide n_envs * num_steps "
                               f"({self.n_envs} * {self.num_steps} = {self.n_envs * self.num_steps})")

@@ -38,7 +38,6 @@ from flax import struct
 from jaxmed.agents import hparams as hparams_lib
 from jaxmed.agents.core import (
     TrainFns,
-    check_range,
     chunk_counters,
     descend,
     device_key,
@@ -47,8 +46,8 @@ from jaxmed.agents.core import (
     make_parallel,
     pmean_if,
     reduce_chunk_metrics,
-    validate_fields,
 )
+from jaxmed.config import bounded, check_fields
 from jaxmed.errors import ConfigError
 
 DEFAULT_HIDDEN = (32, 32)
@@ -94,24 +93,18 @@ class VoxelQNetwork(nn.Module):
 class VoxelQConfig:
     """Hyperparameters (steps are vector env steps of all ``n_envs``; one update per step)."""
 
-    n_envs: int = 4
-    chunk_steps: int = 20
-    gamma: float = 0.5
-    learning_rate: float = 3e-3
-    eps_start: float = 1.0
-    eps_end: float = 0.05
-    eps_decay_steps: int = 200
-    target_update_period: int = 25
-    huber_delta: float = 1.0
+    n_envs: int = bounded(4, 1)
+    chunk_steps: int = bounded(20, 1)
+    gamma: float = bounded(0.5, 0.0, 1.0, high_open=True)
+    learning_rate: float = bounded(3e-3, 0.0, low_open=True)
+    eps_start: float = bounded(1.0, 0.0, 1.0)
+    eps_end: float = bounded(0.05, 0.0, 1.0)
+    eps_decay_steps: int = bounded(200, 1)
+    target_update_period: int = bounded(25, 1)
+    huber_delta: float = bounded(1.0, 0.0, low_open=True)
 
     def __post_init__(self):
-        validate_fields(self, ints=("n_envs", "chunk_steps", "eps_decay_steps", "target_update_period"),
-                        floats=("gamma", "learning_rate", "eps_start", "eps_end", "huber_delta"))
-        check_range(self, "gamma", 0.0, 1.0, high_open=True)
-        check_range(self, "learning_rate", 0.0, float("inf"), low_open=True)
-        check_range(self, "eps_start", 0.0, 1.0)
-        check_range(self, "eps_end", 0.0, 1.0)
-        check_range(self, "huber_delta", 0.0, float("inf"), low_open=True)
+        check_fields(self, "VoxelQConfig")
 
     @property
     def env_steps_per_chunk(self) -> int:

@@ -68,6 +68,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from jaxmed.config import bounded, check_fields
 from jaxmed.data import geometry
 from jaxmed.data.landmarks import Landmarks
 from jaxmed.data.volume import Volume
@@ -121,18 +122,18 @@ class SynthConfig:
       sharpen_range: unsharp-mask amount (0 = none).
     """
 
-    max_rotation_deg: float = 10.0
-    max_translation_mm: float = 10.0
+    max_rotation_deg: float = bounded(10.0, 0.0)
+    max_translation_mm: float = bounded(10.0, 0.0)
     scale_range: tuple[float, float] = (0.9, 1.1)
-    max_shear: float = 0.02
-    warp_max_mm: float = 3.0
-    warp_spacing_mm: float = 25.0
-    bias_max: float = 0.2
-    bias_spacing_mm: float = 80.0
+    max_shear: float = bounded(0.02, 0.0)
+    warp_max_mm: float = bounded(3.0, 0.0)
+    warp_spacing_mm: float = bounded(25.0, 0.0, low_open=True)
+    bias_max: float = bounded(0.2, 0.0)
+    bias_spacing_mm: float = bounded(80.0, 0.0, low_open=True)
     gamma_range: tuple[float, float] = (0.8, 1.25)
     noise_std_range: tuple[float, float] = (0.01, 0.04)
     noise: str = "gaussian"
-    clip_max: float = 1.2
+    clip_max: float = bounded(1.2, 0.0, low_open=True)
     spacings: tuple[tuple[float, float, float], ...] = (
         (1.0, 1.0, 1.0),
         (1.2, 1.2, 1.2),
@@ -142,18 +143,18 @@ class SynthConfig:
         (1.2, 1.0, 1.6),
     )
     orientations: tuple[str, ...] = ("RAS", "LAS", "LPS", "RPI", "PIR", "ASL", "SAR", "LIP")
-    oblique_max_deg: float = 5.0
+    oblique_max_deg: float = bounded(5.0, 0.0)
     margin_mm_range: tuple[float, float] = (-5.0, 15.0)
-    landmark_margin_mm: float = 5.0
-    foreground_threshold: float = 0.05
-    tissue_classes: int = 0
-    p_tissue: float = 0.0
-    p_invert: float = 0.0
+    landmark_margin_mm: float = bounded(5.0, 0.0)
+    foreground_threshold: float = bounded(0.05, 0.0)
+    tissue_classes: int = bounded(0, 0, 12)  # 0: off, else 3..12
+    p_tissue: float = bounded(0.0, 0.0, 1.0)
+    p_invert: float = bounded(0.0, 0.0, 1.0)
     class_mean_range: tuple[float, float] = (0.05, 1.0)
     class_std_range: tuple[float, float] = (0.0, 0.05)
-    p_skull_strip: float = 0.0
+    p_skull_strip: float = bounded(0.0, 0.0, 1.0)
     mask_margin_mm_range: tuple[float, float] = (-2.0, 4.0)
-    p_thick_slice: float = 0.0
+    p_thick_slice: float = bounded(0.0, 0.0, 1.0)
     slice_thickness_mm_range: tuple[float, float] = (3.0, 6.0)
     blur_sigma_mm_range: tuple[float, float] = (0.0, 0.0)
     sharpen_range: tuple[float, float] = (0.0, 0.0)
@@ -164,6 +165,8 @@ class SynthConfig:
         return bool(self.tissue_classes or self.p_thick_slice or self.blur_sigma_mm_range[1] or self.sharpen_range[1])
 
     def __post_init__(self):
+        check_fields(self)
+
         def pair(name, lo_min=-math.inf):
             v = getattr(self, name)
             if len(v) != 2 or not (lo_min <= v[0] <= v[1]) or not all(math.isfinite(x) for x in v):
@@ -180,21 +183,11 @@ class SynthConfig:
         pair("slice_thickness_mm_range", 1e-3)
         pair("blur_sigma_mm_range", 0.0)
         pair("sharpen_range", 0.0)
-        for name in ("p_tissue", "p_invert", "p_skull_strip", "p_thick_slice"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"SynthConfig.{name}: a probability in [0, 1], got {getattr(self, name)!r}")
-        if self.tissue_classes and not 3 <= self.tissue_classes <= 12:
-            raise ConfigError(f"SynthConfig.tissue_classes: 0 (off) or 3..12 classes, got {self.tissue_classes!r}")
+        if self.tissue_classes in (1, 2):
+            raise ConfigError(f"SynthConfig.tissue_classes must be 0 (off) or 3..12 classes, got {self.tissue_classes!r}")
         if not self.tissue_classes and (self.p_tissue or self.p_invert or self.p_skull_strip):
             raise ConfigError("SynthConfig: p_tissue, p_invert and p_skull_strip need tissue_classes >= 3 "
                               "(the template's intensity classes and brain mask)")
-        for name in ("max_rotation_deg", "max_translation_mm", "max_shear", "warp_max_mm", "bias_max",
-                     "oblique_max_deg", "landmark_margin_mm", "foreground_threshold"):
-            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                raise ConfigError(f"SynthConfig.{name}: must be a finite number >= 0, got {getattr(self, name)!r}")
-        for name in ("warp_spacing_mm", "bias_spacing_mm", "clip_max"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"SynthConfig.{name}: must be > 0, got {getattr(self, name)!r}")
         if self.noise not in ("gaussian", "rician"):
             raise ConfigError(f"SynthConfig.noise: expected 'gaussian' or 'rician', got {self.noise!r}")
         spacings = tuple(tuple(float(s) for s in sp) for sp in self.spacings)

@@ -72,7 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.config import check_int_fields
+from jaxmed.config import bounded, check_fields
 from jaxmed.envs.base import (
     Box,
     ConfiguredEnv,
@@ -152,26 +152,22 @@ class BoxConfig:
     """
 
     structure: str = "organ"
-    n_points: int = 0
-    grid_size: int = 32
-    frames: int = 1
-    context: float = 0.25
+    n_points: int = bounded(0, 0)
+    grid_size: int = bounded(32, 2)
+    frames: int = bounded(1, 1)
+    context: float = bounded(0.25, 0.0, 2.0)  # fraction of the box size
     levels: tuple[int, ...] = (0,)
     trigger: bool = False
     reward: str = "sign"
-    osc_window: int = 8
+    osc_window: int = bounded(8, 1)
 
     def __post_init__(self):
-        if not isinstance(self.structure, str) or not self.structure or "#" in self.structure:
+        check_fields(self, "BoxConfig")
+        if not self.structure or "#" in self.structure:
             raise ConfigError(f"BoxConfig: structure must be a non-empty name without '#', got {self.structure!r}")
-        check_int_fields(self, {"n_points": 0, "grid_size": 2, "frames": 1, "osc_window": 1}, "BoxConfig")
-        if not isinstance(self.context, (int, float)) or isinstance(self.context, bool) or not 0 <= self.context <= 2:
-            raise ConfigError(f"BoxConfig: context must be a number in [0, 2] (fraction of the box size), got {self.context!r}")
-        object.__setattr__(self, "context", float(self.context))
         check_levels(self, "BoxConfig")
         if self.reward not in REWARDS:
             raise ConfigError(f"BoxConfig: reward must be one of {REWARDS}, got {self.reward!r}")
-        object.__setattr__(self, "trigger", bool(self.trigger))
 
     @property
     def n_actions(self) -> int:
@@ -203,17 +199,17 @@ class BoxParams:
         truth: a curriculum for training only).
     """
 
-    max_steps: int = 100
-    alpha: float = 0.2
-    trigger_reward: float = 3.0
-    trigger_iou: float = 0.6
-    reward_scale: float = 10.0
-    osc_repeats: int = 3
-    min_size_mm: float = 4.0
-    start_size_lo: float = 0.3
-    start_size_hi: float = 0.7
-    start_centre_range: float = 0.2
-    start_target_jitter: float = 0.0
+    max_steps: int = bounded(100, 1)
+    alpha: float = bounded(0.2, 0.0, 1.0, low_open=True, high_open=True)
+    trigger_reward: float = bounded(3.0, 0.0)
+    trigger_iou: float = bounded(0.6, 0.0, 1.0)
+    reward_scale: float = bounded(10.0, 0.0, low_open=True)
+    osc_repeats: int = bounded(3, 0)
+    min_size_mm: float = bounded(4.0, 0.0, low_open=True)
+    start_size_lo: float = bounded(0.3, 0.0, 1.0, low_open=True)
+    start_size_hi: float = bounded(0.7, 0.0, 1.0, low_open=True)
+    start_centre_range: float = bounded(0.2, 0.0, 1.0)
+    start_target_jitter: float = bounded(0.0, 0.0)
 
 
 @struct.dataclass

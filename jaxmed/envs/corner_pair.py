@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.config import check_int_fields
+from jaxmed.config import bounded, check_fields
 from jaxmed.envs.box import REWARDS, start_box, target_point_labels, volume_world_bounds
 from jaxmed.envs.landmark import LandmarkConfig, LandmarkEnv, LandmarkParams, LandmarkState
 from jaxmed.errors import ConfigError
@@ -78,7 +78,7 @@ class CornerPairConfig:
     """
 
     structure: str = "organ"
-    n_points: int = 0
+    n_points: int = bounded(0, 0)
     crop_size: int = 15
     frames: int = 1
     levels: tuple[int, ...] = (0,)
@@ -86,9 +86,9 @@ class CornerPairConfig:
     reward: str = "sign"
 
     def __post_init__(self):
-        if not isinstance(self.structure, str) or not self.structure or "#" in self.structure:
+        check_fields(self, "CornerPairConfig")
+        if not self.structure or "#" in self.structure:
             raise ConfigError(f"CornerPairConfig: structure must be a non-empty name without '#', got {self.structure!r}")
-        check_int_fields(self, {"n_points": 0}, "CornerPairConfig")
         if self.reward not in REWARDS:
             raise ConfigError(f"CornerPairConfig: reward must be one of {REWARDS}, got {self.reward!r}")
         lm = self.landmark_config()  # validates the shared fields
@@ -114,9 +114,9 @@ class CornerPairParams(LandmarkParams):
         (:func:`jaxmed.envs.box.start_box`).
     """
 
-    iou_weight: float = 1.0
-    reward_scale: float = 10.0
-    distance_weight: float = 0.0
+    iou_weight: float = bounded(1.0, 0.0)
+    reward_scale: float = bounded(10.0, 0.0, low_open=True)
+    distance_weight: float = bounded(0.0, 0.0)
     start_size_lo: float = 0.3
     start_size_hi: float = 0.7
     start_centre_range: float = 0.2

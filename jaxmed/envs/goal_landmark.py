@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.config import check_int_fields
+from jaxmed.config import bounded, check_fields
 from jaxmed.envs.base import Box, Discrete, image_box
 from jaxmed.envs.goals import GoalConditionedEnv, NavFields, check_goal_config
 from jaxmed.envs.landmark import (
@@ -81,7 +81,7 @@ class GoalLandmarkConfig:
     """
 
     goals: tuple[str, ...] = ("L0",)
-    n_agents: int = 1
+    n_agents: int = bounded(1, 1)
     crop_size: int = 45
     frames: int = 4
     levels: tuple[int, ...] = (0,)
@@ -90,7 +90,7 @@ class GoalLandmarkConfig:
 
     def __post_init__(self):
         check_goal_config(self, "landmark label")
-        check_int_fields(self, {"n_agents": 1}, "GoalLandmarkConfig")
+        check_fields(self, "GoalLandmarkConfig")
         nav = self.nav_config()  # validates crop_size / frames / levels / osc_window
         object.__setattr__(self, "levels", nav.levels)
 

@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.config import check_int_fields
+from jaxmed.config import bounded, check_fields
 from jaxmed.envs.base import (
     Box,
     ConfiguredEnv,
@@ -106,23 +106,21 @@ class LandmarkConfig:
     """
 
     targets: tuple[str, ...] = ("L0",)
-    crop_size: int = 45
-    frames: int = 4
+    crop_size: int = bounded(45, 1)
+    frames: int = bounded(4, 1)
     levels: tuple[int, ...] = (0,)
-    osc_window: int = 8
-    contrast_knots: int = 0
+    osc_window: int = bounded(8, 1)
+    contrast_knots: int = bounded(0, 0)
 
     def __post_init__(self):
         targets = (self.targets,) if isinstance(self.targets, str) else tuple(str(t) for t in self.targets)
         object.__setattr__(self, "targets", targets)
         if not targets:
             raise ConfigError("LandmarkConfig: targets is empty; give one landmark label per agent")
-        check_int_fields(self, {"crop_size": 1, "frames": 1, "osc_window": 1}, "LandmarkConfig")
+        check_fields(self, "LandmarkConfig")
         check_levels(self, "LandmarkConfig")
-        k = self.contrast_knots
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0 or k == 1:
-            raise ConfigError(f"LandmarkConfig: contrast_knots must be 0 (off) or an int >= 2, got {k!r}")
-        object.__setattr__(self, "contrast_knots", int(k))
+        if self.contrast_knots == 1:
+            raise ConfigError("LandmarkConfig.contrast_knots must be 0 (off) or an int >= 2, got 1")
 
     @property
     def n_agents(self) -> int:
@@ -156,16 +154,16 @@ class LandmarkParams:
         :func:`jaxmed.ops.intensity.random_gain_knots`; needs ``contrast_knots > 0``); evaluation never does.
     """
 
-    max_steps: int = 200
-    reward_clip: float = 1.0
+    max_steps: int = bounded(200, 1)
+    reward_clip: float = bounded(1.0, 0.0, low_open=True)
     terminate_at_target_mm: float = 1.0
-    start_radius_mm: float = 0.0
-    osc_repeats: int = 3
-    level_step_limit: int = 0
-    contrast_prob: float = 0.0
-    gain_prob: float = 0.0
-    gain_min: float = 1.0
-    gain_max: float = 1.0
+    start_radius_mm: float = bounded(0.0, 0.0)
+    osc_repeats: int = bounded(3, 2)
+    level_step_limit: int = bounded(0, 0)
+    contrast_prob: float = bounded(0.0, 0.0, 1.0)
+    gain_prob: float = bounded(0.0, 0.0, 1.0)
+    gain_min: float = bounded(1.0, 0.0, low_open=True)
+    gain_max: float = bounded(1.0, 0.0, low_open=True)
 
 
 @struct.dataclass

@@ -88,7 +88,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.config import check_int_fields
+from jaxmed.config import bounded, check_fields
 from jaxmed.data.planes import PlaneDefinition, get_plane
 from jaxmed.envs.base import (
     Box,
@@ -140,14 +140,14 @@ class PlaneConfig:
     """
 
     target: str = "acpc_axial"
-    size: int = 48
-    n_slices: int = 3
-    frames: int = 1
+    size: int = bounded(48, 1)
+    n_slices: int = bounded(3, 1)
+    frames: int = bounded(1, 1)
     levels: tuple[int, ...] = (0, 0, 0, 0)
     angle_steps: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
     offset_steps: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
-    slice_gap: float = 1.0
-    osc_window: int = 8
+    slice_gap: float = bounded(1.0, 0.0, low_open=True)
+    osc_window: int = bounded(8, 1)
 
     def __post_init__(self):
         get_plane(self.target)  # ConfigError for unknown names
@@ -156,8 +156,7 @@ class PlaneConfig:
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "angle_steps", angles)
         object.__setattr__(self, "offset_steps", offsets)
-        object.__setattr__(self, "slice_gap", float(self.slice_gap))
-        check_int_fields(self, {"size": 1, "n_slices": 1, "frames": 1, "osc_window": 1}, "PlaneConfig")
+        check_fields(self, "PlaneConfig")
         if not (len(levels) == len(angles) == len(offsets)) or not levels:
             raise ConfigError(
                 f"PlaneConfig: levels, angle_steps and offset_steps need one entry per scale (finest first), "
@@ -165,8 +164,8 @@ class PlaneConfig:
             )
         if levels[0] < 0 or any(b < a for a, b in zip(levels, levels[1:])):
             raise ConfigError(f"PlaneConfig: levels must be non-negative and non-decreasing (finest scale first), got {levels}")
-        if min(angles) <= 0 or min(offsets) <= 0 or not self.slice_gap > 0:
-            raise ConfigError("PlaneConfig: angle_steps, offset_steps and slice_gap must be > 0")
+        if min(angles) <= 0 or min(offsets) <= 0:
+            raise ConfigError("PlaneConfig: angle_steps and offset_steps must be > 0")
 
     @property
     def n_scales(self) -> int:
@@ -197,13 +196,13 @@ class PlaneParams:
       osc_tolerance: fraction of the current steps within which two planes count as the same.
     """
 
-    max_steps: int = 200
-    reward_clip: float = 1.0
-    max_start_angle_deg: float = 20.0
-    max_start_offset_mm: float = 20.0
+    max_steps: int = bounded(200, 1)
+    reward_clip: float = bounded(1.0, 0.0, low_open=True)
+    max_start_angle_deg: float = bounded(20.0, 0.0, 90.0)
+    max_start_offset_mm: float = bounded(20.0, 0.0)
     terminate_at_target: float = 0.0
-    osc_repeats: int = 3
-    osc_tolerance: float = 0.3
+    osc_repeats: int = bounded(3, 2)
+    osc_tolerance: float = bounded(0.3, 0.0)
 
 
 @struct.dataclass

@@ -99,7 +99,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.config import check_int_fields
+from jaxmed.config import bounded, check_fields
 from jaxmed.envs.base import (
     Box,
     ConfiguredEnv,
@@ -189,10 +189,10 @@ class RegistrationConfig:
     """
 
     landmarks: tuple[str, ...] = ("L0",)
-    crop_size: int = 15
+    crop_size: int = bounded(15, 1)
     levels: tuple[int, ...] = (0,)
     steps: tuple[float, ...] = (1.0,)
-    osc_window: int = 8
+    osc_window: int = bounded(8, 1)
     remap: str = "none"
     centre: str = "fov"
     reward: str = "tre"
@@ -206,7 +206,7 @@ class RegistrationConfig:
             raise ConfigError("RegistrationConfig: landmarks is empty; name the landmarks the TRE is measured over")
         if len(set(landmarks)) != len(landmarks):
             raise ConfigError(f"RegistrationConfig: duplicate landmarks in {landmarks}")
-        check_int_fields(self, {"crop_size": 1, "osc_window": 1}, "RegistrationConfig")
+        check_fields(self, "RegistrationConfig")
         levels = check_levels(self, "RegistrationConfig")
         if len(steps) != len(levels):
             raise ConfigError(f"RegistrationConfig: one step per level needed: levels {levels}, steps {steps}")
@@ -238,12 +238,12 @@ class RegistrationParams:
       osc_repeats: occurrences of the new estimate among the recent ones that count as oscillation.
     """
 
-    max_steps: int = 100
-    reward_clip: float = 4.0
-    max_translation_mm: float = 20.0
-    max_rotation_deg: float = 20.0
+    max_steps: int = bounded(100, 1)
+    reward_clip: float = bounded(4.0, 0.0, low_open=True)
+    max_translation_mm: float = bounded(20.0, 0.0)
+    max_rotation_deg: float = bounded(20.0, 0.0, 180.0)
     terminate_at_tre_mm: float = 0.0
-    osc_repeats: int = 3
+    osc_repeats: int = bounded(3, 2)
 
 
 @struct.dataclass

@@ -27,15 +27,19 @@ different points and detection answers the robust mean of their end points.
 
 ``overrides`` may name any field of the env's static config (e.g. ``targets``, ``crop_size``,
 ``frames``, ``levels``, ``osc_window``) or of its numeric ``LandmarkParams`` (``max_steps``,
-``reward_clip``, ...); anything else is a :class:`jaxmed.errors.ConfigError` listing the valid keys.
+``reward_clip``, ...); anything else is a :class:`jaxmed.errors.ConfigError` listing the valid keys,
+and so is a value of the wrong type or outside the interval its field declares
+(:func:`jaxmed.config.bounded`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Any, Callable, Sequence
 
+from jaxmed.config import check_fields
 from jaxmed.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., tuple[Any, Any]]] = {}
@@ -64,7 +68,13 @@ def make(name: str, bank_labels: Sequence[str] | None = None, **overrides) -> tu
     """
     if name not in _REGISTRY:
         raise ConfigError(f"unknown environment {name!r}; registered: {', '.join(registered())}")
-    return _REGISTRY[name](name, bank_labels, **overrides)
+    try:
+        return _REGISTRY[name](name, bank_labels, **overrides)
+    except ConfigError as e:  # a field of the env's static config (jaxmed.config.check_fields) named as an env option
+        field = re.match(r"[A-Z]\w*Config\.(\w+ must be .*)", str(e), re.S)
+        if field is None:
+            raise
+        raise ConfigError(f"{name}: env.{field.group(1)}") from None
 
 
 def _split_overrides(name: str, config_cls, params_cls, overrides: dict) -> tuple[dict, dict]:
@@ -78,13 +88,14 @@ def _split_overrides(name: str, config_cls, params_cls, overrides: dict) -> tupl
         )
     config = _typed(config_cls, {k: v for k, v in overrides.items() if k in config_keys})
     params = _typed(params_cls, {k: v for k, v in overrides.items() if k in params_keys})
+    check_fields(params_cls(**params), f"{name}: env")  # declared ranges, e.g. "landmark-v0: env.max_steps must be ..."
     return config, params
 
 
 def _typed(cls, options: dict) -> dict:
     """``options`` checked against the field types of dataclass ``cls`` (:func:`jaxmed.config.coerce`:
     a wrong type names its key, e.g. ``env.crop_size: expected an integer, got 'a'``)."""
-    from jaxmed.config import coerce
+    from jaxmed.config import coerce  # noqa: PLC0415
 
     hints = typing.get_type_hints(cls)
     return {k: coerce(v, hints[k], f"env.{k}") for k, v in options.items()}

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.config import check_int_fields
+from jaxmed.config import bounded, check_fields
 from jaxmed.envs.base import Box, ConfiguredEnv, Discrete, check_discrete_action, episode_end
 from jaxmed.errors import ConfigError
 from jaxmed.ops.masks import dice, opening, window_mask
@@ -59,14 +59,14 @@ class ThresholdSegConfig:
     """
 
     structure: str = "organ"
-    crop_size: int = 24
-    max_radius: int = 3
+    crop_size: int = bounded(24, 3)
+    max_radius: int = bounded(3, 0)
     reward: str = "delta"
 
     def __post_init__(self):
-        if not isinstance(self.structure, str) or not self.structure:
+        check_fields(self, "ThresholdSegConfig")
+        if not self.structure:
             raise ConfigError(f"ThresholdSegConfig: structure must be a non-empty name, got {self.structure!r}")
-        check_int_fields(self, {"crop_size": 3, "max_radius": 0}, "ThresholdSegConfig")
         if self.reward not in REWARDS:
             raise ConfigError(f"ThresholdSegConfig: reward must be one of {REWARDS}, got {self.reward!r}")
 
@@ -84,13 +84,13 @@ class ThresholdSegParams:
       start_width_lo, start_width_hi: and the width ``high - low`` uniform in this range.
     """
 
-    max_steps: int = 30
-    window_step: float = 0.05
-    window_max: float = 1.2
-    reward_scale: float = 10.0
-    start_low_max: float = 0.7
-    start_width_lo: float = 0.2
-    start_width_hi: float = 0.8
+    max_steps: int = bounded(30, 1)
+    window_step: float = bounded(0.05, 0.0, low_open=True)
+    window_max: float = bounded(1.2, 0.0, low_open=True)
+    reward_scale: float = bounded(10.0, 0.0, low_open=True)
+    start_low_max: float = bounded(0.7, 0.0)
+    start_width_lo: float = bounded(0.2, 0.0)
+    start_width_hi: float = bounded(0.8, 0.0)
 
 
 @struct.dataclass

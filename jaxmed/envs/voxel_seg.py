@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmed.config import check_int_fields
+from jaxmed.config import bounded, check_fields
 from jaxmed.envs.base import Box, Discrete, is_concrete
 from jaxmed.envs.threshold_seg import SegCropEnv, seg_box
 from jaxmed.errors import ConfigError
@@ -63,14 +63,14 @@ class VoxelSegConfig:
     """
 
     structure: str = "organ"
-    crop_size: int = 16
-    patch_size: int = 3
+    crop_size: int = bounded(16, 3)
+    patch_size: int = bounded(3, 1)
     deltas: tuple[float, ...] = (-0.2, -0.05, 0.0, 0.05, 0.2)
     start: str = "atlas"
-    p_min: float = 0.01
+    p_min: float = bounded(0.01, 0.0, 0.5, low_open=True, high_open=True)
 
     def __post_init__(self):
-        check_int_fields(self, {"crop_size": 3, "patch_size": 1}, "VoxelSegConfig")
+        check_fields(self, "VoxelSegConfig")
         if self.patch_size % 2 != 1:
             raise ConfigError(f"VoxelSegConfig: patch_size must be odd, got {self.patch_size}")
         deltas = tuple(float(d) for d in np.atleast_1d(self.deltas))
@@ -79,9 +79,6 @@ class VoxelSegConfig:
         object.__setattr__(self, "deltas", deltas)
         if self.start not in STARTS:
             raise ConfigError(f"VoxelSegConfig: start must be one of {STARTS}, got {self.start!r}")
-        if not 0 < float(self.p_min) < 0.5:
-            raise ConfigError(f"VoxelSegConfig: p_min must be in (0, 0.5), got {self.p_min!r}")
-        object.__setattr__(self, "p_min", float(self.p_min))
 
     @property
     def n_voxels(self) -> int:
@@ -94,9 +91,9 @@ class VoxelSegParams:
     voxels; the others ``1 - start_confidence``); ``start_low`` / ``start_high`` (normalised
     intensity window of the ``"threshold"`` start)."""
 
-    max_steps: int = 10
-    reward_scale: float = 1.0
-    start_confidence: float = 0.7
+    max_steps: int = bounded(10, 1)
+    reward_scale: float = bounded(1.0, 0.0, low_open=True)
+    start_confidence: float = bounded(0.7, 0.0, 1.0)
     start_low: float = 0.7
     start_high: float = 1.2
 

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmed.config import bounded, check_fields
 from jaxmed.errors import ConfigError
 
 POLICIES = ("mlp", "softmax", "random")
@@ -64,27 +65,20 @@ class ControllerSettings:
       seed: sampling seed of the controller.
     """
 
-    rounds: int = 4
-    batch: int = 4
-    chunks: int = 4
+    rounds: int = bounded(4, 1)
+    batch: int = bounded(4, 1)
+    chunks: int = bounded(4, 1)
     policy: str = "mlp"
-    hidden: int = 32
-    learning_rate: float = 0.05
-    baseline_decay: float = 0.8
-    entropy: float = 0.0
+    hidden: int = bounded(32, 1)
+    learning_rate: float = bounded(0.05, 0.0, low_open=True)
+    baseline_decay: float = bounded(0.8, 0.0, 1.0, high_open=True)
+    entropy: float = bounded(0.0, 0.0)
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("rounds", "batch", "chunks", "hidden"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"controller.{name} must be an int >= 1, got {v!r}")
+        check_fields(self, "controller")
         if self.policy not in POLICIES:
             raise ConfigError(f"controller.policy must be one of {POLICIES}, got {self.policy!r}")
-        if not 0 <= self.baseline_decay < 1:
-            raise ConfigError(f"controller.baseline_decay must be in [0, 1), got {self.baseline_decay!r}")
-        if not self.learning_rate > 0 or self.entropy < 0:
-            raise ConfigError("controller.learning_rate must be > 0 and controller.entropy >= 0")
 
 
 # ------------------------------------------------------------------ the policy

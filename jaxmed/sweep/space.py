@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxmed.config import bounded, build, check_fields
 from jaxmed.errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
@@ -50,32 +51,32 @@ class Metric:
     name: str = "distance_mm"
     split: str = "val"  # val | train
     mode: str = "min"  # min | max
-    n_val: int = 4  # validation subjects (split: val)
-    eval_starts: int = 8  # evaluation starts per validation subject
+    n_val: int = bounded(4, 1)  # validation subjects (split: val)
+    eval_starts: int = bounded(8, 1)  # evaluation starts per validation subject
 
     def __post_init__(self):
+        check_fields(self, "metric")
         if self.split not in ("val", "train"):
             raise ConfigError(f"metric.split must be 'val' or 'train', got {self.split!r}")
         if self.mode not in ("min", "max"):
             raise ConfigError(f"metric.mode must be 'min' or 'max', got {self.mode!r}")
-        if self.n_val < 1 or self.eval_starts < 1:
-            raise ConfigError("metric.n_val and metric.eval_starts must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
 class Space:
     params: dict
     method: str = "halving"
-    trials: int = 8
-    eta: int = 2
-    min_chunks: int = 1
-    max_chunks: int = 8
+    trials: int = bounded(8, 1)
+    eta: int = bounded(2, 2)
+    min_chunks: int = bounded(1, 1)
+    max_chunks: int = bounded(8, 1)
     seed: int = 0
     include_default: bool = True
     common_seed: bool = True  # every trial starts from train.seed's key (else the trial id is folded in)
     metric: Metric = Metric()
 
     def __post_init__(self):
+        check_fields(self, "space")
         if self.method not in ("halving", "hyperband"):
             raise ConfigError(f"space.method must be 'halving' or 'hyperband', got {self.method!r}")
         if not isinstance(self.params, dict) or not self.params:
@@ -85,8 +86,6 @@ class Space:
 
     @staticmethod
     def from_dict(data: Any, where: str = "space") -> "Space":
-        from jaxmed.config import build
-
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: a search space must be a mapping, got {type(data).__name__}")
         data = dict(data)
