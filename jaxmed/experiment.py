@@ -258,13 +258,15 @@ def seg_template(cfg: ExperimentConfig, structure: str):
     return volume, template_structure_mask(volume, landmarks, structure)
 
 
-def make_bank(cfg: ExperimentConfig, split: str, n: int, *, epoch: int = 0):
+def make_bank(cfg: ExperimentConfig, split: str, n: int, *, epoch: int = 0, env=None):
     """``(bank, subjects, seconds)``: ``n`` subjects of ``split`` (see :func:`make_subjects`) with the
     landmarks the env reads; for an env that :attr:`wants_reference` (goal-conditioned) the bank holds
-    the template first (volume 0, the goal reference) and then the subjects."""
+    the template first (volume 0, the goal reference) and then the subjects. ``env``: the run's built
+    env (an :class:`Experiment`'s), which says what the bank must hold; ``None``: built from ``cfg``."""
     from jaxmed.data import build_bank
 
-    env, _, _ = make_env(cfg)
+    if env is None:
+        env, _, _ = make_env(cfg)
     labels = env.required_labels
     t0 = time.perf_counter()
     if getattr(env, "wants_label_bank", False):  # segmentation envs: image + label crops (jaxmed.data.structures)
@@ -307,7 +309,7 @@ class Experiment:
         """The training bank of ``epoch`` (fresh augmented / synthesised subjects for ``epoch > 0``)."""
         if epoch == 0 and self.bank is not None:
             return self.bank
-        bank, _, _ = make_bank(self.cfg, "train", self.cfg.data.n_train, epoch=epoch)
+        bank, _, _ = make_bank(self.cfg, "train", self.cfg.data.n_train, epoch=epoch, env=self.env)
         self.env.check_bank(bank)
         return bank
 

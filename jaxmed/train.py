@@ -357,7 +357,7 @@ def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | Non
     :class:`~jaxmed.experiment.Experiment` (env and network are reused; built without data otherwise)."""
     from jaxmed.evaluation import format_metric_tables, metric_stats, seed_summary
 
-    bank, subjects, _ = ex.make_bank(cfg, "test", cfg.data.n_test)
+    bank, subjects, _ = ex.make_bank(cfg, "test", cfg.data.n_test, env=experiment.env if experiment is not None else None)
     if experiment is not None:
         env, eval_params, network = experiment.env, experiment.eval_params, experiment.network
         env.check_bank(bank)
