@@ -257,19 +257,6 @@ def check_fields(config, where: str | None = None) -> None:
             object.__setattr__(config, name, check_value(value, kind, bounds, f"{where}.{name}"))
 
 
-def check_int_fields(config, lows: dict[str, int], what: str) -> None:
-    """Check the int fields of a frozen config dataclass (an env's or a learner's) and store them as
-    Python ints: ``lows`` maps each field name to its least allowed value. Raise :class:`ConfigError`
-    ``"<what>: <name> must be a positive int"`` (least value 1) or ``"... must be an int >= <low>"``
-    for a bool, a non-int or a smaller value."""
-    for name, low in lows.items():
-        value = getattr(config, name)
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            need = "a positive int" if low == 1 else f"an int >= {low}"
-            raise ConfigError(f"{what}: {name} must be {need}, got {value!r}")
-        object.__setattr__(config, name, int(value))
-
-
 def build(cls, data: Mapping[str, Any] | None, where: str = "config"):
     """Instantiate dataclass ``cls`` from a mapping, checking keys and types recursively."""
     data = {} if data is None else data
