@@ -3,9 +3,9 @@
 One way to declare and check a config section: a frozen dataclass with typed fields, each numeric
 one declaring the interval it must lie in with :func:`bounded`, checked by :func:`check_fields`
 from its ``__post_init__`` (cross-field rules stay there too), instantiated from a mapping with
-:func:`build`. Unknown keys and wrong
-types raise :class:`ConfigError` naming the key path (``config.dqn.gamma``,
-``config.network.trunk.width``) and the allowed keys, before anything is compiled. Learner
+:func:`build`. Unknown keys, wrong types and values outside their interval raise
+:class:`ConfigError` naming the key path (``config.dqn.gamma``, ``config.network.trunk.width``)
+and the allowed keys or values, before anything is compiled. Learner
 sections, env options (the env's config and params dataclasses) and the network section (trunk and
 head options: the fields of the flax modules) all go through it.
 """
@@ -203,9 +203,9 @@ _SCALARS = (int, float, bool, str)
 def _scalar_fields(cls) -> tuple[tuple[str, type, bool, Bounds | None], ...]:
     """``(name, type, optional, bounds)`` of the fields of dataclass ``cls`` annotated int, float,
     bool or str, or one of those ``| None`` (``optional``)."""
-    out = []
+    hints, out = typing.get_type_hints(cls), []
     for f in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[f.name]
+        hint = hints[f.name]
         args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
         optional = len(args) == 2 and type(None) in args
         kind = next(a for a in args if a is not type(None)) if optional else hint

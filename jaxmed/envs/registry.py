@@ -39,7 +39,7 @@ import re
 import typing
 from typing import Any, Callable, Sequence
 
-from jaxmed.config import check_fields
+from jaxmed.config import check_fields, coerce
 from jaxmed.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., tuple[Any, Any]]] = {}
@@ -95,8 +95,6 @@ def _split_overrides(name: str, config_cls, params_cls, overrides: dict) -> tupl
 def _typed(cls, options: dict) -> dict:
     """``options`` checked against the field types of dataclass ``cls`` (:func:`jaxmed.config.coerce`:
     a wrong type names its key, e.g. ``env.crop_size: expected an integer, got 'a'``)."""
-    from jaxmed.config import coerce  # noqa: PLC0415
-
     hints = typing.get_type_hints(cls)
     return {k: coerce(v, hints[k], f"env.{k}") for k, v in options.items()}
 
