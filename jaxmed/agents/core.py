@@ -54,7 +54,7 @@ class OptimizerConfig:
     adam_eps: float = bounded(1e-5, 0.0, low_open=True)
 
     def __post_init__(self):
-        check_fields(self, type(self).__name__)
+        check_fields(self)
 
 
 # ------------------------------------------------------------------ optimiser and schedule

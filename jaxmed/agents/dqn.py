@@ -100,7 +100,7 @@ class DQNConfig:
         return self.chunk_steps * self.n_envs
 
     def __post_init__(self):
-        check_fields(self, "DQNConfig")
+        check_fields(self)
         if not isinstance(self.her, HERConfig):
             raise ConfigError(f"DQNConfig.her must be a HERConfig (YAML: dqn.her: {{fraction, strategy, radius_mm}}), got {self.her!r}")
         if self.her.fraction > 0 and self.n_step != 1:

@@ -104,7 +104,7 @@ class VoxelQConfig:
     huber_delta: float = bounded(1.0, 0.0, low_open=True)
 
     def __post_init__(self):
-        check_fields(self, "VoxelQConfig")
+        check_fields(self)
 
     @property
     def env_steps_per_chunk(self) -> int:

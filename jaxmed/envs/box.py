@@ -162,7 +162,7 @@ class BoxConfig:
     osc_window: int = bounded(8, 1)
 
     def __post_init__(self):
-        check_fields(self, "BoxConfig")
+        check_fields(self)
         if not self.structure or "#" in self.structure:
             raise ConfigError(f"BoxConfig: structure must be a non-empty name without '#', got {self.structure!r}")
         check_levels(self, "BoxConfig")

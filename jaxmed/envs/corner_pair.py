@@ -86,7 +86,7 @@ class CornerPairConfig:
     reward: str = "sign"
 
     def __post_init__(self):
-        check_fields(self, "CornerPairConfig")
+        check_fields(self)
         if not self.structure or "#" in self.structure:
             raise ConfigError(f"CornerPairConfig: structure must be a non-empty name without '#', got {self.structure!r}")
         if self.reward not in REWARDS:

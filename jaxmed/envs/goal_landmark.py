@@ -90,7 +90,7 @@ class GoalLandmarkConfig:
 
     def __post_init__(self):
         check_goal_config(self, "landmark label")
-        check_fields(self, "GoalLandmarkConfig")
+        check_fields(self)
         nav = self.nav_config()  # validates crop_size / frames / levels / osc_window
         object.__setattr__(self, "levels", nav.levels)
 

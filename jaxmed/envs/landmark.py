@@ -117,7 +117,7 @@ class LandmarkConfig:
         object.__setattr__(self, "targets", targets)
         if not targets:
             raise ConfigError("LandmarkConfig: targets is empty; give one landmark label per agent")
-        check_fields(self, "LandmarkConfig")
+        check_fields(self)
         check_levels(self, "LandmarkConfig")
         if self.contrast_knots == 1:
             raise ConfigError("LandmarkConfig.contrast_knots must be 0 (off) or an int >= 2, got 1")

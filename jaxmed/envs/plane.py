@@ -156,7 +156,7 @@ class PlaneConfig:
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "angle_steps", angles)
         object.__setattr__(self, "offset_steps", offsets)
-        check_fields(self, "PlaneConfig")
+        check_fields(self)
         if not (len(levels) == len(angles) == len(offsets)) or not levels:
             raise ConfigError(
                 f"PlaneConfig: levels, angle_steps and offset_steps need one entry per scale (finest first), "

@@ -206,7 +206,7 @@ class RegistrationConfig:
             raise ConfigError("RegistrationConfig: landmarks is empty; name the landmarks the TRE is measured over")
         if len(set(landmarks)) != len(landmarks):
             raise ConfigError(f"RegistrationConfig: duplicate landmarks in {landmarks}")
-        check_fields(self, "RegistrationConfig")
+        check_fields(self)
         levels = check_levels(self, "RegistrationConfig")
         if len(steps) != len(levels):
             raise ConfigError(f"RegistrationConfig: one step per level needed: levels {levels}, steps {steps}")

@@ -64,7 +64,7 @@ class ThresholdSegConfig:
     reward: str = "delta"
 
     def __post_init__(self):
-        check_fields(self, "ThresholdSegConfig")
+        check_fields(self)
         if not self.structure:
             raise ConfigError(f"ThresholdSegConfig: structure must be a non-empty name, got {self.structure!r}")
         if self.reward not in REWARDS:

@@ -70,7 +70,7 @@ class VoxelSegConfig:
     p_min: float = bounded(0.01, 0.0, 0.5, low_open=True, high_open=True)
 
     def __post_init__(self):
-        check_fields(self, "VoxelSegConfig")
+        check_fields(self)
         if self.patch_size % 2 != 1:
             raise ConfigError(f"VoxelSegConfig: patch_size must be odd, got {self.patch_size}")
         deltas = tuple(float(d) for d in np.atleast_1d(self.deltas))
