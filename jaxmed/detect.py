@@ -72,12 +72,14 @@ class LandmarkDetector:
       level_step_limit: moves an agent may make at one search level before it moves on as if it had
         oscillated (:attr:`jaxmed.experiment.EvalSection.level_step_limit`; ``0``: no limit;
         default: the run's ``eval.level_step_limit``, else the env's own).
+      experiment: the run's built :class:`~jaxmed.experiment.Experiment` (its env and evaluation
+        parameters are used); ``None``: the env is made from ``cfg``.
     """
 
     def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int = 27,
                  aggregate: str = "median", seed: int = 0, where: str = "run", shape: str = "none",
                  intensity_scales: Sequence[float] | None = None, split_starts: bool | None = None,
-                 level_step_limit: int | None = None):
+                 level_step_limit: int | None = None, experiment: ex.Experiment | None = None):
         from jaxmed.runs import make_policy_rollout
 
         if aggregate not in AGGREGATES:
@@ -91,7 +93,10 @@ class LandmarkDetector:
             raise ConfigError(f"{where}: an ensemble needs at least one parameter set")
         self.cfg, self.members = cfg, members
         self.params = members[0]
-        self.env, _, self.eval_params = ex.make_env(cfg)
+        if experiment is not None:
+            self.env, self.eval_params = experiment.env, experiment.eval_params
+        else:
+            self.env, _, self.eval_params = ex.make_env(cfg)
         self.targets = self.env.landmark_targets
         if not self.targets:
             raise ConfigError(f"{where}: a {cfg.env_name} run does not detect landmarks (use the command for that task)")

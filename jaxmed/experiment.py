@@ -313,6 +313,18 @@ class Experiment:
         self.env.check_bank(bank)
         return bank
 
+    def held_out(self) -> tuple:
+        """``(bank, subjects)`` of the ``data.n_test`` held-out test subjects (``subjects``: their
+        conformed ``(Volume, Landmarks)`` pairs), checked against the env."""
+        bank, subjects, _ = make_bank(self.cfg, "test", self.cfg.data.n_test, env=self.env)
+        self.env.check_bank(bank)
+        return bank, subjects
+
+    def reference(self):
+        """``(Volume, Landmarks)`` of the data source's template (the template prior), ``None`` for a
+        source without one (:func:`template`)."""
+        return template(self.cfg.data)
+
 
 def build_experiment(cfg: ExperimentConfig, *, with_data: bool = True) -> Experiment:
     """Build the :class:`Experiment` of ``cfg`` once: the training bank (``with_data``), the env for its

@@ -1,5 +1,5 @@
 """The outer training loop: run directory, progress, CSV/TensorBoard logs, orbax checkpoints, resume,
-and the final evaluation on held-out subjects.
+then the evaluation of the trained run (:mod:`jaxmed.run_evaluation`) with the experiment it was built from.
 
 All math lives in the jitted learner (:mod:`jaxmed.agents.learners`); this module only moves data
 between chunks. A run directory holds ``config.yaml``, ``metrics.csv``, TensorBoard events under
@@ -23,8 +23,9 @@ import numpy as np
 import yaml
 
 from jaxmed import experiment as ex
-from jaxmed.errors import ConfigError, JaxmedError, OverwriteError
-from jaxmed.runs import load_params, make_policy_rollout, save_network, seed_params  # noqa: F401  (re-exported)
+from jaxmed.errors import ConfigError, OverwriteError
+from jaxmed.run_evaluation import evaluate_extra_sets, evaluate_run
+from jaxmed.runs import load_params, save_network, seed_params  # noqa: F401  (re-exported)
 
 # ------------------------------------------------------------------ checkpoints
 
@@ -263,7 +264,7 @@ def run_training(
     if refresh is not None:
         summary["bank_epochs"] = refresh.epochs_built
     if evaluate:
-        summary["evaluation"] = evaluate_run(cfg, _first(rs, cfg).params, run_dir, experiment=exp)
+        summary["evaluation"] = evaluate_run(exp, _first(rs, cfg).params, run_dir)
         if cfg.eval.extra_sets and env.landmark_targets:
             summary["evaluation"].update(evaluate_extra_sets(exp, _first(rs, cfg).params, run_dir))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -321,95 +322,3 @@ class _BankRefresher:
             self.epoch, self.bank = epoch, self._fit(self.exp.train_bank(epoch))
             self.epochs_built.append(epoch)
         return self.bank
-
-
-def evaluate_extra_sets(exp: ex.Experiment, net_params, run_dir) -> dict:
-    """After training a landmark run: the held-out synthetic subjects and every ``eval.extra_sets``
-    spec, each with the template-prior and registration baselines (``eval_<set>.md`` / ``.csv`` in
-    ``run_dir``); returns ``{"sets": [summary rows], "sets_table": markdown}`` for the summary."""
-    from jaxmed.detect import LandmarkDetector
-    from jaxmed.evaluation import evaluate_sets, summary_table
-
-    cfg = exp.cfg
-    detector = LandmarkDetector(cfg, exp.network, net_params if cfg.train.seeds <= 1 else seed_params(cfg, net_params, 0),
-                                n_starts=cfg.eval_starts, seed=cfg.train.seed, where=str(run_dir))
-    results, skipped = [], []
-    for spec in ["test", *cfg.eval.extra_sets]:
-        try:
-            results += evaluate_sets(detector, [spec], out_dir=run_dir, overwrite=True, registration=cfg.eval.registration,
-                                     progress=lambda m: print(m, file=sys.stderr, flush=True))
-        except JaxmedError as err:  # e.g. a data set not fetched here: the trained run stands, the set is reported
-            print(f"eval.extra_sets: {spec} not evaluated: {err}", file=sys.stderr)
-            skipped.append({"set": spec, "error": str(err)})
-    table = summary_table(results)
-    return {"sets": [r.summary_row() for r in results], "sets_table": table, "sets_skipped": skipped}
-
-
-# ------------------------------------------------------------------ evaluation
-
-
-def evaluate_run(cfg: ex.ExperimentConfig, net_params, run_dir: str | Path | None = None, *,
-                 experiment: ex.Experiment | None = None) -> dict:
-    """Greedy agents from the env's fixed evaluation starts on held-out test subjects: per-agent
-    metrics (mm, degrees, IoU, ...) per label, beside the template prior for envs whose agents answer
-    landmarks (:attr:`~jaxmed.envs.base.Environment.landmark_targets`). A multi-seed run is evaluated
-    per seed and summarised as mean ± std across seeds. ``experiment``: the run's built
-    :class:`~jaxmed.experiment.Experiment` (env and network are reused; built without data otherwise)."""
-    from jaxmed.evaluation import format_metric_tables, metric_stats, seed_summary
-
-    bank, subjects, _ = ex.make_bank(cfg, "test", cfg.data.n_test, env=experiment.env if experiment is not None else None)
-    if experiment is not None:
-        env, eval_params, network = experiment.env, experiment.eval_params, experiment.network
-        env.check_bank(bank)
-    else:
-        env, _, eval_params = ex.make_env(cfg, bank.labels)
-        network = ex.make_network(cfg, env)
-    states = env.eval_states(eval_params, bank, cfg.eval_starts, seed=cfg.train.seed)
-    is_landmark = bool(env.landmark_targets)
-    rollout = make_policy_rollout(cfg, env, eval_params, network, record=(lambda s: s.pos) if is_landmark else None)
-    per_seed, eval_s, res = [], 0.0, None
-    for seed in range(cfg.train.seeds):
-        args = (seed_params(cfg, net_params, seed), bank, states)
-        compiled = rollout.lower(*args).compile()
-        t0 = time.perf_counter()  # timed without compilation
-        out = jax.block_until_ready(compiled(*args))
-        eval_s += time.perf_counter() - t0
-        res = out if res is None else res
-        per_seed.append({m: env.metric_stats(states, v, m) for m, v in out["metrics"].items()})
-    stats = per_seed[0]
-    baseline = None
-    reference = ex.template(cfg.data) if is_landmark else None
-    if reference is not None:
-        _, tpl_landmarks = reference
-        prior = np.stack([np.linalg.norm(lm.positions - tpl_landmarks.select(lm.labels).positions, axis=1) for _, lm in subjects])
-        baseline = {"template prior": {"distance_mm": metric_stats(prior, list(subjects[0][1].labels), "distance_mm")}}
-    table = format_metric_tables(stats, baseline)
-    result = {"env": cfg.env_name, "learner": cfg.train.learner, "stats": stats,
-              "episodes": int(np.asarray(next(iter(res["metrics"].values()))).shape[0]),
-              "eval_s": eval_s / cfg.train.seeds, "seconds_per_subject": eval_s / cfg.train.seeds / len(subjects), "table": table}
-    if baseline:
-        result["baselines"] = baseline
-        result["template_prior"] = baseline["template prior"]["distance_mm"]
-    if cfg.train.hparams:
-        result["hparams"] = cfg.train.hparam_rows()
-    if cfg.train.seeds > 1:
-        result["per_seed"] = per_seed
-        result["seeds"] = seed_summary(per_seed)
-        result["table"] = table = table + "\n\n" + result["seeds"]["table"]
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
-        (run_dir / "eval.md").write_text(table + "\n")
-        if is_landmark:
-            _plot_trajectories(env, bank, res["record"], np.asarray(res["final_state"].volume), run_dir / "trajectories.png")
-    return result
-
-
-def _plot_trajectories(env, bank, path_vox, vols, path: Path) -> None:
-    from jaxmed.envs.viewer import bank_volume, render_episode, trajectory_world
-
-    v = int(vols[0])
-    idx = np.flatnonzero(np.asarray(vols) == v)[:1]
-    world = trajectory_world(bank, v, np.asarray(path_vox)[:, idx[0]])  # (T+1, A, 3)
-    targets = np.asarray(bank.landmarks_world[v])[[bank.label_index(t) for t in env.config.targets]]
-    render_episode(bank_volume(bank, v), world, targets, path, overwrite=True)

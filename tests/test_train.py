@@ -242,17 +242,48 @@ def test_evaluate_run_on_a_corner_pair_env(tmp_path):
     the landmark-only template prior and trajectory plot."""
     import jax.numpy as jnp
 
-    from jaxmed.experiment import dummy_observation, make_env, make_network
-    from jaxmed.train import evaluate_run
+    from jaxmed.experiment import build_experiment, dummy_observation, make_env, make_network
+    from jaxmed.run_evaluation import evaluate_run
 
     cfg = ExperimentConfig.from_dict(apply_overrides(load_yaml("configs/phantom_box_dqn.yaml"), [
         "env={name: corner-pair-v0, structure: organ, n_points: 26, crop_size: 15, frames: 1, max_steps: 10, "
         "eval_starts: 2, eval_max_steps: 10}", "data.n_test=1", "network.n_agents=2"]))
     env, _, _ = make_env(cfg)
     params = make_network(cfg, env).init(jax.random.key(0), dummy_observation(cfg, env))
-    ev = evaluate_run(cfg, jax.tree.map(jnp.asarray, params), tmp_path)
+    ev = evaluate_run(build_experiment(cfg, with_data=False), jax.tree.map(jnp.asarray, params), tmp_path)
     assert "iou" in ev["stats"] and "template_prior" not in ev
     assert (tmp_path / "eval.md").exists() and not (tmp_path / "trajectories.png").exists()
+
+
+def test_evaluation_of_a_run_uses_the_experiment_it_was_built_from(tmp_path):
+    """evaluate_run and the run's detector take the built experiment's env, evaluation parameters and
+    held-out bank; the trajectory figure follows the env's hook; a run evaluated from an experiment
+    built without data gives the same table as one built with it."""
+    import jax.numpy as jnp
+
+    from jaxmed import experiment as ex
+    from jaxmed.detect import LandmarkDetector
+    from jaxmed.envs import make
+    from jaxmed.run_evaluation import evaluate_run
+
+    cfg = dataclasses.replace(_cfg(chunks=1), data=dataclasses.replace(_cfg().data, n_test=1))
+    exp = ex.build_experiment(cfg)
+    params = jax.tree.map(jnp.asarray, exp.network.init(jax.random.key(0), ex.dummy_observation(cfg, exp.env)))
+    detector = LandmarkDetector(cfg, exp.network, params, n_starts=2, experiment=exp)
+    assert detector.env is exp.env and detector.eval_params is exp.eval_params
+    bank, subjects = exp.held_out()
+    assert bank.n_volumes == len(subjects) == 1 and bank.labels == exp.bank.labels
+    states = exp.env.eval_states(exp.eval_params, bank, 2)
+    assert np.array_equal(np.asarray(exp.env.trajectory_of(states)), np.asarray(states.pos))
+    registration_env, _ = make("registration-v0", bank.labels)  # its agent answers no landmark: no path to draw
+    assert not registration_env.landmark_targets
+    with pytest.raises(NotImplementedError, match="landmark positions"):
+        registration_env.trajectory_of(None)
+    (tmp_path / "a").mkdir()
+    ev = evaluate_run(exp, params, tmp_path / "a")
+    bare = evaluate_run(ex.build_experiment(cfg, with_data=False), params, None)
+    assert ev["table"] == bare["table"] and "template_prior" in ev and ev["episodes"] == cfg.eval_starts
+    assert (tmp_path / "a" / "trajectories.png").stat().st_size > 0
 
 
 def test_refresh_every_rebuilds_the_training_bank_without_retrace_and_resumes_exactly(tmp_path):

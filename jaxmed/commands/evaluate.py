@@ -55,7 +55,9 @@ def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_s
 
 
 def _run(args) -> int:
-    from jaxmed.train import evaluate_run, load_params
+    from jaxmed.experiment import build_experiment
+    from jaxmed.run_evaluation import evaluate_run
+    from jaxmed.runs import load_params
 
     if args.data:
         from jaxmed.box_evaluation import evaluate_box_sets, is_box_run
@@ -75,7 +77,7 @@ def _run(args) -> int:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_test=args.n_test))
     if args.level_step_limit is not None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, level_step_limit=args.level_step_limit))
-    ev = evaluate_run(cfg, params, args.out or args.run_dir)
+    ev = evaluate_run(build_experiment(cfg, with_data=False), params, args.out or args.run_dir)
     print(ev["table"])
     if cfg.eval.extra_sets:
         evaluate_landmark_sets(args.run_dir, ["test", *cfg.eval.extra_sets], out_dir=args.out, overwrite=args.overwrite,

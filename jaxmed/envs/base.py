@@ -317,6 +317,12 @@ class Environment:
         with :attr:`landmark_targets`."""
         raise NotImplementedError(f"{self.name} agents do not answer landmark positions")
 
+    def trajectory_of(self, state):
+        """What a greedy rollout records after every step to draw the agents' paths (the trajectory
+        figure of an evaluation): ``(A, 3)`` level-0 voxel positions of one ``state`` (batched states
+        give a leading batch axis); only for envs with :attr:`landmark_targets`."""
+        raise NotImplementedError(f"{self.name} agents do not answer landmark positions")
+
     def eval_params(self, params):
         """The parameters for evaluation: nothing that peeks at the ground truth (default: unchanged)."""
         return params

@@ -298,6 +298,10 @@ class LandmarkEnv(ConfiguredEnv, config=LandmarkConfig, params=LandmarkParams, n
         """``(A, 3)`` float32, the agents' positions in world RAS mm (their answers)."""
         return apply_affine(state.pos, bank.affines[0, state.volume])
 
+    def trajectory_of(self, state: LandmarkState) -> jax.Array:
+        """``(..., A, 3)`` int32, the agents' level-0 voxel positions (:attr:`LandmarkState.pos`)."""
+        return state.pos
+
     def distance_mm(self, state: LandmarkState, bank) -> jax.Array:
         """``(A,)`` float32, each agent's distance (mm) to its target."""
         return self._distance(bank, state.volume, state.pos)
