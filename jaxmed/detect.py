@@ -56,7 +56,8 @@ class LandmarkDetector:
         the same network (an ensemble, e.g. every seed of a ``--seeds S`` run): each member runs the
         same compiled rollout and every member's end points are pooled into one answer.
       labels: the landmarks to answer (default: every trained one).
-      n_starts: start points per agent and volume (27: the 3x3x3 grid).
+      n_starts: start points per agent and volume (27: the 3x3x3 grid; default: the run's
+        ``env.eval_starts``, what its training closed with).
       aggregate: :data:`AGGREGATES`.
       shape: :data:`SHAPES`: ``affine`` checks every image's answers for all trained landmarks against
         the template's configuration (:func:`jaxmed.shape_model.check_landmarks`; the run's data
@@ -76,7 +77,7 @@ class LandmarkDetector:
         parameters are used); ``None``: the env is made from ``cfg``.
     """
 
-    def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int = 27,
+    def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int | None = None,
                  aggregate: str = "median", seed: int = 0, where: str = "run", shape: str = "none",
                  intensity_scales: Sequence[float] | None = None, split_starts: bool | None = None,
                  level_step_limit: int | None = None, experiment: ex.Experiment | None = None):
@@ -86,6 +87,7 @@ class LandmarkDetector:
             raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
         if shape not in SHAPES:
             raise ConfigError(f"unknown shape check {shape!r}; choose one of {', '.join(SHAPES)}")
+        n_starts = cfg.eval_starts if n_starts is None else n_starts
         if n_starts < 1:
             raise ConfigError(f"n_starts must be >= 1, got {n_starts}")
         members = list(params) if isinstance(params, (list, tuple)) else [params]
@@ -277,7 +279,7 @@ def read_conformed(image, spacing: float):
         raise ImageError(f"{image}: cannot read this image ({type(err).__name__}: {err})") from None
 
 
-def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, n_starts: int = 27,
+def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, n_starts: int | None = None,
            aggregate: str = "median", seed: int = 0, shape: str = "none", intensity_scales: Sequence[float] | None = None,
            split_starts: bool | None = None, level_step_limit: int | None = None):
     """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass
@@ -412,7 +414,7 @@ def detect_files(detector: LandmarkDetector, images: Sequence[Path], out_dir: st
 
 
 def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None, goal_patch: str | Path | None = None,
-                n_starts: int = 27, aggregate: str = "median", seed: int = 0):
+                n_starts: int | None = None, aggregate: str = "median", seed: int = 0):
     """Walk a goal-conditioned run's agent (``goal-landmark-v0``) to a goal in ``image``.
 
     The goal is given by example, never by training: ``goal`` names a landmark of the run's template
@@ -458,7 +460,7 @@ def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None,
     goal_cfg = GoalLandmarkConfig(goals=(label,), n_agents=c.n_agents, crop_size=c.crop_size, frames=c.frames, levels=c.levels,
                                   osc_window=c.osc_window, reference_volume=0)
     denv = GoalLandmarkEnv(goal_cfg, labels=bank.labels, name=env.name)
-    states = denv.eval_states(eval_params, bank, n_starts, seed=seed)
+    states = denv.eval_states(eval_params, bank, cfg.eval_starts if n_starts is None else n_starts, seed=seed)
     rollout = make_policy_rollout(cfg, denv, eval_params, network)
     res = jax.device_get(rollout(seed_params(cfg, params, 0), bank, states))
     world = volume.voxel_to_world(np.asarray(res["final_state"].nav.pos, dtype=np.float64).reshape(-1, 3))

@@ -253,6 +253,22 @@ def test_deal_starts_gives_every_copy_a_start_on_each_grid_line():
         deal_starts(2, 3)
 
 
+def test_detection_starts_default_to_the_runs_eval_starts(tmp_path):
+    """Without ``n_starts`` a detector runs the starts the run's training evaluated with
+    (``env.eval_starts``); the end points are those of asking for that number."""
+    import dataclasses
+
+    run, cfg, network, params, (vol, _) = _untrained_run_and_two_phantoms(tmp_path)
+    cfg = dataclasses.replace(cfg, env={**cfg.env, "eval_starts": 5})
+    default = LandmarkDetector(cfg, network, params)
+    assert default.n_starts == 5
+    w, v, _ = default.end_points([vol])
+    w5, v5, _ = LandmarkDetector(cfg, network, params, n_starts=5).end_points([vol])
+    assert np.asarray(w).shape[0] == 5 and np.array_equal(np.asarray(w), np.asarray(w5))
+    with pytest.raises(ConfigError, match="n_starts must be >= 1"):
+        LandmarkDetector(cfg, network, params, n_starts=0)
+
+
 def test_split_starts_runs_each_start_on_one_intensity_copy(tmp_path, capsys):
     """``split_starts``: the copies share the starts; the end points are exactly those rows of the
     every-start-on-every-copy run (each start's rollout is independent of the others in its batch),
@@ -281,7 +297,7 @@ def test_split_starts_runs_each_start_on_one_intensity_copy(tmp_path, capsys):
 
     # the run's eval.split_starts is the default, the argument overrides it; one copy is unaffected
     cfg_split = dataclasses.replace(cfg, eval=build(EvalSection, {"intensity_scales": list(scales), "split_starts": True}, "run.eval"))
-    assert LandmarkDetector(cfg_split, network, params).split_starts
+    assert LandmarkDetector(cfg_split, network, params, n_starts=27).split_starts
     assert not LandmarkDetector(cfg_split, network, params, split_starts=False).split_starts
     assert not LandmarkDetector(cfg, network, params).split_starts
     one = LandmarkDetector(cfg, network, params, n_starts=4, split_starts=True)
@@ -294,7 +310,7 @@ def test_split_starts_runs_each_start_on_one_intensity_copy(tmp_path, capsys):
     # the command line: the same answer as the detector; too few starts refused, nothing written
     images = _images(tmp_path)
     assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "a.fcsv"),
-                 "--intensity-scales", "0.5", "1", "1.5", "--split-starts"]) == 0
+                 "--intensity-scales", "0.5", "1", "1.5", "--split-starts", "--starts", "27"]) == 0
     from jaxmed.detect import read_conformed
 
     want = split.find([read_conformed(images[0], cfg.data.spacing)])[0][0]
@@ -351,7 +367,7 @@ def test_level_step_limit_ends_searches_that_never_oscillate(tmp_path, capsys):
     # the command line: the capped detector's answer; a bad value refused, nothing written
     images = _images(tmp_path)
     assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "a.fcsv"),
-                 "--level-step-limit", "3"]) == 0
+                 "--level-step-limit", "3", "--starts", "27"]) == 0
     want = capped.find([read_conformed(images[0], cfg.data.spacing)])[0][0]
     np.testing.assert_allclose(read_landmarks(tmp_path / "a.fcsv").positions, want.positions, atol=1e-3)
     assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "b.fcsv"),

@@ -102,7 +102,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--labels", nargs="*", help="subset of the trained landmarks")
     k.add_argument("--ensemble", action="store_true",
                    help="a run trained with --seeds S: run every seed's agents and pool their end points (S times the work)")
-    k.add_argument("--starts", type=int, default=27, help="start points per agent (27: the 3x3x3 grid; default %(default)s)")
+    k.add_argument("--starts", type=int, help="start points per agent (27: the 3x3x3 grid; default: the run's env.eval_starts)")
     k.add_argument("--aggregate", choices=("median", "mean", "trimmed", "geomedian"), default="median",
                    help="how the end points of all agents and starts of one landmark are combined (default %(default)s)")
     k.add_argument("--shape", choices=("none", "affine"), default="none",
