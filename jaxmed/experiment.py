@@ -309,14 +309,16 @@ class Experiment:
         """The training bank of ``epoch`` (fresh augmented / synthesised subjects for ``epoch > 0``)."""
         if epoch == 0 and self.bank is not None:
             return self.bank
-        bank, _, _ = make_bank(self.cfg, "train", self.cfg.data.n_train, epoch=epoch, env=self.env)
-        self.env.check_bank(bank)
-        return bank
+        return self._checked_bank("train", self.cfg.data.n_train, epoch)[0]
 
     def held_out(self) -> tuple:
         """``(bank, subjects)`` of the ``data.n_test`` held-out test subjects (``subjects``: their
         conformed ``(Volume, Landmarks)`` pairs), checked against the env."""
-        bank, subjects, _ = make_bank(self.cfg, "test", self.cfg.data.n_test, env=self.env)
+        return self._checked_bank("test", self.cfg.data.n_test)
+
+    def _checked_bank(self, split: str, n: int, epoch: int = 0) -> tuple:
+        """``(bank, subjects)`` of ``split`` made for this experiment's env (:func:`make_bank`) and checked by it."""
+        bank, subjects, _ = make_bank(self.cfg, split, n, epoch=epoch, env=self.env)
         self.env.check_bank(bank)
         return bank, subjects
 
