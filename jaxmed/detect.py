@@ -227,11 +227,12 @@ class LandmarkDetector:
     def from_run(cls, run_dir, *, ensemble: bool = False, **kwargs) -> "LandmarkDetector":
         """The detector of a run directory's saved network: seed 0, or with ``ensemble`` every seed of
         a ``--seeds S`` run, their end points pooled."""
-        from jaxmed.runs import load_params, seed_params
+        from jaxmed.runs import load_run, seed_params
 
-        cfg, network, params = load_params(run_dir)
-        seeds = range(cfg.train.seeds) if ensemble else range(1)
-        return cls(cfg, network, [seed_params(cfg, params, s) for s in seeds], where=str(run_dir), **kwargs)
+        exp, params = load_run(run_dir)
+        seeds = range(exp.cfg.train.seeds) if ensemble else range(1)
+        kwargs.setdefault("experiment", exp)
+        return cls(exp.cfg, exp.network, [seed_params(exp.cfg, params, s) for s in seeds], where=str(run_dir), **kwargs)
 
 
 def deal_starts(n_starts: int, n_copies: int) -> np.ndarray:
@@ -427,14 +428,14 @@ def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None,
 
     from jaxmed.data import Landmarks, build_bank, conform, load_image
     from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv, goal_example
-    from jaxmed.runs import load_params, make_policy_rollout, seed_params
+    from jaxmed.runs import load_run, make_policy_rollout, seed_params
 
     if (goal is None) == (goal_patch is None):
         raise ConfigError("give exactly one of a goal label (--goal) or a goal patch file (--goal-patch)")
     if aggregate not in AGGREGATES:
         raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
-    cfg, network, params = load_params(run_dir)
-    env, _, eval_params = ex.make_env(cfg)
+    exp, params = load_run(run_dir)
+    cfg, network, env, eval_params = exp.cfg, exp.network, exp.env, exp.eval_params
     if not isinstance(env, GoalLandmarkEnv):
         raise ConfigError(f"{run_dir}: a {cfg.env_name} run is not goal-conditioned; --goal / --goal-patch need a goal-landmark-v0 run")
     label = goal if goal is not None else "goal"
@@ -450,7 +451,10 @@ def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None,
         except (OSError, ValueError) as err:
             raise ConfigError(f"{path}: cannot read a goal patch (.npy array): {err}") from None
         edge = env.config.crop_size * max(cfg.data.factors[l] for l in env.config.levels)
-        reference = goal_example(patch, cfg.data.spacing, edge, label)
+        try:
+            reference = goal_example(patch, cfg.data.spacing, edge, label)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     volume = conform(load_image(image), cfg.data.spacing)
     # the subject's goal position is unknown and never read (no reward, no target stop)
     placeholder = Landmarks((label,), volume.voxel_to_world((np.array(volume.shape) - 1) / 2)[None], source=str(image))

@@ -76,6 +76,7 @@ def evaluate_run(exp: ex.Experiment, net_params, run_dir: str | Path | None = No
         result["table"] = table = table + "\n\n" + result["seeds"]["table"]
     if run_dir is not None:
         run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)  # `jaxmed evaluate RUN --out NEW_DIR`
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
         (run_dir / "eval.md").write_text(table + "\n")
         if draws_paths:

@@ -28,8 +28,10 @@ def save_network(run_dir: Path, params) -> None:
     tmp.replace(run_dir / "network.msgpack")
 
 
-def load_params(run_dir: str | Path):
-    """``(config, network, params)`` of a run directory's latest saved network.
+def load_run(run_dir: str | Path) -> tuple[ex.Experiment, object]:
+    """``(experiment, params)`` of a run directory: its :class:`~jaxmed.experiment.Experiment` built
+    once from its ``config.yaml`` without data (env, evaluation parameters, network), and the latest
+    saved network's parameters.
 
     ``params`` has a leading seed axis when the run trained ``train.seeds > 1`` seeds (see
     :func:`seed_params`). Raises :class:`ConfigError` when the directory is not a run, has no saved
@@ -45,9 +47,8 @@ def load_params(run_dir: str | Path):
     blob = run_dir / "network.msgpack"
     if not blob.exists():
         raise ConfigError(f"{run_dir}: no trained network (network.msgpack) in this run directory")
-    env, _, _ = ex.make_env(cfg)
-    network = ex.make_network(cfg, env)
-    template = jax.eval_shape(network.init, jax.random.key(0), ex.dummy_observation(cfg, env))
+    exp = ex.build_experiment(cfg, with_data=False)
+    template = jax.eval_shape(exp.network.init, jax.random.key(0), ex.dummy_observation(cfg, exp.env))
     seeds = cfg.train.seeds
     template = jax.tree.map(lambda s: np.zeros(((seeds,) if seeds > 1 else ()) + s.shape, s.dtype), template)
     try:
@@ -58,7 +59,13 @@ def load_params(run_dir: str | Path):
         if np.shape(a) != np.shape(b):
             raise ConfigError(f"{blob}: parameter shapes {np.shape(b)} do not fit the configured network ({np.shape(a)}): "
                               "a checkpoint from a different network")
-    return cfg, network, jax.tree.map(jnp.asarray, params)
+    return exp, jax.tree.map(jnp.asarray, params)
+
+
+def load_params(run_dir: str | Path):
+    """``(config, network, params)`` of a run directory's latest saved network (:func:`load_run`)."""
+    exp, params = load_run(run_dir)
+    return exp.cfg, exp.network, params
 
 
 def seed_params(cfg: ex.ExperimentConfig, params, seed: int = 0):

@@ -193,3 +193,49 @@ def test_old_env_her_keys_move_to_the_dqn_section():
         ExperimentConfig.from_dict({**data, "train": {"learner": "ppo"}})
     with pytest.raises(ConfigError, match="both"):
         ExperimentConfig.from_dict({**data, "dqn": {"her": her}})
+
+
+def test_detect_goal_from_a_run_directory_by_label_or_patch(tmp_path):
+    """`jaxmed detect --goal` / `--goal-patch` on a goal-conditioned run: one answer inside the image,
+    by a template label or a goal patch; clear errors naming the bad input, and for other runs."""
+    from test_evaluate_data import untrained_run
+
+    from jaxmed.config import load_yaml
+    from jaxmed.data import save_nifti
+    from jaxmed.detect import detect_goal
+    from jaxmed.experiment import ExperimentConfig, build_experiment, dummy_observation
+    from jaxmed.train import prepare_run_dir, save_network
+
+    config = "configs/goal/phantom_goal_dqn.yaml"
+    cfg = ExperimentConfig.from_dict(load_yaml(config), config)
+    exp = build_experiment(cfg, with_data=False)
+    run = tmp_path / "run"
+    prepare_run_dir(run, cfg, resume=False, overwrite=False)
+    save_network(run, exp.network.init(jax.random.key(0), dummy_observation(cfg, exp.env)))
+    vol, _ = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=2, seed=7)
+    image = save_nifti(vol, tmp_path / "scan.nii.gz")
+    corners = vol.voxel_to_world(np.array([[0, 0, 0], np.array(vol.shape) - 1], np.float64))
+    lo, hi = corners.min(axis=0) - 1e-6, corners.max(axis=0) + 1e-6
+
+    by_label = detect_goal(run, image, goal="L1", n_starts=3)
+    assert by_label.labels == ("L1",) and by_label.positions.shape == (1, 3)
+    assert np.all(by_label.positions >= lo) and np.all(by_label.positions <= hi)
+    assert np.array_equal(detect_goal(run, image, goal="L1", n_starts=3).positions, by_label.positions)  # deterministic
+    edge = exp.env.config.crop_size * max(cfg.data.factors[level] for level in exp.env.config.levels)
+    np.save(tmp_path / "goal.npy", np.random.default_rng(0).uniform(size=(edge,) * 3).astype(np.float32))
+    by_patch = detect_goal(run, image, goal_patch=tmp_path / "goal.npy", n_starts=3)
+    assert by_patch.labels == ("goal",) and np.all(by_patch.positions >= lo) and np.all(by_patch.positions <= hi)
+
+    with pytest.raises(ConfigError, match="exactly one"):
+        detect_goal(run, image, goal="L1", goal_patch=tmp_path / "goal.npy")
+    with pytest.raises(LandmarkError, match="unknown goal 'nope'"):
+        detect_goal(run, image, goal="nope")
+    np.save(tmp_path / "small.npy", np.zeros((edge - 2,) * 3, np.float32))
+    with pytest.raises(ConfigError, match=r"small\.npy: goal patch has shape"):
+        detect_goal(run, image, goal_patch=tmp_path / "small.npy")
+    (tmp_path / "broken.npy").write_bytes(b"not an array")
+    with pytest.raises(ConfigError, match=r"broken\.npy: cannot read a goal patch"):
+        detect_goal(run, image, goal_patch=tmp_path / "broken.npy")
+    untrained_run(tmp_path / "plain")
+    with pytest.raises(ConfigError, match="not goal-conditioned"):
+        detect_goal(tmp_path / "plain", image, goal="L0")

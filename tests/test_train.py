@@ -320,3 +320,31 @@ def test_refresh_every_rebuilds_the_training_bank_without_retrace_and_resumes_ex
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ConfigError, match="refresh_every"):
         _cfg(refresh_every=-1)
+
+
+def test_a_saved_run_is_loaded_as_one_experiment_that_detection_reuses(tmp_path, capsys):
+    """load_run builds the run's experiment once (no data) beside its saved parameters; the run's
+    detector and `jaxmed evaluate RUN` take that experiment's env instead of making another."""
+    from jaxmed import experiment as ex
+    from jaxmed.detect import LandmarkDetector
+    from jaxmed.runs import load_run
+
+    cfg = dataclasses.replace(_cfg(chunks=1), data=dataclasses.replace(_cfg().data, n_test=1))
+    run_training(cfg, tmp_path / "run", progress=False, evaluate=False)
+    exp, params = load_run(tmp_path / "run")
+    assert isinstance(exp, ex.Experiment) and exp.bank is None and exp.cfg == cfg
+    _, _, same = load_params(tmp_path / "run")
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(same)))
+    detector = LandmarkDetector.from_run(tmp_path / "run", n_starts=2)
+    assert type(detector.env) is type(exp.env) and detector.env.config == exp.env.config
+    assert detector.eval_params.max_steps == exp.eval_params.max_steps
+    mine = LandmarkDetector.from_run(tmp_path / "run", n_starts=2, experiment=exp)
+    assert mine.env is exp.env
+    bank, subjects = exp.held_out()
+    a, _ = detector.find([v for v, _ in subjects])
+    b, _ = mine.find([v for v, _ in subjects])
+    assert np.array_equal(a[0].positions, b[0].positions)
+    assert main(["evaluate", str(tmp_path / "run"), "--level-step-limit", "7", "--out", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "eval.json").exists()
+    assert main(["evaluate", str(tmp_path / "run"), "--level-step-limit", "-1", "--out", str(tmp_path / "ev2")]) == 2
+    assert "level_step_limit" in capsys.readouterr().err and not (tmp_path / "ev2").exists()

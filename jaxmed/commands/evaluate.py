@@ -33,17 +33,17 @@ def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_s
     default the run's own)."""
     from jaxmed.detect import LandmarkDetector
     from jaxmed.evaluation import evaluate_sets, summary_table
-    from jaxmed.runs import load_params, seed_params
+    from jaxmed.runs import load_run, seed_params
 
-    cfg, network, params = load_params(run_dir)
-    starts = n_starts or cfg.eval_starts
+    exp, params = load_run(run_dir)
+    cfg = exp.cfg
     out = Path(out_dir) if out_dir else Path(run_dir)
     members = range(cfg.train.seeds) if seeds else [0]
     results = []
     for seed in members:
-        detector = LandmarkDetector(cfg, network, seed_params(cfg, params, seed), n_starts=starts, aggregate=aggregate,
+        detector = LandmarkDetector(cfg, exp.network, seed_params(cfg, params, seed), n_starts=n_starts, aggregate=aggregate,
                                     seed=cfg.train.seed, where=str(run_dir), shape=shape, intensity_scales=intensity_scales,
-                                    split_starts=split_starts, level_step_limit=level_step_limit)
+                                    split_starts=split_starts, level_step_limit=level_step_limit, experiment=exp)
         target = out / f"seed{seed}" if seeds and cfg.train.seeds > 1 else out
         res = evaluate_sets(detector, specs, out_dir=target, overwrite=overwrite, registration=registration, progress=_progress)
         for r in res:
@@ -55,9 +55,9 @@ def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_s
 
 
 def _run(args) -> int:
-    from jaxmed.experiment import build_experiment
+    from jaxmed.experiment import with_level_step_limit
     from jaxmed.run_evaluation import evaluate_run
-    from jaxmed.runs import load_params
+    from jaxmed.runs import load_run
 
     if args.data:
         from jaxmed.box_evaluation import evaluate_box_sets, is_box_run
@@ -72,12 +72,15 @@ def _run(args) -> int:
                                shape=args.shape, intensity_scales=args.intensity_scales, split_starts=args.split_starts,
                                level_step_limit=args.level_step_limit)
         return 0
-    cfg, _, params = load_params(args.run_dir)
+    exp, params = load_run(args.run_dir)
+    cfg = exp.cfg
     if args.n_test:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_test=args.n_test))
     if args.level_step_limit is not None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, level_step_limit=args.level_step_limit))
-    ev = evaluate_run(build_experiment(cfg, with_data=False), params, args.out or args.run_dir)
+    exp = dataclasses.replace(exp, cfg=cfg, eval_params=with_level_step_limit(exp.eval_params, args.level_step_limit,
+                                                                              "eval.level_step_limit"))
+    ev = evaluate_run(exp, params, args.out or args.run_dir)
     print(ev["table"])
     if cfg.eval.extra_sets:
         evaluate_landmark_sets(args.run_dir, ["test", *cfg.eval.extra_sets], out_dir=args.out, overwrite=args.overwrite,

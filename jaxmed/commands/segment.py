@@ -106,8 +106,7 @@ def segment_command(image, checkpoint, out, *, center=None, n_starts: int = 4, o
     from jaxmed.data import load_image
     from jaxmed.data.structures import centroid_world, crop_volume
     from jaxmed.data.volume import Volume
-    from jaxmed.envs.registry import make
-    from jaxmed.runs import load_params
+    from jaxmed.runs import load_run
 
     image, out = Path(image), Path(out)
     if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
@@ -118,14 +117,9 @@ def segment_command(image, checkpoint, out, *, center=None, n_starts: int = 4, o
     centre = parse_center(center)
     if not image.exists():
         raise ImageError(f"{image}: no such file or directory")
-    section = run_env_section(checkpoint, ENV_NAMES, "`jaxmed segment` needs a threshold-seg-v0 or voxel-seg-v0 run "
-                                                     "(configs/seg/*.yaml)")
-    cfg, network, params = load_params(checkpoint)
-    options = {k: v for k, v in section.items() if k not in ex.ENV_KEYS}
-    env, env_params = make(section["name"], **options)
-    env_params = env.eval_params(env_params)
-    if section.get("eval_max_steps") is not None:
-        env_params = env_params.replace(max_steps=int(section["eval_max_steps"]))
+    run_env_section(checkpoint, ENV_NAMES, "`jaxmed segment` needs a threshold-seg-v0 or voxel-seg-v0 run (configs/seg/*.yaml)")
+    exp, params = load_run(checkpoint)  # the env's evaluation params: eval_max_steps applied
+    cfg, network, env, env_params = exp.cfg, exp.network, exp.env, exp.eval_params
     native = _native_grid(image)
     volume = load_image(image, normalise=False)  # the crop is normalised (like the training crops), not the image
     atlas = None
