@@ -39,7 +39,8 @@ SETS = ("colin27", "mni-t2w", "afids")
 
 
 def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensemble: bool = False, shape: bool = False,
-             n_starts: int = 27, intensity_scales=None, split_starts=None, level_step_limit=None) -> dict:
+             n_starts: int = 27, intensity_scales=None, split_starts=None, level_step_limit=None, start_from: str = "grid",
+             start_radius_mm: float = 8.0) -> dict:
     """Evaluate every seed of ``run_dir`` on ``sets`` (or, with ``ensemble``, one detector pooling
     every seed's end points); JSON-able results. ``shape``: also score the same answers after the
     affine shape check (:func:`jaxmed.shape_model.check_shape` against the template's landmarks, as
@@ -47,7 +48,8 @@ def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensem
     (``jaxmed detect --intensity-scales``; default the run's ``eval.intensity_scales``), ``split_starts``
     the copies sharing the starts (``jaxmed detect --split-starts``; default the run's ``eval.split_starts``),
     ``level_step_limit`` the moves at one search level before an agent moves on (``jaxmed detect
-    --level-step-limit``; default the run's ``eval.level_step_limit``)."""
+    --level-step-limit``; default the run's ``eval.level_step_limit``), ``start_from`` / ``start_radius_mm``
+    where the agents start (``jaxmed detect --start-from``, ``--start-radius``)."""
     from jaxmed.detect import LandmarkDetector
     from jaxmed.evaluation import evaluate_landmark_set, resolve_set
     from jaxmed.shape_model import check_shape
@@ -58,15 +60,18 @@ def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensem
     if ensemble:
         detectors = [LandmarkDetector(cfg, network, members, aggregate=aggregate, n_starts=n_starts, where=str(run_dir),
                                       intensity_scales=intensity_scales, split_starts=split_starts,
-                                      level_step_limit=level_step_limit)]
+                                      level_step_limit=level_step_limit, start_from=start_from,
+                                      start_radius_mm=start_radius_mm)]
     else:
         detectors = [LandmarkDetector(cfg, network, m, aggregate=aggregate, n_starts=n_starts, where=str(run_dir),
                                       intensity_scales=intensity_scales, split_starts=split_starts,
-                                      level_step_limit=level_step_limit) for m in members]
+                                      level_step_limit=level_step_limit, start_from=start_from,
+                                      start_radius_mm=start_radius_mm) for m in members]
     out = {"run": str(run_dir), "config": cfg.to_dict(), "seeds": len(detectors), "aggregate": aggregate, "sets": {},
            "ensemble_of_seeds": cfg.train.seeds if ensemble else 1, "shape": "affine" if shape else "none",
            "starts": n_starts, "intensity_scales": list(detectors[0].intensity_scales),
-           "split_starts": detectors[0].split_starts, "level_step_limit": detectors[0].level_step_limit}
+           "split_starts": detectors[0].split_starts, "level_step_limit": detectors[0].level_step_limit,
+           "start_from": start_from, "start_radius_mm": start_radius_mm if start_from == "registration" else None}
     labels = detectors[0].labels
     for spec in sets:
         log(f"{spec}: building the subjects")
@@ -175,7 +180,9 @@ def markdown(result: dict) -> str:
               f"aggregate `{result['aggregate']}`, {result.get('starts', 27)} starts per agent"
               + (f", intensity scales {result['intensity_scales']}" if len(result.get('intensity_scales', [1.0])) > 1 else "")
               + (" sharing the starts" if result.get("split_starts") and len(result.get("intensity_scales", [1.0])) > 1 else "")
-              + (f", at most {result['level_step_limit']} moves per search level" if result.get("level_step_limit") else "") + "); "
+              + (f", at most {result['level_step_limit']} moves per search level" if result.get("level_step_limit") else "")
+              + (f", starts within {result['start_radius_mm']:g} mm of the affine-registered template landmarks"
+                 if result.get("start_from") == "registration" else "") + "); "
               f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {str(m.get('date', ''))[:16]}, "
               f"commit {m.get('git_commit', '?')}; training {result.get('train_seconds', float('nan')):.0f} s.\n"
               f"Command: `{result.get('command', '')}`\n")
@@ -199,7 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-registration", action="store_true", help="skip the affine registration baseline")
     p.add_argument("--ensemble", action="store_true", help="one detector pooling every seed's end points (several agents per landmark)")
     p.add_argument("--starts", type=int, default=27, help="start points per agent and subject (27: the 3x3x3 grid; default %(default)s)")
-    add_detection_options(p)  # --intensity-scales, --split-starts, --level-step-limit, as jaxmed detect takes them
+    add_detection_options(p)  # --intensity-scales, --split-starts, --level-step-limit, --start-from, as jaxmed detect takes them
     p.add_argument("--shape", action="store_true", help="also score the answers after the affine shape check (jaxmed detect "
                    "--shape affine; a model of >= 8 landmarks): one more row per set")
     p.add_argument("--out", type=Path, default=RESULTS / "real_anatomy.json")
@@ -238,7 +245,8 @@ def main(argv=None) -> int:
             train_s = json.loads(summary_file.read_text()).get("train_wall_s")
     result = evaluate(Path(run_dir), args.sets, not args.no_registration, args.aggregate, log, ensemble=args.ensemble,
                       shape=args.shape, n_starts=args.starts, intensity_scales=args.intensity_scales,
-                      split_starts=args.split_starts, level_step_limit=args.level_step_limit)
+                      split_starts=args.split_starts, level_step_limit=args.level_step_limit, start_from=args.start_from,
+                      start_radius_mm=args.start_radius)
     result["train_seconds"] = train_s if train_s is not None else float("nan")
     result["summary"] = summary(result)
     write_result(args.out, result, markdown, argv)

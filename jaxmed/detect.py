@@ -29,6 +29,23 @@ AGGREGATES = inference.AGGREGATES
 #: Shape checks of the answers (:mod:`jaxmed.shape_model`): ``none``, or ``affine`` (a robust affine fit
 #: of the template's landmarks finds answers that disagree with all the others and mends them).
 SHAPES = ("none", "affine")
+#: Where the agents start: ``grid`` (the env's evaluation starts: the 3x3x3 grid for 27, else random
+#: points of the volume) or ``registration`` (each agent near its landmark's template position carried
+#: to the image by the 12-dof affine registration baseline, :func:`registration_offsets`).
+START_FROM = ("grid", "registration")
+
+
+def registration_offsets(n_starts: int, radius_mm: float, seed: int = 0) -> np.ndarray:
+    """``(n_starts, 3)`` float64 mm: start 0 at the registered point itself, the others drawn once
+    (``seed``) uniformly in the ball of ``radius_mm`` around it; the same offsets for every image and
+    every agent, so an image's starts do not depend on the images it is detected with."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=(n_starts, 3))
+    direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-12)
+    radius = float(radius_mm) * rng.uniform(size=(n_starts, 1)) ** (1.0 / 3.0)
+    offsets = direction * radius
+    offsets[0] = 0.0
+    return offsets
 
 
 def robust_mean(points: np.ndarray, method: str = "median", trim: float = 0.2) -> np.ndarray:
@@ -75,18 +92,30 @@ class LandmarkDetector:
         default: the run's ``eval.level_step_limit``, else the env's own).
       experiment: the run's built :class:`~jaxmed.experiment.Experiment` (its env and evaluation
         parameters are used); ``None``: the env is made from ``cfg``.
+      start_from: :data:`START_FROM`. ``registration`` registers the run's template to every image
+        (:data:`jaxmed.registration_baseline.AFFINE_LANDMARK` at the run's spacing) and starts each
+        agent at its landmark's carried position and ``n_starts - 1`` points within
+        ``start_radius_mm`` of it (:func:`registration_offsets`); the registration's time counts in
+        the detection time (its first run per image size, which compiles it, in
+        :attr:`compile_seconds`).
+      start_radius_mm: the radius of those starts, mm.
     """
 
     def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int | None = None,
                  aggregate: str = "median", seed: int = 0, where: str = "run", shape: str = "none",
                  intensity_scales: Sequence[float] | None = None, split_starts: bool | None = None,
-                 level_step_limit: int | None = None, experiment: ex.Experiment | None = None):
+                 level_step_limit: int | None = None, experiment: ex.Experiment | None = None, start_from: str = "grid",
+                 start_radius_mm: float = 8.0):
         from jaxmed.runs import make_policy_rollout
 
         if aggregate not in AGGREGATES:
             raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
         if shape not in SHAPES:
             raise ConfigError(f"unknown shape check {shape!r}; choose one of {', '.join(SHAPES)}")
+        if start_from not in START_FROM:
+            raise ConfigError(f"unknown start_from {start_from!r}; choose one of {', '.join(START_FROM)}")
+        if not np.isfinite(start_radius_mm) or start_radius_mm < 0:
+            raise ConfigError(f"start_radius_mm must be a finite number >= 0, got {start_radius_mm}")
         n_starts = cfg.eval_starts if n_starts is None else n_starts
         if n_starts < 1:
             raise ConfigError(f"n_starts must be >= 1, got {n_starts}")
@@ -116,6 +145,9 @@ class LandmarkDetector:
         if self.split_starts:
             deal_starts(self.n_starts, len(self.intensity_scales))  # refuses too few starts now
         self.shape_template = self._shape_template(where) if shape != "none" else None
+        self.start_from, self.start_radius_mm = start_from, float(start_radius_mm)
+        self._registration = self._registration_reference(where) if start_from == "registration" else None
+        self._registration_warm: set = set()
         self._rollout = make_policy_rollout(cfg, self.env, self.eval_params, network)
         self._compiled: dict = {}
         self.compilations = 0
@@ -136,6 +168,58 @@ class LandmarkDetector:
         if missing:
             raise ConfigError(f"{where}: the template has no {', '.join(missing)} for the shape check")
         return reference[1].select(self.trained)
+
+    def _registration_reference(self, where: str):
+        """``(template volume conformed to the run's spacing, (A, 3) world mm of every agent's
+        landmark in it)`` for registration starts; clear errors when the run cannot have them."""
+        from jaxmed.data import conform
+
+        reference = ex.template(self.cfg.data)
+        if reference is None:
+            raise ConfigError(f"{where}: data.source {self.cfg.data.source} has no template to register for start_from=registration")
+        volume, landmarks = reference
+        missing = sorted({t for t in self.targets if t not in landmarks.labels})
+        if missing:
+            raise ConfigError(f"{where}: the template has no {', '.join(missing)} to start from")
+        if not hasattr(self.env, "states_at"):
+            raise ConfigError(f"{where}: a {self.cfg.env_name} run cannot be started at given points (start_from=registration)")
+        points = landmarks.positions[[landmarks.labels.index(t) for t in self.targets]]
+        return conform(volume, self.cfg.data.spacing), points
+
+    def registered_targets(self, volumes) -> tuple[np.ndarray, float]:
+        """``(points (V, A, 3) world RAS mm, seconds)``: every agent's landmark carried from the template
+        to each conformed volume by the affine registration baseline, and the wall time of those
+        registrations (a first, untimed run per padded image size compiles; its time goes to
+        :attr:`compile_seconds`)."""
+        from jaxmed.registration_baseline import AFFINE_LANDMARK, transfer_landmarks
+
+        template, points = self._registration
+        out, seconds = [], 0.0
+        for v in volumes:
+            pad = tuple(int(-(-max(a, b) // 16) * 16) for a, b in zip(v.shape, template.shape))  # shared compilations
+            if pad not in self._registration_warm:
+                t0 = time.perf_counter()
+                transfer_landmarks(template, points, v, AFFINE_LANDMARK, pad_to=pad)
+                self.compile_seconds += time.perf_counter() - t0
+                self._registration_warm.add(pad)
+            carried, res = transfer_landmarks(template, points, v, AFFINE_LANDMARK, pad_to=pad)
+            out.append(carried)
+            seconds += res.seconds
+        return np.asarray(out, np.float64), seconds
+
+    def start_states(self, bank, carried: np.ndarray | None = None):
+        """The rollout's start states for ``bank``: the env's evaluation starts, or with ``carried``
+        (``(V, A, 3)`` world mm, :meth:`registered_targets`) :attr:`n_starts` starts per volume around
+        each agent's carried point (:func:`registration_offsets`), volume-major like the env's."""
+        if carried is None:
+            return self.env.eval_states(self.eval_params, bank, self.n_starts, seed=self.seed)
+        n_vol = bank.n_volumes
+        offsets = registration_offsets(self.n_starts, self.start_radius_mm, self.seed)  # (S, 3)
+        world = carried[:, None, :, :] + offsets[None, :, None, :]  # (V, S, A, 3)
+        inv = np.linalg.inv(np.asarray(bank.affines[0], np.float64)[:n_vol])  # level-0 world -> voxel
+        vox = np.einsum("vij,vsaj->vsai", inv[:, :3, :3], world) + inv[:, None, None, :3, 3]
+        starts = np.rint(vox).reshape(n_vol * self.n_starts, *carried.shape[1:]).astype(np.int32)
+        return self.env.states_at(bank, np.repeat(np.arange(n_vol, dtype=np.int32), self.n_starts), starts)
 
     def bank(self, volumes, landmarks=None, full_scale: float | None = None):
         """A bucketed detection bank of conformed ``volumes``; ``landmarks`` (one per volume, with the
@@ -172,7 +256,8 @@ class LandmarkDetector:
         """``(world, volume_index, seconds)``: every ensemble member's sub-voxel end points
         (:func:`jaxmed.inference.end_points`, the centre of each agent's final oscillation) in world
         RAS mm, ``(R, A, 3)`` float64, the index into ``volumes`` of each row ``(R,)``, and the wall
-        time of the compiled rollouts (compilation excluded). Rows come intensity copy after copy,
+        time of the compiled rollouts (compilation excluded; with :attr:`start_from` ``registration`` the
+        registrations too). Rows come intensity copy after copy,
         member after member within one; a copy has a row per start of every volume, or with
         :attr:`split_starts` only the starts :func:`deal_starts` gives it (``R = M * E`` then, ``E`` =
         starts of all volumes, else ``R = C * M * E``). The :attr:`intensity_scales` copies run one
@@ -185,9 +270,12 @@ class LandmarkDetector:
         full_scale = self.cfg.data.intensity_ceiling or max(float(np.max(v.data)) for v in volumes) or 1.0
         scales = self.intensity_scales if intensity_scales is None else ex.check_intensity_scales(intensity_scales, "intensity_scales")
         dealt = deal_starts(self.n_starts, len(scales)) if self.split_starts else None
+        carried = None
+        if self._registration is not None:
+            carried, seconds = self.registered_targets(volumes)
         for c, scale in enumerate(scales):
             bank = self.bank(scaled_copies(volumes, [scale]), landmarks, full_scale=full_scale)
-            states = self.env.eval_states(self.eval_params, bank, self.n_starts, seed=self.seed)
+            states = self.start_states(bank, carried)
             if dealt is not None:  # rows are volume-major: row r is start r % n_starts of its volume
                 rows = np.flatnonzero(np.tile(dealt == c, bank.n_volumes))
                 states = jax.tree.map(lambda x: x[rows], states)
@@ -280,18 +368,15 @@ def read_conformed(image, spacing: float):
         raise ImageError(f"{image}: cannot read this image ({type(err).__name__}: {err})") from None
 
 
-def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, n_starts: int | None = None,
-           aggregate: str = "median", seed: int = 0, shape: str = "none", intensity_scales: Sequence[float] | None = None,
-           split_starts: bool | None = None, level_step_limit: int | None = None):
-    """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass
-    (``intensity_scales``, ``split_starts``, ``level_step_limit``: :class:`LandmarkDetector`).
+def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, **options):
+    """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass; ``options`` are
+    :class:`LandmarkDetector`'s keywords (``n_starts``, ``aggregate``, ``seed``, ``shape``,
+    ``intensity_scales``, ``split_starts``, ``level_step_limit``, ``start_from``, ``start_radius_mm``).
 
     Returns :class:`jaxmed.data.Landmarks` in world RAS mm. For many images use
     :class:`LandmarkDetector` (one compilation) or :func:`detect_files`.
     """
-    det = LandmarkDetector.from_run(run_dir, labels=labels, n_starts=n_starts, aggregate=aggregate, seed=seed, shape=shape,
-                                    intensity_scales=intensity_scales, split_starts=split_starts,
-                                    level_step_limit=level_step_limit)
+    det = LandmarkDetector.from_run(run_dir, labels=labels, **options)
     volume = read_conformed(image, det.cfg.data.spacing)
     answers, _ = det.find([volume], sources=[f"jaxmed detect {image}"])
     return answers[0]

@@ -373,3 +373,49 @@ def test_level_step_limit_ends_searches_that_never_oscillate(tmp_path, capsys):
     assert main(["detect", str(images[0]), "--checkpoint", str(run), "-o", str(tmp_path / "b.fcsv"),
                  "--level-step-limit", "-1"]) == 2
     assert "level_step_limit" in capsys.readouterr().err and not (tmp_path / "b.fcsv").exists()
+
+
+def test_registration_starts_follow_the_image_and_do_not_depend_on_the_batch(tmp_path):
+    """start_from=registration: the template's landmarks carried to each image by the affine baseline
+    (an image shifted in the world carries them shifted alike), every start within the radius of
+    them, an image's answer the same alone or beside another; clear errors for bad options."""
+    from jaxmed.data import conform, load_image
+    from jaxmed.detect import registration_offsets
+    from jaxmed.experiment import template
+
+    offsets = registration_offsets(9, 6.0, seed=3)
+    assert offsets.shape == (9, 3) and np.all(offsets[0] == 0) and np.all(np.linalg.norm(offsets, axis=1) <= 6.0 + 1e-9)
+    assert np.array_equal(offsets, registration_offsets(9, 6.0, seed=3)) and not np.allclose(offsets, registration_offsets(9, 6.0, seed=4))
+
+    run = tmp_path / "run"
+    cfg = untrained_run(run)
+    vol, lm = template(cfg.data)
+    tpl_image = save_nifti(vol, tmp_path / "tpl.nii.gz")
+    shifted = np.array(vol.affine, np.float64)
+    shifted[:3, 3] += [6.0, -4.0, 2.0]
+    moved_image = save_nifti(Volume(vol.data, shifted), tmp_path / "moved.nii.gz")
+    det = LandmarkDetector.from_run(run, n_starts=5, start_from="registration", start_radius_mm=4.0)
+    volumes = [conform(load_image(p), cfg.data.spacing) for p in (tpl_image, moved_image)]
+    carried, seconds = det.registered_targets(volumes)
+    truth = lm.positions[[lm.labels.index(t) for t in det.targets]]
+    assert carried.shape == (2, len(det.targets), 3) and seconds > 0
+    np.testing.assert_allclose(carried[0], truth, atol=cfg.data.spacing)  # the template onto itself
+    np.testing.assert_allclose(carried[1] - carried[0], np.broadcast_to([6.0, -4.0, 2.0], carried[0].shape), atol=cfg.data.spacing)
+    bank = det.bank(volumes)
+    states = det.start_states(bank, carried)
+    pos = np.asarray(states.pos).reshape(2, 5, len(det.targets), 3)  # volume-major, then starts
+    world = np.einsum("ij,vsaj->vsai", np.asarray(bank.affines[0][0])[:3, :3], pos) + np.asarray(bank.affines[0][0])[:3, 3]
+    world[1] += [6.0, -4.0, 2.0]  # volume 1's voxels in its own (shifted) world
+    dist = np.linalg.norm(world - carried[:, None], axis=-1)
+    assert np.all(dist <= 4.0 + np.sqrt(3) * cfg.data.spacing / 2 + 1e-6)  # within the radius, up to rounding to a voxel
+    assert np.all(dist[:, 0] <= np.sqrt(3) * cfg.data.spacing / 2 + 1e-6)  # start 0 on the registered point
+    both, _ = det.find(volumes)
+    alone, _ = det.find(volumes[1:])
+    np.testing.assert_allclose(both[1].positions, alone[0].positions, atol=1e-6)
+    with pytest.raises(ConfigError, match="start_from"):
+        LandmarkDetector.from_run(run, start_from="atlas")
+    with pytest.raises(ConfigError, match="start_radius_mm"):
+        LandmarkDetector.from_run(run, start_from="registration", start_radius_mm=-1.0)
+    assert main(["detect", str(tpl_image), "--checkpoint", str(run), "-o", str(tmp_path / "a.fcsv"), "--starts", "3",
+                 "--start-from", "registration", "--start-radius", "2"]) == 0
+    assert read_landmarks(tmp_path / "a.fcsv").labels == det.labels

@@ -57,9 +57,12 @@ def run_dir(args, suffix: str = "") -> Path:
 
 def add_detection_options(p) -> None:
     """The test-time options of landmark detection that ``jaxmed detect`` and ``jaxmed evaluate`` share
-    (:class:`jaxmed.detect.LandmarkDetector`), each defaulting to the run's ``eval`` section:
-    ``--intensity-scales``, ``--split-starts`` and ``--level-step-limit``."""
+    (:class:`jaxmed.detect.LandmarkDetector`; :func:`detection_options` reads them back):
+    ``--intensity-scales``, ``--split-starts`` and ``--level-step-limit``, each defaulting to the run's
+    ``eval`` section, and ``--start-from`` / ``--start-radius``."""
     import argparse
+
+    from jaxmed.detect import START_FROM
 
     p.add_argument("--intensity-scales", type=float, nargs="+", metavar="S",
                    help="landmark runs: test-time intensity augmentation, each image also run with its intensities "
@@ -72,3 +75,16 @@ def add_detection_options(p) -> None:
                    help="an agent that has made N moves at one search level without oscillating moves on to the "
                         "finer level (or ends at the finest); 0: no limit (default: the run's eval.level_step_limit, "
                         "else as in training)")
+    p.add_argument("--start-from", choices=START_FROM, default="grid",
+                   help="landmark runs: where the agents start: grid (the run's evaluation starts) or registration "
+                        "(near each landmark's template position carried to the image by an affine registration; "
+                        "the registration's seconds count in the detection time; default %(default)s)")
+    p.add_argument("--start-radius", type=float, default=8.0, metavar="MM",
+                   help="with --start-from registration: the other starts lie within MM of the registered point "
+                        "(default %(default)s)")
+
+
+def detection_options(args) -> dict:
+    """The :func:`add_detection_options` of parsed ``args`` as :class:`jaxmed.detect.LandmarkDetector` keywords."""
+    return {"intensity_scales": args.intensity_scales, "split_starts": args.split_starts,
+            "level_step_limit": args.level_step_limit, "start_from": args.start_from, "start_radius_mm": args.start_radius}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmed.commands import add_detection_options
+from jaxmed.commands import add_detection_options, detection_options
 
 FORMATS = (".fcsv", ".mrk.json", ".csv", ".json")
 
@@ -35,8 +35,7 @@ def _single(args, image) -> int:
                             aggregate=args.aggregate)
     else:
         found = detect(args.checkpoint, image, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate,
-                       shape=args.shape, intensity_scales=args.intensity_scales, split_starts=args.split_starts,
-                       level_step_limit=args.level_step_limit)
+                       shape=args.shape, **detection_options(args))
     print(write_landmarks(found, args.out, overwrite=args.overwrite))
     for label, p in zip(found.labels, found.positions):
         print(f"{label}: {np.round(p, 2).tolist()} mm (RAS)")
@@ -54,8 +53,7 @@ def _batch(args, images) -> int:
         raise ConfigError(f"{out}: with several images -o must be a directory (one landmark file per image is written there)")
     t0 = time.perf_counter()
     detector = LandmarkDetector.from_run(args.checkpoint, labels=args.labels, n_starts=args.starts, aggregate=args.aggregate,
-                                         ensemble=args.ensemble, shape=args.shape, intensity_scales=args.intensity_scales,
-                                         split_starts=args.split_starts, level_step_limit=args.level_step_limit)
+                                         ensemble=args.ensemble, shape=args.shape, **detection_options(args))
     load_s = time.perf_counter() - t0
 
     def report(image, result, seconds):

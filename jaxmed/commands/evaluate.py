@@ -17,20 +17,19 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from jaxmed.commands import add_detection_options
+from jaxmed.commands import add_detection_options, detection_options
 
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_starts=None, aggregate="median",
-                           registration=True, seeds=False, shape="none", intensity_scales=None, split_starts=None,
-                           level_step_limit=None) -> list:
+def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, registration=True, seeds=False,
+                           **options) -> list:
     """Evaluate a landmark run directory on each ``--data`` spec; returns the results (seed 0, or
     every seed of a multi-seed run with ``seeds``) and prints their tables and a summary
-    (``intensity_scales``, ``split_starts``, ``level_step_limit``: :class:`jaxmed.detect.LandmarkDetector`,
-    default the run's own)."""
+    (``options``: :class:`jaxmed.detect.LandmarkDetector`'s keywords, e.g. ``n_starts``, ``aggregate``,
+    ``shape``, ``intensity_scales``; each defaults to the run's own)."""
     from jaxmed.detect import LandmarkDetector
     from jaxmed.evaluation import evaluate_sets, summary_table
     from jaxmed.runs import load_run, seed_params
@@ -41,9 +40,8 @@ def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, n_s
     members = range(cfg.train.seeds) if seeds else [0]
     results = []
     for seed in members:
-        detector = LandmarkDetector(cfg, exp.network, seed_params(cfg, params, seed), n_starts=n_starts, aggregate=aggregate,
-                                    seed=cfg.train.seed, where=str(run_dir), shape=shape, intensity_scales=intensity_scales,
-                                    split_starts=split_starts, level_step_limit=level_step_limit, experiment=exp)
+        detector = LandmarkDetector(cfg, exp.network, seed_params(cfg, params, seed), seed=cfg.train.seed, where=str(run_dir),
+                                    experiment=exp, **options)
         target = out / f"seed{seed}" if seeds and cfg.train.seeds > 1 else out
         res = evaluate_sets(detector, specs, out_dir=target, overwrite=overwrite, registration=registration, progress=_progress)
         for r in res:
@@ -67,10 +65,9 @@ def _run(args) -> int:
                                        registration=not args.no_registration, seeds=args.seeds, progress=_progress):
                 print(r["table"])
             return 0
-        evaluate_landmark_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite, n_starts=args.starts,
-                               aggregate=args.aggregate, registration=not args.no_registration, seeds=args.seeds,
-                               shape=args.shape, intensity_scales=args.intensity_scales, split_starts=args.split_starts,
-                               level_step_limit=args.level_step_limit)
+        evaluate_landmark_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite,
+                               registration=not args.no_registration, seeds=args.seeds, n_starts=args.starts,
+                               aggregate=args.aggregate, shape=args.shape, **detection_options(args))
         return 0
     exp, params = load_run(args.run_dir)
     cfg = exp.cfg
@@ -84,10 +81,8 @@ def _run(args) -> int:
     print(ev["table"])
     if cfg.eval.extra_sets:
         evaluate_landmark_sets(args.run_dir, ["test", *cfg.eval.extra_sets], out_dir=args.out, overwrite=args.overwrite,
-                               n_starts=args.starts, aggregate=args.aggregate,
-                               registration=cfg.eval.registration and not args.no_registration,
-                               intensity_scales=args.intensity_scales, split_starts=args.split_starts,
-                               level_step_limit=args.level_step_limit)
+                               registration=cfg.eval.registration and not args.no_registration, n_starts=args.starts,
+                               aggregate=args.aggregate, **detection_options(args))
     return 0
 
 
