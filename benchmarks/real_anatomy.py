@@ -39,39 +39,30 @@ SETS = ("colin27", "mni-t2w", "afids")
 
 
 def evaluate(run_dir: Path, sets, registration: bool, aggregate: str, log, ensemble: bool = False, shape: bool = False,
-             n_starts: int = 27, intensity_scales=None, split_starts=None, level_step_limit=None, start_from: str = "grid",
-             start_radius_mm: float = 8.0) -> dict:
+             n_starts: int = 27, **options) -> dict:
     """Evaluate every seed of ``run_dir`` on ``sets`` (or, with ``ensemble``, one detector pooling
     every seed's end points); JSON-able results. ``shape``: also score the same answers after the
     affine shape check (:func:`jaxmed.shape_model.check_shape` against the template's landmarks, as
-    ``jaxmed detect --shape affine`` answers). ``intensity_scales``: test-time intensity augmentation
-    (``jaxmed detect --intensity-scales``; default the run's ``eval.intensity_scales``), ``split_starts``
-    the copies sharing the starts (``jaxmed detect --split-starts``; default the run's ``eval.split_starts``),
-    ``level_step_limit`` the moves at one search level before an agent moves on (``jaxmed detect
-    --level-step-limit``; default the run's ``eval.level_step_limit``), ``start_from`` / ``start_radius_mm``
-    where the agents start (``jaxmed detect --start-from``, ``--start-radius``)."""
+    ``jaxmed detect --shape affine`` answers). ``options``: the test-time detection options
+    (:func:`jaxmed.commands.detection_options`: ``intensity_scales``, ``split_starts``,
+    ``level_step_limit``, ``start_from``, ``start_radius_mm``; each as ``jaxmed detect`` takes it,
+    defaulting to the run's ``eval`` section)."""
     from jaxmed.detect import LandmarkDetector
     from jaxmed.evaluation import evaluate_landmark_set, resolve_set
+    from jaxmed.runs import load_run, seed_params
     from jaxmed.shape_model import check_shape
-    from jaxmed.train import load_params, seed_params
 
-    cfg, network, params = load_params(run_dir)
+    exp, params = load_run(run_dir)
+    cfg = exp.cfg
     members = [seed_params(cfg, params, s) for s in range(cfg.train.seeds)]
-    if ensemble:
-        detectors = [LandmarkDetector(cfg, network, members, aggregate=aggregate, n_starts=n_starts, where=str(run_dir),
-                                      intensity_scales=intensity_scales, split_starts=split_starts,
-                                      level_step_limit=level_step_limit, start_from=start_from,
-                                      start_radius_mm=start_radius_mm)]
-    else:
-        detectors = [LandmarkDetector(cfg, network, m, aggregate=aggregate, n_starts=n_starts, where=str(run_dir),
-                                      intensity_scales=intensity_scales, split_starts=split_starts,
-                                      level_step_limit=level_step_limit, start_from=start_from,
-                                      start_radius_mm=start_radius_mm) for m in members]
+    detectors = [LandmarkDetector(cfg, exp.network, m, aggregate=aggregate, n_starts=n_starts, where=str(run_dir),
+                                  experiment=exp, **options) for m in ([members] if ensemble else members)]
+    d = detectors[0]
     out = {"run": str(run_dir), "config": cfg.to_dict(), "seeds": len(detectors), "aggregate": aggregate, "sets": {},
            "ensemble_of_seeds": cfg.train.seeds if ensemble else 1, "shape": "affine" if shape else "none",
-           "starts": n_starts, "intensity_scales": list(detectors[0].intensity_scales),
-           "split_starts": detectors[0].split_starts, "level_step_limit": detectors[0].level_step_limit,
-           "start_from": start_from, "start_radius_mm": start_radius_mm if start_from == "registration" else None}
+           "starts": n_starts, "intensity_scales": list(d.intensity_scales),
+           "split_starts": d.split_starts, "level_step_limit": d.level_step_limit,
+           "start_from": d.start_from, "start_radius_mm": d.start_radius_mm if d.start_from == "registration" else None}
     labels = detectors[0].labels
     for spec in sets:
         log(f"{spec}: building the subjects")
@@ -190,7 +181,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from jaxmed.commands import add_detection_options
+    from jaxmed.commands import add_detection_options, detection_options
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group(required=True)
@@ -244,9 +235,7 @@ def main(argv=None) -> int:
         if summary_file.exists():
             train_s = json.loads(summary_file.read_text()).get("train_wall_s")
     result = evaluate(Path(run_dir), args.sets, not args.no_registration, args.aggregate, log, ensemble=args.ensemble,
-                      shape=args.shape, n_starts=args.starts, intensity_scales=args.intensity_scales,
-                      split_starts=args.split_starts, level_step_limit=args.level_step_limit, start_from=args.start_from,
-                      start_radius_mm=args.start_radius)
+                      shape=args.shape, n_starts=args.starts, **detection_options(args))
     result["train_seconds"] = train_s if train_s is not None else float("nan")
     result["summary"] = summary(result)
     write_result(args.out, result, markdown, argv)
