@@ -161,26 +161,25 @@ class LandmarkDetector:
         if len(self.trained) < MIN_LANDMARKS:
             raise ConfigError(f"{where}: the shape check needs a model of at least {MIN_LANDMARKS} landmarks; "
                               f"this one answers {len(self.trained)} ({', '.join(self.trained)})")
+        return self._template_having(self.trained, where, "for the shape check")[1].select(self.trained)
+
+    def _template_having(self, labels: Sequence[str], where: str, purpose: str):
+        """``(Volume, Landmarks)`` of the run's template (:func:`jaxmed.experiment.template`), which must
+        hold every one of ``labels``; :class:`ConfigError` naming ``where`` and ``purpose`` otherwise."""
         reference = ex.template(self.cfg.data)
         if reference is None:
-            raise ConfigError(f"{where}: data.source {self.cfg.data.source} has no template for the shape check")
-        missing = [l for l in self.trained if l not in reference[1].labels]
+            raise ConfigError(f"{where}: data.source {self.cfg.data.source} has no template {purpose}")
+        missing = sorted({l for l in labels if l not in reference[1].labels})
         if missing:
-            raise ConfigError(f"{where}: the template has no {', '.join(missing)} for the shape check")
-        return reference[1].select(self.trained)
+            raise ConfigError(f"{where}: the template has no {', '.join(missing)} {purpose}")
+        return reference
 
     def _registration_reference(self, where: str):
         """``(template volume conformed to the run's spacing, (A, 3) world mm of every agent's
         landmark in it)`` for registration starts; clear errors when the run cannot have them."""
         from jaxmed.data import conform
 
-        reference = ex.template(self.cfg.data)
-        if reference is None:
-            raise ConfigError(f"{where}: data.source {self.cfg.data.source} has no template to register for start_from=registration")
-        volume, landmarks = reference
-        missing = sorted({t for t in self.targets if t not in landmarks.labels})
-        if missing:
-            raise ConfigError(f"{where}: the template has no {', '.join(missing)} to start from")
+        volume, landmarks = self._template_having(self.targets, where, "for start_from=registration")
         if not hasattr(self.env, "states_at"):
             raise ConfigError(f"{where}: a {self.cfg.env_name} run cannot be started at given points (start_from=registration)")
         points = landmarks.positions[[landmarks.labels.index(t) for t in self.targets]]
