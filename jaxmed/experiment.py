@@ -45,6 +45,9 @@ class TrainSection:
     # > 0: every this many chunks the training bank is rebuilt from fresh augmented / synthesised
     # subjects (the source's epoch k = chunk // refresh_every), padded to the same shape (no recompile)
     refresh_every: int = 0
+    # > 0: the saved network is the mean of the network snapshots taken at every checkpoint from this
+    # chunk on (stochastic weight averaging; the snapshots are kept in RUN/snapshots/); 0: the last parameters
+    average_from: int = 0
 
     def __post_init__(self):
         from jaxmed.agents import learners
@@ -52,6 +55,9 @@ class TrainSection:
         learners.spec(self.learner)
         if self.refresh_every < 0:
             raise ConfigError(f"train.refresh_every must be >= 0 (0: never), got {self.refresh_every}")
+        if not 0 <= self.average_from <= self.chunks:
+            raise ConfigError(f"train.average_from must be in [0, train.chunks={self.chunks}] (0: no averaging), "
+                              f"got {self.average_from}")
         if self.seeds < 1 or self.devices < 1 or self.chunks < 1 or self.checkpoint_every < 1:
             raise ConfigError("train.seeds, train.devices, train.chunks and train.checkpoint_every must be >= 1")
         if self.seeds > 1 and self.devices > 1:

@@ -1,5 +1,6 @@
 """A trained run directory as the commands read it: its config, its network and parameters
-(``network.msgpack``, with a leading seed axis for multi-seed runs) and the learner's greedy policy.
+(``network.msgpack``, with a leading seed axis for multi-seed runs), the late snapshots a weight-averaged
+run keeps (``snapshots/``) and the learner's greedy policy.
 
 Used by training (which writes it), evaluation, detection, the sweep and every command that takes
 ``--checkpoint RUN``; it imports only the experiment set-up below it.
@@ -20,12 +21,53 @@ from jaxmed.errors import ConfigError
 
 def save_network(run_dir: Path, params) -> None:
     """Write the network parameters alone (``network.msgpack``; with a leading seed axis when the run
-    trained several seeds), for evaluation and detection."""
+    trained several seeds), for evaluation and detection: the last parameters, or with
+    ``train.average_from`` the mean of the late snapshots (:func:`average_snapshots`)."""
+    _write_params(Path(run_dir) / "network.msgpack", params)
+
+
+def _write_params(path: Path, params) -> None:
+    """Write ``params`` to ``path`` atomically (a ``.part`` file renamed into place)."""
     from flax import serialization
 
-    tmp = run_dir / "network.msgpack.part"
+    tmp = path.with_name(path.name + ".part")
     tmp.write_bytes(serialization.to_bytes(jax.device_get(params)))
-    tmp.replace(run_dir / "network.msgpack")
+    tmp.replace(path)
+
+
+def snapshot_path(run_dir: Path, chunk: int) -> Path:
+    """Where :func:`save_snapshot` keeps the network of ``chunk``: ``RUN/snapshots/chunk_000120.msgpack``."""
+    return Path(run_dir) / "snapshots" / f"chunk_{int(chunk):06d}.msgpack"
+
+
+def save_snapshot(run_dir: Path, chunk: int, params) -> Path:
+    """Keep the network parameters of ``chunk`` (same layout as ``network.msgpack``) for weight averaging."""
+    path = snapshot_path(run_dir, chunk)
+    path.parent.mkdir(exist_ok=True)
+    _write_params(path, params)
+    return path
+
+
+def average_snapshots(run_dir: Path, first: int, last: int, like):
+    """``(mean, chunks)``: the element-wise mean of the snapshots saved at chunks ``first <= c <= last``
+    (stochastic weight averaging of late snapshots, Izmailov et al. 2018) and the chunks averaged.
+
+    ``like`` is a parameter tree of the saved layout (e.g. the current parameters); the mean is float32
+    like the parameters. Raises :class:`ConfigError` when no snapshot lies in the range.
+    """
+    from flax import serialization
+
+    folder = Path(run_dir) / "snapshots"
+    chunks = sorted(int(p.stem.split("_")[1]) for p in folder.glob("chunk_*.msgpack")) if folder.is_dir() else []
+    chunks = [c for c in chunks if first <= c <= last]
+    if not chunks:
+        raise ConfigError(f"{folder}: no network snapshot between chunks {first} and {last} to average")
+    like = jax.device_get(like)
+    total = jax.tree.map(lambda x: np.zeros(np.shape(x), np.float64), like)
+    for c in chunks:
+        snap = serialization.from_bytes(like, snapshot_path(run_dir, c).read_bytes())
+        total = jax.tree.map(lambda t, x: t + np.asarray(x, np.float64), total, snap)
+    return jax.tree.map(lambda t, x: (t / len(chunks)).astype(np.asarray(x).dtype), total, like), chunks
 
 
 def load_run(run_dir: str | Path) -> tuple[ex.Experiment, object]:

@@ -25,7 +25,7 @@ import yaml
 from jaxmed import experiment as ex
 from jaxmed.errors import ConfigError, OverwriteError
 from jaxmed.run_evaluation import evaluate_extra_sets, evaluate_run
-from jaxmed.runs import load_params, save_network, seed_params  # noqa: F401  (re-exported)
+from jaxmed.runs import average_snapshots, load_params, save_network, save_snapshot, seed_params  # noqa: F401  (re-exported)
 
 # ------------------------------------------------------------------ checkpoints
 
@@ -127,7 +127,8 @@ def prepare_run_dir(run_dir: Path, cfg: ex.ExperimentConfig, *, resume: bool, ov
     if resume:
         if not cfg_path.exists():
             raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
-        old = yaml.safe_load(cfg_path.read_text())
+        # both through the typed config, so a key added with its default since the run began compares equal
+        old = ex.ExperimentConfig.from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path)).to_dict()
         new = cfg.to_dict()
         for d in (old, new):
             d["train"].pop("chunks", None)
@@ -193,6 +194,17 @@ def _first(tree, cfg: ex.ExperimentConfig):
     return jax.tree.map(lambda x: x[0], tree) if cfg.train.devices > 1 else tree
 
 
+def _network_to_save(run_dir: Path, cfg: ex.ExperimentConfig, chunk: int, params):
+    """``(params to save as network.msgpack, chunks averaged)`` at the checkpoint of ``chunk``: the
+    last parameters, or from ``train.average_from`` on the mean of the snapshots of chunks
+    ``average_from .. chunk`` (this chunk's snapshot written first)."""
+    first = cfg.train.average_from
+    if not first or chunk < first:
+        return params, []
+    save_snapshot(run_dir, chunk, params)
+    return average_snapshots(run_dir, first, chunk, params)
+
+
 def run_training(
     cfg: ex.ExperimentConfig,
     run_dir: str | Path,
@@ -223,6 +235,9 @@ def run_training(
     if resume and ckpt.latest() is not None:
         start = int(ckpt.latest())
         rs = ckpt.restore(start, rs)
+    network_params, averaged = _first(rs, cfg).params, []
+    if cfg.train.average_from and start >= cfg.train.average_from:  # resumed past the start of the average
+        network_params, averaged = average_snapshots(run_dir, cfg.train.average_from, start, network_params)
     log = MetricsLog(run_dir, resume_chunk=start)
     t0 -= log.wall_before  # a resumed run's wall times continue from the checkpoint's
     env_steps_per_chunk = cfg.learner.env_steps_per_chunk * cfg.train.devices  # per seed
@@ -248,7 +263,8 @@ def run_training(
             bar.set_postfix(shown)
             if (c + 1) % cfg.train.checkpoint_every == 0 or c + 1 == cfg.train.chunks:
                 ckpt.save(c + 1, rs)
-                save_network(run_dir, _first(rs, cfg).params)
+                network_params, averaged = _network_to_save(run_dir, cfg, c + 1, _first(rs, cfg).params)
+                save_network(run_dir, network_params)
             if on_chunk is not None:
                 on_chunk(c + 1, metrics)
     finally:
@@ -263,10 +279,12 @@ def run_training(
         summary["chunk_compilations"] = int(cache_size())
     if refresh is not None:
         summary["bank_epochs"] = refresh.epochs_built
-    if evaluate:
-        summary["evaluation"] = evaluate_run(exp, _first(rs, cfg).params, run_dir)
+    if averaged:
+        summary["network_averages_chunks"] = averaged
+    if evaluate:  # the saved network: the last parameters or the snapshots' mean
+        summary["evaluation"] = evaluate_run(exp, network_params, run_dir)
         if cfg.eval.extra_sets and env.landmark_targets:
-            summary["evaluation"].update(evaluate_extra_sets(exp, _first(rs, cfg).params, run_dir))
+            summary["evaluation"].update(evaluate_extra_sets(exp, network_params, run_dir))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

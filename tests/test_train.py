@@ -83,6 +83,11 @@ def test_run_dir_is_not_clobbered_and_resume_checks_config(tmp_path):
     other = dataclasses.replace(_cfg(chunks=2), env={**_cfg().env, "crop_size": 30})
     with pytest.raises(ConfigError, match=r"differs .*\['env'\]"):
         run_training(other, tmp_path / "r2", resume=True, progress=False, evaluate=False)
+    # a run written before a config key existed resumes: the key's default is what it trained with
+    saved = yaml.safe_load((tmp_path / "r2" / "config.yaml").read_text())
+    del saved["train"]["average_from"]
+    (tmp_path / "r2" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert run_training(_cfg(chunks=1), tmp_path / "r2", resume=True, progress=False, evaluate=False)["seeds"] == 1
 
 
 def test_cli_train_evaluate_detect(tmp_path, capsys):
@@ -320,6 +325,51 @@ def test_refresh_every_rebuilds_the_training_bank_without_retrace_and_resumes_ex
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ConfigError, match="refresh_every"):
         _cfg(refresh_every=-1)
+
+
+def test_weight_averaging_saves_the_mean_of_late_snapshots_and_resumes_exactly(tmp_path, monkeypatch):
+    from flax import serialization
+
+    import jaxmed.train as train_module
+
+    cfg = _cfg(chunks=3, checkpoint_every=1, average_from=2)
+    evaluated = []
+    monkeypatch.setattr(train_module, "evaluate_run", lambda exp, params, run_dir: evaluated.append(params) or {})
+    summary = run_training(cfg, tmp_path / "full", progress=False)
+    names = sorted(p.name for p in (tmp_path / "full" / "snapshots").iterdir())
+    assert names == ["chunk_000002.msgpack", "chunk_000003.msgpack"]  # from average_from on
+    assert summary["network_averages_chunks"] == [2, 3]
+    _, _, saved = load_params(tmp_path / "full")
+    snaps = [serialization.from_bytes(saved, (tmp_path / "full" / "snapshots" / n).read_bytes()) for n in names]
+    leaves = [[np.asarray(x) for x in jax.tree.leaves(t)] for t in [saved, *snaps]]
+    assert not np.allclose(leaves[1][-1], leaves[2][-1])  # the snapshots differ: the mean is not one of them
+    for saved_leaf, *snap_leaves in zip(*leaves):
+        assert saved_leaf.dtype == snap_leaves[0].dtype
+        np.testing.assert_allclose(saved_leaf, np.mean(snap_leaves, axis=0), rtol=1e-6, atol=1e-7)
+    # the run's own evaluation scores the saved (averaged) network, not the last parameters
+    for a, b in zip(jax.tree.leaves(evaluated[0]), jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    class Killed(Exception):
+        pass
+
+    def kill(chunk, metrics):
+        if chunk == 2:  # after the first snapshot: the resumed run averages it with the next one
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_training(cfg, tmp_path / "part", progress=False, evaluate=False, on_chunk=kill)
+    part = run_training(cfg, tmp_path / "part", resume=True, progress=False, evaluate=False)
+    assert part["network_averages_chunks"] == [2, 3]
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(load_params(tmp_path / "part")[2])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # without averaging nothing is kept beside the network, and the network is the last parameters
+    kept, averaged = train_module._network_to_save(tmp_path / "plain", _cfg(chunks=3), 3, snaps[1])
+    assert kept is snaps[1] and averaged == []
+    assert not (tmp_path / "plain").exists()
+    for bad in (-1, 4):
+        with pytest.raises(ConfigError, match="train.average_from"):
+            _cfg(chunks=3, average_from=bad)
 
 
 def test_a_saved_run_is_loaded_as_one_experiment_that_detection_reuses(tmp_path, capsys):
