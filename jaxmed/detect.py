@@ -435,9 +435,8 @@ def detect_files(detector: LandmarkDetector, images: Sequence[Path], out_dir: st
     Images are read and conformed one by one and run ``group`` at a time in one bank (one rollout for
     all their agents and starts: on a CPU one image alone is latency-bound); every group has the
     same number of volumes (the last one is filled with repeats, whose answers are dropped), so
-    images of similar size share one compiled program. With the default 27 grid starts the answers
-    do not depend on the grouping; other start counts draw seeded random starts per bank volume, so
-    an image's starts depend on its place in the group (use ``group=1`` to reproduce single calls).
+    images of similar size share one compiled program. The answers do not depend on the grouping:
+    the 27 grid starts and seeded random starts alike sit at the same fractions of every image's extent.
 
     Every output path is checked before any image is read (an existing file is an
     :class:`OverwriteError` without ``overwrite``; two images with the same name are refused). An

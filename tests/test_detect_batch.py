@@ -33,6 +33,11 @@ def test_batch_writes_one_file_per_image_and_compiles_once(tmp_path, capsys):
     for i, name in ((1, "b"), (2, "c")):  # the same answers as single-image calls (27 grid starts)
         one = detect(run, images[i], n_starts=27)
         np.testing.assert_allclose(read_landmarks(tmp_path / "out" / f"{name}.fcsv").positions, one.positions, atol=1e-3)
+    # random starts are placed alike in every image: an image's answer does not depend on its place in the group
+    random8 = LandmarkDetector.from_run(run, n_starts=8)
+    detect_files(random8, images[::-1], tmp_path / "random8", group=3)  # c, b, a in one bank: a is third
+    one = detect(run, images[0], n_starts=8)
+    np.testing.assert_allclose(read_landmarks(tmp_path / "random8" / "a.fcsv").positions, one.positions, atol=1e-3)
     # the CLI: a folder in, a directory out, timings printed
     assert main(["detect", str(tmp_path / "scans"), "--checkpoint", str(run), "-o", str(tmp_path / "cli"), "--starts", "2"]) == 0
     out = capsys.readouterr().out

@@ -7,6 +7,7 @@ The command on a trained agent is tested in ``test_plane_learning.py``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -87,9 +88,10 @@ def test_bad_images_raise_image_errors(parser, tmp_path, plane_run, monkeypatch)
     import jaxmed.runs
     from jaxmed.data import Volume
 
-    cfg = type("Cfg", (), {"env": yaml.safe_load((plane_run / "config.yaml").read_text())["env"],
-                           "data": type("Data", (), {"spacing": 2.0, "factors": (1, 2), "dtype": "uint8"})()})()
-    monkeypatch.setattr(jaxmed.runs, "load_params", lambda d: (cfg, None, None))
+    from jaxmed.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.from_dict(yaml.safe_load((plane_run / "config.yaml").read_text()), "config.yaml")
+    monkeypatch.setattr(jaxmed.runs, "load_params", lambda d: (cfg, None, None))  # no network: the image fails first
     text = tmp_path / "notes.nii.gz"
     text.write_text("not an image")
     with pytest.raises(ImageError, match="notes.nii.gz"):
@@ -106,12 +108,17 @@ def test_bad_images_raise_image_errors(parser, tmp_path, plane_run, monkeypatch)
 
 
 def test_env_from_run_section_and_robust_mean():
-    env, params, eval_max = command.make_plane_env({"name": "plane-v0", "target": "midsagittal", "size": 24, "max_steps": 30,
-                                                    "eval_max_steps": 25, "eval_starts": 4})
+    from jaxmed import experiment as ex
+
+    def env_of(section):  # how `jaxmed plane` builds the env of a run: as training did
+        return ex.make_env(ex.ExperimentConfig.from_dict({"env": section}, "run/config.yaml"))
+
+    env, params, eval_params = env_of({"name": "plane-v0", "target": "midsagittal", "size": 24, "max_steps": 30,
+                                       "eval_max_steps": 25, "eval_starts": 4})
     assert isinstance(env, PlaneEnv) and env.config.target == "midsagittal" and env.config.size == 24
-    assert int(params.max_steps) == 30 and eval_max == 25
+    assert int(params.max_steps) == 30 and int(eval_params.max_steps) == 25
     with pytest.raises(ConfigError, match="unknown option"):
-        command.make_plane_env({"name": "plane-v0", "targets": ["AC"]})
+        env_of({"name": "plane-v0", "targets": ["AC"]})
     normals = np.array([[0, 0, 1.0], [0.1, 0, 0.995], [0, 0.1, 0.995], [0.9, 0, 0.436]])  # one lost start
     n, d = command.robust_plane(normals / np.linalg.norm(normals, axis=1, keepdims=True), np.array([1.0, 2.0, 1.5, 40.0]))
     assert np.degrees(np.arccos(n[2])) < 4.0 and d == pytest.approx(1.75)
@@ -157,5 +164,5 @@ def test_shipped_plane_configs_build(name):
     net.check_input(env.observation_space(params).shape[-3:])
     for plane in ("midsagittal", "coronal_ac"):  # the AFIDs config serves every AFIDs plane by target
         if cfg.data.source == "afids":
-            other, _, _ = command.make_plane_env({**cfg.env, "target": plane})
+            other, _, _ = ex.make_env(dataclasses.replace(cfg, env={**cfg.env, "target": plane}))
             assert other.required_labels == env.required_labels

@@ -13,11 +13,9 @@ found plane beside a perpendicular slice showing the plane's trace.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 from pathlib import Path
-from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -32,15 +30,6 @@ ENV_NAME = "plane-v0"
 # ------------------------------------------------------------------ the run directory
 
 
-def _env_section(cfg) -> dict:
-    env = cfg.env
-    if isinstance(env, Mapping):
-        return dict(env)
-    if dataclasses.is_dataclass(env):
-        return dataclasses.asdict(env)
-    raise ConfigError(f"run configuration: unexpected env section {env!r}")
-
-
 def check_plane_run(run_dir: str | Path) -> dict:
     """Read ``RUN_DIR/config.yaml`` and check that it trained ``plane-v0``; returns the env section.
 
@@ -48,21 +37,6 @@ def check_plane_run(run_dir: str | Path) -> dict:
     before any model is loaded.
     """
     return run_env_section(run_dir, ENV_NAME, "`jaxmed plane` needs a view-plane run (for landmark runs use `jaxmed detect`)")
-
-
-def make_plane_env(env_section: Mapping[str, Any]):
-    """``(env, env_params, eval_max_steps)`` from a run's ``env:`` section (``name``, ``eval_starts``,
-    ``eval_max_steps`` and the env's own fields)."""
-    from jaxmed.envs.registry import make
-
-    section = dict(env_section)
-    name = section.pop("name", ENV_NAME)
-    if name != ENV_NAME:
-        raise ConfigError(f"env.name is {name!r}, not {ENV_NAME!r}")
-    section.pop("eval_starts", None)
-    eval_max_steps = section.pop("eval_max_steps", None)
-    env, params = make(name, None, **section)
-    return env, params, int(eval_max_steps) if eval_max_steps is not None else int(params.max_steps)
 
 
 # ------------------------------------------------------------------ finding the plane
@@ -221,6 +195,7 @@ def plot_plane(volume, result: dict, definition, path: Path, *, overwrite: bool 
 def plane_command(image: str | Path, checkpoint: str | Path, out: str | Path, png: str | Path | None = None, *,
                   overwrite: bool = False, n_starts: int = 9) -> dict:
     """What ``jaxmed plane`` does; returns the JSON document written to ``out``."""
+    from jaxmed import experiment as ex
     from jaxmed.agents import learners
     from jaxmed.data import conform, load_image
     from jaxmed.runs import load_params
@@ -233,11 +208,11 @@ def plane_command(image: str | Path, checkpoint: str | Path, out: str | Path, pn
         raise ConfigError(f"--n-starts must be >= 1, got {n_starts}")
     check_plane_run(checkpoint)
     cfg, network, params = load_params(checkpoint)
-    env, env_params, eval_max_steps = make_plane_env(_env_section(cfg))
+    env, env_params, eval_params = ex.make_env(cfg)  # as training and evaluation build it
     volume = conform(load_image(image), cfg.data.spacing)
     learner = cfg.train.learner
     result = find_plane(volume, env, env_params, lambda obs: learners.policy_action(learner, network, params, obs),
-                        factors=tuple(cfg.data.factors), dtype=cfg.data.dtype, n_starts=n_starts, max_steps=eval_max_steps,
+                        factors=tuple(cfg.data.factors), dtype=cfg.data.dtype, n_starts=n_starts, max_steps=int(eval_params.max_steps),
                         prior=template_prior(cfg.data, env), full_scale=cfg.data.intensity_ceiling)
     doc = plane_json(result, env.definition, str(image), str(checkpoint))
     _write_atomic(out, json.dumps(doc, indent=2) + "\n")

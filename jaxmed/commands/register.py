@@ -24,6 +24,7 @@ the fixed image's voxel grid. The agent's observation is centred there (a run tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Sequence
@@ -108,26 +109,23 @@ def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, dept
     from jaxmed.agents.lookahead import lookahead_rollout
     from jaxmed.agents.rollout import greedy_rollout
     from jaxmed.data import Landmarks, build_bank
-    from jaxmed.envs.registry import make
+    from jaxmed.experiment import make_env
     from jaxmed.registration_baseline import grid_centre
     from jaxmed.runs import seed_params
 
     cfg, network, params = run
-    section = dict(cfg.env)
-    if section.pop("name", None) != ENV_NAME:
-        raise ConfigError(f"this run trained {cfg.env.get('name')!r}, not {ENV_NAME!r}")
+    if cfg.env_name != ENV_NAME:
+        raise ConfigError(f"this run trained {cfg.env_name!r}, not {ENV_NAME!r}")
     learner = cfg.train.learner
     if lookahead > 1 and learners.spec(learner).network != "q":
         raise ConfigError(f"--lookahead {lookahead} ranks actions by Q-values; this run trained {learner!r} (a policy): use --lookahead 1")
     params = seed_params(cfg, params, 0)
-    section.pop("eval_starts", None)
-    eval_max_steps = section.pop("eval_max_steps", None)
-    labels = tuple(section.get("landmarks") or ("centre",))
-    section["landmarks"] = labels
-    section["centre"] = "landmarks"  # the stand-in landmarks below sit at the chosen centre
-    env, env_params = make(ENV_NAME, labels, **section)
-    steps = int(max_steps or eval_max_steps or env_params.max_steps)
-    env_params = env.eval_params(env_params).replace(max_steps=steps)
+    labels = tuple(cfg.env.get("landmarks") or ("centre",))
+    # the env as training built it, centred on the stand-in landmarks below (they sit at the chosen centre)
+    centred = dataclasses.replace(cfg, env={**cfg.env, "landmarks": list(labels), "centre": "landmarks"})
+    env, _, env_params = make_env(centred, labels)
+    if max_steps:
+        env_params = env_params.replace(max_steps=int(max_steps))
     c = grid_centre(fixed) if centre is None else np.asarray(centre, np.float64).reshape(3)
     if not fixed.contains(c[None])[0]:
         raise ConfigError(f"--centre {np.round(c, 1).tolist()} mm lies outside the fixed image {fixed.source}")

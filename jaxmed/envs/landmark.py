@@ -396,18 +396,19 @@ class LandmarkEnv(ConfiguredEnv, config=LandmarkConfig, params=LandmarkParams, n
         agents on one landmark) start at different points of the list (:meth:`_start_shifts`).
 
         ``n_starts == 27``: the 3x3x3 grid at 25/50/75 % of each volume's extent
-        (:meth:`eval_start_points`); otherwise ``n_starts`` points per volume drawn once (``seed``)
-        uniformly in the central 80 %.
+        (:meth:`eval_start_points`); otherwise ``n_starts`` fractions of the extent drawn once
+        (``seed``) uniformly in the central 80 % and placed alike in every volume, so a volume's starts
+        do not depend on its place in the bank (detecting an image alone or in a group gives one answer).
         """
         self.check_bank(bank)
-        rng = np.random.default_rng(seed)
+        fractions = np.random.default_rng(seed).uniform(0.1, 0.9, size=(n_starts, 3))
         vols, starts = [], []
         for v in range(bank.n_volumes):
             if n_starts == 27:
                 pts = self.eval_start_points(bank, v)
             else:
                 ext = np.asarray(bank.shapes)[0, v]
-                pts = np.rint(rng.uniform(0.1, 0.9, size=(n_starts, 3)) * (ext - 1)).astype(np.int32)
+                pts = np.rint(fractions * (ext - 1)).astype(np.int32)
             vols.append(np.full(len(pts), v, np.int32))
             starts.append(pts[self._start_shifts(len(pts))])
         return self.states_at(bank, np.concatenate(vols), np.concatenate(starts))
