@@ -15,6 +15,7 @@ bank shape, so a batch of images pays the start-up and the compilation once
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +34,62 @@ SHAPES = ("none", "affine")
 #: points of the volume) or ``registration`` (each agent near its landmark's template position carried
 #: to the image by the 12-dof affine registration baseline, :func:`registration_offsets`).
 START_FROM = ("grid", "registration")
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionOptions:
+    """How a trained landmark run is applied to new images (test time only; nothing here changes the
+    network). ``None`` means the run's own setting (its ``env`` / ``eval`` sections).
+
+    Attributes:
+      n_starts: start points per agent and volume (27: the 3x3x3 grid; else seeded random points at
+        the same fractions of every volume's extent; default: the run's ``env.eval_starts``).
+      aggregate: :data:`AGGREGATES`: how a landmark's end points become one answer.
+      seed: the seed of random starts and of the shape check's robust fit.
+      shape: :data:`SHAPES`: ``affine`` checks every image's answers for all trained landmarks against
+        the template's configuration (:func:`jaxmed.shape_model.check_landmarks`; the run's data
+        source must have a template and the run at least :data:`~jaxmed.shape_model.MIN_LANDMARKS`
+        landmarks) before the requested labels are picked.
+      intensity_scales: test-time intensity augmentation (default: the run's
+        ``eval.intensity_scales``, ``(1.0,)`` unless set): every volume also runs with its
+        intensities multiplied by each factor (:func:`scaled_copies`) and a landmark's answer pools
+        the end points of every copy, as it pools agents, starts and ensemble members.
+      split_starts: with several intensity copies, every start runs on one copy only
+        (:func:`deal_starts`) rather than on all: one copy's work (default: the run's ``eval.split_starts``).
+      level_step_limit: moves an agent may make at one search level before it moves on as if it had
+        oscillated (:attr:`jaxmed.experiment.EvalSection.level_step_limit`; ``0``: no limit;
+        default: the run's ``eval.level_step_limit``, else the env's own).
+      start_from: :data:`START_FROM`. ``registration`` registers the run's template to every image
+        (:data:`jaxmed.registration_baseline.AFFINE_LANDMARK` at the run's spacing) and starts each
+        agent at its landmark's carried position and ``n_starts - 1`` points within
+        ``start_radius_mm`` of it (:func:`registration_offsets`); the registration's time counts in
+        the detection time.
+      start_radius_mm: the radius of those starts, mm.
+
+    Every value is checked here (:class:`ConfigError` naming the option); the ones that depend on the
+    run (``intensity_scales`` against ``split_starts``, ``level_step_limit`` against the env) when a
+    :class:`LandmarkDetector` takes them.
+    """
+
+    n_starts: int | None = None
+    aggregate: str = "median"
+    seed: int = 0
+    shape: str = "none"
+    intensity_scales: tuple[float, ...] | None = None
+    split_starts: bool | None = None
+    level_step_limit: int | None = None
+    start_from: str = "grid"
+    start_radius_mm: float = 8.0
+
+    def __post_init__(self):
+        for name, value, allowed in (("aggregate", self.aggregate, AGGREGATES), ("shape check", self.shape, SHAPES),
+                                     ("start_from", self.start_from, START_FROM)):
+            if value not in allowed:
+                raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if not np.isfinite(self.start_radius_mm) or self.start_radius_mm < 0:
+            raise ConfigError(f"start_radius_mm must be a finite number >= 0, got {self.start_radius_mm}")
+        if self.n_starts is not None and self.n_starts < 1:
+            raise ConfigError(f"n_starts must be >= 1, got {self.n_starts}")
 
 
 def registration_offsets(n_starts: int, radius_mm: float, seed: int = 0) -> np.ndarray:
@@ -72,53 +129,20 @@ class LandmarkDetector:
         parameters (one seed; see :func:`jaxmed.runs.seed_params`), or a list of parameter trees of
         the same network (an ensemble, e.g. every seed of a ``--seeds S`` run): each member runs the
         same compiled rollout and every member's end points are pooled into one answer.
+      options: :class:`DetectionOptions` (default: the run's own settings); keyword arguments named
+        like its fields replace single options (``LandmarkDetector(cfg, net, params, n_starts=8)``).
       labels: the landmarks to answer (default: every trained one).
-      n_starts: start points per agent and volume (27: the 3x3x3 grid; default: the run's
-        ``env.eval_starts``, what its training closed with).
-      aggregate: :data:`AGGREGATES`.
-      shape: :data:`SHAPES`: ``affine`` checks every image's answers for all trained landmarks against
-        the template's configuration (:func:`jaxmed.shape_model.check_landmarks`; the run's data
-        source must have a template and the run at least :data:`~jaxmed.shape_model.MIN_LANDMARKS`
-        landmarks) before the requested ``labels`` are picked.
-      intensity_scales: test-time intensity augmentation (default: the run's
-        ``eval.intensity_scales``, ``(1.0,)`` unless set): every volume also runs with its
-        intensities multiplied by each factor (:func:`scaled_copies`) and a landmark's answer pools
-        the end points of every copy, as it pools agents, starts and ensemble members.
-      split_starts: with several intensity copies, every start runs on one copy only
-        (:func:`deal_starts`) rather than on all: one copy's work (default: the run's
-        ``eval.split_starts``).
-      level_step_limit: moves an agent may make at one search level before it moves on as if it had
-        oscillated (:attr:`jaxmed.experiment.EvalSection.level_step_limit`; ``0``: no limit;
-        default: the run's ``eval.level_step_limit``, else the env's own).
       experiment: the run's built :class:`~jaxmed.experiment.Experiment` (its env and evaluation
         parameters are used); ``None``: the env is made from ``cfg``.
-      start_from: :data:`START_FROM`. ``registration`` registers the run's template to every image
-        (:data:`jaxmed.registration_baseline.AFFINE_LANDMARK` at the run's spacing) and starts each
-        agent at its landmark's carried position and ``n_starts - 1`` points within
-        ``start_radius_mm`` of it (:func:`registration_offsets`); the registration's time counts in
-        the detection time (its first run per image size, which compiles it, in
-        :attr:`compile_seconds`).
-      start_radius_mm: the radius of those starts, mm.
+      where: what error messages name (e.g. the run directory).
     """
 
-    def __init__(self, cfg, network, params, *, labels: Sequence[str] | None = None, n_starts: int | None = None,
-                 aggregate: str = "median", seed: int = 0, where: str = "run", shape: str = "none",
-                 intensity_scales: Sequence[float] | None = None, split_starts: bool | None = None,
-                 level_step_limit: int | None = None, experiment: ex.Experiment | None = None, start_from: str = "grid",
-                 start_radius_mm: float = 8.0):
+    def __init__(self, cfg, network, params, options: DetectionOptions | None = None, *,
+                 labels: Sequence[str] | None = None, experiment: ex.Experiment | None = None, where: str = "run",
+                 **option_fields):
         from jaxmed.runs import make_policy_rollout
 
-        if aggregate not in AGGREGATES:
-            raise ConfigError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
-        if shape not in SHAPES:
-            raise ConfigError(f"unknown shape check {shape!r}; choose one of {', '.join(SHAPES)}")
-        if start_from not in START_FROM:
-            raise ConfigError(f"unknown start_from {start_from!r}; choose one of {', '.join(START_FROM)}")
-        if not np.isfinite(start_radius_mm) or start_radius_mm < 0:
-            raise ConfigError(f"start_radius_mm must be a finite number >= 0, got {start_radius_mm}")
-        n_starts = cfg.eval_starts if n_starts is None else n_starts
-        if n_starts < 1:
-            raise ConfigError(f"n_starts must be >= 1, got {n_starts}")
+        options = dataclasses.replace(options or DetectionOptions(), **option_fields)
         members = list(params) if isinstance(params, (list, tuple)) else [params]
         if not members:
             raise ConfigError(f"{where}: an ensemble needs at least one parameter set")
@@ -131,22 +155,27 @@ class LandmarkDetector:
         self.targets = self.env.landmark_targets
         if not self.targets:
             raise ConfigError(f"{where}: a {cfg.env_name} run does not detect landmarks (use the command for that task)")
-        self.eval_params = ex.with_level_step_limit(self.eval_params, level_step_limit, f"{where}: level_step_limit")
-        self.level_step_limit = int(getattr(self.eval_params, "level_step_limit", 0))
+        self.eval_params = ex.with_level_step_limit(self.eval_params, options.level_step_limit, f"{where}: level_step_limit")
         self.trained = self.env.required_labels
         self.labels = tuple(labels) if labels else self.trained
         missing = [l for l in self.labels if l not in self.trained]
         if missing:
             raise LandmarkError(f"{where}: the model was trained for {', '.join(self.trained)}; it cannot detect {', '.join(missing)}")
-        self.n_starts, self.aggregate, self.seed, self.shape = int(n_starts), aggregate, int(seed), shape
-        self.intensity_scales = (cfg.eval.intensity_scales if intensity_scales is None
-                                 else ex.check_intensity_scales(intensity_scales, f"{where}: intensity_scales"))
-        self.split_starts = bool(cfg.eval.split_starts if split_starts is None else split_starts)
+        scales = (cfg.eval.intensity_scales if options.intensity_scales is None
+                  else ex.check_intensity_scales(options.intensity_scales, f"{where}: intensity_scales"))
+        self.options = dataclasses.replace(  # every option resolved against the run
+            options, n_starts=int(cfg.eval_starts if options.n_starts is None else options.n_starts),
+            intensity_scales=tuple(scales), split_starts=bool(cfg.eval.split_starts if options.split_starts is None
+                                                                else options.split_starts),
+            level_step_limit=int(getattr(self.eval_params, "level_step_limit", 0)))
+        o = self.options
+        self.n_starts, self.aggregate, self.seed, self.shape = o.n_starts, o.aggregate, int(o.seed), o.shape
+        self.intensity_scales, self.split_starts, self.level_step_limit = o.intensity_scales, o.split_starts, o.level_step_limit
         if self.split_starts:
             deal_starts(self.n_starts, len(self.intensity_scales))  # refuses too few starts now
-        self.shape_template = self._shape_template(where) if shape != "none" else None
-        self.start_from, self.start_radius_mm = start_from, float(start_radius_mm)
-        self._registration = self._registration_reference(where) if start_from == "registration" else None
+        self.shape_template = self._shape_template(where) if o.shape != "none" else None
+        self.start_from, self.start_radius_mm = o.start_from, float(o.start_radius_mm)
+        self._registration = self._registration_reference(where) if o.start_from == "registration" else None
         self._registration_warm: set = set()
         self._rollout = make_policy_rollout(cfg, self.env, self.eval_params, network)
         self._compiled: dict = {}
@@ -369,8 +398,9 @@ def read_conformed(image, spacing: float):
 
 def detect(run_dir: str | Path, image: str | Path, labels: Sequence[str] | None = None, **options):
     """Detect the run's landmarks in ``image`` (all of them, or ``labels``) in one pass; ``options`` are
-    :class:`LandmarkDetector`'s keywords (``n_starts``, ``aggregate``, ``seed``, ``shape``,
-    ``intensity_scales``, ``split_starts``, ``level_step_limit``, ``start_from``, ``start_radius_mm``).
+    :class:`DetectionOptions` fields (``n_starts``, ``aggregate``, ``seed``, ``shape``,
+    ``intensity_scales``, ``split_starts``, ``level_step_limit``, ``start_from``, ``start_radius_mm``)
+    or ``options=DetectionOptions(...)``.
 
     Returns :class:`jaxmed.data.Landmarks` in world RAS mm. For many images use
     :class:`LandmarkDetector` (one compilation) or :func:`detect_files`.

@@ -424,3 +424,23 @@ def test_registration_starts_follow_the_image_and_do_not_depend_on_the_batch(tmp
     assert main(["detect", str(tpl_image), "--checkpoint", str(run), "-o", str(tmp_path / "a.fcsv"), "--starts", "3",
                  "--start-from", "registration", "--start-radius", "2"]) == 0
     assert read_landmarks(tmp_path / "a.fcsv").labels == det.labels
+
+
+def test_detection_options_are_one_checked_value_resolved_against_the_run(tmp_path):
+    from jaxmed.detect import DetectionOptions
+
+    for bad, match in (({"n_starts": 0}, "n_starts must be >= 1"), ({"aggregate": "mode"}, "unknown aggregate 'mode'"),
+                       ({"start_from": "atlas"}, "unknown start_from 'atlas'"), ({"start_radius_mm": -1.0}, "start_radius_mm")):
+        with pytest.raises(ConfigError, match=match):
+            DetectionOptions(**bad)
+    run = tmp_path / "run"
+    untrained_run(run)
+    options = DetectionOptions(n_starts=4, aggregate="mean")
+    det = LandmarkDetector.from_run(run, options=options, seed=3)  # a keyword replaces one field of the options
+    assert det.options.n_starts == 4 and det.options.aggregate == "mean" and det.options.seed == 3
+    # what was left to the run is filled in from its config
+    assert det.options.intensity_scales == tuple(det.cfg.eval.intensity_scales) and det.options.split_starts is False
+    assert det.options.level_step_limit == int(det.eval_params.level_step_limit)
+    assert LandmarkDetector.from_run(run).options.n_starts == det.cfg.eval_starts
+    with pytest.raises(TypeError):
+        LandmarkDetector.from_run(run, n_start=4)  # a misspelt option is not silently ignored

@@ -87,7 +87,6 @@ def test_run_directories_that_are_not_plane_runs(parser, tmp_path):
 def test_bad_images_raise_image_errors(parser, tmp_path, plane_run, monkeypatch):
     import jaxmed.runs
     from jaxmed.data import Volume
-
     from jaxmed.experiment import ExperimentConfig
 
     cfg = ExperimentConfig.from_dict(yaml.safe_load((plane_run / "config.yaml").read_text()), "config.yaml")

@@ -85,6 +85,6 @@ def add_detection_options(p) -> None:
 
 
 def detection_options(args) -> dict:
-    """The :func:`add_detection_options` of parsed ``args`` as :class:`jaxmed.detect.LandmarkDetector` keywords."""
+    """The :func:`add_detection_options` of parsed ``args`` as :class:`jaxmed.detect.DetectionOptions` fields."""
     return {"intensity_scales": args.intensity_scales, "split_starts": args.split_starts,
             "level_step_limit": args.level_step_limit, "start_from": args.start_from, "start_radius_mm": args.start_radius}
