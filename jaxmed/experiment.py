@@ -29,6 +29,10 @@ SOURCES = _source_names()
 ENV_KEYS = {"name": "landmark-v0", "eval_starts": 27, "eval_max_steps": None}
 
 
+#: How ``train.seeds > 1`` members run in one program (:attr:`TrainSection.seed_batching`).
+SEED_BATCHING = ("auto", "vmap", "map")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
     """The outer loop."""
@@ -37,7 +41,11 @@ class TrainSection:
     chunks: int = 100  # jitted run_chunk calls
     checkpoint_every: int = 10  # chunks
     seed: int = 0
-    seeds: int = 1  # > 1: that many seeds trained at once in one compiled (vmapped) program
+    seeds: int = 1  # > 1: that many seeds trained at once in one compiled program
+    # how that program runs the seeds: vmap (side by side, batched), map (one after the other inside the
+    # program, lax.map), auto (map on CPU, where batching the seeds' networks is slower than running
+    # them in turn; vmap on accelerators)
+    seed_batching: str = "auto"
     devices: int = 1  # data-parallel devices (pmap); 1 = no device axis
     # per-member hyperparameters of a vmapped run: {field: [value per seed]} (a single value applies to
     # every seed); fields from the learner's HPARAM_FIELDS, e.g. {learning_rate: [1e-3, 3e-4]} with seeds: 2
@@ -60,6 +68,8 @@ class TrainSection:
                               f"got {self.average_from}")
         if self.seeds < 1 or self.devices < 1 or self.chunks < 1 or self.checkpoint_every < 1:
             raise ConfigError("train.seeds, train.devices, train.chunks and train.checkpoint_every must be >= 1")
+        if self.seed_batching not in SEED_BATCHING:
+            raise ConfigError(f"train.seed_batching must be one of {', '.join(SEED_BATCHING)}, got {self.seed_batching!r}")
         if self.seeds > 1 and self.devices > 1:
             raise ConfigError("train.seeds > 1 (vmapped seeds) and train.devices > 1 (pmap) cannot be combined; choose one")
         if self.hparams:

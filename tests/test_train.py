@@ -188,6 +188,37 @@ def test_vmapped_seeds_train_in_one_program_and_report_mean_and_std(tmp_path):
     assert rel_err(rs.params, 0) > 1e-2
 
 
+def test_seed_batching_runs_the_same_seeds_side_by_side_or_in_turn():
+    """train.seed_batching: vmap (batched) and map (lax.map, the CPU default) train each seed alike."""
+    import jax
+
+    from jaxmed.agents.dqn import make_train
+    from jaxmed.experiment import make_bank, make_env, make_network
+    from jaxmed.train import seed_chunks
+
+    cfg = _cfg(chunks=2, seeds=2)
+    bank, _, _ = make_bank(cfg, "train", cfg.data.n_train)
+    env, params, _ = make_env(cfg, bank.labels)
+    fns = make_train(cfg.dqn, env, params, make_network(cfg, env))
+    init = jax.jit(jax.vmap(fns.init, in_axes=(0, None)))
+    out = {}
+    for batching in ("vmap", "map"):
+        rs = init(jax.random.split(jax.random.key(0), 2), bank)
+        chunk = jax.jit(seed_chunks(fns.run_chunk, batching))
+        for _ in range(2):
+            rs, metrics = chunk(rs, bank)
+        assert np.asarray(metrics["reward"]).shape[0] == 2  # per-seed metrics keep the seed axis
+        out[batching] = rs.params
+    for a, b in zip(jax.tree.leaves(out["vmap"]), jax.tree.leaves(out["map"])):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape and a.shape[0] == 2
+        for seed in range(2):  # rounding only (summation order), see the test above
+            assert np.linalg.norm(a[seed] - b[seed]) <= 1e-5 * max(np.linalg.norm(b[seed]), 1e-12)
+    assert np.linalg.norm(np.asarray(jax.tree.leaves(out["map"])[0][0] - jax.tree.leaves(out["map"])[0][1])) > 0
+    with pytest.raises(ConfigError, match="train.seed_batching must be one of auto, vmap, map, got 'scan'"):
+        ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["train.seed_batching=scan"]), CONFIG)
+
+
 def test_per_seed_hyperparameters_as_arrays(tmp_path):
     """train.hparams gives each vmapped member its own hyperparameters in one program (PPO here): a
     member with learning rate 0 keeps its initial parameters, the other trains; bad fields are refused."""
