@@ -155,7 +155,6 @@ class LandmarkDetector:
         self.targets = self.env.landmark_targets
         if not self.targets:
             raise ConfigError(f"{where}: a {cfg.env_name} run does not detect landmarks (use the command for that task)")
-        self.eval_params = ex.with_level_step_limit(self.eval_params, options.level_step_limit, f"{where}: level_step_limit")
         self.trained = self.env.required_labels
         self.labels = tuple(labels) if labels else self.trained
         missing = [l for l in self.labels if l not in self.trained]
@@ -163,6 +162,7 @@ class LandmarkDetector:
             raise LandmarkError(f"{where}: the model was trained for {', '.join(self.trained)}; it cannot detect {', '.join(missing)}")
         scales = (cfg.eval.intensity_scales if options.intensity_scales is None
                   else ex.check_intensity_scales(options.intensity_scales, f"{where}: intensity_scales"))
+        self.eval_params = ex.with_level_step_limit(self.eval_params, options.level_step_limit, f"{where}: level_step_limit")
         self.options = dataclasses.replace(  # every option resolved against the run
             options, n_starts=int(cfg.eval_starts if options.n_starts is None else options.n_starts),
             intensity_scales=tuple(scales), split_starts=bool(cfg.eval.split_starts if options.split_starts is None
