@@ -9,6 +9,7 @@ axes (it is conformed back to RAS), starting from the world axis (no ground trut
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import types
 
@@ -23,6 +24,7 @@ from jaxmed.data import Volume, build_bank, save_nifti
 from jaxmed.data.planes import plane_phantom
 from jaxmed.envs.plane import N_ACTIONS, PlaneConfig, PlaneEnv, PlaneParams
 from jaxmed.errors import OverwriteError
+from jaxmed.experiment import ExperimentConfig
 
 LABELS = ("L0", "L1", "L2")
 ENV = dict(target="phantom", size=16, levels=[0, 1], angle_steps=[2.0, 6.0], offset_steps=[1.0, 3.0])
@@ -92,9 +94,8 @@ def test_plane_command_finds_the_plane_of_a_new_image(trained, tmp_path, monkeyp
     run_dir.mkdir()
     env_section = {"name": "plane-v0", **ENV, **PARAMS, "eval_max_steps": 40, "eval_starts": 8}
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"env": env_section, "network": NETWORK}))
-    data = types.SimpleNamespace(spacing=2.0, factors=(1, 2), dtype="uint8", intensity_ceiling=None)
-    cfg = types.SimpleNamespace(env=env_section, data=data,
-                                train=types.SimpleNamespace(learner="dqn"))
+    data = types.SimpleNamespace(spacing=2.0, factors=(1, 2), dtype="uint8", intensity_ceiling=None)  # no source: no template prior
+    cfg = dataclasses.replace(ExperimentConfig.from_dict({"env": env_section, "network": NETWORK}, "config.yaml"), data=data)
     # the run directory's parameters: what jaxmed.runs.load_params(run_dir) returns for this run
     monkeypatch.setattr(jaxmed.runs, "load_params", lambda d: (cfg, trained.net, trained.net_params))
 
