@@ -63,7 +63,8 @@ class DetectionOptions:
         (:data:`jaxmed.registration_baseline.AFFINE_LANDMARK` at the run's spacing) and starts each
         agent at its landmark's carried position and ``n_starts - 1`` points within
         ``start_radius_mm`` of it (:func:`registration_offsets`); the registration's time counts in
-        the detection time.
+        the detection time (its first run per image size, which compiles it, in
+        :attr:`LandmarkDetector.compile_seconds`).
       start_radius_mm: the radius of those starts, mm.
 
     Every value is checked here (:class:`ConfigError` naming the option); the ones that depend on the
@@ -163,24 +164,31 @@ class LandmarkDetector:
         scales = (cfg.eval.intensity_scales if options.intensity_scales is None
                   else ex.check_intensity_scales(options.intensity_scales, f"{where}: intensity_scales"))
         self.eval_params = ex.with_level_step_limit(self.eval_params, options.level_step_limit, f"{where}: level_step_limit")
-        self.options = dataclasses.replace(  # every option resolved against the run
-            options, n_starts=int(cfg.eval_starts if options.n_starts is None else options.n_starts),
-            intensity_scales=tuple(scales), split_starts=bool(cfg.eval.split_starts if options.split_starts is None
-                                                                else options.split_starts),
-            level_step_limit=int(getattr(self.eval_params, "level_step_limit", 0)))
-        o = self.options
-        self.n_starts, self.aggregate, self.seed, self.shape = o.n_starts, o.aggregate, int(o.seed), o.shape
-        self.intensity_scales, self.split_starts, self.level_step_limit = o.intensity_scales, o.split_starts, o.level_step_limit
+        n_starts = cfg.eval_starts if options.n_starts is None else options.n_starts
+        split = cfg.eval.split_starts if options.split_starts is None else options.split_starts
+        #: every option resolved against the run; the attributes below read it
+        self.options = dataclasses.replace(
+            options, n_starts=int(n_starts), seed=int(options.seed), intensity_scales=tuple(scales), split_starts=bool(split),
+            level_step_limit=int(getattr(self.eval_params, "level_step_limit", 0)), start_radius_mm=float(options.start_radius_mm))
         if self.split_starts:
             deal_starts(self.n_starts, len(self.intensity_scales))  # refuses too few starts now
-        self.shape_template = self._shape_template(where) if o.shape != "none" else None
-        self.start_from, self.start_radius_mm = o.start_from, float(o.start_radius_mm)
-        self._registration = self._registration_reference(where) if o.start_from == "registration" else None
+        self.shape_template = self._shape_template(where) if self.shape != "none" else None
+        self._registration = self._registration_reference(where) if self.start_from == "registration" else None
         self._registration_warm: set = set()
         self._rollout = make_policy_rollout(cfg, self.env, self.eval_params, network)
         self._compiled: dict = {}
         self.compilations = 0
         self.compile_seconds = 0.0
+
+    n_starts = property(lambda self: self.options.n_starts)
+    aggregate = property(lambda self: self.options.aggregate)
+    seed = property(lambda self: self.options.seed)
+    shape = property(lambda self: self.options.shape)
+    intensity_scales = property(lambda self: self.options.intensity_scales)
+    split_starts = property(lambda self: self.options.split_starts)
+    level_step_limit = property(lambda self: self.options.level_step_limit)
+    start_from = property(lambda self: self.options.start_from)
+    start_radius_mm = property(lambda self: self.options.start_radius_mm)
 
     def _shape_template(self, where: str):
         """The template's landmarks (every trained label) for the shape check; clear errors when the
