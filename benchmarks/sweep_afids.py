@@ -1,7 +1,7 @@
 """A real, bounded hyperparameter sweep on the AFIDs landmark task (AC + PC), vmapped vs sequential.
 
 1. ``jaxmed sweep``: successive halving of ``configs/sweeps/afids_dqn.yaml`` around a shortened
-   ``configs/afids_dqn_cpu.yaml`` (see ``OVERRIDES``), all trials in one vmapped program, metric:
+   ``configs/afids_dqn_cpu.yaml`` (see ``OVERRIDES``), all trials in one program, metric:
    mean distance (mm) of greedy episodes on validation subjects.
 2. Held-out comparison: the default config (trial 0) and the best config found, each trained by
    ``jaxmed train``'s loop (:func:`jaxmed.train.run_training`) to the sweep's full budget and

@@ -29,7 +29,10 @@ SOURCES = _source_names()
 ENV_KEYS = {"name": "landmark-v0", "eval_starts": 27, "eval_max_steps": None}
 
 
-#: How ``train.seeds > 1`` members run in one program (:attr:`TrainSection.seed_batching`).
+#: How ``train.seeds > 1`` members (and a sweep population's trials) run in one program
+#: (:attr:`TrainSection.seed_batching`, :func:`jaxmed.agents.core.over_members`).
+#: The same names as ``jaxmed.agents.core.MEMBER_BATCHING``, kept here so that reading a config
+#: imports no JAX.
 SEED_BATCHING = ("auto", "vmap", "map")
 
 
@@ -42,9 +45,9 @@ class TrainSection:
     checkpoint_every: int = 10  # chunks
     seed: int = 0
     seeds: int = 1  # > 1: that many seeds trained at once in one compiled program
-    # how that program runs the seeds: vmap (side by side, batched), map (one after the other inside the
-    # program, lax.map), auto (map on CPU, where batching the seeds' networks is slower than running
-    # them in turn; vmap on accelerators)
+    # how that program runs the seeds (and `jaxmed sweep` the trials of a population): vmap (side by
+    # side, batched), map (one after the other inside the program, lax.map), auto (map on CPU, where
+    # batching the members' networks is slower than running them in turn; vmap on accelerators)
     seed_batching: str = "auto"
     devices: int = 1  # data-parallel devices (pmap); 1 = no device axis
     # per-member hyperparameters of a vmapped run: {field: [value per seed]} (a single value applies to

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from jaxmed import experiment as ex
+from jaxmed.agents.core import over_members
 from jaxmed.errors import ConfigError, OverwriteError
 from jaxmed.run_evaluation import evaluate_extra_sets, evaluate_run
 from jaxmed.runs import average_snapshots, load_params, save_network, save_snapshot, seed_params  # noqa: F401  (re-exported)
@@ -173,22 +174,9 @@ def _trainer(cfg: ex.ExperimentConfig, env, params, network):
     if cfg.train.seeds > 1:
         init = jax.jit(jax.vmap(fns.init, in_axes=(0, None, 0)))
         return ((lambda key, bank: init(jax.random.split(key, cfg.train.seeds), bank, hparams)),
-                jax.jit(seed_chunks(fns.run_chunk, cfg.train.seed_batching), donate_argnums=0))
+                jax.jit(over_members(fns.run_chunk, cfg.train.seed_batching), donate_argnums=0))
     single = jax.tree.map(lambda x: x[0], hparams)
     return jax.jit(lambda key, bank: fns.init(key, bank, single)), jax.jit(fns.run_chunk, donate_argnums=0)
-
-
-def seed_chunks(run_chunk, batching: str = "auto"):
-    """``run_chunk(rs, bank)`` of one seed -> the same for runner states with a leading seed axis
-    ``S`` (every leaf ``(S, ...)``; the bank is shared). ``vmap`` runs the seeds side by side;
-    ``map`` one after the other inside the same program (``lax.map``: per seed the very program of a
-    single-seed run, so no batched convolutions with per-seed kernels); ``auto``: ``map`` on CPU,
-    where that is faster (BENCHMARKS.md, "Seeds in one program on CPU"), ``vmap`` on accelerators."""
-    if batching == "auto":
-        batching = "map" if jax.default_backend() == "cpu" else "vmap"
-    if batching == "vmap":
-        return jax.vmap(run_chunk, in_axes=(0, None))
-    return lambda rs, bank: jax.lax.map(lambda r: run_chunk(r, bank), rs)
 
 
 def _summarise(metrics: dict) -> dict[str, float]:

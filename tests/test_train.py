@@ -192,9 +192,9 @@ def test_seed_batching_runs_the_same_seeds_side_by_side_or_in_turn():
     """train.seed_batching: vmap (batched) and map (lax.map, the CPU default) train each seed alike."""
     import jax
 
+    from jaxmed.agents.core import over_members
     from jaxmed.agents.dqn import make_train
     from jaxmed.experiment import make_bank, make_env, make_network
-    from jaxmed.train import seed_chunks
 
     cfg = _cfg(chunks=2, seeds=2)
     bank, _, _ = make_bank(cfg, "train", cfg.data.n_train)
@@ -204,7 +204,7 @@ def test_seed_batching_runs_the_same_seeds_side_by_side_or_in_turn():
     out = {}
     for batching in ("vmap", "map"):
         rs = init(jax.random.split(jax.random.key(0), 2), bank)
-        chunk = jax.jit(seed_chunks(fns.run_chunk, batching))
+        chunk = jax.jit(over_members(fns.run_chunk, batching))
         for _ in range(2):
             rs, metrics = chunk(rs, bank)
         assert np.asarray(metrics["reward"]).shape[0] == 2  # per-seed metrics keep the seed axis
@@ -217,6 +217,31 @@ def test_seed_batching_runs_the_same_seeds_side_by_side_or_in_turn():
     assert np.linalg.norm(np.asarray(jax.tree.leaves(out["map"])[0][0] - jax.tree.leaves(out["map"])[0][1])) > 0
     with pytest.raises(ConfigError, match="train.seed_batching must be one of auto, vmap, map, got 'scan'"):
         ExperimentConfig.from_dict(apply_overrides(load_yaml(CONFIG), ["train.seed_batching=scan"]), CONFIG)
+
+
+def test_over_members_maps_or_vmaps_the_member_arguments_and_shares_the_rest():
+    """agents.core.over_members: arguments with in_axes 0 carry a member axis, None ones are shared;
+    vmap and map (lax.map) give what a Python loop over members gives; a bad name is refused."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmed.agents.core import over_members
+
+    def member(w, bank, x):  # a per-member weight and input, a shared bank
+        h = jnp.tanh(x @ w + bank.sum())
+        return {"out": h, "norm": jnp.linalg.norm(h)}
+
+    rng = np.random.default_rng(0)
+    w, x = rng.normal(size=(3, 4, 5)).astype(np.float32), rng.normal(size=(3, 2, 4)).astype(np.float32)
+    bank = rng.normal(size=(6,)).astype(np.float32)
+    loop = [member(w[m], bank, x[m]) for m in range(3)]
+    for batching in ("vmap", "map", "auto"):
+        got = jax.jit(over_members(member, batching, in_axes=(0, None, 0)))(w, bank, x)
+        assert got["out"].shape == (3, 2, 5) and got["norm"].shape == (3,)
+        for m in range(3):
+            np.testing.assert_allclose(np.asarray(got["out"][m]), np.asarray(loop[m]["out"]), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="member batching must be one of auto, vmap, map, got 'pmap'"):
+        over_members(member, "pmap")
 
 
 def test_per_seed_hyperparameters_as_arrays(tmp_path):

@@ -215,6 +215,40 @@ def pmean_if(tree, axis_name: str | None):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
+#: How the members of one program (the seeds of a ``train.seeds > 1`` run, the trials of a sweep
+#: population) run: ``vmap`` side by side, ``map`` one after the other, ``auto`` by backend.
+MEMBER_BATCHING = ("auto", "vmap", "map")
+
+
+def over_members(fn: Callable, batching: str = "auto", in_axes: tuple = (0, None)) -> Callable:
+    """``fn`` of one member -> the same function of arguments with a leading member axis ``M``
+    (those whose ``in_axes`` entry is 0; an entry ``None`` is shared by every member, e.g. the bank).
+    Every output gets the member axis.
+
+    ``vmap`` batches the members into one computation; ``map`` runs them one after the other inside
+    the same program (``lax.map``: per member the very program of a single member, so no batched
+    convolutions with per-member kernels); ``auto``: ``map`` on CPU, where it is faster
+    (BENCHMARKS.md, "Seeds in one program on CPU"), ``vmap`` on accelerators. The two give the same
+    numbers up to the order of floating-point sums."""
+    if batching not in MEMBER_BATCHING:
+        raise ConfigError(f"member batching must be one of {', '.join(MEMBER_BATCHING)}, got {batching!r}")
+    if batching == "auto":
+        batching = "map" if jax.default_backend() == "cpu" else "vmap"
+    if batching == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def in_turn(*args):
+        mapped = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
+
+        def one(member_args):
+            it = iter(member_args)
+            return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
+
+        return jax.lax.map(one, mapped)
+
+    return in_turn
+
+
 def make_parallel(make_train: Callable, config, env, env_params, network, n_devices: int | None = None,
                   axis_name: str = "devices", **kwargs):
     """A learner's training functions (``make_train(config, env, env_params, network, axis_name=...,

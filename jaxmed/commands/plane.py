@@ -69,12 +69,13 @@ def template_prior(data_cfg, env) -> tuple[np.ndarray, float] | None:
     return n, float(d - n @ centre)
 
 
-def find_plane(volume, env, env_params, policy, *, factors=(1,), dtype: str = "float32", n_starts: int = 9,
-               max_steps: int | None = None, seed: int = 0, prior: tuple[np.ndarray, float] | None = None,
-               full_scale: float | None = None) -> dict:
+def find_plane(volume, env, eval_params, policy, *, factors=(1,), dtype: str = "float32", n_starts: int = 9,
+               seed: int = 0, prior: tuple[np.ndarray, float] | None = None, full_scale: float | None = None) -> dict:
     """Run a greedy view-plane ``policy`` (``obs (E, 1, ...) -> actions (E, 1)``) on ``volume`` (a
     conformed :class:`jaxmed.data.Volume`) from ``n_starts`` starts around ``prior`` (``(normal,
-    offset about the image centre)``; default: the world-axis plane through the centre); ``factors``,
+    offset about the image centre)``; default: the world-axis plane through the centre);
+    ``eval_params``: the env's evaluation parameters as the run builds them
+    (:func:`jaxmed.experiment.make_env`; their ``max_steps`` bounds every search); ``factors``,
     ``dtype``, ``full_scale``: the bank's, as the run's ``data`` section has them.
 
     Returns ``{"normal" (3,), "offset", "point" (3,), "pivot" (3,), "normals" (E, 3), "offsets" (E,),
@@ -90,11 +91,10 @@ def find_plane(volume, env, env_params, policy, *, factors=(1,), dtype: str = "f
     placeholder = Landmarks(labels, np.repeat(centre[None], len(labels), 0), source=str(volume.source))
     bank = build_bank([(volume, placeholder)], labels, factors=factors, max_crop=3, dtype=dtype, packed=env.wants_packed_bank,
                       full_scale=full_scale)
-    eval_params = env.eval_params(env_params)
-    max_tilt = min(10.0, 0.5 * float(env_params.max_start_angle_deg))
+    max_tilt = min(10.0, 0.5 * float(eval_params.max_start_angle_deg))
     normal, offset = (None, 0.0) if prior is None else prior
     states = env.prior_states(bank, n_starts, seed=seed, max_angle_deg=max_tilt, normal=normal, offset=offset)
-    steps = int(eval_params.max_steps) if max_steps is None else int(max_steps)
+    steps = int(eval_params.max_steps)
     res = jax.jit(lambda s, b: greedy_rollout(policy, env, eval_params, b, s, max_steps=steps))(states, bank)
     final = res["final_state"]
     normals, offsets = jax.vmap(env.plane_world, in_axes=(0, None))(final, bank)
@@ -208,11 +208,11 @@ def plane_command(image: str | Path, checkpoint: str | Path, out: str | Path, pn
         raise ConfigError(f"--n-starts must be >= 1, got {n_starts}")
     check_plane_run(checkpoint)
     cfg, network, params = load_params(checkpoint)
-    env, env_params, eval_params = ex.make_env(cfg)  # as training and evaluation build it
+    env, _, eval_params = ex.make_env(cfg)  # as training and evaluation build it
     volume = conform(load_image(image), cfg.data.spacing)
     learner = cfg.train.learner
-    result = find_plane(volume, env, env_params, lambda obs: learners.policy_action(learner, network, params, obs),
-                        factors=tuple(cfg.data.factors), dtype=cfg.data.dtype, n_starts=n_starts, max_steps=int(eval_params.max_steps),
+    result = find_plane(volume, env, eval_params, lambda obs: learners.policy_action(learner, network, params, obs),
+                        factors=tuple(cfg.data.factors), dtype=cfg.data.dtype, n_starts=n_starts,
                         prior=template_prior(cfg.data, env), full_scale=cfg.data.intensity_ceiling)
     doc = plane_json(result, env.definition, str(image), str(checkpoint))
     _write_atomic(out, json.dumps(doc, indent=2) + "\n")

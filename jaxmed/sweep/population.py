@@ -6,7 +6,8 @@ its hyperparameter leaves (the learner's ``Hparams``) and, optionally, its PRNG 
 state of the population has a leading trial axis on every leaf. That axis is sharded over a 1-D
 mesh of devices (axis ``"trials"``; by default every device of every process of a
 ``jax.distributed`` cluster): ``jax.shard_map`` gives each device a block of trials, which it
-trains with ``jax.vmap`` and no communication at all. ``P`` trials are padded to ``P_pad``, the next
+trains side by side (``jax.vmap``) or in turn (``lax.map``; ``train.seed_batching``, by default
+in turn on CPU) and with no communication at all. ``P`` trials are padded to ``P_pad``, the next
 multiple of the device count, by repeating the last trial; the padded rows train like the others
 and are ignored. The per-trial metrics are all-gathered inside the program, so every process reads
 every trial's numbers. :meth:`Population.take` keeps the rows of the surviving trials, so they
@@ -27,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxmed import experiment as ex
+from jaxmed.agents.core import over_members
 from jaxmed.errors import ConfigError
 from jaxmed.sweep import checkpoint
 
@@ -87,7 +89,8 @@ class Population:
         fns = self.learner.make_train(cfg.learner, env, params, network)
         self._init_v = jax.vmap(fns.init, in_axes=(0, None, 0))
         self._inits: dict[str, object] = {}  # one compiled init per PRNG implementation
-        chunk_v = jax.vmap(fns.run_chunk, in_axes=(0, None))
+        # the trials of a device's block side by side (vmap) or in turn (lax.map, the CPU default)
+        chunk_v = over_members(fns.run_chunk, cfg.train.seed_batching)
 
         def chunk_block(state, bank):
             state, metrics = chunk_v(state, bank)
@@ -98,7 +101,8 @@ class Population:
         self.val = None
         if val is not None:
             self.val = (self.replicate(val[0]), self.replicate(val[1]))
-            rollout_v = jax.vmap(make_policy_rollout(cfg, env, eval_params, network), in_axes=(0, None, None))
+            rollout_v = over_members(make_policy_rollout(cfg, env, eval_params, network), cfg.train.seed_batching,
+                                     in_axes=(0, None, None))
 
             def eval_block(params, bank, states):
                 out = rollout_v(params, bank, states)
