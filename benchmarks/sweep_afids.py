@@ -139,12 +139,12 @@ def markdown(result: dict) -> str:
     s, runs = result["sweep"], result.get("runs", {})
     seq = result.get("sequential_measured")
     lines = ["| | value |", "|---|---|",
-             f"| trials / compiled groups | {s['trials']} / {s['groups']} (vmapped, {result['devices']} device(s)) |",
+             f"| trials / compiled groups | {s['trials']} / {s['groups']} (one population program, {result['devices']} device(s)) |",
              f"| trial-chunks trained | {s['trial_chunks']} |",
-             f"| sweep wall time (vmapped, incl. data, compile + validation) | {s['wall_s']:.0f} s |"]
+             f"| sweep wall time (population programs, incl. data, compile + validation) | {s['wall_s']:.0f} s |"]
     if seq:
         lines += [f"| same trials one after another in one process (measured, compiled once) | {seq['wall_s']:.0f} s |",
-                  f"| speed-up of the vmapped sweep | {result['speedup_vmapped_vs_sequential']:.2f}x |"]
+                  f"| speed-up of the population sweep | {result['speedup_vmapped_vs_sequential']:.2f}x |"]
     lines += [f"| best trial | {s.get('best_trial')} {s.get('best_values')} |",
               f"| validation distance at the full budget, best / default (mm) "
               f"| {_num(s.get('best_metric'))} / {_num(s.get('default_metric'))} |"]
