@@ -129,6 +129,13 @@ class LandmarkSetResult:
     def methods(self) -> list[str]:
         return [m for m in ("agent", "prior", "registration") if getattr(self, m) is not None]
 
+    def offsets(self, method: str = "agent") -> np.ndarray | None:
+        """``(K, 3)`` mm: the mean over subjects of answer minus annotation per landmark (world RAS:
+        +x right, +y anterior, +z superior). Unlike the error it keeps the sign, so a difference of
+        annotation habit or a bias of the model shows as an offset that the subjects share."""
+        points = getattr(self, method)
+        return None if points is None else (points - self.truth).mean(axis=0)
+
     def stats(self) -> dict[str, dict[str, dict[str, float]]]:
         """``{method: {label or "all": error_stats}}``."""
         out = {}
@@ -157,7 +164,9 @@ class LandmarkSetResult:
         """Markdown: per landmark, the agent's statistics beside both baselines' mean ± std and failures."""
         stats = self.stats()
         names = {"agent": "agent", "prior": "template prior", "registration": "affine registration"}
-        head = "| landmark | n | agent mean ± std (mm) | median | p90 | max | ≤2 mm | ≤4 mm | ≤8 mm | >10 mm |"
+        head = ("| landmark | n | agent mean ± std (mm) | median | p90 | max | ≤2 mm | ≤4 mm | ≤8 mm | >10 mm "
+                "| agent mean offset x, y, z (mm) |")
+        offsets = self.offsets("agent")
         for m in self.methods()[1:]:
             head += f" {names[m]} mean ± std | {names[m]} >10 mm |"
         lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -165,16 +174,21 @@ class LandmarkSetResult:
             r = stats["agent"][label]
             line = (f"| {'**all**' if label == 'all' else label} | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} | {r['median']:.2f} | "
                     f"{r['p90']:.2f} | {r['max']:.2f} | {100 * r['success_2mm']:.0f} % | {100 * r['success_4mm']:.0f} % | "
-                    f"{100 * r['success_8mm']:.0f} % | {r['failures']} |")
+                    f"{100 * r['success_8mm']:.0f} % | {r['failures']} | "
+                    + (", ".join(f"{v:+.2f}" for v in (offsets.mean(0) if label == "all" else offsets[self.labels.index(label)])))
+                    + " |")
             for m in self.methods()[1:]:
                 b = stats[m][label]
                 line += f" {b['mean']:.2f} ± {b['std']:.2f} | {b['failures']} |"
             lines.append(line)
         secs = [f"agent {self.agent_seconds:.3f} s per subject (all landmarks, compiled once in {self.compile_seconds:.1f} s)"]
+        note = ("Offset: mean over subjects of answer minus annotation, world RAS (+x right, +y anterior, +z "
+                "superior); an offset near the mean error means the subjects share it: an annotation habit or a "
+                "bias of the model, not scatter.")
         if self.registration_seconds is not None:
             secs.append(f"affine registration {np.mean(self.registration_seconds):.1f} s per subject")
         return (f"### {self.name}: {len(self.subjects)} subject(s), {len(self.labels)} landmark(s)\n\n" + "\n".join(lines)
-                + "\n\n" + "; ".join(secs) + "\n")
+                + "\n\n" + note + "\n\n" + "; ".join(secs) + "\n")
 
     def rows(self) -> list[dict]:
         """Per subject and landmark: the CSV rows (:data:`CSV_FIELDS`)."""

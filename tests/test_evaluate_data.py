@@ -122,6 +122,11 @@ def test_set_result_statistics_by_hand(tmp_path):
     md, path = res.write(tmp_path)
     assert md.name == "eval_hand.md" and [r["agent_error_mm"] for r in _read(path)] == ["1.0000", "3.0000", "7.0000", "12.0000"]
     assert "| AC | 4 | 5.75 ±" in md.read_text()
+    # the signed mean offset per landmark: (1 + 3, 7, 12) / 4 per axis, shown with its sign
+    np.testing.assert_allclose(res.offsets("agent"), [[1.0, 1.75, 3.0]])
+    np.testing.assert_allclose(res.offsets("prior"), [[5.0, 5.0, 5.0]])
+    assert res.offsets("registration") is None
+    assert "| 1 | +1.00, +1.75, +3.00 |" in md.read_text() and "Offset: mean over subjects" in md.read_text()
 
 
 def test_registration_baseline_recovers_a_known_affine():
