@@ -160,6 +160,32 @@ def test_vmapped_population_equals_separate_runs(population):
     assert int(np.asarray(kept.updates)[0]) == int(np.asarray(state.updates)[1])
 
 
+def test_population_batched_or_in_turn_trains_the_same_trials():
+    """train.seed_batching=vmap (trials side by side, the accelerator default) and map (in turn, the
+    CPU default) give every trial of a population the same parameters, metrics and validation
+    score (rounding only)."""
+    from jaxmed.experiment import make_bank
+    from jaxmed.sweep.population import Population, val_data
+
+    out = {}
+    for batching in ("vmap", "map"):
+        trials = [make_trial(_base(), {"dqn.learning_rate": lr, "train.seed_batching": batching}, 0, i)
+                  for i, lr in enumerate((2e-3, 5e-4))]
+        cfg = trials[0].config
+        bank, _, _ = make_bank(cfg, "train", cfg.data.n_train)
+        pop = Population(cfg, bank, val=val_data(cfg, 1, 2), devices=jax.devices()[:1])
+        state = pop.init(jax.random.split(jax.random.key(3), 2), pop.hparams([t.config for t in trials]))
+        state, metrics, _ = pop.run(state, 2)
+        score, _ = pop.evaluate(state, "distance_mm")
+        out[batching] = (jax.tree.leaves(state.params), metrics, score)
+    (pv, mv, sv), (pm, mm, sm) = out["vmap"], out["map"]
+    for a, b in zip(pv, pm):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+    assert not np.allclose(np.asarray(pm[0])[0], np.asarray(pm[0])[1])  # two different trials
+    np.testing.assert_allclose(mv["loss"], mm["loss"], rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(sv, sm, rtol=1e-3, atol=1e-3)
+
+
 # ------------------------------------------------------------------ the whole sweep, resume, results
 
 
