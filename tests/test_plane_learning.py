@@ -116,3 +116,11 @@ def test_plane_command_finds_the_plane_of_a_new_image(trained, tmp_path, monkeyp
     again = parser.parse_args(["plane", str(image), "--checkpoint", str(run_dir), "-o", str(out)])
     with pytest.raises(OverwriteError, match="plane.json"):
         again.func(again)
+    # a run trained with --seeds 2 (parameters stacked on a seed axis): the command answers with seed 0
+    two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=2))
+    stacked = jax.tree.map(lambda x: np.stack([np.asarray(x), np.zeros_like(np.asarray(x))]), trained.net_params)
+    monkeypatch.setattr(jaxmed.runs, "load_params", lambda d: (two, trained.net, stacked))
+    out2 = tmp_path / "plane_seeds.json"
+    args = parser.parse_args(["plane", str(image), "--checkpoint", str(run_dir), "-o", str(out2), "--n-starts", "5"])
+    assert args.func(args) == 0
+    np.testing.assert_allclose(json.loads(out2.read_text())["normal"], doc["normal"], atol=1e-6)

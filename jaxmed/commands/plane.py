@@ -198,7 +198,7 @@ def plane_command(image: str | Path, checkpoint: str | Path, out: str | Path, pn
     from jaxmed import experiment as ex
     from jaxmed.agents import learners
     from jaxmed.data import conform, load_image
-    from jaxmed.runs import load_params
+    from jaxmed.runs import load_params, seed_params
 
     out = Path(out)
     check_writable(out, overwrite)  # refuse before any work
@@ -208,6 +208,7 @@ def plane_command(image: str | Path, checkpoint: str | Path, out: str | Path, pn
         raise ConfigError(f"--n-starts must be >= 1, got {n_starts}")
     check_plane_run(checkpoint)
     cfg, network, params = load_params(checkpoint)
+    params = seed_params(cfg, params, 0)  # a run trained with --seeds S answers with its first seed, as jaxmed register
     env, _, eval_params = ex.make_env(cfg)  # as training and evaluation build it
     volume = conform(load_image(image), cfg.data.spacing)
     learner = cfg.train.learner
