@@ -247,7 +247,7 @@ def _synthetic_organ_image(tmp_path, base_seed: int):
     return image, subject, truth
 
 
-def test_dqn_learns_threshold_segmentation(tmp_path):
+def test_dqn_learns_threshold_segmentation(tmp_path, monkeypatch):
     """DQN on threshold-seg-v0 (ellipsoid phantoms, 12^3 crops): held-out greedy Dice well above the
     Dice of the fixed start windows."""
     import yaml
@@ -287,6 +287,21 @@ def test_dqn_learns_threshold_segmentation(tmp_path):
     assert main(["segment", str(tmp_path / "missing.nii.gz"), "--checkpoint", str(tmp_path / "run"),
                  "-o", str(tmp_path / "m3.nii.gz")]) == 2
     assert not (tmp_path / "m2.nii.gz").exists() and not (tmp_path / "m3.nii.gz").exists()
+
+    # a run trained with --seeds 2 (parameters stacked on a seed axis): the command answers with seed 0
+    import dataclasses
+
+    import jax
+
+    import jaxmed.runs
+
+    exp, params = jaxmed.runs.load_run(tmp_path / "run")
+    two = dataclasses.replace(exp, cfg=dataclasses.replace(exp.cfg, train=dataclasses.replace(exp.cfg.train, seeds=2)))
+    stacked = jax.tree.map(lambda x: np.stack([np.asarray(x), np.zeros_like(np.asarray(x))]), params)
+    monkeypatch.setattr(jaxmed.runs, "load_run", lambda d: (two, stacked))
+    out2 = tmp_path / "mask_seeds.nii.gz"
+    assert main(["segment", str(image), "--checkpoint", str(tmp_path / "run"), "-o", str(out2), centre]) == 0
+    np.testing.assert_array_equal(np.asarray(nib.load(out2).dataobj), np.asarray(mask.dataobj))
 
 
 def test_voxel_q_network_patches_equal_dense():

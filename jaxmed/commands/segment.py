@@ -106,7 +106,7 @@ def segment_command(image, checkpoint, out, *, center=None, n_starts: int = 4, o
     from jaxmed.data import load_image
     from jaxmed.data.structures import centroid_world, crop_volume
     from jaxmed.data.volume import Volume
-    from jaxmed.runs import load_run
+    from jaxmed.runs import load_run, seed_params
 
     image, out = Path(image), Path(out)
     if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
@@ -119,6 +119,7 @@ def segment_command(image, checkpoint, out, *, center=None, n_starts: int = 4, o
         raise ImageError(f"{image}: no such file or directory")
     run_env_section(checkpoint, ENV_NAMES, "`jaxmed segment` needs a threshold-seg-v0 or voxel-seg-v0 run (configs/seg/*.yaml)")
     exp, params = load_run(checkpoint)  # the env's evaluation params: eval_max_steps applied
+    params = seed_params(exp.cfg, params, 0)  # a run trained with --seeds S answers with its first seed
     cfg, network, env, env_params = exp.cfg, exp.network, exp.env, exp.eval_params
     native = _native_grid(image)
     volume = load_image(image, normalise=False)  # the crop is normalised (like the training crops), not the image
