@@ -25,7 +25,6 @@ writes ``benchmarks/results/plane_real.json`` and ``.md`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -134,7 +133,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from jaxmed.bench import machine_info
+    from common import write_result
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, nargs="+", required=True, help="trained plane-v0 runs (every seed is evaluated)")
@@ -147,13 +146,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         subjects = images(args.oblique, Path(tmp))
         runs = [evaluate_run(r, subjects, not args.no_registration, args.starts, log) for r in args.run]
-    result = {"runs": runs, "machine": machine_info(),
-              "command": "python benchmarks/plane_real.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    md = markdown(result)
-    args.out.with_suffix(".md").write_text(md + "\n")
-    print(md)
+    result = {"runs": runs}
+    write_result(args.out, result, markdown, argv)
     return 0
 
 

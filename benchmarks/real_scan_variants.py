@@ -31,7 +31,6 @@ writes ``benchmarks/results/real_scan_variants.json`` and ``.md`` (``--out``); t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -142,9 +141,8 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from common import write_result
     from real_anatomy import evaluate
-
-    from jaxmed.bench import machine_info
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, nargs="+", required=True, help="trained AC / PC runs (every seed of each is evaluated)")
@@ -159,19 +157,13 @@ def main(argv=None) -> int:
         folders = write_variants(root, args.variants)
         specs = [str(folders[v]) for v in args.variants]
         parts = [evaluate(run, specs, not args.no_registration and k == 0, "median", log) for k, run in enumerate(args.run)]
-    result = {"runs": [str(r) for r in args.run], "seeds": sum(q["seeds"] for q in parts), "machine": machine_info(),
-              "command": "python benchmarks/real_scan_variants.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "variants": {}}
+    result = {"runs": [str(r) for r in args.run], "seeds": sum(q["seeds"] for q in parts), "variants": {}}
     for v, spec in zip(args.variants, specs):
         sets = [q["sets"][spec] for q in parts]
         first = sets[0]
         result["variants"][v] = {"subjects": first["subjects"], "labels": first["labels"], "baselines": first["baselines"],
                                  "per_seed": [s for q in sets for s in q["per_seed"]]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    md = table(result)
-    args.out.with_suffix(".md").write_text(md + "\n")
-    print(md)
+    write_result(args.out, result, table, argv)
     return 0
 
 
