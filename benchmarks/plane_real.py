@@ -86,17 +86,17 @@ def evaluate_run(run_dir: Path, subjects, registration: bool, n_starts: int, log
     tpl_conformed = conform(tpl_volume, cfg.data.spacing)
     truth = colin27.landmarks().select(labels).positions
     out = {"run": str(run_dir), "plane": definition.name, "seeds": cfg.train.seeds, "starts": n_starts, "subjects": {}}
+    members = [seed_params(cfg, params, s) for s in range(cfg.train.seeds)]
+    search = dict(factors=tuple(cfg.data.factors), dtype=cfg.data.dtype, n_starts=n_starts,
+                  prior=template_prior(cfg.data, env), full_scale=cfg.data.intensity_ceiling)
     for name, path, move in subjects:
         points = truth if move is None else truth @ move[:3, :3].T + move[:3, 3]
         volume = conform(load_image(path), cfg.data.spacing)
         row = {"agent": [], "agent_seconds": []}
-        for s in range(cfg.train.seeds):
-            p = seed_params(cfg, params, s)
+        for p in members:
             policy = lambda obs, p=p: learners.policy_action(cfg.train.learner, network, p, obs)  # noqa: E731
-            kw = dict(factors=tuple(cfg.data.factors), dtype=cfg.data.dtype, n_starts=n_starts,
-                      prior=template_prior(cfg.data, env), full_scale=cfg.data.intensity_ceiling)
             t0 = time.perf_counter()  # find_plane compiles its rollout on every call: the time includes it
-            res = find_plane(volume, env, eval_params, policy, **kw)
+            res = find_plane(volume, env, eval_params, policy, **search)
             row["agent_seconds"].append(time.perf_counter() - t0)
             row["agent"].append(plane_metrics(definition, points, res["normal"], res["offset"]))
         row["template plane (no model)"] = plane_metrics(definition, points, tpl_n, tpl_d)

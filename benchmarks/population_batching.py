@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -40,7 +42,7 @@ def time_population(cfg, bank, trials: int, warmup: int, chunks: int) -> dict:
     per_chunk = (time.perf_counter() - t0) / chunks
     return {"trials": trials, "batching": cfg.train.seed_batching, "warmup_s_incl_compile": round(first_s, 2),
             "s_per_chunk": round(per_chunk, 3), "s_per_trial_chunk": round(per_chunk / trials, 3),
-            "reward_mean": float(sum(metrics.get("reward", [float("nan")])) / max(len(metrics.get("reward", [])), 1))}
+            "reward_mean": float(np.nanmean(metrics["reward"]))}
 
 
 def main() -> int:

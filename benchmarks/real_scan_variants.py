@@ -47,11 +47,11 @@ VARIANTS = ("as-is", "lps-storage", "oblique", "thick-axial", "cropped", "bias-n
 
 
 def rotation(axis, degrees: float) -> np.ndarray:
-    """``(3, 3)`` rotation by ``degrees`` about ``axis`` (Rodrigues)."""
-    k = np.asarray(axis, np.float64) / np.linalg.norm(axis)
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    t = np.radians(degrees)
-    return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * K @ K
+    """``(3, 3)`` rotation by ``degrees`` about ``axis``."""
+    from scipy.spatial.transform import Rotation
+
+    k = np.asarray(axis, np.float64)
+    return Rotation.from_rotvec(np.radians(degrees) * k / np.linalg.norm(k)).as_matrix()
 
 
 def variant(name: str, data: np.ndarray, affine: np.ndarray, points: np.ndarray, seed: int = 0):
@@ -104,11 +104,12 @@ def write_variants(root: Path, variants=VARIANTS) -> dict[str, Path]:
 
     files = colin27.fetch(quiet=True)
     truth = colin27.landmarks().select(list(LABELS))
+    loaded = {image: nib.load(str(files[image])) for image in IMAGES}
+    arrays = {image: np.asarray(img.dataobj) for image, img in loaded.items()}
     folders = {}
     for v in variants:
         for image in IMAGES:
-            img = nib.load(str(files[image]))
-            data, affine, points = variant(v, np.asarray(img.dataobj), img.affine, truth.positions)
+            data, affine, points = variant(v, arrays[image], loaded[image].affine, truth.positions)
             sub = root / v / image
             sub.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(data, affine), str(sub / f"{image}.nii.gz"))

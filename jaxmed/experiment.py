@@ -29,13 +29,6 @@ SOURCES = _source_names()
 ENV_KEYS = {"name": "landmark-v0", "eval_starts": 27, "eval_max_steps": None}
 
 
-#: How ``train.seeds > 1`` members (and a sweep population's trials) run in one program
-#: (:attr:`TrainSection.seed_batching`, :func:`jaxmed.agents.core.over_members`).
-#: The same names as ``jaxmed.agents.core.MEMBER_BATCHING``, kept here so that reading a config
-#: imports no JAX.
-SEED_BATCHING = ("auto", "vmap", "map")
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
     """The outer loop."""
@@ -47,7 +40,8 @@ class TrainSection:
     seeds: int = 1  # > 1: that many seeds trained at once in one compiled program
     # how that program runs the seeds (and `jaxmed sweep` the trials of a population): vmap (side by
     # side, batched), map (one after the other inside the program, lax.map), auto (map on CPU, where
-    # batching the members' networks is slower than running them in turn; vmap on accelerators)
+    # batching the members' networks is slower than running them in turn; vmap on accelerators);
+    # jaxmed.agents.core.MEMBER_BATCHING / over_members
     seed_batching: str = "auto"
     devices: int = 1  # data-parallel devices (pmap); 1 = no device axis
     # per-member hyperparameters of a vmapped run: {field: [value per seed]} (a single value applies to
@@ -62,6 +56,7 @@ class TrainSection:
 
     def __post_init__(self):
         from jaxmed.agents import learners
+        from jaxmed.agents.core import MEMBER_BATCHING
 
         learners.spec(self.learner)
         if self.refresh_every < 0:
@@ -71,8 +66,8 @@ class TrainSection:
                               f"got {self.average_from}")
         if self.seeds < 1 or self.devices < 1 or self.chunks < 1 or self.checkpoint_every < 1:
             raise ConfigError("train.seeds, train.devices, train.chunks and train.checkpoint_every must be >= 1")
-        if self.seed_batching not in SEED_BATCHING:
-            raise ConfigError(f"train.seed_batching must be one of {', '.join(SEED_BATCHING)}, got {self.seed_batching!r}")
+        if self.seed_batching not in MEMBER_BATCHING:
+            raise ConfigError(f"train.seed_batching must be one of {', '.join(MEMBER_BATCHING)}, got {self.seed_batching!r}")
         if self.seeds > 1 and self.devices > 1:
             raise ConfigError("train.seeds > 1 (vmapped seeds) and train.devices > 1 (pmap) cannot be combined; choose one")
         if self.hparams:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from jaxmed.data import colin27
 from jaxmed.data.planes import get_plane
@@ -15,13 +16,6 @@ _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "plane_real.py"
 _spec = importlib.util.spec_from_file_location("plane_real", _PATH)
 pr = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pr)
-
-
-def _rotation(axis, degrees):
-    k = np.asarray(axis, float) / np.linalg.norm(axis)
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    t = np.radians(degrees)
-    return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * K @ K
 
 
 @pytest.mark.parametrize("name", ["acpc_axial", "midsagittal"])
@@ -43,7 +37,7 @@ def test_plane_metrics_of_the_true_a_shifted_and_a_tilted_plane(name):
     # tilted by 5 degrees about an axis in the plane, through the reference landmarks' centroid
     c = ref.mean(0)
     axis = np.cross(n, [0.0, 0.0, 1.0] if abs(n[2]) < 0.9 else [1.0, 0.0, 0.0])
-    tn = _rotation(axis, 5.0) @ n
+    tn = Rotation.from_rotvec(np.radians(5.0) * axis / np.linalg.norm(axis)).as_matrix() @ n
     tilted = pr.plane_metrics(d, points, tn, float(tn @ c))
     assert tilted["angle_deg"] == pytest.approx(5.0, abs=0.05)
     assert tilted["landmark_distance_mm"] > exact["landmark_distance_mm"]
