@@ -165,3 +165,31 @@ def test_shipped_plane_configs_build(name):
         if cfg.data.source == "afids":
             other, _, _ = ex.make_env(dataclasses.replace(cfg, env={**cfg.env, "target": plane}))
             assert other.required_labels == env.required_labels
+
+
+def test_plane_search_compiles_once_per_shape_and_answers_as_find_plane():
+    """One :class:`PlaneSearch` serves every parameter set and image of a shape with one compiled
+    search, and answers exactly what the one-off :func:`find_plane` answers for the same policy."""
+    import jax
+
+    from jaxmed import experiment as ex
+    from jaxmed.agents import learners
+    from jaxmed.data import conform
+
+    cfg = ex.ExperimentConfig.from_dict(yaml.safe_load((REPO / "configs/phantom_plane_dqn.yaml").read_text()), "phantom_plane_dqn.yaml")
+    cfg = dataclasses.replace(cfg, env={**cfg.env, "eval_max_steps": 12})
+    env, _, eval_params = ex.make_env(cfg)
+    network = ex.make_network(cfg, env)
+    members = [network.init(jax.random.key(k), ex.dummy_observation(cfg, env)) for k in (0, 1)]
+    images = [conform(plane_phantom(seed=s)[0], 2.0) for s in (3, 4)]
+    assert images[0].shape == images[1].shape
+    searcher = command.PlaneSearch(env, eval_params, lambda p, obs: learners.policy_action("dqn", network, p, obs))
+    for volume in images:
+        for p in members:
+            res = searcher.find(volume, p, factors=(1, 2), dtype="uint8", n_starts=4)
+            ref = command.find_plane(volume, env, eval_params, lambda obs, p=p: learners.policy_action("dqn", network, p, obs),
+                                     factors=(1, 2), dtype="uint8", n_starts=4)
+            np.testing.assert_allclose(res["normals"], ref["normals"], atol=1e-6)
+            np.testing.assert_allclose(res["offsets"], ref["offsets"], atol=1e-4)
+            np.testing.assert_array_equal(res["steps"], ref["steps"])
+    assert searcher._search._cache_size() == 1

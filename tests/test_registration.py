@@ -165,6 +165,45 @@ def test_reset_draws_within_bounds_and_replay_renders_the_observation(bank):
     assert per <= 64, per
 
 
+def test_pairs_of_two_subjects_draw_another_volume_and_measure_its_landmarks(bank):
+    """``other_subject_prob``: the moving image comes from another bank volume with that probability
+    (never the fixed one), the one-subject draws are unchanged, the TRE compares the fixed subject's
+    carried landmarks with the moving subject's (NumPy), and channel 1 samples the moving volume."""
+    keys = jax.random.split(jax.random.key(3), 400)
+    params = RegistrationParams()
+    reset = lambda env: jax.jit(jax.vmap(env.reset, in_axes=(0, None, None)))(keys, params, bank)  # noqa: E731
+    _, one = reset(_env())
+    obs, two = reset(_env(other_subject_prob=1.0))
+    _, half = reset(_env(other_subject_prob=0.5))
+    np.testing.assert_array_equal(np.asarray(one.moving), np.asarray(one.volume))
+    for s in (two, half):  # same fixed volumes and poses as the one-subject env
+        np.testing.assert_array_equal(np.asarray(s.volume), np.asarray(one.volume))
+        np.testing.assert_array_equal(np.asarray(s.gt), np.asarray(one.gt))
+    vol, mov = np.asarray(two.volume), np.asarray(two.moving)
+    assert np.all(mov != vol)
+    for v in range(4):  # uniform among the three others
+        counts = np.bincount(mov[vol == v], minlength=4)
+        assert counts[v] == 0 and counts.sum() > 60 and counts.min(initial=99, where=np.arange(4) != v) > 0.2 * counts.sum()
+    assert 0.4 < np.mean(np.asarray(half.moving) != np.asarray(half.volume)) < 0.6
+    env = _env(other_subject_prob=1.0)
+    for e in range(5):
+        state = jax.tree.map(lambda x: x[e], two).replace(estimate=jnp.asarray([4.0, -2.0, 1.0, 3.0, 0.0, -5.0]))
+        v, m = int(state.volume), int(state.moving)
+        c = np.asarray(env.center(bank, v), np.float64)
+        t, g = _np_rigid(np.asarray(state.estimate, np.float64), c), _np_rigid(np.asarray(state.gt, np.float64), c)
+        fixed_lm, moving_lm = (np.c_[np.asarray(bank.landmarks_world[i], np.float64), np.ones(4)] for i in (v, m))
+        expected = np.linalg.norm((fixed_lm @ t.T)[:, :3] - (moving_lm @ g.T)[:, :3], axis=1).mean()
+        np.testing.assert_allclose(float(env.tre_mm(state, bank)[0]), expected, rtol=1e-4)
+        start = jax.tree.map(lambda x: x[e], two)
+        same = start.replace(moving=start.volume)  # the same pose on the fixed subject's own image
+        assert not np.allclose(np.asarray(env.get_obs(start, params, bank))[0, 1], np.asarray(env.get_obs(same, params, bank))[0, 1])
+        np.testing.assert_allclose(np.asarray(obs[e]), np.asarray(env.get_obs(start, params, bank)), atol=1e-6)
+    with pytest.raises(ConfigError, match="reward 'tre'"):
+        _env(other_subject_prob=0.5, reward="pose")
+    with pytest.raises(ConfigError, match="other_subject_prob"):
+        _env(other_subject_prob=1.5)
+
+
 def test_oscillation_refines_then_terminates_and_auto_reset(bank):
     """+x, -x, +x, -x oscillates (3 visits): coarse level -> fine level; again -> terminated. The
     auto-reset returns a fresh state; info['final_state'] and the final_* metrics are the ended one's."""
@@ -430,3 +469,49 @@ def test_register_command_optax_agent_and_errors(tmp_path, float_bank):
         _cli([str(fp), str(mp), "-o", str(tmp_path / "u.txt"), "--checkpoint", str(landmark_run)])
     with pytest.raises(ConfigError, match="not a jaxmed run"):
         _cli([str(fp), str(mp), "-o", str(tmp_path / "u.txt"), "--checkpoint", str(tmp_path)])
+
+
+def test_registration_agent_compiles_once_per_shape_and_answers_as_agent_transform(tmp_path):
+    """A :class:`RegistrationAgent` registers every pair of one shape with one compiled episode, each
+    seed of a multi-seed run with its own parameters, and answers what the one-off
+    :func:`agent_transform` answers."""
+    import dataclasses
+
+    import yaml
+
+    from jaxmed.commands.register import RegistrationAgent, agent_transform, resample_moving
+    from jaxmed.config import load_yaml
+    from jaxmed.data import Volume
+    from jaxmed.experiment import ExperimentConfig, dummy_observation, make_env, make_network
+    from jaxmed.ops.rigid import rigid_matrix
+    from jaxmed.runs import load_params
+    from jaxmed.train import save_network
+
+    cfg = ExperimentConfig.from_dict(load_yaml("configs/phantom_registration_dqn.yaml"))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=2))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    env, _, _ = make_env(cfg)
+    net = make_network(cfg, env)
+    members = [net.init(jax.random.key(k), dummy_observation(cfg, env)) for k in (0, 1)]
+    save_network(run, jax.tree.map(lambda *x: jnp.stack(x), *members))
+    loaded = load_params(run)
+    pairs = []
+    for seed, move in ((7, [5.0, -3.0, 4.0, 0.0, 6.0, -4.0]), (8, [-4.0, 2.0, 0.0, 5.0, 0.0, 3.0])):
+        fixed, _ = blob_phantom(shape=(30, 28, 26), spacing=2.0, n_landmarks=4, seed=seed)
+        c = fixed.voxel_to_world((np.asarray(fixed.shape) - 1) / 2)
+        gt = np.asarray(rigid_matrix(np.array(move), c), np.float64)
+        pairs.append((fixed, Volume(resample_moving(fixed, fixed, np.linalg.inv(gt)), fixed.affine)))
+    answers = {}
+    for seed in (0, 1):
+        agent = RegistrationAgent(loaded, seed=seed)
+        for k, (fixed, moving) in enumerate(pairs):
+            matrix, seconds, steps = agent.register(fixed, moving)
+            np.testing.assert_allclose(matrix[:3, :3] @ matrix[:3, :3].T, np.eye(3), atol=1e-5)
+            assert seconds > 0 and steps >= 1
+            answers[seed, k] = matrix
+        assert agent._episode._cache_size() == 1
+    ref, _, _ = agent_transform(loaded, *pairs[1])  # seed 0
+    np.testing.assert_allclose(answers[0, 1], ref, atol=1e-5)
+    assert any(not np.allclose(answers[0, k], answers[1, k], atol=1e-4) for k in (0, 1))  # two seeds, two networks

@@ -69,41 +69,64 @@ def template_prior(data_cfg, env) -> tuple[np.ndarray, float] | None:
     return n, float(d - n @ centre)
 
 
-def find_plane(volume, env, eval_params, policy, *, factors=(1,), dtype: str = "float32", n_starts: int = 9,
-               seed: int = 0, prior: tuple[np.ndarray, float] | None = None, full_scale: float | None = None) -> dict:
-    """Run a greedy view-plane ``policy`` (``obs (E, 1, ...) -> actions (E, 1)``) on ``volume`` (a
-    conformed :class:`jaxmed.data.Volume`) from ``n_starts`` starts around ``prior`` (``(normal,
-    offset about the image centre)``; default: the world-axis plane through the centre);
-    ``eval_params``: the env's evaluation parameters as the run builds them
-    (:func:`jaxmed.experiment.make_env`; their ``max_steps`` bounds every search); ``factors``,
-    ``dtype``, ``full_scale``: the bank's, as the run's ``data`` section has them.
+class PlaneSearch:
+    """The greedy view-plane search of one policy, jitted once and run on many images.
 
-    Returns ``{"normal" (3,), "offset", "point" (3,), "pivot" (3,), "normals" (E, 3), "offsets" (E,),
-    "steps" (E,)}`` (NumPy, world RAS mm): the robust mean plane, the projection of the image centre
-    onto it, and every start's final plane.
-    """
-    from jaxmed.agents.rollout import greedy_rollout
-    from jaxmed.data import Landmarks, build_bank
+    ``policy_fn(params, obs (E, 1, ...)) -> actions (E, 1)``; ``eval_params``: the env's evaluation
+    parameters as the run builds them (:func:`jaxmed.experiment.make_env`; their ``max_steps`` bounds
+    every search). ``jax.jit`` keeps one compiled search per bank shape, so the images of one shape
+    (and every parameter set of one network) compile once."""
 
-    labels = env.required_labels
-    # The bank needs landmark positions; nothing here reads them (no reward, no target stop).
-    centre = volume.voxel_to_world((np.array(volume.shape) - 1) / 2)
-    placeholder = Landmarks(labels, np.repeat(centre[None], len(labels), 0), source=str(volume.source))
-    bank = build_bank([(volume, placeholder)], labels, factors=factors, max_crop=3, dtype=dtype, packed=env.wants_packed_bank,
-                      full_scale=full_scale)
-    max_tilt = min(10.0, 0.5 * float(eval_params.max_start_angle_deg))
-    normal, offset = (None, 0.0) if prior is None else prior
-    states = env.prior_states(bank, n_starts, seed=seed, max_angle_deg=max_tilt, normal=normal, offset=offset)
-    steps = int(eval_params.max_steps)
-    res = jax.jit(lambda s, b: greedy_rollout(policy, env, eval_params, b, s, max_steps=steps))(states, bank)
-    final = res["final_state"]
-    normals, offsets = jax.vmap(env.plane_world, in_axes=(0, None))(final, bank)
-    normals, offsets = np.asarray(normals)[:, 0], np.asarray(offsets)[:, 0]
-    normal, offset = robust_plane(normals, offsets)
-    pivot = np.asarray(env.pivot(bank, 0), np.float64)
-    point = pivot - (normal @ pivot - offset) * normal
-    return {"normal": normal, "offset": offset, "point": point, "pivot": pivot, "normals": normals,
-            "offsets": offsets, "steps": np.asarray(res["steps"])}
+    def __init__(self, env, eval_params, policy_fn):
+        from jaxmed.agents.rollout import greedy_rollout
+
+        self.env, self.eval_params = env, eval_params
+        steps = int(eval_params.max_steps)
+
+        def search(params, states, bank):
+            return greedy_rollout(lambda obs: policy_fn(params, obs), env, eval_params, bank, states, max_steps=steps)
+
+        self._search = jax.jit(search)
+
+    def find(self, volume, params, *, factors=(1,), dtype: str = "float32", n_starts: int = 9, seed: int = 0,
+             prior: tuple[np.ndarray, float] | None = None, full_scale: float | None = None) -> dict:
+        """Search ``volume`` (a conformed :class:`jaxmed.data.Volume`) with the policy's ``params`` from
+        ``n_starts`` starts around ``prior`` (``(normal, offset about the image centre)``; default: the
+        world-axis plane through the centre); ``factors``, ``dtype``, ``full_scale``: the bank's, as the
+        run's ``data`` section has them.
+
+        Returns ``{"normal" (3,), "offset", "point" (3,), "pivot" (3,), "normals" (E, 3), "offsets" (E,),
+        "steps" (E,)}`` (NumPy, world RAS mm): the robust mean plane, the projection of the image
+        centre onto it, and every start's final plane."""
+        from jaxmed.data import Landmarks, build_bank
+
+        env = self.env
+        labels = env.required_labels
+        # The bank needs landmark positions; nothing here reads them (no reward, no target stop).
+        centre = volume.voxel_to_world((np.array(volume.shape) - 1) / 2)
+        placeholder = Landmarks(labels, np.repeat(centre[None], len(labels), 0), source=str(volume.source))
+        bank = build_bank([(volume, placeholder)], labels, factors=factors, max_crop=3, dtype=dtype, packed=env.wants_packed_bank,
+                          full_scale=full_scale)
+        max_tilt = min(10.0, 0.5 * float(self.eval_params.max_start_angle_deg))
+        normal, offset = (None, 0.0) if prior is None else prior
+        states = env.prior_states(bank, n_starts, seed=seed, max_angle_deg=max_tilt, normal=normal, offset=offset)
+        res = self._search(params, states, bank)
+        final = res["final_state"]
+        normals, offsets = jax.vmap(env.plane_world, in_axes=(0, None))(final, bank)
+        normals, offsets = np.asarray(normals)[:, 0], np.asarray(offsets)[:, 0]
+        normal, offset = robust_plane(normals, offsets)
+        pivot = np.asarray(env.pivot(bank, 0), np.float64)
+        point = pivot - (normal @ pivot - offset) * normal
+        return {"normal": normal, "offset": offset, "point": point, "pivot": pivot, "normals": normals,
+                "offsets": offsets, "steps": np.asarray(res["steps"])}
+
+
+def find_plane(volume, env, eval_params, policy, **search) -> dict:
+    """One image searched by a greedy ``policy`` (``obs (E, 1, ...) -> actions (E, 1)``, parameters
+    closed over): :meth:`PlaneSearch.find` with the same keywords (``factors``, ``dtype``,
+    ``n_starts``, ``seed``, ``prior``, ``full_scale``). Compiles on every call; to search many images
+    or seeds build one :class:`PlaneSearch`."""
+    return PlaneSearch(env, eval_params, lambda _, obs: policy(obs)).find(volume, None, **search)
 
 
 # ------------------------------------------------------------------ outputs

@@ -55,10 +55,20 @@ current estimate: ``M(T x) = r(F(W x))``, ``W = G^{-1} T``, one interpolation fr
 On a real pair (:meth:`RegistrationEnv.pair_state`, ``G = I``, ``moving`` another bank volume)
 channel 1 samples that volume at ``T x``.
 
+Pairs of two subjects (``config.other_subject_prob > 0``): at reset, with this probability the moving
+image is rendered from another bank volume ``m`` (drawn uniformly among the others) instead of the
+fixed one, under the same kind of perturbation ``G``: ``M(y) = r(V_m(G^{-1} y))``. The anatomy at
+landmark ``L_i`` of the fixed subject lies at ``G L^m_i`` in the moving image, and the TRE becomes
+``mean_i |T L_i - G L^m_i| = mean_i |W L_i - L^m_i|`` (``G`` is rigid), whose minimum over rigid ``T``
+is the two subjects' anatomical difference rather than 0: the agent learns to align two different
+brains as well as a rigid transform can, which is what registering a new subject to an atlas asks.
+With ``moving == volume`` every formula is the one above.
+
 Reward, coarse-to-fine, termination
 -----------------------------------
 * TRE: mean over the landmarks ``L_i`` (``config.landmarks``, world mm of the fixed image) of
-  ``|T L_i - G L_i| = |W L_i - L_i|`` mm. Reward ``(1,)`` float32: ``clip(prev_err - err, ±reward_clip)``
+  ``|T L_i - G L_i| = |W L_i - L_i|`` mm (two subjects: ``|W L_i - L^m_i|``, above). Reward ``(1,)``
+  float32: ``clip(prev_err - err, ±reward_clip)``
   with the *current* step's error ``err``: the TRE in mm (``config.reward == "tre"``, default) or
   Liao's weighted parameter distance ``translation_error_mm + rotation_error_deg`` (``"pose"``: 1 mm
   per degree, so rotations are rewarded as strongly as translations even when the landmarks lie
@@ -159,12 +169,14 @@ def compose_action(params, action, step, center):
     return matrix_to_params(t, center)
 
 
-def tre(residual, points):
-    """Mean distance (mm) between ``points`` ``(K, 3)`` and their images under ``residual`` ``(4, 4)``.
+def tre(residual, points, targets=None):
+    """Mean distance (mm) between the images of ``points`` ``(K, 3)`` under ``residual`` ``(4, 4)`` and
+    ``targets`` ``(K, 3)`` (default: ``points`` themselves).
 
-    With ``residual = G^{-1} T`` (both rigid) this is ``mean_i |T p_i - G p_i|``. Returns ``()`` float32."""
+    With ``residual = G^{-1} T`` (both rigid) this is ``mean_i |T p_i - G q_i|`` for targets ``q``.
+    Returns ``()`` float32."""
     moved = apply_affine(points, residual)
-    return jnp.mean(jnp.linalg.norm(moved - points, axis=-1))
+    return jnp.mean(jnp.linalg.norm(moved - (points if targets is None else targets), axis=-1))
 
 
 # ------------------------------------------------------------------ configuration, params, state
@@ -186,6 +198,10 @@ class RegistrationConfig:
         grid) or ``"landmarks"`` (the centroid of its TRE landmarks); see the module docstring.
       reward: the error whose decrease is the reward: ``"tre"`` (mm) or ``"pose"``
         (``translation_error_mm + rotation_error_deg``, 1 mm per degree, Liao's parameter distance).
+      other_subject_prob: probability in ``[0, 1]`` that a training pair's moving image comes from
+        another bank volume (module docstring, "Pairs of two subjects"; needs ``reward == "tre"``; a
+        bank of one volume gives one-subject pairs). Evaluation starts
+        (:meth:`RegistrationEnv.eval_states`) keep one subject per pair.
     """
 
     landmarks: tuple[str, ...] = ("L0",)
@@ -196,6 +212,7 @@ class RegistrationConfig:
     remap: str = "none"
     centre: str = "fov"
     reward: str = "tre"
+    other_subject_prob: float = bounded(0.0, 0.0, 1.0)
 
     def __post_init__(self):
         landmarks = (self.landmarks,) if isinstance(self.landmarks, str) else tuple(str(t) for t in self.landmarks)
@@ -218,6 +235,9 @@ class RegistrationConfig:
             raise ConfigError(f"RegistrationConfig: centre must be one of {', '.join(CENTRES)}, got {self.centre!r}")
         if self.reward not in REWARDS:
             raise ConfigError(f"RegistrationConfig: reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+        if self.other_subject_prob > 0 and self.reward != "tre":
+            raise ConfigError(f"RegistrationConfig: other_subject_prob {self.other_subject_prob} needs reward 'tre': the pose "
+                              f"error of a pair of two subjects has no ground truth")
 
     @property
     def history_len(self) -> int:
@@ -359,8 +379,9 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
         return bank.landmarks_world[volume][jnp.asarray(self._landmark_indices(bank))]
 
     def tre_mm(self, state: RegistrationState, bank) -> jax.Array:
-        """``(1,)`` float32, the TRE (mm) of the current estimate."""
-        return tre(self.residual(state, bank), self._landmarks(bank, state.volume))[None]
+        """``(1,)`` float32, the TRE (mm) of the current estimate: the fixed subject's landmarks carried
+        by the residual against the moving subject's (the same ones on a one-subject pair)."""
+        return tre(self.residual(state, bank), self._landmarks(bank, state.volume), self._landmarks(bank, state.moving))[None]
 
     def error(self, state: RegistrationState, bank) -> jax.Array:
         """``(1,)`` float32, the error whose decrease is the reward: the TRE (mm, ``config.reward ==
@@ -399,13 +420,20 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
         return state.replace(prev_error=self.error(state, bank))
 
     def reset_env(self, key, params: RegistrationParams, bank) -> RegistrationState:
-        """Random fixed volume; random perturbation, uniform in ``±max_translation_mm`` / ``±max_rotation_deg``."""
+        """Random fixed volume; random perturbation, uniform in ``±max_translation_mm`` / ``±max_rotation_deg``;
+        with probability ``config.other_subject_prob`` the moving image from another random volume."""
         n_volumes = bank.levels[0].shape[0]
         u = jax.random.uniform(key, (1 + N_PARAMS,), jnp.float32)
         volume = jnp.minimum(jnp.floor(u[0] * n_volumes).astype(jnp.int32), n_volumes - 1)
         scale = jnp.concatenate([jnp.full((3,), params.max_translation_mm, jnp.float32),
                                  jnp.full((3,), params.max_rotation_deg, jnp.float32)])
-        return self.initial_state(bank, volume, (2.0 * u[1:] - 1.0) * scale)
+        moving = volume
+        if self.config.other_subject_prob > 0 and n_volumes > 1:
+            # another volume, uniform among the n - 1 others (draws of their own: the one-subject stream is unchanged)
+            v = jax.random.uniform(jax.random.fold_in(key, 1), (2,), jnp.float32)
+            shift = 1 + jnp.minimum(jnp.floor(v[0] * (n_volumes - 1)).astype(jnp.int32), n_volumes - 2)
+            moving = jnp.where(v[1] < self.config.other_subject_prob, (volume + shift) % n_volumes, volume)
+        return self.initial_state(bank, volume, (2.0 * u[1:] - 1.0) * scale, moving)
 
     def draw_perturbations(self, params: RegistrationParams, n: int, seed: int) -> np.ndarray:
         """``(n, 6)`` float32 ground-truth perturbations from ``numpy.random.default_rng(seed)`` (host side)."""
