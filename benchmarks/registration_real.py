@@ -25,7 +25,7 @@ Ground truth is anatomical: the 32 AFIDs of the template ``L_t`` and of Colin27 
   aims at; it differs from ``T*`` by a fixed amount (printed with the table).
 
 Methods: identity (``before``), each seed of every ``--run`` (greedy episode from the identity about
-the atlas grid centre, :class:`jaxmed.commands.register.RegistrationAgent`; with ``--lookahead K`` the
+the atlas grid centre, :class:`jaxmed.registration_agent.RegistrationAgent`; with ``--lookahead K`` the
 look-ahead search too), the optax baselines (:func:`jaxmed.registration_baseline.register_volumes`,
 NCC and mutual information, the ``jaxmed register --method optax`` defaults). Seconds per pair exclude
 compilation for the agents (the first pair is run twice) and include it for the optax baselines
@@ -48,50 +48,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from jaxmed.registration_evaluation import SUCCESS_MM, apply, best_rigid, draw_poses, pair_scores, pose_matrix, summarise  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGES = (("colin27", "ch2"), ("colin27-bet", "ch2bet"))
-SUCCESS_MM = 2.0
-
-
-def best_rigid(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``(4, 4)`` least-squares rigid transform (rotation + translation) taking ``source`` ``(n, 3)``
-    onto ``target`` ``(n, 3)`` (Kabsch, via :meth:`scipy.spatial.transform.Rotation.align_vectors`)."""
-    from scipy.spatial.transform import Rotation
-
-    ms, mt = source.mean(0), target.mean(0)
-    rot, _ = Rotation.align_vectors(target - mt, source - ms)
-    out = np.eye(4)
-    out[:3, :3] = rot.as_matrix()
-    out[:3, 3] = mt - out[:3, :3] @ ms
-    return out
-
-
-def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``points`` ``(n, 3)`` mapped by the homogeneous ``matrix`` ``(4, 4)``."""
-    return points @ matrix[:3, :3].T + matrix[:3, 3]
-
-
-def pair_scores(matrix, best, tpl_points, truth_points, pose=None) -> dict:
-    """Scores of one answer ``matrix`` (fixed world -> moving world) against the best rigid fit
-    ``best`` and the moved subject's annotations ``truth_points`` (module docstring); with ``pose``
-    (``G``) also ``to_pose_mm``, the mean distance of the carried template landmarks from where ``G``
-    alone carries them (the subject's own placement in the template's space, undone)."""
-    carried = apply(matrix, tpl_points)
-    residual = np.linalg.inv(best) @ matrix
-    cos = np.clip((np.trace(residual[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
-    err = float(np.linalg.norm(carried - apply(best, tpl_points), axis=1).mean())
-    out = {"tre_mm": float(np.linalg.norm(carried - truth_points, axis=1).mean()), "to_best_mm": err,
-           "rotation_deg": float(np.degrees(np.arccos(cos))), "success": bool(err < SUCCESS_MM)}
-    if pose is not None:
-        out["to_pose_mm"] = float(np.linalg.norm(carried - apply(pose, tpl_points), axis=1).mean())
-    return out
-
-
-def draw_poses(n: int, seed: int, max_translation_mm: float = 20.0, max_rotation_deg: float = 20.0) -> np.ndarray:
-    """``(n, 6)`` rigid parameters (tx, ty, tz mm; rx, ry, rz degrees), uniform in the bounds, seeded."""
-    rng = np.random.default_rng(seed)
-    scale = np.array([max_translation_mm] * 3 + [max_rotation_deg] * 3)
-    return rng.uniform(-1.0, 1.0, size=(n, 6)) * scale
 
 
 def moved_images(root: Path, images: dict, poses: np.ndarray, centre: np.ndarray) -> list[dict]:
@@ -101,34 +61,21 @@ def moved_images(root: Path, images: dict, poses: np.ndarray, centre: np.ndarray
     is at ``G y`` in its moved copy."""
     import nibabel as nib
 
-    from jaxmed.ops.rigid import rigid_matrix
-
     out = []
     for name, file in images.items():
         img = nib.load(str(file))
         data = np.asarray(img.dataobj)
         for i, pose in enumerate(poses):
-            g = np.asarray(rigid_matrix(np.asarray(pose, np.float32), np.asarray(centre, np.float32)), np.float64)
+            g = pose_matrix(pose, centre)
             path = root / f"{name}_pose{i}.nii.gz"
             nib.save(nib.Nifti1Image(data, g @ img.affine), str(path))
             out.append({"image": name, "pose": i, "params": [float(v) for v in pose], "G": g, "path": path})
     return out
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Mean / median / p90 of the TRE and of the error to the best fit, success rate, over ``rows``."""
-    tre = np.array([r["tre_mm"] for r in rows])
-    err = np.array([r["to_best_mm"] for r in rows])
-    return {"n": len(rows), "tre_mean": float(tre.mean()), "tre_median": float(np.median(tre)),
-            "to_best_mean": float(err.mean()), "to_best_median": float(np.median(err)), "to_best_p90": float(np.percentile(err, 90)),
-            "to_pose_mean": float(np.mean([r["to_pose_mm"] for r in rows])),
-            "rotation_deg_mean": float(np.mean([r["rotation_deg"] for r in rows])),
-            "success": float(np.mean([r["success"] for r in rows]))}
-
-
 def run(args, log=print) -> dict:
-    from jaxmed.commands.register import RegistrationAgent
     from jaxmed.data import afids, colin27, load_image
+    from jaxmed.registration_agent import RegistrationAgent
     from jaxmed.registration_baseline import BaselineConfig, grid_centre, register_volumes
     from jaxmed.runs import load_params
 
@@ -204,10 +151,11 @@ def markdown(result: dict) -> str:
              "skull-stripped: error to best fit | s / pair |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, s in result["summary"].items():
-        per = [result["by_image"][img][name]["to_best_mean"] for img, _ in IMAGES]
+        per = [result["by_image"][img][name]["to_best_mm"]["mean"] for img, _ in IMAGES]
         sec = f"{s['seconds_per_pair']:.3f}" if "seconds_per_pair" in s else "—"
-        lines.append(f"| {name} | {s['tre_mean']:.2f} / {s['tre_median']:.2f} | {s['to_best_mean']:.2f} / {s['to_best_median']:.2f} / "
-                     f"{s['to_best_p90']:.2f} | {s['to_pose_mean']:.2f} | {s['rotation_deg_mean']:.2f} | {100 * s['success']:.0f} % | "
+        t, b = s["tre_mm"], s["to_best_mm"]
+        lines.append(f"| {name} | {t['mean']:.2f} / {t['median']:.2f} | {b['mean']:.2f} / {b['median']:.2f} / {b['p90']:.2f} | "
+                     f"{s['to_pose_mm']['mean']:.2f} | {s['rotation_deg']['mean']:.2f} | {100 * s['success']:.0f} % | "
                      f"{per[0]:.2f} | {per[1]:.2f} | {sec} |")
     return "\n".join(lines)
 

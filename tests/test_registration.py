@@ -479,11 +479,12 @@ def test_registration_agent_compiles_once_per_shape_and_answers_as_agent_transfo
 
     import yaml
 
-    from jaxmed.commands.register import RegistrationAgent, agent_transform, resample_moving
+    from jaxmed.commands.register import agent_transform, resample_moving
     from jaxmed.config import load_yaml
     from jaxmed.data import Volume
     from jaxmed.experiment import ExperimentConfig, dummy_observation, make_env, make_network
     from jaxmed.ops.rigid import rigid_matrix
+    from jaxmed.registration_agent import RegistrationAgent
     from jaxmed.runs import load_params
     from jaxmed.train import save_network
 

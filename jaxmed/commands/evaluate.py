@@ -7,7 +7,10 @@ landmark files, a manifest, a data YAML); per landmark the agents' errors beside
 and the affine registration baseline on the same subjects, written to ``eval_<name>.md`` and
 ``eval_<name>.csv`` (per subject) in the run directory or ``--out``; box and corner-pair runs: IoU,
 centre error and wall distance beside the start boxes, the template box and the registration
-baseline (:mod:`jaxmed.box_evaluation`; ``eval_<name>.md`` / ``.json``).
+baseline (:mod:`jaxmed.box_evaluation`; ``eval_<name>.md`` / ``.json``); registration runs: the run's
+template registered to every subject under ``--poses`` known rigid poses, TRE and the error to the
+best rigid fit on the landmarks they share, beside the identity and the optax baselines
+(:mod:`jaxmed.registration_evaluation`; ``eval_<name>.md`` / ``.json``).
 """
 
 from __future__ import annotations
@@ -65,6 +68,14 @@ def _run(args) -> int:
                                        registration=not args.no_registration, seeds=args.seeds, progress=_progress):
                 print(r["table"])
             return 0
+        from jaxmed.registration_evaluation import evaluate_registration_sets, is_registration_run
+
+        if is_registration_run(args.run_dir):  # the run's template registered to each subject under known poses
+            for r in evaluate_registration_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite,
+                                                n_poses=args.poses, registration=not args.no_registration, seeds=args.seeds,
+                                                progress=_progress):
+                print(r["table"])
+            return 0
         evaluate_landmark_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite,
                                registration=not args.no_registration, seeds=args.seeds, n_starts=args.starts,
                                aggregate=args.aggregate, shape=args.shape, **detection_options(args))
@@ -103,5 +114,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--seeds", action="store_true", help="evaluate every seed of a multi-seed run (default: seed 0)")
     e.add_argument("--overwrite", action="store_true", help="replace existing eval_<set> files")
     e.add_argument("--n-test", type=int, help="number of held-out subjects (default: the run's data.n_test)")
+    e.add_argument("--poses", type=int, default=4,
+                   help="registration runs with --data: known rigid poses per subject (default %(default)s)")
     e.set_defaults(func=_run)
     return e
