@@ -475,28 +475,16 @@ def test_registration_agent_compiles_once_per_shape_and_answers_as_agent_transfo
     """A :class:`RegistrationAgent` registers every pair of one shape with one compiled episode, each
     seed of a multi-seed run with its own parameters, and answers what the one-off
     :func:`agent_transform` answers."""
-    import dataclasses
-
-    import yaml
+    from untrained_runs import untrained_run
 
     from jaxmed.commands.register import agent_transform, resample_moving
-    from jaxmed.config import load_yaml
     from jaxmed.data import Volume
-    from jaxmed.experiment import ExperimentConfig, dummy_observation, make_env, make_network
     from jaxmed.ops.rigid import rigid_matrix
     from jaxmed.registration_agent import RegistrationAgent
     from jaxmed.runs import load_params
-    from jaxmed.train import save_network
 
-    cfg = ExperimentConfig.from_dict(load_yaml("configs/phantom_registration_dqn.yaml"))
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=2))
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    env, _, _ = make_env(cfg)
-    net = make_network(cfg, env)
-    members = [net.init(jax.random.key(k), dummy_observation(cfg, env)) for k in (0, 1)]
-    save_network(run, jax.tree.map(lambda *x: jnp.stack(x), *members))
+    untrained_run(run, "configs/phantom_registration_dqn.yaml", seeds=2)
     loaded = load_params(run)
     pairs = []
     for seed, move in ((7, [5.0, -3.0, 4.0, 0.0, 6.0, -4.0]), (8, [-4.0, 2.0, 0.0, 5.0, 0.0, 3.0])):

@@ -64,29 +64,15 @@ def test_evaluate_command_on_a_registration_run(tmp_path, capsys, monkeypatch):
     networks: the command's path, not the accuracy): every seed, the identity and both optax baselines
     scored on the same posed pairs; the identity's errors follow from the poses; optax finds the
     best rigid alignment; files written, and refused again without --overwrite."""
-    import dataclasses
     import json
 
-    import jax
-    import jax.numpy as jnp
-    import yaml
+    from untrained_runs import untrained_run
 
     from jaxmed.cli import main
-    from jaxmed.config import load_yaml
     from jaxmed.errors import ConfigError, OverwriteError
-    from jaxmed.experiment import ExperimentConfig, dummy_observation, make_env, make_network
-    from jaxmed.train import save_network
 
-    cfg = ExperimentConfig.from_dict(load_yaml("configs/phantom_registration_dqn.yaml"))
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=2),
-                              env={**cfg.env, "max_rotation_deg": 8.0})
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    env, _, _ = make_env(cfg)
-    net = make_network(cfg, env)
-    members = [net.init(jax.random.key(k), dummy_observation(cfg, env)) for k in (0, 1)]
-    save_network(run, jax.tree.map(lambda *x: jnp.stack(x), *members))
+    cfg, net, members = untrained_run(run, "configs/phantom_registration_dqn.yaml", seeds=2, max_rotation_deg=8.0)
     assert rr.is_registration_run(run) and not rr.is_registration_run(tmp_path)
 
     assert main(["evaluate", str(run), "--data", "test", "--poses", "2", "--seeds"]) == 0

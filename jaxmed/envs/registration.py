@@ -233,11 +233,11 @@ class RegistrationConfig:
             raise ConfigError(f"RegistrationConfig: remap must be one of {', '.join(REMAPS)}, got {self.remap!r}")
         if self.centre not in CENTRES:
             raise ConfigError(f"RegistrationConfig: centre must be one of {', '.join(CENTRES)}, got {self.centre!r}")
-        if self.reward not in REWARDS:
-            raise ConfigError(f"RegistrationConfig: reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
         if self.other_subject_prob > 0 and self.reward != "tre":
             raise ConfigError(f"RegistrationConfig: other_subject_prob {self.other_subject_prob} needs reward 'tre': the pose "
                               f"error of a pair of two subjects has no ground truth")
+        if self.reward not in REWARDS:
+            raise ConfigError(f"RegistrationConfig: reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
 
     @property
     def history_len(self) -> int:
