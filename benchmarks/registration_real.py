@@ -27,9 +27,10 @@ Ground truth is anatomical: the 32 AFIDs of the template ``L_t`` and of Colin27 
 Methods: identity (``before``), each seed of every ``--run`` (greedy episode from the identity about
 the atlas grid centre, :class:`jaxmed.registration_agent.RegistrationAgent`; with ``--lookahead K`` the
 look-ahead search too), the optax baselines (:func:`jaxmed.registration_baseline.register_volumes`,
-NCC and mutual information, the ``jaxmed register --method optax`` defaults). Seconds per pair exclude
-compilation for the agents (the first pair is run twice) and include it for the optax baselines
-(their first call compiles).
+NCC and mutual information, the ``jaxmed register --method optax`` defaults). Seconds per pair (the
+median over pairs) exclude compilation for the agents (each pair is run twice, the first untimed:
+every pose's conformed grid may have a new shape) and include it for the optax baselines where a
+shape is new.
 
     python benchmarks/registration_real.py --run runs/registration_2seeds [--poses 8] [--lookahead 3]
 
@@ -108,7 +109,7 @@ def run(args, log=print) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         files = colin27.fetch(quiet=True)
         pairs = moved_images(Path(tmp), {name: files[key] for name, key in IMAGES}, poses, centre)
-        for k, pair in enumerate(pairs):
+        for pair in pairs:
             moving = load_image(pair["path"], spacing=spacing)
             g = pair["G"]
             best = g @ r_star
@@ -124,8 +125,7 @@ def run(args, log=print) -> dict:
 
             score("before (identity)", np.eye(4))
             for name, agent in agents:
-                if k == 0:
-                    agent.register(fixed, moving)  # compiles for these shapes
+                agent.register(fixed, moving)  # compiles when this pose's grid has a new shape: untimed
                 matrix, sec, _ = agent.register(fixed, moving)
                 score(name, matrix, sec)
             for name, bcfg in baselines:
