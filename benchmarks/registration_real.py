@@ -49,7 +49,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from jaxmed.registration_evaluation import SUCCESS_MM, apply, best_rigid, draw_poses, pair_scores, pose_matrix, summarise  # noqa: E402
+from jaxmed.data.geometry import apply_affine  # noqa: E402
+from jaxmed.registration_evaluation import (  # noqa: E402
+    SUCCESS_MM,
+    best_rigid,
+    draw_poses,
+    pair_scores,
+    pose_matrix,
+    register_pair,
+    summarise,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGES = (("colin27", "ch2"), ("colin27-bet", "ch2bet"))
@@ -77,7 +86,7 @@ def moved_images(root: Path, images: dict, poses: np.ndarray, centre: np.ndarray
 def run(args, log=print) -> dict:
     from jaxmed.data import afids, colin27, load_image
     from jaxmed.registration_agent import RegistrationAgent
-    from jaxmed.registration_baseline import BaselineConfig, grid_centre, register_volumes
+    from jaxmed.registration_baseline import grid_centre
     from jaxmed.runs import load_params
 
     runs = [(Path(r), load_params(r)) for r in args.run]
@@ -92,11 +101,11 @@ def run(args, log=print) -> dict:
     truth = colin27.landmarks().select(labels).positions
     tpl_points = tpl_lm.positions
     r_star = best_rigid(tpl_points, truth)
-    floor = float(np.linalg.norm(apply(r_star, tpl_points) - truth, axis=1).mean())
-    pose_to_best = float(np.linalg.norm(apply(r_star, tpl_points) - tpl_points, axis=1).mean())
+    floor = float(np.linalg.norm(apply_affine(r_star, tpl_points) - truth, axis=1).mean())
+    pose_to_best = float(np.linalg.norm(apply_affine(r_star, tpl_points) - tpl_points, axis=1).mean())
     centre = grid_centre(fixed)
     poses = draw_poses(args.poses, args.seed)
-    methods: dict[str, list[dict]] = {"before (identity)": []}
+    methods: dict[str, list[dict]] = {}
     seconds: dict[str, list[float]] = {}
     agents = []
     for run_dir, run_tuple in runs:
@@ -105,32 +114,18 @@ def run(args, log=print) -> dict:
             if args.lookahead > 1:
                 agents.append((f"agent {run_dir.name} seed {s} + look-ahead {args.lookahead}",
                                RegistrationAgent(run_tuple, seed=s, lookahead=args.lookahead, depth=args.depth)))
-    baselines = [(f"optax {loss}", BaselineConfig(loss=loss)) for loss in ("ncc", "mi")]
     with tempfile.TemporaryDirectory() as tmp:
         files = colin27.fetch(quiet=True)
         pairs = moved_images(Path(tmp), {name: files[key] for name, key in IMAGES}, poses, centre)
         for pair in pairs:
             moving = load_image(pair["path"], spacing=spacing)
             g = pair["G"]
-            best = g @ r_star
-            moved_truth = apply(g, truth)
-            tag = {"image": pair["image"], "pose": pair["pose"]}
-
-            def score(name, matrix, sec=None):
-                row = {**tag, **pair_scores(matrix, best, tpl_points, moved_truth, g)}
-                methods.setdefault(name, []).append(row)
+            best, moved_truth = g @ r_star, apply_affine(g, truth)
+            for name, matrix, sec in register_pair(fixed, moving, agents):
+                methods.setdefault(name, []).append({"image": pair["image"], "pose": pair["pose"],
+                                                     **pair_scores(matrix, best, tpl_points, moved_truth, g)})
                 if sec is not None:
                     seconds.setdefault(name, []).append(sec)
-                return row
-
-            score("before (identity)", np.eye(4))
-            for name, agent in agents:
-                agent.register(fixed, moving)  # compiles when this pose's grid has a new shape: untimed
-                matrix, sec, _ = agent.register(fixed, moving)
-                score(name, matrix, sec)
-            for name, bcfg in baselines:
-                res = register_volumes(fixed, moving, bcfg)
-                score(name, res.matrix, float(res.seconds))
             log(f"{pair['image']} pose {pair['pose']}: " + ", ".join(f"{n} {m[-1]['to_best_mm']:.2f}" for n, m in methods.items()))
     summary = {name: {**summarise(rows), **({"seconds_per_pair": float(np.median(seconds[name]))} if name in seconds else {})}
                for name, rows in methods.items()}

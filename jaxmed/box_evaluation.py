@@ -42,13 +42,9 @@ NAMES = {"agent": "agent (every start)", "agent_aggregate": "agent (median of st
 
 def is_box_run(run_dir) -> bool:
     """Whether a run directory's config trains one of :data:`BOX_ENVS`."""
-    import yaml
+    from jaxmed.runs import run_env_name
 
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return False
-    env = (yaml.safe_load(path.read_text()) or {}).get("env") or {}
-    return isinstance(env, dict) and env.get("name") in BOX_ENVS
+    return run_env_name(run_dir) in BOX_ENVS
 
 
 def box_metrics(lo, hi, t_lo, t_hi) -> dict[str, np.ndarray]:

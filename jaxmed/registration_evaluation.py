@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxmed.data.geometry import apply_affine
 from jaxmed.errors import ConfigError
 from jaxmed.registration_agent import ENV_NAME
 
@@ -43,18 +44,9 @@ BASELINES = ("ncc", "mi")
 
 def is_registration_run(run_dir) -> bool:
     """Whether a run directory's config trains ``registration-v0``."""
-    import yaml
+    from jaxmed.runs import run_env_name
 
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return False
-    env = (yaml.safe_load(path.read_text()) or {}).get("env") or {}
-    return isinstance(env, dict) and env.get("name") == ENV_NAME
-
-
-def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``points`` ``(n, 3)`` mapped by the homogeneous ``matrix`` ``(4, 4)``."""
-    return points @ matrix[:3, :3].T + matrix[:3, 3]
+    return run_env_name(run_dir) == ENV_NAME
 
 
 def best_rigid(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -74,14 +66,14 @@ def pair_scores(matrix, best, tpl_points, truth_points, pose=None) -> dict:
     """Scores of one answer ``matrix`` (fixed world -> moving world) against the best rigid fit
     ``best`` and the posed subject's landmarks ``truth_points`` (module docstring); with ``pose``
     (``G``) also ``to_pose_mm``."""
-    carried = apply(matrix, tpl_points)
+    carried = apply_affine(matrix, tpl_points)
     residual = np.linalg.inv(best) @ matrix
     cos = np.clip((np.trace(residual[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
-    err = float(np.linalg.norm(carried - apply(best, tpl_points), axis=1).mean())
+    err = float(np.linalg.norm(carried - apply_affine(best, tpl_points), axis=1).mean())
     out = {"tre_mm": float(np.linalg.norm(carried - truth_points, axis=1).mean()), "to_best_mm": err,
            "rotation_deg": float(np.degrees(np.arccos(cos))), "success": bool(err < SUCCESS_MM)}
     if pose is not None:
-        out["to_pose_mm"] = float(np.linalg.norm(carried - apply(pose, tpl_points), axis=1).mean())
+        out["to_pose_mm"] = float(np.linalg.norm(carried - apply_affine(pose, tpl_points), axis=1).mean())
     return out
 
 
@@ -110,6 +102,25 @@ def summarise(rows: Sequence[dict]) -> dict:
     return out
 
 
+def register_pair(fixed, moving, agents, baselines: Sequence[str] = BASELINES) -> list[tuple[str, np.ndarray, float | None]]:
+    """Every method's answer for one pair (conformed :class:`~jaxmed.data.Volume` s): ``[(method,
+    matrix (4, 4) fixed world -> moving world, seconds or None)]`` for the identity (``"before
+    (identity)"``), each ``(name, RegistrationAgent)`` of ``agents`` (its episode run once untimed, so
+    that a new shape compiles outside the timing, then timed) and each optax loss of ``baselines``
+    (``"optax <loss>"``; its seconds include compilation where a shape is new)."""
+    from jaxmed.registration_baseline import BaselineConfig, register_volumes
+
+    answers = [("before (identity)", np.eye(4), None)]
+    for name, agent in agents:
+        agent.register(fixed, moving)
+        matrix, sec, _ = agent.register(fixed, moving)
+        answers.append((name, matrix, sec))
+    for b in baselines:
+        res = register_volumes(fixed, moving, BaselineConfig(loss=b))
+        answers.append((f"optax {b}", res.matrix, float(res.seconds)))
+    return answers
+
+
 def evaluate_registration_set(run, spec: str, *, n_poses: int = 4, seed: int = 0, baselines: Sequence[str] = BASELINES,
                               seeds: bool = False, progress=None) -> dict:
     """Score a registration run ``run = (cfg, network, params)`` (:func:`jaxmed.runs.load_params`) on
@@ -120,7 +131,7 @@ def evaluate_registration_set(run, spec: str, *, n_poses: int = 4, seed: int = 0
     from jaxmed.data import Volume, conform, normalise_intensity, sources
     from jaxmed.evaluation import resolve_set
     from jaxmed.registration_agent import RegistrationAgent
-    from jaxmed.registration_baseline import BaselineConfig, grid_centre, register_volumes
+    from jaxmed.registration_baseline import grid_centre
 
     cfg = run[0]
     if cfg.env_name != ENV_NAME:
@@ -157,17 +168,9 @@ def evaluate_registration_set(run, spec: str, *, n_poses: int = 4, seed: int = 0
             g = pose_matrix(params, centre)
             moving = normalise_intensity(conform(Volume(volume.data, g @ volume.affine, source=f"{volume.source} (pose {k})"),
                                                  cfg.data.spacing))
-            best, moved_truth = g @ r_star, apply(g, truth)
+            best, moved_truth = g @ r_star, apply_affine(g, truth)
             tag = {"subject": subject.name, "pose": k}
-            answers = [("before (identity)", np.eye(4), None)]
-            for agent_name, agent in agents:
-                agent.register(fixed, moving)  # compiles for a new shape: untimed
-                matrix, sec, _ = agent.register(fixed, moving)
-                answers.append((agent_name, matrix, sec))
-            for b in baselines:
-                res = register_volumes(fixed, moving, BaselineConfig(loss=b))
-                answers.append((f"optax {b}", res.matrix, float(res.seconds)))
-            for method, matrix, sec in answers:
+            for method, matrix, sec in register_pair(fixed, moving, agents, baselines):
                 pairs[method].append({**tag, **pair_scores(matrix, best, tpl_points, moved_truth, g)})
                 if sec is not None:
                     seconds[method].append(sec)

@@ -19,6 +19,16 @@ from jaxmed import experiment as ex
 from jaxmed.errors import ConfigError
 
 
+def run_env_name(run_dir) -> str | None:
+    """The ``env.name`` a run directory's ``config.yaml`` trained, or ``None`` (no config, or no
+    named env section); read as text, before anything is built."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return None
+    env = (yaml.safe_load(path.read_text()) or {}).get("env") or {}
+    return env.get("name") if isinstance(env, dict) else None
+
+
 def save_network(run_dir: Path, params) -> None:
     """Write the network parameters alone (``network.msgpack``; with a leading seed axis when the run
     trained several seeds), for evaluation and detection: the last parameters, or with

@@ -8,6 +8,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from jaxmed import registration_evaluation as rr
+from jaxmed.data.geometry import apply_affine
 
 
 def _rigid(rotvec_deg, translation) -> np.ndarray:
@@ -21,23 +22,23 @@ def test_best_rigid_recovers_a_rigid_map_and_fits_noisy_points_least_squares():
     rng = np.random.default_rng(0)
     src = rng.normal(0.0, 30.0, size=(32, 3))
     truth = _rigid([10.0, -5.0, 20.0], [4.0, -7.0, 2.5])
-    np.testing.assert_allclose(rr.best_rigid(src, rr.apply(truth, src)), truth, atol=1e-9)
-    noisy = rr.apply(truth, src) + rng.normal(0.0, 2.0, size=src.shape)
+    np.testing.assert_allclose(rr.best_rigid(src, apply_affine(truth, src)), truth, atol=1e-9)
+    noisy = apply_affine(truth, src) + rng.normal(0.0, 2.0, size=src.shape)
     fit = rr.best_rigid(src, noisy)
-    residual = np.linalg.norm(rr.apply(fit, src) - noisy, axis=1)
+    residual = np.linalg.norm(apply_affine(fit, src) - noisy, axis=1)
     for tweak in (_rigid([1.0, 0, 0], [0, 0, 0]), _rigid([0, 0, 0], [0.5, 0, 0])):  # any other rigid map fits worse
-        assert np.sum(residual ** 2) < np.sum(np.linalg.norm(rr.apply(fit @ tweak, src) - noisy, axis=1) ** 2)
+        assert np.sum(residual ** 2) < np.sum(np.linalg.norm(apply_affine(fit @ tweak, src) - noisy, axis=1) ** 2)
 
 
 def test_scores_of_the_best_fit_a_rotated_and_a_shifted_answer():
     rng = np.random.default_rng(1)
     tpl = rng.normal(0.0, 30.0, size=(32, 3))
-    subject = rr.apply(_rigid([3.0, 0, -4.0], [2.0, 1.0, 0.0]), tpl) + rng.normal(0.0, 1.5, size=tpl.shape)
+    subject = apply_affine(_rigid([3.0, 0, -4.0], [2.0, 1.0, 0.0]), tpl) + rng.normal(0.0, 1.5, size=tpl.shape)
     g = _rigid([0, 15.0, 5.0], [10.0, -8.0, 3.0])  # the pose the subject was scanned in
     best = g @ rr.best_rigid(tpl, subject)
-    moved = rr.apply(g, subject)
+    moved = apply_affine(g, subject)
     exact = rr.pair_scores(best, best, tpl, moved)
-    floor = np.linalg.norm(rr.apply(best, tpl) - moved, axis=1).mean()
+    floor = np.linalg.norm(apply_affine(best, tpl) - moved, axis=1).mean()
     assert exact["to_best_mm"] < 1e-9 and exact["rotation_deg"] < 1e-5 and exact["success"]
     assert exact["tre_mm"] == pytest.approx(floor) and floor > 1.0
     shifted = rr.pair_scores(best @ _rigid([0, 0, 0], [3.0, 0, 0]), best, tpl, moved)
@@ -50,13 +51,13 @@ def test_scores_of_the_best_fit_a_rotated_and_a_shifted_answer():
 def test_error_to_the_pose_is_zero_for_the_pose_and_its_distance_to_the_best_fit():
     rng = np.random.default_rng(4)
     tpl = rng.normal(0.0, 30.0, size=(32, 3))
-    subject = rr.apply(_rigid([2.0, 1.0, 0.0], [1.0, -2.0, 0.5]), tpl) + rng.normal(0.0, 1.0, size=tpl.shape)
+    subject = apply_affine(_rigid([2.0, 1.0, 0.0], [1.0, -2.0, 0.5]), tpl) + rng.normal(0.0, 1.0, size=tpl.shape)
     g = _rigid([5.0, -10.0, 8.0], [-6.0, 4.0, 9.0])
     best = g @ rr.best_rigid(tpl, subject)
-    at_pose = rr.pair_scores(g, best, tpl, rr.apply(g, subject), g)
+    at_pose = rr.pair_scores(g, best, tpl, apply_affine(g, subject), g)
     assert at_pose["to_pose_mm"] < 1e-9
-    assert at_pose["to_best_mm"] == pytest.approx(np.linalg.norm(rr.apply(rr.best_rigid(tpl, subject), tpl) - tpl, axis=1).mean())
-    assert "to_pose_mm" not in rr.pair_scores(g, best, tpl, rr.apply(g, subject))
+    assert at_pose["to_best_mm"] == pytest.approx(np.linalg.norm(apply_affine(rr.best_rigid(tpl, subject), tpl) - tpl, axis=1).mean())
+    assert "to_pose_mm" not in rr.pair_scores(g, best, tpl, apply_affine(g, subject))
 
 
 def test_evaluate_command_on_a_registration_run(tmp_path, capsys, monkeypatch):

@@ -31,8 +31,8 @@ import numpy as np
 
 from jaxmed.commands import run_env_section
 from jaxmed.errors import ConfigError, ImageError, check_writable
+from jaxmed.registration_agent import ENV_NAME, RegistrationAgent
 
-ENV_NAME = "registration-v0"
 TRANSFORM_HEADER = (
     "jaxmed rigid transform: 4x4 matrix mapping FIXED world RAS mm -> MOVING world RAS mm (x_moving = T @ [x_fixed, 1])\n"
     "fixed: {fixed}\nmoving: {moving}\nmethod: {method}"
@@ -99,8 +99,6 @@ def _load(path, spacing: float):
 def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, depth: int = 2, max_steps: int | None = None):
     """One pair with a trained run (seed 0): :meth:`~jaxmed.registration_agent.RegistrationAgent.register`
     of a fresh :class:`~jaxmed.registration_agent.RegistrationAgent` (its seconds include compilation)."""
-    from jaxmed.registration_agent import RegistrationAgent
-
     agent = RegistrationAgent(run, lookahead=lookahead, depth=depth, max_steps=max_steps)
     return agent.register(fixed, moving, centre=centre)
 
