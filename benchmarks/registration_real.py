@@ -26,13 +26,16 @@ Ground truth is anatomical: the 32 AFIDs of the template ``L_t`` and of Colin27 
 
 Methods: identity (``before``), each seed of every ``--run`` (greedy episode from the identity about
 the atlas grid centre, :class:`jaxmed.registration_agent.RegistrationAgent`; with ``--lookahead K`` the
-look-ahead search too), the optax baselines (:func:`jaxmed.registration_baseline.register_volumes`,
-NCC and mutual information, the ``jaxmed register --method optax`` defaults). Seconds per pair (the
+look-ahead search too; with ``--intensity-scales S ...`` / ``--starts N`` also the episodes of every
+intensity copy and start pooled, :func:`jaxmed.registration_agent.pool_rigid`), the optax baselines
+(:func:`jaxmed.registration_baseline.register_volumes`, NCC and mutual information, the ``jaxmed
+register --method optax`` defaults). Seconds per pair (the
 median over pairs) exclude compilation for the agents (each pair is run twice, the first untimed:
 every pose's conformed grid may have a new shape) and include it for the optax baselines where a
 shape is new.
 
     python benchmarks/registration_real.py --run runs/registration_2seeds [--poses 8] [--lookahead 3]
+        [--intensity-scales 0.7 1 1.3 --starts 3]
 
 writes ``benchmarks/results/registration_real.json`` and ``.md`` (``--out``).
 """
@@ -111,6 +114,10 @@ def run(args, log=print) -> dict:
     for run_dir, run_tuple in runs:
         for s in range(run_tuple[0].train.seeds):
             agents.append((f"agent {run_dir.name} seed {s}", RegistrationAgent(run_tuple, seed=s)))
+            if args.intensity_scales or args.starts > 1:
+                pooled = RegistrationAgent(run_tuple, seed=s, intensity_scales=args.intensity_scales, starts=args.starts)
+                agents.append((f"agent {run_dir.name} seed {s} pooled ({len(pooled.intensity_scales)} copies x {args.starts} starts)",
+                               pooled))
             if args.lookahead > 1:
                 agents.append((f"agent {run_dir.name} seed {s} + look-ahead {args.lookahead}",
                                RegistrationAgent(run_tuple, seed=s, lookahead=args.lookahead, depth=args.depth)))
@@ -164,6 +171,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the poses")
     ap.add_argument("--lookahead", type=int, default=1, help="also run the agents with look-ahead over this many actions (> 1)")
     ap.add_argument("--depth", type=int, default=2, help="look-ahead depth")
+    ap.add_argument("--intensity-scales", type=float, nargs="+", metavar="S",
+                    help="also run every agent pooled over copies of the moving image with its intensities times each factor")
+    ap.add_argument("--starts", type=int, default=1, help="also run every agent pooled over this many starts per copy")
     ap.add_argument("--spacing", type=float, default=2.0, help="voxel size (mm) without --run")
     ap.add_argument("--out", type=Path, default=RESULTS / "registration_real.json")
     args = ap.parse_args(argv)

@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxmed import experiment as ex
 from jaxmed import inference
+from jaxmed.data.image_io import scaled_copies
 from jaxmed.errors import ConfigError, LandmarkError
 
 AGGREGATES = inference.AGGREGATES
@@ -52,7 +53,7 @@ class DetectionOptions:
         landmarks) before the requested labels are picked.
       intensity_scales: test-time intensity augmentation (default: the run's
         ``eval.intensity_scales``, ``(1.0,)`` unless set): every volume also runs with its
-        intensities multiplied by each factor (:func:`scaled_copies`) and a landmark's answer pools
+        intensities multiplied by each factor (:func:`jaxmed.data.image_io.scaled_copies`) and a landmark's answer pools
         the end points of every copy, as it pools agents, starts and ensemble members.
       split_starts: with several intensity copies, every start runs on one copy only
         (:func:`deal_starts`) rather than on all: one copy's work (default: the run's ``eval.split_starts``).
@@ -374,18 +375,6 @@ def deal_starts(n_starts: int, n_copies: int) -> np.ndarray:
         digits = np.stack(np.unravel_index(np.arange(n_starts), (k, k, k)), axis=-1)
         return digits.sum(axis=-1) % n_copies
     return np.arange(n_starts) % n_copies
-
-
-def scaled_copies(volumes, scales: Sequence[float]) -> list:
-    """Each volume once per factor of ``scales`` (volume after volume: ``len(volumes) * len(scales)``
-    volumes), its intensities multiplied by the factor and clipped to the volume's own maximum (a
-    normalised image stays in its range; a factor of 1 is the volume itself)."""
-    out = []
-    for v in volumes:
-        data = np.asarray(v.data, np.float32)
-        top = float(data.max())
-        out.extend(v if s == 1.0 else v.replace(data=np.minimum(data * np.float32(s), np.float32(top))) for s in scales)
-    return out
 
 
 def read_conformed(image, spacing: float):

@@ -14,7 +14,7 @@ landmarks the template and the subject share (``L_t``, ``L_s``; world RAS mm):
 * ``tre_mm``: mean of ``|T L_t - G L_s|``, where the answer carries each template landmark against
   where it lies on the posed subject; its floor is the best rigid fit;
 * ``to_best_mm``: mean of ``|T L_t - T* L_t|`` with ``T* = G R*`` and ``R*`` the least-squares rigid
-  map of ``L_t`` onto ``L_s`` (:func:`best_rigid`), with ``rotation_deg`` the angle of ``T*^-1 T``
+  map of ``L_t`` onto ``L_s`` (:func:`jaxmed.data.geometry.best_rigid`), with ``rotation_deg`` the angle of ``T*^-1 T``
   and ``success`` = ``to_best_mm < 2``;
 * ``to_pose_mm``: mean of ``|T L_t - G L_t|``, how far the answer is from undoing the pose alone (for
   subjects already in the template's space, e.g. MNI-registered scans, what an intensity method aims at).
@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxmed.data.geometry import apply_affine
+from jaxmed.data.geometry import apply_affine, best_rigid
 from jaxmed.errors import ConfigError
 from jaxmed.registration_agent import ENV_NAME
 
@@ -47,19 +47,6 @@ def is_registration_run(run_dir) -> bool:
     from jaxmed.runs import run_env_name
 
     return run_env_name(run_dir) == ENV_NAME
-
-
-def best_rigid(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``(4, 4)`` least-squares rigid transform (rotation + translation) taking ``source`` ``(n, 3)``
-    onto ``target`` ``(n, 3)`` (Kabsch, via :meth:`scipy.spatial.transform.Rotation.align_vectors`)."""
-    from scipy.spatial.transform import Rotation
-
-    ms, mt = source.mean(0), target.mean(0)
-    rot, _ = Rotation.align_vectors(target - mt, source - ms)
-    out = np.eye(4)
-    out[:3, :3] = rot.as_matrix()
-    out[:3, 3] = mt - out[:3, :3] @ ms
-    return out
 
 
 def pair_scores(matrix, best, tpl_points, truth_points, pose=None) -> dict:
@@ -113,8 +100,8 @@ def register_pair(fixed, moving, agents, baselines: Sequence[str] = BASELINES) -
     answers = [("before (identity)", np.eye(4), None)]
     for name, agent in agents:
         agent.register(fixed, moving)
-        matrix, sec, _ = agent.register(fixed, moving)
-        answers.append((name, matrix, sec))
+        ans = agent.register(fixed, moving)
+        answers.append((name, ans.matrix, ans.seconds))
     for b in baselines:
         res = register_volumes(fixed, moving, BaselineConfig(loss=b))
         answers.append((f"optax {b}", res.matrix, float(res.seconds)))
@@ -122,10 +109,11 @@ def register_pair(fixed, moving, agents, baselines: Sequence[str] = BASELINES) -
 
 
 def evaluate_registration_set(run, spec: str, *, n_poses: int = 4, seed: int = 0, baselines: Sequence[str] = BASELINES,
-                              seeds: bool = False, progress=None) -> dict:
+                              seeds: bool = False, intensity_scales=None, starts: int = 1, progress=None) -> dict:
     """Score a registration run ``run = (cfg, network, params)`` (:func:`jaxmed.runs.load_params`) on
     the labelled set ``spec`` (``test``, ``colin27``, a folder, ...; :func:`jaxmed.evaluation.resolve_set`)
-    as the module docstring says. Returns ``{"set", "subjects", "labels", "poses", "methods":
+    as the module docstring says; ``intensity_scales`` / ``starts``: the agents' robust inference
+    (:class:`~jaxmed.registration_agent.RegistrationAgent`). Returns ``{"set", "subjects", "labels", "poses", "methods":
     {name: summary}, "pairs": {name: [row]}, "table", ...}``."""
     from jaxmed import experiment as ex
     from jaxmed.data import Volume, conform, normalise_intensity, sources
@@ -157,7 +145,8 @@ def evaluate_registration_set(run, spec: str, *, n_poses: int = 4, seed: int = 0
     poses = draw_poses(n_poses, seed, float(env_params.max_translation_mm), float(env_params.max_rotation_deg))
     centre = grid_centre(fixed)
     members = range(cfg.train.seeds) if seeds else [0]
-    agents = [(f"agent seed {s}" if seeds and cfg.train.seeds > 1 else "agent", RegistrationAgent(run, seed=s)) for s in members]
+    agents = [(f"agent seed {s}" if seeds and cfg.train.seeds > 1 else "agent",
+               RegistrationAgent(run, seed=s, intensity_scales=intensity_scales, starts=starts)) for s in members]
     methods = ["before (identity)", *[n for n, _ in agents], *[f"optax {b}" for b in baselines]]
     pairs: dict[str, list] = {m: [] for m in methods}
     seconds: dict[str, list] = {m: [] for m in methods[1:]}
@@ -180,15 +169,25 @@ def evaluate_registration_set(run, spec: str, *, n_poses: int = 4, seed: int = 0
     summary = {m: {**summarise(rows), **({"seconds_per_pair": float(np.median(seconds[m]))} if seconds.get(m) else {})}
                for m, rows in pairs.items()}
     result = {"set": name, "run_env": cfg.env_name, "subjects": [s.name for s in subjects], "labels": labels,
+              "agent_episodes": {"intensity_scales": list(agents[0][1].intensity_scales), "starts": int(starts)},
               "poses": poses.tolist(), "pose_seed": int(seed), "methods": summary, "pairs": pairs}
     result["table"] = registration_table(result)
     return result
 
 
+def _episodes_note(episodes) -> str:
+    """``"; agents: ..."`` when the agents pooled several episodes per pair, else ``""``."""
+    if not episodes or (len(episodes["intensity_scales"]) == 1 and episodes["starts"] == 1):
+        return ""
+    scales = ", ".join(f"{v:g}" for v in episodes["intensity_scales"])
+    return f"; agents: intensity copies x {scales}, {episodes['starts']} start(s) each, answers pooled"
+
+
 def registration_table(result: dict) -> str:
     """Markdown table of :func:`evaluate_registration_set`'s result."""
     lines = [f"**{result['set']}**: the run's template registered to {len(result['subjects'])} subject(s) x "
-             f"{len(result['poses'])} rigid poses, scored on {len(result['labels'])} shared landmarks (mm)", "",
+             f"{len(result['poses'])} rigid poses, scored on {len(result['labels'])} shared landmarks (mm)"
+             + _episodes_note(result.get("agent_episodes")), "",
              "| method | TRE mean / median | error to best rigid fit mean / median / p90 | error to pose | rotation error (deg) | "
              f"< {SUCCESS_MM:g} mm | s / pair |", "|---|---|---|---|---|---|---|"]
     for m, s in result["methods"].items():
@@ -200,7 +199,8 @@ def registration_table(result: dict) -> str:
 
 
 def evaluate_registration_sets(run_dir, specs: Sequence[str], *, out_dir=None, overwrite: bool = False, n_poses: int = 4,
-                               seed: int = 0, registration: bool = True, seeds: bool = False, progress=None) -> list[dict]:
+                               seed: int = 0, registration: bool = True, seeds: bool = False, intensity_scales=None,
+                               starts: int = 1, progress=None) -> list[dict]:
     """:func:`evaluate_registration_set` of the run in ``run_dir`` on each spec, written to
     ``eval_<set>.md`` / ``.json`` in ``out_dir`` (default: the run directory; every target checked
     before anything is computed). ``registration=False`` leaves the optax baselines out."""
@@ -220,7 +220,7 @@ def evaluate_registration_sets(run_dir, specs: Sequence[str], *, out_dir=None, o
     for spec in specs:
         t0 = time.perf_counter()
         res = evaluate_registration_set(run, spec, n_poses=n_poses, seed=seed, baselines=BASELINES if registration else (),
-                                        seeds=seeds, progress=progress)
+                                        seeds=seeds, intensity_scales=intensity_scales, starts=starts, progress=progress)
         res["wall_s"] = time.perf_counter() - t0
         out.mkdir(parents=True, exist_ok=True)
         (out / f"eval_{res['set']}.json").write_text(json.dumps(res, indent=1))

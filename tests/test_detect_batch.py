@@ -175,7 +175,8 @@ def test_intensity_augmentation_pools_the_end_points_of_scaled_copies(tmp_path, 
     import dataclasses
 
     from jaxmed.config import build
-    from jaxmed.detect import read_conformed, scaled_copies
+    from jaxmed.data.image_io import scaled_copies
+    from jaxmed.detect import read_conformed
     from jaxmed.experiment import EvalSection
     from jaxmed.inference import estimate_landmarks
 

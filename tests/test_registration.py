@@ -293,6 +293,40 @@ def test_remaps_are_what_they_claim(bank):
 # ---------------------------------------------------------------- bad input
 
 
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_random_moving_gain_scales_only_the_moving_image(bank, float_bank, dtype):
+    """``gain_prob``: a reset draws a gain log-uniform in ``[gain_min, gain_max]`` with that
+    probability (from its own fold of the key: volumes, poses and moving volumes are those drawn
+    without it); channel 1 becomes ``min(gain * stored, full scale)`` (NumPy), channel 0 is unchanged;
+    the replay re-renders it; evaluation never draws one; bounds are checked."""
+    b = bank if dtype == "uint8" else float_bank
+    keys = jax.random.split(jax.random.key(5), 400)
+    reset = lambda env, params: jax.jit(jax.vmap(env.reset, in_axes=(0, None, None)))(keys, params, b)  # noqa: E731
+    env = _env(other_subject_prob=0.5)
+    obs0, plain = reset(env, RegistrationParams())
+    obs, s = reset(env, RegistrationParams(gain_prob=0.5, gain_min=0.5, gain_max=2.0))
+    for field in ("volume", "moving", "gt", "estimate"):
+        np.testing.assert_array_equal(np.asarray(getattr(s, field)), np.asarray(getattr(plain, field)))
+    np.testing.assert_array_equal(np.asarray(plain.gain), 1.0)
+    gain = np.asarray(s.gain)
+    drawn = gain != 1.0
+    assert 0.4 < drawn.mean() < 0.6 and np.all((gain[drawn] >= 0.5) & (gain[drawn] <= 2.0))
+    assert abs(np.log(gain[drawn]).mean()) < 0.1 and (gain[drawn] < 1).mean() > 0.35  # log-uniform about 1
+    full = 255.0 * float(b.intensity_scale) if dtype == "uint8" else 1.0
+    o0, o = np.asarray(obs0), np.asarray(obs)
+    np.testing.assert_array_equal(o[:, 0, 0], o0[:, 0, 0])  # the fixed crop
+    expected = np.minimum(o0[:, 0, 1] * gain[:, None, None, None], full)
+    np.testing.assert_allclose(o[:, 0, 1], expected, rtol=1e-5, atol=1e-5)
+    assert (o[drawn, 0, 1] != o0[drawn, 0, 1]).any() and np.array_equal(o[~drawn, 0, 1], o0[~drawn, 0, 1])
+    again = jax.jit(jax.vmap(env.render, in_axes=(0, None)))(jax.vmap(env.obs_state)(s), b)
+    np.testing.assert_allclose(np.asarray(again), o, atol=1e-6)
+    assert env.eval_params(RegistrationParams(gain_prob=0.5, gain_min=0.5, gain_max=2.0)).gain_prob == 0.0
+    with pytest.raises(ConfigError, match="gain_min"):
+        make("registration-v0", LABELS, gain_prob=0.5, gain_min=2.0, gain_max=1.0)
+    with pytest.raises(ConfigError, match="gain_prob"):
+        make("registration-v0", LABELS, gain_prob=1.5)
+
 def test_bad_inputs_raise_clear_errors(bank):
     with pytest.raises(ConfigError, match="one step per level"):
         RegistrationConfig(levels=(0, 1), steps=(1.0,))
@@ -462,6 +496,16 @@ def test_register_command_optax_agent_and_errors(tmp_path, float_bank):
     t2 = read_transform(out2)
     np.testing.assert_allclose(t2[:3, :3] @ t2[:3, :3].T, np.eye(3), atol=1e-5)
     np.testing.assert_allclose(t2[3], [0, 0, 0, 1])
+    out3 = tmp_path / "pooled.txt"  # robust inference: the episodes of 2 copies x 2 starts pooled, said in the header
+    assert _cli([str(fp), str(mp), "-o", str(out3), "--checkpoint", str(run), "--intensity-scales", "0.8", "1", "--starts", "2"]) == 0
+    t3 = read_transform(out3)
+    np.testing.assert_allclose(t3[:3, :3] @ t3[:3, :3].T, np.eye(3), atol=1e-5)
+    assert "4 episodes pooled (spread" in out3.read_text()
+    with pytest.raises(ConfigError, match="--checkpoint"):
+        _cli([str(fp), str(mp), "-o", str(tmp_path / "u.txt"), "--method", "optax", "--starts", "3"])
+    with pytest.raises(ConfigError, match="--starts"):
+        _cli([str(fp), str(mp), "-o", str(tmp_path / "u.txt"), "--checkpoint", str(run), "--starts", "0"])
+    assert not (tmp_path / "u.txt").exists()
     landmark_run = tmp_path / "landmark_run"
     landmark_run.mkdir()
     (landmark_run / "config.yaml").write_text(open("configs/phantom_dqn.yaml").read())
@@ -480,7 +524,7 @@ def test_registration_agent_compiles_once_per_shape_and_answers_as_agent_transfo
     from jaxmed.commands.register import agent_transform, resample_moving
     from jaxmed.data import Volume
     from jaxmed.ops.rigid import rigid_matrix
-    from jaxmed.registration_agent import RegistrationAgent
+    from jaxmed.registration_agent import RegistrationAgent, pool_points, pool_rigid
     from jaxmed.runs import load_params
 
     run = tmp_path / "run"
@@ -496,11 +540,65 @@ def test_registration_agent_compiles_once_per_shape_and_answers_as_agent_transfo
     for seed in (0, 1):
         agent = RegistrationAgent(loaded, seed=seed)
         for k, (fixed, moving) in enumerate(pairs):
-            matrix, seconds, steps = agent.register(fixed, moving)
-            np.testing.assert_allclose(matrix[:3, :3] @ matrix[:3, :3].T, np.eye(3), atol=1e-5)
-            assert seconds > 0 and steps >= 1
-            answers[seed, k] = matrix
-        assert agent._episode._cache_size() == 1
-    ref, _, _ = agent_transform(loaded, *pairs[1])  # seed 0
+            ans = agent.register(fixed, moving)
+            np.testing.assert_allclose(ans.matrix[:3, :3] @ ans.matrix[:3, :3].T, np.eye(3), atol=1e-5)
+            assert ans.seconds > 0 and ans.steps >= 1 and ans.episodes == 1 and ans.spread_mm == 0.0
+            answers[seed, k] = ans.matrix
+        assert agent._episodes._cache_size() == 1
+    ref = agent_transform(loaded, *pairs[1]).matrix  # seed 0
     np.testing.assert_allclose(answers[0, 1], ref, atol=1e-5)
     assert any(not np.allclose(answers[0, k], answers[1, k], atol=1e-4) for k in (0, 1))  # two seeds, two networks
+
+    # robust inference: 2 intensity copies x 3 starts in one batch, pooled as pool_rigid pools the
+    # six answers of single-episode agents (one copy each, and the starts given as the identity)
+    fixed, moving = pairs[0]
+    pooled_agent = RegistrationAgent(loaded, intensity_scales=(0.8, 1.0), starts=3, start_seed=4)
+    pooled = pooled_agent.register(fixed, moving)
+    assert pooled.episodes == 6 and pooled_agent.n_episodes == 6
+    singles = []
+    for scale in (0.8, 1.0):
+        one = RegistrationAgent(loaded, intensity_scales=(scale,))
+        for start in pooled_agent.starts:
+            one.starts = start[None]
+            singles.append(one.register(fixed, moving).matrix)
+    c = fixed.voxel_to_world((np.asarray(fixed.shape) - 1) / 2)
+    expected, spread = pool_rigid(np.stack(singles), pool_points(c))
+    np.testing.assert_allclose(pooled.matrix, expected, atol=1e-4)
+    assert pooled.spread_mm == pytest.approx(spread, abs=1e-4)
+    np.testing.assert_array_equal(pooled_agent.starts[0], 0.0)
+    assert np.all(np.abs(pooled_agent.starts[1:, :3]) <= 5.0) and np.all(np.abs(pooled_agent.starts[1:, 3:]) <= 5.0)
+    with pytest.raises(ConfigError, match="starts"):
+        RegistrationAgent(loaded, starts=0)
+    with pytest.raises(ConfigError, match="intensity_scales"):
+        RegistrationAgent(loaded, intensity_scales=(0.0,))
+
+
+def test_pool_rigid_takes_the_median_answer_and_its_spread():
+    """:func:`pool_rigid`: one answer is returned as it is; identical answers pool to themselves with
+    spread 0; four answers near a rigid transform and one far outlier pool to within 0.5 mm of the
+    transform (their mean matrix would be ~6 mm off), and the spread is the median of the answers'
+    mean point distances from the pooled answer (NumPy)."""
+    from jaxmed.ops.rigid import rigid_matrix
+    from jaxmed.registration_agent import pool_points, pool_rigid
+
+    centre = np.array([10.0, -20.0, 5.0])
+    pts = pool_points(centre)
+    assert pts.shape == (27, 3) and np.allclose(pts.mean(0), centre) and np.abs(pts - centre).max() == 30.0
+    truth = np.asarray(rigid_matrix(np.array([3.0, -2.0, 1.0, 4.0, -3.0, 2.0], np.float32), centre.astype(np.float32)), np.float64)
+    m, spread = pool_rigid(truth[None], pts)
+    np.testing.assert_array_equal(m, truth)
+    assert spread == 0.0
+    m, spread = pool_rigid(np.stack([truth] * 3), pts)
+    np.testing.assert_allclose(m, truth, atol=1e-5)  # float32 rotations are orthonormal to ~1e-7
+    assert spread == pytest.approx(0.0, abs=1e-5)
+    rng = np.random.default_rng(0)
+    near = [truth @ np.asarray(rigid_matrix(rng.uniform(-0.5, 0.5, 6).astype(np.float32), centre.astype(np.float32)), np.float64)
+            for _ in range(4)]
+    far = truth @ np.asarray(rigid_matrix(np.array([30.0, 0, 0, 0, 0, 25.0], np.float32), centre.astype(np.float32)), np.float64)
+    answers = np.stack(near + [far])
+    pooled, spread = pool_rigid(answers, pts)
+    carry = lambda m: pts @ m[:3, :3].T + m[:3, 3]  # noqa: E731
+    assert np.linalg.norm(carry(pooled) - carry(truth), axis=1).mean() < 0.5
+    assert np.linalg.norm(carry(answers.mean(0)) - carry(truth), axis=1).mean() > 5.0
+    dists = [np.linalg.norm(carry(a) - carry(pooled), axis=1).mean() for a in answers]
+    assert spread == pytest.approx(float(np.median(dists)), rel=1e-9)

@@ -100,9 +100,11 @@ def test_evaluate_command_on_a_registration_run(tmp_path, capsys, monkeypatch):
     with pytest.raises(OverwriteError):
         rr.evaluate_registration_sets(run, ["test"], n_poses=1)
     assert main(["evaluate", str(run), "--data", "test", "--poses", "1", "--no-registration", "--overwrite",
-                 "--out", str(tmp_path / "out")]) == 0
+                 "--out", str(tmp_path / "out"), "--starts", "2", "--intensity-scales", "0.9", "1"]) == 0
     doc = json.loads((tmp_path / "out" / "eval_test.json").read_text())
     assert list(doc["methods"]) == ["before (identity)", "agent"] and len(doc["poses"]) == 1
+    assert doc["agent_episodes"] == {"intensity_scales": [0.9, 1.0], "starts": 2}
+    assert "intensity copies x 0.9, 1, 2 start(s) each, answers pooled" in doc["table"]
     # a set whose subjects share fewer than 3 landmarks with the template: refused before any work
     from jaxmed.data import sources
 

@@ -65,7 +65,7 @@ def add_detection_options(p) -> None:
     from jaxmed.detect import START_FROM
 
     p.add_argument("--intensity-scales", type=float, nargs="+", metavar="S",
-                   help="landmark runs: test-time intensity augmentation, each image also run with its intensities "
+                   help="landmark and registration runs: test-time intensity augmentation, each image also run with its intensities "
                         "times every S and all end points pooled (e.g. 0.7 0.85 1 1.15 1.3: five times the work; "
                         "default: the run's eval.intensity_scales, 1 unless set)")
     p.add_argument("--split-starts", action=argparse.BooleanOptionalAction, default=None,

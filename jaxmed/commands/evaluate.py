@@ -73,6 +73,7 @@ def _run(args) -> int:
         if is_registration_run(args.run_dir):  # the run's template registered to each subject under known poses
             for r in evaluate_registration_sets(args.run_dir, args.data, out_dir=args.out, overwrite=args.overwrite,
                                                 n_poses=args.poses, registration=not args.no_registration, seeds=args.seeds,
+                                                intensity_scales=args.intensity_scales, starts=args.starts or 1,
                                                 progress=_progress):
                 print(r["table"])
             return 0
@@ -104,7 +105,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="labelled set(s): colin27, mni-t2w, test (the run's held-out subjects), a folder, a manifest .csv/.tsv "
                         "or a data .yaml")
     e.add_argument("--out", help="output directory for eval_<set>.md / .csv (default: the run directory)")
-    e.add_argument("--starts", type=int, help="start points per agent and subject (default: the run's env.eval_starts)")
+    e.add_argument("--starts", type=int, help="start points per agent and subject (default: the run's env.eval_starts; "
+                                               "registration runs: episodes per intensity copy and pair, pooled, default 1)")
     e.add_argument("--aggregate", default="median", help="how a landmark's end points are combined (median, mean, trimmed, geomedian)")
     e.add_argument("--shape", choices=("none", "affine"), default="none",
                    help="with --data: shape-check each subject's answers against the template's landmark configuration "

@@ -6,7 +6,9 @@ rigid transform that aligns MOVING to FIXED, either
 
 * with a trained registration agent (``--checkpoint``, a run of ``registration-v0``): greedy episode
   (or look-ahead search, ``--lookahead K``, :mod:`jaxmed.agents.lookahead`) from the identity, coarse
-  to fine, on images conformed to the run's voxel size; or
+  to fine, on images conformed to the run's voxel size; ``--intensity-scales S ...`` and ``--starts N``
+  run one episode per intensity copy of MOVING and start, in one batch, and pool their answers
+  (:func:`jaxmed.registration_agent.pool_rigid`; the spread is printed); or
 * with the classical optax baseline (``--method optax``, :mod:`jaxmed.registration_baseline`).
 
 Output ``transform.txt``: a 4x4 homogeneous matrix (``#`` comment lines, then 4 rows) that maps
@@ -96,10 +98,12 @@ def _load(path, spacing: float):
 # ------------------------------------------------------------------ the agent
 
 
-def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, depth: int = 2, max_steps: int | None = None):
-    """One pair with a trained run (seed 0): :meth:`~jaxmed.registration_agent.RegistrationAgent.register`
+def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, depth: int = 2, max_steps: int | None = None,
+                    intensity_scales=None, starts: int = 1):
+    """One pair with a trained run (seed 0): the :class:`~jaxmed.registration_agent.RegistrationAnswer`
     of a fresh :class:`~jaxmed.registration_agent.RegistrationAgent` (its seconds include compilation)."""
-    agent = RegistrationAgent(run, lookahead=lookahead, depth=depth, max_steps=max_steps)
+    agent = RegistrationAgent(run, lookahead=lookahead, depth=depth, max_steps=max_steps, intensity_scales=intensity_scales,
+                              starts=starts)
     return agent.register(fixed, moving, centre=centre)
 
 
@@ -108,7 +112,8 @@ def agent_transform(run, fixed, moving, *, centre=None, lookahead: int = 1, dept
 
 def register_command(fixed_path, moving_path, out, *, checkpoint=None, method: str | None = None, loss: str = "ncc",
                      spacing: float | None = None, centre: Sequence[float] | None = None, lookahead: int = 1, depth: int = 2,
-                     resampled=None, overwrite: bool = False) -> dict:
+                     intensity_scales: Sequence[float] | None = None, starts: int = 1, resampled=None,
+                     overwrite: bool = False) -> dict:
     """Run ``jaxmed register`` (module docstring); returns a summary dict."""
     from jaxmed.data import Volume, load_image, save_nifti
 
@@ -123,6 +128,10 @@ def register_command(fixed_path, moving_path, out, *, checkpoint=None, method: s
         check_writable(resampled, overwrite)
     if lookahead < 1 or depth < 0:
         raise ConfigError(f"--lookahead must be >= 1 and --depth >= 0, got {lookahead}, {depth}")
+    if checkpoint is None and (intensity_scales is not None or starts != 1):
+        raise ConfigError("--intensity-scales and --starts pool the episodes of an agent: they need --checkpoint")
+    if starts < 1:
+        raise ConfigError(f"--starts must be >= 1, got {starts}")
     run = None
     if checkpoint is not None:
         check_registration_run(checkpoint)  # fail before reading anything else
@@ -135,9 +144,15 @@ def register_command(fixed_path, moving_path, out, *, checkpoint=None, method: s
         spacing = run_spacing
     spacing = 2.0 if spacing is None else float(spacing)
     fixed, moving = _load(fixed_path, spacing), _load(moving_path, spacing)
+    spread = None
     if run is not None:
-        matrix, seconds, steps = agent_transform(run, fixed, moving, centre=centre, lookahead=lookahead, depth=depth)
+        ans = agent_transform(run, fixed, moving, centre=centre, lookahead=lookahead, depth=depth,
+                              intensity_scales=intensity_scales, starts=starts)
+        matrix, seconds, steps = ans.matrix, ans.seconds, ans.steps
         how = f"agent {checkpoint}" + (f" with look-ahead top_k={lookahead} depth={depth}" if lookahead > 1 else " (greedy)")
+        if ans.episodes > 1:
+            spread = ans.spread_mm
+            how += f", {ans.episodes} episodes pooled (spread {spread:.2f} mm)"
     else:
         from jaxmed.registration_baseline import BaselineConfig, register_volumes
 
@@ -145,7 +160,8 @@ def register_command(fixed_path, moving_path, out, *, checkpoint=None, method: s
         matrix, seconds, steps = res.matrix, res.seconds, None
         how = f"optax baseline ({loss}, {spacing} mm)"
     write_transform(out, matrix, fixed=str(fixed_path), moving=str(moving_path), method=how, overwrite=overwrite)
-    summary = {"transform": str(out), "matrix": matrix.tolist(), "seconds": seconds, "method": how, "steps": steps}
+    summary = {"transform": str(out), "matrix": matrix.tolist(), "seconds": seconds, "method": how, "steps": steps,
+               "spread_mm": spread}
     if resampled is not None:
         fixed_native = load_image(fixed_path, normalise=False)
         moving_native = load_image(moving_path, normalise=False)
@@ -158,7 +174,8 @@ def register_command(fixed_path, moving_path, out, *, checkpoint=None, method: s
 def _run(args) -> int:
     s = register_command(args.fixed, args.moving, args.out, checkpoint=args.checkpoint, method=args.method, loss=args.loss,
                          spacing=args.spacing, centre=args.centre, lookahead=args.lookahead, depth=args.depth,
-                         resampled=args.resampled, overwrite=args.overwrite)
+                         intensity_scales=args.intensity_scales, starts=args.starts, resampled=args.resampled,
+                         overwrite=args.overwrite)
     print(s["transform"])
     if "resampled" in s:
         print(s["resampled"])
@@ -186,6 +203,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="rotation centre, fixed world RAS mm (default: the fixed image's grid centre)")
     p.add_argument("--lookahead", type=int, default=1, help="agent: look-ahead candidates per step (1 = greedy)")
     p.add_argument("--depth", type=int, default=2, help="agent: steps simulated per look-ahead candidate (default %(default)s)")
+    p.add_argument("--intensity-scales", type=float, nargs="+", metavar="S",
+                   help="agent: also register copies of MOVING with its intensities times each factor and pool the answers "
+                        "(default: the run's eval.intensity_scales)")
+    p.add_argument("--starts", type=int, default=1,
+                   help="agent: episodes per copy, the identity and seeded starts within 5 mm / 5 deg of it, pooled (default %(default)s)")
     p.add_argument("--resampled", help="also write the moving image resampled on the fixed grid (.nii / .nii.gz)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_run)

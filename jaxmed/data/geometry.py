@@ -66,3 +66,16 @@ def rotation_matrix(angles_deg: np.ndarray) -> np.ndarray:
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
     return rz @ ry @ rx
+
+
+def best_rigid(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``(4, 4)`` least-squares rigid transform (rotation + translation) taking ``source`` ``(n, 3)``
+    onto ``target`` ``(n, 3)`` (Kabsch, via :meth:`scipy.spatial.transform.Rotation.align_vectors`)."""
+    from scipy.spatial.transform import Rotation
+
+    ms, mt = source.mean(0), target.mean(0)
+    rot, _ = Rotation.align_vectors(target - mt, source - ms)
+    out = np.eye(4)
+    out[:3, :3] = rot.as_matrix()
+    out[:3, 3] = mt - out[:3, :3] @ ms
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -260,3 +261,15 @@ def save_nifti(volume: Volume, path: str | Path, *, overwrite: bool = False) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
     return path
+
+
+def scaled_copies(volumes, scales: Sequence[float]) -> list:
+    """Each volume once per factor of ``scales`` (volume after volume: ``len(volumes) * len(scales)``
+    volumes), its intensities multiplied by the factor and clipped to the volume's own maximum (a
+    normalised image stays in its range; a factor of 1 is the volume itself)."""
+    out = []
+    for v in volumes:
+        data = np.asarray(v.data, np.float32)
+        top = float(data.max())
+        out.extend(v if s == 1.0 else v.replace(data=np.minimum(data * np.float32(s), np.float32(top))) for s in scales)
+    return out

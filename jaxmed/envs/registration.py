@@ -92,6 +92,14 @@ the intensity range over itself, so dark, mid and bright tissue swap order: inte
 as cross-correlation fails, structure is kept). Both keep 0 at 0 (background stays background); see
 :data:`REMAP_KNOTS` and :func:`remap_intensity`.
 
+Random gain of the moving image (``RegistrationParams.gain_prob``, training only): with this
+probability a reset draws a factor log-uniform in ``[gain_min, gain_max]``
+(:func:`jaxmed.ops.intensity.random_gain`) and the episode's moving image is ``min(gain * M, full
+scale)``; the fixed image is unchanged. Two scans of one brain normalised to ``[0, 1]`` differ by such a
+factor when one field of view holds a bright scalp and the other does not (Colin27 with skull: its
+brain is about 0.6 times as bright as the template's after normalisation); an agent trained without
+it answers such a pair tens of millimetres off.
+
 Evaluation: :meth:`RegistrationEnv.eval_states` (``n_starts`` fixed perturbations per volume drawn
 from a seeded generator, estimate = identity), :meth:`RegistrationEnv.eval_metrics` (``tre_mm``,
 ``rotation_error_deg`` = angle of the residual rotation, ``translation_error_mm`` = displacement of
@@ -121,6 +129,7 @@ from jaxmed.envs.base import (
     oscillation,
 )
 from jaxmed.errors import ConfigError
+from jaxmed.ops.intensity import random_gain
 from jaxmed.ops.linalg import apply_affine, matmul, matvec
 from jaxmed.ops.resample import affine_grid, trilinear_levels
 from jaxmed.ops.rigid import invert_rigid, matrix_to_params, rigid_distance, rigid_matrix
@@ -256,6 +265,9 @@ class RegistrationParams:
       terminate_at_tre_mm: ``> 0``: end the episode when the TRE after a move at the finest level is
         at most this (reads the ground truth: training only); ``<= 0`` disables it.
       osc_repeats: occurrences of the new estimate among the recent ones that count as oscillation.
+      gain_prob: probability that a reset multiplies the moving image's intensities by a random gain
+        (module docstring); evaluation never does.
+      gain_min, gain_max: bounds of that gain (log-uniform; ``0 < gain_min <= gain_max``).
     """
 
     max_steps: int = bounded(100, 1)
@@ -264,6 +276,9 @@ class RegistrationParams:
     max_rotation_deg: float = bounded(20.0, 0.0, 180.0)
     terminate_at_tre_mm: float = 0.0
     osc_repeats: int = bounded(3, 2)
+    gain_prob: float = bounded(0.0, 0.0, 1.0)
+    gain_min: float = bounded(1.0, 0.0, low_open=True)
+    gain_max: float = bounded(1.0, 0.0, low_open=True)
 
 
 @struct.dataclass
@@ -282,6 +297,7 @@ class RegistrationState:
       done: ``(1,)`` bool, the agent has finished.
       t: ``()`` int32, steps taken in this episode.
       prev_error: ``(1,)`` float32, the error the reward decreases (:meth:`RegistrationEnv.error`) of ``estimate``.
+      gain: ``()`` float32, the episode's moving-image gain (1: none).
     """
 
     volume: jax.Array
@@ -294,17 +310,19 @@ class RegistrationState:
     done: jax.Array
     t: jax.Array
     prev_error: jax.Array
+    gain: jax.Array
 
 
 @struct.dataclass
 class RegistrationObsState:
     """What an observation is rendered from: ``volume``, ``moving`` ``()`` int32, ``residual``
-    ``(3, 4)`` float32 (``G^{-1} T``, world -> world), ``level`` ``()`` int8."""
+    ``(3, 4)`` float32 (``G^{-1} T``, world -> world), ``level`` ``()`` int8, ``gain`` ``()`` float32."""
 
     volume: jax.Array
     moving: jax.Array
     residual: jax.Array
     level: jax.Array
+    gain: jax.Array
 
 
 # ------------------------------------------------------------------ the environment
@@ -333,8 +351,8 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
         return ("rigid",)
 
     def eval_params(self, params: RegistrationParams) -> RegistrationParams:
-        """``params`` without the ground-truth termination (``terminate_at_tre_mm = 0``)."""
-        return params.replace(terminate_at_tre_mm=0.0)
+        """``params`` without the ground-truth termination (``terminate_at_tre_mm = 0``) or a random gain."""
+        return params.replace(terminate_at_tre_mm=0.0, gain_prob=0.0)
 
     def observation_space(self, params=None, bank=None) -> Box:
         d = self.config.crop_size
@@ -416,12 +434,15 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
             done=jnp.zeros((1,), bool),
             t=jnp.zeros((), jnp.int32),
             prev_error=jnp.zeros((1,), jnp.float32),
+            gain=jnp.ones((), jnp.float32),
         )
         return state.replace(prev_error=self.error(state, bank))
 
     def reset_env(self, key, params: RegistrationParams, bank) -> RegistrationState:
         """Random fixed volume; random perturbation, uniform in ``±max_translation_mm`` / ``±max_rotation_deg``;
-        with probability ``config.other_subject_prob`` the moving image from another random volume."""
+        with probability ``config.other_subject_prob`` the moving image from another random volume; with
+        probability ``params.gain_prob`` a random moving-image gain. Each option draws from its own
+        fold of ``key``, so the draws without it are unchanged."""
         n_volumes = bank.levels[0].shape[0]
         u = jax.random.uniform(key, (1 + N_PARAMS,), jnp.float32)
         volume = jnp.minimum(jnp.floor(u[0] * n_volumes).astype(jnp.int32), n_volumes - 1)
@@ -433,7 +454,8 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
             v = jax.random.uniform(jax.random.fold_in(key, 1), (2,), jnp.float32)
             shift = 1 + jnp.minimum(jnp.floor(v[0] * (n_volumes - 1)).astype(jnp.int32), n_volumes - 2)
             moving = jnp.where(v[1] < self.config.other_subject_prob, (volume + shift) % n_volumes, volume)
-        return self.initial_state(bank, volume, (2.0 * u[1:] - 1.0) * scale, moving)
+        state = self.initial_state(bank, volume, (2.0 * u[1:] - 1.0) * scale, moving)
+        return state.replace(gain=random_gain(jax.random.fold_in(key, 2), params.gain_prob, params.gain_min, params.gain_max))
 
     def draw_perturbations(self, params: RegistrationParams, n: int, seed: int) -> np.ndarray:
         """``(n, 6)`` float32 ground-truth perturbations from ``numpy.random.default_rng(seed)`` (host side)."""
@@ -543,6 +565,7 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
             moving=state.moving.astype(jnp.int32),
             residual=_residual_about_origin(state.estimate, state.gt),
             level=state.level.astype(jnp.int8),
+            gain=state.gain.astype(jnp.float32),
         )
 
     def get_obs(self, state: RegistrationState, params=None, bank=None) -> jax.Array:
@@ -577,8 +600,15 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
         points = affine_grid(grid, d)
         sampled = trilinear_levels(bank.levels, bank.shapes[:, moving], moving, bank_level, points, bank.margin, 0.0,
                                    candidates=c.levels, packed=bank.packed)
-        moving_img = remap_intensity(sampled * bank.intensity_scale, c.remap).astype(jnp.float32)
+        moving_img = remap_intensity(_gained(sampled, obs_state.gain, bank) * bank.intensity_scale, c.remap).astype(jnp.float32)
         return jnp.stack([fixed, moving_img])[None]
+
+
+def _gained(stored, gain, bank) -> jax.Array:
+    """Stored intensities ``stored`` times ``gain``, clipped to the bank's full scale (255 for uint8
+    storage, normalised intensity 1 for float storage); a gain of 1 returns them unchanged."""
+    full = 255.0 if jnp.issubdtype(bank.levels[0].dtype, jnp.integer) else 1.0 / bank.intensity_scale
+    return jnp.where(gain == 1.0, stored, jnp.minimum(stored * gain, full))
 
 
 def _residual_about_origin(estimate, gt) -> jax.Array:

@@ -135,6 +135,11 @@ def _check_intensity_tables(name: str, config, params) -> None:
     for key in ("contrast_prob", "gain_prob"):
         if float(getattr(params, key)) > 0 and not config.contrast_knots:
             raise ConfigError(f"{name}: env.{key} > 0 needs env.contrast_knots (the episode's intensity table), e.g. 6")
+    _check_gain_range(name, params)
+
+
+def _check_gain_range(name: str, params) -> None:
+    """A random gain's bounds satisfy ``0 < gain_min <= gain_max``."""
     lo, hi = float(params.gain_min), float(params.gain_max)
     if not 0 < lo <= hi:
         raise ConfigError(f"{name}: env.gain_min / env.gain_max must satisfy 0 < gain_min <= gain_max, got {lo}, {hi}")
@@ -156,7 +161,9 @@ def _registration_factory(name: str, bank_labels, **overrides):
     config_kw.setdefault("steps", (1.0, 2.0, 4.0))
     _labels_from_bank(name, config_kw, "landmarks", bank_labels, "the TRE landmarks")
     env = RegistrationEnv(RegistrationConfig(**config_kw), labels=bank_labels, name=name)
-    return env, RegistrationParams(**params_kw)
+    params = RegistrationParams(**params_kw)
+    _check_gain_range(name, params)
+    return env, params
 
 
 register("registration-v0", _registration_factory)

@@ -42,14 +42,20 @@ def gain_knots(n_knots: int, gain) -> jax.Array:
     return jnp.round(jnp.clip(gain * jnp.linspace(0.0, 255.0, n_knots), 0.0, 255.0)).astype(jnp.uint8)
 
 
-def random_gain_knots(key, n_knots: int, prob, gain_min, gain_max) -> jax.Array:
-    """``(K,)`` uint8: with probability ``prob`` the :func:`gain_knots` of a gain drawn log-uniformly in
-    ``[gain_min, gain_max]``, else the identity (scalars; a draw is the identity when both are 1)."""
+def random_gain(key, prob, gain_min, gain_max) -> jax.Array:
+    """``()`` float32: with probability ``prob`` a gain drawn log-uniformly in ``[gain_min, gain_max]``,
+    else exactly 1 (scalars)."""
     k_use, k_gain = jax.random.split(key)
     lo, hi = jnp.log(jnp.asarray(gain_min, jnp.float32)), jnp.log(jnp.asarray(gain_max, jnp.float32))
     gain = jnp.exp(lo + (hi - lo) * jax.random.uniform(k_gain, ()))
     use = jax.random.uniform(k_use, ()) < prob
-    return jnp.where(use, gain_knots(n_knots, gain), identity_knots(n_knots))
+    return jnp.where(use, gain, jnp.float32(1.0))
+
+
+def random_gain_knots(key, n_knots: int, prob, gain_min, gain_max) -> jax.Array:
+    """``(K,)`` uint8: the :func:`gain_knots` of :func:`random_gain` (the identity knots when no gain
+    is drawn, or when both bounds are 1)."""
+    return gain_knots(n_knots, random_gain(key, prob, gain_min, gain_max))
 
 
 def apply_knots(values: jax.Array, knots: jax.Array, full_scale) -> jax.Array:
