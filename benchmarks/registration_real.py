@@ -27,7 +27,8 @@ Ground truth is anatomical: the 32 AFIDs of the template ``L_t`` and of Colin27 
 Methods: identity (``before``), each seed of every ``--run`` (greedy episode from the identity about
 the atlas grid centre, :class:`jaxmed.registration_agent.RegistrationAgent`; with ``--lookahead K`` the
 look-ahead search too; with ``--intensity-scales S ...`` / ``--starts N`` also the episodes of every
-intensity copy and start pooled, :func:`jaxmed.registration_agent.pool_rigid`), the optax baselines
+intensity copy and start pooled, :func:`jaxmed.registration_agent.pool_rigid`; with ``--scaled S ...``
+also every agent on the moving image with its intensities times ``S``), the optax baselines
 (:func:`jaxmed.registration_baseline.register_volumes`, NCC and mutual information, the ``jaxmed
 register --method optax`` defaults). Seconds per pair (the
 median over pairs) exclude compilation for the agents (each pair is run twice, the first untimed:
@@ -114,6 +115,9 @@ def run(args, log=print) -> dict:
     for run_dir, run_tuple in runs:
         for s in range(run_tuple[0].train.seeds):
             agents.append((f"agent {run_dir.name} seed {s}", RegistrationAgent(run_tuple, seed=s)))
+            for scale in args.scaled:
+                agents.append((f"agent {run_dir.name} seed {s}, moving x {scale:g}",
+                               RegistrationAgent(run_tuple, seed=s, intensity_scales=(scale,))))
             if args.intensity_scales or args.starts > 1:
                 pooled = RegistrationAgent(run_tuple, seed=s, intensity_scales=args.intensity_scales, starts=args.starts)
                 agents.append((f"agent {run_dir.name} seed {s} pooled ({len(pooled.intensity_scales)} copies x {args.starts} starts)",
@@ -174,6 +178,9 @@ def main(argv=None) -> int:
     ap.add_argument("--intensity-scales", type=float, nargs="+", metavar="S",
                     help="also run every agent pooled over copies of the moving image with its intensities times each factor")
     ap.add_argument("--starts", type=int, default=1, help="also run every agent pooled over this many starts per copy")
+    ap.add_argument("--scaled", type=float, nargs="+", default=[], metavar="S",
+                    help="also run every agent on the moving image with its intensities times each factor alone "
+                         "(how sensitive the agents are to the intensity scale)")
     ap.add_argument("--spacing", type=float, default=2.0, help="voxel size (mm) without --run")
     ap.add_argument("--out", type=Path, default=RESULTS / "registration_real.json")
     args = ap.parse_args(argv)
