@@ -69,12 +69,17 @@ def pool_rigid(matrices: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, fl
     return pooled, float(np.median(spread))
 
 
-def start_offsets(n: int, seed: int = 0, max_translation_mm: float = 5.0, max_rotation_deg: float = 5.0) -> np.ndarray:
-    """``(n, 6)`` float32 start estimates (tx, ty, tz mm; rx, ry, rz degrees): the identity first, then
-    ``n - 1`` seeded draws uniform in the bounds."""
+def draw_poses(n: int, seed: int, max_translation_mm: float = 20.0, max_rotation_deg: float = 20.0) -> np.ndarray:
+    """``(n, 6)`` rigid parameters (tx, ty, tz mm; rx, ry, rz degrees), uniform in the bounds, seeded."""
     rng = np.random.default_rng(seed)
     scale = np.array([max_translation_mm] * 3 + [max_rotation_deg] * 3, np.float64)
-    draws = rng.uniform(-1.0, 1.0, size=(max(int(n) - 1, 0), 6)) * scale
+    return rng.uniform(-1.0, 1.0, size=(int(n), 6)) * scale
+
+
+def start_offsets(n: int, seed: int = 0, max_translation_mm: float = 5.0, max_rotation_deg: float = 5.0) -> np.ndarray:
+    """``(n, 6)`` float32 start estimates (tx, ty, tz mm; rx, ry, rz degrees): the identity first, then
+    the ``n - 1`` seeded draws of :func:`draw_poses`."""
+    draws = draw_poses(max(int(n) - 1, 0), seed, max_translation_mm, max_rotation_deg)
     return np.concatenate([np.zeros((1, 6)), draws]).astype(np.float32)
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxmed.data.geometry import apply_affine, best_rigid
 from jaxmed.errors import ConfigError
-from jaxmed.registration_agent import ENV_NAME
+from jaxmed.registration_agent import ENV_NAME, draw_poses
 
 SUCCESS_MM = 2.0
 BASELINES = ("ncc", "mi")
@@ -62,13 +62,6 @@ def pair_scores(matrix, best, tpl_points, truth_points, pose=None) -> dict:
     if pose is not None:
         out["to_pose_mm"] = float(np.linalg.norm(carried - apply_affine(pose, tpl_points), axis=1).mean())
     return out
-
-
-def draw_poses(n: int, seed: int, max_translation_mm: float = 20.0, max_rotation_deg: float = 20.0) -> np.ndarray:
-    """``(n, 6)`` rigid parameters (tx, ty, tz mm; rx, ry, rz degrees), uniform in the bounds, seeded."""
-    rng = np.random.default_rng(seed)
-    scale = np.array([max_translation_mm] * 3 + [max_rotation_deg] * 3, np.float64)
-    return rng.uniform(-1.0, 1.0, size=(int(n), 6)) * scale
 
 
 def pose_matrix(params, centre) -> np.ndarray:

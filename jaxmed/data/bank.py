@@ -130,6 +130,12 @@ class VolumeBank:
             raise LandmarkError(f"volume bank has no landmark {label!r}; available: {', '.join(self.labels)}")
         return self.labels.index(label)
 
+    @property
+    def stored_full_scale(self) -> float | jax.Array:
+        """The stored value of normalised intensity ``full_scale``: 255 for integer storage, else
+        ``1 / intensity_scale`` (normalised intensity 1 for float storage)."""
+        return 255.0 if jnp.issubdtype(self.levels[0].dtype, jnp.integer) else 1.0 / self.intensity_scale
+
     def to_intensity(self, stored: jax.Array) -> jax.Array:
         """Stored values (any storage dtype) -> float32 normalised intensities."""
         return stored.astype(jnp.float32) * self.intensity_scale

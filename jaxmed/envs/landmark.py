@@ -520,5 +520,4 @@ class LandmarkEnv(ConfiguredEnv, config=LandmarkConfig, params=LandmarkParams, n
             crops = bank.crops(volume, centres // factor[:, None, None], c.crop_size, bank_level[:, None], candidates=c.levels)
         if contrast is None or not c.contrast_knots:
             return crops
-        full = 255.0 if jnp.issubdtype(crops.dtype, jnp.integer) else 1.0 / bank.intensity_scale
-        return apply_knots(crops, contrast, full)
+        return apply_knots(crops, contrast, bank.stored_full_scale)

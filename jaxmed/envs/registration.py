@@ -607,8 +607,7 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
 def _gained(stored, gain, bank) -> jax.Array:
     """Stored intensities ``stored`` times ``gain``, clipped to the bank's full scale (255 for uint8
     storage, normalised intensity 1 for float storage); a gain of 1 returns them unchanged."""
-    full = 255.0 if jnp.issubdtype(bank.levels[0].dtype, jnp.integer) else 1.0 / bank.intensity_scale
-    return jnp.where(gain == 1.0, stored, jnp.minimum(stored * gain, full))
+    return jnp.where(gain == 1.0, stored, jnp.minimum(stored * gain, bank.stored_full_scale))
 
 
 def _residual_about_origin(estimate, gt) -> jax.Array:
