@@ -98,9 +98,13 @@ def run_answers(run_dir: str) -> dict:
     return {s.name: {l: np.round(a.select([l]).positions[0], 2).tolist() for l in LABELS} for s, a in zip(subjects, answers)}
 
 
-def registration_offsets(template, images: dict, local_mm: int) -> dict:
+def registration_offsets(template, images: dict, local_mm: int, *, affine=None, local=None) -> dict:
     """``{image: {method: {"AC": [dx, dy, dz], "PC": [...], "others_median": [...], "others_mean": [...]}}}``
-    mm: template landmarks carried to each image by intensity registration, minus its annotation."""
+    mm: template landmarks carried to each image by intensity registration, minus its annotation.
+
+    ``affine``: the global registration's :class:`~jaxmed.registration_baseline.BaselineConfig`
+    (default ``AFFINE_LANDMARK``; the rigid one is the same with ``transform="rigid"``); ``local``:
+    the local refinement's (default: mutual information, 2 then 1 mm voxels)."""
     import dataclasses
 
     from jaxmed.data.structures import crop_volume
@@ -111,8 +115,10 @@ def registration_offsets(template, images: dict, local_mm: int) -> dict:
     labels = list(tl.labels)
     others = [i for i, l in enumerate(labels) if l not in LABELS and "occipital horn" not in l]
     tp = tl.positions
-    rigid = dataclasses.replace(AFFINE_LANDMARK, transform="rigid", rigid_levels=0)
-    local = BaselineConfig(loss="mi", factors=(2, 1), iterations=(100, 100), learning_rate=(0.3, 0.1), transform="rigid")
+    affine = affine or AFFINE_LANDMARK
+    rigid = dataclasses.replace(affine, transform="rigid", rigid_levels=0)
+    local = local or BaselineConfig(loss="mi", factors=(2, 1), iterations=(100, 100), learning_rate=(0.3, 0.1),
+                                    transform="rigid")
 
     def carry(matrix, pts):
         inv = np.linalg.inv(matrix)  # matrix: image world -> template (or moved template) world
@@ -122,7 +128,7 @@ def registration_offsets(template, images: dict, local_mm: int) -> dict:
     for name, (volume, lm) in images.items():
         truth = lm.select(labels).positions
         global_rigid = register_volumes(volume, tv, rigid).matrix
-        carried = {"rigid": carry(global_rigid, tp), "affine": carry(register_volumes(volume, tv, AFFINE_LANDMARK).matrix, tp)}
+        carried = {"rigid": carry(global_rigid, tp), "affine": carry(register_volumes(volume, tv, affine).matrix, tp)}
         # local: the template placed by the global rigid answer, refined on a cube around the AC-PC midpoint
         g = carried["rigid"]
         centre = g[[labels.index(l) for l in LABELS]].mean(0)
