@@ -2,7 +2,8 @@
 
 :func:`evaluate_run`: greedy rollouts from the env's fixed evaluation starts on the run's held-out
 subjects, per-agent metrics per label, the template prior beside them for envs whose agents answer
-landmarks, ``eval.json`` / ``eval.md`` / ``trajectories.png``. :func:`evaluate_extra_sets`: a landmark
+landmarks, ``eval.json`` / ``eval.md`` / ``eval_episodes.csv`` (:func:`episode_rows`: which held-out
+subject and start each episode had, and how it ended) / ``trajectories.png``. :func:`evaluate_extra_sets`: a landmark
 run's detector on the held-out subjects and every ``eval.extra_sets`` spec, with the template-prior
 and registration baselines. Both take the experiment the run was built from (``jaxmed train``) or
 one built without data for a saved run (``jaxmed evaluate``): nothing is built again from the config.
@@ -14,6 +15,7 @@ What is specific to an env comes from the env's hooks: :attr:`~jaxmed.envs.base.
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
@@ -34,8 +36,9 @@ def evaluate_run(exp: ex.Experiment, net_params, run_dir: str | Path | None = No
     multi-seed run (``net_params`` with a leading seed axis) is evaluated per seed and summarised as
     mean ± std across seeds; seconds are per seed, without compilation.
 
-    Writes ``eval.json``, ``eval.md`` and, for landmark envs, ``trajectories.png`` (the first test
-    subject's first episode) into ``run_dir`` when given. Returns the result dict (``stats``,
+    Writes ``eval.json``, ``eval.md``, ``eval_episodes.csv`` (one row per episode and seed:
+    :func:`episode_rows`) and, for landmark envs, ``trajectories.png`` (the first test subject's first
+    episode) into ``run_dir`` when given. Returns the result dict (``stats``,
     ``table``, ``episodes``, ``eval_s``, ``seconds_per_subject``, ``template_prior``, ``per_seed``,
     ...)."""
     from jaxmed.evaluation import format_metric_tables, metric_stats, seed_summary
@@ -45,7 +48,7 @@ def evaluate_run(exp: ex.Experiment, net_params, run_dir: str | Path | None = No
     states = env.eval_states(eval_params, bank, cfg.eval_starts, seed=cfg.train.seed)
     draws_paths = bool(env.landmark_targets)
     rollout = make_policy_rollout(cfg, env, eval_params, exp.network, record=env.trajectory_of if draws_paths else None)
-    per_seed, eval_s, first = [], 0.0, None
+    per_seed, eval_s, first, seed_metrics = [], 0.0, None, []
     for seed in range(cfg.train.seeds):
         args = (seed_params(cfg, net_params, seed), bank, states)
         compiled = rollout.lower(*args).compile()
@@ -54,6 +57,7 @@ def evaluate_run(exp: ex.Experiment, net_params, run_dir: str | Path | None = No
         eval_s += time.perf_counter() - t0
         first = out if first is None else first
         per_seed.append({m: env.metric_stats(states, v, m) for m, v in out["metrics"].items()})
+        seed_metrics.append(jax.device_get(out["metrics"]))
     stats = per_seed[0]
     baseline = None
     reference = exp.reference() if env.landmark_targets else None
@@ -79,9 +83,47 @@ def evaluate_run(exp: ex.Experiment, net_params, run_dir: str | Path | None = No
         run_dir.mkdir(parents=True, exist_ok=True)  # `jaxmed evaluate RUN --out NEW_DIR`
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
         (run_dir / "eval.md").write_text(table + "\n")
+        write_episode_rows(run_dir / "eval_episodes.csv", episode_rows(env, states, seed_metrics))
         if draws_paths:
             plot_trajectories(env, bank, first["record"], np.asarray(first["final_state"].volume), run_dir / "trajectories.png")
     return result
+
+
+def episode_rows(env, states, seed_metrics) -> list[dict]:
+    """One row per evaluation episode and seed: ``seed``, ``episode`` (its index in ``states``),
+    ``subject`` (the bank volume it ran on, i.e. the held-out subject's index, for states that carry
+    one) and ``"<metric> <label>"`` for every metric of the rollout and every distinct
+    :attr:`~jaxmed.envs.base.Environment.metric_labels` entry (agents sharing a label, e.g. several
+    agents per landmark, are averaged). ``seed_metrics``: per seed, ``{metric: (E, A) array}``."""
+    labels = tuple(env.metric_labels)
+    columns = {label: [i for i, l in enumerate(labels) if l == label] for label in dict.fromkeys(labels)}
+    volume = getattr(states, "volume", None)
+    subject = None if volume is None else np.asarray(volume).reshape(-1)
+    rows = []
+    for seed, metrics in enumerate(seed_metrics):
+        values = {m: np.asarray(v, np.float64).reshape(np.shape(v)[0], -1) for m, v in metrics.items()}
+        for e in range(len(next(iter(values.values())))):
+            row = {"seed": seed, "episode": e}
+            if subject is not None and len(subject) == len(next(iter(values.values()))):
+                row["subject"] = int(subject[e])
+            for m, v in values.items():
+                if v.shape[1] == len(labels):
+                    row.update({f"{m} {label}": float(v[e, idx].mean()) for label, idx in columns.items()})
+                else:  # a metric that is not per agent
+                    row.update({f"{m} {j}" if v.shape[1] > 1 else m: float(v[e, j]) for j in range(v.shape[1])})
+            rows.append(row)
+    return rows
+
+
+def write_episode_rows(path: Path, rows: list[dict]) -> Path:
+    """:func:`episode_rows` as CSV (written whole, then renamed into place)."""
+    tmp = Path(path).with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["seed", "episode"])
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return Path(path)
 
 
 def plot_trajectories(env, bank, path_vox, volumes, path: Path) -> Path:

@@ -168,6 +168,17 @@ def test_vmapped_seeds_train_in_one_program_and_report_mean_and_std(tmp_path):
     assert len(ev["per_seed"]) == 2 and "mean over 2 seeds" in ev["table"]
     header = (tmp_path / "seeds" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "reward_std" in header
+    # eval_episodes.csv: every episode of every seed, with its held-out subject, agreeing with the tables
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "seeds" / "eval_episodes.csv")))
+    assert len(rows) == 2 * ev["episodes"] and {r["seed"] for r in rows} == {"0", "1"}
+    n_test, starts = cfg.data.n_test, ev["episodes"] // cfg.data.n_test
+    assert sorted(int(r["subject"]) for r in rows if r["seed"] == "0") == sorted(list(range(n_test)) * starts)
+    for seed, stats in enumerate(ev["per_seed"]):
+        for label, row in stats["distance_mm"].items():
+            column = [float(r[f"distance_mm {label}"]) for r in rows if r["seed"] == str(seed)]
+            assert abs(np.mean(column) - row["mean"]) < 1e-4 and len(column) == row["n"]
     _, _, stacked = load_params(tmp_path / "seeds")
     # seed 1 of the vmapped run == a plain run started from the same split key
     bank, _, _ = make_bank(cfg, "train", cfg.data.n_train)
