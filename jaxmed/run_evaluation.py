@@ -102,9 +102,10 @@ def episode_rows(env, states, seed_metrics) -> list[dict]:
     rows = []
     for seed, metrics in enumerate(seed_metrics):
         values = {m: np.asarray(v, np.float64).reshape(np.shape(v)[0], -1) for m, v in metrics.items()}
-        for e in range(len(next(iter(values.values())))):
+        n_episodes = len(next(iter(values.values())))
+        for e in range(n_episodes):
             row = {"seed": seed, "episode": e}
-            if subject is not None and len(subject) == len(next(iter(values.values()))):
+            if subject is not None and len(subject) == n_episodes:
                 row["subject"] = int(subject[e])
             for m, v in values.items():
                 if v.shape[1] == len(labels):

@@ -325,6 +325,9 @@ def test_evaluate_run_on_a_corner_pair_env(tmp_path):
     ev = evaluate_run(build_experiment(cfg, with_data=False), jax.tree.map(jnp.asarray, params), tmp_path)
     assert "iou" in ev["stats"] and "template_prior" not in ev
     assert (tmp_path / "eval.md").exists() and not (tmp_path / "trajectories.png").exists()
+    header = (tmp_path / "eval_episodes.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["seed", "episode", "subject"] and any(h.startswith("iou ") for h in header)
+    assert len((tmp_path / "eval_episodes.csv").read_text().splitlines()) == 1 + ev["episodes"]
 
 
 def test_evaluation_of_a_run_uses_the_experiment_it_was_built_from(tmp_path):

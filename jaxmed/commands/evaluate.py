@@ -1,6 +1,7 @@
 """``jaxmed evaluate RUN_DIR [--data SPEC ...] [--out DIR] [--starts N]``: evaluate a trained run.
 
-Without ``--data``: the run's synthetic held-out subjects, every env's own metrics (``eval.md``),
+Without ``--data``: the run's synthetic held-out subjects, every env's own metrics (``eval.md``; per
+episode, with its subject, ``eval_episodes.csv``),
 plus the sets listed in the run's ``eval.extra_sets``. With ``--data`` (landmark runs): any labelled
 set (``colin27``, ``mni-t2w``, ``test`` for the run's own held-out subjects, a folder of scans with
 landmark files, a manifest, a data YAML); per landmark the agents' errors beside the template prior
