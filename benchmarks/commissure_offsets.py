@@ -107,6 +107,7 @@ def registration_offsets(template, images: dict, local_mm: int, *, affine=None, 
     the local refinement's (default: mutual information, 2 then 1 mm voxels)."""
     import dataclasses
 
+    from jaxmed.data.geometry import apply_affine
     from jaxmed.data.structures import crop_volume
     from jaxmed.data.volume import Volume
     from jaxmed.registration_baseline import AFFINE_LANDMARK, BaselineConfig, register_volumes
@@ -120,9 +121,8 @@ def registration_offsets(template, images: dict, local_mm: int, *, affine=None, 
     local = local or BaselineConfig(loss="mi", factors=(2, 1), iterations=(100, 100), learning_rate=(0.3, 0.1),
                                     transform="rigid")
 
-    def carry(matrix, pts):
-        inv = np.linalg.inv(matrix)  # matrix: image world -> template (or moved template) world
-        return pts @ inv[:3, :3].T + inv[:3, 3]
+    def carry(matrix, pts):  # matrix: image world -> template (or moved template) world
+        return apply_affine(np.linalg.inv(matrix), pts)
 
     out = {}
     for name, (volume, lm) in images.items():

@@ -16,6 +16,7 @@ What is specific to an env comes from the env's hooks: :attr:`~jaxmed.envs.base.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 import time
@@ -117,14 +118,14 @@ def episode_rows(env, states, seed_metrics) -> list[dict]:
 
 
 def write_episode_rows(path: Path, rows: list[dict]) -> Path:
-    """:func:`episode_rows` as CSV (written whole, then renamed into place)."""
-    tmp = Path(path).with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["seed", "episode"])
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    return Path(path)
+    """:func:`episode_rows` as CSV, written atomically (:func:`jaxmed.data.fetch.write_atomic`)."""
+    from jaxmed.data.fetch import write_atomic
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["seed", "episode"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_atomic(path, lambda f: f.write(buf.getvalue().encode()))
 
 
 def plot_trajectories(env, bank, path_vox, volumes, path: Path) -> Path:
