@@ -1,7 +1,7 @@
 """Weight-average the networks of a finished run's saved checkpoints into a new run directory.
 
 A run trained with ``train.average_from: K`` saves the mean of its snapshots from chunk ``K`` on as
-its network (``jaxmed.runs.average_snapshots``). This script does the same after the fact for a run
+its network (``jaxmed.run_files.average_snapshots``). This script does the same after the fact for a run
 trained without it, from what the run kept: the network of each orbax checkpoint named by
 ``--chunks`` (a run keeps its last two) and of other run directories of the same training
 (``--network CHUNK=RUN_DIR``, e.g. a copy of the run directory taken at an earlier checkpoint). It
@@ -26,7 +26,8 @@ import numpy as np
 import yaml
 
 from jaxmed.errors import ConfigError
-from jaxmed.runs import average_snapshots, load_params, save_network, save_snapshot
+from jaxmed.run_files import average_snapshots, save_network, save_snapshot
+from jaxmed.runs import load_params
 
 
 def checkpoint_network(run_dir: Path, chunk: int):

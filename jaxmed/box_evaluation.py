@@ -75,12 +75,11 @@ def _points(landmarks, structure: str, where: str) -> np.ndarray:
 def set_subjects(cfg, spec: str, labels: Sequence[str]):
     """``(name, subjects)`` of ``--data SPEC`` for a box run: ``test`` = the run's held-out subjects;
     otherwise the spec's source with the run's structure carried (``structures`` option)."""
-    from jaxmed import experiment as ex
     from jaxmed.data import sources
     from jaxmed.evaluation import set_name
 
     if spec == "test":
-        return "test", ex.data_source(cfg.data).subjects("test", list(labels), n=cfg.data.n_test)
+        return "test", sources.make(cfg.data).subjects("test", list(labels), n=cfg.data.n_test)
     structure = cfg.env["structure"]
     try:
         src = sources.from_spec(spec, cfg.data.spacing, structures=[structure])
@@ -94,8 +93,8 @@ def evaluate_box_set(cfg, network, params, spec: str, *, registration: bool = Tr
     ``set``, ``structure``, ``subjects``, per method ``{metric: {"mean", "std", "per_subject"}}``,
     per subject rows, seconds."""
     from jaxmed import experiment as ex
+    from jaxmed.agents.learners import policy_rollout
     from jaxmed.data import build_bank, conform
-    from jaxmed.runs import make_policy_rollout
 
     env, _, eval_params = ex.make_env(cfg)
     if not hasattr(env, "target_box"):
@@ -110,7 +109,7 @@ def evaluate_box_set(cfg, network, params, spec: str, *, registration: bool = Tr
     env.check_bank(bank)
     n_starts = cfg.eval_starts
     states = env.eval_states(eval_params, bank, n_starts, seed=cfg.train.seed)
-    rollout = make_policy_rollout(cfg, env, eval_params, network)
+    rollout = policy_rollout(cfg.train.learner, network, env, eval_params)
     t0 = time.perf_counter()
     compiled = rollout.lower(params, bank, states).compile()
     compile_s = time.perf_counter() - t0

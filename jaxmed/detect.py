@@ -24,7 +24,8 @@ import numpy as np
 
 from jaxmed import experiment as ex
 from jaxmed import inference
-from jaxmed.data.image_io import scaled_copies
+from jaxmed.data.image_io import check_intensity_scales, scaled_copies
+from jaxmed.envs.registry import with_level_step_limit
 from jaxmed.errors import ConfigError, LandmarkError
 
 AGGREGATES = inference.AGGREGATES
@@ -69,7 +70,7 @@ class DetectionOptions:
       start_radius_mm: the radius of those starts, mm.
 
     Every value is checked here (:class:`ConfigError` naming the option); the ones that depend on the
-    run (``intensity_scales`` against ``split_starts``, ``level_step_limit`` against the env) when a
+    run (``n_starts`` against ``split_starts``, ``level_step_limit`` against the env) when a
     :class:`LandmarkDetector` takes them.
     """
 
@@ -92,6 +93,8 @@ class DetectionOptions:
             raise ConfigError(f"start_radius_mm must be a finite number >= 0, got {self.start_radius_mm}")
         if self.n_starts is not None and self.n_starts < 1:
             raise ConfigError(f"n_starts must be >= 1, got {self.n_starts}")
+        if self.intensity_scales is not None:
+            object.__setattr__(self, "intensity_scales", check_intensity_scales(self.intensity_scales, "intensity_scales"))
 
 
 def registration_offsets(n_starts: int, radius_mm: float, seed: int = 0) -> np.ndarray:
@@ -142,7 +145,7 @@ class LandmarkDetector:
     def __init__(self, cfg, network, params, options: DetectionOptions | None = None, *,
                  labels: Sequence[str] | None = None, experiment: ex.Experiment | None = None, where: str = "run",
                  **option_fields):
-        from jaxmed.runs import make_policy_rollout
+        from jaxmed.agents.learners import policy_rollout
 
         options = dataclasses.replace(options or DetectionOptions(), **option_fields)
         members = list(params) if isinstance(params, (list, tuple)) else [params]
@@ -162,9 +165,8 @@ class LandmarkDetector:
         missing = [l for l in self.labels if l not in self.trained]
         if missing:
             raise LandmarkError(f"{where}: the model was trained for {', '.join(self.trained)}; it cannot detect {', '.join(missing)}")
-        scales = (cfg.eval.intensity_scales if options.intensity_scales is None
-                  else ex.check_intensity_scales(options.intensity_scales, f"{where}: intensity_scales"))
-        self.eval_params = ex.with_level_step_limit(self.eval_params, options.level_step_limit, f"{where}: level_step_limit")
+        self.eval_params = with_level_step_limit(self.eval_params, options.level_step_limit, f"{where}: level_step_limit")
+        scales = cfg.eval.intensity_scales if options.intensity_scales is None else options.intensity_scales
         n_starts = cfg.eval_starts if options.n_starts is None else options.n_starts
         split = cfg.eval.split_starts if options.split_starts is None else options.split_starts
         #: every option resolved against the run; the attributes below read it
@@ -176,7 +178,7 @@ class LandmarkDetector:
         self.shape_template = self._shape_template(where) if self.shape != "none" else None
         self._registration = self._registration_reference(where) if self.start_from == "registration" else None
         self._registration_warm: set = set()
-        self._rollout = make_policy_rollout(cfg, self.env, self.eval_params, network)
+        self._rollout = policy_rollout(cfg.train.learner, network, self.env, self.eval_params)
         self._compiled: dict = {}
         self.compilations = 0
         self.compile_seconds = 0.0
@@ -305,7 +307,7 @@ class LandmarkDetector:
 
         world, vols, seconds = [], [], 0.0
         full_scale = self.cfg.data.intensity_ceiling or max(float(np.max(v.data)) for v in volumes) or 1.0
-        scales = self.intensity_scales if intensity_scales is None else ex.check_intensity_scales(intensity_scales, "intensity_scales")
+        scales = self.intensity_scales if intensity_scales is None else check_intensity_scales(intensity_scales, "intensity_scales")
         dealt = deal_starts(self.n_starts, len(scales)) if self.split_starts else None
         carried = None
         if self._registration is not None:
@@ -536,9 +538,10 @@ def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None,
     """
     import jax
 
+    from jaxmed.agents.learners import policy_rollout
     from jaxmed.data import Landmarks, build_bank, conform, load_image
     from jaxmed.envs.goal_landmark import GoalLandmarkConfig, GoalLandmarkEnv, goal_example
-    from jaxmed.runs import load_run, make_policy_rollout, seed_params
+    from jaxmed.runs import load_run, seed_params
 
     if (goal is None) == (goal_patch is None):
         raise ConfigError("give exactly one of a goal label (--goal) or a goal patch file (--goal-patch)")
@@ -575,7 +578,7 @@ def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None,
                                   osc_window=c.osc_window, reference_volume=0)
     denv = GoalLandmarkEnv(goal_cfg, labels=bank.labels, name=env.name)
     states = denv.eval_states(eval_params, bank, cfg.eval_starts if n_starts is None else n_starts, seed=seed)
-    rollout = make_policy_rollout(cfg, denv, eval_params, network)
+    rollout = policy_rollout(cfg.train.learner, network, denv, eval_params)
     res = jax.device_get(rollout(seed_params(cfg, params, 0), bank, states))
     world = volume.voxel_to_world(np.asarray(res["final_state"].nav.pos, dtype=np.float64).reshape(-1, 3))
     return Landmarks((label,), robust_mean(world, aggregate)[None], source=f"jaxmed detect --goal {label} {image}")

@@ -323,22 +323,20 @@ def resolve_set(cfg, spec: str, labels: Sequence[str]) -> tuple[str, list, tuple
     set's template when the run has none.
     """
     from jaxmed import experiment as ex
-    from jaxmed.data import conform
+    from jaxmed.data import conform, sources
 
-    template = None
+    name, template = set_name(spec), None
     reference = ex.template(cfg.data)  # the run's atlas (None for a source without one)
     if reference is not None and all(l in reference[1].labels for l in labels):
         template = (conform(reference[0], cfg.data.spacing), reference[1].select(labels))
     if spec == "test":
-        return "test", ex.data_source(cfg.data).subjects("test", list(labels), n=cfg.data.n_test), template
-    from jaxmed.data import sources
-
+        return name, sources.make(cfg.data).subjects("test", list(labels), n=cfg.data.n_test), template
     src = sources.from_spec(spec, cfg.data.spacing)
     subjects = src.subjects("test", list(labels))
     if template is None:
         t = src.template(list(labels))
         template = None if t is None else (t.volume, t.landmarks)
-    return set_name(spec), subjects, template
+    return name, subjects, template
 
 
 def evaluate_sets(detector, specs: Sequence[str], *, out_dir=None, overwrite: bool = False, registration: bool = True,

@@ -10,11 +10,12 @@ options, ``eval_starts`` / ``eval_max_steps``), ``network`` (the learner's netwo
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from typing import Any
 
-from jaxmed.config import bounded, build, check_fields, check_value, field_bounds
+from jaxmed.config import bounded, build, check_fields
+from jaxmed.data import run_data
+from jaxmed.data.image_io import check_intensity_scales
+from jaxmed.data.run_data import make_subjects, template, template_subject  # noqa: F401  (re-exported: a run's data)
 from jaxmed.data.sources import DataConfig  # noqa: F401  (the data section; re-exported here)
 from jaxmed.data.sources import names as _source_names
 from jaxmed.errors import ConfigError
@@ -84,19 +85,9 @@ class TrainSection:
 
     def hparam_rows(self) -> list[dict]:
         """``train.seeds`` dicts of hyperparameter overrides, one per vmapped member."""
-        return [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in self.hparams.items()} for i in range(self.seeds)]
+        from jaxmed.agents.hparams import member_rows
 
-
-def check_intensity_scales(scales, where: str) -> tuple[float, ...]:
-    """``scales`` as a tuple of floats; :class:`ConfigError` naming ``where`` unless it is a non-empty
-    sequence of finite numbers > 0 without repeats."""
-    try:
-        values = tuple(float(s) for s in scales)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected a list of numbers > 0, got {scales!r}") from None
-    if not values or any(not math.isfinite(s) or s <= 0 for s in values) or len(set(values)) != len(values):
-        raise ConfigError(f"{where}: expected a non-empty list of distinct finite numbers > 0, got {list(scales)}")
-    return values
+        return member_rows(self.hparams, self.seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,17 +125,6 @@ class EvalSection:
     def __post_init__(self):
         check_fields(self, "eval")
         check_intensity_scales(self.intensity_scales, "eval.intensity_scales")
-
-
-def with_level_step_limit(params, limit, where: str):
-    """``params`` (an env's params) with ``level_step_limit = limit``; unchanged for ``None``;
-    :class:`ConfigError` naming ``where`` when the env has no such parameter or the value is not an
-    int in the interval the params declare (>= 0)."""
-    if limit is None:
-        return params
-    if not hasattr(params, "level_step_limit"):
-        raise ConfigError(f"{where}: {type(params).__name__} has no level_step_limit (an option of the landmark search)")
-    return params.replace(level_step_limit=check_value(limit, int, field_bounds(type(params), "level_step_limit"), where))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,75 +207,14 @@ class ExperimentConfig:
         return cfg
 
 
-def data_source(cfg: DataConfig):
-    """The :class:`jaxmed.data.sources.Source` of a data config (one object per config and process)."""
-    from jaxmed.data import sources
-
-    return sources.make(cfg)
-
-
-def template(cfg: DataConfig):
-    """``(Volume, Landmarks)`` of the source's template (the atlas subjects are made from, whose
-    coordinates are the template prior): as loaded (its own grid, normalised, every label), once per
-    process and data config; ``None`` for a source without one (``files`` without ``template``).
-    Callers must not mutate it."""
-    return data_source(cfg).reference()
-
-
-def make_subjects(cfg: DataConfig, split: str, n: int, labels, *, epoch: int = 0) -> list:
-    """Conformed ``(Volume, Landmarks)`` pairs of ``split`` (train / val / test) with ``labels``:
-    ``n`` subjects for synthetic sources, the split's subjects for sources on disk (``n`` unused);
-    ``epoch > 0``: fresh augmented / synthesised training subjects."""
-    return [s.pair() for s in data_source(cfg).subjects(split, labels, epoch=epoch, n=n)]
-
-
-def template_subject(cfg: DataConfig, labels) -> tuple:
-    """The template as one more conformed ``(Volume, Landmarks)`` subject with ``labels``: the annotated
-    reference (bank volume 0) of goal-conditioned envs."""
-    subject = data_source(cfg).template(labels)
-    if subject is None:
-        raise ConfigError(f"data.source {cfg.source} has no template; this env needs one as its reference "
-                          f"(files source: set data.template, e.g. afids for scans in MNI space)")
-    return subject.pair()
-
-
-def seg_template(cfg: ExperimentConfig, structure: str):
-    """``(template Volume, structure mask)`` a segmentation run's subjects are synthesised from: an AAL
-    structure (:data:`jaxmed.data.structures.AAL_STRUCTURES`, e.g. ``caudate_l``) on Colin27 at
-    ``data.spacing`` (``jaxmed data fetch colin27``), else the source's template with its mask-defined
-    structure (an ellipsoid phantom's organ, an AFIDs structure)."""
-    from jaxmed.data.structures import AAL_STRUCTURES, colin27_structure, template_structure_mask
-
-    if structure in AAL_STRUCTURES:
-        return colin27_structure(structure, cfg.data.spacing)
-    volume, landmarks = template(cfg.data)
-    return volume, template_structure_mask(volume, landmarks, structure)
-
-
 def make_bank(cfg: ExperimentConfig, split: str, n: int, *, epoch: int = 0, env=None):
-    """``(bank, subjects, seconds)``: ``n`` subjects of ``split`` (see :func:`make_subjects`) with the
-    landmarks the env reads; for an env that :attr:`wants_reference` (goal-conditioned) the bank holds
-    the template first (volume 0, the goal reference) and then the subjects. ``env``: the run's built
-    env (an :class:`Experiment`'s), which says what the bank must hold; ``None``: built from ``cfg``."""
-    from jaxmed.data import build_bank
-
+    """``(bank, subjects, seconds)``: ``n`` subjects of ``split`` in the bank ``env`` asks for
+    (:func:`jaxmed.data.run_data.make_bank`: its landmarks and crop margin; the template first for a
+    goal-conditioned env; image and label crops for a segmentation env). ``env``: the run's built env
+    (an :class:`Experiment`'s); ``None``: built from ``cfg``."""
     if env is None:
         env, _, _ = make_env(cfg)
-    labels = env.required_labels
-    t0 = time.perf_counter()
-    if getattr(env, "wants_label_bank", False):  # segmentation envs: image + label crops (jaxmed.data.structures)
-        from jaxmed.data.structures import build_seg_bank, seg_subjects
-
-        volume, mask = seg_template(cfg, env.config.structure)
-        subjects = seg_subjects(volume, mask, n, split=split, base_seed=cfg.data.seed, crop_size=env.config.crop_size,
-                                spacing=cfg.data.spacing, name=env.config.structure)
-        return build_seg_bank(subjects, env.config.structure, cfg.data.dtype), subjects, time.perf_counter() - t0
-    subjects = make_subjects(cfg.data, split, n, labels, epoch=epoch)
-    # goal-conditioned envs cut their goal images from bank volume 0: make it the template
-    volumes = [template_subject(cfg.data, labels)] + subjects if env.wants_reference else subjects
-    bank = build_bank(volumes, labels, factors=cfg.data.factors, max_crop=env.max_crop, dtype=cfg.data.dtype,
-                      packed=env.wants_packed_bank, full_scale=cfg.data.intensity_ceiling)
-    return bank, subjects, time.perf_counter() - t0
+    return run_data.make_bank(cfg.data, env, split, n, epoch=epoch)
 
 
 @dataclasses.dataclass
@@ -332,57 +251,45 @@ class Experiment:
 
     def _checked_bank(self, split: str, n: int, epoch: int = 0) -> tuple:
         """``(bank, subjects)`` of ``split`` made for this experiment's env (:func:`make_bank`) and checked by it."""
-        bank, subjects, _ = make_bank(self.cfg, split, n, epoch=epoch, env=self.env)
+        bank, subjects, _ = run_data.make_bank(self.cfg.data, self.env, split, n, epoch=epoch)
         self.env.check_bank(bank)
         return bank, subjects
 
-    def reference(self):
-        """``(Volume, Landmarks)`` of the data source's template (the template prior), ``None`` for a
-        source without one (:func:`template`)."""
-        return template(self.cfg.data)
-
 
 def build_experiment(cfg: ExperimentConfig, *, with_data: bool = True) -> Experiment:
-    """Build the :class:`Experiment` of ``cfg`` once: the training bank (``with_data``), the env for its
-    labels (checked against it) and the network."""
-    bank, data_s = None, 0.0
+    """Build the :class:`Experiment` of ``cfg`` once: the training bank (``with_data``) the env asks for,
+    the env for that bank's labels (checked against it) and the learner's network for the env."""
+    from jaxmed.agents.learners import network_for
+    from jaxmed.envs.registry import make_for_run
+
+    name, options, bank, data_s = cfg.env_name, cfg.env_options(), None, 0.0
     if with_data:
-        bank, _, data_s = make_bank(cfg, "train", cfg.data.n_train)
-    env, params, eval_params = make_env(cfg, bank.labels if bank is not None else None)
+        wants, _, _ = make_for_run(name, None, options)  # what the bank must hold
+        bank, _, data_s = run_data.make_bank(cfg.data, wants, "train", cfg.data.n_train)
+    env, params, eval_params = make_for_run(name, bank.labels if bank is not None else None, options,
+                                            eval_max_steps=cfg.env.get("eval_max_steps"),
+                                            level_step_limit=cfg.eval.level_step_limit)
     if bank is not None:
         env.check_bank(bank)
-    return Experiment(cfg=cfg, env=env, env_params=params, eval_params=eval_params, network=make_network(cfg, env),
-                      bank=bank, data_seconds=data_s)
+    return Experiment(cfg=cfg, env=env, env_params=params, eval_params=eval_params,
+                      network=network_for(cfg.train.learner, cfg.network, env), bank=bank, data_seconds=data_s)
 
 
 def make_env(cfg: ExperimentConfig, labels=None):
-    """``(env, params, eval_params)`` from the ``env:`` section (``jaxmed.make(name, labels, **options)``).
+    """``(env, params, eval_params)`` from the ``env:`` section for a bank with ``labels``
+    (:func:`jaxmed.envs.registry.make_for_run`): ``eval_params`` are the env's :meth:`eval_params` with
+    ``max_steps = env.eval_max_steps`` and ``level_step_limit = eval.level_step_limit`` when given."""
+    from jaxmed.envs.registry import make_for_run
 
-    ``eval_params`` are the env's :meth:`eval_params` with ``max_steps = env.eval_max_steps`` and
-    ``level_step_limit = eval.level_step_limit`` when given.
-    """
-    from jaxmed.envs import make
-
-    env, params = make(cfg.env_name, labels, **cfg.env_options())
-    eval_params = env.eval_params(params)
-    eval_max = cfg.env.get("eval_max_steps")
-    if eval_max is not None:
-        eval_params = eval_params.replace(max_steps=int(eval_max))
-    eval_params = with_level_step_limit(eval_params, cfg.eval.level_step_limit, "eval.level_step_limit")
-    return env, params, eval_params
+    return make_for_run(cfg.env_name, labels, cfg.env_options(), eval_max_steps=cfg.env.get("eval_max_steps"),
+                        level_step_limit=cfg.eval.level_step_limit)
 
 
 def make_network(cfg: ExperimentConfig, env):
-    """The selected learner's network for ``env`` (agents, actions and input size from the env)."""
-    from jaxmed.agents import learners
+    """The selected learner's network for ``env`` (:func:`jaxmed.agents.learners.network_for`)."""
+    from jaxmed.agents.learners import network_for
 
-    net_cfg = dict(cfg.network)
-    net_cfg.setdefault("n_actions", env.num_actions)
-    if env.n_agents > 1:
-        net_cfg.setdefault("n_agents", env.n_agents)
-    if "crop_size" not in net_cfg:
-        net_cfg["crop_size"] = tuple(int(d) for d in env.observation_space(env.default_params).shape[-3:])
-    return learners.network_from_config(cfg.train.learner, net_cfg)
+    return network_for(cfg.train.learner, cfg.network, env)
 
 
 def dummy_observation(cfg: ExperimentConfig, env):

@@ -104,7 +104,8 @@ class RegistrationAgent:
         from jaxmed.agents import learners
         from jaxmed.agents.lookahead import lookahead_rollout
         from jaxmed.agents.rollout import greedy_rollout
-        from jaxmed.experiment import check_intensity_scales, make_env
+        from jaxmed.data.image_io import check_intensity_scales
+        from jaxmed.experiment import make_env
         from jaxmed.runs import seed_params
 
         cfg, network, params = run

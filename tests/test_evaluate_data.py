@@ -12,7 +12,8 @@ from jaxmed.config import apply_overrides, load_yaml
 from jaxmed.data import Volume, blob_phantom, read_landmarks, save_nifti, write_landmarks
 from jaxmed.evaluation import LandmarkSetResult
 from jaxmed.experiment import ExperimentConfig, dummy_observation, make_env, make_network
-from jaxmed.train import prepare_run_dir, save_network
+from jaxmed.run_files import save_network
+from jaxmed.train import prepare_run_dir
 
 CONFIG = "configs/phantom_dqn.yaml"
 

@@ -344,7 +344,8 @@ def test_training_from_files_equals_training_from_the_population(tmp_path, monke
     from jaxmed.data.sources import base as source_base
     from jaxmed.data.sources.base import LabelledSubject, Source
     from jaxmed.data.volume import Volume
-    from jaxmed.train import load_params, run_training
+    from jaxmed.runs import load_params
+    from jaxmed.train import run_training
 
     template, landmarks = blob_phantom(shape=(32, 32, 32), spacing=2.0, n_landmarks=4, seed=0)
     # stored as NIfTI holds them (float32 voxels and affine), so both sides start from the same numbers

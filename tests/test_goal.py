@@ -204,7 +204,8 @@ def test_detect_goal_from_a_run_directory_by_label_or_patch(tmp_path):
     from jaxmed.data import save_nifti
     from jaxmed.detect import detect_goal
     from jaxmed.experiment import ExperimentConfig, build_experiment, dummy_observation
-    from jaxmed.train import prepare_run_dir, save_network
+    from jaxmed.run_files import save_network
+    from jaxmed.train import prepare_run_dir
 
     config = "configs/goal/phantom_goal_dqn.yaml"
     cfg = ExperimentConfig.from_dict(load_yaml(config), config)

@@ -482,7 +482,7 @@ def test_register_command_optax_agent_and_errors(tmp_path, float_bank):
     # a registration run directory with an untrained network (the CLI path, not the accuracy)
     from jaxmed.config import load_yaml
     from jaxmed.experiment import ExperimentConfig, dummy_observation, make_env, make_network
-    from jaxmed.train import save_network
+    from jaxmed.run_files import save_network
 
     run = tmp_path / "run"
     run.mkdir()

@@ -12,7 +12,8 @@ from jaxmed.cli import main
 from jaxmed.config import apply_overrides, load_yaml
 from jaxmed.errors import ConfigError, OverwriteError
 from jaxmed.experiment import ExperimentConfig
-from jaxmed.train import load_params, run_training
+from jaxmed.runs import load_params
+from jaxmed.train import run_training
 
 CONFIG = "configs/phantom_dqn.yaml"
 
@@ -258,8 +259,8 @@ def test_over_members_maps_or_vmaps_the_member_arguments_and_shares_the_rest():
 def test_per_seed_hyperparameters_as_arrays(tmp_path):
     """train.hparams gives each vmapped member its own hyperparameters in one program (PPO here): a
     member with learning rate 0 keeps its initial parameters, the other trains; bad fields are refused."""
+    from jaxmed.agents.learners import make_trainer
     from jaxmed.experiment import make_bank, make_env, make_network
-    from jaxmed.train import _trainer
 
     path = "configs/phantom_ppo.yaml"
     cfg = ExperimentConfig.from_dict(apply_overrides(load_yaml(path), [
@@ -268,7 +269,7 @@ def test_per_seed_hyperparameters_as_arrays(tmp_path):
     assert cfg.train.hparam_rows() == [{"learning_rate": 1e-3, "ent_coef": 0.02}, {"learning_rate": 1e-10, "ent_coef": 0.02}]
     bank, _, _ = make_bank(cfg, "train", cfg.data.n_train)
     env, params, _ = make_env(cfg, bank.labels)
-    init, run_chunk = _trainer(cfg, env, params, make_network(cfg, env))
+    init, run_chunk = make_trainer(cfg.train, cfg.learner, env, params, make_network(cfg, env))
     rs0 = init(jax.random.key(0), bank)
     start = jax.tree.map(np.asarray, rs0.params)
     np.testing.assert_allclose(np.asarray(rs0.hparams.learning_rate), [1e-3, 1e-10])
@@ -372,9 +373,10 @@ def test_refresh_every_rebuilds_the_training_bank_without_retrace_and_resumes_ex
     assert full["bank_epochs"] == [0, 1, 2] and full["chunk_compilations"] == 1  # fresh subjects, one compiled program
     # replay stores env states and re-renders them from the bank: a new epoch starts with an empty
     # buffer (else old subjects' rewards would be replayed with the new subjects' observations)
-    from jaxmed.train import Checkpoints, _trainer
+    from jaxmed.agents.learners import make_trainer
+    from jaxmed.run_files import Checkpoints
 
-    init, _ = _trainer(cfg, exp.env, exp.env_params, exp.network)
+    init, _ = make_trainer(cfg.train, cfg.learner, exp.env, exp.env_params, exp.network)
     ckpt = Checkpoints(tmp_path / "full" / "checkpoints")
     saved = ckpt.restore(3, init(jax.random.key(0), exp.bank))
     ckpt.close()
@@ -401,6 +403,7 @@ def test_weight_averaging_saves_the_mean_of_late_snapshots_and_resumes_exactly(t
     from flax import serialization
 
     import jaxmed.train as train_module
+    from jaxmed.run_files import network_to_save
 
     cfg = _cfg(chunks=3, checkpoint_every=1, average_from=2)
     evaluated = []
@@ -434,7 +437,7 @@ def test_weight_averaging_saves_the_mean_of_late_snapshots_and_resumes_exactly(t
     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(load_params(tmp_path / "part")[2])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # without averaging nothing is kept beside the network, and the network is the last parameters
-    kept, averaged = train_module._network_to_save(tmp_path / "plain", _cfg(chunks=3), 3, snaps[1])
+    kept, averaged = network_to_save(tmp_path / "plain", _cfg(chunks=3).train.average_from, 3, snaps[1])
     assert kept is snaps[1] and averaged == []
     assert not (tmp_path / "plain").exists()
     for bad in (-1, 4):

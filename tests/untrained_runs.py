@@ -16,7 +16,7 @@ def untrained_run(run_dir: Path, config: str, *, seeds: int = 1, **env):
     ``jaxmed train --seeds`` saves them). Returns ``(cfg, network, [params of each seed])``."""
     from jaxmed.config import load_yaml
     from jaxmed.experiment import ExperimentConfig, dummy_observation, make_env, make_network
-    from jaxmed.train import save_network
+    from jaxmed.run_files import save_network
 
     cfg = ExperimentConfig.from_dict(load_yaml(config))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=seeds), env={**cfg.env, **env})

@@ -1,5 +1,6 @@
 """What every learner shares: the ``TrainFns`` type, the optimiser's config fields and step and its
-learning-rate schedule, episode metrics, batch rendering and the data-parallel plumbing.
+learning-rate schedule, episode metrics, batch rendering, the data-parallel plumbing and what the outer loop does to a
+runner state between chunks (a fresh bank, host-side metric rows).
 
 The learners build on this module: the DQN family (:mod:`jaxmed.agents.dqn`) and the
 policy-gradient family (:mod:`jaxmed.agents.policy_gradient` with A2C, PPO and GRPO on top).
@@ -16,6 +17,7 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxmed.config import bounded, check_fields
@@ -279,3 +281,43 @@ def init_network(network, key, obs, env):
         raise ConfigError(f"the network has {logits.shape[-1]} action outputs but env {env.name!r} has {env.num_actions} "
                           f"actions; set network.n_actions (or build the network for this env)")
     return params
+
+
+#: Runner-state fields that hold data about the bank's subjects: replayed transitions, in-flight
+#: n-step windows, env states and their observations. Replay stores env states, not pixels, and
+#: re-renders observations from the bank when it samples, so a transition is only valid with the
+#: subjects it was collected on: after a bank refresh it would pair one subject's observation with
+#: another subject's reward.
+BANK_BOUND_FIELDS = ("buffer", "window", "env_state", "obs")
+
+
+def restart_on_new_bank(rs, fresh):
+    """``rs`` (a learner's runner state) with every :data:`BANK_BOUND_FIELDS` field it has taken
+    from ``fresh``, a runner state initialised on the new bank: the replay buffer starts empty
+    (learning pauses until it holds ``learning_starts`` again), episodes restart on the new subjects;
+    parameters, optimiser state, counters, keys and hyperparameters carry on."""
+    return rs.replace(**{f: getattr(fresh, f) for f in BANK_BOUND_FIELDS if hasattr(rs, f)})
+
+
+def summarise_chunk_metrics(metrics: dict) -> dict[str, float]:
+    """A chunk's metrics fetched to the host, with a device or seed axis or none -> their mean as
+    floats, plus ``<name>_std`` across seeds / devices (counters ``steps`` and ``updates`` excepted);
+    NaN where no value is finite (a chunk in which no episode ended)."""
+    row = {}
+    for k, v in metrics.items():
+        v = np.asarray(v, np.float64)
+        row[k] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+        if v.ndim and v.size > 1 and k not in ("steps", "updates"):
+            row[k + "_std"] = float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")
+    return row
+
+
+def member_params(params, members: int, member: int = 0):
+    """The parameters of member ``member`` of a run that trained ``members`` seeds at once (their
+    leaves carry a leading seed axis when ``members > 1``; a single run's parameters are returned
+    as they are). :class:`ConfigError` when ``member`` is out of range."""
+    if members <= 1:
+        return params
+    if not 0 <= member < members:
+        raise ConfigError(f"seed {member} out of range: the run trained {members} seeds")
+    return jax.tree.map(lambda x: x[member], params)

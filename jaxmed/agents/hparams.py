@@ -66,3 +66,9 @@ def learner_hparams(cls, int_fields=(), validate: bool = True):
     default_hparams.__doc__ = (f"The config's hyperparameters as a :class:`{cls.__module__}.{cls.__qualname__}` of scalars, "
                                "with ``overrides`` applied.")
     return hparam_fields(cls), default_hparams, stack_hparams
+
+
+def member_rows(hparams: dict, members: int) -> list[dict]:
+    """``members`` dicts of hyperparameter overrides, one per vmapped member, from ``{field: value or
+    [value per member]}`` (``train.hparams``: a single value applies to every member)."""
+    return [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in hparams.items()} for i in range(members)]

@@ -143,9 +143,9 @@ def measure_train(cfg, env, params, bank, devices, multihost: bool, chunks: int)
         bank = train.replicate(bank)
         init, chunk = train.init, train.run_chunk
     else:
-        from jaxmed.train import _trainer
+        from jaxmed.agents.learners import make_trainer
 
-        init, chunk = _trainer(cfg, env, params, network)
+        init, chunk = make_trainer(cfg.train, cfg.learner, env, params, network)
     rs = jax.block_until_ready(init(jax.random.key(0), bank))
     t0 = time.perf_counter()
     rs, m = chunk(rs, bank)

@@ -57,7 +57,7 @@ def evaluate_landmark_sets(run_dir, specs, *, out_dir=None, overwrite=False, reg
 
 
 def _run(args) -> int:
-    from jaxmed.experiment import with_level_step_limit
+    from jaxmed.envs.registry import with_level_step_limit
     from jaxmed.run_evaluation import evaluate_run
     from jaxmed.runs import load_run
 

@@ -101,9 +101,9 @@ def write_mask(data: np.ndarray, affine: np.ndarray, out: Path, overwrite: bool)
 
 def segment_command(image, checkpoint, out, *, center=None, n_starts: int = 4, overwrite: bool = False) -> dict:
     """What ``jaxmed segment`` does; returns a summary (voxels in the mask, its volume in mm³, the crop centre)."""
-    from jaxmed import experiment as ex
     from jaxmed.agents import learners
     from jaxmed.data import load_image
+    from jaxmed.data.run_data import seg_template
     from jaxmed.data.structures import centroid_world, crop_volume
     from jaxmed.data.volume import Volume
     from jaxmed.runs import load_run, seed_params
@@ -125,7 +125,7 @@ def segment_command(image, checkpoint, out, *, center=None, n_starts: int = 4, o
     volume = load_image(image, normalise=False)  # the crop is normalised (like the training crops), not the image
     atlas = None
     if centre is None or getattr(env.config, "start", None) == "atlas":
-        tpl, tpl_mask = ex.seg_template(cfg, env.config.structure)
+        tpl, tpl_mask = seg_template(cfg.data, env.config.structure)
         tpl_centre = centroid_world(tpl, tpl_mask)
         centre = tpl_centre if centre is None else centre
         if getattr(env.config, "start", None) == "atlas":

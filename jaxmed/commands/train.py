@@ -20,10 +20,10 @@ def load_config(config: str, overrides: list[str]):
 def _run(args) -> int:
     from jaxmed.train import device_description, run_training
 
+    run_dir = commands.run_dir(args)
     cfg = load_config(args.config, args.overrides)
     if args.seeds is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=args.seeds))
-    run_dir = commands.run_dir(args)
     print(f"device: {device_description()}", flush=True)
     summary = run_training(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, evaluate=not args.no_eval)
     if "evaluation" in summary:

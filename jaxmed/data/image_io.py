@@ -9,6 +9,7 @@ carried through every step, so a landmark's world position lands on the same ana
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +20,7 @@ from scipy import ndimage
 
 from jaxmed.data import geometry
 from jaxmed.data.volume import Volume
-from jaxmed.errors import ImageError, check_writable
+from jaxmed.errors import ConfigError, ImageError, check_writable
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: fewest voxels along any axis of an image jaxmed accepts (smaller is a slice stack or a mistake)
@@ -261,6 +262,18 @@ def save_nifti(volume: Volume, path: str | Path, *, overwrite: bool = False) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
     return path
+
+
+def check_intensity_scales(scales, where: str) -> tuple[float, ...]:
+    """``scales`` as a tuple of floats; :class:`ConfigError` naming ``where`` unless it is a non-empty
+    sequence of finite numbers > 0 without repeats."""
+    try:
+        values = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a list of numbers > 0, got {scales!r}") from None
+    if not values or any(not math.isfinite(s) or s <= 0 for s in values) or len(set(values)) != len(values):
+        raise ConfigError(f"{where}: expected a non-empty list of distinct finite numbers > 0, got {list(scales)}")
+    return values
 
 
 def scaled_copies(volumes, scales: Sequence[float]) -> list:

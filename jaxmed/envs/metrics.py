@@ -3,11 +3,13 @@
 A metric's name says its unit and direction: ``*_mm`` and ``*_deg`` are errors (lower is better,
 success = at most a threshold), ``iou`` is an overlap (higher is better, success = at least a
 threshold). Pure NumPy on the host: the env's result-table rows (:meth:`Environment.metric_stats`)
-and :mod:`jaxmed.evaluation` use it.
+and :mod:`jaxmed.evaluation` use it; :func:`episode_rows` lists an evaluation episode by episode.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Sequence
 
 import numpy as np
@@ -59,3 +61,39 @@ def metric_stats(values: np.ndarray, labels: Sequence[str], metric: str = "dista
             row[success_key(metric, t)] = float((e >= t).mean() if higher else (e <= t).mean())
         out[label] = row
     return out
+
+
+def episode_rows(env, states, seed_metrics) -> list[dict]:
+    """One row per evaluation episode and seed: ``seed``, ``episode`` (its index in ``states``),
+    ``subject`` (the bank volume it ran on, i.e. the held-out subject's index, for states that carry
+    one) and ``"<metric> <label>"`` for every metric of the rollout and every distinct
+    :attr:`~jaxmed.envs.base.Environment.metric_labels` entry (agents sharing a label, e.g. several
+    agents per landmark, are averaged). ``seed_metrics``: per seed, ``{metric: (E, A) array}``."""
+    labels = tuple(env.metric_labels)
+    columns = {label: [i for i, l in enumerate(labels) if l == label] for label in dict.fromkeys(labels)}
+    volume = getattr(states, "volume", None)
+    subject = None if volume is None else np.asarray(volume).reshape(-1)
+    rows = []
+    for seed, metrics in enumerate(seed_metrics):
+        values = {m: np.asarray(v, np.float64).reshape(np.shape(v)[0], -1) for m, v in metrics.items()}
+        n_episodes = len(next(iter(values.values())))
+        for e in range(n_episodes):
+            row = {"seed": seed, "episode": e}
+            if subject is not None and len(subject) == n_episodes:
+                row["subject"] = int(subject[e])
+            for m, v in values.items():
+                if v.shape[1] == len(labels):
+                    row.update({f"{m} {label}": float(v[e, idx].mean()) for label, idx in columns.items()})
+                else:  # a metric that is not per agent
+                    row.update({f"{m} {j}" if v.shape[1] > 1 else m: float(v[e, j]) for j in range(v.shape[1])})
+            rows.append(row)
+    return rows
+
+
+def episode_csv(rows: list[dict]) -> str:
+    """:func:`episode_rows` as CSV text (header: the first row's keys)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["seed", "episode"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -39,7 +39,7 @@ import re
 import typing
 from typing import Any, Callable, Sequence
 
-from jaxmed.config import check_fields, coerce
+from jaxmed.config import check_fields, check_value, coerce, field_bounds
 from jaxmed.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., tuple[Any, Any]]] = {}
@@ -75,6 +75,29 @@ def make(name: str, bank_labels: Sequence[str] | None = None, **overrides) -> tu
         if field is None:
             raise
         raise ConfigError(f"{name}: env.{field.group(1)}") from None
+
+
+def make_for_run(name: str, bank_labels: Sequence[str] | None, options: dict, *, eval_max_steps: int | None = None,
+                 level_step_limit: int | None = None) -> tuple[Any, Any, Any]:
+    """``(env, params, eval_params)`` of a run's ``env:`` section: :func:`make` with ``options``, and
+    the env's :meth:`eval_params` with ``max_steps = eval_max_steps`` and ``level_step_limit`` when
+    given (``eval.level_step_limit``; :func:`with_level_step_limit`)."""
+    env, params = make(name, bank_labels, **options)
+    eval_params = env.eval_params(params)
+    if eval_max_steps is not None:
+        eval_params = eval_params.replace(max_steps=int(eval_max_steps))
+    return env, params, with_level_step_limit(eval_params, level_step_limit, "eval.level_step_limit")
+
+
+def with_level_step_limit(params, limit, where: str):
+    """``params`` (an env's params) with ``level_step_limit = limit``; unchanged for ``None``;
+    :class:`ConfigError` naming ``where`` when the env has no such parameter or the value is not an
+    int in the interval the params declare (>= 0)."""
+    if limit is None:
+        return params
+    if not hasattr(params, "level_step_limit"):
+        raise ConfigError(f"{where}: {type(params).__name__} has no level_step_limit (an option of the landmark search)")
+    return params.replace(level_step_limit=check_value(limit, int, field_bounds(type(params), "level_step_limit"), where))
 
 
 def _split_overrides(name: str, config_cls, params_cls, overrides: dict) -> tuple[dict, dict]:

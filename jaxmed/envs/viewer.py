@@ -93,10 +93,10 @@ def render_episode(volume: Volume, path_world, target_world, out_png, overwrite:
 
     Returns the path written. The title gives the final error (mm) of every agent.
     """
-    out_png = Path(out_png)
-    check_writable(out_png, overwrite)
     paths, targets = _agent_major(path_world, target_world)
     errors = final_errors_mm(paths, targets)
+    out_png = Path(out_png)
+    check_writable(out_png, overwrite)
     plt = pyplot()
     n = len(paths)
     fig, axes = plt.subplots(n, 3, figsize=(10, 3.6 * n + 0.8), squeeze=False)
@@ -113,3 +113,17 @@ def render_episode(volume: Volume, path_world, target_world, out_png, overwrite:
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def plot_first_episode(targets, bank, path_vox, volumes, out_png) -> Path:
+    """Draw an evaluation's first episode on the first evaluated volume: each agent's path
+    (``path_vox``, what :meth:`~jaxmed.envs.base.Environment.trajectory_of` recorded, ``(T + 1, E, A, 3)``
+    level-0 voxels; ``volumes``: ``(E,)`` the bank volume of each episode) and its target landmark
+    (``targets``: the bank labels the agents look for, :attr:`~jaxmed.envs.base.Environment.landmark_targets`)
+    on orthogonal slices of that volume, written to ``out_png`` (replaced if it exists)."""
+    v = int(volumes[0])
+    volume = bank_volume(bank, v)
+    episode = int(np.flatnonzero(np.asarray(volumes) == v)[0])
+    world = trajectory_world(bank, v, np.asarray(path_vox)[:, episode])  # (A, T+1, 3) mm
+    target_world = np.asarray(bank.landmarks_world[v])[[bank.label_index(t) for t in targets]]
+    return render_episode(volume, world, target_world, out_png, overwrite=True)

@@ -65,7 +65,7 @@ class Population:
 
     def __init__(self, cfg: ex.ExperimentConfig, bank, val=None, devices: Sequence | None = None):
         from jaxmed.agents import learners
-        from jaxmed.runs import make_policy_rollout
+        from jaxmed.agents.learners import policy_rollout
 
         self.cfg = cfg
         self.learner = learners.module(cfg.train.learner)
@@ -101,7 +101,7 @@ class Population:
         self.val = None
         if val is not None:
             self.val = (self.replicate(val[0]), self.replicate(val[1]))
-            rollout_v = over_members(make_policy_rollout(cfg, env, eval_params, network), cfg.train.seed_batching,
+            rollout_v = over_members(policy_rollout(cfg.train.learner, network, env, eval_params), cfg.train.seed_batching,
                                      in_axes=(0, None, None))
 
             def eval_block(params, bank, states):
