@@ -16,7 +16,8 @@ import numpy as np
 from jaxmed.agents.dqn import DQNConfig, greedy_action, make_train
 from jaxmed.agents.rollout import greedy_rollout
 from jaxmed.data import build_bank
-from jaxmed.experiment import DataConfig, make_subjects, template, template_subject
+from jaxmed.data.run_data import make_subjects, template, template_subject
+from jaxmed.experiment import DataConfig
 
 
 def reference_banks(data: DataConfig, labels, max_crop: int, packed: bool = False):

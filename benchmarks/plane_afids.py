@@ -97,12 +97,11 @@ def train_plane(cfg, bank, budget_s: float, log) -> dict:
 
 
 def make_subjects(data_cfg, split: str, n: int, labels):
-    """As :func:`jaxmed.experiment.make_subjects` (conformed ``(Volume, Landmarks)`` pairs), also
+    """As :func:`jaxmed.data.run_data.make_subjects` (conformed ``(Volume, Landmarks)`` pairs), also
     returning each subject's template -> subject world affine ``(n, 4, 4)`` (its global pose)."""
-    from jaxmed import experiment as ex
-    from jaxmed.data import conform, make_population
+    from jaxmed.data import conform, make_population, run_data
 
-    volume, landmarks = ex.template(data_cfg)
+    volume, landmarks = run_data.template(data_cfg)
     population = make_population(volume, landmarks.select(labels), n, split=split, base_seed=data_cfg.seed)
     pairs = [(conform(s.volume, data_cfg.spacing), s.landmarks) for s in population]
     return pairs, np.array([s.params["template_to_subject_affine"] for s in population], np.float64)
@@ -121,10 +120,10 @@ def carried_plane(normal, offset, affine) -> tuple[np.ndarray, float]:
 def baselines(cfg, env, eval_params, bank, affines=None) -> dict:
     """Errors of the answers without a model: the template plane in world coordinates (carried by
     nothing) and, given the subjects' true global affines ``(n, 4, 4)``, the oracle-affine plane."""
-    from jaxmed import experiment as ex
+    from jaxmed.data import run_data
 
     vols = np.arange(bank.n_volumes)
-    _, tpl_landmarks = ex.template(cfg.data)
+    _, tpl_landmarks = run_data.template(cfg.data)
     n_tpl, d_tpl = env.definition.from_landmarks(tpl_landmarks)
     out = {"template plane (no model)": metrics_of_planes(env, eval_params, bank, vols, np.repeat(n_tpl[None], len(vols), 0),
                                                           np.full(len(vols), d_tpl))}

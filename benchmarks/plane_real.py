@@ -72,7 +72,7 @@ def evaluate_run(run_dir: Path, subjects, registration: bool, n_starts: int, log
     from jaxmed import experiment as ex
     from jaxmed.agents import learners
     from jaxmed.commands.plane import PlaneSearch, template_prior
-    from jaxmed.data import colin27, conform, load_image
+    from jaxmed.data import colin27, conform, load_image, run_data
     from jaxmed.registration_baseline import transfer_landmarks
     from jaxmed.runs import load_params, seed_params
 
@@ -80,7 +80,7 @@ def evaluate_run(run_dir: Path, subjects, registration: bool, n_starts: int, log
     env, _, eval_params = ex.make_env(cfg)
     definition = env.definition
     labels = list(definition.labels)
-    tpl_volume, tpl_landmarks = ex.template(cfg.data)
+    tpl_volume, tpl_landmarks = run_data.template(cfg.data)
     tpl_points = tpl_landmarks.select(labels).positions
     tpl_n, tpl_d = definition.from_landmarks(tpl_landmarks)
     tpl_conformed = conform(tpl_volume, cfg.data.spacing)

@@ -94,7 +94,7 @@ def evaluate_box_set(cfg, network, params, spec: str, *, registration: bool = Tr
     per subject rows, seconds."""
     from jaxmed import experiment as ex
     from jaxmed.agents.learners import policy_rollout
-    from jaxmed.data import build_bank, conform
+    from jaxmed.data import build_bank, conform, run_data
 
     env, _, eval_params = ex.make_env(cfg)
     if not hasattr(env, "target_box"):
@@ -132,7 +132,7 @@ def evaluate_box_set(cfg, network, params, spec: str, *, registration: bool = Tr
     if not np.allclose(env_iou, check, atol=1e-3):
         raise AssertionError(f"box evaluation: env IoU and NumPy IoU differ by {np.abs(env_iou - check).max():.2e}")
 
-    reference = ex.template(cfg.data)
+    reference = run_data.template(cfg.data)
     reg_s = None
     if reference is not None:
         tpl_volume, tpl_landmarks = reference

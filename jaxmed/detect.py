@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxmed import experiment as ex
 from jaxmed import inference
+from jaxmed.data import run_data
 from jaxmed.data.image_io import check_intensity_scales, scaled_copies
 from jaxmed.envs.registry import with_level_step_limit
 from jaxmed.errors import ConfigError, LandmarkError
@@ -204,9 +205,9 @@ class LandmarkDetector:
         return self._template_having(self.trained, where, "for the shape check")[1].select(self.trained)
 
     def _template_having(self, labels: Sequence[str], where: str, purpose: str):
-        """``(Volume, Landmarks)`` of the run's template (:func:`jaxmed.experiment.template`), which must
+        """``(Volume, Landmarks)`` of the run's template (:func:`jaxmed.data.run_data.template`), which must
         hold every one of ``labels``; :class:`ConfigError` naming ``where`` and ``purpose`` otherwise."""
-        reference = ex.template(self.cfg.data)
+        reference = run_data.template(self.cfg.data)
         if reference is None:
             raise ConfigError(f"{where}: data.source {self.cfg.data.source} has no template {purpose}")
         missing = sorted({l for l in labels if l not in reference[1].labels})
@@ -553,7 +554,7 @@ def detect_goal(run_dir: str | Path, image: str | Path, goal: str | None = None,
         raise ConfigError(f"{run_dir}: a {cfg.env_name} run is not goal-conditioned; --goal / --goal-patch need a goal-landmark-v0 run")
     label = goal if goal is not None else "goal"
     if goal is not None:
-        tpl_volume, tpl_landmarks = ex.template(cfg.data)
+        tpl_volume, tpl_landmarks = run_data.template(cfg.data)
         if goal not in tpl_landmarks.labels:
             raise LandmarkError(f"unknown goal {goal!r}: the template of this run has {', '.join(tpl_landmarks.labels)}")
         reference = (conform(tpl_volume, cfg.data.spacing), tpl_landmarks.select([goal]))

@@ -322,11 +322,10 @@ def resolve_set(cfg, spec: str, labels: Sequence[str]) -> tuple[str, list, tuple
     template (prior and registration baselines) is the run's own atlas (conformed likewise), or the
     set's template when the run has none.
     """
-    from jaxmed import experiment as ex
-    from jaxmed.data import conform, sources
+    from jaxmed.data import conform, run_data, sources
 
     name, template = set_name(spec), None
-    reference = ex.template(cfg.data)  # the run's atlas (None for a source without one)
+    reference = run_data.template(cfg.data)  # the run's atlas (None for a source without one)
     if reference is not None and all(l in reference[1].labels for l in labels):
         template = (conform(reference[0], cfg.data.spacing), reference[1].select(labels))
     if spec == "test":

@@ -15,7 +15,6 @@ from typing import Any
 from jaxmed.config import bounded, build, check_fields
 from jaxmed.data import run_data
 from jaxmed.data.image_io import check_intensity_scales
-from jaxmed.data.run_data import make_subjects, template, template_subject  # noqa: F401  (re-exported: a run's data)
 from jaxmed.data.sources import DataConfig  # noqa: F401  (the data section; re-exported here)
 from jaxmed.data.sources import names as _source_names
 from jaxmed.errors import ConfigError

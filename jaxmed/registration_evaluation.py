@@ -109,7 +109,7 @@ def evaluate_registration_set(run, spec: str, *, n_poses: int = 4, seed: int = 0
     (:class:`~jaxmed.registration_agent.RegistrationAgent`). Returns ``{"set", "subjects", "labels", "poses", "methods":
     {name: summary}, "pairs": {name: [row]}, "table", ...}``."""
     from jaxmed import experiment as ex
-    from jaxmed.data import Volume, conform, normalise_intensity, sources
+    from jaxmed.data import Volume, conform, normalise_intensity, run_data, sources
     from jaxmed.evaluation import resolve_set
     from jaxmed.registration_agent import RegistrationAgent
     from jaxmed.registration_baseline import grid_centre
@@ -120,7 +120,7 @@ def evaluate_registration_set(run, spec: str, *, n_poses: int = 4, seed: int = 0
     for b in baselines:
         if b not in BASELINES:
             raise ConfigError(f"unknown registration baseline {b!r}; available: {', '.join(BASELINES)}")
-    reference = ex.template(cfg.data)
+    reference = run_data.template(cfg.data)
     if reference is None:
         raise ConfigError(f"data.source {cfg.data.source} has no template: registration evaluation registers the run's "
                           f"template to each subject (files source: set data.template)")

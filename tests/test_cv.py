@@ -10,7 +10,8 @@ from jaxmed.data import save_nifti, write_landmarks
 def _subjects(tmp_path, n=4):
     """``data synth`` phantom subjects, one folder each (the files source's directory layout)."""
     from jaxmed.config import load_yaml
-    from jaxmed.experiment import ExperimentConfig, template
+    from jaxmed.data.run_data import template
+    from jaxmed.experiment import ExperimentConfig
 
     vol, lm = template(ExperimentConfig.from_dict(load_yaml("configs/phantom_dqn.yaml")).data)
     save_nifti(vol, tmp_path / "tpl.nii.gz")

@@ -386,8 +386,8 @@ def test_registration_starts_follow_the_image_and_do_not_depend_on_the_batch(tmp
     (an image shifted in the world carries them shifted alike), every start within the radius of
     them, an image's answer the same alone or beside another; clear errors for bad options."""
     from jaxmed.data import conform, load_image
+    from jaxmed.data.run_data import template
     from jaxmed.detect import registration_offsets
-    from jaxmed.experiment import template
 
     offsets = registration_offsets(9, 6.0, seed=3)
     assert offsets.shape == (9, 3) and np.all(offsets[0] == 0) and np.all(np.linalg.norm(offsets, axis=1) <= 6.0 + 1e-9)

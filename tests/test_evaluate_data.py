@@ -34,7 +34,7 @@ def untrained_run(run_dir, overrides=(), data=None):
 
 def _population(tmp_path, n=2):
     """``data synth`` subjects made from the run's phantom template, and a manifest of them."""
-    from jaxmed.experiment import template
+    from jaxmed.data.run_data import template
 
     cfg = ExperimentConfig.from_dict(load_yaml(CONFIG), CONFIG)
     vol, lm = template(cfg.data)

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from jaxmed import experiment as ex
-from jaxmed.data import blob_phantom, image_io, make_population, subject_cache, write_landmarks, write_population
+from jaxmed.data import blob_phantom, image_io, make_population, run_data, subject_cache, write_landmarks, write_population
 from jaxmed.data.landmarks import Landmarks
 from jaxmed.data.sources import DataConfig, make
 from jaxmed.data.sources import files as files_source
@@ -279,9 +279,9 @@ def test_experiment_trains_on_a_folder(tmp_path, population):
         "network": {"trunk": {"name": "patch", "patch_size": 3}, "head": {"name": "q", "hidden": [16]}}})
     bank, subjects, _ = ex.make_bank(cfg, "train", cfg.data.n_train)
     assert bank.n_volumes == len(subjects) == 3 and bank.labels == ("L0", "L1")
-    assert ex.template(cfg.data) is None
+    assert run_data.template(cfg.data) is None
     with pytest.raises(ConfigError, match="has no template"):
-        ex.template_subject(cfg.data, ["L0"])
+        run_data.template_subject(cfg.data, ["L0"])
 
 
 def _write_dicom_series(directory, volume):

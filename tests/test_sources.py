@@ -9,7 +9,7 @@ import yaml
 
 from jaxmed import experiment as ex
 from jaxmed.config import apply_overrides, load_yaml
-from jaxmed.data import blob_phantom, conform, make_population
+from jaxmed.data import blob_phantom, conform, make_population, run_data
 from jaxmed.data.phantoms import ellipsoid_phantom
 from jaxmed.data.sources import DataConfig, LabelledSubject, from_spec, make, names, option_fields
 from jaxmed.data.synth import SynthConfig, split_seeds
@@ -51,8 +51,8 @@ def test_phantom_sources_give_the_subjects_of_before(source, factory, labels):
         subjects = src.subjects(split, labels)
         assert all(isinstance(s, LabelledSubject) and s.meta["split"] == split for s in subjects)
         _same([s.pair() for s in subjects], _direct(volume, landmarks, cfg, split, n, labels))
-        _same(ex.make_subjects(cfg, split, n, labels), _direct(volume, landmarks, cfg, split, n, labels))
-    _same([ex.template_subject(cfg, labels)], [(conform(volume, 2.0), landmarks.select(labels))])
+        _same(run_data.make_subjects(cfg, split, n, labels), _direct(volume, landmarks, cfg, split, n, labels))
+    _same([run_data.template_subject(cfg, labels)], [(conform(volume, 2.0), landmarks.select(labels))])
 
 
 @pytest.mark.afids
@@ -61,7 +61,7 @@ def test_afids_source_gives_the_subjects_of_before(afids_data):
     cfg = DataConfig(source="afids", spacing=3.0, seed=0)
     src = make(cfg)
     assert src.template(["AC", "PC"]).volume.spacing.tolist() == [3.0, 3.0, 3.0]
-    _same(ex.make_subjects(cfg, "test", 1, ["AC", "PC"]), _direct(volume, landmarks, cfg, "test", 1, ["AC", "PC"]))
+    _same(run_data.make_subjects(cfg, "test", 1, ["AC", "PC"]), _direct(volume, landmarks, cfg, "test", 1, ["AC", "PC"]))
     with pytest.raises(ConfigError, match=r"env.targets \['XX'\] are not landmarks of the afids template"):
         src.subjects("test", ["AC", "XX"], n=1)
 

@@ -287,7 +287,8 @@ def test_per_seed_hyperparameters_as_arrays(tmp_path):
 def test_goal_config_trains_with_hindsight_relabelling(tmp_path):
     """`jaxmed train` wires the HER batch transform of a goal-conditioned env into the DQN learner."""
     from jaxmed.agents.her import transform_for
-    from jaxmed.experiment import make_bank, make_env, template
+    from jaxmed.data.run_data import template
+    from jaxmed.experiment import make_bank, make_env
 
     path = "configs/goal/phantom_goal_dqn.yaml"
     cfg = ExperimentConfig.from_dict(apply_overrides(load_yaml(path), [

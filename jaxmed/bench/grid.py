@@ -67,7 +67,8 @@ def points(grid: dict) -> list[dict]:
 def point_config(grid: dict, point: dict):
     """The experiment config of one grid point (validated)."""
     from jaxmed.config import apply_overrides, load_yaml
-    from jaxmed.experiment import ExperimentConfig, template
+    from jaxmed.data.run_data import template
+    from jaxmed.experiment import ExperimentConfig
 
     data = apply_overrides(load_yaml(point.get("config", grid["config"])), grid["overrides"])
     if "variant" in point:

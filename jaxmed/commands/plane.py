@@ -56,9 +56,9 @@ def template_prior(data_cfg, env) -> tuple[np.ndarray, float] | None:
     the data config names no template (then the world-axis plane is the prior)."""
     if getattr(data_cfg, "source", None) is None:
         return None
-    from jaxmed import experiment as ex
+    from jaxmed.data import run_data
 
-    reference = ex.template(data_cfg)
+    reference = run_data.template(data_cfg)
     if reference is None:  # a source without an atlas (e.g. a folder of scans with no template)
         return None
     volume, landmarks = reference
