@@ -53,14 +53,20 @@ def metric_stats(values: np.ndarray, labels: Sequence[str], metric: str = "dista
         raise ValueError(f"metric_stats: values {values.shape} do not match {len(labels)} labels")
     _, thresholds, higher = success_thresholds(metric)
     out = {}
-    for label in dict.fromkeys(labels):
-        e = values[:, [i for i, l in enumerate(labels) if l == label]].ravel()
+    for label, idx in label_columns(labels).items():
+        e = values[:, idx].ravel()
         row = {"n": int(e.size), "mean": float(e.mean()), "std": float(e.std()), "median": float(np.median(e)),
                "p90": float(np.percentile(e, 90)), "max": float(e.max())}
         for t in thresholds:
             row[success_key(metric, t)] = float((e >= t).mean() if higher else (e <= t).mean())
         out[label] = row
     return out
+
+
+def label_columns(labels: Sequence[str]) -> dict[str, list[int]]:
+    """``{label: [agent indices]}`` in first-appearance order: which columns (agents) of an ``(E, A)``
+    metric carry each distinct label (several agents may hunt one landmark)."""
+    return {label: [i for i, l in enumerate(labels) if l == label] for label in dict.fromkeys(labels)}
 
 
 def episode_rows(env, states, seed_metrics) -> list[dict]:
@@ -70,7 +76,7 @@ def episode_rows(env, states, seed_metrics) -> list[dict]:
     :attr:`~jaxmed.envs.base.Environment.metric_labels` entry (agents sharing a label, e.g. several
     agents per landmark, are averaged). ``seed_metrics``: per seed, ``{metric: (E, A) array}``."""
     labels = tuple(env.metric_labels)
-    columns = {label: [i for i, l in enumerate(labels) if l == label] for label in dict.fromkeys(labels)}
+    columns = label_columns(labels)
     volume = getattr(states, "volume", None)
     subject = None if volume is None else np.asarray(volume).reshape(-1)
     rows = []
