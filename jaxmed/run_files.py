@@ -126,8 +126,7 @@ def snapshot_path(run_dir: Path, chunk: int) -> Path:
 def save_snapshot(run_dir: Path, chunk: int, params) -> Path:
     """Keep the network parameters of ``chunk`` (same layout as ``network.msgpack``) for weight averaging."""
     path = snapshot_path(run_dir, chunk)
-    path.parent.mkdir(exist_ok=True)
-    _write_params(path, params)
+    _write_params(path, params)  # write_atomic makes snapshots/
     return path
 
 
