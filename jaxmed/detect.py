@@ -148,7 +148,10 @@ class LandmarkDetector:
                  **option_fields):
         from jaxmed.agents.learners import policy_rollout
 
-        options = dataclasses.replace(options or DetectionOptions(), **option_fields)
+        try:
+            options = dataclasses.replace(options or DetectionOptions(), **option_fields)
+        except ConfigError as err:  # an option given here: name the run as the other checks do
+            raise ConfigError(f"{where}: {err}") from None
         members = list(params) if isinstance(params, (list, tuple)) else [params]
         if not members:
             raise ConfigError(f"{where}: an ensemble needs at least one parameter set")

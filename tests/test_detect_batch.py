@@ -223,7 +223,7 @@ def test_intensity_augmentation_pools_the_end_points_of_scaled_copies(tmp_path, 
     for bad in ([], [0.0], [1.0, -1.0], [1.0, 1.0], [float("nan")], "x"):
         with pytest.raises(ConfigError, match="eval.intensity_scales"):
             build(EvalSection, {"intensity_scales": bad}, "run.eval")
-        with pytest.raises(ConfigError, match="intensity_scales: expected"):
+        with pytest.raises(ConfigError, match="run: intensity_scales: expected"):
             LandmarkDetector(cfg, network, params, intensity_scales=bad)
 
     # the run's data.intensity_ceiling fixes the detection bank's uint8 scale (as in its training banks)
