@@ -100,6 +100,12 @@ factor when one field of view holds a bright scalp and the other does not (Colin
 brain is about 0.6 times as bright as the template's after normalisation); an agent trained without
 it answers such a pair tens of millimetres off.
 
+Edge features (``config.features``): ``"edges"`` shows the agent each crop's normalised-gradient-field
+magnitude (:func:`jaxmed.ops.features.edge_map`) instead of its intensities: where tissues meet,
+whatever their contrast, and unchanged by a gain. ``"intensity+edges"`` shows both (four channels).
+Applied at render time to both images after the remap and the gain, so state-based replay stores
+nothing more.
+
 Evaluation: :meth:`RegistrationEnv.eval_states` (``n_starts`` fixed perturbations per volume drawn
 from a seeded generator, estimate = identity), :meth:`RegistrationEnv.eval_metrics` (``tre_mm``,
 ``rotation_error_deg`` = angle of the residual rotation, ``translation_error_mm`` = displacement of
@@ -129,6 +135,7 @@ from jaxmed.envs.base import (
     oscillation,
 )
 from jaxmed.errors import ConfigError
+from jaxmed.ops.features import edge_map
 from jaxmed.ops.intensity import random_gain
 from jaxmed.ops.linalg import apply_affine, matmul, matvec
 from jaxmed.ops.resample import affine_grid, trilinear_levels
@@ -147,6 +154,7 @@ REMAP_KNOTS = {
 }
 REMAPS = ("none",) + tuple(REMAP_KNOTS)
 CENTRES = ("fov", "landmarks")
+FEATURES = ("intensity", "edges", "intensity+edges")
 REWARDS = ("tre", "pose")
 
 
@@ -211,6 +219,12 @@ class RegistrationConfig:
         another bank volume (module docstring, "Pairs of two subjects"; needs ``reward == "tre"``; a
         bank of one volume gives one-subject pairs). Evaluation starts
         (:meth:`RegistrationEnv.eval_states`) keep one subject per pair.
+      features: what the observation channels show: ``"intensity"`` (the two crops' intensities),
+        ``"edges"`` (each crop's normalised-gradient-field magnitude, :func:`jaxmed.ops.features.edge_map`:
+        its tissue boundaries, whatever their contrast; unchanged by a gain of the moving image) or
+        ``"intensity+edges"`` (four channels: both intensities, then both edge maps).
+      edge_rel_eps: ``rel_eps`` of :func:`~jaxmed.ops.features.edge_map` with ``features="edges"``
+        (> 0: the gradient, as a fraction of the crop's mean gradient, at which an edge reaches 0.71).
     """
 
     landmarks: tuple[str, ...] = ("L0",)
@@ -222,6 +236,8 @@ class RegistrationConfig:
     centre: str = "fov"
     reward: str = "tre"
     other_subject_prob: float = bounded(0.0, 0.0, 1.0)
+    features: str = "intensity"
+    edge_rel_eps: float = bounded(0.5, 0.0, low_open=True)
 
     def __post_init__(self):
         landmarks = (self.landmarks,) if isinstance(self.landmarks, str) else tuple(str(t) for t in self.landmarks)
@@ -245,12 +261,19 @@ class RegistrationConfig:
         if self.other_subject_prob > 0 and self.reward != "tre":
             raise ConfigError(f"RegistrationConfig: other_subject_prob {self.other_subject_prob} needs reward 'tre': the pose "
                               f"error of a pair of two subjects has no ground truth")
+        if self.features not in FEATURES:
+            raise ConfigError(f"RegistrationConfig: features must be one of {', '.join(FEATURES)}, got {self.features!r}")
         if self.reward not in REWARDS:
             raise ConfigError(f"RegistrationConfig: reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
 
     @property
     def history_len(self) -> int:
         return self.osc_window
+
+    @property
+    def n_channels(self) -> int:
+        """Observation channels: 2 (fixed, moving), 4 with ``features == "intensity+edges"``."""
+        return 4 if self.features == "intensity+edges" else 2
 
 
 @struct.dataclass
@@ -356,7 +379,7 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
 
     def observation_space(self, params=None, bank=None) -> Box:
         d = self.config.crop_size
-        return Box(-np.inf, np.inf, (1, 2, d, d, d), jnp.float32)
+        return Box(-np.inf, np.inf, (1, self.config.n_channels, d, d, d), jnp.float32)
 
     def action_space(self, params=None) -> Discrete:
         return Discrete(N_ACTIONS, (1,))
@@ -569,7 +592,8 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
         )
 
     def get_obs(self, state: RegistrationState, params=None, bank=None) -> jax.Array:
-        """``(1, 2, D, D, D)`` float32: fixed crop and moving image under the current estimate."""
+        """``(1, C, D, D, D)`` float32: fixed crop and moving image under the current estimate (their
+        intensities, their edge maps, or both: ``C = config.n_channels``, see ``config.features``)."""
         return self.render(self.obs_state(state), bank)
 
     def render(self, obs_state: RegistrationObsState, bank) -> jax.Array:
@@ -601,7 +625,12 @@ class RegistrationEnv(ConfiguredEnv, config=RegistrationConfig, params=Registrat
         sampled = trilinear_levels(bank.levels, bank.shapes[:, moving], moving, bank_level, points, bank.margin, 0.0,
                                    candidates=c.levels, packed=bank.packed)
         moving_img = remap_intensity(_gained(sampled, obs_state.gain, bank) * bank.intensity_scale, c.remap).astype(jnp.float32)
-        return jnp.stack([fixed, moving_img])[None]
+        pair = jnp.stack([fixed, moving_img])
+        if c.features == "edges":
+            pair = edge_map(pair, c.edge_rel_eps)
+        elif c.features == "intensity+edges":
+            pair = jnp.concatenate([pair, edge_map(pair, c.edge_rel_eps)])
+        return pair[None]
 
 
 def _gained(stored, gain, bank) -> jax.Array:

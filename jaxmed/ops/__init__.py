@@ -1,4 +1,4 @@
-"""Jitted, vmappable array kernels: crops, trilinear resampling, rigid transforms, planes, IoU.
+"""Jitted, vmappable array kernels: crops, trilinear resampling, rigid transforms, planes, IoU, features.
 
 Everything here is a pure JAX function on voxel coordinates (``(0, 0, 0)`` = centre of the first
 voxel); nothing reads files or holds state.
