@@ -150,3 +150,28 @@ def test_dqn_learns_to_register_phantoms_from_edges_under_a_nonmonotone_remap():
     untrained = np.asarray(roll(jax.jit(fns.init)(jax.random.key(9), bank).params)["metrics"]["tre_mm"])
     assert np.median(trained) < 0.3 * start.mean() and trained.mean() < 0.4 * start.mean(), (trained, start.mean())
     assert (trained < 3.0).mean() > 0.6 and trained.mean() < 0.3 * untrained.mean(), (trained, untrained.mean())
+
+
+def test_register_reads_a_four_channel_checkpoint(tmp_path):
+    """A run trained with ``env.features: intensity+edges`` registers through
+    :class:`~jaxmed.registration_agent.RegistrationAgent` (as ``jaxmed register --checkpoint`` does):
+    its env renders four channels and the answer is rigid."""
+    from untrained_runs import untrained_run
+
+    from jaxmed.commands.register import resample_moving
+    from jaxmed.data import Volume
+    from jaxmed.ops.rigid import rigid_matrix
+    from jaxmed.registration_agent import RegistrationAgent
+    from jaxmed.runs import load_params, load_run
+
+    run = tmp_path / "run"
+    untrained_run(run, "configs/phantom_registration_dqn.yaml", features="intensity+edges")
+    assert load_run(run)[0].env.observation_space().shape[1] == 4
+    loaded = load_params(run)
+    fixed, _ = blob_phantom(shape=(30, 28, 26), spacing=2.0, n_landmarks=4, seed=7)
+    c = fixed.voxel_to_world((np.asarray(fixed.shape) - 1) / 2)
+    gt = np.asarray(rigid_matrix(np.array([5.0, -3.0, 4.0, 0.0, 6.0, -4.0]), c), np.float64)
+    moving = Volume(resample_moving(fixed, fixed, np.linalg.inv(gt)), fixed.affine)
+    answer = RegistrationAgent(loaded, intensity_scales=(0.8, 1.0), starts=2).register(fixed, moving)
+    assert answer.episodes == 4 and answer.steps >= 1
+    np.testing.assert_allclose(answer.matrix[:3, :3] @ answer.matrix[:3, :3].T, np.eye(3), atol=1e-5)
