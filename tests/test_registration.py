@@ -374,14 +374,17 @@ def test_registry_builds_the_env():
 # ---------------------------------------------------------------- learning
 
 
-def test_dqn_learns_to_register_phantoms(bank):
+@pytest.mark.parametrize("remap, features", [("none", "intensity"), ("nonmonotone", "edges")])
+def test_dqn_learns_to_register_phantoms(bank, remap, features):
     """DQN (code unchanged) on translated blob phantoms, all 12 actions: the greedy agent ends far
-    closer than it started and than an untrained network (rotations: see the AFIDs benchmark)."""
+    closer than it started and than an untrained network (rotations: see the AFIDs benchmark). Also
+    from edge maps alone (``features="edges"``) when the moving image folds the intensity range over
+    itself (``remap="nonmonotone"``)."""
     from jaxmed.agents.dqn import DQNConfig, greedy_action, make_train
     from jaxmed.agents.rollout import greedy_rollout
     from jaxmed.networks import QNetwork
 
-    env = _env(levels=(1,), steps=(2.0,))
+    env = _env(levels=(1,), steps=(2.0,), remap=remap, features=features)
     params = RegistrationParams(max_steps=30, max_translation_mm=10.0, max_rotation_deg=0.0, reward_clip=2.0)
     net = QNetwork(trunk="patch", n_actions=N_ACTIONS, trunk_kwargs={"patch_size": 5, "width": 0.5}, head_kwargs={"hidden": (64, 32)})
     cfg = DQNConfig(n_envs=16, chunk_steps=50, batch_size=64, learning_rate=1e-3, learning_starts=200, replay_capacity=20_000,
