@@ -102,7 +102,8 @@ it answers such a pair tens of millimetres off.
 
 Edge features (``config.features``): ``"edges"`` shows the agent each crop's normalised-gradient-field
 magnitude (:func:`jaxmed.ops.features.edge_map`) instead of its intensities: where tissues meet,
-whatever their contrast, and unchanged by a gain. ``"intensity+edges"`` shows both (four channels).
+whatever their contrast, and unchanged by a gain (up to clipping). ``"intensity+edges"`` shows both
+(four channels).
 Applied at render time to both images after the remap and the gain, so state-based replay stores
 nothing more.
 
@@ -221,9 +222,10 @@ class RegistrationConfig:
         (:meth:`RegistrationEnv.eval_states`) keep one subject per pair.
       features: what the observation channels show: ``"intensity"`` (the two crops' intensities),
         ``"edges"`` (each crop's normalised-gradient-field magnitude, :func:`jaxmed.ops.features.edge_map`:
-        its tissue boundaries, whatever their contrast; unchanged by a gain of the moving image) or
+        its tissue boundaries, whatever their contrast; unchanged by a gain of the moving image, up to
+        clipping at full scale) or
         ``"intensity+edges"`` (four channels: both intensities, then both edge maps).
-      edge_rel_eps: ``rel_eps`` of :func:`~jaxmed.ops.features.edge_map` with ``features="edges"``
+      edge_rel_eps: ``rel_eps`` of :func:`~jaxmed.ops.features.edge_map` when ``features`` has edges
         (> 0: the gradient, as a fraction of the crop's mean gradient, at which an edge reaches 0.71).
     """
 
